@@ -1,0 +1,127 @@
+//! Command-line interface: every flag in one place, each with `--long` and `PULLGATE_…` env.
+
+use crate::cri::CriEndpoint;
+use crate::node::NodeLabels;
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use std::path::PathBuf;
+
+#[derive(Debug, Parser)]
+#[command(name = "pullgate", version, about = "Pre-pulls critical images and validates registry pull credentials on a Kubernetes node")]
+pub struct Cli {
+    #[command(flatten)]
+    pub log: LogArgs,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the agent: keep the selected PullSets' images present and report outcomes.
+    Run(RunArgs),
+}
+
+/// Logging (always on stderr; stdout carries the reports).
+#[derive(Debug, Args)]
+pub struct LogArgs {
+    /// Log format.
+    #[arg(long, env = "PULLGATE_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text, global = true)]
+    pub log_format: LogFormat,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    /// Standalone mode: read PullSet, Secret and ServiceAccount objects from the YAML files in DIR
+    /// (watched) and report as JSON lines on stdout.
+    #[arg(long, env = "PULLGATE_MANIFESTS", value_name = "DIR")]
+    pub manifests: Option<PathBuf>,
+    /// One full pass, then exit 0 if every outcome is Ok, 1 otherwise.
+    #[arg(long, env = "PULLGATE_ONCE")]
+    pub once: bool,
+    #[command(flatten)]
+    pub node: NodeArgs,
+    #[command(flatten)]
+    pub cri: CriArgs,
+    #[command(flatten)]
+    pub prepull: PrePullArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct NodeArgs {
+    /// This node's name (from the downward API in a DaemonSet).
+    #[arg(long, env = "PULLGATE_NODE_NAME")]
+    pub node_name: Option<String>,
+    /// This node's labels, for PullSet nodeSelectors in standalone mode: `k=v,k2=v2`.
+    #[arg(long, env = "PULLGATE_NODE_LABELS", default_value = "")]
+    pub node_labels: NodeLabels,
+}
+
+#[derive(Debug, Args)]
+pub struct CriArgs {
+    /// The container runtime's CRI socket.
+    #[arg(long, env = "PULLGATE_CRI_ENDPOINT", default_value = "unix:///run/containerd/containerd.sock")]
+    pub cri_endpoint: CriEndpoint,
+    /// Deadline of every CRI call but PullImage.
+    #[arg(long, env = "PULLGATE_CRI_TIMEOUT", default_value = "10s")]
+    pub cri_timeout: humantime::Duration,
+    /// Deadline of one PullImage call.
+    #[arg(long, env = "PULLGATE_PULL_TIMEOUT", default_value = "15m")]
+    pub pull_timeout: humantime::Duration,
+    /// How long one call keeps reconnecting to an unreachable runtime before it fails.
+    #[arg(long, env = "PULLGATE_CRI_RECONNECT_BUDGET", default_value = "30s")]
+    pub cri_reconnect_budget: humantime::Duration,
+}
+
+#[derive(Debug, Args)]
+pub struct PrePullArgs {
+    /// Pulls in flight at once.
+    #[arg(long, env = "PULLGATE_MAX_PARALLEL_PULLS", default_value_t = 3, value_parser = clap::value_parser!(u16).range(1..))]
+    pub max_parallel_pulls: u16,
+    /// How often to re-check that every image is still present (the kubelet's image GC may remove one).
+    #[arg(long, env = "PULLGATE_RECHECK_INTERVAL", default_value = "5m")]
+    pub recheck_interval: humantime::Duration,
+    /// Attempts per credential for transient failures (network, rate limit, runtime unavailable).
+    #[arg(long, env = "PULLGATE_PULL_ATTEMPTS", default_value_t = 4, value_parser = clap::value_parser!(u32).range(1..))]
+    pub pull_attempts: u32,
+    /// First retry delay; doubles per attempt, with jitter.
+    #[arg(long, env = "PULLGATE_RETRY_MIN_DELAY", default_value = "1s")]
+    pub retry_min_delay: humantime::Duration,
+    /// Retry delay cap.
+    #[arg(long, env = "PULLGATE_RETRY_MAX_DELAY", default_value = "30s")]
+    pub retry_max_delay: humantime::Duration,
+}
+
+impl std::str::FromStr for crate::node::NodeLabels {
+    type Err = crate::node::NodeLabelError;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        crate::node::NodeLabels::parse(s)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cli_is_consistent() {
+        use clap::CommandFactory;
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn defaults() {
+        let cli = Cli::try_parse_from(["pullgate", "run", "--manifests", "/m", "--node-name", "n1"]).unwrap();
+        let Command::Run(run) = cli.command;
+        assert_eq!(run.cri.cri_endpoint.to_string(), "unix:///run/containerd/containerd.sock");
+        assert_eq!(run.prepull.max_parallel_pulls, 3);
+        assert_eq!(*run.prepull.recheck_interval, std::time::Duration::from_secs(300));
+        assert!(!run.once);
+        assert!(Cli::try_parse_from(["pullgate", "run", "--max-parallel-pulls", "0"]).is_err());
+        assert!(Cli::try_parse_from(["pullgate", "run", "--cri-endpoint", "tcp://x"]).is_err());
+    }
+}

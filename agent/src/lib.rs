@@ -1,0 +1,42 @@
+//! pullgate: a node agent that keeps a cluster's critical images present and proves that the
+//! registry credentials pods will use still work.
+//!
+//! Decisions live in plain modules (`image_ref`, `pullset`, `credentials`, `desired`, `prepull`,
+//! `verdict`) that import neither kube's client nor tonic; adapters (`cri`, `source`, `report`) are
+//! the only modules that know their crates' types. See ARCHITECTURE.md.
+
+pub mod cli;
+pub mod credentials;
+pub mod cri;
+pub mod desired;
+pub mod image_ref;
+pub mod inventory;
+pub mod node;
+pub mod outcome;
+pub mod prepull;
+pub mod pullset;
+pub mod report;
+pub mod run;
+pub mod runtime;
+pub mod secret_scrub;
+pub mod source;
+pub mod telemetry;
+pub mod verdict;
+
+use std::process::ExitCode;
+
+/// Runs the parsed command line; the binary's `main` is only this call.
+pub async fn main(cli: cli::Cli) -> ExitCode {
+    telemetry::init(cli.log.log_format);
+    match cli.command {
+        cli::Command::Run(args) => match run::run(args).await {
+            Ok(run::RunOutcome::AllOk | run::RunOutcome::Stopped) => ExitCode::SUCCESS,
+            Ok(run::RunOutcome::SomeFailed) => ExitCode::from(1),
+            Err(e) => {
+                tracing::error!("{e}");
+                eprintln!("pullgate: {e}");
+                ExitCode::from(2)
+            }
+        },
+    }
+}

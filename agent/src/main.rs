@@ -1,0 +1,7 @@
+use clap::Parser as _;
+use std::process::ExitCode;
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    pullgate::main(pullgate::cli::Cli::parse()).await
+}

@@ -1,0 +1,4 @@
+//! Sources of the objects pullgate acts on. Standalone: a directory of YAML manifests, watched.
+
+pub mod manifests;
+pub mod watch;
