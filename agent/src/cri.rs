@@ -270,7 +270,8 @@ impl CriClient {
                     auth: auth.as_ref().map(|a| AuthConfig {
                         username: a.username.to_string(),
                         password: a.password.expose_secret().to_string(),
-                        server_address: a.server_address.to_string(),
+                        // Left empty, as the kubelet leaves it: containerd parses a non-empty value
+                        // as a URL and scopes the credential to its host.
                         ..AuthConfig::default()
                     }),
                     sandbox_config: None,

@@ -30,8 +30,6 @@ impl PresentImage {
 pub struct PullAuth<'a> {
     pub username: &'a str,
     pub password: &'a SecretString,
-    /// The registry host the credential is for.
-    pub server_address: &'a str,
 }
 
 /// Why a runtime call failed.

@@ -1,1 +1,101 @@
+//! pullgate's real test environment: a real containerd and a real registry started per test on free
+//! ports and temp dirs, OCI images built in code, and a runner for the `pullgate` binary.
+//!
+//! Used by the integration tests in `tests/tests/`, and by `cargo xtask demo` / `bench` through the
+//! `pullgate-testenv` binary. Every process is owned by a guard that stops it on drop.
 
+pub mod agent;
+pub mod containerd;
+pub mod images;
+pub mod manifests;
+pub mod process;
+pub mod registry;
+
+pub use agent::{Agent, AgentRun};
+pub use containerd::Containerd;
+pub use images::{ImageSpec, PushedImage};
+pub use registry::Registry;
+
+use anyhow::Result;
+
+/// The registry user the tests push and pull as.
+pub const USER: &str = "pullgate";
+/// Its password. Distinctive so that a grep of all output finds any leak.
+pub const PASSWORD: &str = "pg-Secret-Passw0rd-7f3a9c";
+/// A wrong password, also never to be printed.
+pub const WRONG_PASSWORD: &str = "pg-Wrong-Passw0rd-1b2c3d";
+
+/// A registry and a containerd that trusts it over plain HTTP.
+pub struct TestEnv {
+    pub registry: Registry,
+    pub containerd: Containerd,
+    /// Manifests for the agent.
+    pub manifests: tempfile::TempDir,
+}
+
+impl TestEnv {
+    /// Starts both, with the registry accepting [`USER`]/[`PASSWORD`].
+    pub fn start() -> Result<Self> {
+        let registry = Registry::start(&[(USER, PASSWORD)])?;
+        let containerd = Containerd::start(&[registry.host()])?;
+        let manifests = tempfile::Builder::new().prefix("pullgate-manifests-").tempdir()?;
+        Ok(Self {
+            registry,
+            containerd,
+            manifests,
+        })
+    }
+
+    /// Builds and pushes an image with the right credentials.
+    pub fn push(&self, spec: &ImageSpec) -> Result<PushedImage> {
+        block_on(images::push(&self.registry.host(), USER, PASSWORD, spec))
+    }
+
+    /// Writes a manifest file into the agent's directory.
+    pub fn write_manifest(&self, name: &str, text: &str) -> Result<()> {
+        let path = self.manifests.path().join(name);
+        let tmp = self.manifests.path().join(format!(".{name}.tmp"));
+        std::fs::write(&tmp, text)?;
+        std::fs::rename(tmp, path)?;
+        Ok(())
+    }
+
+    /// An agent runner pointed at this environment.
+    pub fn agent(&self) -> Agent {
+        Agent::new(self.manifests.path(), &self.containerd.endpoint())
+    }
+
+    /// Fails when any of `secrets` occurs in the given outputs or in containerd's or the
+    /// registry's log.
+    pub fn assert_no_leak(&self, outputs: &[&str], secrets: &[&str]) {
+        let logs = [self.containerd.log(), self.registry.log()];
+        let sources = outputs
+            .iter()
+            .map(|o| ("agent output", *o))
+            .chain([("containerd log", logs[0].as_str()), ("registry log", logs[1].as_str())]);
+        for (what, text) in sources {
+            for secret in secrets {
+                assert!(!text.contains(secret), "a password leaked into the {what}");
+            }
+        }
+    }
+}
+
+/// Runs a future to completion on a private runtime in its own thread (callable from anywhere).
+pub fn block_on<F: std::future::Future + Send>(future: F) -> F::Output
+where
+    F::Output: Send,
+{
+    std::thread::scope(|scope| {
+        scope
+            .spawn(|| {
+                tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .expect("a current-thread runtime can always be built")
+                    .block_on(future)
+            })
+            .join()
+            .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
+    })
+}

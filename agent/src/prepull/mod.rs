@@ -201,7 +201,6 @@ impl<R: ImageRuntime> PrePuller<R> {
                     let auth = candidate.map(|c| PullAuth {
                         username: &c.username,
                         password: &c.password,
-                        server_address: &desired.image.registry,
                     });
                     self.runtime.pull_image(&reference, auth)
                 })

@@ -1,0 +1,249 @@
+//! Runs the real `pullgate` binary against a test environment and collects its JSON lines.
+
+use anyhow::{Context as _, Result, bail};
+use serde_json::Value;
+use std::io::{BufRead as _, BufReader, Read as _};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant};
+
+/// Builds (once per test binary) and returns the `pullgate` binary, so that tests always run the
+/// current code.
+pub fn pullgate_binary() -> Result<PathBuf> {
+    static BINARY: OnceLock<Result<PathBuf, String>> = OnceLock::new();
+    BINARY
+        .get_or_init(|| {
+            let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+            let workspace = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+            let out = Command::new(cargo)
+                .current_dir(&workspace)
+                .args(["build", "--quiet", "-p", "pullgate", "--bin", "pullgate", "--message-format=json"])
+                .stderr(Stdio::inherit())
+                .output()
+                .map_err(|e| format!("cannot run cargo build: {e}"))?;
+            if !out.status.success() {
+                return Err("cargo build -p pullgate failed".into());
+            }
+            String::from_utf8_lossy(&out.stdout)
+                .lines()
+                .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+                .filter(|v| v["reason"] == "compiler-artifact" && v["target"]["name"] == "pullgate")
+                .filter_map(|v| v["executable"].as_str().map(PathBuf::from))
+                .next_back()
+                .ok_or_else(|| "cargo build did not report the pullgate executable".to_string())
+        })
+        .clone()
+        .map_err(anyhow::Error::msg)
+}
+
+/// How to run the agent.
+#[derive(Clone, Debug)]
+pub struct Agent {
+    manifests: PathBuf,
+    endpoint: String,
+    args: Vec<String>,
+}
+
+/// A finished `pullgate run --once`.
+#[derive(Debug)]
+pub struct AgentRun {
+    pub code: Option<i32>,
+    pub stdout: String,
+    pub stderr: String,
+    pub lines: Vec<Value>,
+}
+
+impl AgentRun {
+    /// Records of `kind: prepull` for `image`.
+    pub fn prepulls_of(&self, image: &str) -> Vec<&Value> {
+        self.lines
+            .iter()
+            .filter(|l| l["kind"] == "prepull" && l["image"] == image)
+            .collect()
+    }
+
+    /// The single pre-pull record for `image` (panics with the output otherwise).
+    pub fn prepull(&self, image: &str) -> &Value {
+        let found = self.prepulls_of(image);
+        assert_eq!(found.len(), 1, "expected one outcome for {image}\nstdout:\n{}\nstderr:\n{}", self.stdout, self.stderr);
+        found[0]
+    }
+}
+
+impl Agent {
+    pub fn new(manifests: &Path, endpoint: &str) -> Self {
+        Self {
+            manifests: manifests.to_path_buf(),
+            endpoint: endpoint.to_string(),
+            args: vec![
+                "--node-name".into(),
+                "test-node".into(),
+                "--retry-min-delay".into(),
+                "200ms".into(),
+                "--retry-max-delay".into(),
+                "1s".into(),
+            ],
+        }
+    }
+
+    /// Adds flags.
+    pub fn args(mut self, args: &[&str]) -> Self {
+        self.args.extend(args.iter().map(|a| a.to_string()));
+        self
+    }
+
+    fn command(&self, once: bool) -> Result<Command> {
+        let mut command = Command::new(pullgate_binary()?);
+        command
+            .arg("run")
+            .arg("--manifests")
+            .arg(&self.manifests)
+            .arg("--cri-endpoint")
+            .arg(&self.endpoint)
+            .args(&self.args)
+            .env("RUST_LOG", "debug,h2=info,hyper=info,tower=info,hyper_util=info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        if once {
+            command.arg("--once");
+        }
+        Ok(command)
+    }
+
+    /// `pullgate run --once`, waited for up to `timeout`.
+    pub fn run_once(&self, timeout: Duration) -> Result<AgentRun> {
+        let mut running = RunningAgent::spawn(self.command(true)?)?;
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(status) = running.child.try_wait()? {
+                let (stdout, stderr) = running.finish();
+                return Ok(AgentRun {
+                    code: status.code(),
+                    lines: parse_lines(&stdout),
+                    stdout,
+                    stderr,
+                });
+            }
+            if Instant::now() > deadline {
+                let (stdout, stderr) = running.finish();
+                bail!("pullgate run --once did not finish in {timeout:?}\nstdout:\n{stdout}\nstderr:\n{stderr}");
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// `pullgate run` as a daemon.
+    pub fn spawn(&self) -> Result<RunningAgent> {
+        RunningAgent::spawn(self.command(false)?)
+    }
+}
+
+/// A running agent; stopped (SIGTERM) on drop.
+pub struct RunningAgent {
+    child: Child,
+    stdout: Arc<Mutex<String>>,
+    stderr: Arc<Mutex<String>>,
+    readers: Vec<std::thread::JoinHandle<()>>,
+}
+
+impl RunningAgent {
+    fn spawn(mut command: Command) -> Result<Self> {
+        let mut child = command.spawn().context("spawn pullgate")?;
+        let stdout = Arc::new(Mutex::new(String::new()));
+        let stderr = Arc::new(Mutex::new(String::new()));
+        let mut readers = Vec::new();
+        let out = child.stdout.take().context("stdout")?;
+        let sink = stdout.clone();
+        readers.push(std::thread::spawn(move || {
+            for line in BufReader::new(out).lines().map_while(Result::ok) {
+                let mut s = sink.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+                s.push_str(&line);
+                s.push('\n');
+            }
+        }));
+        let mut err = child.stderr.take().context("stderr")?;
+        let sink = stderr.clone();
+        readers.push(std::thread::spawn(move || {
+            let mut buf = [0u8; 8192];
+            while let Ok(n) = err.read(&mut buf) {
+                if n == 0 {
+                    break;
+                }
+                sink.lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner)
+                    .push_str(&String::from_utf8_lossy(&buf[..n]));
+            }
+        }));
+        Ok(Self {
+            child,
+            stdout,
+            stderr,
+            readers,
+        })
+    }
+
+    /// The JSON lines so far.
+    pub fn lines(&self) -> Vec<Value> {
+        parse_lines(&self.stdout.lock().unwrap_or_else(std::sync::PoisonError::into_inner))
+    }
+
+    pub fn stdout(&self) -> String {
+        self.stdout.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clone()
+    }
+
+    pub fn stderr(&self) -> String {
+        self.stderr.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clone()
+    }
+
+    /// Waits until `count` records satisfy `predicate`.
+    pub fn wait_for(&self, what: &str, timeout: Duration, count: usize, predicate: impl Fn(&Value) -> bool) -> Result<()> {
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            if self.lines().iter().filter(|l| predicate(l)).count() >= count {
+                return Ok(());
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        bail!("timed out waiting for {what}\nstdout:\n{}\nstderr:\n{}", self.stdout(), self.stderr())
+    }
+
+    /// SIGTERM, wait, and return (stdout, stderr).
+    pub fn finish(mut self) -> (String, String) {
+        self.terminate();
+        (self.stdout(), self.stderr())
+    }
+
+    fn terminate(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = Command::new("kill").arg("-TERM").arg(self.child.id().to_string()).status();
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while Instant::now() < deadline {
+                if let Ok(Some(_)) = self.child.try_wait() {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            let _ = self.child.kill();
+        }
+        let _ = self.child.wait();
+        for reader in self.readers.drain(..) {
+            let _ = reader.join();
+        }
+    }
+}
+
+impl Drop for RunningAgent {
+    fn drop(&mut self) {
+        self.terminate();
+    }
+}
+
+fn parse_lines(stdout: &str) -> Vec<Value> {
+    stdout
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("stdout line is not JSON ({e}): {l}")))
+        .collect()
+}

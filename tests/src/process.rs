@@ -1,0 +1,133 @@
+//! Spawned processes owned by a guard that stops them (by their own PID) when dropped, even when a
+//! test panics; and loud prerequisite checks.
+
+use anyhow::{Context as _, Result, bail};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// A child process stopped with SIGTERM (then SIGKILL after a grace period) on drop.
+pub struct ChildGuard {
+    name: String,
+    child: Option<Child>,
+}
+
+impl ChildGuard {
+    /// Spawns `command` with stdout and stderr appended to `log`.
+    pub fn spawn(name: &str, mut command: Command, log: &Path) -> Result<Self> {
+        let out = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(log)
+            .with_context(|| format!("open {}", log.display()))?;
+        let err = out.try_clone()?;
+        let child = command
+            .stdin(Stdio::null())
+            .stdout(out)
+            .stderr(err)
+            .spawn()
+            .with_context(|| format!("spawn {name}"))?;
+        Ok(Self {
+            name: name.to_string(),
+            child: Some(child),
+        })
+    }
+
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
+    /// True while the process has not exited.
+    pub fn is_running(&mut self) -> bool {
+        self.child
+            .as_mut()
+            .is_some_and(|c| matches!(c.try_wait(), Ok(None)))
+    }
+
+    /// Stops the process: SIGTERM, up to `grace` to exit, then SIGKILL. Idempotent.
+    pub fn stop(&mut self, grace: Duration) {
+        let Some(mut child) = self.child.take() else {
+            return;
+        };
+        if let Ok(Some(_)) = child.try_wait() {
+            return;
+        }
+        let pid = child.id() as libc::pid_t;
+        signal(pid, libc::SIGTERM);
+        let deadline = Instant::now() + grace;
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        eprintln!("testenv: {} (pid {pid}) ignored SIGTERM; killing", self.name);
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+
+    /// SIGKILL at once, as a crash would.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+impl Drop for ChildGuard {
+    fn drop(&mut self) {
+        self.stop(Duration::from_secs(5));
+    }
+}
+
+#[allow(unsafe_code)]
+fn signal(pid: libc::pid_t, sig: libc::c_int) {
+    // SAFETY: kill(2) with a PID we spawned and still own (not yet reaped), no memory involved.
+    unsafe {
+        libc::kill(pid, sig);
+    }
+}
+
+/// The path of `binary` on PATH, or a loud error naming the command that installs it.
+pub fn require_binary(binary: &str, package: &str) -> Result<PathBuf> {
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    for dir in std::env::split_paths(&path).chain([PathBuf::from("/usr/sbin"), PathBuf::from("/usr/bin")]) {
+        let candidate = dir.join(binary);
+        if candidate.is_file() {
+            return Ok(candidate);
+        }
+    }
+    bail!(
+        "prerequisite missing: `{binary}` is not installed. Run `cargo xtask deps` (installs the Debian package `{package}`), then re-run the tests."
+    )
+}
+
+/// Fails loudly unless running as root (containerd needs it).
+pub fn require_root() -> Result<()> {
+    #[allow(unsafe_code)]
+    // SAFETY: geteuid(2) has no preconditions and touches no memory.
+    let euid = unsafe { libc::geteuid() };
+    if euid != 0 {
+        bail!("prerequisite missing: the real containerd runs as root; run the tests as root (`sudo -E cargo xtask ci`)");
+    }
+    Ok(())
+}
+
+/// A free TCP port on 127.0.0.1 (bound and released; the caller binds it right after).
+pub fn free_port() -> Result<u16> {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
+    Ok(listener.local_addr()?.port())
+}
+
+/// Polls `check` every 50 ms until it succeeds or `timeout` passes.
+pub fn wait_until(what: &str, timeout: Duration, mut check: impl FnMut() -> bool) -> Result<()> {
+    let deadline = Instant::now() + timeout;
+    while Instant::now() < deadline {
+        if check() {
+            return Ok(());
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    bail!("timed out after {timeout:?} waiting for {what}")
+}

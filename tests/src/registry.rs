@@ -1,0 +1,136 @@
+//! A real registry (Debian `docker-registry`, distribution 2.8) on 127.0.0.1, with htpasswd (bcrypt)
+//! authentication and its storage in a temp dir.
+
+use crate::process::{ChildGuard, free_port, require_binary, wait_until};
+use anyhow::{Context as _, Result};
+use std::io::{Read as _, Write as _};
+use std::net::TcpStream;
+use std::path::PathBuf;
+use std::process::Command;
+use std::time::Duration;
+use tempfile::TempDir;
+
+/// A running registry. Stopped and its storage removed on drop.
+pub struct Registry {
+    dir: TempDir,
+    port: u16,
+    users: Vec<(String, String)>,
+    child: Option<ChildGuard>,
+    binary: PathBuf,
+}
+
+impl Registry {
+    /// Starts a registry that accepts the given `(user, password)` pairs.
+    pub fn start(users: &[(&str, &str)]) -> Result<Self> {
+        let binary = require_binary("docker-registry", "docker-registry")?;
+        let dir = tempfile::Builder::new().prefix("pullgate-registry-").tempdir()?;
+        let port = free_port()?;
+        let mut registry = Self {
+            dir,
+            port,
+            users: users.iter().map(|(u, p)| (u.to_string(), p.to_string())).collect(),
+            child: None,
+            binary,
+        };
+        registry.write_config()?;
+        registry.launch()?;
+        Ok(registry)
+    }
+
+    /// `127.0.0.1:PORT`.
+    pub fn host(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// The registry's own log (stdout and stderr).
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("registry.log")).unwrap_or_default()
+    }
+
+    /// Stops the registry (its storage is kept): clients get "connection refused".
+    pub fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            child.stop(Duration::from_secs(5));
+        }
+    }
+
+    /// Starts it again on the same port, with the same storage.
+    pub fn restart(&mut self) -> Result<()> {
+        self.stop();
+        self.write_config()?;
+        self.launch()
+    }
+
+    /// Rotation: the user's password changes. The registry reads htpasswd at start-up, so it is
+    /// restarted (same port, same storage), as an operator's rollout of a new secret would.
+    pub fn set_password(&mut self, user: &str, password: &str) -> Result<()> {
+        for (u, p) in &mut self.users {
+            if u == user {
+                *p = password.to_string();
+            }
+        }
+        self.restart()
+    }
+
+    fn write_config(&self) -> Result<()> {
+        let root = self.dir.path();
+        let mut htpasswd = String::new();
+        for (user, password) in &self.users {
+            let hash = bcrypt::hash(password, 5).context("bcrypt")?;
+            htpasswd.push_str(&format!("{user}:{hash}\n"));
+        }
+        std::fs::write(root.join("htpasswd"), htpasswd)?;
+        let config = format!(
+            r#"version: 0.1
+log:
+  level: info
+  accesslog:
+    disabled: true
+storage:
+  filesystem:
+    rootdirectory: {root}/data
+  delete:
+    enabled: true
+  maintenance:
+    uploadpurging:
+      enabled: false
+http:
+  addr: 127.0.0.1:{port}
+auth:
+  htpasswd:
+    realm: pullgate-test
+    path: {root}/htpasswd
+"#,
+            root = root.display(),
+            port = self.port
+        );
+        std::fs::write(root.join("config.yml"), config)?;
+        Ok(())
+    }
+
+    fn launch(&mut self) -> Result<()> {
+        let mut command = Command::new(&self.binary);
+        command.arg("serve").arg(self.dir.path().join("config.yml"));
+        let child = ChildGuard::spawn("docker-registry", command, &self.dir.path().join("registry.log"))?;
+        self.child = Some(child);
+        let addr = self.host();
+        wait_until("registry to answer /v2/", Duration::from_secs(20), || {
+            probe(&addr).is_some_and(|status| status.contains(" 401 "))
+        })
+        .with_context(|| format!("registry log:\n{}", self.log()))
+    }
+}
+
+/// The status line of `GET /v2/`, if the registry answers.
+fn probe(addr: &str) -> Option<String> {
+    let mut stream = TcpStream::connect(addr).ok()?;
+    stream.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
+    write!(stream, "GET /v2/ HTTP/1.0\r\nHost: {addr}\r\n\r\n").ok()?;
+    let mut buf = [0u8; 64];
+    let n = stream.read(&mut buf).ok()?;
+    Some(String::from_utf8_lossy(&buf[..n]).lines().next()?.to_string())
+}
