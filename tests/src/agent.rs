@@ -138,6 +138,11 @@ impl Agent {
     pub fn spawn(&self) -> Result<RunningAgent> {
         RunningAgent::spawn(self.command(false)?)
     }
+
+    /// `pullgate run --once`, not waited for.
+    pub fn spawn_once(&self) -> Result<RunningAgent> {
+        RunningAgent::spawn(self.command(true)?)
+    }
 }
 
 /// A running agent; stopped (SIGTERM) on drop.
@@ -207,6 +212,21 @@ impl RunningAgent {
             std::thread::sleep(Duration::from_millis(50));
         }
         bail!("timed out waiting for {what}\nstdout:\n{}\nstderr:\n{}", self.stdout(), self.stderr())
+    }
+
+    /// Waits up to `timeout` for the process to exit by itself; its exit code.
+    pub fn wait_exit(&mut self, timeout: Duration) -> Result<Option<i32>> {
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            if let Some(status) = self.child.try_wait()? {
+                for reader in self.readers.drain(..) {
+                    let _ = reader.join();
+                }
+                return Ok(status.code());
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        bail!("pullgate did not exit within {timeout:?}\nstdout:\n{}\nstderr:\n{}", self.stdout(), self.stderr())
     }
 
     /// SIGTERM, wait, and return (stdout, stderr).

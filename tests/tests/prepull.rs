@@ -167,3 +167,4 @@ fn a_secret_of_the_wrong_type_is_the_verdict_when_the_pull_fails() {
     assert!(o["message"].as_str().unwrap().contains("401"), "{o}");
     assert_eq!(o["credential"], "anonymous");
 }
+

@@ -59,7 +59,8 @@ pub struct Resolution {
 impl Resolution {
     /// The verdict and message to report when the pull failed with `failure` after every candidate
     /// (or the anonymous attempt). An auth failure with no candidate is explained by the finding
-    /// that caused it (a missing secret, say); otherwise the failure stands, with findings appended.
+    /// that caused it (a missing secret, say); an auth failure with candidates stands, with the
+    /// findings appended; any other failure (network, runtime) stands alone.
     pub fn explain_failure(&self, failure: Verdict, message: &str) -> (Verdict, String) {
         let auth_like = matches!(failure, Verdict::Unauthorized | Verdict::NotFound);
         if auth_like && self.candidates.is_empty() {
@@ -70,7 +71,7 @@ impl Resolution {
                 );
             }
         }
-        if self.findings.is_empty() {
+        if self.findings.is_empty() || !auth_like {
             (failure, message.to_string())
         } else {
             let notes: Vec<&str> = self.findings.iter().map(|f| f.message.as_str()).collect();

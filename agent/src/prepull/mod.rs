@@ -7,10 +7,11 @@
 //! owning PullSet gets an [`Outcome`].
 
 use crate::credentials::Candidate;
-use crate::desired::DesiredImage;
+use crate::desired::{DesiredImage, Owner};
 use crate::outcome::{Action, Outcome, OutcomeKind, now_rfc3339};
 use crate::runtime::{ImageRuntime, PresentImage, PullAuth, RuntimeFailure};
 use crate::secret_scrub::scrub;
+use secrecy::SecretString;
 use crate::verdict::{Verdict, classify_pull_error};
 use futures::StreamExt as _;
 use std::collections::{HashMap, HashSet};
@@ -75,22 +76,30 @@ pub struct PrePuller<R> {
 struct Success {
     action: Action,
     present: PresentImage,
-    credential: Option<String>,
+    /// The attempt that pulled it; `None` when it was already present.
+    by: Option<String>,
 }
 
 struct Failure {
     verdict: Verdict,
     message: String,
-    credential: Option<String>,
+}
+
+/// One way to pull: a candidate credential, or anonymous. Labelled by source, never by value.
+struct Attempt {
+    label: String,
+    candidate: Option<Candidate>,
 }
 
 struct ImageResult {
     result: Result<Success, Failure>,
+    /// Failures of the attempts made, by label, in order.
+    failed: Vec<(String, Failure)>,
     attempts: u32,
     elapsed: Duration,
-    /// Candidates that failed before another succeeded: they would break a pod that gets only them.
-    warnings: Vec<String>,
 }
+
+const ANONYMOUS: &str = "anonymous";
 
 impl<R: ImageRuntime> PrePuller<R> {
     pub fn new(runtime: Arc<R>, config: PrePullConfig, node: impl Into<String>) -> Self {
@@ -144,18 +153,17 @@ impl<R: ImageRuntime> PrePuller<R> {
         let start = Instant::now();
         let reference = desired.image.pull_reference();
         let mut attempts = 0;
-        let mut warnings = Vec::new();
 
         if let Some(present) = index.lookup(&desired.image) {
             return ImageResult {
                 result: Ok(Success {
                     action: Action::Present,
                     present: present.clone(),
-                    credential: None,
+                    by: None,
                 }),
+                failed: Vec::new(),
                 attempts,
                 elapsed: start.elapsed(),
-                warnings,
             };
         }
 
@@ -169,36 +177,34 @@ impl<R: ImageRuntime> PrePuller<R> {
                     result: Ok(Success {
                         action: Action::Present,
                         present,
-                        credential: None,
+                        by: None,
                     }),
+                    failed: Vec::new(),
                     attempts,
                     elapsed: start.elapsed(),
-                    warnings,
                 };
             }
             Ok(None) => {}
             Err(failure) => {
                 return ImageResult {
                     result: Err(failure),
+                    failed: Vec::new(),
                     attempts,
                     elapsed: start.elapsed(),
-                    warnings,
                 };
             }
         }
 
-        let candidates = merged_candidates(desired);
-        let mut last = None;
-        let tries: Vec<Option<&Candidate>> = if candidates.is_empty() {
-            vec![None]
-        } else {
-            candidates.iter().map(Some).collect()
-        };
-        for candidate in tries {
-            let label = candidate.map_or_else(|| "anonymous".to_string(), |c| c.source.to_string());
+        let plan = attempts_for(desired);
+        let passwords: Vec<SecretString> = plan
+            .iter()
+            .filter_map(|a| a.candidate.as_ref().map(|c| c.password.clone()))
+            .collect();
+        let mut failed = Vec::new();
+        for attempt in &plan {
             let pulled = self
                 .with_retries(cancel, &mut attempts, || {
-                    let auth = candidate.map(|c| PullAuth {
+                    let auth = attempt.candidate.as_ref().map(|c| PullAuth {
                         username: &c.username,
                         password: &c.password,
                     });
@@ -218,43 +224,38 @@ impl<R: ImageRuntime> PrePuller<R> {
                         result: Ok(Success {
                             action: Action::Pulled,
                             present,
-                            credential: Some(label),
+                            by: Some(attempt.label.clone()),
                         }),
+                        failed,
                         attempts,
                         elapsed: start.elapsed(),
-                        warnings,
                     };
                 }
                 Err(mut failure) => {
-                    failure.message = scrub(&failure.message, candidates.iter().map(|c| &c.password));
+                    failure.message = scrub(&failure.message, &passwords);
+                    tracing::debug!(image = %reference, credential = %attempt.label, verdict = %failure.verdict, "pull attempt failed");
+                    failed.push((attempt.label.clone(), failure));
                     if cancel.is_cancelled() {
-                        last = Some(Failure {
-                            credential: Some(label),
-                            ..failure
-                        });
                         break;
                     }
-                    warnings.push(format!("{label} failed: {} ({})", failure.verdict, failure.message));
-                    last = Some(Failure {
-                        credential: Some(label),
-                        ..failure
-                    });
                 }
             }
         }
-        // The last failure is the outcome itself; the warnings keep the earlier candidates' failures.
-        warnings.pop();
-        let failure = last.unwrap_or(Failure {
-            verdict: Verdict::RuntimeError,
-            message: "no pull was attempted".into(),
-            credential: None,
-        });
-        tracing::debug!(image = %reference, verdict = %failure.verdict, "pre-pull failed");
+        let last = failed.last().map_or_else(
+            || Failure {
+                verdict: Verdict::RuntimeError,
+                message: "no pull was attempted".into(),
+            },
+            |(_, f)| Failure {
+                verdict: f.verdict,
+                message: f.message.clone(),
+            },
+        );
         ImageResult {
-            result: Err(failure),
+            result: Err(last),
+            failed,
             attempts,
             elapsed: start.elapsed(),
-            warnings,
         }
     }
 
@@ -285,12 +286,17 @@ impl<R: ImageRuntime> PrePuller<R> {
         }
     }
 
+    /// One outcome per owner, each judged by its own credentials: an owner whose own attempts
+    /// failed gets them as warnings even when another owner's credential pulled the image.
     fn outcomes(&self, desired: &DesiredImage, result: &ImageResult) -> Vec<Outcome> {
         let time = now_rfc3339();
         desired
             .owners
             .iter()
             .map(|owner| {
+                let own: Vec<String> = owner_attempts(owner).into_iter().map(|(label, _)| label).collect();
+                let own_failures: Vec<&(String, Failure)> =
+                    result.failed.iter().filter(|(label, _)| own.contains(label)).collect();
                 let base = Outcome {
                     kind: OutcomeKind::Prepull,
                     time: time.clone(),
@@ -307,27 +313,47 @@ impl<R: ImageRuntime> PrePuller<R> {
                     credential: None,
                     image_ref: None,
                     repo_digest: None,
-                    warnings: result.warnings.clone(),
+                    warnings: Vec::new(),
                 };
                 match &result.result {
-                    Ok(s) => Outcome {
-                        message: match s.action {
-                            Action::Present => "image already present".into(),
-                            _ => "image pulled".into(),
-                        },
-                        action: s.action,
-                        credential: s.credential.clone(),
-                        image_ref: Some(s.present.id.clone()).filter(|id| !id.is_empty()),
-                        repo_digest: s.present.repo_digest_for(&desired.image.name()),
-                        ..base
-                    },
+                    Ok(s) => {
+                        let by_own = s.by.as_ref().filter(|label| own.contains(label));
+                        let message = match (s.action, &s.by, by_own) {
+                            (Action::Present, _, _) => "image already present".to_string(),
+                            (_, _, Some(_)) | (_, None, _) => "image pulled".to_string(),
+                            (_, Some(other), None) => format!("image pulled with {other}, listed by another PullSet"),
+                        };
+                        Outcome {
+                            message,
+                            action: s.action,
+                            credential: by_own.cloned(),
+                            image_ref: Some(s.present.id.clone()).filter(|id| !id.is_empty()),
+                            repo_digest: s.present.repo_digest_for(&desired.image.name()),
+                            warnings: own_failures
+                                .iter()
+                                .map(|(label, f)| format!("{label} failed: {}: {}", f.verdict, f.message))
+                                .collect(),
+                            ..base
+                        }
+                    }
                     Err(f) => {
-                        let (verdict, message) = owner.resolution.explain_failure(f.verdict, &f.message);
+                        // This owner's own last attempt explains its outcome; an earlier failure
+                        // (ImageStatus) applies to every owner.
+                        let (label, failure) = match own_failures.last() {
+                            Some((label, failure)) => (Some(label.clone()), failure),
+                            None => (None, f),
+                        };
+                        let (verdict, message) = owner.resolution.explain_failure(failure.verdict, &failure.message);
+                        let earlier = own_failures.len().saturating_sub(1);
                         Outcome {
                             verdict,
                             message,
                             hint: Some(verdict.hint()),
-                            credential: f.credential.clone(),
+                            credential: label,
+                            warnings: own_failures[..earlier]
+                                .iter()
+                                .map(|(label, f)| format!("{label} failed: {}: {}", f.verdict, f.message))
+                                .collect(),
                             ..base
                         }
                     }
@@ -345,20 +371,35 @@ fn to_failure(e: RuntimeFailure) -> Failure {
     Failure {
         verdict,
         message: e.to_string(),
-        credential: None,
     }
 }
 
-/// Candidates of every owner, in owner order, each source once.
-fn merged_candidates(desired: &DesiredImage) -> Vec<Candidate> {
+/// The pulls to try: each owner's candidates in owner order (anonymous for an owner with none),
+/// each label once. Any failure moves on to the next, as the kubelet moves on to its next credential.
+fn attempts_for(desired: &DesiredImage) -> Vec<Attempt> {
     let mut seen = HashSet::new();
-    desired
-        .owners
-        .iter()
-        .flat_map(|o| o.resolution.candidates.iter())
-        .filter(|c| seen.insert(c.source.to_string()))
-        .cloned()
-        .collect()
+    let mut plan = Vec::new();
+    for owner in &desired.owners {
+        for (label, candidate) in owner_attempts(owner) {
+            if seen.insert(label.clone()) {
+                plan.push(Attempt { label, candidate });
+            }
+        }
+    }
+    plan
+}
+
+fn owner_attempts(owner: &Owner) -> Vec<(String, Option<Candidate>)> {
+    if owner.resolution.candidates.is_empty() {
+        vec![(ANONYMOUS.to_string(), None)]
+    } else {
+        owner
+            .resolution
+            .candidates
+            .iter()
+            .map(|c| (c.source.to_string(), Some(c.clone())))
+            .collect()
+    }
 }
 
 /// What `ListImages` returned, by tag and by digest.

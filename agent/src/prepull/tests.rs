@@ -226,3 +226,57 @@ fn retry_delays_are_capped_and_bounded() {
     // Jitter adds at most one min_delay on top of the capped exponential.
     assert!(delays.iter().all(|d| *d <= Duration::from_millis(800)), "{delays:?}");
 }
+
+#[tokio::test]
+async fn each_owner_is_judged_by_its_own_credentials() {
+    let rt = Arc::new(Scripted::default());
+    rt.answer("r.io/a:1", "stale", vec![rejected(UNAUTHORIZED)]);
+    let missing = Finding {
+        verdict: Verdict::SecretNotFound,
+        message: "pull secret ns/gone does not exist".into(),
+    };
+    let out = run(
+        rt.clone(),
+        vec![desired(
+            "r.io/a:1",
+            vec![
+                ("broken", vec![candidate("old", "stale")], vec![]),
+                ("healthy", vec![candidate("new", "fresh")], vec![]),
+                ("no-secret", vec![], vec![missing]),
+            ],
+        )],
+    )
+    .await;
+    let by: HashMap<_, _> = out.iter().map(|o| (o.pullset.as_str(), o)).collect();
+    // The image is present for all three (that is the pre-pull's job)...
+    assert!(out.iter().all(|o| o.verdict == Verdict::Ok && o.action == Action::Pulled));
+    // ...but only `healthy` pulled it with its own credential, and `broken` is told its failed.
+    assert_eq!(by["healthy"].credential.as_deref(), Some("secret ns/new key r.io"));
+    assert_eq!(by["broken"].credential, None);
+    assert!(by["broken"].message.contains("secret ns/new"), "{}", by["broken"].message);
+    assert_eq!(by["broken"].warnings.len(), 1);
+    assert!(by["broken"].warnings[0].starts_with("secret ns/old key r.io failed: Unauthorized"));
+    assert!(by["healthy"].warnings.is_empty() && by["no-secret"].warnings.is_empty());
+    // `no-secret`'s anonymous attempt was never needed.
+    let tried: Vec<_> = rt.pulls.lock().unwrap().iter().map(|p| p.1.clone()).collect();
+    assert_eq!(tried, ["stale", "fresh"]);
+}
+
+#[tokio::test]
+async fn when_all_fail_each_owner_gets_its_own_verdict() {
+    let rt = Arc::new(Scripted::default());
+    rt.answer("r.io/a:1", "stale", vec![rejected(UNAUTHORIZED)]);
+    rt.answer("r.io/a:1", "", vec![rejected(UNAUTHORIZED)]);
+    let missing = Finding {
+        verdict: Verdict::SecretNotFound,
+        message: "pull secret ns/gone does not exist".into(),
+    };
+    let out = run(
+        rt,
+        vec![desired("r.io/a:1", vec![("broken", vec![candidate("old", "stale")], vec![]), ("no-secret", vec![], vec![missing])])],
+    )
+    .await;
+    let by: HashMap<_, _> = out.iter().map(|o| (o.pullset.as_str(), o)).collect();
+    assert_eq!((by["broken"].verdict, by["broken"].credential.as_deref()), (Verdict::Unauthorized, Some("secret ns/old key r.io")));
+    assert_eq!((by["no-secret"].verdict, by["no-secret"].credential.as_deref()), (Verdict::SecretNotFound, Some("anonymous")));
+}
