@@ -6,7 +6,11 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 use std::path::PathBuf;
 
 #[derive(Debug, Parser)]
-#[command(name = "pullgate", version, about = "Pre-pulls critical images and validates registry pull credentials on a Kubernetes node")]
+#[command(
+    name = "pullgate",
+    version,
+    about = "Pre-pulls critical images and validates registry pull credentials on a Kubernetes node"
+)]
 pub struct Cli {
     #[command(flatten)]
     pub log: LogArgs,
@@ -40,7 +44,8 @@ pub struct RunArgs {
     /// (watched) and report as JSON lines on stdout.
     #[arg(long, env = "PULLGATE_MANIFESTS", value_name = "DIR")]
     pub manifests: Option<PathBuf>,
-    /// One full pass, then exit 0 if every outcome is Ok, 1 otherwise.
+    /// One full pass, then exit 0 if every outcome is Ok and every object valid, 1 otherwise (2: a
+    /// fatal error such as a missing directory).
     #[arg(long, env = "PULLGATE_ONCE")]
     pub once: bool,
     #[command(flatten)]
@@ -64,7 +69,11 @@ pub struct NodeArgs {
 #[derive(Debug, Args)]
 pub struct CriArgs {
     /// The container runtime's CRI socket.
-    #[arg(long, env = "PULLGATE_CRI_ENDPOINT", default_value = "unix:///run/containerd/containerd.sock")]
+    #[arg(
+        long,
+        env = "PULLGATE_CRI_ENDPOINT",
+        default_value = "unix:///run/containerd/containerd.sock"
+    )]
     pub cri_endpoint: CriEndpoint,
     /// Deadline of every CRI call but PullImage.
     #[arg(long, env = "PULLGATE_CRI_TIMEOUT", default_value = "10s")]
@@ -115,11 +124,19 @@ mod tests {
 
     #[test]
     fn defaults() {
-        let cli = Cli::try_parse_from(["pullgate", "run", "--manifests", "/m", "--node-name", "n1"]).unwrap();
+        let cli =
+            Cli::try_parse_from(["pullgate", "run", "--manifests", "/m", "--node-name", "n1"])
+                .unwrap();
         let Command::Run(run) = cli.command;
-        assert_eq!(run.cri.cri_endpoint.to_string(), "unix:///run/containerd/containerd.sock");
+        assert_eq!(
+            run.cri.cri_endpoint.to_string(),
+            "unix:///run/containerd/containerd.sock"
+        );
         assert_eq!(run.prepull.max_parallel_pulls, 3);
-        assert_eq!(*run.prepull.recheck_interval, std::time::Duration::from_secs(300));
+        assert_eq!(
+            *run.prepull.recheck_interval,
+            std::time::Duration::from_secs(300)
+        );
         assert!(!run.once);
         assert!(Cli::try_parse_from(["pullgate", "run", "--max-parallel-pulls", "0"]).is_err());
         assert!(Cli::try_parse_from(["pullgate", "run", "--cri-endpoint", "tcp://x"]).is_err());

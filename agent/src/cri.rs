@@ -10,8 +10,8 @@ use hyper_util::rt::TokioIo;
 use k8s_cri::v1::image_service_client::ImageServiceClient;
 use k8s_cri::v1::runtime_service_client::RuntimeServiceClient;
 use k8s_cri::v1::{
-    AuthConfig, ImageFsInfoRequest, ImageFilter, ImageSpec, ImageStatusRequest, ListContainersRequest,
-    ListImagesRequest, PullImageRequest, RemoveImageRequest, VersionRequest,
+    AuthConfig, ImageFilter, ImageFsInfoRequest, ImageSpec, ImageStatusRequest,
+    ListContainersRequest, ListImagesRequest, PullImageRequest, RemoveImageRequest, VersionRequest,
 };
 use secrecy::ExposeSecret;
 use std::future::Future;
@@ -63,9 +63,15 @@ pub enum CriError {
     #[error("cannot reach CRI at {endpoint}: {cause}")]
     Unreachable { endpoint: String, cause: String },
     #[error("CRI {operation} did not finish within {}", humantime::format_duration(*after))]
-    DeadlineExceeded { operation: &'static str, after: Duration },
+    DeadlineExceeded {
+        operation: &'static str,
+        after: Duration,
+    },
     #[error("CRI {operation} failed: {message}")]
-    Rejected { operation: &'static str, message: String },
+    Rejected {
+        operation: &'static str,
+        message: String,
+    },
 }
 
 pub type Result<T, E = CriError> = std::result::Result<T, E>;
@@ -73,8 +79,12 @@ pub type Result<T, E = CriError> = std::result::Result<T, E>;
 impl From<CriError> for RuntimeFailure {
     fn from(e: CriError) -> Self {
         match e {
-            CriError::Unreachable { endpoint, cause } => RuntimeFailure::Unreachable { endpoint, cause },
-            CriError::DeadlineExceeded { operation, after } => RuntimeFailure::DeadlineExceeded { operation, after },
+            CriError::Unreachable { endpoint, cause } => {
+                RuntimeFailure::Unreachable { endpoint, cause }
+            }
+            CriError::DeadlineExceeded { operation, after } => {
+                RuntimeFailure::DeadlineExceeded { operation, after }
+            }
             CriError::Rejected { message, .. } => RuntimeFailure::Rejected(message),
             e @ CriError::InvalidEndpoint(_) => RuntimeFailure::Unreachable {
                 endpoint: String::new(),
@@ -208,7 +218,9 @@ impl CriClient {
     pub async fn list_containers(&self) -> Result<Vec<ContainerImageUse>> {
         let r = self
             .call("ListContainers", self.timeouts.call, || async {
-                self.runtime().list_containers(ListContainersRequest { filter: None }).await
+                self.runtime()
+                    .list_containers(ListContainersRequest { filter: None })
+                    .await
             })
             .await?;
         Ok(r.containers
@@ -284,7 +296,12 @@ impl CriClient {
 
     /// Runs one unary call with a deadline, reconnecting with backoff while the runtime is
     /// unreachable, within the reconnect budget.
-    async fn call<T, F, Fut>(&self, operation: &'static str, deadline: Duration, mut attempt: F) -> Result<T>
+    async fn call<T, F, Fut>(
+        &self,
+        operation: &'static str,
+        deadline: Duration,
+        mut attempt: F,
+    ) -> Result<T>
     where
         F: FnMut() -> Fut,
         Fut: Future<Output = std::result::Result<tonic::Response<T>, tonic::Status>>,
@@ -299,7 +316,12 @@ impl CriClient {
         );
         loop {
             let error = match tokio::time::timeout(deadline, attempt()).await {
-                Err(_) => return Err(CriError::DeadlineExceeded { operation, after: deadline }),
+                Err(_) => {
+                    return Err(CriError::DeadlineExceeded {
+                        operation,
+                        after: deadline,
+                    });
+                }
                 Ok(Ok(response)) => return Ok(response.into_inner()),
                 Ok(Err(status)) => self.classify(operation, &status),
             };
@@ -320,8 +342,10 @@ impl CriClient {
         use tonic::Code;
         let message = status.message().to_string();
         let transport = matches!(status.code(), Code::Unavailable)
-            || (matches!(status.code(), Code::Unknown | Code::Internal | Code::Cancelled)
-                && is_transport_message(&message, status));
+            || (matches!(
+                status.code(),
+                Code::Unknown | Code::Internal | Code::Cancelled
+            ) && is_transport_message(&message, status));
         if transport {
             let cause = if !self.endpoint.path.exists() {
                 "socket does not exist".to_string()
@@ -346,7 +370,8 @@ fn is_transport_message(message: &str, status: &tonic::Status) -> bool {
         || m.contains("broken pipe")
         || m.contains("connection closed")
         || m.contains("error reading a body from connection")
-        || std::error::Error::source(status).is_some_and(|s| s.to_string().to_ascii_lowercase().contains("connection"))
+        || std::error::Error::source(status)
+            .is_some_and(|s| s.to_string().to_ascii_lowercase().contains("connection"))
 }
 
 /// The innermost cause of a transport failure, for a message an operator can act on.
@@ -395,11 +420,18 @@ impl ImageRuntime for CriClient {
         Ok(self.list().await?)
     }
 
-    async fn image_status(&self, image: &str) -> std::result::Result<Option<PresentImage>, RuntimeFailure> {
+    async fn image_status(
+        &self,
+        image: &str,
+    ) -> std::result::Result<Option<PresentImage>, RuntimeFailure> {
         Ok(self.status(image).await?)
     }
 
-    async fn pull_image(&self, image: &str, auth: Option<PullAuth<'_>>) -> std::result::Result<String, RuntimeFailure> {
+    async fn pull_image(
+        &self,
+        image: &str,
+        auth: Option<PullAuth<'_>>,
+    ) -> std::result::Result<String, RuntimeFailure> {
         Ok(self.pull(image, auth).await?)
     }
 }
@@ -426,7 +458,9 @@ mod tests {
     #[tokio::test]
     async fn a_missing_socket_is_reported_clearly_within_budget() {
         let dir = tempfile::tempdir().unwrap();
-        let endpoint: CriEndpoint = format!("unix://{}/absent.sock", dir.path().display()).parse().unwrap();
+        let endpoint: CriEndpoint = format!("unix://{}/absent.sock", dir.path().display())
+            .parse()
+            .unwrap();
         let client = CriClient::new(
             endpoint.clone(),
             CriTimeouts {

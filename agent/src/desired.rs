@@ -23,7 +23,11 @@ pub struct DesiredImage {
 }
 
 /// The images every `prePull: true` PullSet selecting this node wants, de-duplicated by reference.
-pub fn prepull_images(inventory: &Inventory, node: &NodeInfo, resolver: &dyn CredentialResolver) -> Vec<DesiredImage> {
+pub fn prepull_images(
+    inventory: &Inventory,
+    node: &NodeInfo,
+    resolver: &dyn CredentialResolver,
+) -> Vec<DesiredImage> {
     let mut by_image: BTreeMap<ImageRef, Vec<Owner>> = BTreeMap::new();
     for set in inventory.pullsets.values() {
         if !set.spec.pre_pull || !node.matches(&set.spec.node_selector) {
@@ -63,8 +67,14 @@ mod tests {
     fn selection_and_dedup() {
         let inv = inventory(&[
             ("a", "images: [{image: r.io/x:1}, {image: r.io/y:1}]"),
-            ("b", "images: [{image: 'r.io/x:1'}]\nnodeSelector: {pool: gpu}"),
-            ("c", "images: [{image: r.io/z:1}]\nnodeSelector: {pool: cpu}"),
+            (
+                "b",
+                "images: [{image: 'r.io/x:1'}]\nnodeSelector: {pool: gpu}",
+            ),
+            (
+                "c",
+                "images: [{image: r.io/z:1}]\nnodeSelector: {pool: cpu}",
+            ),
             ("d", "images: [{image: r.io/w:1}]\nprePull: false"),
         ]);
         let node = NodeInfo {
@@ -74,12 +84,20 @@ mod tests {
         let desired = prepull_images(&inv, &node, &ExactHostResolver);
         let got: Vec<(String, Vec<String>)> = desired
             .iter()
-            .map(|d| (d.image.to_string(), d.owners.iter().map(|o| o.pullset.name.clone()).collect()))
+            .map(|d| {
+                (
+                    d.image.to_string(),
+                    d.owners.iter().map(|o| o.pullset.name.clone()).collect(),
+                )
+            })
             .collect();
         assert_eq!(
             got,
             vec![
-                ("r.io/x:1".to_string(), vec!["a".to_string(), "b".to_string()]),
+                (
+                    "r.io/x:1".to_string(),
+                    vec!["a".to_string(), "b".to_string()]
+                ),
                 ("r.io/y:1".to_string(), vec!["a".to_string()]),
             ]
         );

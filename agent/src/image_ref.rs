@@ -36,9 +36,13 @@ pub enum ImageRefError {
         "invalid repository path `{path}` in `{reference}`: components must be lower-case letters, digits and single separators (`.`, `_`, `__`, `-`)"
     )]
     InvalidRepository { reference: String, path: String },
-    #[error("invalid tag `{tag}` in `{reference}`: up to 128 of [A-Za-z0-9_.-], not starting with `.` or `-`")]
+    #[error(
+        "invalid tag `{tag}` in `{reference}`: up to 128 of [A-Za-z0-9_.-], not starting with `.` or `-`"
+    )]
     InvalidTag { reference: String, tag: String },
-    #[error("invalid digest `{digest}` in `{reference}`: expected `sha256:` and 64 lower-case hex digits")]
+    #[error(
+        "invalid digest `{digest}` in `{reference}`: expected `sha256:` and 64 lower-case hex digits"
+    )]
     InvalidDigest { reference: String, digest: String },
     #[error("image reference `{0}` is longer than 255 characters")]
     TooLong(String),
@@ -175,10 +179,10 @@ fn valid_host(host: &str) -> bool {
             None => (host, None),
         }
     };
-    if let Some(port) = port {
-        if port.is_empty() || !port.chars().all(|c| c.is_ascii_digit()) {
-            return false;
-        }
+    if let Some(port) = port
+        && (port.is_empty() || !port.chars().all(|c| c.is_ascii_digit()))
+    {
+        return false;
     }
     !name.is_empty()
         && name.split('.').all(|label| {
@@ -235,10 +239,16 @@ fn valid_tag(tag: &str) -> bool {
 fn valid_digest(digest: &str) -> bool {
     match digest.split_once(':') {
         Some(("sha256", hex)) => {
-            hex.len() == 64 && hex.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+            hex.len() == 64
+                && hex
+                    .bytes()
+                    .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
         }
         Some(("sha512", hex)) => {
-            hex.len() == 128 && hex.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+            hex.len() == 128
+                && hex
+                    .bytes()
+                    .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
         }
         _ => false,
     }
@@ -270,18 +280,51 @@ mod tests {
         let tag_and_digest = format!("quay.io/a/b:v1@{D}");
         let cases: Vec<(&str, Option<(&str, &str, Option<&str>, bool)>)> = vec![
             ("nginx", Some(("docker.io", "library/nginx", None, false))),
-            ("nginx:1.25", Some(("docker.io", "library/nginx", Some("1.25"), false))),
-            ("bitnami/redis:7", Some(("docker.io", "bitnami/redis", Some("7"), false))),
-            ("docker.io/nginx", Some(("docker.io", "library/nginx", None, false))),
-            ("index.docker.io/nginx", Some(("docker.io", "library/nginx", None, false))),
-            ("localhost/app:1", Some(("localhost", "app", Some("1"), false))),
-            ("localhost:5000/app", Some(("localhost:5000", "app", None, false))),
-            ("127.0.0.1:5000/team/app:v2", Some(("127.0.0.1:5000", "team/app", Some("v2"), false))),
-            (&with_digest, Some(("registry.example.com:5000", "payments/api", None, true))),
+            (
+                "nginx:1.25",
+                Some(("docker.io", "library/nginx", Some("1.25"), false)),
+            ),
+            (
+                "bitnami/redis:7",
+                Some(("docker.io", "bitnami/redis", Some("7"), false)),
+            ),
+            (
+                "docker.io/nginx",
+                Some(("docker.io", "library/nginx", None, false)),
+            ),
+            (
+                "index.docker.io/nginx",
+                Some(("docker.io", "library/nginx", None, false)),
+            ),
+            (
+                "localhost/app:1",
+                Some(("localhost", "app", Some("1"), false)),
+            ),
+            (
+                "localhost:5000/app",
+                Some(("localhost:5000", "app", None, false)),
+            ),
+            (
+                "127.0.0.1:5000/team/app:v2",
+                Some(("127.0.0.1:5000", "team/app", Some("v2"), false)),
+            ),
+            (
+                &with_digest,
+                Some(("registry.example.com:5000", "payments/api", None, true)),
+            ),
             (&tag_and_digest, Some(("quay.io", "a/b", Some("v1"), true))),
-            ("[::1]:5000/app:1", Some(("[::1]:5000", "app", Some("1"), false))),
-            ("ghcr.io/org/sub/deep/image:tag_1.0-rc", Some(("ghcr.io", "org/sub/deep/image", Some("tag_1.0-rc"), false))),
-            ("my_org/my__app", Some(("docker.io", "my_org/my__app", None, false))),
+            (
+                "[::1]:5000/app:1",
+                Some(("[::1]:5000", "app", Some("1"), false)),
+            ),
+            (
+                "ghcr.io/org/sub/deep/image:tag_1.0-rc",
+                Some(("ghcr.io", "org/sub/deep/image", Some("tag_1.0-rc"), false)),
+            ),
+            (
+                "my_org/my__app",
+                Some(("docker.io", "my_org/my__app", None, false)),
+            ),
             ("", None),
             ("Nginx", None),
             ("registry.example.com/Payments/api", None),
@@ -301,7 +344,10 @@ mod tests {
 
     #[test]
     fn pull_reference_defaults_to_latest() {
-        assert_eq!(ImageRef::parse("nginx").unwrap().pull_reference(), "docker.io/library/nginx:latest");
+        assert_eq!(
+            ImageRef::parse("nginx").unwrap().pull_reference(),
+            "docker.io/library/nginx:latest"
+        );
         let pinned = ImageRef::parse(&format!("reg.io/app@{D}")).unwrap();
         assert_eq!(pinned.pull_reference(), format!("reg.io/app@{D}"));
         assert!(pinned.is_pinned());

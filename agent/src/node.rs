@@ -69,7 +69,10 @@ mod tests {
 
     #[test]
     fn label_parsing() {
-        assert_eq!(labels(" a=1 , b = 2,"), BTreeMap::from([("a".into(), "1".into()), ("b".into(), "2".into())]));
+        assert_eq!(
+            labels(" a=1 , b = 2,"),
+            BTreeMap::from([("a".into(), "1".into()), ("b".into(), "2".into())])
+        );
         assert_eq!(labels("k="), BTreeMap::from([("k".into(), String::new())]));
         assert!(NodeLabels::parse("novalue").is_err());
         assert!(NodeLabels::parse("=v").is_err());

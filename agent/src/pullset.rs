@@ -124,7 +124,10 @@ pub struct ValidPullSet {
 impl ValidPullSet {
     /// The ServiceAccount whose pull secrets apply when the set names none of its own.
     pub fn service_account(&self) -> &str {
-        self.spec.service_account_name.as_deref().unwrap_or("default")
+        self.spec
+            .service_account_name
+            .as_deref()
+            .unwrap_or("default")
     }
 }
 
@@ -140,7 +143,10 @@ pub fn validate(key: ObjectKey, spec: PullSetSpec) -> Result<ValidPullSet, Vec<F
     };
 
     if spec.images.is_empty() {
-        errors.push(err("spec.images".into(), "must list at least one image".into()));
+        errors.push(err(
+            "spec.images".into(),
+            "must list at least one image".into(),
+        ));
     }
     for (i, entry) in spec.images.iter().enumerate() {
         let field = format!("spec.images[{i}].image");
@@ -169,23 +175,21 @@ pub fn validate(key: ObjectKey, spec: PullSetSpec) -> Result<ValidPullSet, Vec<F
             ));
         }
     }
-    if let Some(sa) = &spec.service_account_name {
-        if !is_dns_subdomain(sa) {
-            errors.push(err(
-                "spec.serviceAccountName".into(),
-                format!("`{sa}` is not a valid ServiceAccount name"),
-            ));
-        }
+    if let Some(sa) = &spec.service_account_name
+        && !is_dns_subdomain(sa)
+    {
+        errors.push(err(
+            "spec.serviceAccountName".into(),
+            format!("`{sa}` is not a valid ServiceAccount name"),
+        ));
     }
-    if let Some(canary) = &spec.canary {
-        if let Some(jitter) = &canary.jitter {
-            if humantime::parse_duration(jitter).is_err() {
-                errors.push(err(
-                    "spec.canary.jitter".into(),
-                    format!("`{jitter}` is not a duration (e.g. `10m`, `30s`)"),
-                ));
-            }
-        }
+    if let Some(jitter) = spec.canary.as_ref().and_then(|c| c.jitter.as_ref())
+        && humantime::parse_duration(jitter).is_err()
+    {
+        errors.push(err(
+            "spec.canary.jitter".into(),
+            format!("`{jitter}` is not a duration (e.g. `10m`, `30s`)"),
+        ));
     }
 
     if errors.is_empty() {
@@ -245,7 +249,9 @@ mod tests {
         let s = spec("images: [{image: reg.io/a:1}]");
         assert!(s.pre_pull && s.gate);
         assert!(s.canary.is_none());
-        let c = spec("images: [{image: reg.io/a:1}]\ncanary: {schedule: '0 * * * *'}").canary.unwrap();
+        let c = spec("images: [{image: reg.io/a:1}]\ncanary: {schedule: '0 * * * *'}")
+            .canary
+            .unwrap();
         assert!(c.on_rotation && !c.runtime);
         assert_eq!(c.depth, CanaryDepth::Manifest);
     }
@@ -258,7 +264,9 @@ mod tests {
             "images: [{image: reg.io/a:1}]\ncanary: {deph: full}",
             "images: [{image: reg.io/a:1}]\nimagePullSecrets: [{name: a, namespace: b}]",
         ] {
-            let err = serde_yaml::from_str::<PullSetSpec>(yaml).unwrap_err().to_string();
+            let err = serde_yaml::from_str::<PullSetSpec>(yaml)
+                .unwrap_err()
+                .to_string();
             assert!(err.contains("unknown field"), "{yaml}: {err}");
         }
     }
@@ -266,10 +274,20 @@ mod tests {
     #[test]
     fn validation_names_the_field() {
         let digest = "sha256:0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
-        let ok = validate(key(), spec(&format!("images: [{{image: 'reg.io/a@{digest}'}}, {{image: reg.io/b:1}}]"))).unwrap();
+        let ok = validate(
+            key(),
+            spec(&format!(
+                "images: [{{image: 'reg.io/a@{digest}'}}, {{image: reg.io/b:1}}]"
+            )),
+        )
+        .unwrap();
         assert_eq!(ok.images.len(), 2);
         assert_eq!(ok.warnings.len(), 1);
-        assert!(ok.warnings[0].starts_with("spec.images[1].image"), "{:?}", ok.warnings);
+        assert!(
+            ok.warnings[0].starts_with("spec.images[1].image"),
+            "{:?}",
+            ok.warnings
+        );
 
         let errs = validate(
             key(),
@@ -277,8 +295,21 @@ mod tests {
         )
         .unwrap_err();
         let fields: Vec<_> = errs.iter().map(|e| e.field.as_str()).collect();
-        assert_eq!(fields, ["spec.images[1].image", "spec.imagePullSecrets[0].name", "spec.canary.jitter"]);
-        assert!(errs[0].to_string().starts_with("PullSet payments/critical: spec.images[1].image:"), "{}", errs[0]);
+        assert_eq!(
+            fields,
+            [
+                "spec.images[1].image",
+                "spec.imagePullSecrets[0].name",
+                "spec.canary.jitter"
+            ]
+        );
+        assert!(
+            errs[0]
+                .to_string()
+                .starts_with("PullSet payments/critical: spec.images[1].image:"),
+            "{}",
+            errs[0]
+        );
 
         let empty = validate(key(), spec("images: []")).unwrap_err();
         assert_eq!(empty[0].field, "spec.images");

@@ -78,7 +78,9 @@ pub async fn run(args: RunArgs) -> Result<RunOutcome, RunError> {
             cri_api = %v.runtime_api_version,
             "connected to container runtime"
         ),
-        Err(e) => tracing::error!(error = %e, "container runtime not reachable; pulls will be retried"),
+        Err(e) => {
+            tracing::error!(error = %e, "container runtime not reachable; pulls will be retried")
+        }
     }
 
     let (mut sources, source_task) = watch_dir(dir, WatchConfig::default(), cancel.clone())?;
@@ -110,7 +112,11 @@ pub async fn run(args: RunArgs) -> Result<RunOutcome, RunError> {
                 manifest_problems = loaded.problems.len(),
                 "pass complete"
             );
-            break if ok { RunOutcome::AllOk } else { RunOutcome::SomeFailed };
+            break if ok {
+                RunOutcome::AllOk
+            } else {
+                RunOutcome::SomeFailed
+            };
         }
         tokio::select! {
             () = cancel.cancelled() => break RunOutcome::Stopped,
@@ -176,13 +182,14 @@ fn report_source(reporter: &JsonLines, node: &NodeInfo, loaded: &Loaded) {
 /// SIGTERM and SIGINT cancel the one token everything listens to.
 fn spawn_signal_handler(cancel: CancellationToken) {
     tokio::spawn(async move {
-        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(s) => s,
-            Err(e) => {
-                tracing::error!(error = %e, "cannot listen for SIGTERM");
-                return;
-            }
-        };
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(s) => s,
+                Err(e) => {
+                    tracing::error!(error = %e, "cannot listen for SIGTERM");
+                    return;
+                }
+            };
         tokio::select! {
             _ = term.recv() => {}
             _ = tokio::signal::ctrl_c() => {}

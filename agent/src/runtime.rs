@@ -40,7 +40,10 @@ pub enum RuntimeFailure {
     Unreachable { endpoint: String, cause: String },
     /// The call did not finish within its deadline.
     #[error("CRI {operation} did not finish within {}", humantime::format_duration(*after))]
-    DeadlineExceeded { operation: &'static str, after: Duration },
+    DeadlineExceeded {
+        operation: &'static str,
+        after: Duration,
+    },
     /// The runtime answered with an error: its own message.
     #[error("{0}")]
     Rejected(String),
@@ -49,9 +52,13 @@ pub enum RuntimeFailure {
 /// The image side of a container runtime.
 pub trait ImageRuntime: Send + Sync + 'static {
     /// Every image the runtime holds (one call, for a whole pass).
-    fn list_images(&self) -> impl Future<Output = Result<Vec<PresentImage>, RuntimeFailure>> + Send;
+    fn list_images(&self)
+    -> impl Future<Output = Result<Vec<PresentImage>, RuntimeFailure>> + Send;
     /// The image if present.
-    fn image_status(&self, image: &str) -> impl Future<Output = Result<Option<PresentImage>, RuntimeFailure>> + Send;
+    fn image_status(
+        &self,
+        image: &str,
+    ) -> impl Future<Output = Result<Option<PresentImage>, RuntimeFailure>> + Send;
     /// Pulls the image; returns the runtime's image id.
     fn pull_image(
         &self,

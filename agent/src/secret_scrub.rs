@@ -25,7 +25,10 @@ mod tests {
         for (input, expected) in [
             ("auth failed for hunter22", "auth failed for [REDACTED]"),
             ("hunter22hunter22", "[REDACTED][REDACTED]"),
-            ("short abc stays (too short to scrub safely)", "short abc stays (too short to scrub safely)"),
+            (
+                "short abc stays (too short to scrub safely)",
+                "short abc stays (too short to scrub safely)",
+            ),
             ("clean", "clean"),
         ] {
             assert_eq!(scrub(input, &secrets), expected);

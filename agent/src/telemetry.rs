@@ -3,10 +3,12 @@
 use crate::cli::LogFormat;
 use tracing_subscriber::EnvFilter;
 
-const DEFAULT_FILTER: &str = "info,h2=warn,hyper=warn,hyper_util=warn,tower=warn,tonic=warn,notify=warn";
+const DEFAULT_FILTER: &str =
+    "info,h2=warn,hyper=warn,hyper_util=warn,tower=warn,tonic=warn,notify=warn";
 
 pub fn init(format: LogFormat) {
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(DEFAULT_FILTER));
+    let filter =
+        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(DEFAULT_FILTER));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)

@@ -166,8 +166,7 @@ pub fn classify_pull_error(message: &str) -> Verdict {
     if has("unexpected commit digest")
         || has("digest mismatch")
         || has("unexpected digest")
-        || has("content digest")
-            && has("not match")
+        || has("content digest") && has("not match")
     {
         return Verdict::DigestMismatch;
     }
@@ -182,8 +181,7 @@ pub fn classify_pull_error(message: &str) -> Verdict {
         || has("x509: ")
         || has("server gave http response to https client")
         || has("dial tcp")
-        || has("eof")
-            && has("pulling from host")
+        || has("eof") && has("pulling from host")
         || has("context deadline exceeded")
             && (has("resolve") || has("dial") || has("pulling from host"))
         || has("502 bad gateway")
@@ -206,7 +204,10 @@ mod tests {
         names.dedup();
         assert_eq!(names.len(), Verdict::ALL.len());
         for v in Verdict::ALL {
-            assert_eq!(serde_json::to_value(v).unwrap(), serde_json::json!(v.as_str()));
+            assert_eq!(
+                serde_json::to_value(v).unwrap(),
+                serde_json::json!(v.as_str())
+            );
             assert!(!v.hint().is_empty());
         }
     }
@@ -269,7 +270,10 @@ mod tests {
     #[test]
     fn only_network_like_verdicts_are_transient() {
         for v in Verdict::ALL {
-            let expected = matches!(v, Verdict::Network | Verdict::RateLimited | Verdict::RuntimeError);
+            let expected = matches!(
+                v,
+                Verdict::Network | Verdict::RateLimited | Verdict::RuntimeError
+            );
             assert_eq!(v.is_transient(), expected, "{v}");
         }
     }

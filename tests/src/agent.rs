@@ -16,9 +16,21 @@ pub fn pullgate_binary() -> Result<PathBuf> {
         .get_or_init(|| {
             let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
             let workspace = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
-            let out = Command::new(cargo)
-                .current_dir(&workspace)
-                .args(["build", "--quiet", "-p", "pullgate", "--bin", "pullgate", "--message-format=json"])
+            let mut build = Command::new(cargo);
+            build.current_dir(&workspace).args([
+                "build",
+                "--quiet",
+                "-p",
+                "pullgate",
+                "--bin",
+                "pullgate",
+                "--message-format=json",
+            ]);
+            // Same profile as this binary: a release benchmark measures a release agent.
+            if !cfg!(debug_assertions) {
+                build.arg("--release");
+            }
+            let out = build
                 .stderr(Stdio::inherit())
                 .output()
                 .map_err(|e| format!("cannot run cargo build: {e}"))?;
@@ -66,7 +78,13 @@ impl AgentRun {
     /// The single pre-pull record for `image` (panics with the output otherwise).
     pub fn prepull(&self, image: &str) -> &Value {
         let found = self.prepulls_of(image);
-        assert_eq!(found.len(), 1, "expected one outcome for {image}\nstdout:\n{}\nstderr:\n{}", self.stdout, self.stderr);
+        assert_eq!(
+            found.len(),
+            1,
+            "expected one outcome for {image}\nstdout:\n{}\nstderr:\n{}",
+            self.stdout,
+            self.stderr
+        );
         found[0]
     }
 }
@@ -102,7 +120,10 @@ impl Agent {
             .arg("--cri-endpoint")
             .arg(&self.endpoint)
             .args(&self.args)
-            .env("RUST_LOG", "debug,h2=info,hyper=info,tower=info,hyper_util=info")
+            .env(
+                "RUST_LOG",
+                "debug,h2=info,hyper=info,tower=info,hyper_util=info",
+            )
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
@@ -128,7 +149,9 @@ impl Agent {
             }
             if Instant::now() > deadline {
                 let (stdout, stderr) = running.finish();
-                bail!("pullgate run --once did not finish in {timeout:?}\nstdout:\n{stdout}\nstderr:\n{stderr}");
+                bail!(
+                    "pullgate run --once did not finish in {timeout:?}\nstdout:\n{stdout}\nstderr:\n{stderr}"
+                );
             }
             std::thread::sleep(Duration::from_millis(50));
         }
@@ -163,7 +186,9 @@ impl RunningAgent {
         let sink = stdout.clone();
         readers.push(std::thread::spawn(move || {
             for line in BufReader::new(out).lines().map_while(Result::ok) {
-                let mut s = sink.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+                let mut s = sink
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner);
                 s.push_str(&line);
                 s.push('\n');
             }
@@ -191,19 +216,36 @@ impl RunningAgent {
 
     /// The JSON lines so far.
     pub fn lines(&self) -> Vec<Value> {
-        parse_lines(&self.stdout.lock().unwrap_or_else(std::sync::PoisonError::into_inner))
+        parse_lines(
+            &self
+                .stdout
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner),
+        )
     }
 
     pub fn stdout(&self) -> String {
-        self.stdout.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clone()
+        self.stdout
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
     }
 
     pub fn stderr(&self) -> String {
-        self.stderr.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clone()
+        self.stderr
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
     }
 
     /// Waits until `count` records satisfy `predicate`.
-    pub fn wait_for(&self, what: &str, timeout: Duration, count: usize, predicate: impl Fn(&Value) -> bool) -> Result<()> {
+    pub fn wait_for(
+        &self,
+        what: &str,
+        timeout: Duration,
+        count: usize,
+        predicate: impl Fn(&Value) -> bool,
+    ) -> Result<()> {
         let deadline = Instant::now() + timeout;
         while Instant::now() < deadline {
             if self.lines().iter().filter(|l| predicate(l)).count() >= count {
@@ -211,7 +253,11 @@ impl RunningAgent {
             }
             std::thread::sleep(Duration::from_millis(50));
         }
-        bail!("timed out waiting for {what}\nstdout:\n{}\nstderr:\n{}", self.stdout(), self.stderr())
+        bail!(
+            "timed out waiting for {what}\nstdout:\n{}\nstderr:\n{}",
+            self.stdout(),
+            self.stderr()
+        )
     }
 
     /// Waits up to `timeout` for the process to exit by itself; its exit code.
@@ -226,7 +272,11 @@ impl RunningAgent {
             }
             std::thread::sleep(Duration::from_millis(50));
         }
-        bail!("pullgate did not exit within {timeout:?}\nstdout:\n{}\nstderr:\n{}", self.stdout(), self.stderr())
+        bail!(
+            "pullgate did not exit within {timeout:?}\nstdout:\n{}\nstderr:\n{}",
+            self.stdout(),
+            self.stderr()
+        )
     }
 
     /// SIGTERM, wait, and return (stdout, stderr).
@@ -237,7 +287,10 @@ impl RunningAgent {
 
     fn terminate(&mut self) {
         if let Ok(None) = self.child.try_wait() {
-            let _ = Command::new("kill").arg("-TERM").arg(self.child.id().to_string()).status();
+            let _ = Command::new("kill")
+                .arg("-TERM")
+                .arg(self.child.id().to_string())
+                .status();
             let deadline = Instant::now() + Duration::from_secs(10);
             while Instant::now() < deadline {
                 if let Ok(Some(_)) = self.child.try_wait() {
@@ -264,6 +317,8 @@ fn parse_lines(stdout: &str) -> Vec<Value> {
     stdout
         .lines()
         .filter(|l| !l.trim().is_empty())
-        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("stdout line is not JSON ({e}): {l}")))
+        .map(|l| {
+            serde_json::from_str(l).unwrap_or_else(|e| panic!("stdout line is not JSON ({e}): {l}"))
+        })
         .collect()
 }

@@ -22,7 +22,9 @@ impl Containerd {
         require_root()?;
         let binary = require_binary("containerd", "containerd")?;
         // Short prefix: the socket path must fit in sun_path (108 bytes).
-        let dir = tempfile::Builder::new().prefix("pgctd-").tempdir_in("/tmp")?;
+        let dir = tempfile::Builder::new()
+            .prefix("pgctd-")
+            .tempdir_in("/tmp")?;
         let root = dir.path();
         for registry in registries {
             let hosts = root.join("certs.d").join(registry);
@@ -66,7 +68,9 @@ impl Containerd {
     /// A CRI client for test assertions (short deadlines). Call it inside an async runtime.
     pub fn cri(&self) -> CriClient {
         CriClient::new(
-            self.endpoint().parse().expect("the endpoint is built from an absolute path"),
+            self.endpoint()
+                .parse()
+                .expect("the endpoint is built from an absolute path"),
             CriTimeouts {
                 call: Duration::from_secs(10),
                 pull: Duration::from_secs(120),
@@ -100,20 +104,30 @@ impl Containerd {
         let _ = std::fs::remove_file(self.socket());
         let mut command = Command::new(&self.binary);
         command.arg("--config").arg(root.join("config.toml"));
-        self.child = Some(ChildGuard::spawn("containerd", command, &root.join("containerd.log"))?);
+        self.child = Some(ChildGuard::spawn(
+            "containerd",
+            command,
+            &root.join("containerd.log"),
+        )?);
         let socket = self.socket();
-        wait_until("containerd socket", Duration::from_secs(30), || socket.exists())
-            .with_context(|| format!("containerd log:\n{}", self.log()))?;
+        wait_until("containerd socket", Duration::from_secs(30), || {
+            socket.exists()
+        })
+        .with_context(|| format!("containerd log:\n{}", self.log()))?;
         // The CRI plugin serves a little after the socket appears. Checked from a thread of its own
         // so that this works from inside or outside an async runtime.
         let ready = std::thread::scope(|scope| {
             scope
                 .spawn(|| -> Result<()> {
-                    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+                    let runtime = tokio::runtime::Builder::new_current_thread()
+                        .enable_all()
+                        .build()?;
                     let cri = runtime.block_on(async { self.cri() });
-                    wait_until("containerd CRI to answer Version", Duration::from_secs(30), || {
-                        runtime.block_on(cri.version()).is_ok()
-                    })
+                    wait_until(
+                        "containerd CRI to answer Version",
+                        Duration::from_secs(30),
+                        || runtime.block_on(cri.version()).is_ok(),
+                    )
                 })
                 .join()
                 .unwrap_or_else(|_| Err(anyhow::anyhow!("CRI readiness check panicked")))

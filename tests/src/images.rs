@@ -3,7 +3,9 @@
 
 use anyhow::{Context as _, Result};
 use oci_client::client::{ClientConfig, ClientProtocol, Config, ImageLayer};
-use oci_client::manifest::{IMAGE_CONFIG_MEDIA_TYPE, IMAGE_LAYER_GZIP_MEDIA_TYPE, OciImageManifest};
+use oci_client::manifest::{
+    IMAGE_CONFIG_MEDIA_TYPE, IMAGE_LAYER_GZIP_MEDIA_TYPE, OciImageManifest,
+};
 use oci_client::secrets::RegistryAuth;
 use oci_client::{Client, Reference};
 use sha2::{Digest as _, Sha256};
@@ -65,7 +67,11 @@ pub fn build(spec: &ImageSpec) -> Result<BuiltImage> {
         diff_ids.push(format!("sha256:{}", hex::encode(Sha256::digest(&tar))));
         let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::none());
         std::io::Write::write_all(&mut gz, &tar)?;
-        layers.push(ImageLayer::new(gz.finish()?, IMAGE_LAYER_GZIP_MEDIA_TYPE.to_string(), None));
+        layers.push(ImageLayer::new(
+            gz.finish()?,
+            IMAGE_LAYER_GZIP_MEDIA_TYPE.to_string(),
+            None,
+        ));
     }
     let config = serde_json::json!({
         "architecture": arch(),
@@ -76,7 +82,11 @@ pub fn build(spec: &ImageSpec) -> Result<BuiltImage> {
     });
     Ok(BuiltImage {
         layers,
-        config: Config::new(serde_json::to_vec(&config)?, IMAGE_CONFIG_MEDIA_TYPE.to_string(), None),
+        config: Config::new(
+            serde_json::to_vec(&config)?,
+            IMAGE_CONFIG_MEDIA_TYPE.to_string(),
+            None,
+        ),
     })
 }
 
@@ -94,7 +104,13 @@ pub async fn push(host: &str, user: &str, password: &str, spec: &ImageSpec) -> R
     let manifest = OciImageManifest::build(&built.layers, &built.config, None);
     let config_digest = manifest.config.digest.clone();
     client
-        .push(&reference, &built.layers, built.config, &auth, Some(manifest))
+        .push(
+            &reference,
+            &built.layers,
+            built.config,
+            &auth,
+            Some(manifest),
+        )
         .await
         .with_context(|| format!("push {by_tag}"))?;
     let digest = client

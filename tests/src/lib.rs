@@ -38,7 +38,9 @@ impl TestEnv {
     pub fn start() -> Result<Self> {
         let registry = Registry::start(&[(USER, PASSWORD)])?;
         let containerd = Containerd::start(&[registry.host()])?;
-        let manifests = tempfile::Builder::new().prefix("pullgate-manifests-").tempdir()?;
+        let manifests = tempfile::Builder::new()
+            .prefix("pullgate-manifests-")
+            .tempdir()?;
         Ok(Self {
             registry,
             containerd,
@@ -69,10 +71,10 @@ impl TestEnv {
     /// registry's log.
     pub fn assert_no_leak(&self, outputs: &[&str], secrets: &[&str]) {
         let logs = [self.containerd.log(), self.registry.log()];
-        let sources = outputs
-            .iter()
-            .map(|o| ("agent output", *o))
-            .chain([("containerd log", logs[0].as_str()), ("registry log", logs[1].as_str())]);
+        let sources = outputs.iter().map(|o| ("agent output", *o)).chain([
+            ("containerd log", logs[0].as_str()),
+            ("registry log", logs[1].as_str()),
+        ]);
         for (what, text) in sources {
             for secret in secrets {
                 assert!(!text.contains(secret), "a password leaked into the {what}");

@@ -61,7 +61,10 @@ impl ChildGuard {
             }
             std::thread::sleep(Duration::from_millis(20));
         }
-        eprintln!("testenv: {} (pid {pid}) ignored SIGTERM; killing", self.name);
+        eprintln!(
+            "testenv: {} (pid {pid}) ignored SIGTERM; killing",
+            self.name
+        );
         let _ = child.kill();
         let _ = child.wait();
     }
@@ -92,7 +95,9 @@ fn signal(pid: libc::pid_t, sig: libc::c_int) {
 /// The path of `binary` on PATH, or a loud error naming the command that installs it.
 pub fn require_binary(binary: &str, package: &str) -> Result<PathBuf> {
     let path = std::env::var_os("PATH").unwrap_or_default();
-    for dir in std::env::split_paths(&path).chain([PathBuf::from("/usr/sbin"), PathBuf::from("/usr/bin")]) {
+    for dir in
+        std::env::split_paths(&path).chain([PathBuf::from("/usr/sbin"), PathBuf::from("/usr/bin")])
+    {
         let candidate = dir.join(binary);
         if candidate.is_file() {
             return Ok(candidate);
@@ -109,7 +114,9 @@ pub fn require_root() -> Result<()> {
     // SAFETY: geteuid(2) has no preconditions and touches no memory.
     let euid = unsafe { libc::geteuid() };
     if euid != 0 {
-        bail!("prerequisite missing: the real containerd runs as root; run the tests as root (`sudo -E cargo xtask ci`)");
+        bail!(
+            "prerequisite missing: the real containerd runs as root; run the tests as root (`sudo -E cargo xtask ci`)"
+        );
     }
     Ok(())
 }

@@ -23,12 +23,17 @@ impl Registry {
     /// Starts a registry that accepts the given `(user, password)` pairs.
     pub fn start(users: &[(&str, &str)]) -> Result<Self> {
         let binary = require_binary("docker-registry", "docker-registry")?;
-        let dir = tempfile::Builder::new().prefix("pullgate-registry-").tempdir()?;
+        let dir = tempfile::Builder::new()
+            .prefix("pullgate-registry-")
+            .tempdir()?;
         let port = free_port()?;
         let mut registry = Self {
             dir,
             port,
-            users: users.iter().map(|(u, p)| (u.to_string(), p.to_string())).collect(),
+            users: users
+                .iter()
+                .map(|(u, p)| (u.to_string(), p.to_string()))
+                .collect(),
             child: None,
             binary,
         };
@@ -115,7 +120,11 @@ auth:
     fn launch(&mut self) -> Result<()> {
         let mut command = Command::new(&self.binary);
         command.arg("serve").arg(self.dir.path().join("config.yml"));
-        let child = ChildGuard::spawn("docker-registry", command, &self.dir.path().join("registry.log"))?;
+        let child = ChildGuard::spawn(
+            "docker-registry",
+            command,
+            &self.dir.path().join("registry.log"),
+        )?;
         self.child = Some(child);
         let addr = self.host();
         wait_until("registry to answer /v2/", Duration::from_secs(20), || {
@@ -132,5 +141,10 @@ fn probe(addr: &str) -> Option<String> {
     write!(stream, "GET /v2/ HTTP/1.0\r\nHost: {addr}\r\n\r\n").ok()?;
     let mut buf = [0u8; 64];
     let n = stream.read(&mut buf).ok()?;
-    Some(String::from_utf8_lossy(&buf[..n]).lines().next()?.to_string())
+    Some(
+        String::from_utf8_lossy(&buf[..n])
+            .lines()
+            .next()?
+            .to_string(),
+    )
 }

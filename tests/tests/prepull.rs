@@ -14,15 +14,29 @@ fn env() -> TestEnv {
 #[test]
 fn private_images_are_pulled_by_tag_and_by_digest() {
     let env = env();
-    let a = env.push(&ImageSpec::new("team/app-a", "v1").with_layers(&[100_000, 50_000])).unwrap();
+    let a = env
+        .push(&ImageSpec::new("team/app-a", "v1").with_layers(&[100_000, 50_000]))
+        .unwrap();
     let b = env.push(&ImageSpec::new("team/app-b", "v2")).unwrap();
-    env.write_manifest("secret.yaml", &pull_secret("team", "regcred", &env.registry.host(), USER, PASSWORD))
-        .unwrap();
-    env.write_manifest("set.yaml", &pullset("team", "critical", &[&a.by_tag, &b.by_digest], &["regcred"]))
-        .unwrap();
+    env.write_manifest(
+        "secret.yaml",
+        &pull_secret("team", "regcred", &env.registry.host(), USER, PASSWORD),
+    )
+    .unwrap();
+    env.write_manifest(
+        "set.yaml",
+        &pullset("team", "critical", &[&a.by_tag, &b.by_digest], &["regcred"]),
+    )
+    .unwrap();
 
     let run = env.agent().run_once(ONCE).unwrap();
-    assert_eq!(run.code, Some(0), "stdout:\n{}\nstderr:\n{}", run.stdout, run.stderr);
+    assert_eq!(
+        run.code,
+        Some(0),
+        "stdout:\n{}\nstderr:\n{}",
+        run.stdout,
+        run.stderr
+    );
 
     let oa = run.prepull(&a.by_tag);
     assert_eq!(oa["verdict"], "Ok");
@@ -32,10 +46,16 @@ fn private_images_are_pulled_by_tag_and_by_digest() {
     assert_eq!(oa["node"], "test-node");
     assert_eq!(oa["image_ref"], a.config_digest.as_str());
     assert_eq!(oa["repo_digest"], a.by_digest.as_str());
-    assert_eq!(oa["credential"], "secret team/regcred key 127.0.0.1:".to_string() + &env.registry.port().to_string());
+    assert_eq!(
+        oa["credential"],
+        "secret team/regcred key 127.0.0.1:".to_string() + &env.registry.port().to_string()
+    );
     assert!(oa["duration_ms"].is_u64());
     let ob = run.prepull(&b.by_digest);
-    assert_eq!((ob["verdict"].as_str(), ob["repo_digest"].as_str()), (Some("Ok"), Some(b.by_digest.as_str())));
+    assert_eq!(
+        (ob["verdict"].as_str(), ob["repo_digest"].as_str()),
+        (Some("Ok"), Some(b.by_digest.as_str()))
+    );
 
     // The runtime has them, with the expected digests.
     let images = block_on(async { env.containerd.cri().list_images().await }).unwrap();
@@ -52,7 +72,10 @@ fn private_images_are_pulled_by_tag_and_by_digest() {
     let again = env.agent().run_once(ONCE).unwrap();
     assert_eq!(again.code, Some(0));
     assert_eq!(again.prepull(&a.by_tag)["action"], "present");
-    env.assert_no_leak(&[&run.stdout, &run.stderr, &again.stdout, &again.stderr], &[PASSWORD]);
+    env.assert_no_leak(
+        &[&run.stdout, &run.stderr, &again.stdout, &again.stderr],
+        &[PASSWORD],
+    );
 }
 
 #[test]
@@ -60,26 +83,41 @@ fn a_wrong_password_is_unauthorized_and_an_absent_tag_is_not_found() {
     let env = env();
     let a = env.push(&ImageSpec::new("team/app", "v1")).unwrap();
     let host = env.registry.host();
-    env.write_manifest("secrets.yaml", &format!(
-        "{}---\n{}",
-        pull_secret("team", "wrong", &host, USER, WRONG_PASSWORD),
-        pull_secret("team", "right", &host, USER, PASSWORD)
-    ))
+    env.write_manifest(
+        "secrets.yaml",
+        &format!(
+            "{}---\n{}",
+            pull_secret("team", "wrong", &host, USER, WRONG_PASSWORD),
+            pull_secret("team", "right", &host, USER, PASSWORD)
+        ),
+    )
     .unwrap();
     let absent = format!("{host}/team/app:does-not-exist");
-    env.write_manifest("sets.yaml", &format!(
-        "{}---\n{}",
-        pullset("team", "bad-password", &[&a.by_tag], &["wrong"]),
-        pullset("team", "bad-tag", &[&absent], &["right"])
-    ))
+    env.write_manifest(
+        "sets.yaml",
+        &format!(
+            "{}---\n{}",
+            pullset("team", "bad-password", &[&a.by_tag], &["wrong"]),
+            pullset("team", "bad-tag", &[&absent], &["right"])
+        ),
+    )
     .unwrap();
 
     let run = env.agent().run_once(ONCE).unwrap();
-    assert_eq!(run.code, Some(1), "stdout:\n{}\nstderr:\n{}", run.stdout, run.stderr);
+    assert_eq!(
+        run.code,
+        Some(1),
+        "stdout:\n{}\nstderr:\n{}",
+        run.stdout,
+        run.stderr
+    );
     let unauthorized = run.prepull(&a.by_tag);
     assert_eq!(unauthorized["verdict"], "Unauthorized", "{unauthorized}");
     assert!(unauthorized["hint"].as_str().unwrap().contains("password"));
-    assert_eq!(unauthorized["credential"], format!("secret team/wrong key {host}"));
+    assert_eq!(
+        unauthorized["credential"],
+        format!("secret team/wrong key {host}")
+    );
     // Auth failures are not retried as if transient: ImageStatus + one pull.
     assert_eq!(unauthorized["attempts"], 2);
     let not_found = run.prepull(&absent);
@@ -91,16 +129,33 @@ fn a_wrong_password_is_unauthorized_and_an_absent_tag_is_not_found() {
 fn a_stopped_registry_is_a_network_failure() {
     let mut env = env();
     let a = env.push(&ImageSpec::new("team/app", "v1")).unwrap();
-    env.write_manifest("secret.yaml", &pull_secret("team", "regcred", &env.registry.host(), USER, PASSWORD))
-        .unwrap();
-    env.write_manifest("set.yaml", &pullset("team", "s", &[&a.by_tag], &["regcred"])).unwrap();
+    env.write_manifest(
+        "secret.yaml",
+        &pull_secret("team", "regcred", &env.registry.host(), USER, PASSWORD),
+    )
+    .unwrap();
+    env.write_manifest(
+        "set.yaml",
+        &pullset("team", "s", &[&a.by_tag], &["regcred"]),
+    )
+    .unwrap();
     env.registry.stop();
 
-    let run = env.agent().args(&["--pull-attempts", "2"]).run_once(ONCE).unwrap();
+    let run = env
+        .agent()
+        .args(&["--pull-attempts", "2"])
+        .run_once(ONCE)
+        .unwrap();
     assert_eq!(run.code, Some(1));
     let o = run.prepull(&a.by_tag);
     assert_eq!(o["verdict"], "Network", "{o}");
-    assert!(o["message"].as_str().unwrap().contains("connection refused"), "{o}");
+    assert!(
+        o["message"]
+            .as_str()
+            .unwrap()
+            .contains("connection refused"),
+        "{o}"
+    );
     // Transient: retried (ImageStatus + 2 pulls).
     assert_eq!(o["attempts"], 3);
     env.assert_no_leak(&[&run.stdout, &run.stderr], &[PASSWORD]);
@@ -111,9 +166,21 @@ fn bad_objects_are_reported_with_file_and_field_and_valid_sets_still_pull() {
     let env = env();
     let a = env.push(&ImageSpec::new("team/app", "v1")).unwrap();
     let host = env.registry.host();
-    env.write_manifest("secret.yaml", &pull_secret("team", "regcred", &host, USER, PASSWORD)).unwrap();
-    env.write_manifest("good.yaml", &pullset("team", "good", &[&a.by_tag], &["regcred"])).unwrap();
-    env.write_manifest("broken.yaml", "apiVersion: pullgate.io/v1alpha1\nkind: PullSet\nmetadata: {name: x\nspec: [").unwrap();
+    env.write_manifest(
+        "secret.yaml",
+        &pull_secret("team", "regcred", &host, USER, PASSWORD),
+    )
+    .unwrap();
+    env.write_manifest(
+        "good.yaml",
+        &pullset("team", "good", &[&a.by_tag], &["regcred"]),
+    )
+    .unwrap();
+    env.write_manifest(
+        "broken.yaml",
+        "apiVersion: pullgate.io/v1alpha1\nkind: PullSet\nmetadata: {name: x\nspec: [",
+    )
+    .unwrap();
     env.write_manifest(
         "opaque.yaml",
         &format!(
@@ -137,7 +204,10 @@ fn bad_objects_are_reported_with_file_and_field_and_valid_sets_still_pull() {
         .iter()
         .find(|p| p["file"].as_str().unwrap().ends_with("opaque.yaml"))
         .unwrap_or_else(|| panic!("opaque.yaml not reported: {problems:?}"));
-    assert_eq!((opaque["field"].as_str(), opaque["object"].as_str()), (Some("type"), Some("Secret team/opaque")));
+    assert_eq!(
+        (opaque["field"].as_str(), opaque["object"].as_str()),
+        (Some("type"), Some("Secret team/opaque"))
+    );
 
     let outcomes = run.prepulls_of(&a.by_tag);
     let good = outcomes.iter().find(|o| o["pullset"] == "good").unwrap();
@@ -163,8 +233,10 @@ fn a_secret_of_the_wrong_type_is_the_verdict_when_the_pull_fails() {
     let run = env.agent().run_once(ONCE).unwrap();
     let o = run.prepull(&a.by_tag);
     assert_eq!(o["verdict"], "SecretWrongType", "{o}");
-    assert!(o["message"].as_str().unwrap().contains("team/opaque"), "{o}");
+    assert!(
+        o["message"].as_str().unwrap().contains("team/opaque"),
+        "{o}"
+    );
     assert!(o["message"].as_str().unwrap().contains("401"), "{o}");
     assert_eq!(o["credential"], "anonymous");
 }
-

@@ -16,16 +16,30 @@ fn env() -> TestEnv {
 fn a_containerd_restart_in_the_middle_of_a_pass_is_survived() {
     let mut env = env();
     let images: Vec<_> = (0..8)
-        .map(|i| env.push(&ImageSpec::new(&format!("big/app{i}"), "v1").with_layers(&[8 * MIB, 8 * MIB])).unwrap())
+        .map(|i| {
+            env.push(&ImageSpec::new(&format!("big/app{i}"), "v1").with_layers(&[8 * MIB, 8 * MIB]))
+                .unwrap()
+        })
         .collect();
     let refs: Vec<&str> = images.iter().map(|i| i.by_tag.as_str()).collect();
-    env.write_manifest("secret.yaml", &pull_secret("big", "regcred", &env.registry.host(), USER, PASSWORD)).unwrap();
-    env.write_manifest("set.yaml", &pullset("big", "all", &refs, &["regcred"])).unwrap();
+    env.write_manifest(
+        "secret.yaml",
+        &pull_secret("big", "regcred", &env.registry.host(), USER, PASSWORD),
+    )
+    .unwrap();
+    env.write_manifest("set.yaml", &pullset("big", "all", &refs, &["regcred"]))
+        .unwrap();
 
-    let mut agent = env.agent().args(&["--max-parallel-pulls", "2"]).spawn_once().unwrap();
+    let mut agent = env
+        .agent()
+        .args(&["--max-parallel-pulls", "2"])
+        .spawn_once()
+        .unwrap();
     // Restart as soon as the first image is in: the others are queued or in flight.
     agent
-        .wait_for("first pre-pull outcome", Duration::from_secs(120), 1, |l| l["kind"] == "prepull")
+        .wait_for("first pre-pull outcome", Duration::from_secs(120), 1, |l| {
+            l["kind"] == "prepull"
+        })
         .unwrap();
     env.containerd.stop();
     std::thread::sleep(Duration::from_millis(1500));
@@ -34,16 +48,32 @@ fn a_containerd_restart_in_the_middle_of_a_pass_is_survived() {
     let code = agent.wait_exit(Duration::from_secs(240)).unwrap();
     let lines = agent.lines();
     let stderr = agent.stderr();
-    assert_eq!(code, Some(0), "stdout:\n{}\nstderr:\n{stderr}", agent.stdout());
-    assert_eq!(lines.iter().filter(|l| l["kind"] == "prepull" && l["verdict"] == "Ok").count(), 8);
+    assert_eq!(
+        code,
+        Some(0),
+        "stdout:\n{}\nstderr:\n{stderr}",
+        agent.stdout()
+    );
+    assert_eq!(
+        lines
+            .iter()
+            .filter(|l| l["kind"] == "prepull" && l["verdict"] == "Ok")
+            .count(),
+        8
+    );
     // The restart was seen and ridden out.
     assert!(
-        stderr.contains("CRI unreachable; reconnecting") || stderr.contains("transient failure; retrying"),
+        stderr.contains("CRI unreachable; reconnecting")
+            || stderr.contains("transient failure; retrying"),
         "the restart did not hit the pass:\n{stderr}"
     );
     let present = block_on(async { env.containerd.cri().list_images().await }).unwrap();
     for image in &images {
-        assert!(present.iter().any(|p| p.repo_tags.contains(&image.by_tag)), "{} missing", image.by_tag);
+        assert!(
+            present.iter().any(|p| p.repo_tags.contains(&image.by_tag)),
+            "{} missing",
+            image.by_tag
+        );
     }
     env.assert_no_leak(&[&agent.stdout(), &stderr], &[PASSWORD]);
 }
@@ -52,8 +82,12 @@ fn a_containerd_restart_in_the_middle_of_a_pass_is_survived() {
 fn an_unreachable_runtime_is_a_clear_runtime_error_not_a_crash() {
     let env = env();
     let a = env.push(&ImageSpec::new("team/app", "v1")).unwrap();
-    env.write_manifest("set.yaml", &pullset("team", "s", &[&a.by_tag], &[])).unwrap();
-    let missing = format!("unix://{}/nothing-here.sock", env.manifests.path().display());
+    env.write_manifest("set.yaml", &pullset("team", "s", &[&a.by_tag], &[]))
+        .unwrap();
+    let missing = format!(
+        "unix://{}/nothing-here.sock",
+        env.manifests.path().display()
+    );
     let run = pullgate_testenv::Agent::new(env.manifests.path(), &missing)
         .args(&["--cri-reconnect-budget", "1s", "--pull-attempts", "2"])
         .run_once(Duration::from_secs(60))
@@ -61,7 +95,10 @@ fn an_unreachable_runtime_is_a_clear_runtime_error_not_a_crash() {
     assert_eq!(run.code, Some(1), "{}", run.stderr);
     let o = run.prepull(&a.by_tag);
     assert_eq!(o["verdict"], "RuntimeError");
-    assert_eq!(o["message"], format!("cannot reach CRI at {missing}: socket does not exist"));
+    assert_eq!(
+        o["message"],
+        format!("cannot reach CRI at {missing}: socket does not exist")
+    );
     assert!(!run.stderr.contains("panicked"), "{}", run.stderr);
 }
 
@@ -69,18 +106,41 @@ fn an_unreachable_runtime_is_a_clear_runtime_error_not_a_crash() {
 fn an_image_removed_behind_the_agents_back_is_pulled_again() {
     let env = env();
     let a = env.push(&ImageSpec::new("team/app", "v1")).unwrap();
-    env.write_manifest("secret.yaml", &pull_secret("team", "regcred", &env.registry.host(), USER, PASSWORD)).unwrap();
-    env.write_manifest("set.yaml", &pullset("team", "s", &[&a.by_tag], &["regcred"])).unwrap();
-    let agent = env.agent().args(&["--recheck-interval", "1s"]).spawn().unwrap();
-    let pulled = |l: &serde_json::Value| l["image"] == a.by_tag.as_str() && l["action"] == "pulled" && l["verdict"] == "Ok";
-    agent.wait_for("first pull", Duration::from_secs(60), 1, pulled).unwrap();
+    env.write_manifest(
+        "secret.yaml",
+        &pull_secret("team", "regcred", &env.registry.host(), USER, PASSWORD),
+    )
+    .unwrap();
+    env.write_manifest(
+        "set.yaml",
+        &pullset("team", "s", &[&a.by_tag], &["regcred"]),
+    )
+    .unwrap();
+    let agent = env
+        .agent()
+        .args(&["--recheck-interval", "1s"])
+        .spawn()
+        .unwrap();
+    let pulled = |l: &serde_json::Value| {
+        l["image"] == a.by_tag.as_str() && l["action"] == "pulled" && l["verdict"] == "Ok"
+    };
     agent
-        .wait_for("a re-check that finds it present", Duration::from_secs(30), 1, |l| l["action"] == "present")
+        .wait_for("first pull", Duration::from_secs(60), 1, pulled)
+        .unwrap();
+    agent
+        .wait_for(
+            "a re-check that finds it present",
+            Duration::from_secs(30),
+            1,
+            |l| l["action"] == "present",
+        )
         .unwrap();
 
     // The kubelet's image GC (or an operator) removes it.
     block_on(async { env.containerd.cri().remove_image(&a.by_tag).await }).unwrap();
-    agent.wait_for("the image pulled again", Duration::from_secs(60), 2, pulled).unwrap();
+    agent
+        .wait_for("the image pulled again", Duration::from_secs(60), 2, pulled)
+        .unwrap();
     let present = block_on(async { env.containerd.cri().list_images().await }).unwrap();
     assert!(present.iter().any(|p| p.repo_tags.contains(&a.by_tag)));
     let (stdout, stderr) = agent.finish();
@@ -92,24 +152,52 @@ fn an_edited_manifest_takes_effect_without_a_restart() {
     let env = env();
     let a = env.push(&ImageSpec::new("team/first", "v1")).unwrap();
     let b = env.push(&ImageSpec::new("team/second", "v1")).unwrap();
-    env.write_manifest("secret.yaml", &pull_secret("team", "regcred", &env.registry.host(), USER, PASSWORD)).unwrap();
-    env.write_manifest("set.yaml", &pullset("team", "s", &[&a.by_tag], &["regcred"])).unwrap();
-    let agent = env.agent().args(&["--recheck-interval", "1h"]).spawn().unwrap();
+    env.write_manifest(
+        "secret.yaml",
+        &pull_secret("team", "regcred", &env.registry.host(), USER, PASSWORD),
+    )
+    .unwrap();
+    env.write_manifest(
+        "set.yaml",
+        &pullset("team", "s", &[&a.by_tag], &["regcred"]),
+    )
+    .unwrap();
+    let agent = env
+        .agent()
+        .args(&["--recheck-interval", "1h"])
+        .spawn()
+        .unwrap();
     agent
-        .wait_for("first image", Duration::from_secs(60), 1, |l| l["image"] == a.by_tag.as_str() && l["verdict"] == "Ok")
+        .wait_for("first image", Duration::from_secs(60), 1, |l| {
+            l["image"] == a.by_tag.as_str() && l["verdict"] == "Ok"
+        })
         .unwrap();
 
-    env.write_manifest("set.yaml", &pullset("team", "s", &[&a.by_tag, &b.by_tag], &["regcred"])).unwrap();
+    env.write_manifest(
+        "set.yaml",
+        &pullset("team", "s", &[&a.by_tag, &b.by_tag], &["regcred"]),
+    )
+    .unwrap();
     agent
-        .wait_for("the added image", Duration::from_secs(60), 1, |l| l["image"] == b.by_tag.as_str() && l["verdict"] == "Ok")
+        .wait_for("the added image", Duration::from_secs(60), 1, |l| {
+            l["image"] == b.by_tag.as_str() && l["verdict"] == "Ok"
+        })
         .unwrap();
 
     // A broken edit is reported and the last good objects keep being served.
     env.write_manifest("broken.yaml", "kind: [").unwrap();
     agent
-        .wait_for("the broken file reported", Duration::from_secs(30), 1, |l| {
-            l["kind"] == "source" && l["file"].as_str().is_some_and(|f| f.ends_with("broken.yaml"))
-        })
+        .wait_for(
+            "the broken file reported",
+            Duration::from_secs(30),
+            1,
+            |l| {
+                l["kind"] == "source"
+                    && l["file"]
+                        .as_str()
+                        .is_some_and(|f| f.ends_with("broken.yaml"))
+            },
+        )
         .unwrap();
     let (stdout, stderr) = agent.finish();
     env.assert_no_leak(&[&stdout, &stderr], &[PASSWORD]);

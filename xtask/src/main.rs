@@ -1,1 +1,173 @@
-fn main() {}
+//! `cargo xtask`: the project's own commands (see xtask/README.md). Rooted at the workspace root;
+//! depends on nothing that needs the system packages it installs, so `cargo xtask deps` works on a
+//! fresh machine.
+
+use anyhow::{Context as _, Result, bail};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Instant;
+
+const USAGE: &str = "usage: cargo xtask <command>
+
+commands:
+  deps                 install what the tests and the demo need (Debian: containerd, docker-registry,
+                       protobuf-compiler); idempotent
+  demo                 start a local containerd and registry, seed private images, run
+                       `pullgate run --once --manifests examples/demo` and show the JSON lines
+  ci                   deps, cargo fmt --check, cargo clippy -D warnings, all tests
+  bench prepull [--images N] [--size-mib M] [--runs R]
+                       pre-pull benchmark: pullgate vs serial and concurrent CRI pulls";
+
+/// Debian packages and a binary each provides.
+const PACKAGES: &[(&str, &str)] = &[
+    ("containerd", "containerd"),
+    ("docker-registry", "docker-registry"),
+    ("protobuf-compiler", "protoc"),
+];
+
+fn main() -> Result<()> {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let root = workspace_root();
+    std::env::set_current_dir(&root).with_context(|| format!("cd {}", root.display()))?;
+    match args.first().map(String::as_str) {
+        Some("deps") => deps(),
+        Some("demo") => {
+            deps()?;
+            cargo(&[
+                "run",
+                "--quiet",
+                "-p",
+                "pullgate-testenv",
+                "--bin",
+                "pullgate-env",
+                "--",
+                "demo",
+            ])
+        }
+        Some("ci") => ci(),
+        Some("bench") => match args.get(1).map(String::as_str) {
+            Some("prepull") | None => {
+                deps()?;
+                let mut cmd = vec![
+                    "run",
+                    "--quiet",
+                    "--release",
+                    "-p",
+                    "pullgate-testenv",
+                    "--bin",
+                    "pullgate-env",
+                    "--",
+                    "bench-prepull",
+                ];
+                cmd.extend(args.iter().skip(2).map(String::as_str));
+                // The agent must be a release build too: pullgate-env builds it with the same profile.
+                cargo(&cmd)
+            }
+            Some(other) => bail!("unknown benchmark `{other}`\n\n{USAGE}"),
+        },
+        Some("-h" | "--help" | "help") | None => {
+            println!("{USAGE}");
+            Ok(())
+        }
+        Some(other) => bail!("unknown command `{other}`\n\n{USAGE}"),
+    }
+}
+
+fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .map_or_else(|| PathBuf::from("."), Path::to_path_buf)
+}
+
+/// Installs the missing Debian packages (and nothing when all are present).
+fn deps() -> Result<()> {
+    let missing: Vec<&str> = PACKAGES
+        .iter()
+        .filter(|(_, binary)| !on_path(binary))
+        .map(|(package, _)| *package)
+        .collect();
+    if missing.is_empty() {
+        eprintln!("xtask deps: containerd, docker-registry and protoc are installed");
+        return Ok(());
+    }
+    if !is_root() {
+        bail!(
+            "missing Debian packages {missing:?}; install them as root: apt-get update && apt-get install -y {}",
+            missing.join(" ")
+        );
+    }
+    eprintln!("xtask deps: installing {}", missing.join(" "));
+    run(Command::new("apt-get").args(["update", "-qq"]))?;
+    run(Command::new("apt-get")
+        .args(["install", "-y", "-qq", "--no-install-recommends"])
+        .args(&missing)
+        .env("DEBIAN_FRONTEND", "noninteractive"))?;
+    // The Debian packages start system services; the tests run their own instances.
+    for service in ["containerd", "docker-registry"] {
+        let _ = Command::new("systemctl").args(["stop", service]).status();
+    }
+    for (package, binary) in PACKAGES {
+        if !on_path(binary) {
+            bail!("`{binary}` is still missing after installing `{package}`");
+        }
+    }
+    Ok(())
+}
+
+fn ci() -> Result<()> {
+    let started = Instant::now();
+    deps()?;
+    step("cargo fmt --check", &["fmt", "--all", "--", "--check"])?;
+    step(
+        "cargo clippy",
+        &[
+            "clippy",
+            "--workspace",
+            "--all-targets",
+            "--",
+            "-D",
+            "warnings",
+        ],
+    )?;
+    // Unit tests, then the integration tests against the real containerd and registry.
+    step("cargo test", &["test", "--workspace", "--no-fail-fast"])?;
+    eprintln!("xtask ci: all green in {:.0?}", started.elapsed());
+    Ok(())
+}
+
+fn step(name: &str, args: &[&str]) -> Result<()> {
+    eprintln!("xtask ci: {name}");
+    let started = Instant::now();
+    cargo(args).with_context(|| format!("{name} failed"))?;
+    eprintln!("xtask ci: {name} ok ({:.0?})", started.elapsed());
+    Ok(())
+}
+
+fn cargo(args: &[&str]) -> Result<()> {
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    run(Command::new(cargo).args(args))
+}
+
+fn run(command: &mut Command) -> Result<()> {
+    let status = command
+        .status()
+        .with_context(|| format!("cannot run {command:?}"))?;
+    if !status.success() {
+        bail!("{command:?} exited with {status}");
+    }
+    Ok(())
+}
+
+fn on_path(binary: &str) -> bool {
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    std::env::split_paths(&path)
+        .chain(["/usr/sbin".into(), "/usr/bin".into()])
+        .any(|dir| dir.join(binary).is_file())
+}
+
+fn is_root() -> bool {
+    Command::new("id")
+        .arg("-u")
+        .output()
+        .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
+}

@@ -60,26 +60,44 @@ struct RawEntry {
 
 /// Parses Docker config bytes in the given format. Entries come back in key order (the JSON object
 /// order does not matter: the keyring sorts its matches itself).
-pub fn parse(format: DockerConfigFormat, bytes: &[u8]) -> Result<Vec<DockerConfigEntry>, DockerConfigError> {
+pub fn parse(
+    format: DockerConfigFormat,
+    bytes: &[u8],
+) -> Result<Vec<DockerConfigEntry>, DockerConfigError> {
     // serde_json's messages quote the offending token at most as a type name, never a value; keep
     // only the category and position to be sure.
     let describe = |e: serde_json::Error| {
-        DockerConfigError::NotJson(format!("{:?} error at line {} column {}", e.classify(), e.line(), e.column()))
+        DockerConfigError::NotJson(format!(
+            "{:?} error at line {} column {}",
+            e.classify(),
+            e.line(),
+            e.column()
+        ))
     };
     let raw: BTreeMap<String, RawEntry> = match format {
-        DockerConfigFormat::ConfigJson => serde_json::from_slice::<ConfigJson>(bytes).map_err(describe)?.auths,
+        DockerConfigFormat::ConfigJson => {
+            serde_json::from_slice::<ConfigJson>(bytes)
+                .map_err(describe)?
+                .auths
+        }
         DockerConfigFormat::Cfg => serde_json::from_slice(bytes).map_err(describe)?,
     };
-    raw.into_iter().map(|(key, entry)| decode_entry(key, entry)).collect()
+    raw.into_iter()
+        .map(|(key, entry)| decode_entry(key, entry))
+        .collect()
 }
 
 fn decode_entry(key: String, entry: RawEntry) -> Result<DockerConfigEntry, DockerConfigError> {
-    let (mut username, mut password) = (entry.username.unwrap_or_default(), entry.password.unwrap_or_default());
+    let (mut username, mut password) = (
+        entry.username.unwrap_or_default(),
+        entry.password.unwrap_or_default(),
+    );
     if let Some(auth) = entry.auth.filter(|a| !a.is_empty()) {
         let decoded = base64::engine::general_purpose::STANDARD
             .decode(auth.trim())
             .map_err(|_| DockerConfigError::AuthNotBase64 { key: key.clone() })?;
-        let decoded = String::from_utf8(decoded).map_err(|_| DockerConfigError::AuthNotUtf8 { key: key.clone() })?;
+        let decoded = String::from_utf8(decoded)
+            .map_err(|_| DockerConfigError::AuthNotUtf8 { key: key.clone() })?;
         let (user, pass) = decoded
             .split_once(':')
             .ok_or_else(|| DockerConfigError::AuthNoColon { key: key.clone() })?;
@@ -102,11 +120,18 @@ mod tests {
         base64::engine::general_purpose::STANDARD.encode(s)
     }
 
-    fn one(format: DockerConfigFormat, json: &str) -> Result<(String, String, String), DockerConfigError> {
+    fn one(
+        format: DockerConfigFormat,
+        json: &str,
+    ) -> Result<(String, String, String), DockerConfigError> {
         let entries = parse(format, json.as_bytes())?;
         assert_eq!(entries.len(), 1, "{json}");
         let e = &entries[0];
-        Ok((e.key.clone(), e.username.clone(), e.password.expose_secret().to_string()))
+        Ok((
+            e.key.clone(),
+            e.username.clone(),
+            e.password.expose_secret().to_string(),
+        ))
     }
 
     #[test]
@@ -130,8 +155,12 @@ mod tests {
         for (format, json, expected) in cases {
             let got = one(format, &json);
             match (got, expected) {
-                (Ok(got), Ok((k, u, p))) => assert_eq!(got, (k.to_string(), u.to_string(), p.to_string()), "{json}"),
-                (Err(e), Err(variant)) => assert!(format!("{e:?}").starts_with(variant), "{json}: {e:?}"),
+                (Ok(got), Ok((k, u, p))) => {
+                    assert_eq!(got, (k.to_string(), u.to_string(), p.to_string()), "{json}")
+                }
+                (Err(e), Err(variant)) => {
+                    assert!(format!("{e:?}").starts_with(variant), "{json}: {e:?}")
+                }
                 (got, expected) => panic!("{json}: got {got:?}, expected {expected:?}"),
             }
         }
@@ -140,7 +169,11 @@ mod tests {
     #[test]
     fn a_dockercfg_map_is_not_a_dockerconfigjson() {
         // Read as .dockerconfigjson, a bare map has no `auths`: no entries, like the kubelet.
-        let entries = parse(DockerConfigFormat::ConfigJson, br#"{"r.io":{"username":"u","password":"p"}}"#).unwrap();
+        let entries = parse(
+            DockerConfigFormat::ConfigJson,
+            br#"{"r.io":{"username":"u","password":"p"}}"#,
+        )
+        .unwrap();
         assert!(entries.is_empty());
     }
 
@@ -157,7 +190,8 @@ mod tests {
         }
         let ok = parse(
             DockerConfigFormat::ConfigJson,
-            format!(r#"{{"auths":{{"r.io":{{"username":"u","password":"{secret}"}}}}}}"#).as_bytes(),
+            format!(r#"{{"auths":{{"r.io":{{"username":"u","password":"{secret}"}}}}}}"#)
+                .as_bytes(),
         )
         .unwrap();
         assert!(!format!("{ok:?}").contains("hunter2"));

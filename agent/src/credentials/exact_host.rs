@@ -5,7 +5,8 @@ use super::dockerconfig::{self, DockerConfigFormat};
 use super::{Candidate, CredentialResolver, CredentialSource, Finding, Resolution};
 use crate::image_ref::{DOCKER_HUB, ImageRef};
 use crate::inventory::{
-    Inventory, KEY_DOCKERCFG, KEY_DOCKERCONFIGJSON, ObjectKey, TYPE_DOCKERCFG, TYPE_DOCKERCONFIGJSON,
+    Inventory, KEY_DOCKERCFG, KEY_DOCKERCONFIGJSON, ObjectKey, TYPE_DOCKERCFG,
+    TYPE_DOCKERCONFIGJSON,
 };
 use crate::pullset::ValidPullSet;
 use crate::verdict::Verdict;
@@ -16,7 +17,12 @@ use secrecy::ExposeSecret;
 pub struct ExactHostResolver;
 
 impl CredentialResolver for ExactHostResolver {
-    fn resolve(&self, inventory: &Inventory, pullset: &ValidPullSet, image: &ImageRef) -> Resolution {
+    fn resolve(
+        &self,
+        inventory: &Inventory,
+        pullset: &ValidPullSet,
+        image: &ImageRef,
+    ) -> Resolution {
         let mut resolution = Resolution::default();
         let namespace = &pullset.key.namespace;
         let secret_names = pull_secret_names(inventory, pullset, &mut resolution.findings);
@@ -118,17 +124,32 @@ impl CredentialResolver for ExactHostResolver {
 
 /// The pod rule: the set's own secrets if any, else its ServiceAccount's. A missing `default`
 /// ServiceAccount counts as an empty one (the API server creates it in every namespace).
-fn pull_secret_names(inventory: &Inventory, pullset: &ValidPullSet, findings: &mut Vec<Finding>) -> Vec<String> {
+fn pull_secret_names(
+    inventory: &Inventory,
+    pullset: &ValidPullSet,
+    findings: &mut Vec<Finding>,
+) -> Vec<String> {
     if !pullset.spec.image_pull_secrets.is_empty() {
-        return pullset.spec.image_pull_secrets.iter().map(|r| r.name.clone()).collect();
+        return pullset
+            .spec
+            .image_pull_secrets
+            .iter()
+            .map(|r| r.name.clone())
+            .collect();
     }
-    let sa_key = ObjectKey::new(pullset.key.namespace.clone(), pullset.service_account().to_string());
+    let sa_key = ObjectKey::new(
+        pullset.key.namespace.clone(),
+        pullset.service_account().to_string(),
+    );
     match inventory.service_accounts.get(&sa_key) {
         Some(sa) => sa.image_pull_secrets.clone(),
         None if pullset.spec.service_account_name.is_some() => {
             findings.push(Finding {
                 verdict: Verdict::ServiceAccountNotFound,
-                message: format!("ServiceAccount {sa_key} named by PullSet {} does not exist", pullset.key),
+                message: format!(
+                    "ServiceAccount {sa_key} named by PullSet {} does not exist",
+                    pullset.key
+                ),
             });
             Vec::new()
         }
@@ -183,12 +204,42 @@ mod tests {
     fn inventory() -> Inventory {
         let mut inv = Inventory::default();
         for s in [
-            secret("good", TYPE_DOCKERCONFIGJSON, KEY_DOCKERCONFIGJSON, dockerconfig(&[("https://reg.io:5000", "alice", "pw1")])),
-            secret("other-port", TYPE_DOCKERCONFIGJSON, KEY_DOCKERCONFIGJSON, dockerconfig(&[("reg.io", "bob", "pw2")])),
-            secret("opaque", "Opaque", KEY_DOCKERCONFIGJSON, dockerconfig(&[("reg.io:5000", "x", "y")])),
-            secret("broken", TYPE_DOCKERCONFIGJSON, KEY_DOCKERCONFIGJSON, b"{not json".to_vec()),
-            secret("legacy", TYPE_DOCKERCFG, KEY_DOCKERCFG, br#"{"reg.io:5000":{"username":"carol","password":"pw3"}}"#.to_vec()),
-            secret("hub", TYPE_DOCKERCONFIGJSON, KEY_DOCKERCONFIGJSON, dockerconfig(&[("https://index.docker.io/v1/", "dan", "pw4")])),
+            secret(
+                "good",
+                TYPE_DOCKERCONFIGJSON,
+                KEY_DOCKERCONFIGJSON,
+                dockerconfig(&[("https://reg.io:5000", "alice", "pw1")]),
+            ),
+            secret(
+                "other-port",
+                TYPE_DOCKERCONFIGJSON,
+                KEY_DOCKERCONFIGJSON,
+                dockerconfig(&[("reg.io", "bob", "pw2")]),
+            ),
+            secret(
+                "opaque",
+                "Opaque",
+                KEY_DOCKERCONFIGJSON,
+                dockerconfig(&[("reg.io:5000", "x", "y")]),
+            ),
+            secret(
+                "broken",
+                TYPE_DOCKERCONFIGJSON,
+                KEY_DOCKERCONFIGJSON,
+                b"{not json".to_vec(),
+            ),
+            secret(
+                "legacy",
+                TYPE_DOCKERCFG,
+                KEY_DOCKERCFG,
+                br#"{"reg.io:5000":{"username":"carol","password":"pw3"}}"#.to_vec(),
+            ),
+            secret(
+                "hub",
+                TYPE_DOCKERCONFIGJSON,
+                KEY_DOCKERCONFIGJSON,
+                dockerconfig(&[("https://index.docker.io/v1/", "dan", "pw4")]),
+            ),
         ] {
             inv.secrets.insert(s.key.clone(), s);
         }
@@ -211,29 +262,101 @@ mod tests {
     #[test]
     fn resolve_table() {
         let cases: Vec<(&str, &str, Option<&str>, Vec<Verdict>)> = vec![
-            ("imagePullSecrets: [{name: good}]", "reg.io:5000/a:1", Some("alice"), vec![]),
-            ("imagePullSecrets: [{name: legacy}]", "reg.io:5000/a:1", Some("carol"), vec![]),
-            ("imagePullSecrets: [{name: good}, {name: legacy}]", "reg.io:5000/a:1", Some("alice"), vec![]),
-            ("imagePullSecrets: [{name: missing}, {name: good}]", "reg.io:5000/a:1", Some("alice"), vec![Verdict::SecretNotFound]),
-            ("imagePullSecrets: [{name: opaque}]", "reg.io:5000/a:1", None, vec![Verdict::SecretWrongType, Verdict::NoCredentials]),
-            ("imagePullSecrets: [{name: broken}]", "reg.io:5000/a:1", None, vec![Verdict::SecretMalformed, Verdict::NoCredentials]),
-            ("imagePullSecrets: [{name: other-port}]", "reg.io:5000/a:1", None, vec![Verdict::HostMismatch]),
-            ("imagePullSecrets: [{name: good}]", "reg.io/a:1", None, vec![Verdict::HostMismatch]),
-            ("imagePullSecrets: [{name: good}]", "elsewhere.io/a:1", None, vec![Verdict::NoCredentials]),
-            ("imagePullSecrets: [{name: hub}]", "nginx:1", Some("dan"), vec![]),
+            (
+                "imagePullSecrets: [{name: good}]",
+                "reg.io:5000/a:1",
+                Some("alice"),
+                vec![],
+            ),
+            (
+                "imagePullSecrets: [{name: legacy}]",
+                "reg.io:5000/a:1",
+                Some("carol"),
+                vec![],
+            ),
+            (
+                "imagePullSecrets: [{name: good}, {name: legacy}]",
+                "reg.io:5000/a:1",
+                Some("alice"),
+                vec![],
+            ),
+            (
+                "imagePullSecrets: [{name: missing}, {name: good}]",
+                "reg.io:5000/a:1",
+                Some("alice"),
+                vec![Verdict::SecretNotFound],
+            ),
+            (
+                "imagePullSecrets: [{name: opaque}]",
+                "reg.io:5000/a:1",
+                None,
+                vec![Verdict::SecretWrongType, Verdict::NoCredentials],
+            ),
+            (
+                "imagePullSecrets: [{name: broken}]",
+                "reg.io:5000/a:1",
+                None,
+                vec![Verdict::SecretMalformed, Verdict::NoCredentials],
+            ),
+            (
+                "imagePullSecrets: [{name: other-port}]",
+                "reg.io:5000/a:1",
+                None,
+                vec![Verdict::HostMismatch],
+            ),
+            (
+                "imagePullSecrets: [{name: good}]",
+                "reg.io/a:1",
+                None,
+                vec![Verdict::HostMismatch],
+            ),
+            (
+                "imagePullSecrets: [{name: good}]",
+                "elsewhere.io/a:1",
+                None,
+                vec![Verdict::NoCredentials],
+            ),
+            (
+                "imagePullSecrets: [{name: hub}]",
+                "nginx:1",
+                Some("dan"),
+                vec![],
+            ),
             // The ServiceAccount's secrets apply only when the set lists none.
-            ("serviceAccountName: builder", "reg.io:5000/a:1", Some("alice"), vec![]),
-            ("serviceAccountName: builder\nimagePullSecrets: [{name: legacy}]", "reg.io:5000/a:1", Some("carol"), vec![]),
-            ("serviceAccountName: ghost", "reg.io:5000/a:1", None, vec![Verdict::ServiceAccountNotFound, Verdict::NoCredentials]),
+            (
+                "serviceAccountName: builder",
+                "reg.io:5000/a:1",
+                Some("alice"),
+                vec![],
+            ),
+            (
+                "serviceAccountName: builder\nimagePullSecrets: [{name: legacy}]",
+                "reg.io:5000/a:1",
+                Some("carol"),
+                vec![],
+            ),
+            (
+                "serviceAccountName: ghost",
+                "reg.io:5000/a:1",
+                None,
+                vec![Verdict::ServiceAccountNotFound, Verdict::NoCredentials],
+            ),
             // No SA named and no `default` SA object: an empty default SA, anonymous.
             ("{}", "reg.io:5000/a:1", None, vec![Verdict::NoCredentials]),
         ];
         let inv = inventory();
         for (yaml, image, user, findings) in cases {
-            let set = pullset(&format!("{}\nimages: [{{image: '{image}'}}]", yaml.trim_start_matches("{}")));
+            let set = pullset(&format!(
+                "{}\nimages: [{{image: '{image}'}}]",
+                yaml.trim_start_matches("{}")
+            ));
             let image = ImageRef::parse(image).unwrap();
             let r = ExactHostResolver.resolve(&inv, &set, &image);
-            assert_eq!(r.candidates.first().map(|c| c.username.as_str()), user, "{yaml} {image}");
+            assert_eq!(
+                r.candidates.first().map(|c| c.username.as_str()),
+                user,
+                "{yaml} {image}"
+            );
             let got: Vec<_> = r.findings.iter().map(|f| f.verdict).collect();
             assert_eq!(got, findings, "{yaml} {image}: {:?}", r.findings);
             assert!(r.candidates.len() <= 1);

@@ -63,13 +63,14 @@ impl Resolution {
     /// findings appended; any other failure (network, runtime) stands alone.
     pub fn explain_failure(&self, failure: Verdict, message: &str) -> (Verdict, String) {
         let auth_like = matches!(failure, Verdict::Unauthorized | Verdict::NotFound);
-        if auth_like && self.candidates.is_empty() {
-            if let Some(finding) = self.most_telling_finding() {
-                return (
-                    finding.verdict,
-                    format!("{} (anonymous pull failed: {message})", finding.message),
-                );
-            }
+        if auth_like
+            && self.candidates.is_empty()
+            && let Some(finding) = self.most_telling_finding()
+        {
+            return (
+                finding.verdict,
+                format!("{} (anonymous pull failed: {message})", finding.message),
+            );
         }
         if self.findings.is_empty() || !auth_like {
             (failure, message.to_string())
@@ -97,7 +98,12 @@ impl Resolution {
 
 /// Resolves the credentials for one image of one PullSet.
 pub trait CredentialResolver: Send + Sync {
-    fn resolve(&self, inventory: &Inventory, pullset: &ValidPullSet, image: &ImageRef) -> Resolution;
+    fn resolve(
+        &self,
+        inventory: &Inventory,
+        pullset: &ValidPullSet,
+        image: &ImageRef,
+    ) -> Resolution;
 }
 
 #[cfg(test)]
@@ -123,16 +129,56 @@ mod tests {
         };
         let cases: Vec<(Vec<Finding>, bool, Verdict, Verdict)> = vec![
             (vec![], false, Verdict::Unauthorized, Verdict::Unauthorized),
-            (vec![finding(Verdict::NoCredentials)], false, Verdict::Unauthorized, Verdict::NoCredentials),
-            (vec![finding(Verdict::NoCredentials), finding(Verdict::SecretNotFound)], false, Verdict::Unauthorized, Verdict::SecretNotFound),
-            (vec![finding(Verdict::SecretWrongType)], false, Verdict::NotFound, Verdict::SecretWrongType),
-            (vec![finding(Verdict::SecretNotFound)], false, Verdict::Network, Verdict::Network),
-            (vec![finding(Verdict::SecretNotFound)], true, Verdict::Unauthorized, Verdict::Unauthorized),
-            (vec![finding(Verdict::ServiceAccountNotFound), finding(Verdict::HostMismatch)], false, Verdict::Unauthorized, Verdict::ServiceAccountNotFound),
+            (
+                vec![finding(Verdict::NoCredentials)],
+                false,
+                Verdict::Unauthorized,
+                Verdict::NoCredentials,
+            ),
+            (
+                vec![
+                    finding(Verdict::NoCredentials),
+                    finding(Verdict::SecretNotFound),
+                ],
+                false,
+                Verdict::Unauthorized,
+                Verdict::SecretNotFound,
+            ),
+            (
+                vec![finding(Verdict::SecretWrongType)],
+                false,
+                Verdict::NotFound,
+                Verdict::SecretWrongType,
+            ),
+            (
+                vec![finding(Verdict::SecretNotFound)],
+                false,
+                Verdict::Network,
+                Verdict::Network,
+            ),
+            (
+                vec![finding(Verdict::SecretNotFound)],
+                true,
+                Verdict::Unauthorized,
+                Verdict::Unauthorized,
+            ),
+            (
+                vec![
+                    finding(Verdict::ServiceAccountNotFound),
+                    finding(Verdict::HostMismatch),
+                ],
+                false,
+                Verdict::Unauthorized,
+                Verdict::ServiceAccountNotFound,
+            ),
         ];
         for (findings, with_candidate, failure, expected) in cases {
             let r = Resolution {
-                candidates: if with_candidate { vec![candidate.clone()] } else { vec![] },
+                candidates: if with_candidate {
+                    vec![candidate.clone()]
+                } else {
+                    vec![]
+                },
                 findings: findings.clone(),
             };
             let (verdict, message) = r.explain_failure(failure, "registry said no");

@@ -11,9 +11,9 @@ use crate::desired::{DesiredImage, Owner};
 use crate::outcome::{Action, Outcome, OutcomeKind, now_rfc3339};
 use crate::runtime::{ImageRuntime, PresentImage, PullAuth, RuntimeFailure};
 use crate::secret_scrub::scrub;
-use secrecy::SecretString;
 use crate::verdict::{Verdict, classify_pull_error};
 use futures::StreamExt as _;
+use secrecy::SecretString;
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -149,7 +149,12 @@ impl<R: ImageRuntime> PrePuller<R> {
         summary
     }
 
-    async fn ensure(&self, desired: &DesiredImage, index: &PresentIndex, cancel: &CancellationToken) -> ImageResult {
+    async fn ensure(
+        &self,
+        desired: &DesiredImage,
+        index: &PresentIndex,
+        cancel: &CancellationToken,
+    ) -> ImageResult {
         let start = Instant::now();
         let reference = desired.image.pull_reference();
         let mut attempts = 0;
@@ -169,7 +174,9 @@ impl<R: ImageRuntime> PrePuller<R> {
 
         // Confirm absence (the listing may be stale or the name spelled differently).
         let status = self
-            .with_retries(cancel, &mut attempts, || self.runtime.image_status(&reference))
+            .with_retries(cancel, &mut attempts, || {
+                self.runtime.image_status(&reference)
+            })
             .await;
         match status {
             Ok(Some(present)) => {
@@ -260,7 +267,12 @@ impl<R: ImageRuntime> PrePuller<R> {
     }
 
     /// Runs `call`, retrying transient failures with the policy's backoff.
-    async fn with_retries<T, F, Fut>(&self, cancel: &CancellationToken, attempts: &mut u32, mut call: F) -> Result<T, Failure>
+    async fn with_retries<T, F, Fut>(
+        &self,
+        cancel: &CancellationToken,
+        attempts: &mut u32,
+        mut call: F,
+    ) -> Result<T, Failure>
     where
         F: FnMut() -> Fut,
         Fut: std::future::Future<Output = Result<T, RuntimeFailure>>,
@@ -294,9 +306,15 @@ impl<R: ImageRuntime> PrePuller<R> {
             .owners
             .iter()
             .map(|owner| {
-                let own: Vec<String> = owner_attempts(owner).into_iter().map(|(label, _)| label).collect();
-                let own_failures: Vec<&(String, Failure)> =
-                    result.failed.iter().filter(|(label, _)| own.contains(label)).collect();
+                let own: Vec<String> = owner_attempts(owner)
+                    .into_iter()
+                    .map(|(label, _)| label)
+                    .collect();
+                let own_failures: Vec<&(String, Failure)> = result
+                    .failed
+                    .iter()
+                    .filter(|(label, _)| own.contains(label))
+                    .collect();
                 let base = Outcome {
                     kind: OutcomeKind::Prepull,
                     time: time.clone(),
@@ -321,7 +339,9 @@ impl<R: ImageRuntime> PrePuller<R> {
                         let message = match (s.action, &s.by, by_own) {
                             (Action::Present, _, _) => "image already present".to_string(),
                             (_, _, Some(_)) | (_, None, _) => "image pulled".to_string(),
-                            (_, Some(other), None) => format!("image pulled with {other}, listed by another PullSet"),
+                            (_, Some(other), None) => {
+                                format!("image pulled with {other}, listed by another PullSet")
+                            }
                         };
                         Outcome {
                             message,
@@ -331,7 +351,9 @@ impl<R: ImageRuntime> PrePuller<R> {
                             repo_digest: s.present.repo_digest_for(&desired.image.name()),
                             warnings: own_failures
                                 .iter()
-                                .map(|(label, f)| format!("{label} failed: {}: {}", f.verdict, f.message))
+                                .map(|(label, f)| {
+                                    format!("{label} failed: {}: {}", f.verdict, f.message)
+                                })
                                 .collect(),
                             ..base
                         }
@@ -343,7 +365,9 @@ impl<R: ImageRuntime> PrePuller<R> {
                             Some((label, failure)) => (Some(label.clone()), failure),
                             None => (None, f),
                         };
-                        let (verdict, message) = owner.resolution.explain_failure(failure.verdict, &failure.message);
+                        let (verdict, message) = owner
+                            .resolution
+                            .explain_failure(failure.verdict, &failure.message);
                         let earlier = own_failures.len().saturating_sub(1);
                         Outcome {
                             verdict,
@@ -352,7 +376,9 @@ impl<R: ImageRuntime> PrePuller<R> {
                             credential: label,
                             warnings: own_failures[..earlier]
                                 .iter()
-                                .map(|(label, f)| format!("{label} failed: {}: {}", f.verdict, f.message))
+                                .map(|(label, f)| {
+                                    format!("{label} failed: {}: {}", f.verdict, f.message)
+                                })
                                 .collect(),
                             ..base
                         }
@@ -365,7 +391,9 @@ impl<R: ImageRuntime> PrePuller<R> {
 
 fn to_failure(e: RuntimeFailure) -> Failure {
     let verdict = match &e {
-        RuntimeFailure::Unreachable { .. } | RuntimeFailure::DeadlineExceeded { .. } => Verdict::RuntimeError,
+        RuntimeFailure::Unreachable { .. } | RuntimeFailure::DeadlineExceeded { .. } => {
+            Verdict::RuntimeError
+        }
         RuntimeFailure::Rejected(message) => classify_pull_error(message),
     };
     Failure {

@@ -22,7 +22,10 @@ struct Scripted {
 
 impl Scripted {
     fn answer(&self, image: &str, password: &str, results: Vec<Result<(), RuntimeFailure>>) {
-        self.answers.lock().unwrap().insert((image.into(), password.into()), results);
+        self.answers
+            .lock()
+            .unwrap()
+            .insert((image.into(), password.into()), results);
     }
 }
 
@@ -35,13 +38,20 @@ impl ImageRuntime for Scripted {
         Ok(self.present.lock().unwrap().get(image).cloned())
     }
 
-    async fn pull_image(&self, image: &str, auth: Option<PullAuth<'_>>) -> Result<String, RuntimeFailure> {
+    async fn pull_image(
+        &self,
+        image: &str,
+        auth: Option<PullAuth<'_>>,
+    ) -> Result<String, RuntimeFailure> {
         let password = auth.map_or(String::new(), |a| a.password.expose_secret().to_string());
         let n = self.in_flight.fetch_add(1, Ordering::SeqCst) + 1;
         self.max_in_flight.fetch_max(n, Ordering::SeqCst);
         tokio::time::sleep(Duration::from_millis(5)).await;
         self.in_flight.fetch_sub(1, Ordering::SeqCst);
-        self.pulls.lock().unwrap().push((image.to_string(), password.clone()));
+        self.pulls
+            .lock()
+            .unwrap()
+            .push((image.to_string(), password.clone()));
         let next = {
             let mut answers = self.answers.lock().unwrap();
             match answers.get_mut(&(image.to_string(), password)) {
@@ -82,7 +92,10 @@ fn desired(image: &str, owners: Vec<(&str, Vec<Candidate>, Vec<Finding>)>) -> De
             .into_iter()
             .map(|(name, candidates, findings)| Owner {
                 pullset: ObjectKey::new("ns", name),
-                resolution: Resolution { candidates, findings },
+                resolution: Resolution {
+                    candidates,
+                    findings,
+                },
             })
             .collect(),
     }
@@ -103,7 +116,9 @@ async fn run(runtime: Arc<Scripted>, desired: Vec<DesiredImage>) -> Vec<Outcome>
     let engine = PrePuller::new(runtime, fast(), "node-1");
     let out = Mutex::new(Vec::new());
     engine
-        .pass(&desired, &CancellationToken::new(), &|o| out.lock().unwrap().push(o))
+        .pass(&desired, &CancellationToken::new(), &|o| {
+            out.lock().unwrap().push(o)
+        })
         .await;
     let mut v = out.into_inner().unwrap();
     v.sort_by(|a, b| (&a.image, &a.pullset).cmp(&(&b.image, &b.pullset)));
@@ -122,7 +137,13 @@ async fn pulls_once_for_several_owners_and_reports_each() {
     let rt = Arc::new(Scripted::default());
     let out = run(
         rt.clone(),
-        vec![desired("r.io/a:1", vec![("s1", vec![candidate("good", "pw")], vec![]), ("s2", vec![candidate("good", "pw")], vec![])])],
+        vec![desired(
+            "r.io/a:1",
+            vec![
+                ("s1", vec![candidate("good", "pw")], vec![]),
+                ("s2", vec![candidate("good", "pw")], vec![]),
+            ],
+        )],
     )
     .await;
     assert_eq!(rt.pulls.lock().unwrap().len(), 1);
@@ -146,33 +167,91 @@ async fn present_images_are_not_pulled() {
             repo_digests: vec![],
         },
     );
-    let out = run(rt.clone(), vec![desired("r.io/a:1", vec![("s1", vec![], vec![])])]).await;
+    let out = run(
+        rt.clone(),
+        vec![desired("r.io/a:1", vec![("s1", vec![], vec![])])],
+    )
+    .await;
     assert!(rt.pulls.lock().unwrap().is_empty());
-    assert_eq!((out[0].verdict, out[0].action, out[0].attempts), (Verdict::Ok, Action::Present, 0));
+    assert_eq!(
+        (out[0].verdict, out[0].action, out[0].attempts),
+        (Verdict::Ok, Action::Present, 0)
+    );
 }
 
 #[tokio::test]
 async fn candidates_are_tried_in_order_and_failures_are_warned() {
     let rt = Arc::new(Scripted::default());
     rt.answer("r.io/a:1", "old", vec![rejected(UNAUTHORIZED)]);
-    let out = run(rt.clone(), vec![desired("r.io/a:1", vec![("s1", vec![candidate("stale", "old"), candidate("fresh", "new")], vec![])])]).await;
-    let pulls: Vec<_> = rt.pulls.lock().unwrap().iter().map(|p| p.1.clone()).collect();
+    let out = run(
+        rt.clone(),
+        vec![desired(
+            "r.io/a:1",
+            vec![(
+                "s1",
+                vec![candidate("stale", "old"), candidate("fresh", "new")],
+                vec![],
+            )],
+        )],
+    )
+    .await;
+    let pulls: Vec<_> = rt
+        .pulls
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|p| p.1.clone())
+        .collect();
     assert_eq!(pulls, ["old", "new"]);
     assert_eq!(out[0].verdict, Verdict::Ok);
-    assert_eq!(out[0].credential.as_deref(), Some("secret ns/fresh key r.io"));
+    assert_eq!(
+        out[0].credential.as_deref(),
+        Some("secret ns/fresh key r.io")
+    );
     assert_eq!(out[0].warnings.len(), 1, "{:?}", out[0].warnings);
-    assert!(out[0].warnings[0].contains("secret ns/stale") && out[0].warnings[0].contains("Unauthorized"));
+    assert!(
+        out[0].warnings[0].contains("secret ns/stale")
+            && out[0].warnings[0].contains("Unauthorized")
+    );
 }
 
 #[tokio::test]
 async fn transient_failures_are_retried_and_permanent_ones_are_not() {
     let rt = Arc::new(Scripted::default());
-    rt.answer("r.io/net:1", "pw", vec![rejected(REFUSED), rejected(REFUSED)]);
-    rt.answer("r.io/down:1", "pw", vec![rejected(REFUSED), rejected(REFUSED), rejected(REFUSED), rejected(REFUSED)]);
-    rt.answer("r.io/auth:1", "pw", vec![rejected(UNAUTHORIZED), rejected(UNAUTHORIZED)]);
+    rt.answer(
+        "r.io/net:1",
+        "pw",
+        vec![rejected(REFUSED), rejected(REFUSED)],
+    );
+    rt.answer(
+        "r.io/down:1",
+        "pw",
+        vec![
+            rejected(REFUSED),
+            rejected(REFUSED),
+            rejected(REFUSED),
+            rejected(REFUSED),
+        ],
+    );
+    rt.answer(
+        "r.io/auth:1",
+        "pw",
+        vec![rejected(UNAUTHORIZED), rejected(UNAUTHORIZED)],
+    );
     let c = || vec![("s", vec![candidate("good", "pw")], vec![])];
-    let out = run(rt.clone(), vec![desired("r.io/net:1", c()), desired("r.io/down:1", c()), desired("r.io/auth:1", c())]).await;
-    let by: HashMap<_, _> = out.iter().map(|o| (o.image.as_str(), (o.verdict, o.attempts))).collect();
+    let out = run(
+        rt.clone(),
+        vec![
+            desired("r.io/net:1", c()),
+            desired("r.io/down:1", c()),
+            desired("r.io/auth:1", c()),
+        ],
+    )
+    .await;
+    let by: HashMap<_, _> = out
+        .iter()
+        .map(|o| (o.image.as_str(), (o.verdict, o.attempts)))
+        .collect();
     // ImageStatus counts as an attempt too.
     assert_eq!(by["r.io/net:1"], (Verdict::Ok, 4));
     assert_eq!(by["r.io/down:1"], (Verdict::Network, 4));
@@ -188,16 +267,26 @@ async fn findings_explain_an_anonymous_failure_per_owner() {
         verdict: Verdict::SecretNotFound,
         message: "pull secret ns/regcred does not exist".into(),
     };
-    let out = run(rt.clone(), vec![desired("r.io/a:1", vec![("s1", vec![], vec![missing])])]).await;
+    let out = run(
+        rt.clone(),
+        vec![desired("r.io/a:1", vec![("s1", vec![], vec![missing])])],
+    )
+    .await;
     assert_eq!(out[0].verdict, Verdict::SecretNotFound);
-    assert!(out[0].message.contains("ns/regcred") && out[0].message.contains("401"), "{}", out[0].message);
+    assert!(
+        out[0].message.contains("ns/regcred") && out[0].message.contains("401"),
+        "{}",
+        out[0].message
+    );
     assert_eq!(out[0].credential.as_deref(), Some("anonymous"));
 }
 
 #[tokio::test]
 async fn parallelism_is_bounded() {
     let rt = Arc::new(Scripted::default());
-    let images: Vec<_> = (0..10).map(|i| desired(&format!("r.io/img{i}:1"), vec![("s", vec![], vec![])])).collect();
+    let images: Vec<_> = (0..10)
+        .map(|i| desired(&format!("r.io/img{i}:1"), vec![("s", vec![], vec![])]))
+        .collect();
     let out = run(rt.clone(), images).await;
     assert_eq!(out.len(), 10);
     assert!(out.iter().all(|o| o.verdict.is_ok()));
@@ -207,8 +296,21 @@ async fn parallelism_is_bounded() {
 #[tokio::test]
 async fn echoed_passwords_are_scrubbed() {
     let rt = Arc::new(Scripted::default());
-    rt.answer("r.io/a:1", "leaky-password", vec![rejected("denied for user u with password leaky-password: 401 Unauthorized")]);
-    let out = run(rt, vec![desired("r.io/a:1", vec![("s", vec![candidate("c", "leaky-password")], vec![])])]).await;
+    rt.answer(
+        "r.io/a:1",
+        "leaky-password",
+        vec![rejected(
+            "denied for user u with password leaky-password: 401 Unauthorized",
+        )],
+    );
+    let out = run(
+        rt,
+        vec![desired(
+            "r.io/a:1",
+            vec![("s", vec![candidate("c", "leaky-password")], vec![])],
+        )],
+    )
+    .await;
     let json = serde_json::to_string(&out).unwrap();
     assert!(!json.contains("leaky-password"), "{json}");
     assert!(json.contains("[REDACTED]"));
@@ -224,7 +326,10 @@ fn retry_delays_are_capped_and_bounded() {
     let delays: Vec<_> = policy.delays().collect();
     assert_eq!(delays.len(), 5);
     // Jitter adds at most one min_delay on top of the capped exponential.
-    assert!(delays.iter().all(|d| *d <= Duration::from_millis(800)), "{delays:?}");
+    assert!(
+        delays.iter().all(|d| *d <= Duration::from_millis(800)),
+        "{delays:?}"
+    );
 }
 
 #[tokio::test]
@@ -249,16 +354,32 @@ async fn each_owner_is_judged_by_its_own_credentials() {
     .await;
     let by: HashMap<_, _> = out.iter().map(|o| (o.pullset.as_str(), o)).collect();
     // The image is present for all three (that is the pre-pull's job)...
-    assert!(out.iter().all(|o| o.verdict == Verdict::Ok && o.action == Action::Pulled));
+    assert!(
+        out.iter()
+            .all(|o| o.verdict == Verdict::Ok && o.action == Action::Pulled)
+    );
     // ...but only `healthy` pulled it with its own credential, and `broken` is told its failed.
-    assert_eq!(by["healthy"].credential.as_deref(), Some("secret ns/new key r.io"));
+    assert_eq!(
+        by["healthy"].credential.as_deref(),
+        Some("secret ns/new key r.io")
+    );
     assert_eq!(by["broken"].credential, None);
-    assert!(by["broken"].message.contains("secret ns/new"), "{}", by["broken"].message);
+    assert!(
+        by["broken"].message.contains("secret ns/new"),
+        "{}",
+        by["broken"].message
+    );
     assert_eq!(by["broken"].warnings.len(), 1);
     assert!(by["broken"].warnings[0].starts_with("secret ns/old key r.io failed: Unauthorized"));
     assert!(by["healthy"].warnings.is_empty() && by["no-secret"].warnings.is_empty());
     // `no-secret`'s anonymous attempt was never needed.
-    let tried: Vec<_> = rt.pulls.lock().unwrap().iter().map(|p| p.1.clone()).collect();
+    let tried: Vec<_> = rt
+        .pulls
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|p| p.1.clone())
+        .collect();
     assert_eq!(tried, ["stale", "fresh"]);
 }
 
@@ -273,10 +394,25 @@ async fn when_all_fail_each_owner_gets_its_own_verdict() {
     };
     let out = run(
         rt,
-        vec![desired("r.io/a:1", vec![("broken", vec![candidate("old", "stale")], vec![]), ("no-secret", vec![], vec![missing])])],
+        vec![desired(
+            "r.io/a:1",
+            vec![
+                ("broken", vec![candidate("old", "stale")], vec![]),
+                ("no-secret", vec![], vec![missing]),
+            ],
+        )],
     )
     .await;
     let by: HashMap<_, _> = out.iter().map(|o| (o.pullset.as_str(), o)).collect();
-    assert_eq!((by["broken"].verdict, by["broken"].credential.as_deref()), (Verdict::Unauthorized, Some("secret ns/old key r.io")));
-    assert_eq!((by["no-secret"].verdict, by["no-secret"].credential.as_deref()), (Verdict::SecretNotFound, Some("anonymous")));
+    assert_eq!(
+        (by["broken"].verdict, by["broken"].credential.as_deref()),
+        (Verdict::Unauthorized, Some("secret ns/old key r.io"))
+    );
+    assert_eq!(
+        (
+            by["no-secret"].verdict,
+            by["no-secret"].credential.as_deref()
+        ),
+        (Verdict::SecretNotFound, Some("anonymous"))
+    );
 }

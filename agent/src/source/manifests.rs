@@ -58,7 +58,10 @@ pub struct Loaded {
 #[derive(Debug, thiserror::Error)]
 pub enum ManifestError {
     #[error("cannot read manifest directory {}: {source}", path.display())]
-    Directory { path: PathBuf, source: std::io::Error },
+    Directory {
+        path: PathBuf,
+        source: std::io::Error,
+    },
 }
 
 const PULLSET_API_VERSION: &str = "pullgate.io/v1alpha1";
@@ -78,7 +81,13 @@ pub fn load_dir(dir: &Path) -> Result<Loaded, ManifestError> {
         let text = match std::fs::read(&file) {
             Ok(bytes) => bytes,
             Err(e) => {
-                loaded.problems.push(problem(&file, None, None, None, format!("cannot read: {e}")));
+                loaded.problems.push(problem(
+                    &file,
+                    None,
+                    None,
+                    None,
+                    format!("cannot read: {e}"),
+                ));
                 continue;
             }
         };
@@ -88,9 +97,11 @@ pub fn load_dir(dir: &Path) -> Result<Loaded, ManifestError> {
         hasher.update([0]);
         match String::from_utf8(text) {
             Ok(text) => load_text(&file, &text, &mut loaded, &mut origin),
-            Err(_) => loaded
-                .problems
-                .push(problem(&file, None, None, None, "not UTF-8 text".into())),
+            Err(_) => {
+                loaded
+                    .problems
+                    .push(problem(&file, None, None, None, "not UTF-8 text".into()))
+            }
         }
     }
     loaded.fingerprint = hex::encode(hasher.finalize());
@@ -109,7 +120,10 @@ fn collect_files(dir: &Path, out: &mut Vec<PathBuf>) -> std::io::Result<()> {
         let meta = std::fs::metadata(&path)?;
         if meta.is_dir() {
             collect_files(&path, out)?;
-        } else if matches!(path.extension().and_then(|e| e.to_str()), Some("yaml" | "yml")) {
+        } else if matches!(
+            path.extension().and_then(|e| e.to_str()),
+            Some("yaml" | "yml")
+        ) {
             out.push(path);
         }
     }
@@ -122,9 +136,13 @@ fn load_text(file: &Path, text: &str, loaded: &mut Loaded, origin: &mut BTreeMap
             Ok(v) => v,
             Err(e) => {
                 // A syntax error ends the stream: nothing after it in this file can be read.
-                loaded
-                    .problems
-                    .push(problem(file, Some(index), None, None, format!("invalid YAML: {e}")));
+                loaded.problems.push(problem(
+                    file,
+                    Some(index),
+                    None,
+                    None,
+                    format!("invalid YAML: {e}"),
+                ));
                 return;
             }
         };
@@ -144,11 +162,29 @@ fn load_object(
     origin: &mut BTreeMap<String, PathBuf>,
     file: &Path,
 ) -> Result<(), ManifestProblem> {
-    let api_version = value.get("apiVersion").and_then(|v| v.as_str()).unwrap_or_default().to_string();
-    let kind = value.get("kind").and_then(|v| v.as_str()).unwrap_or_default().to_string();
+    let api_version = value
+        .get("apiVersion")
+        .and_then(|v| v.as_str())
+        .unwrap_or_default()
+        .to_string();
+    let kind = value
+        .get("kind")
+        .and_then(|v| v.as_str())
+        .unwrap_or_default()
+        .to_string();
     if api_version.is_empty() || kind.is_empty() {
-        let field = if api_version.is_empty() { "apiVersion" } else { "kind" };
-        return Err(problem(file, Some(index), None, Some(field), format!("missing `{field}`")));
+        let field = if api_version.is_empty() {
+            "apiVersion"
+        } else {
+            "kind"
+        };
+        return Err(problem(
+            file,
+            Some(index),
+            None,
+            Some(field),
+            format!("missing `{field}`"),
+        ));
     }
     let name_of = |ns: &str, name: &str| format!("{kind} {ns}/{name}");
     let meta_name = value
@@ -198,7 +234,8 @@ fn load_object(
             }
         }
         ("v1", "Secret") => {
-            let secret: k8s_openapi::api::core::v1::Secret = from_value(value, true).map_err(|(f, m)| fail(f, m))?;
+            let secret: k8s_openapi::api::core::v1::Secret =
+                from_value(value, true).map_err(|(f, m)| fail(f, m))?;
             let key = object_key(&secret.metadata).map_err(|(f, m)| fail(Some(f), m))?;
             claim(origin, &object, file).map_err(|m| fail(None, m))?;
             let type_ = secret.type_.unwrap_or_else(|| "Opaque".to_string());
@@ -232,7 +269,8 @@ fn load_object(
             }
         }
         ("v1", "ServiceAccount") => {
-            let sa: k8s_openapi::api::core::v1::ServiceAccount = from_value(value, false).map_err(|(f, m)| fail(f, m))?;
+            let sa: k8s_openapi::api::core::v1::ServiceAccount =
+                from_value(value, false).map_err(|(f, m)| fail(f, m))?;
             let key = object_key(&sa.metadata).map_err(|(f, m)| fail(Some(f), m))?;
             claim(origin, &object, file).map_err(|m| fail(None, m))?;
             let image_pull_secrets = sa
@@ -242,10 +280,13 @@ fn load_object(
                 .map(|r| r.name)
                 .filter(|n| !n.is_empty())
                 .collect();
-            loaded
-                .inventory
-                .service_accounts
-                .insert(key.clone(), ServiceAccountObject { key, image_pull_secrets });
+            loaded.inventory.service_accounts.insert(
+                key.clone(),
+                ServiceAccountObject {
+                    key,
+                    image_pull_secrets,
+                },
+            );
         }
         _ => {
             tracing::debug!(file = %file.display(), %api_version, %kind, "ignoring object of another kind");
@@ -276,7 +317,11 @@ fn from_value<T: serde::de::DeserializeOwned>(
     serde_path_to_error::deserialize(value).map_err(|e| {
         let path = e.path().to_string();
         let message = e.inner().to_string();
-        let message = if sensitive { redact_serde_message(&message) } else { message };
+        let message = if sensitive {
+            redact_serde_message(&message)
+        } else {
+            message
+        };
         (Some(path).filter(|p| p != "."), message)
     })
 }
@@ -292,10 +337,14 @@ fn redact_serde_message(message: &str) -> String {
             };
         }
     }
-    if message.starts_with("missing field") || message.starts_with("unknown field") || message.starts_with("duplicate field") {
+    if message.starts_with("missing field")
+        || message.starts_with("unknown field")
+        || message.starts_with("duplicate field")
+    {
         return message.to_string();
     }
-    "invalid value (not shown: Secret content is never printed); expected base64 in `data`".to_string()
+    "invalid value (not shown: Secret content is never printed); expected base64 in `data`"
+        .to_string()
 }
 
 fn object_key(meta: &ObjectMeta) -> Result<ObjectKey, (String, String)> {
@@ -305,11 +354,20 @@ fn object_key(meta: &ObjectMeta) -> Result<ObjectKey, (String, String)> {
         .filter(|n| !n.is_empty())
         .ok_or_else(|| ("metadata.name".to_string(), "missing".to_string()))?;
     if !pullset::is_dns_subdomain(&name) {
-        return Err(("metadata.name".into(), format!("`{name}` is not a valid object name")));
+        return Err((
+            "metadata.name".into(),
+            format!("`{name}` is not a valid object name"),
+        ));
     }
-    let namespace = meta.namespace.clone().unwrap_or_else(|| "default".to_string());
+    let namespace = meta
+        .namespace
+        .clone()
+        .unwrap_or_else(|| "default".to_string());
     if !pullset::is_dns_subdomain(&namespace) || namespace.contains('.') {
-        return Err(("metadata.namespace".into(), format!("`{namespace}` is not a valid namespace")));
+        return Err((
+            "metadata.namespace".into(),
+            format!("`{namespace}` is not a valid namespace"),
+        ));
     }
     Ok(ObjectKey::new(namespace, name))
 }
@@ -328,7 +386,13 @@ fn claim(origin: &mut BTreeMap<String, PathBuf>, object: &str, file: &Path) -> R
     }
 }
 
-fn problem(file: &Path, document: Option<usize>, object: Option<String>, field: Option<&str>, message: String) -> ManifestProblem {
+fn problem(
+    file: &Path,
+    document: Option<usize>,
+    object: Option<String>,
+    field: Option<&str>,
+    message: String,
+) -> ManifestProblem {
     ManifestProblem {
         file: file.to_path_buf(),
         document,

@@ -17,7 +17,10 @@ pub enum WatchError {
     #[error(transparent)]
     Load(#[from] ManifestError),
     #[error("cannot watch {}: {source}", path.display())]
-    Notify { path: PathBuf, source: notify::Error },
+    Notify {
+        path: PathBuf,
+        source: notify::Error,
+    },
 }
 
 /// Settings of the watch loop.
@@ -51,10 +54,16 @@ pub fn watch_dir(
             let _ = event_tx.try_send(());
         }
     })
-    .map_err(|source| WatchError::Notify { path: dir.clone(), source })?;
+    .map_err(|source| WatchError::Notify {
+        path: dir.clone(),
+        source,
+    })?;
     watcher
         .watch(&dir, RecursiveMode::Recursive)
-        .map_err(|source| WatchError::Notify { path: dir.clone(), source })?;
+        .map_err(|source| WatchError::Notify {
+            path: dir.clone(),
+            source,
+        })?;
 
     let task = tokio::spawn(async move {
         let _watcher = watcher; // dropped (and unwatched) when the loop ends
@@ -83,7 +92,9 @@ pub fn watch_dir(
                         tx.send_replace(Arc::new(loaded));
                     }
                 }
-                Ok(Err(e)) => tracing::warn!(error = %e, "cannot reload manifests; keeping the last good state"),
+                Ok(Err(e)) => {
+                    tracing::warn!(error = %e, "cannot reload manifests; keeping the last good state")
+                }
                 Err(e) => tracing::warn!(error = %e, "manifest reload task failed"),
             }
         }

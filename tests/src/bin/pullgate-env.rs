@@ -48,14 +48,24 @@ const DEMO_PASSWORD: &str = "demo-Passw0rd-not-for-production";
 fn main() -> Result<()> {
     match Cli::parse().command {
         Cmd::Demo { manifests } => demo(&manifests),
-        Cmd::BenchPrepull { images, size_mib, runs } => bench_prepull(images, size_mib, runs),
+        Cmd::BenchPrepull {
+            images,
+            size_mib,
+            runs,
+        } => bench_prepull(images, size_mib, runs),
     }
 }
 
 fn demo(manifests: &Path) -> Result<()> {
-    ensure!(manifests.is_dir(), "{} is not a directory", manifests.display());
+    ensure!(
+        manifests.is_dir(),
+        "{} is not a directory",
+        manifests.display()
+    );
     let binary = pullgate_binary()?;
-    eprintln!("demo: starting a registry (htpasswd auth) and containerd (native snapshotter) on loopback…");
+    eprintln!(
+        "demo: starting a registry (htpasswd auth) and containerd (native snapshotter) on loopback…"
+    );
     let registry = Registry::start(&[(DEMO_USER, DEMO_PASSWORD)])?;
     let containerd = Containerd::start(&[registry.host()])?;
     // The demo manifests name `registry.pullgate.demo:5000`; containerd's hosts.toml sends it to
@@ -81,7 +91,14 @@ fn demo(manifests: &Path) -> Result<()> {
         manifests.display()
     );
     let output = Command::new(&binary)
-        .args(["run", "--once", "--node-name", "demo-node", "--node-labels", "pool=general"])
+        .args([
+            "run",
+            "--once",
+            "--node-name",
+            "demo-node",
+            "--node-labels",
+            "pool=general",
+        ])
         .arg("--manifests")
         .arg(manifests)
         .arg("--cri-endpoint")
@@ -106,7 +123,11 @@ fn demo(manifests: &Path) -> Result<()> {
         match v["kind"].as_str() {
             Some("prepull") => eprintln!(
                 "  {:<28} {:<58} {:<16} {}",
-                format!("{}/{}", v["namespace"].as_str().unwrap_or(""), v["pullset"].as_str().unwrap_or("")),
+                format!(
+                    "{}/{}",
+                    v["namespace"].as_str().unwrap_or(""),
+                    v["pullset"].as_str().unwrap_or("")
+                ),
                 v["image"].as_str().unwrap_or(""),
                 v["verdict"].as_str().unwrap_or(""),
                 v["action"].as_str().unwrap_or("")
@@ -123,17 +144,31 @@ fn demo(manifests: &Path) -> Result<()> {
     }
     eprintln!(
         "\ndemo: pullgate exited with {} (the demo includes broken objects on purpose: 1 is expected)",
-        output.status.code().map_or("a signal".into(), |c| c.to_string())
+        output
+            .status
+            .code()
+            .map_or("a signal".into(), |c| c.to_string())
     );
     let present = block_on(async { containerd.cri().list_images().await })?;
-    eprintln!("demo: the runtime now holds {} image(s); stopping containerd and the registry.", present.len());
+    eprintln!(
+        "demo: the runtime now holds {} image(s); stopping containerd and the registry.",
+        present.len()
+    );
     Ok(())
 }
 
 fn seed(registry: &Registry, repository: &str, tag: &str, layers: &[usize]) -> Result<PushedImage> {
     let spec = ImageSpec::new(repository, tag).with_layers(layers);
-    let pushed = block_on(images::push(&registry.host(), DEMO_USER, DEMO_PASSWORD, &spec))?;
-    eprintln!("  pushed {DEMO_REGISTRY}/{repository}:{tag} ({})", pushed.digest);
+    let pushed = block_on(images::push(
+        &registry.host(),
+        DEMO_USER,
+        DEMO_PASSWORD,
+        &spec,
+    ))?;
+    eprintln!(
+        "  pushed {DEMO_REGISTRY}/{repository}:{tag} ({})",
+        pushed.digest
+    );
     Ok(pushed)
 }
 
@@ -179,7 +214,13 @@ fn bench_prepull(count: usize, size_mib: usize, runs: usize) -> Result<()> {
         manifests.path().join("bench.yaml"),
         format!(
             "{}---\n{}",
-            pullgate_testenv::manifests::pull_secret("bench", "regcred", &registry.host(), USER, PASSWORD),
+            pullgate_testenv::manifests::pull_secret(
+                "bench",
+                "regcred",
+                &registry.host(),
+                USER,
+                PASSWORD
+            ),
             pullgate_testenv::manifests::pullset(
                 "bench",
                 "all",
@@ -196,14 +237,24 @@ fn bench_prepull(count: usize, size_mib: usize, runs: usize) -> Result<()> {
                 let _ = cri.remove_image(r).await;
             }
             let left = cri.list_images().await?;
-            ensure!(left.iter().all(|i| !refs.iter().any(|r| i.repo_tags.contains(r))), "images left after removal");
+            ensure!(
+                left.iter()
+                    .all(|i| !refs.iter().any(|r| i.repo_tags.contains(r))),
+                "images left after removal"
+            );
             Ok(())
         })
     };
     let pullgate = || -> Result<Duration> {
         let start = Instant::now();
         let status = Command::new(&binary)
-            .args(["run", "--once", "--node-name", "bench", "--max-parallel-pulls"])
+            .args([
+                "run",
+                "--once",
+                "--node-name",
+                "bench",
+                "--max-parallel-pulls",
+            ])
             .arg(count.to_string())
             .arg("--manifests")
             .arg(manifests.path())
@@ -221,9 +272,15 @@ fn bench_prepull(count: usize, size_mib: usize, runs: usize) -> Result<()> {
             let password = SecretString::from(PASSWORD);
             let start = Instant::now();
             for r in &refs {
-                cri.pull_image(r, Some(PullAuth { username: USER, password: &password }))
-                    .await
-                    .map_err(|e| anyhow::anyhow!("{e}"))?;
+                cri.pull_image(
+                    r,
+                    Some(PullAuth {
+                        username: USER,
+                        password: &password,
+                    }),
+                )
+                .await
+                .map_err(|e| anyhow::anyhow!("{e}"))?;
             }
             Ok(start.elapsed())
         })
@@ -237,7 +294,14 @@ fn bench_prepull(count: usize, size_mib: usize, runs: usize) -> Result<()> {
                 let cri = cri.clone();
                 let password = &password;
                 async move {
-                    cri.pull_image(r, Some(PullAuth { username: USER, password })).await
+                    cri.pull_image(
+                        r,
+                        Some(PullAuth {
+                            username: USER,
+                            password,
+                        }),
+                    )
+                    .await
                 }
             });
             for result in futures::future::join_all(pulls).await {
@@ -250,14 +314,22 @@ fn bench_prepull(count: usize, size_mib: usize, runs: usize) -> Result<()> {
     let mut times: [Vec<Duration>; 3] = Default::default();
     for run in 0..runs {
         // Interleaved, so that drift on the machine affects every method alike.
-        for (slot, method) in [(0usize, "pullgate run --once"), (1, "serial CRI"), (2, "concurrent CRI")] {
+        for (slot, method) in [
+            (0usize, "pullgate run --once"),
+            (1, "serial CRI"),
+            (2, "concurrent CRI"),
+        ] {
             clear()?;
             let t = match slot {
                 0 => pullgate()?,
                 1 => serial()?,
                 _ => concurrent()?,
             };
-            eprintln!("  run {}/{runs} {method:<20} {:>8.0} ms", run + 1, t.as_secs_f64() * 1000.0);
+            eprintln!(
+                "  run {}/{runs} {method:<20} {:>8.0} ms",
+                run + 1,
+                t.as_secs_f64() * 1000.0
+            );
             times[slot].push(t);
         }
     }
@@ -269,10 +341,25 @@ fn bench_prepull(count: usize, size_mib: usize, runs: usize) -> Result<()> {
     let (p, s, c) = (median(&mut p), median(&mut s), median(&mut c));
     let ms = |d: Duration| d.as_secs_f64() * 1000.0;
     println!("prepull benchmark: {count} images x {size_mib} MiB, {runs} runs each, medians");
-    println!("  (a) serial CRI PullImage (kubelet default)   {:>8.0} ms", ms(s));
-    println!("  (b) concurrent CRI PullImage (raw limit)     {:>8.0} ms", ms(c));
-    println!("  pullgate run --once --max-parallel-pulls {count:<3} {:>8.0} ms", ms(p));
-    println!("  pullgate / (b) = {:.2}x   (target <= 1.10x)", ms(p) / ms(c));
-    println!("  pullgate / (a) = {:.2}x   (target < 1.00x)", ms(p) / ms(s));
+    println!(
+        "  (a) serial CRI PullImage (kubelet default)   {:>8.0} ms",
+        ms(s)
+    );
+    println!(
+        "  (b) concurrent CRI PullImage (raw limit)     {:>8.0} ms",
+        ms(c)
+    );
+    println!(
+        "  pullgate run --once --max-parallel-pulls {count:<3} {:>8.0} ms",
+        ms(p)
+    );
+    println!(
+        "  pullgate / (b) = {:.2}x   (target <= 1.10x)",
+        ms(p) / ms(c)
+    );
+    println!(
+        "  pullgate / (a) = {:.2}x   (target < 1.00x)",
+        ms(p) / ms(s)
+    );
     Ok(())
 }

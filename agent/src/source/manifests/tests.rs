@@ -67,9 +67,18 @@ imagePullSecrets: [{name: regcred}]
     assert_eq!(loaded.warnings.len(), 1, "{:?}", loaded.warnings);
     assert!(loaded.warnings[0].contains("spec.images[1].image"));
     let secret = &inv.secrets[&ObjectKey::new("payments", "regcred")];
-    assert_eq!(secret.data[".dockerconfigjson"].expose_secret(), br#"{"auths":{}}"#);
-    assert_eq!(inv.secrets[&ObjectKey::new("payments", "plain")].data[".dockercfg"].expose_secret(), b"{}");
-    assert_eq!(inv.service_accounts[&ObjectKey::new("payments", "api")].image_pull_secrets, ["regcred"]);
+    assert_eq!(
+        secret.data[".dockerconfigjson"].expose_secret(),
+        br#"{"auths":{}}"#
+    );
+    assert_eq!(
+        inv.secrets[&ObjectKey::new("payments", "plain")].data[".dockercfg"].expose_secret(),
+        b"{}"
+    );
+    assert_eq!(
+        inv.service_accounts[&ObjectKey::new("payments", "api")].image_pull_secrets,
+        ["regcred"]
+    );
 }
 
 #[test]
@@ -114,31 +123,85 @@ kind: PullSet
 metadata: {name: no-version}
 "#,
     );
-    write(dir.path(), "b.yaml", "apiVersion: v1\nkind: Secret\nmetadata: {name: x\n  broken: [");
+    write(
+        dir.path(),
+        "b.yaml",
+        "apiVersion: v1\nkind: Secret\nmetadata: {name: x\n  broken: [",
+    );
     let loaded = load_dir(dir.path()).unwrap();
     let got: Vec<(String, Option<usize>, Option<String>, Option<String>)> = loaded
         .problems
         .iter()
-        .map(|p| (p.file.file_name().unwrap().to_string_lossy().into_owned(), p.document, p.object.clone(), p.field.clone()))
+        .map(|p| {
+            (
+                p.file.file_name().unwrap().to_string_lossy().into_owned(),
+                p.document,
+                p.object.clone(),
+                p.field.clone(),
+            )
+        })
         .collect();
     let s = |v: &str| Some(v.to_string());
     assert_eq!(
         got,
         vec![
-            ("a.yaml".into(), Some(1), s("PullSet default/typo"), s("spec.prepull")),
-            ("a.yaml".into(), Some(2), s("PullSet default/bad-image"), s("spec.images[1].image")),
-            ("a.yaml".into(), Some(3), s("Secret default/opaque"), s("type")),
-            ("a.yaml".into(), Some(4), s("Secret default/bad-b64"), s("data..dockerconfigjson")),
+            (
+                "a.yaml".into(),
+                Some(1),
+                s("PullSet default/typo"),
+                s("spec.prepull")
+            ),
+            (
+                "a.yaml".into(),
+                Some(2),
+                s("PullSet default/bad-image"),
+                s("spec.images[1].image")
+            ),
+            (
+                "a.yaml".into(),
+                Some(3),
+                s("Secret default/opaque"),
+                s("type")
+            ),
+            (
+                "a.yaml".into(),
+                Some(4),
+                s("Secret default/bad-b64"),
+                s("data..dockerconfigjson")
+            ),
             ("a.yaml".into(), Some(5), None, s("apiVersion")),
             ("b.yaml".into(), Some(0), None, None),
         ]
     );
-    assert!(loaded.problems[0].message.contains("unknown field `prepull`"), "{}", loaded.problems[0].message);
+    assert!(
+        loaded.problems[0]
+            .message
+            .contains("unknown field `prepull`"),
+        "{}",
+        loaded.problems[0].message
+    );
     // The valid set is loaded; the Opaque secret is kept so that a reference to it is diagnosed.
-    assert!(loaded.inventory.pullsets.contains_key(&ObjectKey::new("default", "good")));
+    assert!(
+        loaded
+            .inventory
+            .pullsets
+            .contains_key(&ObjectKey::new("default", "good"))
+    );
     assert_eq!(loaded.inventory.pullsets.len(), 1);
-    assert_eq!(loaded.inventory.secrets[&ObjectKey::new("default", "opaque")].type_, "Opaque");
-    let all = format!("{:?} {}", loaded, loaded.problems.iter().map(|p| p.to_string()).collect::<Vec<_>>().join("\n"));
+    assert_eq!(
+        loaded.inventory.secrets[&ObjectKey::new("default", "opaque")].type_,
+        "Opaque"
+    );
+    let all = format!(
+        "{:?} {}",
+        loaded,
+        loaded
+            .problems
+            .iter()
+            .map(|p| p.to_string())
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
     assert!(!all.contains("hunter2"), "{all}");
 }
 
@@ -151,16 +214,29 @@ fn duplicates_keep_the_first() {
     let loaded = load_dir(dir.path()).unwrap();
     assert_eq!(loaded.problems.len(), 1);
     assert!(loaded.problems[0].message.contains("1.yaml"));
-    assert_eq!(loaded.inventory.pullsets[&ObjectKey::new("default", "s")].images[0].tag.as_deref(), Some("1"));
+    assert_eq!(
+        loaded.inventory.pullsets[&ObjectKey::new("default", "s")].images[0]
+            .tag
+            .as_deref(),
+        Some("1")
+    );
 }
 
 #[test]
 fn fingerprint_follows_content() {
     let dir = tempfile::tempdir().unwrap();
-    write(dir.path(), "a.yaml", "apiVersion: v1\nkind: ServiceAccount\nmetadata: {name: a}\n");
+    write(
+        dir.path(),
+        "a.yaml",
+        "apiVersion: v1\nkind: ServiceAccount\nmetadata: {name: a}\n",
+    );
     let one = load_dir(dir.path()).unwrap().fingerprint;
     assert_eq!(one, load_dir(dir.path()).unwrap().fingerprint);
-    write(dir.path(), "a.yaml", "apiVersion: v1\nkind: ServiceAccount\nmetadata: {name: b}\n");
+    write(
+        dir.path(),
+        "a.yaml",
+        "apiVersion: v1\nkind: ServiceAccount\nmetadata: {name: b}\n",
+    );
     assert_ne!(one, load_dir(dir.path()).unwrap().fingerprint);
 }
 
