@@ -23,7 +23,7 @@ pub struct DesiredImage {
 }
 
 /// The images every `prePull: true` PullSet selecting this node wants, de-duplicated by reference.
-pub fn prepull_images(
+pub async fn prepull_images(
     inventory: &Inventory,
     node: &NodeInfo,
     resolver: &dyn CredentialResolver,
@@ -34,7 +34,7 @@ pub fn prepull_images(
             continue;
         }
         for image in &set.images {
-            let resolution = resolver.resolve(inventory, set, image);
+            let resolution = resolver.resolve(inventory, set, image).await;
             by_image.entry(image.clone()).or_default().push(Owner {
                 pullset: set.key.clone(),
                 resolution,
@@ -50,7 +50,7 @@ pub fn prepull_images(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::credentials::ExactHostResolver;
+    use crate::credentials::KubeletResolver;
     use crate::pullset::{PullSetSpec, validate};
 
     fn inventory(sets: &[(&str, &str)]) -> Inventory {
@@ -81,7 +81,8 @@ mod tests {
             name: "n".into(),
             labels: [("pool".to_string(), "gpu".to_string())].into(),
         };
-        let desired = prepull_images(&inv, &node, &ExactHostResolver);
+        let desired =
+            futures::executor::block_on(prepull_images(&inv, &node, &KubeletResolver::default()));
         let got: Vec<(String, Vec<String>)> = desired
             .iter()
             .map(|d| {

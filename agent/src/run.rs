@@ -1,7 +1,7 @@
 //! `pullgate run`: wires sources → desired state → pre-pull → reporters, and owns the loop.
 
 use crate::cli::RunArgs;
-use crate::credentials::{CredentialResolver, ExactHostResolver};
+use crate::credentials::{CredentialResolver, KubeletResolver};
 use crate::cri::{CriClient, CriTimeouts};
 use crate::desired::prepull_images;
 use crate::node::NodeInfo;
@@ -97,7 +97,7 @@ pub async fn run(args: RunArgs) -> Result<RunOutcome, RunError> {
         node.name.clone(),
     );
     let reporter = JsonLines::default();
-    let resolver = ExactHostResolver;
+    let resolver = KubeletResolver::default();
     let recheck: Duration = *prepull.recheck_interval;
 
     let mut loaded = sources.borrow_and_update().clone();
@@ -143,7 +143,7 @@ async fn pass<R: crate::runtime::ImageRuntime>(
     loaded: &Loaded,
     cancel: &CancellationToken,
 ) -> PassSummary {
-    let desired = prepull_images(&loaded.inventory, node, resolver);
+    let desired = prepull_images(&loaded.inventory, node, resolver).await;
     tracing::debug!(images = desired.len(), "pre-pull pass");
     engine
         .pass(&desired, cancel, &|outcome| {

@@ -1,23 +1,28 @@
-//! Parsing of Docker config data as the kubelet reads it from pull secrets.
+//! Parsing of Docker config data exactly as the kubelet reads it.
 //!
 //! `.dockerconfigjson` (`{"auths": {KEY: ENTRY}}`) is read only from a `kubernetes.io/dockerconfigjson`
 //! secret, the legacy `.dockercfg` (a bare `{KEY: ENTRY}` map) only from a `kubernetes.io/dockercfg`
-//! secret. In an entry, `auth` (base64 of `user:password`, split at the first `:`) overrides
-//! `username`/`password`; `email`, `identitytoken` and `registrytoken` are ignored, as the kubelet
-//! ignores them. Errors name the key, never a value.
+//! secret. Field names match case-insensitively (Go's `encoding/json`); unknown fields are ignored.
+//! In an entry, a non-empty `auth` — base64 of `user:password`, padded (`StdEncoding`) when it ends
+//! in `=` and unpadded otherwise, split at the first `:` — overrides `username`/`password`; `email`
+//! is ignored, and so are `identitytoken` and `registrytoken`, which the kubelet does not send
+//! (pullgate reads `identitytoken` only to learn a credential's expiry). Errors name the key, never a
+//! value.
 
 use base64::Engine as _;
+use base64::engine::{DecodePaddingMode, GeneralPurpose, GeneralPurposeConfig};
 use secrecy::SecretString;
-use serde::Deserialize;
-use std::collections::BTreeMap;
+use serde_json::{Map, Value};
 
 /// One registry entry of a Docker config: a key as written and the credential it holds.
 #[derive(Debug, Clone)]
 pub struct DockerConfigEntry {
-    /// The registry key exactly as written in the secret (`https://registry.example.com:5000/v1/`).
+    /// The registry key exactly as written (`https://registry.example.com:5000/v1/`).
     pub key: String,
     pub username: String,
     pub password: SecretString,
+    /// Read for its expiry only; never sent.
+    pub identity_token: Option<SecretString>,
 }
 
 /// The two formats a pull secret can carry.
@@ -33,167 +38,144 @@ pub enum DockerConfigFormat {
 pub enum DockerConfigError {
     #[error("not valid JSON for a Docker config ({0})")]
     NotJson(String),
+    #[error("not a JSON object of registry entries")]
+    NotAnObject,
+    #[error("entry `{key}`: field `{field}` is not a string")]
+    NotAString { key: String, field: &'static str },
     #[error("entry `{key}`: `auth` is not valid base64")]
     AuthNotBase64 { key: String },
-    #[error("entry `{key}`: decoded `auth` has no `:` between user name and password")]
+    #[error("entry `{key}`: decoded `auth` is not formatted as base64(username:password)")]
     AuthNoColon { key: String },
-    #[error("entry `{key}`: decoded `auth` is not UTF-8")]
-    AuthNotUtf8 { key: String },
 }
 
-#[derive(Deserialize)]
-struct ConfigJson {
-    #[serde(default)]
-    auths: BTreeMap<String, RawEntry>,
-}
+// Go's decoders are lenient about non-canonical trailing bits; so is this.
+const PADDED: GeneralPurpose = GeneralPurpose::new(
+    &base64::alphabet::STANDARD,
+    GeneralPurposeConfig::new()
+        .with_decode_padding_mode(DecodePaddingMode::RequireCanonical)
+        .with_decode_allow_trailing_bits(true),
+);
+const UNPADDED: GeneralPurpose = GeneralPurpose::new(
+    &base64::alphabet::STANDARD,
+    GeneralPurposeConfig::new()
+        .with_decode_padding_mode(DecodePaddingMode::RequireNone)
+        .with_decode_allow_trailing_bits(true),
+);
 
-// Unknown fields (email, identitytoken, registrytoken, …) are ignored, as the kubelet ignores them.
-#[derive(Deserialize, Default)]
-struct RawEntry {
-    #[serde(default)]
-    username: Option<String>,
-    #[serde(default)]
-    password: Option<String>,
-    #[serde(default)]
-    auth: Option<String>,
-}
-
-/// Parses Docker config bytes in the given format. Entries come back in key order (the JSON object
-/// order does not matter: the keyring sorts its matches itself).
+/// Parses Docker config bytes in the given format. Entries come back in key order (the kubelet's
+/// own order within one config is Go's random map order; the keyring sorts matches itself).
 pub fn parse(
     format: DockerConfigFormat,
     bytes: &[u8],
 ) -> Result<Vec<DockerConfigEntry>, DockerConfigError> {
-    // serde_json's messages quote the offending token at most as a type name, never a value; keep
-    // only the category and position to be sure.
-    let describe = |e: serde_json::Error| {
+    // Only the category and position of a JSON error: never a token that could be a secret.
+    let value: Value = serde_json::from_slice(bytes).map_err(|e| {
         DockerConfigError::NotJson(format!(
             "{:?} error at line {} column {}",
             e.classify(),
             e.line(),
             e.column()
         ))
-    };
-    let raw: BTreeMap<String, RawEntry> = match format {
+    })?;
+    let entries = match format {
         DockerConfigFormat::ConfigJson => {
-            serde_json::from_slice::<ConfigJson>(bytes)
-                .map_err(describe)?
-                .auths
+            let Value::Object(top) = value else {
+                return Err(DockerConfigError::NotAnObject);
+            };
+            match field(&top, "auths") {
+                None | Some(Value::Null) => return Ok(Vec::new()),
+                Some(Value::Object(auths)) => auths.clone(),
+                Some(_) => return Err(DockerConfigError::NotAnObject),
+            }
         }
-        DockerConfigFormat::Cfg => serde_json::from_slice(bytes).map_err(describe)?,
+        DockerConfigFormat::Cfg => match value {
+            Value::Object(map) => map,
+            Value::Null => return Ok(Vec::new()),
+            _ => return Err(DockerConfigError::NotAnObject),
+        },
     };
-    raw.into_iter()
+    let mut out: Vec<DockerConfigEntry> = entries
+        .iter()
         .map(|(key, entry)| decode_entry(key, entry))
-        .collect()
+        .collect::<Result<_, _>>()?;
+    out.sort_by(|a, b| a.key.cmp(&b.key));
+    Ok(out)
 }
 
-fn decode_entry(key: String, entry: RawEntry) -> Result<DockerConfigEntry, DockerConfigError> {
-    let (mut username, mut password) = (
-        entry.username.unwrap_or_default(),
-        entry.password.unwrap_or_default(),
-    );
-    if let Some(auth) = entry.auth.filter(|a| !a.is_empty()) {
-        let decoded = base64::engine::general_purpose::STANDARD
-            .decode(auth.trim())
-            .map_err(|_| DockerConfigError::AuthNotBase64 { key: key.clone() })?;
-        let decoded = String::from_utf8(decoded)
-            .map_err(|_| DockerConfigError::AuthNotUtf8 { key: key.clone() })?;
-        let (user, pass) = decoded
-            .split_once(':')
-            .ok_or_else(|| DockerConfigError::AuthNoColon { key: key.clone() })?;
-        username = user.to_string();
-        password = pass.to_string();
-    }
-    Ok(DockerConfigEntry {
-        key,
-        username,
-        password: SecretString::from(password),
+/// Go's field matching: an exact name first, then the first case-insensitive one.
+fn field<'a>(map: &'a Map<String, Value>, name: &str) -> Option<&'a Value> {
+    map.get(name).or_else(|| {
+        map.iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v)
     })
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use secrecy::ExposeSecret;
-
-    fn b64(s: &str) -> String {
-        base64::engine::general_purpose::STANDARD.encode(s)
-    }
-
-    fn one(
-        format: DockerConfigFormat,
-        json: &str,
-    ) -> Result<(String, String, String), DockerConfigError> {
-        let entries = parse(format, json.as_bytes())?;
-        assert_eq!(entries.len(), 1, "{json}");
-        let e = &entries[0];
-        Ok((
-            e.key.clone(),
-            e.username.clone(),
-            e.password.expose_secret().to_string(),
-        ))
-    }
-
-    #[test]
-    fn entries_table() {
-        use DockerConfigFormat::*;
-        let auth = b64("alice:s3cr:et");
-        let cases: Vec<(DockerConfigFormat, String, Result<(&str, &str, &str), &str>)> = vec![
-            (ConfigJson, r#"{"auths":{"r.io":{"username":"u","password":"p"}}}"#.into(), Ok(("r.io", "u", "p"))),
-            // auth overrides username/password and splits at the first colon.
-            (ConfigJson, format!(r#"{{"auths":{{"r.io":{{"username":"u","password":"p","auth":"{auth}"}}}}}}"#), Ok(("r.io", "alice", "s3cr:et"))),
-            // email, identitytoken and registrytoken are ignored.
-            (ConfigJson, r#"{"auths":{"r.io":{"username":"u","password":"p","email":"e@x","identitytoken":"t","registrytoken":"r"}}}"#.into(), Ok(("r.io", "u", "p"))),
-            // legacy dockercfg is a bare map.
-            (Cfg, format!(r#"{{"https://r.io/v1/":{{"auth":"{auth}","email":"e@x"}}}}"#), Ok(("https://r.io/v1/", "alice", "s3cr:et"))),
-            (ConfigJson, r#"{"auths":{"r.io":{"auth":"!!!"}}}"#.into(), Err("AuthNotBase64")),
-            (ConfigJson, format!(r#"{{"auths":{{"r.io":{{"auth":"{}"}}}}}}"#, b64("nocolon")), Err("AuthNoColon")),
-            (ConfigJson, "not json".into(), Err("NotJson")),
-            // An empty auth falls back to username/password.
-            (ConfigJson, r#"{"auths":{"r.io":{"auth":"","username":"u","password":"p"}}}"#.into(), Ok(("r.io", "u", "p"))),
-        ];
-        for (format, json, expected) in cases {
-            let got = one(format, &json);
-            match (got, expected) {
-                (Ok(got), Ok((k, u, p))) => {
-                    assert_eq!(got, (k.to_string(), u.to_string(), p.to_string()), "{json}")
-                }
-                (Err(e), Err(variant)) => {
-                    assert!(format!("{e:?}").starts_with(variant), "{json}: {e:?}")
-                }
-                (got, expected) => panic!("{json}: got {got:?}, expected {expected:?}"),
-            }
-        }
-    }
-
-    #[test]
-    fn a_dockercfg_map_is_not_a_dockerconfigjson() {
-        // Read as .dockerconfigjson, a bare map has no `auths`: no entries, like the kubelet.
-        let entries = parse(
-            DockerConfigFormat::ConfigJson,
-            br#"{"r.io":{"username":"u","password":"p"}}"#,
-        )
-        .unwrap();
-        assert!(entries.is_empty());
-    }
-
-    #[test]
-    fn errors_never_carry_values() {
-        let secret = "hunter2-secret-value";
-        for json in [
-            format!(r#"{{"auths":{{"r.io":{{"auth":"{secret}"}}}}}}"#),
-            format!(r#"{{"auths":{{"r.io":{{"password":{secret}}}}}}}"#),
-            format!(r#"{{"auths":{{"r.io":{{"password":"{secret}"}} broken"#),
-        ] {
-            let err = parse(DockerConfigFormat::ConfigJson, json.as_bytes()).unwrap_err();
-            assert!(!format!("{err} {err:?}").contains("hunter2"), "{err:?}");
-        }
-        let ok = parse(
-            DockerConfigFormat::ConfigJson,
-            format!(r#"{{"auths":{{"r.io":{{"username":"u","password":"{secret}"}}}}}}"#)
-                .as_bytes(),
-        )
-        .unwrap();
-        assert!(!format!("{ok:?}").contains("hunter2"));
+fn string_field(
+    map: &Map<String, Value>,
+    key: &str,
+    name: &'static str,
+) -> Result<String, DockerConfigError> {
+    match field(map, name) {
+        None | Some(Value::Null) => Ok(String::new()),
+        Some(Value::String(s)) => Ok(s.clone()),
+        Some(_) => Err(DockerConfigError::NotAString {
+            key: key.to_string(),
+            field: name,
+        }),
     }
 }
+
+fn decode_entry(key: &str, entry: &Value) -> Result<DockerConfigEntry, DockerConfigError> {
+    let map = match entry {
+        Value::Object(map) => map,
+        Value::Null => &Map::new(),
+        _ => return Err(DockerConfigError::NotAnObject),
+    };
+    let mut username = string_field(map, key, "username")?;
+    let mut password = string_field(map, key, "password")?;
+    let auth = string_field(map, key, "auth")?;
+    // Read for expiry only; the kubelet ignores it, and a wrong type is not worth failing for.
+    let identity_token = match field(map, "identitytoken") {
+        Some(Value::String(t)) if !t.is_empty() => Some(SecretString::from(t.clone())),
+        _ => None,
+    };
+    // `email` must still be a string for Go to accept the entry.
+    string_field(map, key, "email")?;
+    if !auth.is_empty() {
+        (username, password) = decode_auth(key, &auth)?;
+    }
+    Ok(DockerConfigEntry {
+        key: key.to_string(),
+        username,
+        password: SecretString::from(password),
+        identity_token,
+    })
+}
+
+/// `base64(user:password)`, decoded as the kubelet decodes it.
+fn decode_auth(key: &str, auth: &str) -> Result<(String, String), DockerConfigError> {
+    // Go's base64 decoders skip \r and \n.
+    let cleaned: String = auth.chars().filter(|c| *c != '\r' && *c != '\n').collect();
+    let engine = if auth.trim().ends_with('=') {
+        &PADDED
+    } else {
+        &UNPADDED
+    };
+    let decoded = engine
+        .decode(cleaned)
+        .map_err(|_| DockerConfigError::AuthNotBase64 {
+            key: key.to_string(),
+        })?;
+    // Go converts bytes to a string without validation; invalid UTF-8 is replaced here.
+    let decoded = String::from_utf8_lossy(&decoded);
+    let (user, pass) = decoded
+        .split_once(':')
+        .ok_or_else(|| DockerConfigError::AuthNoColon {
+            key: key.to_string(),
+        })?;
+    Ok((user.to_string(), pass.to_string()))
+}
+
+#[cfg(test)]
+mod tests;

@@ -2,33 +2,61 @@
 //!
 //! The seam is [`CredentialResolver`]: the pre-pull engine and the canaries ask it for the ordered
 //! candidates and the findings (missing, mistyped, malformed secrets) for one PullSet and one image.
-//! [`ExactHostResolver`] is the first version (exact registry host match); a kubelet-compatible
-//! keyring replaces it behind the same trait.
+//! [`KubeletResolver`] gives the kubelet's answer: the pod rule, its keyring rules, the node's
+//! Docker config and credential-provider plugins, in that order.
 
 pub mod dockerconfig;
-mod exact_host;
+pub mod expiry;
+pub mod keyring;
+mod kubelet;
+pub mod plugin;
 
-pub use exact_host::ExactHostResolver;
+pub use kubelet::{KubeletResolver, NodeDockerConfig};
 
 use crate::image_ref::ImageRef;
 use crate::inventory::{Inventory, ObjectKey};
 use crate::pullset::ValidPullSet;
 use crate::verdict::Verdict;
+use futures::future::BoxFuture;
 use secrecy::SecretString;
 use std::fmt;
+use std::path::PathBuf;
+use std::time::SystemTime;
 
 /// Where a credential came from: named, never shown.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum CredentialSource {
     /// A key of a pull secret.
     PullSecret { secret: ObjectKey, key: String },
+    /// A key of the node's Docker config file (or a file given on the command line).
+    DockerConfig { path: PathBuf, key: String },
+    /// A key a credential-provider plugin returned.
+    Plugin { provider: String, key: String },
+}
+
+impl CredentialSource {
+    /// The registry key as written.
+    pub fn key(&self) -> &str {
+        match self {
+            CredentialSource::PullSecret { key, .. }
+            | CredentialSource::DockerConfig { key, .. }
+            | CredentialSource::Plugin { key, .. } => key,
+        }
+    }
+
+    /// The source without the key: `secret ns/name`, `file PATH`, `plugin NAME`.
+    pub fn origin(&self) -> String {
+        match self {
+            CredentialSource::PullSecret { secret, .. } => format!("secret {secret}"),
+            CredentialSource::DockerConfig { path, .. } => format!("file {}", path.display()),
+            CredentialSource::Plugin { provider, .. } => format!("plugin {provider}"),
+        }
+    }
 }
 
 impl fmt::Display for CredentialSource {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            CredentialSource::PullSecret { secret, key } => write!(f, "secret {secret} key {key}"),
-        }
+        write!(f, "{} key {}", self.origin(), self.key())
     }
 }
 
@@ -39,6 +67,8 @@ pub struct Candidate {
     pub username: String,
     /// Redacted in `Debug`; exposed only to the adapter that sends it to a runtime or registry.
     pub password: SecretString,
+    /// When the credential itself says it expires (a JWT's `exp`, an ECR token's expiration).
+    pub expires_at: Option<SystemTime>,
 }
 
 /// Something resolution noticed that explains a failure if the pull then fails.
@@ -54,6 +84,9 @@ pub struct Resolution {
     /// In the order the kubelet would try them. Empty: an anonymous pull.
     pub candidates: Vec<Candidate>,
     pub findings: Vec<Finding>,
+    /// Set when the kubelet would fail the pull before trying anything (a used pull secret it
+    /// cannot parse): no pull is attempted, and this is the verdict.
+    pub blocked: Option<Finding>,
 }
 
 impl Resolution {
@@ -98,12 +131,12 @@ impl Resolution {
 
 /// Resolves the credentials for one image of one PullSet.
 pub trait CredentialResolver: Send + Sync {
-    fn resolve(
-        &self,
-        inventory: &Inventory,
-        pullset: &ValidPullSet,
-        image: &ImageRef,
-    ) -> Resolution;
+    fn resolve<'a>(
+        &'a self,
+        inventory: &'a Inventory,
+        pullset: &'a ValidPullSet,
+        image: &'a ImageRef,
+    ) -> BoxFuture<'a, Resolution>;
 }
 
 #[cfg(test)]
@@ -126,6 +159,7 @@ mod tests {
             },
             username: "u".into(),
             password: SecretString::from("p"),
+            expires_at: None,
         };
         let cases: Vec<(Vec<Finding>, bool, Verdict, Verdict)> = vec![
             (vec![], false, Verdict::Unauthorized, Verdict::Unauthorized),
@@ -180,6 +214,7 @@ mod tests {
                     vec![]
                 },
                 findings: findings.clone(),
+                blocked: None,
             };
             let (verdict, message) = r.explain_failure(failure, "registry said no");
             assert_eq!(verdict, expected, "{findings:?} {failure}");

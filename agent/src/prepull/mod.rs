@@ -349,12 +349,32 @@ impl<R: ImageRuntime> PrePuller<R> {
                             credential: by_own.cloned(),
                             image_ref: Some(s.present.id.clone()).filter(|id| !id.is_empty()),
                             repo_digest: s.present.repo_digest_for(&desired.image.name()),
-                            warnings: own_failures
+                            warnings: owner
+                                .resolution
+                                .blocked
                                 .iter()
-                                .map(|(label, f)| {
-                                    format!("{label} failed: {}: {}", f.verdict, f.message)
+                                .map(|b| {
+                                    format!(
+                                        "this PullSet's own pull would fail: {}: {}",
+                                        b.verdict, b.message
+                                    )
                                 })
+                                .chain(own_failures.iter().map(|(label, f)| {
+                                    format!("{label} failed: {}: {}", f.verdict, f.message)
+                                }))
                                 .collect(),
+                            ..base
+                        }
+                    }
+                    Err(_) if owner.resolution.blocked.is_some() => {
+                        let blocked = owner.resolution.blocked.as_ref().map_or_else(
+                            || (Verdict::SecretMalformed, String::new()),
+                            |b| (b.verdict, b.message.clone()),
+                        );
+                        Outcome {
+                            verdict: blocked.0,
+                            message: blocked.1,
+                            hint: Some(blocked.0.hint()),
                             ..base
                         }
                     }
@@ -418,7 +438,10 @@ fn attempts_for(desired: &DesiredImage) -> Vec<Attempt> {
 }
 
 fn owner_attempts(owner: &Owner) -> Vec<(String, Option<Candidate>)> {
-    if owner.resolution.candidates.is_empty() {
+    if owner.resolution.blocked.is_some() {
+        // The kubelet fails such a pull before trying anything.
+        Vec::new()
+    } else if owner.resolution.candidates.is_empty() {
         vec![(ANONYMOUS.to_string(), None)]
     } else {
         owner

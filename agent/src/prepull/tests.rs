@@ -82,6 +82,7 @@ fn candidate(secret: &str, password: &str) -> Candidate {
         },
         username: "u".into(),
         password: SecretString::from(password.to_string()),
+        expires_at: None,
     }
 }
 
@@ -95,6 +96,7 @@ fn desired(image: &str, owners: Vec<(&str, Vec<Candidate>, Vec<Finding>)>) -> De
                 resolution: Resolution {
                     candidates,
                     findings,
+                    blocked: None,
                 },
             })
             .collect(),
@@ -414,5 +416,51 @@ async fn when_all_fail_each_owner_gets_its_own_verdict() {
             by["no-secret"].credential.as_deref()
         ),
         (Verdict::SecretNotFound, Some("anonymous"))
+    );
+}
+
+#[tokio::test]
+async fn a_blocked_owner_attempts_nothing_and_gets_its_verdict() {
+    let rt = Arc::new(Scripted::default());
+    let malformed = Finding {
+        verdict: Verdict::SecretMalformed,
+        message: "pull secret ns/broken key `.dockerconfigjson`: not valid JSON".into(),
+    };
+    let blocked = DesiredImage {
+        image: ImageRef::parse("r.io/a:1").unwrap(),
+        owners: vec![Owner {
+            pullset: ObjectKey::new("ns", "broken"),
+            resolution: Resolution {
+                candidates: vec![],
+                findings: vec![malformed.clone()],
+                blocked: Some(malformed.clone()),
+            },
+        }],
+    };
+    let out = run(rt.clone(), vec![blocked.clone()]).await;
+    assert!(
+        rt.pulls.lock().unwrap().is_empty(),
+        "nothing may be pulled for a blocked owner"
+    );
+    assert_eq!(out[0].verdict, Verdict::SecretMalformed);
+    assert!(out[0].message.contains("ns/broken"));
+
+    // Pulled by another PullSet: present for everyone, with the blocked owner warned.
+    let mut shared = blocked;
+    shared.owners.push(Owner {
+        pullset: ObjectKey::new("ns", "healthy"),
+        resolution: Resolution {
+            candidates: vec![candidate("good", "pw")],
+            findings: vec![],
+            blocked: None,
+        },
+    });
+    let out = run(rt.clone(), vec![shared]).await;
+    let by: HashMap<_, _> = out.iter().map(|o| (o.pullset.as_str(), o)).collect();
+    assert_eq!(by["broken"].verdict, Verdict::Ok);
+    assert!(
+        by["broken"].warnings[0].contains("SecretMalformed"),
+        "{:?}",
+        by["broken"].warnings
     );
 }
