@@ -22,6 +22,82 @@ pub struct Cli {
 pub enum Command {
     /// Run the agent: keep the selected PullSets' images present and report outcomes.
     Run(RunArgs),
+    /// Credential tools for people on call and scripts.
+    Auth(AuthArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct AuthArgs {
+    #[command(subcommand)]
+    pub command: AuthCommand,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum AuthCommand {
+    /// Which credentials the kubelet would try for IMAGE, in its order (never a password).
+    Resolve(ResolveArgs),
+}
+
+#[derive(Debug, Args)]
+#[command(group(clap::ArgGroup::new("from").required(true).args(["docker_configs", "manifests"])))]
+pub struct ResolveArgs {
+    /// The image, as a pod would name it.
+    pub image: String,
+    /// Docker config files (`config.json` or legacy `.dockercfg`), tried as one keyring.
+    #[arg(long = "docker-config", value_name = "FILE")]
+    pub docker_configs: Vec<PathBuf>,
+    /// Resolve as the agent would, from the objects in DIR.
+    #[arg(
+        long,
+        value_name = "DIR",
+        conflicts_with = "docker_configs",
+        requires = "namespace"
+    )]
+    pub manifests: Option<PathBuf>,
+    /// The namespace of the pod / PullSet.
+    #[arg(long, short = 'n')]
+    pub namespace: Option<String>,
+    /// Resolve as a pod with this ServiceAccount and no imagePullSecrets of its own.
+    #[arg(long, conflicts_with = "pullset", requires = "manifests")]
+    pub service_account: Option<String>,
+    /// Resolve with this PullSet's imagePullSecrets / ServiceAccount.
+    #[arg(long, requires = "manifests")]
+    pub pullset: Option<String>,
+    #[command(flatten)]
+    pub node_credentials: NodeCredentialArgs,
+    /// Print JSON instead of a table.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// The node's own credentials, configured with the kubelet's flags.
+#[derive(Debug, Args)]
+pub struct NodeCredentialArgs {
+    /// A Docker config file on the node (the kubelet reads `config.json` from its root dir).
+    #[arg(long, env = "PULLGATE_NODE_DOCKER_CONFIG", value_name = "FILE")]
+    pub node_docker_config: Option<PathBuf>,
+    /// The kubelet's CredentialProviderConfig (a file or a directory of them).
+    #[arg(
+        long,
+        env = "PULLGATE_IMAGE_CREDENTIAL_PROVIDER_CONFIG",
+        value_name = "PATH",
+        requires = "image_credential_provider_bin_dir"
+    )]
+    pub image_credential_provider_config: Option<PathBuf>,
+    /// Where the credential-provider plugin binaries are.
+    #[arg(
+        long,
+        env = "PULLGATE_IMAGE_CREDENTIAL_PROVIDER_BIN_DIR",
+        value_name = "DIR"
+    )]
+    pub image_credential_provider_bin_dir: Option<PathBuf>,
+    /// How long one plugin run may take (the kubelet allows one minute).
+    #[arg(
+        long,
+        env = "PULLGATE_CREDENTIAL_PROVIDER_TIMEOUT",
+        default_value = "1m"
+    )]
+    pub credential_provider_timeout: humantime::Duration,
 }
 
 /// Logging (always on stderr; stdout carries the reports).
@@ -54,6 +130,8 @@ pub struct RunArgs {
     pub cri: CriArgs,
     #[command(flatten)]
     pub prepull: PrePullArgs,
+    #[command(flatten)]
+    pub credentials: NodeCredentialArgs,
 }
 
 #[derive(Debug, Args)]
@@ -127,7 +205,9 @@ mod tests {
         let cli =
             Cli::try_parse_from(["pullgate", "run", "--manifests", "/m", "--node-name", "n1"])
                 .unwrap();
-        let Command::Run(run) = cli.command;
+        let Command::Run(run) = cli.command else {
+            panic!("run expected");
+        };
         assert_eq!(
             run.cri.cri_endpoint.to_string(),
             "unix:///run/containerd/containerd.sock"
@@ -140,5 +220,41 @@ mod tests {
         assert!(!run.once);
         assert!(Cli::try_parse_from(["pullgate", "run", "--max-parallel-pulls", "0"]).is_err());
         assert!(Cli::try_parse_from(["pullgate", "run", "--cri-endpoint", "tcp://x"]).is_err());
+        // auth resolve needs one source, and --manifests needs a namespace.
+        assert!(Cli::try_parse_from(["pullgate", "auth", "resolve", "nginx"]).is_err());
+        assert!(
+            Cli::try_parse_from(["pullgate", "auth", "resolve", "nginx", "--manifests", "/m"])
+                .is_err()
+        );
+        assert!(
+            Cli::try_parse_from([
+                "pullgate",
+                "auth",
+                "resolve",
+                "nginx",
+                "--docker-config",
+                "a",
+                "--docker-config",
+                "b"
+            ])
+            .is_ok()
+        );
+        assert!(
+            Cli::try_parse_from([
+                "pullgate",
+                "auth",
+                "resolve",
+                "nginx",
+                "--manifests",
+                "/m",
+                "-n",
+                "x",
+                "--service-account",
+                "s",
+                "--pullset",
+                "p"
+            ])
+            .is_err()
+        );
     }
 }

@@ -5,6 +5,7 @@
 //! `verdict`) that import neither kube's client nor tonic; adapters (`cri`, `source`, `report`) are
 //! the only modules that know their crates' types. See ARCHITECTURE.md.
 
+pub mod auth;
 pub mod cli;
 pub mod credentials;
 pub mod cri;
@@ -34,6 +35,16 @@ pub async fn main(cli: cli::Cli) -> ExitCode {
             Ok(run::RunOutcome::SomeFailed) => ExitCode::from(1),
             Err(e) => {
                 tracing::error!("{e}");
+                eprintln!("pullgate: {e}");
+                ExitCode::from(2)
+            }
+        },
+        cli::Command::Auth(cli::AuthArgs {
+            command: cli::AuthCommand::Resolve(args),
+        }) => match auth::resolve(args).await {
+            Ok(true) => ExitCode::SUCCESS,
+            Ok(false) => ExitCode::from(1),
+            Err(e) => {
                 eprintln!("pullgate: {e}");
                 ExitCode::from(2)
             }

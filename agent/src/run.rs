@@ -24,6 +24,8 @@ pub enum RunError {
     NoNodeName,
     #[error(transparent)]
     Source(#[from] WatchError),
+    #[error(transparent)]
+    Credentials(#[from] crate::auth::AuthError),
 }
 
 /// How a run ended.
@@ -45,6 +47,7 @@ pub async fn run(args: RunArgs) -> Result<RunOutcome, RunError> {
         node,
         cri,
         prepull,
+        credentials,
     } = args;
     let Some(dir) = manifests else {
         return Err(RunError::ClusterModeUnavailable);
@@ -97,7 +100,7 @@ pub async fn run(args: RunArgs) -> Result<RunOutcome, RunError> {
         node.name.clone(),
     );
     let reporter = JsonLines::default();
-    let resolver = KubeletResolver::default();
+    let resolver: KubeletResolver = crate::auth::build_resolver(&credentials)?;
     let recheck: Duration = *prepull.recheck_interval;
 
     let mut loaded = sources.borrow_and_update().clone();

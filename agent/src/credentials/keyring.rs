@@ -340,7 +340,17 @@ impl<T> Keyring<T> {
                     .iter()
                     .zip(&target_labels)
                     .all(|(g, t)| glob_match(g, t) == Some(true));
-            let reason = if labels_match && port != target_port {
+            let foreign_scheme = filed.iter().any(|f| {
+                f.key.split_once("://").is_some_and(|(scheme, rest)| {
+                    !scheme.eq_ignore_ascii_case("https")
+                        && !scheme.eq_ignore_ascii_case("http")
+                        && normalize_key(rest)
+                            .is_some_and(|k| k.split('/').next() == Some(target.host.as_str()))
+                })
+            });
+            let reason = if foreign_scheme {
+                Some("the key has a scheme other than https:// or http://")
+            } else if labels_match && port != target_port {
                 Some(if port.is_empty() {
                     "the key has no port; the image's registry has one"
                 } else if target_port.is_empty() {

@@ -140,6 +140,56 @@ impl KubeletResolver {
         }
     }
 
+    /// The node's own keyrings: its Docker config file, and every applicable plugin's answer.
+    async fn node_keyrings(
+        &self,
+        repository: &str,
+        findings: &mut Vec<Finding>,
+    ) -> (Keyring<Filed>, Keyring<Filed>) {
+        let mut node = Keyring::default();
+        if let Some(config) = &self.node_config {
+            match config.entries().as_ref() {
+                Ok(entries) => {
+                    for entry in entries {
+                        let source = CredentialSource::DockerConfig {
+                            path: config.path().to_path_buf(),
+                            key: entry.key.clone(),
+                        };
+                        node.add(&entry.key, Filed::from_entry(entry.clone(), source));
+                    }
+                }
+                Err(message) => tracing::debug!(%message, "node docker config not used"),
+            }
+        }
+        let mut plugins = Keyring::default();
+        if let Some(providers) = &self.plugins {
+            let (credentials, errors) = providers.provide(repository).await;
+            for c in credentials {
+                let source = CredentialSource::Plugin {
+                    provider: c.provider.clone(),
+                    key: c.key.clone(),
+                };
+                let expires_at = expires_at([c.password.expose_secret()]);
+                plugins.add(
+                    &c.key,
+                    Filed {
+                        source,
+                        username: c.username,
+                        password: c.password,
+                        expires_at,
+                    },
+                );
+            }
+            for e in errors {
+                findings.push(Finding {
+                    verdict: Verdict::NoCredentials,
+                    message: e.to_string(),
+                });
+            }
+        }
+        (node, plugins)
+    }
+
     async fn resolve_inner(
         &self,
         inventory: &Inventory,
@@ -175,99 +225,124 @@ impl KubeletResolver {
         }
         note_ignored_keys(&pod, "a pull secret", &mut resolution.findings);
 
-        // 2. The node's Docker config file.
-        let mut node = Keyring::default();
-        if let Some(config) = &self.node_config {
-            match config.entries().as_ref() {
-                Ok(entries) => {
-                    for entry in entries {
-                        let source = CredentialSource::DockerConfig {
-                            path: config.path().to_path_buf(),
-                            key: entry.key.clone(),
-                        };
-                        node.add(&entry.key, Filed::from_entry(entry.clone(), source));
-                    }
-                }
-                Err(message) => tracing::debug!(%message, "node docker config not used"),
-            }
-        }
+        // 2. The node's Docker config file; 3. credential-provider plugins.
+        let (node, plugins) = self
+            .node_keyrings(&repository, &mut resolution.findings)
+            .await;
 
-        // 3. Credential-provider plugins: every provider's answer in one keyring.
-        let mut plugins = Keyring::default();
-        if let Some(providers) = &self.plugins {
-            let (credentials, errors) = providers.provide(&repository).await;
-            for c in credentials {
-                let source = CredentialSource::Plugin {
-                    provider: c.provider.clone(),
-                    key: c.key.clone(),
-                };
-                let expires_at = expires_at([c.password.expose_secret()]);
-                plugins.add(
-                    &c.key,
-                    Filed {
-                        source,
-                        username: c.username,
-                        password: c.password,
-                        expires_at,
-                    },
-                );
-            }
-            for e in errors {
-                resolution.findings.push(Finding {
-                    verdict: Verdict::NoCredentials,
-                    message: e.to_string(),
-                });
-            }
-        }
-
-        for keyring in [&pod, &node, &plugins] {
-            resolution.candidates.extend(
-                keyring
-                    .lookup(&repository)
-                    .into_iter()
-                    .map(|f| f.value.candidate()),
-            );
-        }
-        if !resolution.candidates.is_empty() {
-            return resolution;
-        }
-
-        let near: Vec<String> = [&pod, &node, &plugins]
-            .iter()
-            .flat_map(|k| k.near_misses(&repository))
-            .map(|(f, reason)| format!("`{}` in {} ({reason})", f.key, f.value.source.origin()))
-            .collect();
-        if !near.is_empty() {
-            resolution.findings.push(Finding {
-                verdict: Verdict::HostMismatch,
-                message: format!(
-                    "no credential key matches registry `{}` of {repository}; near miss: {}",
-                    image.registry,
-                    near.join(", ")
-                ),
-            });
+        let no_credentials = if secret_names.is_empty() {
+            format!(
+                "PullSet {} has no imagePullSecrets and ServiceAccount {namespace}/{} lists none; no node credential covers registry `{}`",
+                pullset.key,
+                pullset.service_account(),
+                image.registry
+            )
         } else {
-            let message = if secret_names.is_empty() {
-                format!(
-                    "PullSet {} has no imagePullSecrets and ServiceAccount {namespace}/{} lists none; no node credential covers registry `{}`",
-                    pullset.key,
-                    pullset.service_account(),
-                    image.registry
-                )
-            } else {
-                format!(
-                    "no key in pull secret(s) {} (nor any node credential) covers registry `{}`",
-                    secret_names.join(", "),
-                    image.registry
-                )
-            };
-            resolution.findings.push(Finding {
-                verdict: Verdict::NoCredentials,
-                message,
-            });
-        }
+            format!(
+                "no key in pull secret(s) {} (nor any node credential) covers registry `{}`",
+                secret_names.join(", "),
+                image.registry
+            )
+        };
+        finish(
+            &mut resolution,
+            &[&pod, &node, &plugins],
+            image,
+            no_credentials,
+        );
         resolution
     }
+}
+
+/// Candidates from the keyrings in order; when there is none, the near misses (`HostMismatch`) or
+/// `NoCredentials` with the given message.
+fn finish(
+    resolution: &mut Resolution,
+    keyrings: &[&Keyring<Filed>],
+    image: &ImageRef,
+    no_credentials: String,
+) {
+    let repository = image.name();
+    for keyring in keyrings {
+        resolution.candidates.extend(
+            keyring
+                .lookup(&repository)
+                .into_iter()
+                .map(|f| f.value.candidate()),
+        );
+    }
+    if !resolution.candidates.is_empty() {
+        return;
+    }
+    let near: Vec<String> = keyrings
+        .iter()
+        .flat_map(|k| k.near_misses(&repository))
+        .map(|(f, reason)| format!("`{}` in {} ({reason})", f.key, f.value.source.origin()))
+        .collect();
+    resolution.findings.push(if near.is_empty() {
+        Finding {
+            verdict: Verdict::NoCredentials,
+            message: no_credentials,
+        }
+    } else {
+        Finding {
+            verdict: Verdict::HostMismatch,
+            message: format!(
+                "no credential key matches registry `{}` of {repository}; near miss: {}",
+                image.registry,
+                near.join(", ")
+            ),
+        }
+    });
+}
+
+/// What the kubelet would pick from these Docker config files alone (one keyring, files in the
+/// given order), then the node's credentials — for `pullgate auth resolve --docker-config`.
+pub async fn resolve_docker_config_files(
+    files: &[PathBuf],
+    node: &KubeletResolver,
+    image: &ImageRef,
+) -> Resolution {
+    let mut resolution = Resolution::default();
+    let mut given = Keyring::default();
+    for path in files {
+        match read_docker_config_file(path) {
+            Ok(entries) => {
+                for entry in entries {
+                    let source = CredentialSource::DockerConfig {
+                        path: path.clone(),
+                        key: entry.key.clone(),
+                    };
+                    given.add(&entry.key.clone(), Filed::from_entry(entry, source));
+                }
+            }
+            Err(message) => {
+                let finding = Finding {
+                    verdict: Verdict::SecretMalformed,
+                    message,
+                };
+                resolution.blocked = Some(finding.clone());
+                resolution.findings.push(finding);
+                return resolution;
+            }
+        }
+    }
+    note_ignored_keys(&given, "a Docker config file", &mut resolution.findings);
+    let (node_ring, plugin_ring) = node
+        .node_keyrings(&image.name(), &mut resolution.findings)
+        .await;
+    let files: Vec<String> = files.iter().map(|p| p.display().to_string()).collect();
+    finish(
+        &mut resolution,
+        &[&given, &node_ring, &plugin_ring],
+        image,
+        format!(
+            "no key in {} (nor any node credential) covers registry `{}`",
+            files.join(", "),
+            image.registry
+        ),
+    );
+    resolution
 }
 
 impl CredentialResolver for KubeletResolver {

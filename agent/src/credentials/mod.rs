@@ -11,7 +11,10 @@ pub mod keyring;
 mod kubelet;
 pub mod plugin;
 
-pub use kubelet::{KubeletResolver, NodeDockerConfig};
+pub use kubelet::{
+    KubeletResolver, NodeDockerConfig, pull_secret_names, read_docker_config_file,
+    resolve_docker_config_files,
+};
 
 use crate::image_ref::ImageRef;
 use crate::inventory::{Inventory, ObjectKey};

@@ -332,6 +332,11 @@ fn near_misses_name_the_key_and_why() {
             "a.b.example.com/x",
             Some("exactly one DNS label"),
         ),
+        (
+            "oci://registry.example.com",
+            "registry.example.com/a",
+            Some("scheme"),
+        ),
         ("elsewhere.io", "registry.example.com/a", None),
     ];
     for (key, image, reason) in cases {

@@ -1,0 +1,273 @@
+//! Kubelet credential-provider plugins through the real exec path: a fake plugin script that
+//! answers as the configured environment tells it, and an end-to-end pull with its credentials.
+
+use pullgate::credentials::plugin::{CredentialProviders, PluginError, load_config};
+use pullgate_testenv::manifests::pullset;
+use pullgate_testenv::{ImageSpec, PASSWORD, TestEnv, USER, block_on};
+use std::os::unix::fs::PermissionsExt as _;
+use std::path::Path;
+use std::time::Duration;
+
+const API: &str = "credentialprovider.kubelet.k8s.io/v1";
+
+/// A plugin that logs each request to $LOG and answers according to $MODE.
+fn install_plugin(bin_dir: &Path, name: &str) {
+    let script = r#"#!/bin/sh
+request=$(cat)
+echo "$request" >> "$LOG"
+case "$MODE" in
+  ok)       printf '{"apiVersion":"%s","kind":"CredentialProviderResponse","cacheKeyType":"%s","cacheDuration":"%s","auth":{"%s":{"username":"%s","password":"%s"}}}' "$API" "$CACHE_KEY_TYPE" "$CACHE_DURATION" "$KEY" "$PLUGIN_USER" "$PLUGIN_PASSWORD" ;;
+  slow)     sleep 30 ;;
+  badjson)  echo 'this is not json' ;;
+  wrongapi) printf '{"apiVersion":"credentialprovider.kubelet.k8s.io/v1alpha1","kind":"CredentialProviderResponse","cacheKeyType":"Image","auth":{}}' ;;
+  badtype)  printf '{"apiVersion":"%s","kind":"CredentialProviderResponse","cacheKeyType":"Forever","auth":{}}' "$API" ;;
+  fail)     echo "token service unavailable" >&2; exit 3 ;;
+esac
+"#;
+    let path = bin_dir.join(name);
+    std::fs::write(&path, script).unwrap();
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
+}
+
+struct Fixture {
+    dir: tempfile::TempDir,
+}
+
+impl Fixture {
+    fn new() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir(dir.path().join("bin")).unwrap();
+        install_plugin(&dir.path().join("bin"), "fake-provider");
+        Self { dir }
+    }
+
+    fn log(&self) -> String {
+        self.dir.path().join("requests.log").display().to_string()
+    }
+
+    fn requests(&self) -> Vec<serde_json::Value> {
+        std::fs::read_to_string(self.log())
+            .unwrap_or_default()
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect()
+    }
+
+    /// Writes a CredentialProviderConfig with the given env and returns its path.
+    fn config(
+        &self,
+        match_images: &str,
+        default_cache: &str,
+        env: &[(&str, &str)],
+    ) -> std::path::PathBuf {
+        let mut env_yaml = format!(
+            "      - {{name: LOG, value: '{}'}}\n      - {{name: API, value: '{API}'}}\n",
+            self.log()
+        );
+        for (k, v) in env {
+            env_yaml.push_str(&format!("      - {{name: {k}, value: '{v}'}}\n"));
+        }
+        let yaml = format!(
+            "apiVersion: kubelet.config.k8s.io/v1\nkind: CredentialProviderConfig\nproviders:\n  - name: fake-provider\n    matchImages: [{match_images}]\n    defaultCacheDuration: {default_cache}\n    apiVersion: {API}\n    args: [get-credentials]\n    env:\n{env_yaml}"
+        );
+        let path = self.dir.path().join("config.yaml");
+        std::fs::write(&path, yaml).unwrap();
+        path
+    }
+
+    fn providers(&self, config: &Path, timeout: Duration) -> CredentialProviders {
+        CredentialProviders::new(
+            load_config(config).unwrap(),
+            &self.dir.path().join("bin"),
+            timeout,
+        )
+        .unwrap()
+    }
+}
+
+fn ok_env<'a>(cache_key_type: &'a str, cache_duration: &'a str) -> Vec<(&'a str, &'a str)> {
+    vec![
+        ("MODE", "ok"),
+        ("CACHE_KEY_TYPE", cache_key_type),
+        ("CACHE_DURATION", cache_duration),
+        ("KEY", "*.example.com"),
+        ("PLUGIN_USER", "AWS"),
+        ("PLUGIN_PASSWORD", "plugin-Secret-77aa"),
+    ]
+}
+
+#[test]
+fn success_sends_the_request_and_caches_per_registry() {
+    let f = Fixture::new();
+    let providers = f.providers(
+        &f.config("'*.example.com'", "0s", &ok_env("Registry", "1h")),
+        Duration::from_secs(10),
+    );
+    let (creds, errors) = block_on(providers.provide("registry.example.com/team/app"));
+    assert!(errors.is_empty(), "{errors:?}");
+    assert_eq!(creds.len(), 1);
+    assert_eq!(
+        (
+            creds[0].provider.as_str(),
+            creds[0].key.as_str(),
+            creds[0].username.as_str()
+        ),
+        ("fake-provider", "*.example.com", "AWS")
+    );
+    let requests = f.requests();
+    assert_eq!(
+        requests,
+        [
+            serde_json::json!({"kind": "CredentialProviderRequest", "apiVersion": API, "image": "registry.example.com/team/app"})
+        ]
+    );
+    // Same registry, another repository: a cache hit (cacheKeyType Registry).
+    let (creds, _) = block_on(providers.provide("registry.example.com/other/app"));
+    assert_eq!(creds.len(), 1);
+    assert_eq!(f.requests().len(), 1, "cache hit expected");
+    // Another registry the plugin matches: a new exec.
+    block_on(providers.provide("other.example.com/a"));
+    assert_eq!(f.requests().len(), 2);
+    // An image no matchImages entry covers: the plugin is not run at all.
+    let (creds, errors) = block_on(providers.provide("quay.io/a/b"));
+    assert!(creds.is_empty() && errors.is_empty());
+    assert_eq!(f.requests().len(), 2);
+    assert!(!format!("{creds:?}").contains("plugin-Secret-77aa"));
+}
+
+#[test]
+fn cache_key_image_and_zero_duration() {
+    let f = Fixture::new();
+    // cacheKeyType Image: each repository is its own entry.
+    let providers = f.providers(
+        &f.config("'*.example.com'", "0s", &ok_env("Image", "1h")),
+        Duration::from_secs(10),
+    );
+    for image in [
+        "registry.example.com/a",
+        "registry.example.com/a",
+        "registry.example.com/b",
+    ] {
+        block_on(providers.provide(image));
+    }
+    assert_eq!(f.requests().len(), 2);
+
+    // cacheDuration 0 in the response: never cached.
+    let f = Fixture::new();
+    let providers = f.providers(
+        &f.config("'*.example.com'", "12h", &ok_env("Global", "0s")),
+        Duration::from_secs(10),
+    );
+    for _ in 0..3 {
+        block_on(providers.provide("registry.example.com/a"));
+    }
+    assert_eq!(f.requests().len(), 3);
+}
+
+#[test]
+fn failures_are_clear_and_yield_no_credentials() {
+    let cases: [(&str, fn(&PluginError) -> bool, &str); 5] = [
+        (
+            "slow",
+            |e| matches!(e, PluginError::Timeout { .. }),
+            "timed out after 500ms",
+        ),
+        (
+            "badjson",
+            |e| matches!(e, PluginError::BadResponse { .. }),
+            "error decoding the response",
+        ),
+        (
+            "wrongapi",
+            |e| matches!(e, PluginError::WrongApiVersion { .. }),
+            "does not match the configured",
+        ),
+        (
+            "badtype",
+            |e| matches!(e, PluginError::BadResponse { .. }),
+            "error decoding the response",
+        ),
+        (
+            "fail",
+            |e| matches!(e, PluginError::Exit { .. }),
+            "token service unavailable",
+        ),
+    ];
+    for (mode, is_expected, text) in cases {
+        let f = Fixture::new();
+        let providers = f.providers(
+            &f.config("'*.example.com'", "1h", &[("MODE", mode)]),
+            Duration::from_millis(500),
+        );
+        let (creds, errors) = block_on(providers.provide("registry.example.com/a"));
+        assert!(creds.is_empty(), "{mode}");
+        assert_eq!(errors.len(), 1, "{mode}");
+        assert!(is_expected(&errors[0]), "{mode}: {:?}", errors[0]);
+        let message = errors[0].to_string();
+        assert!(
+            message.contains(text) && message.contains("fake-provider"),
+            "{mode}: {message}"
+        );
+    }
+}
+
+#[test]
+fn a_missing_binary_is_refused_at_start() {
+    let f = Fixture::new();
+    let config = f.config("'*.example.com'", "1h", &[]);
+    std::fs::remove_file(f.dir.path().join("bin/fake-provider")).unwrap();
+    let err = CredentialProviders::new(
+        load_config(&config).unwrap(),
+        &f.dir.path().join("bin"),
+        Duration::from_secs(1),
+    )
+    .err()
+    .expect("missing binary must be an error");
+    assert!(
+        err.to_string().contains("fake-provider does not exist"),
+        "{err}"
+    );
+}
+
+#[test]
+fn plugin_credentials_pull_from_a_real_registry() {
+    let env = TestEnv::start().unwrap_or_else(|e| panic!("test environment: {e:#}"));
+    let image = env.push(&ImageSpec::new("plugin/app", "v1")).unwrap();
+    let f = Fixture::new();
+    let host = env.registry.host();
+    let config = f.config(
+        &format!("'{host}'"),
+        "1h",
+        &[
+            ("MODE", "ok"),
+            ("CACHE_KEY_TYPE", "Registry"),
+            ("CACHE_DURATION", "1h"),
+            ("KEY", &host),
+            ("PLUGIN_USER", USER),
+            ("PLUGIN_PASSWORD", PASSWORD),
+        ],
+    );
+    // No pull secret at all: the node's plugin supplies the credential, as for an ECR node.
+    env.write_manifest("set.yaml", &pullset("team", "s", &[&image.by_tag], &[]))
+        .unwrap();
+    let run = env
+        .agent()
+        .args(&["--image-credential-provider-config"])
+        .args(&[config.to_str().unwrap()])
+        .args(&[
+            "--image-credential-provider-bin-dir",
+            f.dir.path().join("bin").to_str().unwrap(),
+        ])
+        .run_once(Duration::from_secs(120))
+        .unwrap();
+    assert_eq!(
+        run.code,
+        Some(0),
+        "stdout:\n{}\nstderr:\n{}",
+        run.stdout,
+        run.stderr
+    );
+    let o = run.prepull(&image.by_tag);
+    assert_eq!(o["credential"], format!("plugin fake-provider key {host}"));
+    env.assert_no_leak(&[&run.stdout, &run.stderr], &[PASSWORD]);
+}
