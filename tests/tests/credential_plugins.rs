@@ -1,6 +1,8 @@
 //! Kubelet credential-provider plugins through the real exec path: a fake plugin script that
 //! answers as the configured environment tells it, and an end-to-end pull with its credentials.
 
+#![allow(clippy::unwrap_used)] // test fixtures: a failed set-up step should panic with its error
+
 use pullgate::credentials::plugin::{CredentialProviders, PluginError, load_config};
 use pullgate_testenv::manifests::pullset;
 use pullgate_testenv::{ImageSpec, PASSWORD, TestEnv, USER, block_on};
