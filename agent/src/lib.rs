@@ -14,6 +14,8 @@ pub mod image_ref;
 pub mod inventory;
 pub mod node;
 pub mod outcome;
+#[cfg(test)]
+mod parsers_smoke;
 pub mod prepull;
 pub mod pullset;
 pub mod report;

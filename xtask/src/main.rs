@@ -16,7 +16,9 @@ commands:
                        `pullgate run --once --manifests examples/demo` and show the JSON lines
   ci                   deps, cargo fmt --check, cargo clippy -D warnings, all tests
   bench prepull [--images N] [--size-mib M] [--runs R]
-                       pre-pull benchmark: pullgate vs serial and concurrent CRI pulls";
+                       pre-pull benchmark: pullgate vs serial and concurrent CRI pulls
+  fuzz [SECONDS]       coverage-guided fuzzing (cargo fuzz, nightly) of the Docker config, image
+                       reference and keyring parsers, SECONDS per target (default 60)";
 
 /// Debian packages and a binary each provides.
 const PACKAGES: &[(&str, &str)] = &[
@@ -65,6 +67,15 @@ fn main() -> Result<()> {
             }
             Some(other) => bail!("unknown benchmark `{other}`\n\n{USAGE}"),
         },
+        Some("fuzz") => {
+            let seconds: u64 = match args.get(1) {
+                Some(s) => s
+                    .parse()
+                    .with_context(|| format!("`{s}` is not a number of seconds"))?,
+                None => 60,
+            };
+            fuzz(seconds)
+        }
         Some("-h" | "--help" | "help") | None => {
             println!("{USAGE}");
             Ok(())
@@ -132,6 +143,39 @@ fn ci() -> Result<()> {
     // Unit tests, then the integration tests against the real containerd and registry.
     step("cargo test", &["test", "--workspace", "--no-fail-fast"])?;
     eprintln!("xtask ci: all green in {:.0?}", started.elapsed());
+    Ok(())
+}
+
+/// Runs every cargo-fuzz target in agent/fuzz for `seconds` each. Needs the nightly toolchain
+/// (rustup) and cargo-fuzz (installed from crates.io when missing).
+fn fuzz(seconds: u64) -> Result<()> {
+    deps()?;
+    let nightly = Command::new("rustup")
+        .args(["run", "nightly", "rustc", "--version"])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !nightly {
+        bail!("cargo fuzz needs the nightly toolchain: `rustup toolchain install nightly`");
+    }
+    let has_fuzz = Command::new("cargo")
+        .args(["fuzz", "--version"])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !has_fuzz {
+        eprintln!("xtask fuzz: installing cargo-fuzz");
+        cargo(&["install", "cargo-fuzz", "--locked"])?;
+    }
+    for target in ["dockerconfig", "image_ref", "keyring"] {
+        eprintln!("xtask fuzz: {target} for {seconds}s");
+        run(Command::new("cargo").current_dir("agent").args([
+            "+nightly",
+            "fuzz",
+            "run",
+            target,
+            "--",
+            &format!("-max_total_time={seconds}"),
+        ]))?;
+    }
     Ok(())
 }
 
