@@ -44,7 +44,7 @@ pub enum ImageRefError {
         "invalid digest `{digest}` in `{reference}`: expected `sha256:` and 64 lower-case hex digits"
     )]
     InvalidDigest { reference: String, digest: String },
-    #[error("image reference `{0}` is longer than 255 characters")]
+    #[error("image reference `{0}`: the normalised name is longer than 255 characters")]
     TooLong(String),
 }
 
@@ -89,9 +89,6 @@ impl ImageRef {
             }
             None => (rest, None),
         };
-        if name.len() > 255 {
-            return Err(ImageRefError::TooLong(reference));
-        }
 
         let (registry, path) = match name.split_once('/') {
             Some((first, remainder)) if looks_like_domain(first) => {
@@ -118,6 +115,11 @@ impl ImageRef {
         } else {
             path
         };
+        // The limit applies to the normalised name, as distribution applies it after adding
+        // `docker.io/library/` (found by fuzzing: otherwise a printed reference may not re-parse).
+        if registry.len() + 1 + repository.len() > 255 {
+            return Err(ImageRefError::TooLong(reference));
+        }
         Ok(Self {
             registry,
             repository,
@@ -278,6 +280,8 @@ mod tests {
     fn parse_table() {
         let with_digest = format!("registry.example.com:5000/payments/api@{D}");
         let tag_and_digest = format!("quay.io/a/b:v1@{D}");
+        let long_short_name = "a".repeat(250);
+        let long_full_name = format!("r.io/{}", "b".repeat(250));
         let cases: Vec<(&str, Option<(&str, &str, Option<&str>, bool)>)> = vec![
             ("nginx", Some(("docker.io", "library/nginx", None, false))),
             (
@@ -336,6 +340,12 @@ mod tests {
             ("reg.io:port/app", None),
             ("app name", None),
             ("-bad.io/app", None),
+            // 250 characters are fine as written but not once `docker.io/library/` is added.
+            (&long_short_name, None),
+            (
+                &long_full_name,
+                Some(("r.io", &long_full_name[5..], None, false)),
+            ),
         ];
         for (input, expected) in cases {
             check(input, expected);

@@ -15,7 +15,7 @@ fn env() -> TestEnv {
 #[test]
 fn a_containerd_restart_in_the_middle_of_a_pass_is_survived() {
     let mut env = env();
-    let images: Vec<_> = (0..8)
+    let images: Vec<_> = (0..12)
         .map(|i| {
             env.push(&ImageSpec::new(&format!("big/app{i}"), "v1").with_layers(&[8 * MIB, 8 * MIB]))
                 .unwrap()
@@ -59,7 +59,7 @@ fn a_containerd_restart_in_the_middle_of_a_pass_is_survived() {
             .iter()
             .filter(|l| l["kind"] == "prepull" && l["verdict"] == "Ok")
             .count(),
-        8
+        12
     );
     // The restart was seen and ridden out.
     assert!(
