@@ -6,6 +6,7 @@
 //! the only modules that know their crates' types. See ARCHITECTURE.md.
 
 pub mod auth;
+pub mod canary;
 pub mod cli;
 pub mod credentials;
 pub mod cri;
@@ -18,6 +19,7 @@ pub mod outcome;
 mod parsers_smoke;
 pub mod prepull;
 pub mod pullset;
+pub mod registry;
 pub mod report;
 pub mod run;
 pub mod runtime;
