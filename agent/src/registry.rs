@@ -64,12 +64,16 @@ impl FromStr for Platform {
                 architecture: arch.to_string(),
                 variant: None,
             }),
-            [os, arch, variant] if !os.is_empty() && !arch.is_empty() && !variant.is_empty() => Ok(Self {
-                os: os.to_string(),
-                architecture: arch.to_string(),
-                variant: Some(variant.to_string()),
-            }),
-            _ => Err(format!("invalid platform `{s}`: expected os/arch[/variant], e.g. linux/amd64")),
+            [os, arch, variant] if !os.is_empty() && !arch.is_empty() && !variant.is_empty() => {
+                Ok(Self {
+                    os: os.to_string(),
+                    architecture: arch.to_string(),
+                    variant: Some(variant.to_string()),
+                })
+            }
+            _ => Err(format!(
+                "invalid platform `{s}`: expected os/arch[/variant], e.g. linux/amd64"
+            )),
         }
     }
 }
@@ -142,9 +146,17 @@ pub enum RegistryError {
     #[error("{what}: more than {limit} redirects (a redirect loop?)")]
     Redirects { what: String, limit: usize },
     #[error("{what}: digest mismatch: expected {expected}, got {actual}")]
-    DigestMismatch { what: String, expected: String, actual: String },
+    DigestMismatch {
+        what: String,
+        expected: String,
+        actual: String,
+    },
     #[error("{what}: size mismatch: expected {expected} bytes, got {actual}")]
-    SizeMismatch { what: String, expected: u64, actual: u64 },
+    SizeMismatch {
+        what: String,
+        expected: u64,
+        actual: u64,
+    },
     #[error("{what}: {message}")]
     BadManifest { what: String, message: String },
     #[error("the index has no manifest for platform {platform}")]
@@ -158,9 +170,13 @@ impl RegistryError {
             RegistryError::Status { status, code, .. } => classify_status(*status, code.as_deref()),
             RegistryError::Auth(_) => Verdict::Unauthorized,
             RegistryError::Transport { .. } | RegistryError::Redirects { .. } => Verdict::Network,
-            RegistryError::DigestMismatch { .. } | RegistryError::SizeMismatch { .. } => Verdict::DigestMismatch,
+            RegistryError::DigestMismatch { .. } | RegistryError::SizeMismatch { .. } => {
+                Verdict::DigestMismatch
+            }
             RegistryError::NoPlatform { .. } => Verdict::NotFound,
-            RegistryError::TooLarge { .. } | RegistryError::BadManifest { .. } => Verdict::RuntimeError,
+            RegistryError::TooLarge { .. } | RegistryError::BadManifest { .. } => {
+                Verdict::RuntimeError
+            }
         }
     }
 }
@@ -170,7 +186,9 @@ pub fn classify_status(status: u16, code: Option<&str>) -> Verdict {
     match (status, code) {
         (_, Some("TOOMANYREQUESTS")) | (429, _) => Verdict::RateLimited,
         (_, Some("UNAUTHORIZED" | "DENIED")) | (401 | 403, _) => Verdict::Unauthorized,
-        (_, Some("MANIFEST_UNKNOWN" | "NAME_UNKNOWN" | "BLOB_UNKNOWN")) | (404, _) => Verdict::NotFound,
+        (_, Some("MANIFEST_UNKNOWN" | "NAME_UNKNOWN" | "BLOB_UNKNOWN")) | (404, _) => {
+            Verdict::NotFound
+        }
         (500..=599, _) => Verdict::Network,
         _ => Verdict::RuntimeError,
     }
@@ -270,7 +288,12 @@ impl RegistryClient {
     }
 
     /// Probes `image` at `depth` with `auth` (or anonymously).
-    pub async fn probe(&self, image: &ImageRef, auth: Option<ProbeAuth<'_>>, depth: CanaryDepth) -> Result<Probe, RegistryError> {
+    pub async fn probe(
+        &self,
+        image: &ImageRef,
+        auth: Option<ProbeAuth<'_>>,
+        depth: CanaryDepth,
+    ) -> Result<Probe, RegistryError> {
         let registry = image.registry.as_str();
         // Docker Hub is served by registry-1.docker.io.
         let host = if registry == crate::image_ref::DOCKER_HUB {
@@ -291,11 +314,14 @@ impl RegistryClient {
             (None, Some(t)) => t.clone(),
             (None, None) => "latest".into(),
         };
-        let (bytes, digest) = session.manifest(&reference, image.digest.as_deref()).await?;
-        let mut manifest: Manifest = serde_json::from_slice(&bytes).map_err(|e| RegistryError::BadManifest {
-            what: format!("manifest {reference}"),
-            message: format!("not a manifest: {e}"),
-        })?;
+        let (bytes, digest) = session
+            .manifest(&reference, image.digest.as_deref())
+            .await?;
+        let mut manifest: Manifest =
+            serde_json::from_slice(&bytes).map_err(|e| RegistryError::BadManifest {
+                what: format!("manifest {reference}"),
+                message: format!("not a manifest: {e}"),
+            })?;
         let mut manifest_digest = digest;
         if let Some(entries) = &manifest.manifests {
             let platform = &self.config.platform;
@@ -312,7 +338,9 @@ impl RegistryClient {
                     platform: platform.to_string(),
                 })?;
             let chosen_digest = chosen.digest.clone();
-            let (bytes, _) = session.manifest(&chosen_digest, Some(&chosen_digest)).await?;
+            let (bytes, _) = session
+                .manifest(&chosen_digest, Some(&chosen_digest))
+                .await?;
             manifest = serde_json::from_slice(&bytes).map_err(|e| RegistryError::BadManifest {
                 what: format!("manifest {chosen_digest}"),
                 message: format!("not a manifest: {e}"),
@@ -351,18 +379,29 @@ impl RegistryClient {
 }
 
 impl Session<'_> {
-    async fn authenticate(&mut self, image: &ImageRef, auth: Option<ProbeAuth<'_>>) -> Result<(), RegistryError> {
+    async fn authenticate(
+        &mut self,
+        image: &ImageRef,
+        auth: Option<ProbeAuth<'_>>,
+    ) -> Result<(), RegistryError> {
         // A fresh client per probe: a token cached before a rotation must not hide it.
         let oci = Client::new(ClientConfig {
             protocol: ClientProtocol::HttpsExcept(self.client.config.plain_http.clone()),
             ..ClientConfig::default()
         });
-        let reference: Reference = image.pull_reference().parse().map_err(|e| RegistryError::BadManifest {
-            what: image.to_string(),
-            message: format!("reference not accepted: {e}"),
-        })?;
+        let reference: Reference =
+            image
+                .pull_reference()
+                .parse()
+                .map_err(|e| RegistryError::BadManifest {
+                    what: image.to_string(),
+                    message: format!("reference not accepted: {e}"),
+                })?;
         let registry_auth = match &auth {
-            Some(a) => RegistryAuth::Basic(a.username.to_string(), a.password.expose_secret().to_string()),
+            Some(a) => RegistryAuth::Basic(
+                a.username.to_string(),
+                a.password.expose_secret().to_string(),
+            ),
             None => RegistryAuth::Anonymous,
         };
         // The challenge request, and the token request when the registry uses a token service.
@@ -378,7 +417,11 @@ impl Session<'_> {
             }
             (None, Some(a)) => Some(format!(
                 "Basic {}",
-                base64::engine::general_purpose::STANDARD.encode(format!("{}:{}", a.username, a.password.expose_secret()))
+                base64::engine::general_purpose::STANDARD.encode(format!(
+                    "{}:{}",
+                    a.username,
+                    a.password.expose_secret()
+                ))
             )),
             (None, None) => None,
         };
@@ -394,8 +437,15 @@ impl Session<'_> {
         request
     }
 
-    async fn send(&mut self, what: &str, request: reqwest::RequestBuilder) -> Result<reqwest::Response, RegistryError> {
-        let response = request.send().await.map_err(|e| transport(what, &e, self.client.config.max_redirects))?;
+    async fn send(
+        &mut self,
+        what: &str,
+        request: reqwest::RequestBuilder,
+    ) -> Result<reqwest::Response, RegistryError> {
+        let response = request
+            .send()
+            .await
+            .map_err(|e| transport(what, &e, self.client.config.max_redirects))?;
         if response.status().is_success() {
             return Ok(response);
         }
@@ -408,7 +458,10 @@ impl Session<'_> {
         Err(RegistryError::Status {
             what: what.to_string(),
             status,
-            code: first.as_ref().map(|e| e.code.clone()).filter(|c| !c.is_empty()),
+            code: first
+                .as_ref()
+                .map(|e| e.code.clone())
+                .filter(|c| !c.is_empty()),
             message: first
                 .map(|e| e.message)
                 .filter(|m| !m.is_empty())
@@ -423,13 +476,22 @@ impl Session<'_> {
     }
 
     /// GET a manifest (bounded), verifying its digest when one is expected.
-    async fn manifest(&mut self, reference: &str, expected: Option<&str>) -> Result<(Vec<u8>, String), RegistryError> {
+    async fn manifest(
+        &mut self,
+        reference: &str,
+        expected: Option<&str>,
+    ) -> Result<(Vec<u8>, String), RegistryError> {
         let what = format!("manifest {reference}");
         let url = format!("{}/manifests/{reference}", self.base);
-        let request = self.request(reqwest::Method::GET, &url).header(reqwest::header::ACCEPT, MANIFEST_TYPES);
+        let request = self
+            .request(reqwest::Method::GET, &url)
+            .header(reqwest::header::ACCEPT, MANIFEST_TYPES);
         let response = self.send(&what, request).await?;
         let limit = self.client.config.max_manifest_bytes;
-        if response.content_length().is_some_and(|len| len > limit as u64) {
+        if response
+            .content_length()
+            .is_some_and(|len| len > limit as u64)
+        {
             return Err(RegistryError::TooLarge { what, limit });
         }
         let bytes = read_limited(&what, response, limit, self.client.config.max_redirects).await?;
@@ -452,7 +514,10 @@ impl Session<'_> {
         let url = format!("{}/blobs/{}", self.base, blob.digest);
         let request = self.request(reqwest::Method::HEAD, &url);
         let response = self.send(&what, request).await?;
-        if let Some(len) = response.content_length().filter(|len| *len != 0 && *len != blob.size) {
+        if let Some(len) = response
+            .content_length()
+            .filter(|len| *len != 0 && *len != blob.size)
+        {
             return Err(RegistryError::SizeMismatch {
                 what,
                 expected: blob.size,
@@ -473,7 +538,8 @@ impl Session<'_> {
         let mut size = 0u64;
         let mut stream = response.bytes_stream();
         while let Some(chunk) = stream.next().await {
-            let chunk = chunk.map_err(|e| transport(&what, &e, self.client.config.max_redirects))?;
+            let chunk =
+                chunk.map_err(|e| transport(&what, &e, self.client.config.max_redirects))?;
             size += chunk.len() as u64;
             if size > blob.size {
                 return Err(RegistryError::SizeMismatch {
@@ -505,7 +571,12 @@ impl Session<'_> {
     }
 }
 
-async fn read_limited(what: &str, response: reqwest::Response, limit: usize, redirects: usize) -> Result<Vec<u8>, RegistryError> {
+async fn read_limited(
+    what: &str,
+    response: reqwest::Response,
+    limit: usize,
+    redirects: usize,
+) -> Result<Vec<u8>, RegistryError> {
     let mut out = Vec::new();
     let mut stream = response.bytes_stream();
     while let Some(chunk) = stream.next().await {
@@ -599,8 +670,18 @@ mod tests {
 
     #[test]
     fn platforms() {
-        assert_eq!("linux/arm64/v8".parse::<Platform>().unwrap().variant.as_deref(), Some("v8"));
-        assert_eq!("linux/amd64".parse::<Platform>().unwrap().to_string(), "linux/amd64");
+        assert_eq!(
+            "linux/arm64/v8"
+                .parse::<Platform>()
+                .unwrap()
+                .variant
+                .as_deref(),
+            Some("v8")
+        );
+        assert_eq!(
+            "linux/amd64".parse::<Platform>().unwrap().to_string(),
+            "linux/amd64"
+        );
         assert!("linux".parse::<Platform>().is_err());
         assert!("linux//".parse::<Platform>().is_err());
     }
@@ -609,11 +690,60 @@ mod tests {
     fn errors_map_to_verdicts() {
         let t = |what: &str| what.to_string();
         assert_eq!(RegistryError::Auth(t("x")).verdict(), Verdict::Unauthorized);
-        assert_eq!(RegistryError::Redirects { what: t("m"), limit: 5 }.verdict(), Verdict::Network);
         assert_eq!(
-            RegistryError::DigestMismatch { what: t("b"), expected: t("a"), actual: t("b") }.verdict(),
+            RegistryError::Redirects {
+                what: t("m"),
+                limit: 5
+            }
+            .verdict(),
+            Verdict::Network
+        );
+        assert_eq!(
+            RegistryError::DigestMismatch {
+                what: t("b"),
+                expected: t("a"),
+                actual: t("b")
+            }
+            .verdict(),
             Verdict::DigestMismatch
         );
-        assert_eq!(RegistryError::NoPlatform { platform: t("linux/s390x") }.verdict(), Verdict::NotFound);
+        assert_eq!(
+            RegistryError::NoPlatform {
+                platform: t("linux/s390x")
+            }
+            .verdict(),
+            Verdict::NotFound
+        );
+    }
+}
+
+impl crate::canary::runner::RegistryProbe for RegistryClient {
+    fn probe<'a>(
+        &'a self,
+        image: &'a ImageRef,
+        candidate: Option<&'a crate::credentials::Candidate>,
+        depth: CanaryDepth,
+    ) -> futures::future::BoxFuture<
+        'a,
+        Result<crate::canary::runner::ProbeReport, crate::canary::runner::ProbeFailure>,
+    > {
+        Box::pin(async move {
+            let auth = candidate.map(|c| ProbeAuth {
+                username: &c.username,
+                password: &c.password,
+            });
+            RegistryClient::probe(self, image, auth, depth)
+                .await
+                .map(|p| crate::canary::runner::ProbeReport {
+                    manifest_digest: p.manifest_digest,
+                    blobs: p.blobs,
+                    bytes: p.bytes,
+                    requests: p.requests,
+                })
+                .map_err(|e| crate::canary::runner::ProbeFailure {
+                    verdict: e.verdict(),
+                    message: e.to_string(),
+                })
+        })
     }
 }

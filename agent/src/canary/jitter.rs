@@ -36,12 +36,19 @@ mod tests {
         let window = Duration::from_secs(600);
         let mut buckets = [0usize; 10];
         for i in 0..1000 {
-            let o = offset(&format!("ip-10-0-{}-{}.ec2.internal", i / 250, i % 250), &set, window);
+            let o = offset(
+                &format!("ip-10-0-{}-{}.ec2.internal", i / 250, i % 250),
+                &set,
+                window,
+            );
             assert!(o < window);
             buckets[(o.as_secs() / 60) as usize] += 1;
         }
         // 100 expected per minute; a uniform hash stays well within ±35%.
-        assert!(buckets.iter().all(|b| (65..=135).contains(b)), "{buckets:?}");
+        assert!(
+            buckets.iter().all(|b| (65..=135).contains(b)),
+            "{buckets:?}"
+        );
     }
 
     #[test]
@@ -52,7 +59,10 @@ mod tests {
         assert_eq!(offset("node-1", &set, w), offset("node-1", &set, w));
         assert_eq!(offset("node-1", &set, w).as_millis(), PINNED_NODE_1_MS);
         assert_ne!(offset("node-1", &set, w), offset("node-2", &set, w));
-        assert_ne!(offset("node-1", &set, w), offset("node-1", &ObjectKey::new("payments", "other"), w));
+        assert_ne!(
+            offset("node-1", &set, w),
+            offset("node-1", &ObjectKey::new("payments", "other"), w)
+        );
         assert_eq!(offset("node-1", &set, Duration::ZERO), Duration::ZERO);
     }
 

@@ -2,3 +2,4 @@
 
 pub mod jitter;
 pub mod rotation;
+pub mod runner;

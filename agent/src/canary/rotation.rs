@@ -21,7 +21,10 @@ pub fn fingerprints(inventory: &Inventory) -> BTreeMap<ObjectKey, [u8; 32]> {
             for name in &names {
                 h.update(name.as_bytes());
                 h.update([0]);
-                match inventory.secrets.get(&ObjectKey::new(set.key.namespace.clone(), name.clone())) {
+                match inventory
+                    .secrets
+                    .get(&ObjectKey::new(set.key.namespace.clone(), name.clone()))
+                {
                     None => h.update(b"\x01absent"),
                     Some(secret) => {
                         h.update(secret.type_.as_bytes());
@@ -41,7 +44,10 @@ pub fn fingerprints(inventory: &Inventory) -> BTreeMap<ObjectKey, [u8; 32]> {
 }
 
 /// PullSets present in both whose credential inputs changed.
-pub fn rotated(old: &BTreeMap<ObjectKey, [u8; 32]>, new: &BTreeMap<ObjectKey, [u8; 32]>) -> Vec<ObjectKey> {
+pub fn rotated(
+    old: &BTreeMap<ObjectKey, [u8; 32]>,
+    new: &BTreeMap<ObjectKey, [u8; 32]>,
+) -> Vec<ObjectKey> {
     new.iter()
         .filter(|(k, v)| old.get(*k).is_some_and(|o| o != *v))
         .map(|(k, _)| k.clone())
@@ -57,9 +63,18 @@ mod tests {
     fn inventory(password: &str, sa_secrets: &[&str]) -> Inventory {
         let mut inv = Inventory::default();
         for (name, yaml) in [
-            ("own", "imagePullSecrets: [{name: regcred}]\nimages: [{image: r.io/a:1}]"),
-            ("via-sa", "serviceAccountName: builder\nimages: [{image: r.io/a:1}]"),
-            ("unrelated", "imagePullSecrets: [{name: other}]\nimages: [{image: r.io/a:1}]"),
+            (
+                "own",
+                "imagePullSecrets: [{name: regcred}]\nimages: [{image: r.io/a:1}]",
+            ),
+            (
+                "via-sa",
+                "serviceAccountName: builder\nimages: [{image: r.io/a:1}]",
+            ),
+            (
+                "unrelated",
+                "imagePullSecrets: [{name: other}]\nimages: [{image: r.io/a:1}]",
+            ),
         ] {
             let spec: PullSetSpec = serde_yaml::from_str(yaml).unwrap();
             let set = validate(ObjectKey::new("ns", name), spec).unwrap();
@@ -72,7 +87,11 @@ mod tests {
                 SecretObject {
                     key,
                     type_: "kubernetes.io/dockerconfigjson".into(),
-                    data: [(".dockerconfigjson".to_string(), data.as_bytes().to_vec().into())].into(),
+                    data: [(
+                        ".dockerconfigjson".to_string(),
+                        data.as_bytes().to_vec().into(),
+                    )]
+                    .into(),
                 },
             );
         }
