@@ -1,7 +1,7 @@
 //! `pullgate auth …`: credential tools for people on call, and the node-credential wiring shared
 //! with `pullgate run`.
 
-use crate::cli::{NodeCredentialArgs, ResolveArgs};
+use crate::cli::{CredentialSelection, NodeCredentialArgs, ResolveArgs};
 use crate::credentials::plugin::{CredentialProviders, PluginError, load_config};
 use crate::credentials::{
     CredentialResolver as _, KubeletResolver, NodeDockerConfig, Resolution,
@@ -100,20 +100,44 @@ struct VerdictReport {
 pub async fn resolve(args: ResolveArgs) -> Result<bool, AuthError> {
     let ResolveArgs {
         image,
-        docker_configs,
-        manifests,
-        namespace,
-        service_account,
-        pullset,
+        selection,
         node_credentials,
         json,
     } = args;
     let image = ImageRef::parse(&image)?;
     let resolver = build_resolver(&node_credentials)?;
-    let resolution = match manifests {
+    let resolution = resolve_selection(&selection, &resolver, &image).await?;
+    let report = report(&image, &resolution);
+    if json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&report).unwrap_or_default()
+        );
+    } else {
+        print!("{}", table(&report));
+    }
+    Ok(!report.blocked && !report.candidates.is_empty())
+}
+
+/// The resolution for `image` from the selected source of credentials.
+pub async fn resolve_selection(
+    selection: &CredentialSelection,
+    resolver: &KubeletResolver,
+    image: &ImageRef,
+) -> Result<Resolution, AuthError> {
+    let CredentialSelection {
+        docker_configs,
+        manifests,
+        namespace,
+        service_account,
+        pullset,
+    } = selection;
+    let (namespace, service_account, pullset) =
+        (namespace.clone(), service_account.clone(), pullset.clone());
+    Ok(match manifests {
         Some(dir) => {
             let namespace = namespace.ok_or(AuthError::NoNamespace)?;
-            let loaded = load_dir(&dir)?;
+            let loaded = load_dir(dir)?;
             let set = match pullset {
                 Some(name) => {
                     let key = ObjectKey::new(namespace, name);
@@ -150,20 +174,10 @@ pub async fn resolve(args: ResolveArgs) -> Result<bool, AuthError> {
                     )?
                 }
             };
-            resolver.resolve(&loaded.inventory, &set, &image).await
+            resolver.resolve(&loaded.inventory, &set, image).await
         }
-        None => resolve_docker_config_files(&docker_configs, &resolver, &image).await,
-    };
-    let report = report(&image, &resolution);
-    if json {
-        println!(
-            "{}",
-            serde_json::to_string_pretty(&report).unwrap_or_default()
-        );
-    } else {
-        print!("{}", table(&report));
-    }
-    Ok(!report.blocked && !report.candidates.is_empty())
+        None => resolve_docker_config_files(docker_configs, resolver, image).await,
+    })
 }
 
 fn report(image: &ImageRef, resolution: &Resolution) -> Report {

@@ -24,6 +24,8 @@ pub enum Command {
     Run(RunArgs),
     /// Credential tools for people on call and scripts.
     Auth(AuthArgs),
+    /// Check images now with a registry-direct canary (exit 0 only when every image is Ok).
+    Check(CheckArgs),
 }
 
 #[derive(Debug, Args)]
@@ -39,10 +41,22 @@ pub enum AuthCommand {
 }
 
 #[derive(Debug, Args)]
-#[command(group(clap::ArgGroup::new("from").required(true).args(["docker_configs", "manifests"])))]
 pub struct ResolveArgs {
     /// The image, as a pod would name it.
     pub image: String,
+    #[command(flatten)]
+    pub selection: CredentialSelection,
+    #[command(flatten)]
+    pub node_credentials: NodeCredentialArgs,
+    /// Print JSON instead of a table.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// Whose credentials: Docker config files, or a pod's / PullSet's in a manifest directory.
+#[derive(Debug, Args)]
+#[command(group(clap::ArgGroup::new("from").required(true).args(["docker_configs", "manifests"])))]
+pub struct CredentialSelection {
     /// Docker config files (`config.json` or legacy `.dockercfg`), tried as one keyring.
     #[arg(long = "docker-config", value_name = "FILE")]
     pub docker_configs: Vec<PathBuf>,
@@ -63,11 +77,61 @@ pub struct ResolveArgs {
     /// Resolve with this PullSet's imagePullSecrets / ServiceAccount.
     #[arg(long, requires = "manifests")]
     pub pullset: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct CheckArgs {
+    /// The images to check now.
+    #[arg(required = true)]
+    pub images: Vec<String>,
+    #[command(flatten)]
+    pub selection: CredentialSelection,
     #[command(flatten)]
     pub node_credentials: NodeCredentialArgs,
-    /// Print JSON instead of a table.
+    #[command(flatten)]
+    pub registry: RegistryArgs,
+    /// How far the registry-direct canary goes.
+    #[arg(long, value_enum, default_value_t = DepthArg::Manifest)]
+    pub depth: DepthArg,
+    /// Print JSON lines instead of text.
     #[arg(long)]
     pub json: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum DepthArg {
+    Manifest,
+    Blobs,
+    Full,
+}
+
+impl From<DepthArg> for crate::pullset::CanaryDepth {
+    fn from(d: DepthArg) -> Self {
+        match d {
+            DepthArg::Manifest => Self::Manifest,
+            DepthArg::Blobs => Self::Blobs,
+            DepthArg::Full => Self::Full,
+        }
+    }
+}
+
+/// How canaries reach registries.
+#[derive(Debug, Args)]
+pub struct RegistryArgs {
+    /// A registry (`host[:port]`) reached over plain HTTP, as a runtime's `hosts.toml` may allow.
+    #[arg(
+        long = "insecure-registry",
+        env = "PULLGATE_INSECURE_REGISTRIES",
+        value_delimiter = ',',
+        value_name = "HOST"
+    )]
+    pub insecure_registries: Vec<String>,
+    /// The platform whose manifest is checked in an index (default: this host's).
+    #[arg(long, env = "PULLGATE_PLATFORM")]
+    pub platform: Option<crate::registry::Platform>,
+    /// Warn when a credential expires within this window.
+    #[arg(long, env = "PULLGATE_EXPIRY_WARNING", default_value = "2h")]
+    pub expiry_warning: humantime::Duration,
 }
 
 /// The node's own credentials, configured with the kubelet's flags.

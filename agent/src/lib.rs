@@ -7,6 +7,7 @@
 
 pub mod auth;
 pub mod canary;
+pub mod check;
 pub mod cli;
 pub mod credentials;
 pub mod cri;
@@ -39,6 +40,14 @@ pub async fn main(cli: cli::Cli) -> ExitCode {
             Ok(run::RunOutcome::SomeFailed) => ExitCode::from(1),
             Err(e) => {
                 tracing::error!("{e}");
+                eprintln!("pullgate: {e}");
+                ExitCode::from(2)
+            }
+        },
+        cli::Command::Check(args) => match check::check(args).await {
+            Ok(true) => ExitCode::SUCCESS,
+            Ok(false) => ExitCode::from(1),
+            Err(e) => {
                 eprintln!("pullgate: {e}");
                 ExitCode::from(2)
             }

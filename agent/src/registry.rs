@@ -497,14 +497,15 @@ impl Session<'_> {
         let bytes = read_limited(&what, response, limit, self.client.config.max_redirects).await?;
         self.probe.bytes += bytes.len() as u64;
         let actual = format!("sha256:{}", hex::encode(Sha256::digest(&bytes)));
-        if let Some(expected) = expected {
-            if expected.starts_with("sha256:") && expected != actual {
-                return Err(RegistryError::DigestMismatch {
-                    what,
-                    expected: expected.to_string(),
-                    actual,
-                });
-            }
+        if let Some(expected) = expected
+            && expected.starts_with("sha256:")
+            && expected != actual
+        {
+            return Err(RegistryError::DigestMismatch {
+                what,
+                expected: expected.to_string(),
+                actual,
+            });
         }
         Ok((bytes, actual))
     }
@@ -644,6 +645,37 @@ fn from_oci(e: OciDistributionError) -> RegistryError {
     }
 }
 
+impl crate::canary::runner::RegistryProbe for RegistryClient {
+    fn probe<'a>(
+        &'a self,
+        image: &'a ImageRef,
+        candidate: Option<&'a crate::credentials::Candidate>,
+        depth: CanaryDepth,
+    ) -> futures::future::BoxFuture<
+        'a,
+        Result<crate::canary::runner::ProbeReport, crate::canary::runner::ProbeFailure>,
+    > {
+        Box::pin(async move {
+            let auth = candidate.map(|c| ProbeAuth {
+                username: &c.username,
+                password: &c.password,
+            });
+            RegistryClient::probe(self, image, auth, depth)
+                .await
+                .map(|p| crate::canary::runner::ProbeReport {
+                    manifest_digest: p.manifest_digest,
+                    blobs: p.blobs,
+                    bytes: p.bytes,
+                    requests: p.requests,
+                })
+                .map_err(|e| crate::canary::runner::ProbeFailure {
+                    verdict: e.verdict(),
+                    message: e.to_string(),
+                })
+        })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -714,36 +746,5 @@ mod tests {
             .verdict(),
             Verdict::NotFound
         );
-    }
-}
-
-impl crate::canary::runner::RegistryProbe for RegistryClient {
-    fn probe<'a>(
-        &'a self,
-        image: &'a ImageRef,
-        candidate: Option<&'a crate::credentials::Candidate>,
-        depth: CanaryDepth,
-    ) -> futures::future::BoxFuture<
-        'a,
-        Result<crate::canary::runner::ProbeReport, crate::canary::runner::ProbeFailure>,
-    > {
-        Box::pin(async move {
-            let auth = candidate.map(|c| ProbeAuth {
-                username: &c.username,
-                password: &c.password,
-            });
-            RegistryClient::probe(self, image, auth, depth)
-                .await
-                .map(|p| crate::canary::runner::ProbeReport {
-                    manifest_digest: p.manifest_digest,
-                    blobs: p.blobs,
-                    bytes: p.bytes,
-                    requests: p.requests,
-                })
-                .map_err(|e| crate::canary::runner::ProbeFailure {
-                    verdict: e.verdict(),
-                    message: e.to_string(),
-                })
-        })
     }
 }

@@ -49,6 +49,8 @@ pub struct PushedImage {
     pub name: String,
     /// The image config digest (containerd's image id).
     pub config_digest: String,
+    /// Layer digests, in order.
+    pub layer_digests: Vec<String>,
 }
 
 /// The built blobs of an image.
@@ -103,6 +105,7 @@ pub async fn push(host: &str, user: &str, password: &str, spec: &ImageSpec) -> R
     let auth = RegistryAuth::Basic(user.to_string(), password.to_string());
     let manifest = OciImageManifest::build(&built.layers, &built.config, None);
     let config_digest = manifest.config.digest.clone();
+    let layer_digests = manifest.layers.iter().map(|l| l.digest.clone()).collect();
     client
         .push(
             &reference,
@@ -123,6 +126,7 @@ pub async fn push(host: &str, user: &str, password: &str, spec: &ImageSpec) -> R
         digest,
         name,
         config_digest,
+        layer_digests,
     })
 }
 
