@@ -196,6 +196,11 @@ pub struct RunArgs {
     pub prepull: PrePullArgs,
     #[command(flatten)]
     pub credentials: NodeCredentialArgs,
+    #[command(flatten)]
+    pub registry: RegistryArgs,
+    /// Rotation and start-up canaries wait a deterministic offset below this (0: at once).
+    #[arg(long, env = "PULLGATE_ROTATION_JITTER", default_value = "2s")]
+    pub rotation_jitter: humantime::Duration,
 }
 
 #[derive(Debug, Args)]

@@ -9,6 +9,7 @@ pub mod auth;
 pub mod canary;
 pub mod check;
 pub mod cli;
+pub mod conditions;
 pub mod credentials;
 pub mod cri;
 pub mod desired;

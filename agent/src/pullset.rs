@@ -183,6 +183,11 @@ pub fn validate(key: ObjectKey, spec: PullSetSpec) -> Result<ValidPullSet, Vec<F
             format!("`{sa}` is not a valid ServiceAccount name"),
         ));
     }
+    if let Some(schedule) = spec.canary.as_ref().and_then(|c| c.schedule.as_ref())
+        && let Err(message) = cron_expression(schedule)
+    {
+        errors.push(err("spec.canary.schedule".into(), message));
+    }
     if let Some(jitter) = spec.canary.as_ref().and_then(|c| c.jitter.as_ref())
         && humantime::parse_duration(jitter).is_err()
     {
@@ -202,6 +207,28 @@ pub fn validate(key: ObjectKey, spec: PullSetSpec) -> Result<ValidPullSet, Vec<F
     } else {
         Err(errors)
     }
+}
+
+/// A canary schedule as the scheduler takes it: standard 5-field cron (`0 */6 * * *`) gets a
+/// leading seconds field of `0`; 6 fields (with seconds) are taken as they are.
+pub fn cron_expression(schedule: &str) -> Result<String, String> {
+    let fields = schedule.split_whitespace().count();
+    let expression = match fields {
+        5 => format!("0 {}", schedule.trim()),
+        6 => schedule.trim().to_string(),
+        _ => {
+            return Err(format!(
+                "`{schedule}` is not a cron schedule: expected 5 fields (or 6 with seconds)"
+            ));
+        }
+    };
+    croner::parser::CronParser::builder()
+        .seconds(croner::parser::Seconds::Required)
+        .dom_and_dow(true)
+        .build()
+        .parse(&expression)
+        .map(|_| expression)
+        .map_err(|e| format!("`{schedule}` is not a valid cron schedule: {e}"))
 }
 
 fn image_error_message(e: &ImageRefError) -> String {
@@ -310,6 +337,16 @@ mod tests {
             "{}",
             errs[0]
         );
+
+        let bad_cron = validate(
+            key(),
+            spec("images: [{image: reg.io/a:1}]\ncanary: {schedule: 'every day'}"),
+        )
+        .unwrap_err();
+        assert_eq!(bad_cron[0].field, "spec.canary.schedule");
+        assert_eq!(cron_expression("0 */6 * * *").unwrap(), "0 0 */6 * * *");
+        assert_eq!(cron_expression("*/2 * * * * *").unwrap(), "*/2 * * * * *");
+        assert!(cron_expression("61 * * * *").is_err());
 
         let empty = validate(key(), spec("images: []")).unwrap_err();
         assert_eq!(empty[0].field, "spec.images");

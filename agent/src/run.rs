@@ -1,16 +1,22 @@
 //! `pullgate run`: wires sources → desired state → pre-pull → reporters, and owns the loop.
 
+use crate::canary::runner::{CanaryOutcome, CanaryRunner};
+use crate::canary::service::{CanarySink, ServiceConfig};
 use crate::cli::RunArgs;
+use crate::conditions::Tracker;
 use crate::credentials::{CredentialResolver, KubeletResolver};
 use crate::cri::{CriClient, CriTimeouts};
 use crate::desired::prepull_images;
+use crate::inventory::ObjectKey;
 use crate::node::NodeInfo;
 use crate::outcome::{SourceProblem, now_rfc3339};
 use crate::prepull::{PassSummary, PrePullConfig, PrePuller, RetryPolicy};
 use crate::report::JsonLines;
 use crate::source::manifests::Loaded;
 use crate::source::watch::{WatchConfig, WatchError, watch_dir};
-use std::sync::Arc;
+use crate::verdict::Verdict;
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
@@ -26,6 +32,8 @@ pub enum RunError {
     Source(#[from] WatchError),
     #[error(transparent)]
     Credentials(#[from] crate::auth::AuthError),
+    #[error(transparent)]
+    Registry(#[from] crate::registry::RegistryError),
 }
 
 /// How a run ended.
@@ -48,6 +56,8 @@ pub async fn run(args: RunArgs) -> Result<RunOutcome, RunError> {
         cri,
         prepull,
         credentials,
+        registry,
+        rotation_jitter,
     } = args;
     let Some(dir) = manifests else {
         return Err(RunError::ClusterModeUnavailable);
@@ -99,14 +109,51 @@ pub async fn run(args: RunArgs) -> Result<RunOutcome, RunError> {
         },
         node.name.clone(),
     );
-    let reporter = JsonLines::default();
-    let resolver: KubeletResolver = crate::auth::build_resolver(&credentials)?;
+    let reporter = Arc::new(JsonLines::default());
+    let resolver: Arc<KubeletResolver> = Arc::new(crate::auth::build_resolver(&credentials)?);
     let recheck: Duration = *prepull.recheck_interval;
+    let mut images_ready = Tracker::new("CriticalImagesReady");
+
+    // Canaries run beside the pre-pull loop (not in a one-shot bootstrap pass).
+    let canary_task = if once {
+        None
+    } else {
+        let runner = Arc::new(CanaryRunner {
+            probe: crate::check::registry_client(&registry)?,
+            node: node.name.clone(),
+            expiry_warning: *registry.expiry_warning,
+        });
+        let sink: Arc<dyn CanarySink> = Arc::new(StdoutCanarySink {
+            reporter: reporter.clone(),
+            credentials_valid: Mutex::new(Tracker::new("PullCredentialsValid")),
+        });
+        let config = ServiceConfig {
+            rotation_window: *rotation_jitter,
+            ..ServiceConfig::default()
+        };
+        Some(tokio::spawn(crate::canary::service::run(
+            runner,
+            resolver.clone(),
+            sources.clone(),
+            sink,
+            config,
+            cancel.clone(),
+        )))
+    };
 
     let mut loaded = sources.borrow_and_update().clone();
     report_source(&reporter, &node, &loaded);
     let result = loop {
-        let summary = pass(&engine, &resolver, &reporter, &node, &loaded, &cancel).await;
+        let summary = pass(
+            &engine,
+            resolver.as_ref(),
+            &reporter,
+            &node,
+            &loaded,
+            &cancel,
+            &mut images_ready,
+        )
+        .await;
         if once {
             let ok = summary.failures == 0 && loaded.problems.is_empty();
             tracing::info!(
@@ -135,7 +182,39 @@ pub async fn run(args: RunArgs) -> Result<RunOutcome, RunError> {
     };
     cancel.cancel();
     let _ = tokio::time::timeout(Duration::from_secs(5), source_task).await;
+    if let Some(task) = canary_task {
+        let _ = tokio::time::timeout(Duration::from_secs(5), task).await;
+    }
     Ok(result)
+}
+
+/// Canary outcomes as JSON lines, and `PullCredentialsValid` transitions.
+struct StdoutCanarySink {
+    reporter: Arc<JsonLines>,
+    credentials_valid: Mutex<Tracker>,
+}
+
+impl CanarySink for StdoutCanarySink {
+    fn outcome(&self, outcome: &CanaryOutcome) {
+        self.reporter.emit(outcome);
+    }
+
+    fn verdicts(&self, verdicts: &BTreeMap<(ObjectKey, String), Verdict>) {
+        let all: Vec<Verdict> = verdicts.values().copied().collect();
+        let failing: Vec<String> = verdicts
+            .iter()
+            .filter(|(_, v)| !v.is_ok())
+            .map(|((k, image), _)| format!("{k} {image}"))
+            .collect();
+        let mut tracker = self
+            .credentials_valid
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(condition) = tracker.observe(&all, &failing) {
+            tracing::info!(status = ?condition.status, reason = %condition.reason, "PullCredentialsValid changed");
+            self.reporter.emit(&condition);
+        }
+    }
 }
 
 async fn pass<R: crate::runtime::ImageRuntime>(
@@ -145,11 +224,25 @@ async fn pass<R: crate::runtime::ImageRuntime>(
     node: &NodeInfo,
     loaded: &Loaded,
     cancel: &CancellationToken,
+    images_ready: &mut Tracker,
 ) -> PassSummary {
     let desired = prepull_images(&loaded.inventory, node, resolver).await;
     tracing::debug!(images = desired.len(), "pre-pull pass");
-    engine
+    let gated: Mutex<Vec<(Verdict, String)>> = Mutex::new(Vec::new());
+    let summary = engine
         .pass(&desired, cancel, &|outcome| {
+            let key = ObjectKey::new(outcome.namespace.clone(), outcome.pullset.clone());
+            if loaded
+                .inventory
+                .pullsets
+                .get(&key)
+                .is_some_and(|s| s.spec.gate)
+            {
+                gated
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner)
+                    .push((outcome.verdict, format!("{key} {}", outcome.image)));
+            }
             if !outcome.verdict.is_ok() {
                 tracing::warn!(
                     pullset = %format!("{}/{}", outcome.namespace, outcome.pullset),
@@ -160,7 +253,21 @@ async fn pass<R: crate::runtime::ImageRuntime>(
             }
             reporter.emit(&outcome);
         })
-        .await
+        .await;
+    let gated = gated
+        .into_inner()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    let verdicts: Vec<Verdict> = gated.iter().map(|(v, _)| *v).collect();
+    let failing: Vec<String> = gated
+        .into_iter()
+        .filter(|(v, _)| !v.is_ok())
+        .map(|(_, l)| l)
+        .collect();
+    if let Some(condition) = images_ready.observe(&verdicts, &failing) {
+        tracing::info!(status = ?condition.status, reason = %condition.reason, "CriticalImagesReady changed");
+        reporter.emit(&condition);
+    }
+    summary
 }
 
 fn report_source(reporter: &JsonLines, node: &NodeInfo, loaded: &Loaded) {

@@ -1,0 +1,268 @@
+//! The daemon's canary loop: which PullSet to check, when, and why.
+//!
+//! Triggers: start-up (every PullSet with `canary`, spread over the rotation window); rotation (the
+//! data of a referenced Secret or the ServiceAccount's secret list changed, `onRotation`), within
+//! seconds; the PullSet's cron `schedule`, each node delayed by its deterministic jitter offset; and
+//! retries of a failed canary with capped exponential backoff until it succeeds. Requests for the
+//! same PullSet coalesce (the earliest wins). Runs are sequential: a node never stampedes its
+//! registries.
+
+use super::jitter;
+use super::rotation;
+use super::runner::{CanaryOutcome, CanaryRunner, RegistryProbe, Trigger};
+use crate::credentials::CredentialResolver;
+use crate::inventory::{Inventory, ObjectKey};
+use crate::pullset::{ValidPullSet, cron_expression};
+use crate::source::manifests::Loaded;
+use crate::verdict::Verdict;
+use futures::StreamExt as _;
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::{mpsc, watch};
+use tokio_cron_scheduler::{Job, JobScheduler};
+use tokio_util::sync::CancellationToken;
+use tokio_util::time::DelayQueue;
+use tokio_util::time::delay_queue::Key;
+
+/// Settings of the loop.
+#[derive(Clone, Copy, Debug)]
+pub struct ServiceConfig {
+    /// Rotation and start-up canaries wait a deterministic offset in `[0, window)`.
+    pub rotation_window: Duration,
+    pub retry_min: Duration,
+    pub retry_max: Duration,
+}
+
+impl Default for ServiceConfig {
+    fn default() -> Self {
+        Self {
+            rotation_window: Duration::from_secs(2),
+            retry_min: Duration::from_secs(15),
+            retry_max: Duration::from_secs(600),
+        }
+    }
+}
+
+/// Where outcomes go.
+pub trait CanarySink: Send + Sync {
+    fn outcome(&self, outcome: &CanaryOutcome);
+    /// The latest verdict of every canaried image, after each run.
+    fn verdicts(&self, verdicts: &BTreeMap<(ObjectKey, String), Verdict>);
+}
+
+struct Pending {
+    key: Key,
+}
+
+/// Runs until `cancel`.
+pub async fn run<P: RegistryProbe + 'static>(
+    runner: Arc<CanaryRunner<P>>,
+    resolver: Arc<dyn CredentialResolver>,
+    mut sources: watch::Receiver<Arc<Loaded>>,
+    sink: Arc<dyn CanarySink>,
+    config: ServiceConfig,
+    cancel: CancellationToken,
+) {
+    let node = runner.node.clone();
+    let (fire_tx, mut fire_rx) = mpsc::unbounded_channel::<ObjectKey>();
+    let mut scheduler = match JobScheduler::new().await {
+        Ok(s) => Some(s),
+        Err(e) => {
+            tracing::error!(error = %e, "cannot create the canary scheduler; scheduled canaries are off");
+            None
+        }
+    };
+    if let Some(s) = scheduler.as_mut()
+        && let Err(e) = s.start().await
+    {
+        tracing::error!(error = %e, "cannot start the canary scheduler; scheduled canaries are off");
+    }
+    let mut jobs: HashMap<ObjectKey, (String, uuid::Uuid)> = HashMap::new();
+    let mut queue: DelayQueue<(ObjectKey, Trigger)> = DelayQueue::new();
+    let mut pending: HashMap<ObjectKey, Pending> = HashMap::new();
+    let mut failures: HashMap<ObjectKey, u32> = HashMap::new();
+    let mut verdicts: BTreeMap<(ObjectKey, String), Verdict> = BTreeMap::new();
+
+    let mut loaded = sources.borrow_and_update().clone();
+    let mut fingerprints = rotation::fingerprints(&loaded.inventory);
+    for set in canaried(&loaded.inventory) {
+        let delay = jitter::offset(&node, &set.key, config.rotation_window);
+        enqueue(
+            &mut queue,
+            &mut pending,
+            set.key.clone(),
+            Trigger::Startup,
+            delay,
+        );
+    }
+    sync_jobs(scheduler.as_mut(), &mut jobs, &loaded.inventory, &fire_tx).await;
+
+    loop {
+        tokio::select! {
+            () = cancel.cancelled() => break,
+            changed = sources.changed() => {
+                if changed.is_err() {
+                    break;
+                }
+                loaded = sources.borrow_and_update().clone();
+                let new = rotation::fingerprints(&loaded.inventory);
+                for key in rotation::rotated(&fingerprints, &new) {
+                    if let Some(set) = loaded.inventory.pullsets.get(&key)
+                        && set.spec.canary.as_ref().is_some_and(|c| c.on_rotation)
+                    {
+                        tracing::info!(pullset = %key, "credentials changed; re-validating");
+                        let delay = jitter::offset(&node, &key, config.rotation_window);
+                        enqueue(&mut queue, &mut pending, key, Trigger::Rotation, delay);
+                    }
+                }
+                for set in canaried(&loaded.inventory) {
+                    if !fingerprints.contains_key(&set.key) {
+                        let delay = jitter::offset(&node, &set.key, config.rotation_window);
+                        enqueue(&mut queue, &mut pending, set.key.clone(), Trigger::Startup, delay);
+                    }
+                }
+                fingerprints = new;
+                verdicts.retain(|(key, _), _| loaded.inventory.pullsets.contains_key(key));
+                sync_jobs(scheduler.as_mut(), &mut jobs, &loaded.inventory, &fire_tx).await;
+            }
+            Some(key) = fire_rx.recv() => {
+                let window = loaded
+                    .inventory
+                    .pullsets
+                    .get(&key)
+                    .and_then(|s| s.spec.canary.as_ref())
+                    .and_then(|c| c.jitter.as_deref())
+                    .and_then(|j| humantime::parse_duration(j).ok())
+                    .unwrap_or_default();
+                let delay = jitter::offset(&node, &key, window);
+                enqueue(&mut queue, &mut pending, key, Trigger::Schedule, delay);
+            }
+            Some(expired) = queue.next() => {
+                let (key, trigger) = expired.into_inner();
+                pending.remove(&key);
+                let Some(set) = loaded.inventory.pullsets.get(&key).filter(|s| s.spec.canary.is_some()) else {
+                    continue;
+                };
+                let depth = set.spec.canary.as_ref().map(|c| c.depth).unwrap_or_default();
+                let outcomes = runner.check_pullset(&loaded.inventory, set, resolver.as_ref(), depth, trigger).await;
+                let mut all_ok = true;
+                for o in &outcomes {
+                    let previous = verdicts.insert((key.clone(), o.image.clone()), o.verdict);
+                    match (previous, o.verdict.is_ok()) {
+                        (Some(p), true) if !p.is_ok() => tracing::info!(pullset = %key, image = %o.image, "CanaryRecovered"),
+                        (Some(p), false) if p.is_ok() => tracing::warn!(pullset = %key, image = %o.image, verdict = %o.verdict, "CanaryFailed"),
+                        (None, false) => tracing::warn!(pullset = %key, image = %o.image, verdict = %o.verdict, "CanaryFailed"),
+                        _ => {}
+                    }
+                    all_ok &= o.verdict.is_ok();
+                    sink.outcome(o);
+                }
+                sink.verdicts(&verdicts);
+                if all_ok {
+                    failures.remove(&key);
+                } else {
+                    let n = failures.entry(key.clone()).or_insert(0);
+                    *n += 1;
+                    let backoff = config.retry_min.saturating_mul(1 << (*n - 1).min(16)).min(config.retry_max);
+                    enqueue(&mut queue, &mut pending, key, Trigger::Retry, backoff);
+                }
+            }
+        }
+    }
+    if let Some(mut s) = scheduler {
+        let _ = s.shutdown().await;
+    }
+}
+
+fn canaried(inventory: &Inventory) -> impl Iterator<Item = &ValidPullSet> {
+    inventory
+        .pullsets
+        .values()
+        .filter(|s| s.spec.canary.is_some())
+}
+
+/// Queues a check; an earlier request for the same PullSet wins.
+fn enqueue(
+    queue: &mut DelayQueue<(ObjectKey, Trigger)>,
+    pending: &mut HashMap<ObjectKey, Pending>,
+    key: ObjectKey,
+    trigger: Trigger,
+    delay: Duration,
+) {
+    if let Some(p) = pending.get(&key) {
+        let due = queue.deadline(&p.key);
+        if due <= tokio::time::Instant::now() + delay {
+            return;
+        }
+        queue.remove(&p.key);
+    }
+    let k = queue.insert((key.clone(), trigger), delay);
+    pending.insert(key, Pending { key: k });
+}
+
+/// One cron job per PullSet with a schedule; changed schedules are replaced.
+async fn sync_jobs(
+    scheduler: Option<&mut JobScheduler>,
+    jobs: &mut HashMap<ObjectKey, (String, uuid::Uuid)>,
+    inventory: &Inventory,
+    fire: &mpsc::UnboundedSender<ObjectKey>,
+) {
+    let Some(scheduler) = scheduler else {
+        return;
+    };
+    let wanted: HashMap<ObjectKey, String> = inventory
+        .pullsets
+        .values()
+        .filter_map(|s| {
+            let schedule = s.spec.canary.as_ref()?.schedule.as_ref()?;
+            Some((s.key.clone(), cron_expression(schedule).ok()?))
+        })
+        .collect();
+    let stale: Vec<ObjectKey> = jobs
+        .iter()
+        .filter(|(k, (expr, _))| wanted.get(*k) != Some(expr))
+        .map(|(k, _)| k.clone())
+        .collect();
+    for key in stale {
+        if let Some((_, id)) = jobs.remove(&key) {
+            let _ = scheduler.remove(&id).await;
+        }
+    }
+    for (key, expression) in wanted {
+        if jobs.contains_key(&key) {
+            continue;
+        }
+        let fire = fire.clone();
+        let job_key = key.clone();
+        let job = Job::new_async(expression.as_str(), move |_id, _scheduler| {
+            let fire = fire.clone();
+            let key = job_key.clone();
+            Box::pin(async move {
+                let _ = fire.send(key);
+            })
+        });
+        match job {
+            Ok(job) => match scheduler.add(job).await {
+                Ok(id) => {
+                    jobs.insert(key, (expression, id));
+                }
+                Err(e) => tracing::warn!(pullset = %key, error = %e, "cannot schedule canary"),
+            },
+            Err(e) => tracing::warn!(pullset = %key, error = %e, "cannot schedule canary"),
+        }
+    }
+}
+
+/// `trigger` display for logs.
+impl std::fmt::Display for Trigger {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Trigger::Startup => "startup",
+            Trigger::Schedule => "schedule",
+            Trigger::Rotation => "rotation",
+            Trigger::Retry => "retry",
+            Trigger::Manual => "manual",
+        })
+    }
+}

@@ -1,0 +1,140 @@
+//! The daemon's canaries: start-up, schedule and rotation triggers, and the node-level conditions,
+//! against a real registry whose password really rotates while the image stays cached.
+
+#![allow(clippy::unwrap_used)] // test fixtures: a failed set-up step should panic with its error
+
+use pullgate_testenv::manifests::pull_secret;
+use pullgate_testenv::{ImageSpec, PASSWORD, TestEnv, USER};
+use serde_json::Value;
+use std::time::{Duration, Instant};
+
+const ROTATED: &str = "pg-Rotated-Passw0rd-4c5d";
+
+#[test]
+fn rotation_is_caught_with_the_image_cached_and_the_fix_is_seen_within_seconds() {
+    let mut env = TestEnv::start().unwrap_or_else(|e| panic!("test environment: {e:#}"));
+    let image = env.push(&ImageSpec::new("team/app", "v1")).unwrap();
+    let host = env.registry.host();
+    env.write_manifest(
+        "secret.yaml",
+        &pull_secret("team", "regcred", &host, USER, PASSWORD),
+    )
+    .unwrap();
+    env.write_manifest(
+        "set.yaml",
+        &format!(
+            "apiVersion: pullgate.io/v1alpha1\nkind: PullSet\nmetadata: {{name: critical, namespace: team}}\nspec:\n  imagePullSecrets: [{{name: regcred}}]\n  images: [{{image: '{}'}}]\n  canary: {{schedule: '*/2 * * * * *', jitter: 0s, depth: manifest}}\n",
+            image.by_tag
+        ),
+    )
+    .unwrap();
+    let agent = env
+        .agent()
+        .args(&[
+            "--insecure-registry",
+            &host,
+            "--rotation-jitter",
+            "0s",
+            "--recheck-interval",
+            "1h",
+        ])
+        .spawn()
+        .unwrap();
+    let canary =
+        |verdict: &'static str| move |l: &Value| l["kind"] == "canary" && l["verdict"] == verdict;
+    let condition = |type_: &'static str, status: &'static str| {
+        move |l: &Value| l["kind"] == "condition" && l["type"] == type_ && l["status"] == status
+    };
+    agent
+        .wait_for("pre-pull", Duration::from_secs(60), 1, |l| {
+            l["kind"] == "prepull" && l["verdict"] == "Ok"
+        })
+        .unwrap();
+    agent
+        .wait_for(
+            "images ready",
+            Duration::from_secs(10),
+            1,
+            condition("CriticalImagesReady", "True"),
+        )
+        .unwrap();
+    agent
+        .wait_for("start-up canary", Duration::from_secs(30), 1, |l| {
+            canary("Ok")(l) && l["trigger"] == "startup"
+        })
+        .unwrap();
+    agent
+        .wait_for(
+            "credentials valid",
+            Duration::from_secs(10),
+            1,
+            condition("PullCredentialsValid", "True"),
+        )
+        .unwrap();
+
+    // The registry's password rotates; the Secret is not updated; the image stays cached.
+    env.registry.set_password(USER, ROTATED).unwrap();
+    agent
+        .wait_for(
+            "the canary failing",
+            Duration::from_secs(15),
+            1,
+            canary("Unauthorized"),
+        )
+        .unwrap();
+    agent
+        .wait_for(
+            "credentials invalid",
+            Duration::from_secs(10),
+            1,
+            condition("PullCredentialsValid", "False"),
+        )
+        .unwrap();
+    let bad = agent
+        .lines()
+        .into_iter()
+        .find(|l| canary("Unauthorized")(l))
+        .unwrap();
+    assert_eq!(bad["trigger"], "schedule", "{bad}");
+    let invalid = agent
+        .lines()
+        .into_iter()
+        .find(|l| condition("PullCredentialsValid", "False")(l))
+        .unwrap();
+    assert_eq!(invalid["reason"], "Unauthorized");
+
+    // The Secret is fixed: a rotation canary reports Ok within seconds.
+    let oks_before = agent.lines().iter().filter(|l| canary("Ok")(l)).count();
+    let fixed_at = Instant::now();
+    env.write_manifest(
+        "secret.yaml",
+        &pull_secret("team", "regcred", &host, USER, ROTATED),
+    )
+    .unwrap();
+    agent
+        .wait_for(
+            "a canary after the fix",
+            Duration::from_secs(5),
+            oks_before + 1,
+            canary("Ok"),
+        )
+        .unwrap();
+    assert!(fixed_at.elapsed() < Duration::from_secs(5));
+    agent
+        .wait_for(
+            "credentials valid again",
+            Duration::from_secs(5),
+            2,
+            condition("PullCredentialsValid", "True"),
+        )
+        .unwrap();
+    let (stdout, stderr) = agent.finish();
+    let triggers: Vec<String> = stdout
+        .lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .filter(|l| l["kind"] == "canary")
+        .map(|l| l["trigger"].as_str().unwrap_or_default().to_string())
+        .collect();
+    assert!(triggers.iter().any(|t| t == "rotation"), "{triggers:?}");
+    env.assert_no_leak(&[&stdout, &stderr], &[PASSWORD, ROTATED]);
+}
