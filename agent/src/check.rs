@@ -21,6 +21,7 @@ pub fn registry_client(args: &RegistryArgs) -> Result<RegistryClient, RegistryEr
     RegistryClient::new(RegistryConfig {
         plain_http: args.insecure_registries.clone(),
         platform: args.platform.clone().unwrap_or_else(Platform::host),
+        request_timeout: *args.registry_timeout,
         ..RegistryConfig::default()
     })
 }

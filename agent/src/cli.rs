@@ -132,6 +132,9 @@ pub struct RegistryArgs {
     /// Warn when a credential expires within this window.
     #[arg(long, env = "PULLGATE_EXPIRY_WARNING", default_value = "2h")]
     pub expiry_warning: humantime::Duration,
+    /// Longest time for one manifest or blob `HEAD` request (a trickling registry fails after it).
+    #[arg(long, env = "PULLGATE_REGISTRY_TIMEOUT", default_value = "60s")]
+    pub registry_timeout: humantime::Duration,
 }
 
 /// The node's own credentials, configured with the kubelet's flags.

@@ -94,8 +94,10 @@ pub struct RegistryConfig {
     /// Registries (`host[:port]`) reached over plain HTTP.
     pub plain_http: Vec<String>,
     pub max_manifest_bytes: usize,
-    /// Longest wait for any read (a stalled or trickling server fails after this).
+    /// Longest wait for any read (a stalled server fails after this).
     pub read_timeout: Duration,
+    /// Longest time for a whole manifest or `HEAD` request (a trickling server fails after this).
+    pub request_timeout: Duration,
     pub connect_timeout: Duration,
     pub max_redirects: usize,
     pub platform: Platform,
@@ -107,6 +109,7 @@ impl Default for RegistryConfig {
             plain_http: Vec::new(),
             max_manifest_bytes: 4 << 20,
             read_timeout: Duration::from_secs(30),
+            request_timeout: Duration::from_secs(60),
             connect_timeout: Duration::from_secs(10),
             max_redirects: 5,
             platform: Platform::host(),
@@ -482,6 +485,18 @@ impl Session<'_> {
         expected: Option<&str>,
     ) -> Result<(Vec<u8>, String), RegistryError> {
         let what = format!("manifest {reference}");
+        let limit = self.client.config.request_timeout;
+        tokio::time::timeout(limit, self.manifest_inner(reference, expected))
+            .await
+            .unwrap_or_else(|_| Err(timed_out(&what, limit)))
+    }
+
+    async fn manifest_inner(
+        &mut self,
+        reference: &str,
+        expected: Option<&str>,
+    ) -> Result<(Vec<u8>, String), RegistryError> {
+        let what = format!("manifest {reference}");
         let url = format!("{}/manifests/{reference}", self.base);
         let request = self
             .request(reqwest::Method::GET, &url)
@@ -511,6 +526,14 @@ impl Session<'_> {
     }
 
     async fn head_blob(&mut self, blob: &Descriptor) -> Result<(), RegistryError> {
+        let what = format!("blob {}", blob.digest);
+        let limit = self.client.config.request_timeout;
+        tokio::time::timeout(limit, self.head_blob_inner(blob))
+            .await
+            .unwrap_or_else(|_| Err(timed_out(&what, limit)))
+    }
+
+    async fn head_blob_inner(&mut self, blob: &Descriptor) -> Result<(), RegistryError> {
         let what = format!("blob {}", blob.digest);
         let url = format!("{}/blobs/{}", self.base, blob.digest);
         let request = self.request(reqwest::Method::HEAD, &url);
@@ -591,6 +614,16 @@ async fn read_limited(
         out.extend_from_slice(&chunk);
     }
     Ok(out)
+}
+
+fn timed_out(what: &str, limit: Duration) -> RegistryError {
+    RegistryError::Transport {
+        what: what.to_string(),
+        cause: format!(
+            "timed out after {} (a slow or stalled registry)",
+            humantime::format_duration(limit)
+        ),
+    }
 }
 
 /// A transport failure, with its innermost cause (`Connection refused`, `dns error`…).

@@ -9,6 +9,7 @@ pub mod containerd;
 pub mod images;
 pub mod manifests;
 pub mod process;
+pub mod proxy;
 pub mod registry;
 
 pub use agent::{Agent, AgentRun};

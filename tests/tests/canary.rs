@@ -266,3 +266,82 @@ fn a_rotated_password_is_caught_although_the_image_is_cached() {
         &[PASSWORD, "pg-Rotated-Passw0rd-9e8d"],
     );
 }
+
+#[test]
+fn a_misbehaving_registry_gets_a_verdict_not_a_hang() {
+    use pullgate_testenv::proxy::{Mode, Proxy};
+    let env = env();
+    let image = env.push(&ImageSpec::new("team/app", "v1")).unwrap();
+    let proxy = Proxy::start(&env.registry.host()).unwrap();
+    let via = format!("{}/team/app:v1", proxy.host());
+    env.write_manifest(
+        "s.yaml",
+        &pull_secret("team", "right", &proxy.host(), USER, PASSWORD),
+    )
+    .unwrap();
+    env.write_manifest("p.yaml", &pullset("team", "good", &[&via], &["right"]))
+        .unwrap();
+    let scratch = tempfile::tempdir().unwrap();
+    let run = |depth: &str| {
+        let out = Command::new(pullgate_binary().unwrap())
+            .current_dir(scratch.path())
+            .args([
+                "check",
+                &via,
+                "--json",
+                "--depth",
+                depth,
+                "-n",
+                "team",
+                "--pullset",
+                "good",
+            ])
+            .args([
+                "--insecure-registry",
+                &proxy.host(),
+                "--registry-timeout",
+                "2s",
+                "--manifests",
+            ])
+            .arg(env.manifests.path())
+            .output()
+            .unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+        serde_json::from_str::<Value>(stdout.lines().next().unwrap_or("null")).unwrap()
+    };
+
+    // Through the proxy, untouched: Ok, and the requests each depth costs are counted.
+    let mut cost = Vec::new();
+    for depth in ["manifest", "blobs", "full"] {
+        proxy.reset_count();
+        let o = run(depth);
+        assert_eq!(o["verdict"], "Ok", "{o}");
+        assert_eq!(o["manifest_digest"], image.digest.as_str());
+        cost.push((depth, proxy.requests(), o["requests"].as_u64().unwrap()));
+    }
+    // The agent's own count matches what the registry served; each depth costs more.
+    for (depth, served, counted) in &cost {
+        assert_eq!(served, counted, "{depth}: {cost:?}");
+    }
+    assert!(cost[0].1 < cost[1].1, "{cost:?}");
+
+    for (mode, verdict, text) in [
+        (Mode::TooManyRequests, "RateLimited", "TOOMANYREQUESTS"),
+        (Mode::RedirectLoop, "Network", "redirect"),
+        (Mode::Trickle, "Network", "timed out after 2s"),
+    ] {
+        proxy.set_mode(mode);
+        let started = std::time::Instant::now();
+        let o = run("manifest");
+        assert_eq!(o["verdict"], verdict, "{mode:?}: {o}");
+        assert!(
+            o["message"].as_str().unwrap().contains(text),
+            "{mode:?}: {o}"
+        );
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "{mode:?} took {:?}",
+            started.elapsed()
+        );
+    }
+}

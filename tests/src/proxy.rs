@@ -1,0 +1,178 @@
+//! A loopback HTTP proxy in front of the test registry: it counts requests and can inject what a
+//! real registry or network does on a bad day (429 rate limits, a redirect loop, a server that
+//! trickles bytes). One request per connection (`Connection: close`), plain HTTP/1.1.
+
+use anyhow::Result;
+use std::io::{BufRead as _, BufReader, Read as _, Write as _};
+use std::net::{TcpListener, TcpStream};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+/// What the proxy does with manifest and blob requests (`/v2/` always passes through).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Mode {
+    Pass,
+    TooManyRequests,
+    RedirectLoop,
+    /// Headers at once, then one byte every half second.
+    Trickle,
+}
+
+/// A running proxy; stops accepting when dropped.
+pub struct Proxy {
+    port: u16,
+    mode: Arc<Mutex<Mode>>,
+    requests: Arc<AtomicU64>,
+    stop: Arc<AtomicBool>,
+}
+
+impl Proxy {
+    /// Proxies to `upstream` (`127.0.0.1:PORT`).
+    pub fn start(upstream: &str) -> Result<Self> {
+        let listener = TcpListener::bind("127.0.0.1:0")?;
+        let port = listener.local_addr()?.port();
+        listener.set_nonblocking(true)?;
+        let mode = Arc::new(Mutex::new(Mode::Pass));
+        let requests = Arc::new(AtomicU64::new(0));
+        let stop = Arc::new(AtomicBool::new(false));
+        let (m, r, s, upstream) = (
+            mode.clone(),
+            requests.clone(),
+            stop.clone(),
+            upstream.to_string(),
+        );
+        std::thread::spawn(move || {
+            while !s.load(Ordering::Relaxed) {
+                match listener.accept() {
+                    Ok((client, _)) => {
+                        let (m, r, upstream) = (m.clone(), r.clone(), upstream.clone());
+                        std::thread::spawn(move || {
+                            let _ = handle(client, &upstream, &m, &r);
+                        });
+                    }
+                    Err(_) => std::thread::sleep(Duration::from_millis(10)),
+                }
+            }
+        });
+        Ok(Self {
+            port,
+            mode,
+            requests,
+            stop,
+        })
+    }
+
+    /// `127.0.0.1:PORT` of the proxy.
+    pub fn host(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    pub fn set_mode(&self, mode: Mode) {
+        *self
+            .mode
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = mode;
+    }
+
+    /// Requests seen so far.
+    pub fn requests(&self) -> u64 {
+        self.requests.load(Ordering::Relaxed)
+    }
+
+    pub fn reset_count(&self) {
+        self.requests.store(0, Ordering::Relaxed);
+    }
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+    }
+}
+
+fn handle(
+    client: TcpStream,
+    upstream: &str,
+    mode: &Mutex<Mode>,
+    requests: &AtomicU64,
+) -> std::io::Result<()> {
+    client.set_nonblocking(false)?;
+    let mut reader = BufReader::new(client.try_clone()?);
+    let mut head = Vec::new();
+    let mut request_line = String::new();
+    let mut content_length = 0usize;
+    loop {
+        let mut line = String::new();
+        if reader.read_line(&mut line)? == 0 {
+            return Ok(());
+        }
+        if request_line.is_empty() {
+            request_line = line.clone();
+        }
+        let lower = line.to_ascii_lowercase();
+        if let Some(v) = lower.strip_prefix("content-length:") {
+            content_length = v.trim().parse().unwrap_or(0);
+        }
+        if lower.starts_with("connection:") {
+            continue;
+        }
+        if line == "\r\n" {
+            head.extend_from_slice(b"Connection: close\r\n\r\n");
+            break;
+        }
+        head.extend_from_slice(line.as_bytes());
+    }
+    let mut body = vec![0u8; content_length];
+    reader.read_exact(&mut body)?;
+    requests.fetch_add(1, Ordering::Relaxed);
+    let path = request_line
+        .split_whitespace()
+        .nth(1)
+        .unwrap_or("/")
+        .to_string();
+    let mode = *mode
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    let mut client = client;
+    let injected = path != "/v2/" && path.starts_with("/v2/");
+    match mode {
+        Mode::TooManyRequests if injected => {
+            let body =
+                r#"{"errors":[{"code":"TOOMANYREQUESTS","message":"pull rate limit exceeded"}]}"#;
+            write!(
+                client,
+                "HTTP/1.1 429 Too Many Requests\r\nContent-Type: application/json\r\nRetry-After: 60\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                body.len()
+            )?;
+            return Ok(());
+        }
+        Mode::RedirectLoop if injected => {
+            write!(
+                client,
+                "HTTP/1.1 302 Found\r\nLocation: {path}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+            )?;
+            return Ok(());
+        }
+        Mode::Trickle if injected => {
+            write!(
+                client,
+                "HTTP/1.1 200 OK\r\nContent-Type: application/vnd.oci.image.manifest.v1+json\r\nContent-Length: 100000\r\nConnection: close\r\n\r\n"
+            )?;
+            for _ in 0..200 {
+                client.write_all(b" ")?;
+                client.flush()?;
+                std::thread::sleep(Duration::from_millis(500));
+            }
+            return Ok(());
+        }
+        _ => {}
+    }
+    let mut server = TcpStream::connect(upstream)?;
+    server.write_all(&head)?;
+    server.write_all(&body)?;
+    let mut response = Vec::new();
+    server.read_to_end(&mut response)?;
+    client.write_all(&response)?;
+    Ok(())
+}
