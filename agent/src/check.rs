@@ -1,8 +1,9 @@
 //! `pullgate check IMAGE…`: a one-shot registry-direct canary for people on call.
 
 use crate::auth::{AuthError, build_resolver, resolve_selection};
-use crate::canary::runner::{CanaryOutcome, CanaryRunner, Trigger};
+use crate::canary::runner::{CanaryOutcome, CanaryRunner, RuntimePull, Trigger};
 use crate::cli::{CheckArgs, RegistryArgs};
+use crate::cri::{CriClient, CriTimeouts};
 use crate::image_ref::ImageRef;
 use crate::registry::{Platform, RegistryClient, RegistryConfig, RegistryError};
 
@@ -34,6 +35,8 @@ pub async fn check(args: CheckArgs) -> Result<bool, CheckError> {
         node_credentials,
         registry,
         depth,
+        runtime,
+        cri_endpoint,
         json,
     } = args;
     let resolver = build_resolver(&node_credentials)?;
@@ -43,6 +46,11 @@ pub async fn check(args: CheckArgs) -> Result<bool, CheckError> {
             .or_else(|_| std::env::var("HOSTNAME"))
             .unwrap_or_else(|_| "local".into()),
         expiry_warning: *registry.expiry_warning,
+        runtime: runtime.then(|| {
+            std::sync::Arc::new(CriClient::new(cri_endpoint, CriTimeouts::default()))
+                as std::sync::Arc<dyn RuntimePull>
+        }),
+        runtime_config: registry.runtime_registry_config.clone(),
     };
     let namespace = selection.namespace.clone().unwrap_or_default();
     let pullset = selection.pullset.clone().unwrap_or_default();
@@ -60,11 +68,21 @@ pub async fn check(args: CheckArgs) -> Result<bool, CheckError> {
                 Trigger::Manual,
             )
             .await;
-        all_ok &= outcome.verdict.is_ok();
-        if json {
-            println!("{}", serde_json::to_string(&outcome).unwrap_or_default());
-        } else {
-            print!("{}", human(&outcome));
+        let mut outcomes = vec![outcome];
+        if runtime {
+            outcomes.push(
+                runner
+                    .check_runtime(&namespace, &pullset, &image, &resolution, Trigger::Manual)
+                    .await,
+            );
+        }
+        for outcome in outcomes {
+            all_ok &= outcome.verdict.is_ok();
+            if json {
+                println!("{}", serde_json::to_string(&outcome).unwrap_or_default());
+            } else {
+                print!("{}", human(&outcome));
+            }
         }
     }
     Ok(all_ok)
@@ -76,10 +94,16 @@ fn human(o: &CanaryOutcome) -> String {
     if let Some(c) = &o.credential {
         out.push_str(&format!("    credential: {c}\n"));
     }
-    out.push_str(&format!(
-        "    depth {}: {} request(s), {} byte(s), {} ms\n",
-        o.depth, o.requests, o.bytes, o.duration_ms
-    ));
+    match o.path {
+        crate::canary::runner::CanaryPath::Registry => out.push_str(&format!(
+            "    registry-direct, depth {}: {} request(s), {} byte(s), {} ms\n",
+            o.depth, o.requests, o.bytes, o.duration_ms
+        )),
+        crate::canary::runner::CanaryPath::Runtime => out.push_str(&format!(
+            "    through the runtime (CRI PullImage), {} ms\n",
+            o.duration_ms
+        )),
+    }
     if let Some(h) = o.hint {
         out.push_str(&format!("    what to check: {h}\n"));
     }

@@ -93,6 +93,16 @@ pub struct CheckArgs {
     /// How far the registry-direct canary goes.
     #[arg(long, value_enum, default_value_t = DepthArg::Manifest)]
     pub depth: DepthArg,
+    /// Also pull through the container runtime (CRI `PullImage`), the node's real path.
+    #[arg(long)]
+    pub runtime: bool,
+    /// The runtime's CRI socket, for `--runtime`.
+    #[arg(
+        long,
+        env = "PULLGATE_CRI_ENDPOINT",
+        default_value = "unix:///run/containerd/containerd.sock"
+    )]
+    pub cri_endpoint: CriEndpoint,
     /// Print JSON lines instead of text.
     #[arg(long)]
     pub json: bool,
@@ -132,6 +142,10 @@ pub struct RegistryArgs {
     /// Warn when a credential expires within this window.
     #[arg(long, env = "PULLGATE_EXPIRY_WARNING", default_value = "2h")]
     pub expiry_warning: humantime::Duration,
+    /// The runtime's registry configuration directory (containerd's `config_path` with
+    /// `<registry>/hosts.toml`): runtime canaries say when a mirror sits in the path.
+    #[arg(long, env = "PULLGATE_RUNTIME_REGISTRY_CONFIG", value_name = "DIR")]
+    pub runtime_registry_config: Option<PathBuf>,
     /// Longest time for one manifest or blob `HEAD` request (a trickling registry fails after it).
     #[arg(long, env = "PULLGATE_REGISTRY_TIMEOUT", default_value = "60s")]
     pub registry_timeout: humantime::Duration,

@@ -415,6 +415,37 @@ fn present(image: k8s_cri::v1::Image) -> PresentImage {
     }
 }
 
+impl crate::canary::runner::RuntimePull for CriClient {
+    fn pull<'a>(
+        &'a self,
+        image: &'a str,
+        candidate: Option<&'a crate::credentials::Candidate>,
+    ) -> futures::future::BoxFuture<
+        'a,
+        std::result::Result<String, crate::canary::runner::ProbeFailure>,
+    > {
+        Box::pin(async move {
+            let auth = candidate.map(|c| PullAuth {
+                username: &c.username,
+                password: &c.password,
+            });
+            self.pull(image, auth).await.map_err(|e| {
+                let failure = RuntimeFailure::from(e);
+                let verdict = match &failure {
+                    RuntimeFailure::Rejected(message) => {
+                        crate::verdict::classify_pull_error(message)
+                    }
+                    _ => crate::verdict::Verdict::RuntimeError,
+                };
+                crate::canary::runner::ProbeFailure {
+                    verdict,
+                    message: failure.to_string(),
+                }
+            })
+        })
+    }
+}
+
 impl ImageRuntime for CriClient {
     async fn list_images(&self) -> std::result::Result<Vec<PresentImage>, RuntimeFailure> {
         Ok(self.list().await?)

@@ -25,6 +25,7 @@ pub mod registry;
 pub mod report;
 pub mod run;
 pub mod runtime;
+pub mod runtime_config;
 pub mod secret_scrub;
 pub mod source;
 pub mod telemetry;

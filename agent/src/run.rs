@@ -76,7 +76,7 @@ pub async fn run(args: RunArgs) -> Result<RunOutcome, RunError> {
     spawn_signal_handler(cancel.clone());
 
     let client = CriClient::new(
-        cri.cri_endpoint,
+        cri.cri_endpoint.clone(),
         CriTimeouts {
             call: *cri.cri_timeout,
             pull: *cri.pull_timeout,
@@ -98,7 +98,7 @@ pub async fn run(args: RunArgs) -> Result<RunOutcome, RunError> {
 
     let (mut sources, source_task) = watch_dir(dir, WatchConfig::default(), cancel.clone())?;
     let engine = PrePuller::new(
-        Arc::new(client),
+        Arc::new(client.clone()),
         PrePullConfig {
             max_parallel: usize::from(prepull.max_parallel_pulls),
             retry: RetryPolicy {
@@ -122,6 +122,8 @@ pub async fn run(args: RunArgs) -> Result<RunOutcome, RunError> {
             probe: crate::check::registry_client(&registry)?,
             node: node.name.clone(),
             expiry_warning: *registry.expiry_warning,
+            runtime: Some(Arc::new(client.clone()) as Arc<dyn crate::canary::runner::RuntimePull>),
+            runtime_config: registry.runtime_registry_config.clone(),
         });
         let sink: Arc<dyn CanarySink> = Arc::new(StdoutCanarySink {
             reporter: reporter.clone(),

@@ -26,12 +26,24 @@ struct Checked {
 
 /// `pullgate check IMAGES --manifests DIR -n team --pullset SET --depth DEPTH --json`.
 fn check(env: &TestEnv, set: &str, images: &[&str], depth: &str, cwd: &Path) -> Checked {
+    check_with(env, set, images, depth, cwd, &[])
+}
+
+fn check_with(
+    env: &TestEnv,
+    set: &str,
+    images: &[&str],
+    depth: &str,
+    cwd: &Path,
+    extra: &[&str],
+) -> Checked {
     let out = Command::new(pullgate_binary().unwrap())
         .current_dir(cwd)
         .env("TMPDIR", cwd)
         .arg("check")
         .args(images)
         .args(["--json", "--depth", depth, "-n", "team", "--pullset", set])
+        .args(extra)
         .args(["--insecure-registry", &env.registry.host(), "--manifests"])
         .arg(env.manifests.path())
         .output()
@@ -230,6 +242,18 @@ fn a_rotated_password_is_caught_although_the_image_is_cached() {
     let image = seed(&env);
     // The node has the image: pre-pulled with the credential that works today.
     let run = env.agent().run_once(Duration::from_secs(120)).unwrap();
+    let scratch = tempfile::tempdir().unwrap();
+    let endpoint = env.containerd.endpoint();
+    let before = check_with(
+        &env,
+        "good",
+        &[&image.by_tag],
+        "manifest",
+        scratch.path(),
+        &["--runtime", "--cri-endpoint", &endpoint],
+    );
+    assert_eq!(before.code, Some(0), "{}\n{}", before.stdout, before.stderr);
+    assert_eq!(before.outcomes[1]["path"], "runtime");
     assert_eq!(
         run.prepulls_of(&image.by_tag)
             .iter()
@@ -257,10 +281,40 @@ fn a_rotated_password_is_caught_although_the_image_is_cached() {
         (good["verdict"].as_str(), good["action"].as_str()),
         (Some("Ok"), Some("present"))
     );
-    // ...the canary is not.
+    // ...the canaries are not: registry-direct, and through the runtime, which re-resolves the
+    // reference with the credential even though the image is in its store.
     let scratch = tempfile::tempdir().unwrap();
-    let c = check(&env, "good", &[&image.by_tag], "manifest", scratch.path());
-    assert_eq!(c.outcomes[0]["verdict"], "Unauthorized", "{}", c.stdout);
+    let endpoint = env.containerd.endpoint();
+    let c = check_with(
+        &env,
+        "good",
+        &[&image.by_tag],
+        "manifest",
+        scratch.path(),
+        &["--runtime", "--cri-endpoint", &endpoint],
+    );
+    assert_eq!(c.code, Some(1));
+    assert_eq!(
+        (
+            c.outcomes[0]["path"].as_str(),
+            c.outcomes[0]["verdict"].as_str()
+        ),
+        (Some("registry"), Some("Unauthorized")),
+        "{}",
+        c.stdout
+    );
+    assert_eq!(
+        (
+            c.outcomes[1]["path"].as_str(),
+            c.outcomes[1]["verdict"].as_str()
+        ),
+        (Some("runtime"), Some("Unauthorized")),
+        "{}",
+        c.stdout
+    );
+    // Nothing was removed from the node.
+    let present = block_on(async { env.containerd.cri().list_images().await }).unwrap();
+    assert!(present.iter().any(|p| p.repo_tags.contains(&image.by_tag)));
     env.assert_no_leak(
         &[&c.stdout, &c.stderr, &masked.stdout, &masked.stderr],
         &[PASSWORD, "pg-Rotated-Passw0rd-9e8d"],

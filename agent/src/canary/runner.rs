@@ -40,6 +40,28 @@ pub trait RegistryProbe: Send + Sync {
     ) -> BoxFuture<'a, Result<ProbeReport, ProbeFailure>>;
 }
 
+/// A pull through the container runtime, as the runtime canary needs it (implemented by the CRI
+/// adapter). containerd resolves the reference against the registry on every `PullImage`, cached
+/// image or not, so the credential is exercised through the node's real path (mirrors, proxies,
+/// CAs); nothing is removed from the node.
+pub trait RuntimePull: Send + Sync {
+    fn pull<'a>(
+        &'a self,
+        image: &'a str,
+        candidate: Option<&'a Candidate>,
+    ) -> BoxFuture<'a, Result<String, ProbeFailure>>;
+}
+
+/// Which path a canary took.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum CanaryPath {
+    /// Straight to the registry, bypassing the node.
+    Registry,
+    /// Through the container runtime's CRI `PullImage`.
+    Runtime,
+}
+
 /// What made a canary run.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -62,6 +84,7 @@ pub struct CanaryOutcome {
     pub pullset: String,
     pub image: String,
     pub trigger: Trigger,
+    pub path: CanaryPath,
     pub depth: CanaryDepth,
     /// The credential that worked (or was tried last), by source and key; `anonymous`.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -94,6 +117,10 @@ pub struct CanaryRunner<P> {
     pub node: String,
     /// Warn when a credential expires within this window.
     pub expiry_warning: Duration,
+    /// For runtime canaries (`canary.runtime: true`); none: registry-direct only.
+    pub runtime: Option<std::sync::Arc<dyn RuntimePull>>,
+    /// The runtime's registry configuration (containerd's `hosts.toml` directory).
+    pub runtime_config: Option<std::path::PathBuf>,
 }
 
 impl<P: RegistryProbe> CanaryRunner<P> {
@@ -107,6 +134,7 @@ impl<P: RegistryProbe> CanaryRunner<P> {
         trigger: Trigger,
     ) -> Vec<CanaryOutcome> {
         let mut out = Vec::with_capacity(set.images.len());
+        let with_runtime = set.spec.canary.as_ref().is_some_and(|c| c.runtime);
         for image in &set.images {
             let resolution = resolver.resolve(inventory, set, image).await;
             out.push(
@@ -120,11 +148,90 @@ impl<P: RegistryProbe> CanaryRunner<P> {
                 )
                 .await,
             );
+            if with_runtime {
+                out.push(
+                    self.check_runtime(
+                        &set.key.namespace,
+                        &set.key.name,
+                        image,
+                        &resolution,
+                        trigger,
+                    )
+                    .await,
+                );
+            }
         }
         out
     }
 
-    /// One image with a resolution already made.
+    /// A runtime canary for one image: `PullImage` through the CRI with the same candidates.
+    pub async fn check_runtime(
+        &self,
+        namespace: &str,
+        pullset: &str,
+        image: &ImageRef,
+        resolution: &Resolution,
+        trigger: Trigger,
+    ) -> CanaryOutcome {
+        let Some(runtime) = self.runtime.clone() else {
+            let mut o = self.blank(
+                namespace,
+                pullset,
+                image,
+                CanaryDepth::Manifest,
+                trigger,
+                CanaryPath::Runtime,
+            );
+            o.verdict = Verdict::RuntimeError;
+            o.message = "runtime canary requested but no CRI endpoint is configured".into();
+            o.hint = Some(Verdict::RuntimeError.hint());
+            return o;
+        };
+        let reference = image.pull_reference();
+        let mirrors = self
+            .runtime_config
+            .as_deref()
+            .map(|dir| crate::runtime_config::mirrors(dir, &image.registry))
+            .unwrap_or_default();
+        let runtime = &runtime;
+        let reference = &reference;
+        let mut o = self
+            .attempt(
+                namespace,
+                pullset,
+                image,
+                resolution,
+                CanaryDepth::Manifest,
+                trigger,
+                CanaryPath::Runtime,
+                |candidate| {
+                    Box::pin(async move {
+                        runtime
+                            .pull(reference, candidate)
+                            .await
+                            .map(|id| ProbeReport {
+                                manifest_digest: id,
+                                ..ProbeReport::default()
+                            })
+                    })
+                },
+            )
+            .await;
+        if o.verdict.is_ok() {
+            o.manifest_digest = None;
+            o.message = "pulled through the runtime (the registry re-resolved the reference with this credential)".into();
+        }
+        if !mirrors.is_empty() {
+            o.warnings.push(format!(
+                "MirrorInPath: the runtime routes {} through {}; a mirror may serve cached content without checking credentials, so only the registry-direct canary proves them",
+                image.registry,
+                mirrors.join(", ")
+            ));
+        }
+        o
+    }
+
+    /// One image with a resolution already made, registry-direct.
     pub async fn check_image(
         &self,
         namespace: &str,
@@ -134,8 +241,29 @@ impl<P: RegistryProbe> CanaryRunner<P> {
         depth: CanaryDepth,
         trigger: Trigger,
     ) -> CanaryOutcome {
-        let start = Instant::now();
-        let mut outcome = CanaryOutcome {
+        self.attempt(
+            namespace,
+            pullset,
+            image,
+            resolution,
+            depth,
+            trigger,
+            CanaryPath::Registry,
+            |candidate| self.probe.probe(image, candidate, depth),
+        )
+        .await
+    }
+
+    fn blank(
+        &self,
+        namespace: &str,
+        pullset: &str,
+        image: &ImageRef,
+        depth: CanaryDepth,
+        trigger: Trigger,
+        path: CanaryPath,
+    ) -> CanaryOutcome {
+        CanaryOutcome {
             kind: "canary",
             time: now_rfc3339(),
             node: self.node.clone(),
@@ -143,6 +271,7 @@ impl<P: RegistryProbe> CanaryRunner<P> {
             pullset: pullset.to_string(),
             image: image.to_string(),
             trigger,
+            path,
             depth,
             credential: None,
             verdict: Verdict::Ok,
@@ -155,7 +284,27 @@ impl<P: RegistryProbe> CanaryRunner<P> {
             manifest_digest: None,
             expires_at: None,
             warnings: Vec::new(),
-        };
+        }
+    }
+
+    /// Tries the candidates in order with `probe` until one works.
+    #[allow(clippy::too_many_arguments)]
+    async fn attempt<'a, F>(
+        &'a self,
+        namespace: &str,
+        pullset: &str,
+        image: &ImageRef,
+        resolution: &'a Resolution,
+        depth: CanaryDepth,
+        trigger: Trigger,
+        path: CanaryPath,
+        probe: F,
+    ) -> CanaryOutcome
+    where
+        F: Fn(Option<&'a Candidate>) -> BoxFuture<'a, Result<ProbeReport, ProbeFailure>>,
+    {
+        let start = Instant::now();
+        let mut outcome = self.blank(namespace, pullset, image, depth, trigger, path);
         if let Some(blocked) = &resolution.blocked {
             outcome.verdict = blocked.verdict;
             outcome.message = blocked.message.clone();
@@ -177,7 +326,7 @@ impl<P: RegistryProbe> CanaryRunner<P> {
             let expired = candidate
                 .and_then(|c| c.expires_at)
                 .is_some_and(|t| t <= now);
-            match self.probe.probe(image, candidate, depth).await {
+            match probe(candidate).await {
                 Ok(report) => {
                     let elapsed = start.elapsed();
                     outcome.credential = Some(label);

@@ -60,6 +60,8 @@ fn run(answers: &[(&'static str, Verdict)], resolution: Resolution) -> CanaryOut
         probe: Scripted(answers.iter().copied().collect()),
         node: "n1".into(),
         expiry_warning: Duration::from_secs(7200),
+        runtime: None,
+        runtime_config: None,
     };
     let image = ImageRef::parse("r.io/a:1").unwrap();
     futures::executor::block_on(runner.check_image(
