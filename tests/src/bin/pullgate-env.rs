@@ -150,9 +150,138 @@ fn demo(manifests: &Path) -> Result<()> {
             .map_or("a signal".into(), |c| c.to_string())
     );
     let present = block_on(async { containerd.cri().list_images().await })?;
+    eprintln!("demo: the runtime now holds {} image(s).", present.len());
+    rotation_story(registry, &containerd)?;
+    eprintln!("\ndemo: stopping pullgate, containerd and the registry.");
+    Ok(())
+}
+
+/// Act two: the password rotates at the registry while the Secret does not; the node cache hides
+/// it from pre-pulls, the canary does not; the Secret is fixed; the next canary is Ok.
+fn rotation_story(mut registry: Registry, containerd: &Containerd) -> Result<()> {
+    const ROTATED: &str = "demo-Rotated-Passw0rd-2026";
+    let host = registry.host();
+    let dir = tempfile::Builder::new()
+        .prefix("pullgate-demo-rotation-")
+        .tempdir()?;
+    let secret = |password: &str| {
+        pullgate_testenv::manifests::pull_secret("payments", "regcred", &host, DEMO_USER, password)
+    };
+    let write = |name: &str, text: &str| -> Result<()> {
+        let tmp = dir.path().join(format!(".{name}"));
+        std::fs::write(&tmp, text)?;
+        std::fs::rename(tmp, dir.path().join(name))?;
+        Ok(())
+    };
+    write("secret.yaml", &secret(DEMO_PASSWORD))?;
+    write(
+        "pullset.yaml",
+        &format!(
+            "apiVersion: pullgate.io/v1alpha1\nkind: PullSet\nmetadata: {{name: payments-canary, namespace: payments}}\nspec:\n  imagePullSecrets: [{{name: regcred}}]\n  images: [{{image: '{host}/payments/api:1.4.2'}}, {{image: '{host}/payments/worker:1.4.2'}}]\n  canary: {{schedule: '*/3 * * * * *', jitter: 0s, depth: blobs, runtime: true}}\n"
+        ),
+    )?;
     eprintln!(
-        "demo: the runtime now holds {} image(s); stopping containerd and the registry.",
-        present.len()
+        "\ndemo, act two: `pullgate run` as a daemon, canaries every 3 s (depth blobs, and through the runtime)"
+    );
+    let agent = pullgate_testenv::Agent::new(dir.path(), &containerd.endpoint())
+        .args(&[
+            "--insecure-registry",
+            &host,
+            "--rotation-jitter",
+            "0s",
+            "--recheck-interval",
+            "1h",
+        ])
+        .spawn()?;
+    let shown = std::cell::Cell::new(0usize);
+    let show_new = || {
+        let lines = agent.lines();
+        for l in lines.iter().skip(shown.get()) {
+            match l["kind"].as_str() {
+                Some("prepull") => eprintln!(
+                    "  prepull   {:<48} {:<14} {}",
+                    l["image"].as_str().unwrap_or(""),
+                    l["verdict"].as_str().unwrap_or(""),
+                    l["action"].as_str().unwrap_or("")
+                ),
+                Some("canary") => eprintln!(
+                    "  canary    {:<48} {:<14} {} via {} ({})",
+                    l["image"].as_str().unwrap_or(""),
+                    l["verdict"].as_str().unwrap_or(""),
+                    l["trigger"].as_str().unwrap_or(""),
+                    l["path"].as_str().unwrap_or(""),
+                    l["credential"].as_str().unwrap_or("")
+                ),
+                Some("condition") => eprintln!(
+                    "  condition {:<48} {:<14} {}",
+                    l["type"].as_str().unwrap_or(""),
+                    l["status"].as_str().unwrap_or(""),
+                    l["reason"].as_str().unwrap_or("")
+                ),
+                _ => {}
+            }
+        }
+        shown.set(lines.len());
+    };
+    let is = |kind: &'static str, verdict: &'static str| {
+        move |l: &serde_json::Value| l["kind"] == kind && l["verdict"] == verdict
+    };
+    agent.wait_for(
+        "the start-up canaries",
+        Duration::from_secs(60),
+        4,
+        is("canary", "Ok"),
+    )?;
+    show_new();
+
+    eprintln!(
+        "\ndemo: the registry password is rotated; the Secret still holds the old one; the images stay cached"
+    );
+    registry.set_password(DEMO_USER, ROTATED)?;
+    let rotated_at = Instant::now();
+    agent.wait_for(
+        "the canary to notice",
+        Duration::from_secs(30),
+        1,
+        is("canary", "Unauthorized"),
+    )?;
+    eprintln!(
+        "  (noticed {:.1} s after the rotation)",
+        rotated_at.elapsed().as_secs_f64()
+    );
+    agent.wait_for("the condition", Duration::from_secs(10), 1, |l| {
+        l["kind"] == "condition" && l["status"] == "False"
+    })?;
+    show_new();
+
+    eprintln!("\ndemo: the Secret file is updated with the new password");
+    let oks = agent
+        .lines()
+        .iter()
+        .filter(|l| is("canary", "Ok")(l))
+        .count();
+    let fixed_at = Instant::now();
+    write("secret.yaml", &secret(ROTATED))?;
+    agent.wait_for(
+        "the canary to recover",
+        Duration::from_secs(30),
+        oks + 2,
+        is("canary", "Ok"),
+    )?;
+    eprintln!(
+        "  (validated {:.1} s after the edit)",
+        fixed_at.elapsed().as_secs_f64()
+    );
+    agent.wait_for("the condition", Duration::from_secs(10), 2, |l| {
+        l["kind"] == "condition" && l["type"] == "PullCredentialsValid" && l["status"] == "True"
+    })?;
+    show_new();
+    let (stdout, stderr) = agent.finish();
+    ensure!(
+        ![DEMO_PASSWORD, ROTATED]
+            .iter()
+            .any(|p| stdout.contains(p) || stderr.contains(p)),
+        "a demo password leaked into pullgate's output"
     );
     Ok(())
 }
