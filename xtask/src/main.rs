@@ -17,6 +17,8 @@ commands:
   ci                   deps, cargo fmt --check, cargo clippy -D warnings, all tests
   bench prepull [--images N] [--size-mib M] [--runs R]
                        pre-pull benchmark: pullgate vs serial and concurrent CRI pulls
+  bench canary [--rotations N]
+                       canary benchmark: Secret edit to canary report latency, requests per depth
   fuzz [SECONDS]       coverage-guided fuzzing (cargo fuzz, nightly) of the Docker config, image
                        reference and keyring parsers, SECONDS per target (default 60)";
 
@@ -48,6 +50,12 @@ fn main() -> Result<()> {
         }
         Some("ci") => ci(),
         Some("bench") => match args.get(1).map(String::as_str) {
+            Some("canary") => {
+                deps()?;
+                let mut cmd = vec!["run", "--quiet", "--release", "-p", "pullgate-testenv", "--bin", "pullgate-env", "--", "bench-canary"];
+                cmd.extend(args.iter().skip(2).map(String::as_str));
+                cargo(&cmd)
+            }
             Some("prepull") | None => {
                 deps()?;
                 let mut cmd = vec![
