@@ -113,7 +113,7 @@ impl Verdict {
                 "the content served does not match its digest: check the registry's storage and any proxy in between"
             }
             Verdict::RuntimeError => {
-                "the container runtime failed or is unreachable: check the runtime's health and its log"
+                "the container runtime (or the registry) failed in an unexpected way or is unreachable: read the message, then check the runtime's health and its log"
             }
             Verdict::Expired => {
                 "the credential has expired: rotate it (short-lived registry tokens must be refreshed)"

@@ -52,7 +52,17 @@ fn main() -> Result<()> {
         Some("bench") => match args.get(1).map(String::as_str) {
             Some("canary") => {
                 deps()?;
-                let mut cmd = vec!["run", "--quiet", "--release", "-p", "pullgate-testenv", "--bin", "pullgate-env", "--", "bench-canary"];
+                let mut cmd = vec![
+                    "run",
+                    "--quiet",
+                    "--release",
+                    "-p",
+                    "pullgate-testenv",
+                    "--bin",
+                    "pullgate-env",
+                    "--",
+                    "bench-canary",
+                ];
                 cmd.extend(args.iter().skip(2).map(String::as_str));
                 cargo(&cmd)
             }

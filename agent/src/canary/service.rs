@@ -266,3 +266,50 @@ impl std::fmt::Display for Trigger {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn requests_for_a_pullset_coalesce_and_the_earliest_wins() {
+        let mut queue = DelayQueue::new();
+        let mut pending = HashMap::new();
+        let key = ObjectKey::new("ns", "s");
+        let start = tokio::time::Instant::now();
+        enqueue(
+            &mut queue,
+            &mut pending,
+            key.clone(),
+            Trigger::Schedule,
+            Duration::from_secs(60),
+        );
+        enqueue(
+            &mut queue,
+            &mut pending,
+            key.clone(),
+            Trigger::Rotation,
+            Duration::from_secs(1),
+        );
+        enqueue(
+            &mut queue,
+            &mut pending,
+            key.clone(),
+            Trigger::Retry,
+            Duration::from_secs(30),
+        );
+        enqueue(
+            &mut queue,
+            &mut pending,
+            ObjectKey::new("ns", "other"),
+            Trigger::Startup,
+            Duration::from_secs(2),
+        );
+        assert_eq!(queue.len(), 2);
+        let (first, trigger) = queue.next().await.unwrap().into_inner();
+        assert_eq!((first, trigger), (key, Trigger::Rotation));
+        assert_eq!(start.elapsed(), Duration::from_secs(1));
+        let (second, _) = queue.next().await.unwrap().into_inner();
+        assert_eq!(second.name, "other");
+    }
+}

@@ -503,7 +503,10 @@ fn bench_prepull(count: usize, size_mib: usize, runs: usize) -> Result<()> {
 fn bench_canary(rotations: usize) -> Result<()> {
     use pullgate_testenv::manifests::{pull_secret, pullset};
     use pullgate_testenv::proxy::Proxy;
-    let users = [("bench-a", "bench-A-Passw0rd-11"), ("bench-b", "bench-B-Passw0rd-22")];
+    let users = [
+        ("bench-a", "bench-A-Passw0rd-11"),
+        ("bench-b", "bench-B-Passw0rd-22"),
+    ];
     let registry = Registry::start(&users)?;
     let containerd = Containerd::start(&[registry.host()])?;
     let proxy = Proxy::start(&registry.host())?;
@@ -522,10 +525,16 @@ fn bench_canary(rotations: usize) -> Result<()> {
         std::fs::rename(tmp, dir.path().join(name))?;
         Ok(())
     };
-    write("secret.yaml", &pull_secret("bench", "regcred", &host, users[0].0, users[0].1))?;
+    write(
+        "secret.yaml",
+        &pull_secret("bench", "regcred", &host, users[0].0, users[0].1),
+    )?;
     write(
         "set.yaml",
-        &pullset("bench", "canary", &[&image], &["regcred"]).replace("spec:\n", "spec:\n  prePull: false\n  canary: {depth: manifest}\n"),
+        &pullset("bench", "canary", &[&image], &["regcred"]).replace(
+            "spec:\n",
+            "spec:\n  prePull: false\n  canary: {depth: manifest}\n",
+        ),
     )?;
 
     // Requests each depth costs the registry, counted at the proxy.
@@ -535,31 +544,64 @@ fn bench_canary(rotations: usize) -> Result<()> {
     for depth in ["manifest", "blobs", "full"] {
         proxy.reset_count();
         let out = Command::new(&binary)
-            .args(["check", &image, "--json", "--depth", depth, "-n", "bench", "--pullset", "canary"])
+            .args([
+                "check",
+                &image,
+                "--json",
+                "--depth",
+                depth,
+                "-n",
+                "bench",
+                "--pullset",
+                "canary",
+            ])
             .args(["--insecure-registry", &host, "--manifests"])
             .arg(dir.path())
             .output()?;
-        ensure!(out.status.success(), "check --depth {depth} failed: {}", String::from_utf8_lossy(&out.stdout));
+        ensure!(
+            out.status.success(),
+            "check --depth {depth} failed: {}",
+            String::from_utf8_lossy(&out.stdout)
+        );
         cost.push((depth, proxy.requests()));
     }
 
     eprintln!("bench canary: {rotations} rotations of the Secret, rotation jitter 0");
     let agent = pullgate_testenv::Agent::new(dir.path(), &containerd.endpoint())
-        .args(&["--insecure-registry", &host, "--rotation-jitter", "0s", "--log-format", "json"])
+        .args(&[
+            "--insecure-registry",
+            &host,
+            "--rotation-jitter",
+            "0s",
+            "--log-format",
+            "json",
+        ])
         .spawn()?;
     let canaries = |agent: &pullgate_testenv::agent::RunningAgent| {
-        agent.lines().iter().filter(|l| l["kind"] == "canary" && l["verdict"] == "Ok").count()
+        agent
+            .lines()
+            .iter()
+            .filter(|l| l["kind"] == "canary" && l["verdict"] == "Ok")
+            .count()
     };
-    agent.wait_for("the start-up canary", Duration::from_secs(60), 1, |l| l["kind"] == "canary" && l["verdict"] == "Ok")?;
+    agent.wait_for("the start-up canary", Duration::from_secs(60), 1, |l| {
+        l["kind"] == "canary" && l["verdict"] == "Ok"
+    })?;
     let mut latencies = Vec::new();
     for i in 0..rotations {
         let (user, password) = users[(i + 1) % 2];
         let before = canaries(&agent);
         let start = Instant::now();
-        write("secret.yaml", &pull_secret("bench", "regcred", &host, user, password))?;
-        agent.wait_for("the rotation canary", Duration::from_secs(30), before + 1, |l| {
-            l["kind"] == "canary" && l["verdict"] == "Ok"
-        })?;
+        write(
+            "secret.yaml",
+            &pull_secret("bench", "regcred", &host, user, password),
+        )?;
+        agent.wait_for(
+            "the rotation canary",
+            Duration::from_secs(30),
+            before + 1,
+            |l| l["kind"] == "canary" && l["verdict"] == "Ok",
+        )?;
         latencies.push(start.elapsed());
     }
     drop(agent);
@@ -568,7 +610,12 @@ fn bench_canary(rotations: usize) -> Result<()> {
     let p95 = latencies[(latencies.len() * 95).div_ceil(100).saturating_sub(1)];
     println!("canary benchmark");
     println!("  Secret file edit → canary report, {rotations} rotations, rotation jitter 0:");
-    println!("    median {:>6.0} ms   p95 {:>6.0} ms   max {:>6.0} ms   (target: p95 < 2000 ms)", ms(latencies[latencies.len() / 2]), ms(p95), ms(latencies[latencies.len() - 1]));
+    println!(
+        "    median {:>6.0} ms   p95 {:>6.0} ms   max {:>6.0} ms   (target: p95 < 2000 ms)",
+        ms(latencies[latencies.len() / 2]),
+        ms(p95),
+        ms(latencies[latencies.len() - 1])
+    );
     println!("  registry requests per canary (image: 1 manifest, config + 3 layers):");
     for (depth, requests) in cost {
         println!("    {depth:<9} {requests:>3}");
