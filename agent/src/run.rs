@@ -130,6 +130,7 @@ pub async fn run(args: RunArgs) -> Result<RunOutcome, RunError> {
             credentials_valid: Mutex::new(Tracker::new("PullCredentialsValid")),
         });
         let config = ServiceConfig {
+            node: node.clone(),
             rotation_window: *rotation_jitter,
             ..ServiceConfig::default()
         };

@@ -28,6 +28,15 @@ fn rotation_is_caught_with_the_image_cached_and_the_fix_is_seen_within_seconds()
         ),
     )
     .unwrap();
+    // Not for this node (its labels do not match): never canaried here.
+    env.write_manifest(
+        "elsewhere.yaml",
+        &format!(
+            "apiVersion: pullgate.io/v1alpha1\nkind: PullSet\nmetadata: {{name: gpu-only, namespace: team}}\nspec:\n  nodeSelector: {{pool: gpu}}\n  imagePullSecrets: [{{name: regcred}}]\n  images: [{{image: '{}'}}]\n  canary: {{schedule: '*/2 * * * * *', jitter: 0s}}\n",
+            image.by_tag
+        ),
+    )
+    .unwrap();
     let agent = env
         .agent()
         .args(&[
@@ -136,5 +145,9 @@ fn rotation_is_caught_with_the_image_cached_and_the_fix_is_seen_within_seconds()
         .map(|l| l["trigger"].as_str().unwrap_or_default().to_string())
         .collect();
     assert!(triggers.iter().any(|t| t == "rotation"), "{triggers:?}");
+    assert!(
+        !stdout.contains("\"pullset\":\"gpu-only\""),
+        "a PullSet for other nodes was acted on here"
+    );
     env.assert_no_leak(&[&stdout, &stderr], &[PASSWORD, ROTATED]);
 }

@@ -50,39 +50,8 @@ fn main() -> Result<()> {
         }
         Some("ci") => ci(),
         Some("bench") => match args.get(1).map(String::as_str) {
-            Some("canary") => {
-                deps()?;
-                let mut cmd = vec![
-                    "run",
-                    "--quiet",
-                    "--release",
-                    "-p",
-                    "pullgate-testenv",
-                    "--bin",
-                    "pullgate-env",
-                    "--",
-                    "bench-canary",
-                ];
-                cmd.extend(args.iter().skip(2).map(String::as_str));
-                cargo(&cmd)
-            }
-            Some("prepull") | None => {
-                deps()?;
-                let mut cmd = vec![
-                    "run",
-                    "--quiet",
-                    "--release",
-                    "-p",
-                    "pullgate-testenv",
-                    "--bin",
-                    "pullgate-env",
-                    "--",
-                    "bench-prepull",
-                ];
-                cmd.extend(args.iter().skip(2).map(String::as_str));
-                // The agent must be a release build too: pullgate-env builds it with the same profile.
-                cargo(&cmd)
-            }
+            Some("canary") => bench("bench-canary", &args[2..]),
+            Some("prepull") | None => bench("bench-prepull", args.get(2..).unwrap_or_default()),
             Some(other) => bail!("unknown benchmark `{other}`\n\n{USAGE}"),
         },
         Some("fuzz") => {
@@ -162,6 +131,25 @@ fn ci() -> Result<()> {
     step("cargo test", &["test", "--workspace", "--no-fail-fast"])?;
     eprintln!("xtask ci: all green in {:.0?}", started.elapsed());
     Ok(())
+}
+
+/// A benchmark of the pullgate-env driver, release build (the driver builds the agent with the
+/// same profile, so a release benchmark measures a release agent).
+fn bench(which: &str, extra: &[String]) -> Result<()> {
+    deps()?;
+    let mut cmd = vec![
+        "run",
+        "--quiet",
+        "--release",
+        "-p",
+        "pullgate-testenv",
+        "--bin",
+        "pullgate-env",
+        "--",
+        which,
+    ];
+    cmd.extend(extra.iter().map(String::as_str));
+    cargo(&cmd)
 }
 
 /// Runs every cargo-fuzz target in agent/fuzz for `seconds` each. Needs the nightly toolchain

@@ -12,6 +12,7 @@ use super::rotation;
 use super::runner::{CanaryOutcome, CanaryRunner, RegistryProbe, Trigger};
 use crate::credentials::CredentialResolver;
 use crate::inventory::{Inventory, ObjectKey};
+use crate::node::NodeInfo;
 use crate::pullset::{ValidPullSet, cron_expression};
 use crate::source::manifests::Loaded;
 use crate::verdict::Verdict;
@@ -26,8 +27,10 @@ use tokio_util::time::DelayQueue;
 use tokio_util::time::delay_queue::Key;
 
 /// Settings of the loop.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Debug)]
 pub struct ServiceConfig {
+    /// This node: only the PullSets whose `nodeSelector` selects it are canaried here.
+    pub node: NodeInfo,
     /// Rotation and start-up canaries wait a deterministic offset in `[0, window)`.
     pub rotation_window: Duration,
     pub retry_min: Duration,
@@ -37,6 +40,7 @@ pub struct ServiceConfig {
 impl Default for ServiceConfig {
     fn default() -> Self {
         Self {
+            node: NodeInfo::default(),
             rotation_window: Duration::from_secs(2),
             retry_min: Duration::from_secs(15),
             retry_max: Duration::from_secs(600),
@@ -86,7 +90,7 @@ pub async fn run<P: RegistryProbe + 'static>(
 
     let mut loaded = sources.borrow_and_update().clone();
     let mut fingerprints = rotation::fingerprints(&loaded.inventory);
-    for set in canaried(&loaded.inventory) {
+    for set in canaried(&loaded.inventory, &config.node) {
         let delay = jitter::offset(&node, &set.key, config.rotation_window);
         enqueue(
             &mut queue,
@@ -96,7 +100,14 @@ pub async fn run<P: RegistryProbe + 'static>(
             delay,
         );
     }
-    sync_jobs(scheduler.as_mut(), &mut jobs, &loaded.inventory, &fire_tx).await;
+    sync_jobs(
+        scheduler.as_mut(),
+        &mut jobs,
+        &loaded.inventory,
+        &config.node,
+        &fire_tx,
+    )
+    .await;
 
     loop {
         tokio::select! {
@@ -110,13 +121,14 @@ pub async fn run<P: RegistryProbe + 'static>(
                 for key in rotation::rotated(&fingerprints, &new) {
                     if let Some(set) = loaded.inventory.pullsets.get(&key)
                         && set.spec.canary.as_ref().is_some_and(|c| c.on_rotation)
+                        && config.node.matches(&set.spec.node_selector)
                     {
                         tracing::info!(pullset = %key, "credentials changed; re-validating");
                         let delay = jitter::offset(&node, &key, config.rotation_window);
                         enqueue(&mut queue, &mut pending, key, Trigger::Rotation, delay);
                     }
                 }
-                for set in canaried(&loaded.inventory) {
+                for set in canaried(&loaded.inventory, &config.node) {
                     if !fingerprints.contains_key(&set.key) {
                         let delay = jitter::offset(&node, &set.key, config.rotation_window);
                         enqueue(&mut queue, &mut pending, set.key.clone(), Trigger::Startup, delay);
@@ -124,7 +136,7 @@ pub async fn run<P: RegistryProbe + 'static>(
                 }
                 fingerprints = new;
                 verdicts.retain(|(key, _), _| loaded.inventory.pullsets.contains_key(key));
-                sync_jobs(scheduler.as_mut(), &mut jobs, &loaded.inventory, &fire_tx).await;
+                sync_jobs(scheduler.as_mut(), &mut jobs, &loaded.inventory, &config.node, &fire_tx).await;
             }
             Some(key) = fire_rx.recv() => {
                 let window = loaded
@@ -141,7 +153,12 @@ pub async fn run<P: RegistryProbe + 'static>(
             Some(expired) = queue.next() => {
                 let (key, trigger) = expired.into_inner();
                 pending.remove(&key);
-                let Some(set) = loaded.inventory.pullsets.get(&key).filter(|s| s.spec.canary.is_some()) else {
+                let Some(set) = loaded
+                    .inventory
+                    .pullsets
+                    .get(&key)
+                    .filter(|s| s.spec.canary.is_some() && config.node.matches(&s.spec.node_selector))
+                else {
                     continue;
                 };
                 let depth = set.spec.canary.as_ref().map(|c| c.depth).unwrap_or_default();
@@ -175,11 +192,14 @@ pub async fn run<P: RegistryProbe + 'static>(
     }
 }
 
-fn canaried(inventory: &Inventory) -> impl Iterator<Item = &ValidPullSet> {
+fn canaried<'a>(
+    inventory: &'a Inventory,
+    node: &'a NodeInfo,
+) -> impl Iterator<Item = &'a ValidPullSet> {
     inventory
         .pullsets
         .values()
-        .filter(|s| s.spec.canary.is_some())
+        .filter(|s| s.spec.canary.is_some() && node.matches(&s.spec.node_selector))
 }
 
 /// Queues a check; an earlier request for the same PullSet wins.
@@ -206,6 +226,7 @@ async fn sync_jobs(
     scheduler: Option<&mut JobScheduler>,
     jobs: &mut HashMap<ObjectKey, (String, uuid::Uuid)>,
     inventory: &Inventory,
+    node: &NodeInfo,
     fire: &mpsc::UnboundedSender<ObjectKey>,
 ) {
     let Some(scheduler) = scheduler else {
@@ -214,6 +235,7 @@ async fn sync_jobs(
     let wanted: HashMap<ObjectKey, String> = inventory
         .pullsets
         .values()
+        .filter(|s| node.matches(&s.spec.node_selector))
         .filter_map(|s| {
             let schedule = s.spec.canary.as_ref()?.schedule.as_ref()?;
             Some((s.key.clone(), cron_expression(schedule).ok()?))

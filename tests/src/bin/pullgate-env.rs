@@ -174,12 +174,7 @@ fn rotation_story(mut registry: Registry, containerd: &Containerd) -> Result<()>
     let secret = |password: &str| {
         pullgate_testenv::manifests::pull_secret("payments", "regcred", &host, DEMO_USER, password)
     };
-    let write = |name: &str, text: &str| -> Result<()> {
-        let tmp = dir.path().join(format!(".{name}"));
-        std::fs::write(&tmp, text)?;
-        std::fs::rename(tmp, dir.path().join(name))?;
-        Ok(())
-    };
+    let write = |name: &str, text: &str| write_atomically(dir.path(), name, text);
     write("secret.yaml", &secret(DEMO_PASSWORD))?;
     write(
         "pullset.yaml",
@@ -519,12 +514,7 @@ fn bench_canary(rotations: usize) -> Result<()> {
     ))?;
     let image = format!("{host}/bench/app:v1");
     let dir = tempfile::tempdir()?;
-    let write = |name: &str, text: &str| -> Result<()> {
-        let tmp = dir.path().join(format!(".{name}"));
-        std::fs::write(&tmp, text)?;
-        std::fs::rename(tmp, dir.path().join(name))?;
-        Ok(())
-    };
+    let write = |name: &str, text: &str| write_atomically(dir.path(), name, text);
     write(
         "secret.yaml",
         &pull_secret("bench", "regcred", &host, users[0].0, users[0].1),
@@ -620,5 +610,13 @@ fn bench_canary(rotations: usize) -> Result<()> {
     for (depth, requests) in cost {
         println!("    {depth:<9} {requests:>3}");
     }
+    Ok(())
+}
+
+/// Writes a manifest file the way a config-management tool would: a temp file, then a rename.
+fn write_atomically(dir: &Path, name: &str, text: &str) -> Result<()> {
+    let tmp = dir.join(format!(".{name}"));
+    std::fs::write(&tmp, text)?;
+    std::fs::rename(tmp, dir.join(name))?;
     Ok(())
 }
