@@ -26,6 +26,8 @@ pub enum Command {
     Auth(AuthArgs),
     /// Check images now with a registry-direct canary (exit 0 only when every image is Ok).
     Check(CheckArgs),
+    /// Print the PullSet CustomResourceDefinition (YAML), generated from the Rust type.
+    Crd,
 }
 
 #[derive(Debug, Args)]

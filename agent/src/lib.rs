@@ -46,6 +46,10 @@ pub async fn main(cli: cli::Cli) -> ExitCode {
                 ExitCode::from(2)
             }
         },
+        cli::Command::Crd => {
+            print!("{}", pullset::crd_yaml());
+            ExitCode::SUCCESS
+        }
         cli::Command::Check(args) => match check::check(args).await {
             Ok(true) => ExitCode::SUCCESS,
             Ok(false) => ExitCode::from(1),

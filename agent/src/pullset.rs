@@ -20,7 +20,7 @@ use std::fmt;
     kind = "PullSet",
     namespaced,
     shortname = "pset",
-    printcolumn = r#"{"name":"Images","type":"integer","jsonPath":".spec.images.length"}"#,
+    printcolumn = r#"{"name":"ServiceAccount","type":"string","jsonPath":".spec.serviceAccountName"}"#,
     printcolumn = r#"{"name":"PrePull","type":"boolean","jsonPath":".spec.prePull"}"#,
     printcolumn = r#"{"name":"Gate","type":"boolean","jsonPath":".spec.gate"}"#,
     printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
@@ -100,6 +100,15 @@ pub enum CanaryDepth {
 
 fn default_true() -> bool {
     true
+}
+
+/// The CustomResourceDefinition, as YAML, with a header saying how it is made.
+pub fn crd_yaml() -> String {
+    use kube::CustomResourceExt as _;
+    let body = serde_yaml::to_string(&PullSet::crd()).unwrap_or_default();
+    format!(
+        "# Generated from agent/src/pullset.rs by `cargo xtask manifests`; do not edit.\n{body}"
+    )
 }
 
 /// A validation problem, naming the object and the field.
@@ -269,6 +278,16 @@ mod tests {
 
     fn spec(yaml: &str) -> PullSetSpec {
         serde_yaml::from_str(yaml).unwrap()
+    }
+
+    #[test]
+    fn the_committed_crd_matches_the_type() {
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../manifests/base/crd.yaml");
+        let committed = std::fs::read_to_string(path).unwrap_or_default();
+        assert!(
+            committed == crd_yaml(),
+            "manifests/base/crd.yaml is out of date with agent/src/pullset.rs: run `cargo xtask manifests`"
+        );
     }
 
     #[test]

@@ -14,7 +14,9 @@ commands:
                        protobuf-compiler); idempotent
   demo                 start a local containerd and registry, seed private images, run
                        `pullgate run --once --manifests examples/demo` and show the JSON lines
-  ci                   deps, cargo fmt --check, cargo clippy -D warnings, all tests
+  ci                   deps, cargo fmt --check, cargo clippy -D warnings, all tests (a test fails
+                       when manifests/base/crd.yaml drifts from the PullSet type)
+  manifests            regenerate manifests/base/crd.yaml from agent/src/pullset.rs
   bench prepull [--images N] [--size-mib M] [--runs R]
                        pre-pull benchmark: pullgate vs serial and concurrent CRI pulls
   bench canary [--rotations N]
@@ -49,6 +51,7 @@ fn main() -> Result<()> {
             ])
         }
         Some("ci") => ci(),
+        Some("manifests") => manifests(),
         Some("bench") => match args.get(1).map(String::as_str) {
             Some("canary") => bench("bench-canary", &args[2..]),
             Some("prepull") | None => bench("bench-prepull", args.get(2..).unwrap_or_default()),
@@ -182,6 +185,28 @@ fn fuzz(seconds: u64) -> Result<()> {
             &format!("-max_total_time={seconds}"),
         ]))?;
     }
+    Ok(())
+}
+
+/// Writes the CRD generated from the Rust type into manifests/base/crd.yaml.
+fn manifests() -> Result<()> {
+    deps()?;
+    let cargo_bin = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let out = Command::new(cargo_bin)
+        .args([
+            "run", "--quiet", "-p", "pullgate", "--bin", "pullgate", "--", "crd",
+        ])
+        .output()
+        .context("run pullgate crd")?;
+    if !out.status.success() {
+        bail!(
+            "pullgate crd failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    std::fs::create_dir_all("manifests/base")?;
+    std::fs::write("manifests/base/crd.yaml", &out.stdout)?;
+    eprintln!("xtask manifests: wrote manifests/base/crd.yaml");
     Ok(())
 }
 
