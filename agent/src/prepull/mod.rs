@@ -174,7 +174,7 @@ impl<R: ImageRuntime> PrePuller<R> {
 
         // Confirm absence (the listing may be stale or the name spelled differently).
         let status = self
-            .with_retries(cancel, &mut attempts, || {
+            .with_retries(cancel, &mut attempts, &[], || {
                 self.runtime.image_status(&reference)
             })
             .await;
@@ -210,7 +210,7 @@ impl<R: ImageRuntime> PrePuller<R> {
         let mut failed = Vec::new();
         for attempt in &plan {
             let pulled = self
-                .with_retries(cancel, &mut attempts, || {
+                .with_retries(cancel, &mut attempts, &passwords, || {
                     let auth = attempt.candidate.as_ref().map(|c| PullAuth {
                         username: &c.username,
                         password: &c.password,
@@ -271,6 +271,7 @@ impl<R: ImageRuntime> PrePuller<R> {
         &self,
         cancel: &CancellationToken,
         attempts: &mut u32,
+        secrets: &[SecretString],
         mut call: F,
     ) -> Result<T, Failure>
     where
@@ -290,7 +291,8 @@ impl<R: ImageRuntime> PrePuller<R> {
             let Some(delay) = delays.next() else {
                 return Err(failure);
             };
-            tracing::debug!(verdict = %failure.verdict, error = %failure.message, ?delay, "transient failure; retrying");
+            let error = scrub(&failure.message, secrets);
+            tracing::debug!(verdict = %failure.verdict, %error, ?delay, "transient failure; retrying");
             tokio::select! {
                 () = tokio::time::sleep(delay) => {}
                 () = cancel.cancelled() => return Err(failure),
