@@ -5,6 +5,7 @@
 //! `pullgate-testenv` binary. Every process is owned by a guard that stops it on drop.
 
 pub mod agent;
+pub mod apiserver;
 pub mod containerd;
 pub mod images;
 pub mod manifests;

@@ -1,0 +1,678 @@
+//! An in-repo test API server that speaks the real Kubernetes HTTP wire protocol, so that kube-rs's
+//! real client code (list, watch with resourceVersion, get, patch, create) runs end to end. No real
+//! API server can be installed on these machines; this is the one stand-in the project allows.
+//!
+//! What it does, faithfully:
+//! - one global, monotonically increasing `resourceVersion`, stamped on every write;
+//! - list (`GET` a collection, cluster-wide or in a namespace) with `fieldSelector=metadata.name=X`
+//!   and `metadata.namespace=Y`, returning a `*List` with the collection's `resourceVersion`;
+//! - watch (`?watch=true&resourceVersion=RV`): the events after RV, then live ones, as JSON lines
+//!   (`{"type":"ADDED|MODIFIED|DELETED","object":…}`), ended after `timeoutSeconds`; an RV older
+//!   than the retained history gets an `ERROR` event with a `410 Gone` `Status`, as the real server
+//!   does after compaction;
+//! - get, create (`POST`, `201`, `409 AlreadyExists`), and patch: strategic merge (maps merged,
+//!   `status.conditions` merged by `type`, other lists replaced), JSON merge patch, JSON patch
+//!   (RFC 6902, `test` included, so a failed precondition is a `422`), on the object or its
+//!   `/status` subresource;
+//! - errors as `Status` objects: `404 NotFound`, `403 Forbidden` for namespaces made forbidden by
+//!   the test, `500` injected for the next N requests.
+//!
+//! What it does not do: authentication and RBAC beyond the injected 403s, admission, defaulting,
+//! validation against schemas, label selectors, pagination (`limit`/`continue` are ignored: one
+//! page), server-side apply, `$patch` directives of strategic merge, bookmarks, protobuf.
+
+use axum::body::{Body, Bytes};
+use axum::extract::{Query, State};
+use axum::http::{HeaderMap, Method, StatusCode, Uri};
+use axum::response::{IntoResponse, Response};
+use serde_json::{Value, json};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::{Arc, Mutex};
+use tokio::sync::broadcast;
+
+/// How many past events a watch can resume from.
+const HISTORY: usize = 1000;
+
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+struct Collection {
+    /// `v1` or `group/version`.
+    api: String,
+    plural: String,
+}
+
+#[derive(Clone)]
+struct Event {
+    rv: u64,
+    collection: Collection,
+    kind: &'static str,
+    object: Value,
+}
+
+#[derive(Default)]
+struct Store {
+    rv: u64,
+    objects: BTreeMap<Collection, BTreeMap<(String, String), Value>>,
+    history: Vec<Event>,
+    forbidden: BTreeSet<String>,
+    fail_next: u32,
+    requests: Vec<String>,
+}
+
+/// Shared state of a running server.
+#[derive(Clone)]
+pub struct ApiState {
+    store: Arc<Mutex<Store>>,
+    events: broadcast::Sender<Event>,
+}
+
+/// A running test API server on 127.0.0.1; stopped when dropped.
+pub struct ApiServer {
+    pub state: ApiState,
+    addr: std::net::SocketAddr,
+    shutdown: Option<tokio::sync::oneshot::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl ApiServer {
+    /// Starts the server on a free loopback port, in a thread with its own runtime.
+    pub fn start() -> anyhow::Result<Self> {
+        let (events, _) = broadcast::channel(4096);
+        let state = ApiState {
+            store: Arc::new(Mutex::new(Store::default())),
+            events,
+        };
+        let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
+        listener.set_nonblocking(true)?;
+        let addr = listener.local_addr()?;
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        let app_state = state.clone();
+        let thread = std::thread::spawn(move || {
+            let Ok(runtime) = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .enable_all()
+                .build()
+            else {
+                return;
+            };
+            runtime.block_on(async move {
+                let Ok(listener) = tokio::net::TcpListener::from_std(listener) else {
+                    return;
+                };
+                let app = axum::Router::new().fallback(handle).with_state(app_state);
+                let _ = axum::serve(listener, app)
+                    .with_graceful_shutdown(async {
+                        let _ = rx.await;
+                    })
+                    .await;
+            });
+        });
+        Ok(Self {
+            state,
+            addr,
+            shutdown: Some(tx),
+            thread: Some(thread),
+        })
+    }
+
+    /// `http://127.0.0.1:PORT`.
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// A kubeconfig file content pointing at this server (no auth).
+    pub fn kubeconfig(&self) -> String {
+        format!(
+            "apiVersion: v1\nkind: Config\nclusters:\n- name: test\n  cluster:\n    server: {}\ncontexts:\n- name: test\n  context:\n    cluster: test\n    user: test\ncurrent-context: test\nusers:\n- name: test\n  user: {{}}\n",
+            self.url()
+        )
+    }
+
+    /// Creates or replaces an object (its `apiVersion` and `kind` pick the collection).
+    pub fn apply(&self, object: Value) {
+        self.state.put(object);
+    }
+
+    /// Deletes an object.
+    pub fn delete(&self, api: &str, plural: &str, namespace: &str, name: &str) {
+        self.state.delete(api, plural, namespace, name);
+    }
+
+    /// Gets an object.
+    pub fn get(&self, api: &str, plural: &str, namespace: &str, name: &str) -> Option<Value> {
+        let store = self.state.lock();
+        store
+            .objects
+            .get(&Collection {
+                api: api.into(),
+                plural: plural.into(),
+            })
+            .and_then(|c| c.get(&(namespace.to_string(), name.to_string())))
+            .cloned()
+    }
+
+    /// Every object of a collection.
+    pub fn list(&self, api: &str, plural: &str) -> Vec<Value> {
+        let store = self.state.lock();
+        store
+            .objects
+            .get(&Collection {
+                api: api.into(),
+                plural: plural.into(),
+            })
+            .map(|c| c.values().cloned().collect())
+            .unwrap_or_default()
+    }
+
+    /// Requests in a namespace get `403 Forbidden` from now on.
+    pub fn forbid_namespace(&self, namespace: &str) {
+        self.state.lock().forbidden.insert(namespace.to_string());
+    }
+
+    /// The next `n` requests get `500`.
+    pub fn fail_next(&self, n: u32) {
+        self.state.lock().fail_next = n;
+    }
+
+    /// Forgets the watch history: resuming from an old resourceVersion then gets `410 Gone`.
+    pub fn compact(&self) {
+        self.state.lock().history.clear();
+    }
+
+    /// `METHOD path?query` of every request so far.
+    pub fn requests(&self) -> Vec<String> {
+        self.state.lock().requests.clone()
+    }
+}
+
+impl Drop for ApiServer {
+    fn drop(&mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+impl ApiState {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Store> {
+        self.store
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    fn record(&self, store: &mut Store, collection: Collection, kind: &'static str, object: Value) {
+        let event = Event {
+            rv: store.rv,
+            collection,
+            kind,
+            object,
+        };
+        store.history.push(event.clone());
+        if store.history.len() > HISTORY {
+            store.history.remove(0);
+        }
+        let _ = self.events.send(event);
+    }
+
+    fn put(&self, mut object: Value) -> Value {
+        let api = object["apiVersion"].as_str().unwrap_or("v1").to_string();
+        let plural = plural_of(object["kind"].as_str().unwrap_or(""));
+        let namespace = object["metadata"]["namespace"]
+            .as_str()
+            .unwrap_or("")
+            .to_string();
+        let name = object["metadata"]["name"]
+            .as_str()
+            .unwrap_or("")
+            .to_string();
+        let mut store = self.lock();
+        store.rv += 1;
+        object["metadata"]["resourceVersion"] = json!(store.rv.to_string());
+        if object["metadata"]["uid"].is_null() {
+            object["metadata"]["uid"] = json!(format!("uid-{}", store.rv));
+        }
+        let collection = Collection { api, plural };
+        let existed = store
+            .objects
+            .entry(collection.clone())
+            .or_default()
+            .insert((namespace, name), object.clone())
+            .is_some();
+        self.record(
+            &mut store,
+            collection,
+            if existed { "MODIFIED" } else { "ADDED" },
+            object.clone(),
+        );
+        object
+    }
+
+    fn delete(&self, api: &str, plural: &str, namespace: &str, name: &str) {
+        let collection = Collection {
+            api: api.into(),
+            plural: plural.into(),
+        };
+        let mut store = self.lock();
+        let removed = store
+            .objects
+            .get_mut(&collection)
+            .and_then(|c| c.remove(&(namespace.to_string(), name.to_string())));
+        if let Some(mut object) = removed {
+            store.rv += 1;
+            object["metadata"]["resourceVersion"] = json!(store.rv.to_string());
+            self.record(&mut store, collection, "DELETED", object);
+        }
+    }
+}
+
+/// The plural the real API uses for the kinds pullgate touches (and a naive default).
+fn plural_of(kind: &str) -> String {
+    match kind {
+        "PullSet" => "pullsets".into(),
+        "Secret" => "secrets".into(),
+        "ServiceAccount" => "serviceaccounts".into(),
+        "Node" => "nodes".into(),
+        "Event" => "events".into(),
+        "Namespace" => "namespaces".into(),
+        other => format!("{}s", other.to_ascii_lowercase()),
+    }
+}
+
+fn status(code: StatusCode, reason: &str, message: String) -> Response {
+    let body = json!({
+        "kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
+        "message": message, "reason": reason, "code": code.as_u16(),
+    });
+    (
+        code,
+        [("content-type", "application/json")],
+        body.to_string(),
+    )
+        .into_response()
+}
+
+fn ok_json(code: StatusCode, value: &Value) -> Response {
+    (
+        code,
+        [("content-type", "application/json")],
+        value.to_string(),
+    )
+        .into_response()
+}
+
+/// `/api/v1/...` or `/apis/group/version/...` → (api, namespace, plural, name, subresource).
+fn route(
+    path: &str,
+) -> Option<(
+    String,
+    Option<String>,
+    String,
+    Option<String>,
+    Option<String>,
+)> {
+    let parts: Vec<&str> = path.trim_matches('/').split('/').collect();
+    let (api, rest) = match parts.as_slice() {
+        ["api", version, rest @ ..] => (version.to_string(), rest),
+        ["apis", group, version, rest @ ..] => (format!("{group}/{version}"), rest),
+        _ => return None,
+    };
+    let (namespace, rest) = match rest {
+        ["namespaces", ns, rest @ ..] if !rest.is_empty() => (Some(ns.to_string()), rest),
+        rest => (None, rest),
+    };
+    match rest {
+        [plural] => Some((api, namespace, plural.to_string(), None, None)),
+        [plural, name] => Some((
+            api,
+            namespace,
+            plural.to_string(),
+            Some(name.to_string()),
+            None,
+        )),
+        [plural, name, sub] => Some((
+            api,
+            namespace,
+            plural.to_string(),
+            Some(name.to_string()),
+            Some(sub.to_string()),
+        )),
+        _ => None,
+    }
+}
+
+fn field_selector(query: &HashMap<String, String>) -> (Option<String>, Option<String>) {
+    let mut name = None;
+    let mut namespace = None;
+    for term in query
+        .get("fieldSelector")
+        .map(String::as_str)
+        .unwrap_or("")
+        .split(',')
+    {
+        if let Some(v) = term.strip_prefix("metadata.name=") {
+            name = Some(v.to_string());
+        } else if let Some(v) = term.strip_prefix("metadata.namespace=") {
+            namespace = Some(v.to_string());
+        }
+    }
+    (name, namespace)
+}
+
+fn matches(object: &Value, namespace: &Option<String>, name: &Option<String>) -> bool {
+    let ns = object["metadata"]["namespace"].as_str().unwrap_or("");
+    let n = object["metadata"]["name"].as_str().unwrap_or("");
+    namespace.as_deref().is_none_or(|want| want == ns)
+        && name.as_deref().is_none_or(|want| want == n)
+}
+
+async fn handle(
+    State(state): State<ApiState>,
+    method: Method,
+    uri: Uri,
+    Query(query): Query<HashMap<String, String>>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    {
+        let mut store = state.lock();
+        store.requests.push(format!("{method} {uri}"));
+        if store.fail_next > 0 {
+            store.fail_next -= 1;
+            return status(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "InternalError",
+                "injected failure".into(),
+            );
+        }
+    }
+    let Some((api, namespace, plural, name, sub)) = route(uri.path()) else {
+        return status(
+            StatusCode::NOT_FOUND,
+            "NotFound",
+            format!("no route for {}", uri.path()),
+        );
+    };
+    if let Some(ns) = &namespace
+        && state.lock().forbidden.contains(ns)
+    {
+        return status(
+            StatusCode::FORBIDDEN,
+            "Forbidden",
+            format!(
+                "{plural} is forbidden: User \"system:serviceaccount:pullgate:pullgate\" cannot {} resource \"{plural}\" in API group \"\" in the namespace \"{ns}\"",
+                method.as_str().to_lowercase()
+            ),
+        );
+    }
+    let collection = Collection {
+        api: api.clone(),
+        plural: plural.clone(),
+    };
+    match (method, name) {
+        (Method::GET, None) => {
+            let (by_name, by_ns) = field_selector(&query);
+            let namespace = namespace.or(by_ns);
+            if query.get("watch").is_some_and(|w| w == "true" || w == "1") {
+                return watch(state, collection, namespace, by_name, &query);
+            }
+            let store = state.lock();
+            let items: Vec<Value> = store
+                .objects
+                .get(&collection)
+                .map(|c| {
+                    c.values()
+                        .filter(|o| matches(o, &namespace, &by_name))
+                        .cloned()
+                        .collect()
+                })
+                .unwrap_or_default();
+            let kind = items
+                .first()
+                .and_then(|o| o["kind"].as_str())
+                .map(|k| format!("{k}List"))
+                .unwrap_or_else(|| "List".into());
+            ok_json(
+                StatusCode::OK,
+                &json!({"apiVersion": api, "kind": kind, "metadata": {"resourceVersion": store.rv.to_string()}, "items": items}),
+            )
+        }
+        (Method::GET, Some(name)) => match lookup(&state, &collection, &namespace, &name) {
+            Some(object) => ok_json(StatusCode::OK, &object),
+            None => status(
+                StatusCode::NOT_FOUND,
+                "NotFound",
+                format!("{plural} \"{name}\" not found"),
+            ),
+        },
+        (Method::POST, None) => {
+            let Ok(mut object) = serde_json::from_slice::<Value>(&body) else {
+                return status(
+                    StatusCode::BAD_REQUEST,
+                    "BadRequest",
+                    "body is not JSON".into(),
+                );
+            };
+            if let Some(ns) = &namespace {
+                object["metadata"]["namespace"] = json!(ns);
+            }
+            if object["metadata"]["name"].is_null() {
+                let prefix = object["metadata"]["generateName"]
+                    .as_str()
+                    .unwrap_or("obj-")
+                    .to_string();
+                let n = state.lock().rv + 1;
+                object["metadata"]["name"] = json!(format!("{prefix}{n:05x}"));
+            }
+            let name = object["metadata"]["name"]
+                .as_str()
+                .unwrap_or("")
+                .to_string();
+            if lookup(&state, &collection, &namespace, &name).is_some() {
+                return status(
+                    StatusCode::CONFLICT,
+                    "AlreadyExists",
+                    format!("{plural} \"{name}\" already exists"),
+                );
+            }
+            object["apiVersion"] = json!(api);
+            let stored = state.put(object);
+            ok_json(StatusCode::CREATED, &stored)
+        }
+        (Method::PATCH, Some(name)) => {
+            let Some(current) = lookup(&state, &collection, &namespace, &name) else {
+                return status(
+                    StatusCode::NOT_FOUND,
+                    "NotFound",
+                    format!("{plural} \"{name}\" not found"),
+                );
+            };
+            let Ok(patch) = serde_json::from_slice::<Value>(&body) else {
+                return status(
+                    StatusCode::BAD_REQUEST,
+                    "BadRequest",
+                    "patch is not JSON".into(),
+                );
+            };
+            let content_type = headers
+                .get("content-type")
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or("");
+            let mut patched = current.clone();
+            let scope_status = sub.as_deref() == Some("status");
+            match content_type {
+                "application/json-patch+json" => {
+                    let Ok(ops) = serde_json::from_value::<json_patch::Patch>(patch) else {
+                        return status(
+                            StatusCode::BAD_REQUEST,
+                            "BadRequest",
+                            "invalid JSON patch".into(),
+                        );
+                    };
+                    if let Err(e) = json_patch::patch(&mut patched, &ops) {
+                        return status(
+                            StatusCode::UNPROCESSABLE_ENTITY,
+                            "Invalid",
+                            format!("the JSON patch failed: {e}"),
+                        );
+                    }
+                }
+                "application/merge-patch+json" => json_patch::merge(&mut patched, &patch),
+                "application/strategic-merge-patch+json" => {
+                    strategic_merge(&mut patched, &patch, "")
+                }
+                other => {
+                    return status(
+                        StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                        "UnsupportedMediaType",
+                        format!("content type {other}"),
+                    );
+                }
+            }
+            // The status subresource changes only status; the main resource never does.
+            if scope_status {
+                let new_status = patched["status"].clone();
+                patched = current.clone();
+                patched["status"] = new_status;
+            } else if !current["status"].is_null() {
+                patched["status"] = current["status"].clone();
+            }
+            let stored = state.put(patched);
+            ok_json(StatusCode::OK, &stored)
+        }
+        (Method::DELETE, Some(name)) => {
+            state.delete(&api, &plural, namespace.as_deref().unwrap_or(""), &name);
+            ok_json(
+                StatusCode::OK,
+                &json!({"kind": "Status", "apiVersion": "v1", "status": "Success"}),
+            )
+        }
+        (method, _) => status(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "MethodNotAllowed",
+            format!("{method} not supported here"),
+        ),
+    }
+}
+
+fn lookup(
+    state: &ApiState,
+    collection: &Collection,
+    namespace: &Option<String>,
+    name: &str,
+) -> Option<Value> {
+    state
+        .lock()
+        .objects
+        .get(collection)
+        .and_then(|c| c.get(&(namespace.clone().unwrap_or_default(), name.to_string())))
+        .cloned()
+}
+
+/// Strategic merge as the API server applies it to the objects pullgate patches: maps merge,
+/// lists named `conditions` merge by `type`, other lists are replaced, `null` deletes.
+fn strategic_merge(target: &mut Value, patch: &Value, key: &str) {
+    match (target, patch) {
+        (Value::Object(t), Value::Object(p)) => {
+            for (k, v) in p {
+                if v.is_null() {
+                    t.remove(k);
+                } else {
+                    strategic_merge(t.entry(k.clone()).or_insert(Value::Null), v, k);
+                }
+            }
+        }
+        (Value::Array(t), Value::Array(p)) if key == "conditions" => {
+            for item in p {
+                let type_ = &item["type"];
+                match t.iter_mut().find(|c| &c["type"] == type_) {
+                    Some(existing) => strategic_merge(existing, item, ""),
+                    None => t.push(item.clone()),
+                }
+            }
+        }
+        (t, p) => *t = p.clone(),
+    }
+}
+
+fn watch(
+    state: ApiState,
+    collection: Collection,
+    namespace: Option<String>,
+    name: Option<String>,
+    query: &HashMap<String, String>,
+) -> Response {
+    let since: u64 = query
+        .get("resourceVersion")
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
+    let timeout = query
+        .get("timeoutSeconds")
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(300u64);
+    let mut live = state.events.subscribe();
+    let (backlog, gone) = {
+        let store = state.lock();
+        let oldest = store.history.first().map_or(store.rv + 1, |e| e.rv);
+        let gone = since != 0 && since + 1 < oldest && since < store.rv;
+        let backlog: Vec<Event> = store
+            .history
+            .iter()
+            .filter(|e| e.rv > since && e.collection == collection)
+            .cloned()
+            .collect();
+        (backlog, gone)
+    };
+    let (tx, rx) = tokio::sync::mpsc::channel::<Result<Bytes, std::io::Error>>(64);
+    tokio::spawn(async move {
+        let line = |kind: &str, object: &Value| {
+            Bytes::from(format!("{}\n", json!({"type": kind, "object": object})))
+        };
+        if gone {
+            let status = json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
+                "message": format!("too old resource version: {since}"), "reason": "Expired", "code": 410});
+            let _ = tx.send(Ok(line("ERROR", &status))).await;
+            return;
+        }
+        let mut last = since;
+        for e in backlog {
+            if matches(&e.object, &namespace, &name)
+                && tx.send(Ok(line(e.kind, &e.object))).await.is_err()
+            {
+                return;
+            }
+            last = last.max(e.rv);
+        }
+        let deadline = tokio::time::sleep(std::time::Duration::from_secs(timeout));
+        tokio::pin!(deadline);
+        loop {
+            tokio::select! {
+                () = &mut deadline => return,
+                event = live.recv() => match event {
+                    Ok(e) if e.rv > last && e.collection == collection && matches(&e.object, &namespace, &name) => {
+                        last = e.rv;
+                        if tx.send(Ok(line(e.kind, &e.object))).await.is_err() {
+                            return;
+                        }
+                    }
+                    Ok(_) => {}
+                    Err(broadcast::error::RecvError::Lagged(_)) => return,
+                    Err(broadcast::error::RecvError::Closed) => return,
+                },
+            }
+        }
+    });
+    let stream = tokio_stream::wrappers::ReceiverStream::new(rx);
+    Response::builder()
+        .status(StatusCode::OK)
+        .header("content-type", "application/json")
+        .body(Body::from_stream(stream))
+        .unwrap_or_else(|_| {
+            status(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "InternalError",
+                "stream".into(),
+            )
+        })
+}
