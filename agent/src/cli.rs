@@ -203,6 +203,14 @@ pub struct RunArgs {
     /// (watched) and report as JSON lines on stdout.
     #[arg(long, env = "PULLGATE_MANIFESTS", value_name = "DIR")]
     pub manifests: Option<PathBuf>,
+    /// Cluster mode (no --manifests): the kubeconfig to use (default: in-cluster, then KUBECONFIG).
+    #[arg(
+        long,
+        env = "PULLGATE_KUBECONFIG",
+        value_name = "FILE",
+        conflicts_with = "manifests"
+    )]
+    pub kubeconfig: Option<PathBuf>,
     /// One full pass, then exit 0 if every outcome is Ok and every object valid, 1 otherwise (2: a
     /// fatal error such as a missing directory).
     #[arg(long, env = "PULLGATE_ONCE")]

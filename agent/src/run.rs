@@ -22,10 +22,10 @@ use tokio_util::sync::CancellationToken;
 
 #[derive(Debug, thiserror::Error)]
 pub enum RunError {
-    #[error(
-        "cluster mode (reading PullSets from the API server) is not available yet: pass --manifests DIR to run standalone"
-    )]
-    ClusterModeUnavailable,
+    #[error(transparent)]
+    Cluster(#[from] crate::source::cluster::ClusterError),
+    #[error("the cluster source did not sync within {0:?}")]
+    NotSynced(Duration),
     #[error("no node name: pass --node-name or set PULLGATE_NODE_NAME")]
     NoNodeName,
     #[error(transparent)]
@@ -51,6 +51,7 @@ pub enum RunOutcome {
 pub async fn run(args: RunArgs) -> Result<RunOutcome, RunError> {
     let RunArgs {
         manifests,
+        kubeconfig,
         once,
         node,
         cri,
@@ -59,9 +60,6 @@ pub async fn run(args: RunArgs) -> Result<RunOutcome, RunError> {
         registry,
         rotation_jitter,
     } = args;
-    let Some(dir) = manifests else {
-        return Err(RunError::ClusterModeUnavailable);
-    };
     let node_name = node
         .node_name
         .or_else(|| std::env::var("NODE_NAME").ok())
@@ -96,7 +94,29 @@ pub async fn run(args: RunArgs) -> Result<RunOutcome, RunError> {
         }
     }
 
-    let (mut sources, source_task) = watch_dir(dir, WatchConfig::default(), cancel.clone())?;
+    let (mut sources, source_task) = match manifests {
+        Some(dir) => watch_dir(dir, WatchConfig::default(), cancel.clone())?,
+        None => {
+            let client = crate::source::cluster::client(kubeconfig.as_deref()).await?;
+            let (mut rx, task) =
+                crate::source::cluster::watch_cluster(client, node.name.clone(), cancel.clone());
+            // Act on a complete picture: every PullSet, the Node, every referenced object.
+            let limit = Duration::from_secs(60);
+            let synced = tokio::time::timeout(limit, async {
+                while !rx.borrow_and_update().synced {
+                    if rx.changed().await.is_err() {
+                        return false;
+                    }
+                }
+                true
+            })
+            .await;
+            if !matches!(synced, Ok(true)) {
+                return Err(RunError::NotSynced(limit));
+            }
+            (rx, task)
+        }
+    };
     let engine = PrePuller::new(
         Arc::new(client.clone()),
         PrePullConfig {
@@ -229,6 +249,7 @@ async fn pass<R: crate::runtime::ImageRuntime>(
     cancel: &CancellationToken,
     images_ready: &mut Tracker,
 ) -> PassSummary {
+    let node = &loaded.node(node);
     let desired = prepull_images(&loaded.inventory, node, resolver).await;
     tracing::debug!(images = desired.len(), "pre-pull pass");
     let gated: Mutex<Vec<(Verdict, String)>> = Mutex::new(Vec::new());
@@ -283,7 +304,7 @@ fn report_source(reporter: &JsonLines, node: &NodeInfo, loaded: &Loaded) {
             kind: "source",
             time: now_rfc3339(),
             node: node.name.clone(),
-            file: Some(p.file.display().to_string()),
+            file: Some(p.file.display().to_string()).filter(|f| !f.is_empty()),
             document: p.document,
             object: p.object.clone(),
             field: p.field.clone(),

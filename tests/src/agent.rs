@@ -52,9 +52,16 @@ pub fn pullgate_binary() -> Result<PathBuf> {
 /// How to run the agent.
 #[derive(Clone, Debug)]
 pub struct Agent {
-    manifests: PathBuf,
+    /// Standalone: the manifest directory; cluster mode: the kubeconfig file.
+    source: Source,
     endpoint: String,
     args: Vec<String>,
+}
+
+#[derive(Clone, Debug)]
+enum Source {
+    Manifests(PathBuf),
+    Kubeconfig(PathBuf),
 }
 
 /// A finished `pullgate run --once`.
@@ -91,8 +98,17 @@ impl AgentRun {
 
 impl Agent {
     pub fn new(manifests: &Path, endpoint: &str) -> Self {
+        Self::with_source(Source::Manifests(manifests.to_path_buf()), endpoint)
+    }
+
+    /// Cluster mode: objects from the API server the kubeconfig points at.
+    pub fn cluster(kubeconfig: &Path, endpoint: &str) -> Self {
+        Self::with_source(Source::Kubeconfig(kubeconfig.to_path_buf()), endpoint)
+    }
+
+    fn with_source(source: Source, endpoint: &str) -> Self {
         Self {
-            manifests: manifests.to_path_buf(),
+            source,
             endpoint: endpoint.to_string(),
             args: vec![
                 "--node-name".into(),
@@ -113,10 +129,12 @@ impl Agent {
 
     fn command(&self, once: bool) -> Result<Command> {
         let mut command = Command::new(pullgate_binary()?);
+        command.arg("run");
+        match &self.source {
+            Source::Manifests(dir) => command.arg("--manifests").arg(dir),
+            Source::Kubeconfig(file) => command.arg("--kubeconfig").arg(file),
+        };
         command
-            .arg("run")
-            .arg("--manifests")
-            .arg(&self.manifests)
             .arg("--cri-endpoint")
             .arg(&self.endpoint)
             .args(&self.args)

@@ -99,11 +99,12 @@ impl ApiServer {
                     return;
                 };
                 let app = axum::Router::new().fallback(handle).with_state(app_state);
-                let _ = axum::serve(listener, app)
-                    .with_graceful_shutdown(async {
-                        let _ = rx.await;
-                    })
-                    .await;
+                // Not a graceful shutdown: open watches end with the server, as when an API
+                // server goes away.
+                tokio::select! {
+                    _ = axum::serve(listener, app) => {}
+                    _ = rx => {}
+                }
             });
         });
         Ok(Self {

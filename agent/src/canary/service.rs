@@ -90,7 +90,7 @@ pub async fn run<P: RegistryProbe + 'static>(
 
     let mut loaded = sources.borrow_and_update().clone();
     let mut fingerprints = rotation::fingerprints(&loaded.inventory);
-    for set in canaried(&loaded.inventory, &config.node) {
+    for set in canaried(&loaded.inventory, &loaded.node(&config.node)) {
         let delay = jitter::offset(&node, &set.key, config.rotation_window);
         enqueue(
             &mut queue,
@@ -104,7 +104,7 @@ pub async fn run<P: RegistryProbe + 'static>(
         scheduler.as_mut(),
         &mut jobs,
         &loaded.inventory,
-        &config.node,
+        &loaded.node(&config.node),
         &fire_tx,
     )
     .await;
@@ -121,14 +121,14 @@ pub async fn run<P: RegistryProbe + 'static>(
                 for key in rotation::rotated(&fingerprints, &new) {
                     if let Some(set) = loaded.inventory.pullsets.get(&key)
                         && set.spec.canary.as_ref().is_some_and(|c| c.on_rotation)
-                        && config.node.matches(&set.spec.node_selector)
+                        && loaded.node(&config.node).matches(&set.spec.node_selector)
                     {
                         tracing::info!(pullset = %key, "credentials changed; re-validating");
                         let delay = jitter::offset(&node, &key, config.rotation_window);
                         enqueue(&mut queue, &mut pending, key, Trigger::Rotation, delay);
                     }
                 }
-                for set in canaried(&loaded.inventory, &config.node) {
+                for set in canaried(&loaded.inventory, &loaded.node(&config.node)) {
                     if !fingerprints.contains_key(&set.key) {
                         let delay = jitter::offset(&node, &set.key, config.rotation_window);
                         enqueue(&mut queue, &mut pending, set.key.clone(), Trigger::Startup, delay);
@@ -136,7 +136,7 @@ pub async fn run<P: RegistryProbe + 'static>(
                 }
                 fingerprints = new;
                 verdicts.retain(|(key, _), _| loaded.inventory.pullsets.contains_key(key));
-                sync_jobs(scheduler.as_mut(), &mut jobs, &loaded.inventory, &config.node, &fire_tx).await;
+                sync_jobs(scheduler.as_mut(), &mut jobs, &loaded.inventory, &loaded.node(&config.node), &fire_tx).await;
             }
             Some(key) = fire_rx.recv() => {
                 let window = loaded
@@ -157,7 +157,7 @@ pub async fn run<P: RegistryProbe + 'static>(
                     .inventory
                     .pullsets
                     .get(&key)
-                    .filter(|s| s.spec.canary.is_some() && config.node.matches(&s.spec.node_selector))
+                    .filter(|s| s.spec.canary.is_some() && loaded.node(&config.node).matches(&s.spec.node_selector))
                 else {
                     continue;
                 };

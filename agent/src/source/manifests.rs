@@ -30,16 +30,20 @@ pub struct ManifestProblem {
 
 impl std::fmt::Display for ManifestProblem {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}", self.file.display())?;
+        let mut parts = Vec::new();
+        if !self.file.as_os_str().is_empty() {
+            parts.push(self.file.display().to_string());
+        }
         if let Some(d) = self.document {
-            write!(f, " document {d}")?;
+            parts.push(format!("document {d}"));
         }
         if let Some(o) = &self.object {
-            write!(f, " {o}")?;
+            parts.push(o.clone());
         }
         if let Some(field) = &self.field {
-            write!(f, " field {field}")?;
+            parts.push(format!("field {field}"));
         }
+        write!(f, "{}", parts.join(" "))?;
         write!(f, ": {}", self.message)
     }
 }
@@ -53,6 +57,23 @@ pub struct Loaded {
     pub warnings: Vec<String>,
     /// sha256 over every file's path and content: equal fingerprints, equal inventories.
     pub fingerprint: String,
+    /// The node's labels, when the source knows them (cluster mode: from the Node object).
+    pub node_labels: Option<BTreeMap<String, String>>,
+    /// Everything referenced has been read at least once (a directory is read whole).
+    pub synced: bool,
+}
+
+impl Loaded {
+    /// The node as this source sees it: its labels from the source when it has them.
+    pub fn node(&self, base: &crate::node::NodeInfo) -> crate::node::NodeInfo {
+        match &self.node_labels {
+            Some(labels) => crate::node::NodeInfo {
+                name: base.name.clone(),
+                labels: labels.clone(),
+            },
+            None => base.clone(),
+        }
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -105,6 +126,7 @@ pub fn load_dir(dir: &Path) -> Result<Loaded, ManifestError> {
         }
     }
     loaded.fingerprint = hex::encode(hasher.finalize());
+    loaded.synced = true;
     Ok(loaded)
 }
 
@@ -238,26 +260,13 @@ fn load_object(
                 from_value(value, true).map_err(|(f, m)| fail(f, m))?;
             let key = object_key(&secret.metadata).map_err(|(f, m)| fail(Some(f), m))?;
             claim(origin, &object, file).map_err(|m| fail(None, m))?;
-            let type_ = secret.type_.unwrap_or_else(|| "Opaque".to_string());
-            let mut data: BTreeMap<String, secrecy::SecretSlice<u8>> = secret
-                .data
-                .unwrap_or_default()
-                .into_iter()
-                .map(|(k, v)| (k, v.0.into()))
-                .collect();
-            // stringData is merged over data, as the API server does on write.
-            for (k, v) in secret.string_data.unwrap_or_default() {
-                data.insert(k, v.into_bytes().into());
-            }
+            let object_value = secret_object(key, secret);
+            let type_ = object_value.type_.clone();
             let wrong_type = type_ != TYPE_DOCKERCONFIGJSON && type_ != TYPE_DOCKERCFG;
-            loaded.inventory.secrets.insert(
-                key.clone(),
-                SecretObject {
-                    key,
-                    type_: type_.clone(),
-                    data,
-                },
-            );
+            loaded
+                .inventory
+                .secrets
+                .insert(object_value.key.clone(), object_value);
             if wrong_type {
                 // Kept (so a PullSet naming it gets `SecretWrongType`) and reported.
                 return Err(fail(
@@ -293,6 +302,22 @@ fn load_object(
         }
     }
     Ok(())
+}
+
+/// A Kubernetes Secret as the library type: `stringData` merged over `data`, as the API server
+/// does on write; the bytes wrapped at once.
+pub fn secret_object(key: ObjectKey, secret: k8s_openapi::api::core::v1::Secret) -> SecretObject {
+    let type_ = secret.type_.unwrap_or_else(|| "Opaque".to_string());
+    let mut data: BTreeMap<String, secrecy::SecretSlice<u8>> = secret
+        .data
+        .unwrap_or_default()
+        .into_iter()
+        .map(|(k, v)| (k, v.0.into()))
+        .collect();
+    for (k, v) in secret.string_data.unwrap_or_default() {
+        data.insert(k, v.into_bytes().into());
+    }
+    SecretObject { key, type_, data }
 }
 
 #[derive(Deserialize)]

@@ -1,0 +1,117 @@
+//! Cluster mode against the test API server (real kube-rs client code), a real containerd and a
+//! real registry: PullSets from the API, this node's labels, only the referenced Secrets and
+//! ServiceAccounts watched by name, a 403 in one namespace reported while the others keep working.
+
+#![allow(clippy::unwrap_used)] // test fixtures: a failed set-up step should panic with its error
+
+use base64::Engine as _;
+use pullgate_testenv::apiserver::ApiServer;
+use pullgate_testenv::{Agent, ImageSpec, PASSWORD, TestEnv, USER};
+use serde_json::json;
+use std::time::Duration;
+
+fn pull_secret(namespace: &str, name: &str, host: &str) -> serde_json::Value {
+    let auth = base64::engine::general_purpose::STANDARD.encode(format!("{USER}:{PASSWORD}"));
+    let config = json!({"auths": {host: {"auth": auth}}}).to_string();
+    json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": name, "namespace": namespace},
+           "type": "kubernetes.io/dockerconfigjson",
+           "data": {".dockerconfigjson": base64::engine::general_purpose::STANDARD.encode(config)}})
+}
+
+fn pullset(namespace: &str, name: &str, image: &str, spec: serde_json::Value) -> serde_json::Value {
+    let mut spec = spec;
+    spec["images"] = json!([{"image": image}]);
+    json!({"apiVersion": "pullgate.io/v1alpha1", "kind": "PullSet", "metadata": {"name": name, "namespace": namespace}, "spec": spec})
+}
+
+#[test]
+fn pullsets_from_the_api_server_are_pre_pulled_with_least_privilege() {
+    let env = TestEnv::start().unwrap_or_else(|e| panic!("test environment: {e:#}"));
+    let host = env.registry.host();
+    let app = env.push(&ImageSpec::new("team/app", "v1")).unwrap();
+    let gpu = env.push(&ImageSpec::new("ml/driver", "v1")).unwrap();
+    let locked = env.push(&ImageSpec::new("locked/app", "v1")).unwrap();
+
+    let api = ApiServer::start().unwrap();
+    api.apply(json!({"apiVersion": "v1", "kind": "Node", "metadata": {"name": "test-node", "labels": {"pool": "general"}}}));
+    api.apply(json!({"apiVersion": "v1", "kind": "Node", "metadata": {"name": "another-node"}}));
+    api.apply(pull_secret("team", "regcred", &host));
+    api.apply(pull_secret("team", "unreferenced", &host));
+    api.apply(json!({"apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": "builder", "namespace": "team"},
+                     "imagePullSecrets": [{"name": "regcred"}]}));
+    api.apply(pullset(
+        "team",
+        "critical",
+        &app.by_tag,
+        json!({"serviceAccountName": "builder"}),
+    ));
+    api.apply(pullset(
+        "ml",
+        "gpu-only",
+        &gpu.by_tag,
+        json!({"nodeSelector": {"pool": "gpu"}}),
+    ));
+    api.apply(pull_secret("locked", "regcred", &host));
+    api.apply(pullset(
+        "locked",
+        "critical",
+        &locked.by_tag,
+        json!({"imagePullSecrets": [{"name": "regcred"}]}),
+    ));
+    api.forbid_namespace("locked");
+
+    let dir = tempfile::tempdir().unwrap();
+    let kubeconfig = dir.path().join("kubeconfig");
+    std::fs::write(&kubeconfig, api.kubeconfig()).unwrap();
+    let run = Agent::cluster(&kubeconfig, &env.containerd.endpoint())
+        .run_once(Duration::from_secs(120))
+        .unwrap();
+
+    // The team's set is pulled with its ServiceAccount's secret, read from the API.
+    let o = run.prepull(&app.by_tag);
+    assert_eq!(
+        o["verdict"], "Ok",
+        "stdout:\n{}\nstderr:\n{}",
+        run.stdout, run.stderr
+    );
+    assert_eq!(o["credential"], format!("secret team/regcred key {host}"));
+    // Not for this node.
+    assert!(run.prepulls_of(&gpu.by_tag).is_empty());
+    // The forbidden namespace is reported, naming it and the permission; it fails alone.
+    let problem = run
+        .lines
+        .iter()
+        .find(|l| l["kind"] == "source" && l["object"] == "Secret locked/regcred")
+        .unwrap_or_else(|| panic!("no Forbidden problem:\n{}", run.stdout));
+    let message = problem["message"].as_str().unwrap();
+    assert!(
+        message.starts_with("Forbidden")
+            && message.contains("namespace locked")
+            && message.contains("secrets"),
+        "{message}"
+    );
+    assert_ne!(run.prepull(&locked.by_tag)["verdict"], "Ok");
+    assert_eq!(run.code, Some(1));
+
+    // Least privilege: Secrets and ServiceAccounts only by name in their namespace; never a
+    // cluster-wide Secret list or watch; this Node only.
+    let requests = api.requests();
+    let secret_requests: Vec<&String> =
+        requests.iter().filter(|r| r.contains("/secrets")).collect();
+    assert!(!secret_requests.is_empty());
+    for r in &secret_requests {
+        assert!(
+            r.contains("/namespaces/") && r.contains("fieldSelector=metadata.name"),
+            "{r}"
+        );
+        assert!(!r.contains("unreferenced"), "{r}");
+    }
+    for r in requests.iter().filter(|r| r.contains("/nodes")) {
+        assert!(
+            r.contains("fieldSelector=metadata.name%3Dtest-node")
+                || r.contains("fieldSelector=metadata.name=test-node"),
+            "{r}"
+        );
+    }
+    env.assert_no_leak(&[&run.stdout, &run.stderr], &[PASSWORD]);
+}
