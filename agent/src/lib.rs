@@ -16,6 +16,7 @@ pub mod desired;
 pub mod image_ref;
 pub mod inventory;
 pub mod node;
+pub mod node_status;
 pub mod outcome;
 #[cfg(test)]
 mod parsers_smoke;

@@ -3,12 +3,13 @@
 use crate::canary::runner::{CanaryOutcome, CanaryRunner};
 use crate::canary::service::{CanarySink, ServiceConfig};
 use crate::cli::RunArgs;
-use crate::conditions::Tracker;
+use crate::conditions::{Condition, Tracker};
 use crate::credentials::{CredentialResolver, KubeletResolver};
 use crate::cri::{CriClient, CriTimeouts};
 use crate::desired::prepull_images;
 use crate::inventory::ObjectKey;
 use crate::node::NodeInfo;
+use crate::node_status::NodeStatus;
 use crate::outcome::{SourceProblem, now_rfc3339};
 use crate::prepull::{PassSummary, PrePullConfig, PrePuller, RetryPolicy};
 use crate::report::JsonLines;
@@ -94,10 +95,14 @@ pub async fn run(args: RunArgs) -> Result<RunOutcome, RunError> {
         }
     }
 
-    let (mut sources, source_task) = match manifests {
-        Some(dir) => watch_dir(dir, WatchConfig::default(), cancel.clone())?,
+    let (mut sources, source_task, node_status) = match manifests {
+        Some(dir) => {
+            let (rx, task) = watch_dir(dir, WatchConfig::default(), cancel.clone())?;
+            (rx, task, None)
+        }
         None => {
             let client = crate::source::cluster::client(kubeconfig.as_deref()).await?;
+            let node_status = NodeStatus::new(client.clone(), node.name.clone());
             let (mut rx, task) =
                 crate::source::cluster::watch_cluster(client, node.name.clone(), cancel.clone());
             // Act on a complete picture: every PullSet, the Node, every referenced object.
@@ -114,7 +119,7 @@ pub async fn run(args: RunArgs) -> Result<RunOutcome, RunError> {
             if !matches!(synced, Ok(true)) {
                 return Err(RunError::NotSynced(limit));
             }
-            (rx, task)
+            (rx, task, Some(node_status))
         }
     };
     let engine = PrePuller::new(
@@ -130,6 +135,8 @@ pub async fn run(args: RunArgs) -> Result<RunOutcome, RunError> {
         node.name.clone(),
     );
     let reporter = Arc::new(JsonLines::default());
+    // Conditions: JSON lines always; on the Node too in cluster mode, written in order by one task.
+    let (publisher, status_task) = ConditionPublisher::start(reporter.clone(), node_status);
     let resolver: Arc<KubeletResolver> = Arc::new(crate::auth::build_resolver(&credentials)?);
     let recheck: Duration = *prepull.recheck_interval;
     let mut images_ready = Tracker::new("CriticalImagesReady");
@@ -147,6 +154,7 @@ pub async fn run(args: RunArgs) -> Result<RunOutcome, RunError> {
         });
         let sink: Arc<dyn CanarySink> = Arc::new(StdoutCanarySink {
             reporter: reporter.clone(),
+            conditions: publisher.clone(),
             credentials_valid: Mutex::new(Tracker::new("PullCredentialsValid")),
         });
         let config = ServiceConfig {
@@ -175,6 +183,7 @@ pub async fn run(args: RunArgs) -> Result<RunOutcome, RunError> {
             &loaded,
             &cancel,
             &mut images_ready,
+            &publisher,
         )
         .await;
         if once {
@@ -208,12 +217,59 @@ pub async fn run(args: RunArgs) -> Result<RunOutcome, RunError> {
     if let Some(task) = canary_task {
         let _ = tokio::time::timeout(Duration::from_secs(5), task).await;
     }
+    // Let the last condition reach the Node before exiting.
+    drop(publisher);
+    let _ = tokio::time::timeout(Duration::from_secs(10), status_task).await;
     Ok(result)
+}
+
+/// Publishes condition transitions: a JSON line, and (cluster mode) a patch of the Node's status.
+#[derive(Clone)]
+struct ConditionPublisher {
+    reporter: Arc<JsonLines>,
+    node: Option<tokio::sync::mpsc::UnboundedSender<Condition>>,
+}
+
+impl ConditionPublisher {
+    fn start(
+        reporter: Arc<JsonLines>,
+        node_status: Option<NodeStatus>,
+    ) -> (Self, tokio::task::JoinHandle<()>) {
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<Condition>();
+        let task = tokio::spawn(async move {
+            let Some(node_status) = node_status else {
+                return;
+            };
+            while let Some(condition) = rx.recv().await {
+                // A lost API server is retried, a few times, with backoff.
+                for delay in [0u64, 1, 2, 4] {
+                    tokio::time::sleep(Duration::from_secs(delay)).await;
+                    match node_status.publish(&condition).await {
+                        Ok(()) => break,
+                        Err(e) => tracing::warn!(error = %e, "condition not written; retrying"),
+                    }
+                }
+            }
+        });
+        let publisher = Self {
+            reporter,
+            node: Some(tx),
+        };
+        (publisher, task)
+    }
+
+    fn publish(&self, condition: Condition) {
+        self.reporter.emit(&condition);
+        if let Some(tx) = &self.node {
+            let _ = tx.send(condition);
+        }
+    }
 }
 
 /// Canary outcomes as JSON lines, and `PullCredentialsValid` transitions.
 struct StdoutCanarySink {
     reporter: Arc<JsonLines>,
+    conditions: ConditionPublisher,
     credentials_valid: Mutex<Tracker>,
 }
 
@@ -235,7 +291,7 @@ impl CanarySink for StdoutCanarySink {
             .unwrap_or_else(std::sync::PoisonError::into_inner);
         if let Some(condition) = tracker.observe(&all, &failing) {
             tracing::info!(status = ?condition.status, reason = %condition.reason, "PullCredentialsValid changed");
-            self.reporter.emit(&condition);
+            self.conditions.publish(condition);
         }
     }
 }
@@ -248,6 +304,7 @@ async fn pass<R: crate::runtime::ImageRuntime>(
     loaded: &Loaded,
     cancel: &CancellationToken,
     images_ready: &mut Tracker,
+    publisher: &ConditionPublisher,
 ) -> PassSummary {
     let node = &loaded.node(node);
     let desired = prepull_images(&loaded.inventory, node, resolver).await;
@@ -289,7 +346,7 @@ async fn pass<R: crate::runtime::ImageRuntime>(
         .collect();
     if let Some(condition) = images_ready.observe(&verdicts, &failing) {
         tracing::info!(status = ?condition.status, reason = %condition.reason, "CriticalImagesReady changed");
-        reporter.emit(&condition);
+        publisher.publish(condition);
     }
     summary
 }

@@ -33,7 +33,8 @@ fn pullsets_from_the_api_server_are_pre_pulled_with_least_privilege() {
     let locked = env.push(&ImageSpec::new("locked/app", "v1")).unwrap();
 
     let api = ApiServer::start().unwrap();
-    api.apply(json!({"apiVersion": "v1", "kind": "Node", "metadata": {"name": "test-node", "labels": {"pool": "general"}}}));
+    api.apply(json!({"apiVersion": "v1", "kind": "Node", "metadata": {"name": "test-node", "labels": {"pool": "general"}},
+                     "status": {"conditions": [{"type": "Ready", "status": "True", "reason": "KubeletReady"}]}}));
     api.apply(json!({"apiVersion": "v1", "kind": "Node", "metadata": {"name": "another-node"}}));
     api.apply(pull_secret("team", "regcred", &host));
     api.apply(pull_secret("team", "unreferenced", &host));
@@ -93,6 +94,42 @@ fn pullsets_from_the_api_server_are_pre_pulled_with_least_privilege() {
     assert_ne!(run.prepull(&locked.by_tag)["verdict"], "Ok");
     assert_eq!(run.code, Some(1));
 
+    // The node's conditions: ours added by type, the kubelet's untouched.
+    let node = api.get("v1", "nodes", "", "test-node").unwrap();
+    let conditions: Vec<(String, String, String)> = node["status"]["conditions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| {
+            (
+                c["type"].as_str().unwrap().into(),
+                c["status"].as_str().unwrap().into(),
+                c["reason"].as_str().unwrap().into(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        conditions,
+        [
+            (
+                "Ready".to_string(),
+                "True".to_string(),
+                "KubeletReady".to_string()
+            ),
+            (
+                "CriticalImagesReady".to_string(),
+                "False".to_string(),
+                "SecretNotFound".to_string()
+            )
+        ],
+        "{node}"
+    );
+    assert!(
+        api.requests()
+            .iter()
+            .any(|r| r.starts_with("PATCH /api/v1/nodes/test-node/status"))
+    );
+
     // Least privilege: Secrets and ServiceAccounts only by name in their namespace; never a
     // cluster-wide Secret list or watch; this Node only.
     let requests = api.requests();
@@ -106,7 +143,10 @@ fn pullsets_from_the_api_server_are_pre_pulled_with_least_privilege() {
         );
         assert!(!r.contains("unreferenced"), "{r}");
     }
-    for r in requests.iter().filter(|r| r.contains("/nodes")) {
+    for r in requests
+        .iter()
+        .filter(|r| r.starts_with("GET") && r.contains("/nodes"))
+    {
         assert!(
             r.contains("fieldSelector=metadata.name%3Dtest-node")
                 || r.contains("fieldSelector=metadata.name=test-node"),
