@@ -178,7 +178,6 @@ pub async fn run(args: RunArgs) -> Result<RunOutcome, RunError> {
         let summary = pass(
             &engine,
             resolver.as_ref(),
-            &reporter,
             &node,
             &loaded,
             &cancel,
@@ -299,13 +298,13 @@ impl CanarySink for StdoutCanarySink {
 async fn pass<R: crate::runtime::ImageRuntime>(
     engine: &PrePuller<R>,
     resolver: &dyn CredentialResolver,
-    reporter: &JsonLines,
     node: &NodeInfo,
     loaded: &Loaded,
     cancel: &CancellationToken,
     images_ready: &mut Tracker,
     publisher: &ConditionPublisher,
 ) -> PassSummary {
+    let reporter = publisher.reporter.as_ref();
     let node = &loaded.node(node);
     let desired = prepull_images(&loaded.inventory, node, resolver).await;
     tracing::debug!(images = desired.len(), "pre-pull pass");
