@@ -32,8 +32,9 @@ pub struct Condition {
 }
 
 /// Worse first: what an operator must look at before anything else.
-const SEVERITY: [Verdict; 13] = [
+const SEVERITY: [Verdict; 14] = [
     Verdict::Expired,
+    Verdict::Forbidden,
     Verdict::Unauthorized,
     Verdict::SecretMalformed,
     Verdict::SecretWrongType,

@@ -55,4 +55,6 @@ pub struct Inventory {
     pub pullsets: BTreeMap<ObjectKey, ValidPullSet>,
     pub secrets: BTreeMap<ObjectKey, SecretObject>,
     pub service_accounts: BTreeMap<ObjectKey, ServiceAccountObject>,
+    /// Objects the source may not read (RBAC), with why: resolution reports `Forbidden`.
+    pub forbidden: BTreeMap<ObjectKey, String>,
 }

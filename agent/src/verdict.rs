@@ -22,11 +22,12 @@ pub enum Verdict {
     DigestMismatch,
     RuntimeError,
     Expired,
+    Forbidden,
 }
 
 impl Verdict {
     /// All verdicts, for exhaustive tables and metric pre-registration.
-    pub const ALL: [Verdict; 14] = [
+    pub const ALL: [Verdict; 15] = [
         Verdict::Ok,
         Verdict::Unauthorized,
         Verdict::NoCredentials,
@@ -41,6 +42,7 @@ impl Verdict {
         Verdict::DigestMismatch,
         Verdict::RuntimeError,
         Verdict::Expired,
+        Verdict::Forbidden,
     ];
 
     /// The CamelCase name used in JSON, Events, condition reasons and metric labels (bounded).
@@ -60,6 +62,7 @@ impl Verdict {
             Verdict::DigestMismatch => "DigestMismatch",
             Verdict::RuntimeError => "RuntimeError",
             Verdict::Expired => "Expired",
+            Verdict::Forbidden => "Forbidden",
         }
     }
 
@@ -117,6 +120,9 @@ impl Verdict {
             }
             Verdict::Expired => {
                 "the credential has expired: rotate it (short-lived registry tokens must be refreshed)"
+            }
+            Verdict::Forbidden => {
+                "pullgate may not read an object it needs (RBAC): grant get/list/watch on it in that namespace, e.g. with the secret-reader Role"
             }
         }
     }

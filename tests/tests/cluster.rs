@@ -91,7 +91,15 @@ fn pullsets_from_the_api_server_are_pre_pulled_with_least_privilege() {
             && message.contains("secrets"),
         "{message}"
     );
-    assert_ne!(run.prepull(&locked.by_tag)["verdict"], "Ok");
+    let locked_outcome = run.prepull(&locked.by_tag);
+    assert_eq!(locked_outcome["verdict"], "Forbidden", "{locked_outcome}");
+    assert!(
+        locked_outcome["message"]
+            .as_str()
+            .unwrap()
+            .contains("namespace locked"),
+        "{locked_outcome}"
+    );
     assert_eq!(run.code, Some(1));
 
     // The node's conditions: ours added by type, the kubelet's untouched.
@@ -119,7 +127,7 @@ fn pullsets_from_the_api_server_are_pre_pulled_with_least_privilege() {
             (
                 "CriticalImagesReady".to_string(),
                 "False".to_string(),
-                "SecretNotFound".to_string()
+                "Forbidden".to_string()
             )
         ],
         "{node}"

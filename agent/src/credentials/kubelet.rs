@@ -364,6 +364,12 @@ enum SecretUse {
 
 /// What the kubelet does with one referenced secret.
 fn secret_entries(inventory: &Inventory, key: &ObjectKey) -> SecretUse {
+    if let Some(why) = inventory.forbidden.get(key) {
+        return SecretUse::Skipped(Finding {
+            verdict: Verdict::Forbidden,
+            message: format!("pull secret {key} cannot be read: {why}"),
+        });
+    }
     let Some(secret) = inventory.secrets.get(key) else {
         return SecretUse::Skipped(Finding {
             verdict: Verdict::SecretNotFound,

@@ -118,7 +118,8 @@ impl Resolution {
 
     /// Findings in the order an engineer should look at them.
     fn most_telling_finding(&self) -> Option<&Finding> {
-        const ORDER: [Verdict; 6] = [
+        const ORDER: [Verdict; 7] = [
+            Verdict::Forbidden,
             Verdict::ServiceAccountNotFound,
             Verdict::SecretNotFound,
             Verdict::SecretWrongType,

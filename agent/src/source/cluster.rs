@@ -190,6 +190,14 @@ fn build(state: &State, wanted: &BTreeSet<(char, ObjectKey)>) -> Loaded {
         }
     }
     loaded.inventory.secrets = state.secrets.clone();
+    for (key, problem) in &state.problems {
+        if let Some(object) = key.strip_prefix("s/").and_then(|k| k.split_once('/')) {
+            loaded
+                .inventory
+                .forbidden
+                .insert(ObjectKey::new(object.0, object.1), problem.message.clone());
+        }
+    }
     loaded.inventory.service_accounts = state.service_accounts.clone();
     loaded.problems.extend(state.problems.values().cloned());
     loaded.node_labels = state.node_labels.clone();
