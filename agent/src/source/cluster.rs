@@ -7,7 +7,7 @@
 //! resourceVersion and re-list on `410 Gone`, with backoff on errors. A `403` is reported as a
 //! problem naming the namespace and the permission it lacks; every other namespace keeps working.
 
-use super::manifests::{Loaded, ManifestProblem, secret_object};
+use super::manifests::{Loaded, ManifestProblem, secret_object, service_account_object};
 use crate::inventory::{ObjectKey, ServiceAccountObject};
 use crate::pullset::{self, PullSet};
 use futures::StreamExt as _;
@@ -345,20 +345,8 @@ async fn watch_one(client: Client, kind: char, key: ObjectKey, shared: Shared) {
         run!(
             ServiceAccount,
             |s: &mut State, o: ServiceAccount| {
-                let names = o
-                    .image_pull_secrets
-                    .unwrap_or_default()
-                    .into_iter()
-                    .map(|r| r.name)
-                    .filter(|n| !n.is_empty())
-                    .collect();
-                s.service_accounts.insert(
-                    k.clone(),
-                    ServiceAccountObject {
-                        key: k.clone(),
-                        image_pull_secrets: names,
-                    },
-                );
+                s.service_accounts
+                    .insert(k.clone(), service_account_object(k.clone(), o));
             },
             |s: &mut State| {
                 s.service_accounts.remove(&k);

@@ -282,20 +282,10 @@ fn load_object(
                 from_value(value, false).map_err(|(f, m)| fail(f, m))?;
             let key = object_key(&sa.metadata).map_err(|(f, m)| fail(Some(f), m))?;
             claim(origin, &object, file).map_err(|m| fail(None, m))?;
-            let image_pull_secrets = sa
-                .image_pull_secrets
-                .unwrap_or_default()
-                .into_iter()
-                .map(|r| r.name)
-                .filter(|n| !n.is_empty())
-                .collect();
-            loaded.inventory.service_accounts.insert(
-                key.clone(),
-                ServiceAccountObject {
-                    key,
-                    image_pull_secrets,
-                },
-            );
+            loaded
+                .inventory
+                .service_accounts
+                .insert(key.clone(), service_account_object(key, sa));
         }
         _ => {
             tracing::debug!(file = %file.display(), %api_version, %kind, "ignoring object of another kind");
@@ -318,6 +308,24 @@ pub fn secret_object(key: ObjectKey, secret: k8s_openapi::api::core::v1::Secret)
         data.insert(k, v.into_bytes().into());
     }
     SecretObject { key, type_, data }
+}
+
+/// A Kubernetes ServiceAccount as the library type: its pull secrets' names, in order.
+pub fn service_account_object(
+    key: ObjectKey,
+    sa: k8s_openapi::api::core::v1::ServiceAccount,
+) -> ServiceAccountObject {
+    let image_pull_secrets = sa
+        .image_pull_secrets
+        .unwrap_or_default()
+        .into_iter()
+        .map(|r| r.name)
+        .filter(|n| !n.is_empty())
+        .collect();
+    ServiceAccountObject {
+        key,
+        image_pull_secrets,
+    }
 }
 
 #[derive(Deserialize)]
