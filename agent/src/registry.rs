@@ -670,7 +670,10 @@ fn from_oci(e: OciDistributionError) -> RegistryError {
             RegistryError::Status {
                 what: "authentication".into(),
                 status: 0,
-                code: first.map(|e| format!("{:?}", e.code).to_ascii_uppercase()),
+                // The distribution spec's own spelling (`MANIFEST_UNKNOWN`), as `classify_status` reads it.
+                code: first
+                    .and_then(|e| serde_json::to_value(&e.code).ok())
+                    .and_then(|v| v.as_str().map(str::to_string)),
                 message: first.map(|e| e.message.clone()).unwrap_or_default(),
             }
         }
