@@ -279,13 +279,6 @@ pub struct PrePullArgs {
     pub retry_max_delay: humantime::Duration,
 }
 
-impl std::str::FromStr for crate::node::NodeLabels {
-    type Err = crate::node::NodeLabelError;
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        crate::node::NodeLabels::parse(s)
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

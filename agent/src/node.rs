@@ -40,6 +40,14 @@ impl NodeLabels {
     }
 }
 
+impl std::str::FromStr for NodeLabels {
+    type Err = NodeLabelError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Self::parse(s)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

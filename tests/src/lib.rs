@@ -64,6 +64,13 @@ impl TestEnv {
         Ok(())
     }
 
+    /// Writes `secret.yaml`: pull secret `NAMESPACE/regcred` for the test registry, right password.
+    pub fn write_regcred(&self, namespace: &str) -> Result<()> {
+        let secret =
+            manifests::pull_secret(namespace, "regcred", &self.registry.host(), USER, PASSWORD);
+        self.write_manifest("secret.yaml", &secret)
+    }
+
     /// An agent runner pointed at this environment.
     pub fn agent(&self) -> Agent {
         Agent::new(self.manifests.path(), &self.containerd.endpoint())

@@ -15,11 +15,7 @@ fn rotation_is_caught_with_the_image_cached_and_the_fix_is_seen_within_seconds()
     let mut env = TestEnv::start().unwrap_or_else(|e| panic!("test environment: {e:#}"));
     let image = env.push(&ImageSpec::new("team/app", "v1")).unwrap();
     let host = env.registry.host();
-    env.write_manifest(
-        "secret.yaml",
-        &pull_secret("team", "regcred", &host, USER, PASSWORD),
-    )
-    .unwrap();
+    env.write_regcred("team").unwrap();
     env.write_manifest(
         "set.yaml",
         &format!(

@@ -18,11 +18,7 @@ fn private_images_are_pulled_by_tag_and_by_digest() {
         .push(&ImageSpec::new("team/app-a", "v1").with_layers(&[100_000, 50_000]))
         .unwrap();
     let b = env.push(&ImageSpec::new("team/app-b", "v2")).unwrap();
-    env.write_manifest(
-        "secret.yaml",
-        &pull_secret("team", "regcred", &env.registry.host(), USER, PASSWORD),
-    )
-    .unwrap();
+    env.write_regcred("team").unwrap();
     env.write_manifest(
         "set.yaml",
         &pullset("team", "critical", &[&a.by_tag, &b.by_digest], &["regcred"]),
@@ -129,11 +125,7 @@ fn a_wrong_password_is_unauthorized_and_an_absent_tag_is_not_found() {
 fn a_stopped_registry_is_a_network_failure() {
     let mut env = env();
     let a = env.push(&ImageSpec::new("team/app", "v1")).unwrap();
-    env.write_manifest(
-        "secret.yaml",
-        &pull_secret("team", "regcred", &env.registry.host(), USER, PASSWORD),
-    )
-    .unwrap();
+    env.write_regcred("team").unwrap();
     env.write_manifest(
         "set.yaml",
         &pullset("team", "s", &[&a.by_tag], &["regcred"]),
@@ -166,11 +158,7 @@ fn bad_objects_are_reported_with_file_and_field_and_valid_sets_still_pull() {
     let env = env();
     let a = env.push(&ImageSpec::new("team/app", "v1")).unwrap();
     let host = env.registry.host();
-    env.write_manifest(
-        "secret.yaml",
-        &pull_secret("team", "regcred", &host, USER, PASSWORD),
-    )
-    .unwrap();
+    env.write_regcred("team").unwrap();
     env.write_manifest(
         "good.yaml",
         &pullset("team", "good", &[&a.by_tag], &["regcred"]),

@@ -2,8 +2,8 @@
 //! and picks up edited manifests without a restart. Real containerd, real registry.
 
 use pullgate::runtime::ImageRuntime as _;
-use pullgate_testenv::manifests::{pull_secret, pullset};
-use pullgate_testenv::{ImageSpec, PASSWORD, TestEnv, USER, block_on};
+use pullgate_testenv::manifests::pullset;
+use pullgate_testenv::{ImageSpec, PASSWORD, TestEnv, block_on};
 use std::time::Duration;
 
 const MIB: usize = 1024 * 1024;
@@ -22,11 +22,7 @@ fn a_containerd_restart_in_the_middle_of_a_pass_is_survived() {
         })
         .collect();
     let refs: Vec<&str> = images.iter().map(|i| i.by_tag.as_str()).collect();
-    env.write_manifest(
-        "secret.yaml",
-        &pull_secret("big", "regcred", &env.registry.host(), USER, PASSWORD),
-    )
-    .unwrap();
+    env.write_regcred("big").unwrap();
     env.write_manifest("set.yaml", &pullset("big", "all", &refs, &["regcred"]))
         .unwrap();
 
@@ -106,11 +102,7 @@ fn an_unreachable_runtime_is_a_clear_runtime_error_not_a_crash() {
 fn an_image_removed_behind_the_agents_back_is_pulled_again() {
     let env = env();
     let a = env.push(&ImageSpec::new("team/app", "v1")).unwrap();
-    env.write_manifest(
-        "secret.yaml",
-        &pull_secret("team", "regcred", &env.registry.host(), USER, PASSWORD),
-    )
-    .unwrap();
+    env.write_regcred("team").unwrap();
     env.write_manifest(
         "set.yaml",
         &pullset("team", "s", &[&a.by_tag], &["regcred"]),
@@ -152,11 +144,7 @@ fn an_edited_manifest_takes_effect_without_a_restart() {
     let env = env();
     let a = env.push(&ImageSpec::new("team/first", "v1")).unwrap();
     let b = env.push(&ImageSpec::new("team/second", "v1")).unwrap();
-    env.write_manifest(
-        "secret.yaml",
-        &pull_secret("team", "regcred", &env.registry.host(), USER, PASSWORD),
-    )
-    .unwrap();
+    env.write_regcred("team").unwrap();
     env.write_manifest(
         "set.yaml",
         &pullset("team", "s", &[&a.by_tag], &["regcred"]),

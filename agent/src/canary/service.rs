@@ -55,10 +55,6 @@ pub trait CanarySink: Send + Sync {
     fn verdicts(&self, verdicts: &BTreeMap<(ObjectKey, String), Verdict>);
 }
 
-struct Pending {
-    key: Key,
-}
-
 /// Runs until `cancel`.
 pub async fn run<P: RegistryProbe + 'static>(
     runner: Arc<CanaryRunner<P>>,
@@ -84,13 +80,14 @@ pub async fn run<P: RegistryProbe + 'static>(
     }
     let mut jobs: HashMap<ObjectKey, (String, uuid::Uuid)> = HashMap::new();
     let mut queue: DelayQueue<(ObjectKey, Trigger)> = DelayQueue::new();
-    let mut pending: HashMap<ObjectKey, Pending> = HashMap::new();
+    let mut pending: HashMap<ObjectKey, Key> = HashMap::new();
     let mut failures: HashMap<ObjectKey, u32> = HashMap::new();
     let mut verdicts: BTreeMap<(ObjectKey, String), Verdict> = BTreeMap::new();
 
     let mut loaded = sources.borrow_and_update().clone();
+    let mut this_node = loaded.node(&config.node);
     let mut fingerprints = rotation::fingerprints(&loaded.inventory);
-    for set in canaried(&loaded.inventory, &loaded.node(&config.node)) {
+    for set in canaried(&loaded.inventory, &this_node) {
         let delay = jitter::offset(&node, &set.key, config.rotation_window);
         enqueue(
             &mut queue,
@@ -104,7 +101,7 @@ pub async fn run<P: RegistryProbe + 'static>(
         scheduler.as_mut(),
         &mut jobs,
         &loaded.inventory,
-        &loaded.node(&config.node),
+        &this_node,
         &fire_tx,
     )
     .await;
@@ -117,18 +114,19 @@ pub async fn run<P: RegistryProbe + 'static>(
                     break;
                 }
                 loaded = sources.borrow_and_update().clone();
+                this_node = loaded.node(&config.node);
                 let new = rotation::fingerprints(&loaded.inventory);
                 for key in rotation::rotated(&fingerprints, &new) {
                     if let Some(set) = loaded.inventory.pullsets.get(&key)
                         && set.spec.canary.as_ref().is_some_and(|c| c.on_rotation)
-                        && loaded.node(&config.node).matches(&set.spec.node_selector)
+                        && this_node.matches(&set.spec.node_selector)
                     {
                         tracing::info!(pullset = %key, "credentials changed; re-validating");
                         let delay = jitter::offset(&node, &key, config.rotation_window);
                         enqueue(&mut queue, &mut pending, key, Trigger::Rotation, delay);
                     }
                 }
-                for set in canaried(&loaded.inventory, &loaded.node(&config.node)) {
+                for set in canaried(&loaded.inventory, &this_node) {
                     if !fingerprints.contains_key(&set.key) {
                         let delay = jitter::offset(&node, &set.key, config.rotation_window);
                         enqueue(&mut queue, &mut pending, set.key.clone(), Trigger::Startup, delay);
@@ -136,7 +134,7 @@ pub async fn run<P: RegistryProbe + 'static>(
                 }
                 fingerprints = new;
                 verdicts.retain(|(key, _), _| loaded.inventory.pullsets.contains_key(key));
-                sync_jobs(scheduler.as_mut(), &mut jobs, &loaded.inventory, &loaded.node(&config.node), &fire_tx).await;
+                sync_jobs(scheduler.as_mut(), &mut jobs, &loaded.inventory, &this_node, &fire_tx).await;
             }
             Some(key) = fire_rx.recv() => {
                 let window = loaded
@@ -157,7 +155,7 @@ pub async fn run<P: RegistryProbe + 'static>(
                     .inventory
                     .pullsets
                     .get(&key)
-                    .filter(|s| s.spec.canary.is_some() && loaded.node(&config.node).matches(&s.spec.node_selector))
+                    .filter(|s| s.spec.canary.is_some() && this_node.matches(&s.spec.node_selector))
                 else {
                     continue;
                 };
@@ -205,20 +203,20 @@ fn canaried<'a>(
 /// Queues a check; an earlier request for the same PullSet wins.
 fn enqueue(
     queue: &mut DelayQueue<(ObjectKey, Trigger)>,
-    pending: &mut HashMap<ObjectKey, Pending>,
+    pending: &mut HashMap<ObjectKey, Key>,
     key: ObjectKey,
     trigger: Trigger,
     delay: Duration,
 ) {
-    if let Some(p) = pending.get(&key) {
-        let due = queue.deadline(&p.key);
+    if let Some(queued) = pending.get(&key) {
+        let due = queue.deadline(queued);
         if due <= tokio::time::Instant::now() + delay {
             return;
         }
-        queue.remove(&p.key);
+        queue.remove(queued);
     }
     let k = queue.insert((key.clone(), trigger), delay);
-    pending.insert(key, Pending { key: k });
+    pending.insert(key, k);
 }
 
 /// One cron job per PullSet with a schedule; changed schedules are replaced.
@@ -273,19 +271,6 @@ async fn sync_jobs(
             },
             Err(e) => tracing::warn!(pullset = %key, error = %e, "cannot schedule canary"),
         }
-    }
-}
-
-/// `trigger` display for logs.
-impl std::fmt::Display for Trigger {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(match self {
-            Trigger::Startup => "startup",
-            Trigger::Schedule => "schedule",
-            Trigger::Rotation => "rotation",
-            Trigger::Retry => "retry",
-            Trigger::Manual => "manual",
-        })
     }
 }
 

@@ -159,17 +159,18 @@ impl<R: ImageRuntime> PrePuller<R> {
         let reference = desired.image.pull_reference();
         let mut attempts = 0;
 
-        if let Some(present) = index.lookup(&desired.image) {
-            return ImageResult {
-                result: Ok(Success {
-                    action: Action::Present,
-                    present: present.clone(),
-                    by: None,
-                }),
-                failed: Vec::new(),
-                attempts,
-                elapsed: start.elapsed(),
-            };
+        let present = |present: PresentImage, attempts: u32| ImageResult {
+            result: Ok(Success {
+                action: Action::Present,
+                present,
+                by: None,
+            }),
+            failed: Vec::new(),
+            attempts,
+            elapsed: start.elapsed(),
+        };
+        if let Some(found) = index.lookup(&desired.image) {
+            return present(found.clone(), attempts);
         }
 
         // Confirm absence (the listing may be stale or the name spelled differently).
@@ -179,18 +180,7 @@ impl<R: ImageRuntime> PrePuller<R> {
             })
             .await;
         match status {
-            Ok(Some(present)) => {
-                return ImageResult {
-                    result: Ok(Success {
-                        action: Action::Present,
-                        present,
-                        by: None,
-                    }),
-                    failed: Vec::new(),
-                    attempts,
-                    elapsed: start.elapsed(),
-                };
-            }
+            Ok(Some(found)) => return present(found, attempts),
             Ok(None) => {}
             Err(failure) => {
                 return ImageResult {

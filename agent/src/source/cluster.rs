@@ -8,7 +8,8 @@
 //! problem naming the namespace and the permission it lacks; every other namespace keeps working.
 
 use super::manifests::{Loaded, ManifestProblem, secret_object, service_account_object};
-use crate::inventory::{ObjectKey, ServiceAccountObject};
+use crate::credentials::pull_secret_names;
+use crate::inventory::{Inventory, ObjectKey, ServiceAccountObject};
 use crate::pullset::{self, PullSet};
 use futures::StreamExt as _;
 use k8s_openapi::api::core::v1::{Node, Secret, ServiceAccount};
@@ -100,8 +101,12 @@ pub fn watch_cluster(
                     .0
                     .lock()
                     .unwrap_or_else(std::sync::PoisonError::into_inner);
-                let wanted = references(&state);
-                (build(&state, &wanted), wanted, state.generation)
+                let mut loaded = build(&state);
+                let wanted = references(&loaded.inventory);
+                loaded.synced = state.pullsets_synced
+                    && state.node_synced
+                    && wanted.is_subset(&state.objects_synced);
+                (loaded, wanted, state.generation)
             };
             for key in &wanted {
                 referenced.entry(key.clone()).or_insert_with(|| {
@@ -141,34 +146,26 @@ pub fn watch_cluster(
     (rx, task)
 }
 
-/// Secrets (`s`) and ServiceAccounts (`a`) the PullSets reference, by the pod rule.
-fn references(state: &State) -> BTreeSet<(char, ObjectKey)> {
+/// Secrets (`s`) and ServiceAccounts (`a`) the valid PullSets reference: the ServiceAccount a set
+/// falls back to, and the secrets the pod rule picks (the same rule credential resolution uses).
+fn references(inventory: &Inventory) -> BTreeSet<(char, ObjectKey)> {
     let mut out = BTreeSet::new();
-    for (key, set) in &state.pullsets {
-        let ns = key.namespace.clone();
+    for set in inventory.pullsets.values() {
+        let ns = &set.key.namespace;
         if set.spec.image_pull_secrets.is_empty() {
-            let sa = set
-                .spec
-                .service_account_name
-                .clone()
-                .unwrap_or_else(|| "default".into());
-            let sa_key = ObjectKey::new(ns.clone(), sa);
-            if let Some(sa) = state.service_accounts.get(&sa_key) {
-                for secret in &sa.image_pull_secrets {
-                    out.insert(('s', ObjectKey::new(ns.clone(), secret.clone())));
-                }
-            }
-            out.insert(('a', sa_key));
-        } else {
-            for r in &set.spec.image_pull_secrets {
-                out.insert(('s', ObjectKey::new(ns.clone(), r.name.clone())));
-            }
+            out.insert((
+                'a',
+                ObjectKey::new(ns.clone(), set.service_account().to_string()),
+            ));
+        }
+        for name in pull_secret_names(inventory, set, &mut Vec::new()) {
+            out.insert(('s', ObjectKey::new(ns.clone(), name)));
         }
     }
     out
 }
 
-fn build(state: &State, wanted: &BTreeSet<(char, ObjectKey)>) -> Loaded {
+fn build(state: &State) -> Loaded {
     let mut loaded = Loaded::default();
     for (key, set) in &state.pullsets {
         match pullset::validate(key.clone(), set.spec.clone()) {
@@ -202,8 +199,6 @@ fn build(state: &State, wanted: &BTreeSet<(char, ObjectKey)>) -> Loaded {
     loaded.problems.extend(state.problems.values().cloned());
     loaded.node_labels = state.node_labels.clone();
     loaded.fingerprint = format!("cluster-{}", state.generation);
-    loaded.synced =
-        state.pullsets_synced && state.node_synced && wanted.is_subset(&state.objects_synced);
     loaded
 }
 
