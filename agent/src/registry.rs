@@ -263,7 +263,8 @@ pub struct ProbeAuth<'a> {
 struct Session<'a> {
     client: &'a RegistryClient,
     base: String,
-    authorization: Option<String>,
+    /// Marked sensitive: HTTP-layer `Debug` output never shows it.
+    authorization: Option<reqwest::header::HeaderValue>,
     probe: Probe,
 }
 
@@ -413,7 +414,7 @@ impl Session<'_> {
             .auth(&reference, &registry_auth, RegistryOperation::Pull)
             .await
             .map_err(from_oci)?;
-        self.authorization = match (token, &auth) {
+        let header = match (token, &auth) {
             (Some(token), _) => {
                 self.probe.requests += 1;
                 Some(format!("Bearer {token}"))
@@ -428,6 +429,12 @@ impl Session<'_> {
             )),
             (None, None) => None,
         };
+        self.authorization = header
+            .and_then(|h| reqwest::header::HeaderValue::from_str(&h).ok())
+            .map(|mut v| {
+                v.set_sensitive(true);
+                v
+            });
         Ok(())
     }
 
@@ -435,7 +442,7 @@ impl Session<'_> {
         self.probe.requests += 1;
         let mut request = self.client.http.request(method, url);
         if let Some(a) = &self.authorization {
-            request = request.header(reqwest::header::AUTHORIZATION, a);
+            request = request.header(reqwest::header::AUTHORIZATION, a.clone());
         }
         request
     }
