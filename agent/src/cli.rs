@@ -228,6 +228,40 @@ pub struct RunArgs {
     /// Rotation and start-up canaries wait a deterministic offset below this (0: at once).
     #[arg(long, env = "PULLGATE_ROTATION_JITTER", default_value = "2s")]
     pub rotation_jitter: humantime::Duration,
+    #[command(flatten)]
+    pub cluster: ClusterArgs,
+    /// Serve `GET /healthz` and `GET /readyz` on this address (for the DaemonSet's probes).
+    #[arg(long, env = "PULLGATE_HTTP_ADDR", value_name = "ADDR")]
+    pub http_addr: Option<std::net::SocketAddr>,
+}
+
+/// What cluster mode writes about this node: conditions, Events, the readiness taint.
+#[derive(Debug, Args)]
+pub struct ClusterArgs {
+    /// The start-up taint (effect `NoSchedule`) this agent removes once its gated PullSets are
+    /// ready; follow your autoscaler's convention (see the README).
+    #[arg(
+        long,
+        env = "PULLGATE_TAINT_KEY",
+        default_value = "pullgate.io/not-ready"
+    )]
+    pub taint_key: String,
+    /// After this long (since the agent started) the taint is removed anyway, with a
+    /// `GateTimedOut` Event.
+    #[arg(long, env = "PULLGATE_GATE_TIMEOUT", default_value = "10m")]
+    pub gate_timeout: humantime::Duration,
+    /// At the gate timeout: `remove` the taint anyway, or `keep` it until the gate opens.
+    #[arg(long, env = "PULLGATE_GATE_TIMEOUT_ACTION", value_enum, default_value_t = crate::gate::TimeoutAction::Remove)]
+    pub gate_timeout_action: crate::gate::TimeoutAction,
+    /// Re-write the node conditions (a fresh `lastHeartbeatTime`) at least this often.
+    #[arg(long, env = "PULLGATE_CONDITION_HEARTBEAT", default_value = "10m")]
+    pub condition_heartbeat: humantime::Duration,
+    /// Events this node may send at once to the API server…
+    #[arg(long, env = "PULLGATE_EVENT_BURST", default_value_t = 25)]
+    pub event_burst: u32,
+    /// …then one more per this interval; the rest are counted, not sent.
+    #[arg(long, env = "PULLGATE_EVENT_REFILL", default_value = "10s")]
+    pub event_refill: humantime::Duration,
 }
 
 #[derive(Debug, Args)]

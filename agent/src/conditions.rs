@@ -92,11 +92,12 @@ impl Tracker {
     pub fn observe(&mut self, verdicts: &[Verdict], failing: &[String]) -> Option<Condition> {
         let worst = worst(verdicts.iter().copied());
         let (status, reason, message) = if worst.is_ok() {
-            (
-                Status::True,
-                "Ok".to_string(),
-                format!("{} checked, all Ok", verdicts.len()),
-            )
+            let message = if verdicts.is_empty() {
+                "nothing to check on this node".to_string()
+            } else {
+                format!("{} checked, all Ok", verdicts.len())
+            };
+            (Status::True, "Ok".to_string(), message)
         } else {
             let shown: Vec<&str> = failing.iter().take(3).map(String::as_str).collect();
             let more = failing.len().saturating_sub(3);

@@ -13,10 +13,16 @@ pub mod conditions;
 pub mod credentials;
 pub mod cri;
 pub mod desired;
+pub mod event_policy;
+pub mod event_recorder;
+pub mod gate;
+pub mod health;
 pub mod image_ref;
 pub mod inventory;
 pub mod node;
+pub mod node_report;
 pub mod node_status;
+pub mod node_taint;
 pub mod outcome;
 #[cfg(test)]
 mod parsers_smoke;

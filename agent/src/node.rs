@@ -17,6 +17,30 @@ impl NodeInfo {
     }
 }
 
+/// What the API server says about this Node besides its labels (cluster mode).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct NodeFacts {
+    pub uid: String,
+    pub taints: Vec<NodeTaint>,
+}
+
+impl NodeFacts {
+    /// The node carries a taint with this key and effect.
+    pub fn has_taint(&self, key: &str, effect: &str) -> bool {
+        self.taints
+            .iter()
+            .any(|t| t.key == key && t.effect == effect)
+    }
+}
+
+/// One of the Node's taints.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NodeTaint {
+    pub key: String,
+    pub value: Option<String>,
+    pub effect: String,
+}
+
 /// `k=v,k2=v2`, as given to `--node-labels`.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct NodeLabels(pub BTreeMap<String, String>);

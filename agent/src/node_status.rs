@@ -30,25 +30,29 @@ impl NodeStatus {
         }
     }
 
-    /// Strategic-merge patch of one condition into `status.conditions`.
-    pub async fn publish(&self, condition: &Condition) -> Result<(), NodeStatusError> {
-        let status = match condition.status {
-            Status::True => "True",
-            Status::False => "False",
-            Status::Unknown => "Unknown",
-        };
-        let patch = json!({
-            "status": {
-                "conditions": [{
-                    "type": condition.type_,
+    /// One strategic-merge patch of these conditions into `status.conditions` (merged by type),
+    /// each with a fresh `lastHeartbeatTime`.
+    pub async fn publish(&self, conditions: &[Condition]) -> Result<(), NodeStatusError> {
+        let heartbeat = crate::outcome::now_rfc3339();
+        let conditions: Vec<_> = conditions
+            .iter()
+            .map(|c| {
+                let status = match c.status {
+                    Status::True => "True",
+                    Status::False => "False",
+                    Status::Unknown => "Unknown",
+                };
+                json!({
+                    "type": c.type_,
                     "status": status,
-                    "reason": condition.reason,
-                    "message": condition.message,
-                    "lastTransitionTime": condition.last_transition_time,
-                    "lastHeartbeatTime": crate::outcome::now_rfc3339(),
-                }]
-            }
-        });
+                    "reason": c.reason,
+                    "message": c.message,
+                    "lastTransitionTime": c.last_transition_time,
+                    "lastHeartbeatTime": heartbeat,
+                })
+            })
+            .collect();
+        let patch = json!({ "status": { "conditions": conditions } });
         self.api
             .patch_status(
                 &self.node,

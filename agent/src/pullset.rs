@@ -128,6 +128,8 @@ pub struct ValidPullSet {
     pub images: Vec<ImageRef>,
     /// Accepted but risky: each names the field.
     pub warnings: Vec<String>,
+    /// The object's UID when it came from the API server (Events refer to it).
+    pub uid: Option<String>,
 }
 
 impl ValidPullSet {
@@ -208,6 +210,7 @@ pub fn validate(key: ObjectKey, spec: PullSetSpec) -> Result<ValidPullSet, Vec<F
 
     if errors.is_empty() {
         Ok(ValidPullSet {
+            uid: None,
             key,
             spec,
             images,

@@ -3,13 +3,15 @@
 use crate::canary::runner::{CanaryOutcome, CanaryRunner};
 use crate::canary::service::{CanarySink, ServiceConfig};
 use crate::cli::RunArgs;
-use crate::conditions::{Condition, Tracker};
+use crate::conditions::Tracker;
 use crate::credentials::{CredentialResolver, KubeletResolver};
 use crate::cri::{CriClient, CriTimeouts};
 use crate::desired::prepull_images;
+use crate::event_policy::CanaryEvents;
+use crate::health::Readiness;
 use crate::inventory::ObjectKey;
 use crate::node::NodeInfo;
-use crate::node_status::NodeStatus;
+use crate::node_report::{ClusterReportConfig, Reports};
 use crate::outcome::{SourceProblem, now_rfc3339};
 use crate::prepull::{PassSummary, PrePullConfig, PrePuller, RetryPolicy};
 use crate::report::JsonLines;
@@ -35,6 +37,8 @@ pub enum RunError {
     Credentials(#[from] crate::auth::AuthError),
     #[error(transparent)]
     Registry(#[from] crate::registry::RegistryError),
+    #[error(transparent)]
+    Health(#[from] crate::health::HealthError),
 }
 
 /// How a run ended.
@@ -60,6 +64,8 @@ pub async fn run(args: RunArgs) -> Result<RunOutcome, RunError> {
         credentials,
         registry,
         rotation_jitter,
+        cluster,
+        http_addr,
     } = args;
     let node_name = node
         .node_name
@@ -73,6 +79,11 @@ pub async fn run(args: RunArgs) -> Result<RunOutcome, RunError> {
 
     let cancel = CancellationToken::new();
     spawn_signal_handler(cancel.clone());
+    let readiness = Readiness::default();
+    let health_task = match http_addr {
+        Some(addr) => Some(crate::health::serve(addr, readiness.clone(), cancel.clone()).await?),
+        None => None,
+    };
 
     let client = CriClient::new(
         cri.cri_endpoint.clone(),
@@ -95,16 +106,19 @@ pub async fn run(args: RunArgs) -> Result<RunOutcome, RunError> {
         }
     }
 
-    let (mut sources, source_task, node_status) = match manifests {
+    let json = Arc::new(JsonLines::default());
+    let (mut sources, source_task, reports, reports_task) = match manifests {
         Some(dir) => {
             let (rx, task) = watch_dir(dir, WatchConfig::default(), cancel.clone())?;
-            (rx, task, None)
+            (rx, task, Reports::standalone(json), None)
         }
         None => {
             let client = crate::source::cluster::client(kubeconfig.as_deref()).await?;
-            let node_status = NodeStatus::new(client.clone(), node.name.clone());
-            let (mut rx, task) =
-                crate::source::cluster::watch_cluster(client, node.name.clone(), cancel.clone());
+            let (mut rx, task) = crate::source::cluster::watch_cluster(
+                client.clone(),
+                node.name.clone(),
+                cancel.clone(),
+            );
             // Act on a complete picture: every PullSet, the Node, every referenced object.
             let limit = Duration::from_secs(60);
             let synced = tokio::time::timeout(limit, async {
@@ -119,7 +133,22 @@ pub async fn run(args: RunArgs) -> Result<RunOutcome, RunError> {
             if !matches!(synced, Ok(true)) {
                 return Err(RunError::NotSynced(limit));
             }
-            (rx, task, Some(node_status))
+            // Conditions, Events and the gate: written in order by one task.
+            let (reports, reports_task) = crate::node_report::run_cluster(
+                json,
+                client,
+                ClusterReportConfig {
+                    node: node.clone(),
+                    taint_key: cluster.taint_key,
+                    gate_timeout: *cluster.gate_timeout,
+                    gate_timeout_action: cluster.gate_timeout_action,
+                    heartbeat: *cluster.condition_heartbeat,
+                    event_burst: cluster.event_burst,
+                    event_refill: *cluster.event_refill,
+                },
+                rx.clone(),
+            );
+            (rx, task, reports, Some(reports_task))
         }
     };
     let engine = PrePuller::new(
@@ -134,9 +163,6 @@ pub async fn run(args: RunArgs) -> Result<RunOutcome, RunError> {
         },
         node.name.clone(),
     );
-    let reporter = Arc::new(JsonLines::default());
-    // Conditions: JSON lines always; on the Node too in cluster mode, written in order by one task.
-    let (publisher, status_task) = ConditionPublisher::start(reporter.clone(), node_status);
     let resolver: Arc<KubeletResolver> = Arc::new(crate::auth::build_resolver(&credentials)?);
     let recheck: Duration = *prepull.recheck_interval;
     let mut images_ready = Tracker::new("CriticalImagesReady");
@@ -152,10 +178,12 @@ pub async fn run(args: RunArgs) -> Result<RunOutcome, RunError> {
             runtime: Some(Arc::new(client.clone()) as Arc<dyn crate::canary::runner::RuntimePull>),
             runtime_config: registry.runtime_registry_config.clone(),
         });
-        let sink: Arc<dyn CanarySink> = Arc::new(StdoutCanarySink {
-            reporter: reporter.clone(),
-            conditions: publisher.clone(),
-            credentials_valid: Mutex::new(Tracker::new("PullCredentialsValid")),
+        let sink: Arc<dyn CanarySink> = Arc::new(ReportingCanarySink {
+            reports: reports.clone(),
+            state: Mutex::new((
+                Tracker::new("PullCredentialsValid"),
+                CanaryEvents::default(),
+            )),
         });
         let config = ServiceConfig {
             node: node.clone(),
@@ -173,7 +201,7 @@ pub async fn run(args: RunArgs) -> Result<RunOutcome, RunError> {
     };
 
     let mut loaded = sources.borrow_and_update().clone();
-    report_source(&reporter, &node, &loaded);
+    report_source(reports.json(), &node, &loaded);
     let result = loop {
         let summary = pass(
             &engine,
@@ -182,9 +210,10 @@ pub async fn run(args: RunArgs) -> Result<RunOutcome, RunError> {
             &loaded,
             &cancel,
             &mut images_ready,
-            &publisher,
+            &reports,
         )
         .await;
+        readiness.set_ready();
         if once {
             let ok = summary.failures == 0 && loaded.problems.is_empty();
             tracing::info!(
@@ -207,7 +236,7 @@ pub async fn run(args: RunArgs) -> Result<RunOutcome, RunError> {
                     break RunOutcome::Stopped;
                 }
                 loaded = sources.borrow_and_update().clone();
-                report_source(&reporter, &node, &loaded);
+                report_source(reports.json(), &node, &loaded);
             }
         }
     };
@@ -216,81 +245,55 @@ pub async fn run(args: RunArgs) -> Result<RunOutcome, RunError> {
     if let Some(task) = canary_task {
         let _ = tokio::time::timeout(Duration::from_secs(5), task).await;
     }
-    // Let the last condition reach the Node before exiting.
-    drop(publisher);
-    let _ = tokio::time::timeout(Duration::from_secs(10), status_task).await;
+    // Let the last conditions and Events reach the API server before exiting.
+    drop(reports);
+    if let Some(task) = reports_task {
+        let _ = tokio::time::timeout(Duration::from_secs(10), task).await;
+    }
+    if let Some(task) = health_task {
+        let _ = tokio::time::timeout(Duration::from_secs(2), task).await;
+    }
     Ok(result)
 }
 
-/// Publishes condition transitions: a JSON line, and (cluster mode) a patch of the Node's status.
-#[derive(Clone)]
-struct ConditionPublisher {
-    reporter: Arc<JsonLines>,
-    node: Option<tokio::sync::mpsc::UnboundedSender<Condition>>,
+/// Canary outcomes as JSON lines and Events, and `PullCredentialsValid` transitions.
+struct ReportingCanarySink {
+    reports: Reports,
+    state: Mutex<(Tracker, CanaryEvents)>,
 }
 
-impl ConditionPublisher {
-    fn start(
-        reporter: Arc<JsonLines>,
-        node_status: Option<NodeStatus>,
-    ) -> (Self, tokio::task::JoinHandle<()>) {
-        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<Condition>();
-        let task = tokio::spawn(async move {
-            let Some(node_status) = node_status else {
-                return;
-            };
-            while let Some(condition) = rx.recv().await {
-                // A lost API server is retried, a few times, with backoff.
-                for delay in [0u64, 1, 2, 4] {
-                    tokio::time::sleep(Duration::from_secs(delay)).await;
-                    match node_status.publish(&condition).await {
-                        Ok(()) => break,
-                        Err(e) => tracing::warn!(error = %e, "condition not written; retrying"),
-                    }
-                }
-            }
-        });
-        let publisher = Self {
-            reporter,
-            node: Some(tx),
-        };
-        (publisher, task)
-    }
-
-    fn publish(&self, condition: Condition) {
-        self.reporter.emit(&condition);
-        if let Some(tx) = &self.node {
-            let _ = tx.send(condition);
-        }
+impl ReportingCanarySink {
+    fn lock(&self) -> std::sync::MutexGuard<'_, (Tracker, CanaryEvents)> {
+        self.state
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 }
 
-/// Canary outcomes as JSON lines, and `PullCredentialsValid` transitions.
-struct StdoutCanarySink {
-    reporter: Arc<JsonLines>,
-    conditions: ConditionPublisher,
-    credentials_valid: Mutex<Tracker>,
-}
-
-impl CanarySink for StdoutCanarySink {
+impl CanarySink for ReportingCanarySink {
     fn outcome(&self, outcome: &CanaryOutcome) {
-        self.reporter.emit(outcome);
+        self.reports.json().emit(outcome);
+        let events = self.lock().1.observe(outcome);
+        for event in events {
+            self.reports.event(event);
+        }
     }
 
     fn verdicts(&self, verdicts: &BTreeMap<(ObjectKey, String), Verdict>) {
+        self.reports.canary_verdicts(verdicts);
         let all: Vec<Verdict> = verdicts.values().copied().collect();
         let failing: Vec<String> = verdicts
             .iter()
             .filter(|(_, v)| !v.is_ok())
             .map(|((k, image), _)| format!("{k} {image}"))
             .collect();
-        let mut tracker = self
-            .credentials_valid
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        if let Some(condition) = tracker.observe(&all, &failing) {
+        let mut state = self.lock();
+        state.1.retain(|k| verdicts.keys().any(|(key, _)| key == k));
+        let changed = state.0.observe(&all, &failing);
+        drop(state);
+        if let Some(condition) = changed {
             tracing::info!(status = ?condition.status, reason = %condition.reason, "PullCredentialsValid changed");
-            self.conditions.publish(condition);
+            self.reports.condition(condition);
         }
     }
 }
@@ -302,9 +305,8 @@ async fn pass<R: crate::runtime::ImageRuntime>(
     loaded: &Loaded,
     cancel: &CancellationToken,
     images_ready: &mut Tracker,
-    publisher: &ConditionPublisher,
+    reports: &Reports,
 ) -> PassSummary {
-    let reporter = publisher.reporter.as_ref();
     let node = &loaded.node(node);
     let desired = prepull_images(&loaded.inventory, node, resolver).await;
     tracing::debug!(images = desired.len(), "pre-pull pass");
@@ -331,7 +333,10 @@ async fn pass<R: crate::runtime::ImageRuntime>(
                     "pre-pull failed"
                 );
             }
-            reporter.emit(&outcome);
+            reports.json().emit(&outcome);
+            if let Some(event) = crate::event_policy::for_prepull(&outcome) {
+                reports.event(event);
+            }
         })
         .await;
     let gated = gated
@@ -345,8 +350,9 @@ async fn pass<R: crate::runtime::ImageRuntime>(
         .collect();
     if let Some(condition) = images_ready.observe(&verdicts, &failing) {
         tracing::info!(status = ?condition.status, reason = %condition.reason, "CriticalImagesReady changed");
-        publisher.publish(condition);
+        reports.condition(condition);
     }
+    reports.images_ready(images_ready.current().status == crate::conditions::Status::True);
     summary
 }
 

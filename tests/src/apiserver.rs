@@ -14,8 +14,10 @@
 //!   `status.conditions` merged by `type`, other lists replaced), JSON merge patch, JSON patch
 //!   (RFC 6902, `test` included, so a failed precondition is a `422`), on the object or its
 //!   `/status` subresource;
-//! - errors as `Status` objects: `404 NotFound`, `403 Forbidden` for namespaces made forbidden by
-//!   the test, `500` injected for the next N requests.
+//! - errors as `Status` objects: `404 NotFound`, `403 Forbidden` for the Secrets and
+//!   ServiceAccounts of namespaces the test leaves without pullgate's RoleBinding, `500` injected
+//!   for the next N requests;
+//! - going away and coming back on the same port with the same objects (`stop`, `restart`).
 //!
 //! What it does not do: authentication and RBAC beyond the injected 403s, admission, defaulting,
 //! validation against schemas, label selectors, pagination (`limit`/`continue` are ignored: one
@@ -82,10 +84,21 @@ impl ApiServer {
             events,
         };
         let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
-        listener.set_nonblocking(true)?;
         let addr = listener.local_addr()?;
+        let mut server = Self {
+            state,
+            addr,
+            shutdown: None,
+            thread: None,
+        };
+        server.serve(listener)?;
+        Ok(server)
+    }
+
+    fn serve(&mut self, listener: std::net::TcpListener) -> anyhow::Result<()> {
+        listener.set_nonblocking(true)?;
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-        let app_state = state.clone();
+        let app_state = self.state.clone();
         let thread = std::thread::spawn(move || {
             let Ok(runtime) = tokio::runtime::Builder::new_multi_thread()
                 .worker_threads(2)
@@ -106,13 +119,28 @@ impl ApiServer {
                     _ = rx => {}
                 }
             });
+            // Dropping the runtime closes every open connection.
         });
-        Ok(Self {
-            state,
-            addr,
-            shutdown: Some(tx),
-            thread: Some(thread),
-        })
+        self.shutdown = Some(tx);
+        self.thread = Some(thread);
+        Ok(())
+    }
+
+    /// Stops serving (connections refused, open watches cut), keeping every object.
+    pub fn stop(&mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+
+    /// Serves again on the same port, with the objects and history it had.
+    pub fn restart(&mut self) -> anyhow::Result<()> {
+        self.stop();
+        let listener = std::net::TcpListener::bind(self.addr)?;
+        self.serve(listener)
     }
 
     /// `http://127.0.0.1:PORT`.
@@ -164,7 +192,9 @@ impl ApiServer {
             .unwrap_or_default()
     }
 
-    /// Requests in a namespace get `403 Forbidden` from now on.
+    /// Models a namespace without pullgate's opt-in RoleBinding: requests for Secrets and
+    /// ServiceAccounts there get `403 Forbidden` from now on (Events and PullSets, granted by the
+    /// ClusterRole, still work).
     pub fn forbid_namespace(&self, namespace: &str) {
         self.state.lock().forbidden.insert(namespace.to_string());
     }
@@ -187,12 +217,7 @@ impl ApiServer {
 
 impl Drop for ApiServer {
     fn drop(&mut self) {
-        if let Some(tx) = self.shutdown.take() {
-            let _ = tx.send(());
-        }
-        if let Some(thread) = self.thread.take() {
-            let _ = thread.join();
-        }
+        self.stop();
     }
 }
 
@@ -231,10 +256,17 @@ impl ApiState {
         let mut store = self.lock();
         store.rv += 1;
         object["metadata"]["resourceVersion"] = json!(store.rv.to_string());
-        if object["metadata"]["uid"].is_null() {
-            object["metadata"]["uid"] = json!(format!("uid-{}", store.rv));
-        }
         let collection = Collection { api, plural };
+        if object["metadata"]["uid"].is_null() {
+            // An update keeps the object's identity; a new object gets one.
+            let existing = store
+                .objects
+                .get(&collection)
+                .and_then(|c| c.get(&(namespace.clone(), name.clone())))
+                .map(|o| o["metadata"]["uid"].clone());
+            object["metadata"]["uid"] =
+                existing.unwrap_or_else(|| json!(format!("uid-{}", store.rv)));
+        }
         let existed = store
             .objects
             .entry(collection.clone())
@@ -396,6 +428,7 @@ async fn handle(
         );
     };
     if let Some(ns) = &namespace
+        && matches!(plural.as_str(), "secrets" | "serviceaccounts")
         && state.lock().forbidden.contains(ns)
     {
         return status(
@@ -676,4 +709,103 @@ fn watch(
                 "stream".into(),
             )
         })
+}
+
+/// Objects for the test API server, as a cluster would hold them.
+pub mod objects {
+    use base64::Engine as _;
+    use serde_json::{Value, json};
+
+    /// A `kubernetes.io/dockerconfigjson` Secret for `host` with `user:password`.
+    pub fn pull_secret(
+        namespace: &str,
+        name: &str,
+        host: &str,
+        user: &str,
+        password: &str,
+    ) -> Value {
+        let b64 = |s: &str| base64::engine::general_purpose::STANDARD.encode(s);
+        let config =
+            json!({"auths": {host: {"auth": b64(&format!("{user}:{password}"))}}}).to_string();
+        json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": name, "namespace": namespace},
+               "type": "kubernetes.io/dockerconfigjson",
+               "data": {".dockerconfigjson": b64(&config)}})
+    }
+
+    /// A PullSet of `images` with the rest of its `spec`.
+    pub fn pullset(namespace: &str, name: &str, images: &[&str], spec: Value) -> Value {
+        let mut spec = spec;
+        spec["images"] = images.iter().map(|i| json!({"image": i})).collect();
+        json!({"apiVersion": "pullgate.io/v1alpha1", "kind": "PullSet",
+               "metadata": {"name": name, "namespace": namespace}, "spec": spec})
+    }
+
+    /// A Node as the kubelet registers it: `Ready`, with these taints (`key`, `effect`).
+    pub fn node(name: &str, taints: &[(&str, &str)]) -> Value {
+        let taints: Vec<Value> = taints
+            .iter()
+            .map(|(key, effect)| json!({"key": key, "effect": effect}))
+            .collect();
+        json!({"apiVersion": "v1", "kind": "Node",
+               "metadata": {"name": name, "uid": format!("uid-{name}"), "labels": {"kubernetes.io/hostname": name}},
+               "spec": {"taints": taints},
+               "status": {"conditions": [{"type": "Ready", "status": "True", "reason": "KubeletReady",
+                                          "message": "kubelet is posting ready status",
+                                          "lastHeartbeatTime": "2026-01-01T00:00:00Z",
+                                          "lastTransitionTime": "2026-01-01T00:00:00Z"}]}})
+    }
+}
+
+impl ApiServer {
+    /// The Node's condition of this type.
+    pub fn node_condition(&self, node: &str, type_: &str) -> Option<Value> {
+        self.get("v1", "nodes", "", node)?["status"]["conditions"]
+            .as_array()?
+            .iter()
+            .find(|c| c["type"] == type_)
+            .cloned()
+    }
+
+    /// The Node's taint keys, in order.
+    pub fn node_taints(&self, node: &str) -> Vec<String> {
+        self.get("v1", "nodes", "", node)
+            .and_then(|n| n["spec"]["taints"].as_array().cloned())
+            .unwrap_or_default()
+            .iter()
+            .filter_map(|t| t["key"].as_str().map(String::from))
+            .collect()
+    }
+
+    /// `events.k8s.io/v1` Events with this reason.
+    pub fn events(&self, reason: &str) -> Vec<Value> {
+        self.list("events.k8s.io/v1", "events")
+            .into_iter()
+            .filter(|e| e["reason"] == reason)
+            .collect()
+    }
+
+    /// Everything stored, as text (to check that no password is in it).
+    pub fn dump(&self) -> String {
+        let store = self.state.lock();
+        serde_json::to_string(&store.objects.values().collect::<Vec<_>>()).unwrap_or_default()
+    }
+
+    /// Polls `check` every 100 ms until it returns `Some`, or fails after `timeout` naming `what`.
+    pub fn wait<T>(
+        &self,
+        what: &str,
+        timeout: std::time::Duration,
+        mut check: impl FnMut(&Self) -> Option<T>,
+    ) -> anyhow::Result<T> {
+        let deadline = std::time::Instant::now() + timeout;
+        loop {
+            if let Some(v) = check(self) {
+                return Ok(v);
+            }
+            if std::time::Instant::now() >= deadline {
+                anyhow::bail!("timed out after {timeout:?} waiting for {what}");
+            }
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+    }
 }

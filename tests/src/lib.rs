@@ -13,7 +13,7 @@ pub mod process;
 pub mod proxy;
 pub mod registry;
 
-pub use agent::{Agent, AgentRun};
+pub use agent::{Agent, AgentRun, RunningAgent};
 pub use containerd::Containerd;
 pub use images::{ImageSpec, PushedImage};
 pub use registry::Registry;

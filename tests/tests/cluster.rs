@@ -101,6 +101,22 @@ fn pullsets_from_the_api_server_are_pre_pulled_with_least_privilege() {
         "{locked_outcome}"
     );
     assert_eq!(run.code, Some(1));
+    // Its owners see it on their PullSet (Events are granted cluster-wide, Secrets are not).
+    let events = api.list("events.k8s.io/v1", "events");
+    let forbidden = events
+        .iter()
+        .find(|e| e["reason"] == "PrePullFailed" && e["regarding"]["namespace"] == "locked")
+        .unwrap_or_else(|| panic!("no PrePullFailed Event in namespace locked: {events:?}"));
+    assert_eq!(forbidden["metadata"]["namespace"], "locked");
+    assert_eq!(forbidden["regarding"]["kind"], "PullSet");
+    assert!(
+        forbidden["note"].as_str().unwrap().contains("Forbidden"),
+        "{forbidden}"
+    );
+    // The team's success is on its own PullSet; nothing about the locked namespace there.
+    assert!(events.iter().any(|e| e["reason"] == "PrePulled"
+        && e["regarding"]["namespace"] == "team"
+        && e["metadata"]["namespace"] == "team"));
 
     // The node's conditions: ours added by type, the kubelet's untouched.
     let node = api.get("v1", "nodes", "", "test-node").unwrap();
@@ -157,9 +173,11 @@ fn pullsets_from_the_api_server_are_pre_pulled_with_least_privilege() {
     {
         assert!(
             r.contains("fieldSelector=metadata.name%3Dtest-node")
-                || r.contains("fieldSelector=metadata.name=test-node"),
+                || r.contains("fieldSelector=metadata.name=test-node")
+                || r.starts_with("GET /api/v1/nodes/test-node"),
             "{r}"
         );
     }
+    env.assert_no_leak(&[&api.dump()], &[PASSWORD]);
     env.assert_no_leak(&[&run.stdout, &run.stderr], &[PASSWORD]);
 }

@@ -105,6 +105,10 @@ pub async fn run<P: RegistryProbe + 'static>(
         &fire_tx,
     )
     .await;
+    // Nothing to canary here: the credentials condition is True at once, not Unknown forever.
+    if canaried(&loaded.inventory, &this_node).next().is_none() {
+        sink.verdicts(&verdicts);
+    }
 
     loop {
         tokio::select! {
@@ -133,7 +137,13 @@ pub async fn run<P: RegistryProbe + 'static>(
                     }
                 }
                 fingerprints = new;
-                verdicts.retain(|(key, _), _| loaded.inventory.pullsets.contains_key(key));
+                let selected: std::collections::BTreeSet<ObjectKey> =
+                    canaried(&loaded.inventory, &this_node).map(|s| s.key.clone()).collect();
+                let before = verdicts.len();
+                verdicts.retain(|(key, _), _| selected.contains(key));
+                if verdicts.len() != before || selected.is_empty() {
+                    sink.verdicts(&verdicts);
+                }
                 sync_jobs(scheduler.as_mut(), &mut jobs, &loaded.inventory, &this_node, &fire_tx).await;
             }
             Some(key) = fire_rx.recv() => {

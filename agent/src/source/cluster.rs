@@ -10,6 +10,7 @@
 use super::manifests::{Loaded, ManifestProblem, secret_object, service_account_object};
 use crate::credentials::pull_secret_names;
 use crate::inventory::{Inventory, ObjectKey, ServiceAccountObject};
+use crate::node::{NodeFacts, NodeTaint};
 use crate::pullset::{self, PullSet};
 use futures::StreamExt as _;
 use k8s_openapi::api::core::v1::{Node, Secret, ServiceAccount};
@@ -52,6 +53,7 @@ struct State {
     secrets: BTreeMap<ObjectKey, crate::inventory::SecretObject>,
     service_accounts: BTreeMap<ObjectKey, ServiceAccountObject>,
     node_labels: Option<BTreeMap<String, String>>,
+    node_facts: Option<NodeFacts>,
     pullsets_synced: bool,
     node_synced: bool,
     /// Referenced objects read (or found unreadable) at least once.
@@ -169,7 +171,8 @@ fn build(state: &State) -> Loaded {
     let mut loaded = Loaded::default();
     for (key, set) in &state.pullsets {
         match pullset::validate(key.clone(), set.spec.clone()) {
-            Ok(valid) => {
+            Ok(mut valid) => {
+                valid.uid = set.metadata.uid.clone();
                 loaded
                     .warnings
                     .extend(valid.warnings.iter().map(|w| format!("PullSet {key}: {w}")));
@@ -198,6 +201,7 @@ fn build(state: &State) -> Loaded {
     loaded.inventory.service_accounts = state.service_accounts.clone();
     loaded.problems.extend(state.problems.values().cloned());
     loaded.node_labels = state.node_labels.clone();
+    loaded.node_facts = state.node_facts.clone();
     loaded.fingerprint = format!("cluster-{}", state.generation);
     loaded
 }
@@ -253,8 +257,25 @@ async fn watch_node(client: Client, node_name: String, shared: Shared) {
     while let Some(event) = stream.next().await {
         match event {
             Ok(Event::Apply(node) | Event::InitApply(node)) => {
+                let facts = NodeFacts {
+                    uid: node.metadata.uid.clone().unwrap_or_default(),
+                    taints: node
+                        .spec
+                        .and_then(|spec| spec.taints)
+                        .unwrap_or_default()
+                        .into_iter()
+                        .map(|t| NodeTaint {
+                            key: t.key,
+                            value: t.value,
+                            effect: t.effect,
+                        })
+                        .collect(),
+                };
                 let labels = node.metadata.labels.unwrap_or_default();
-                with_state(&shared, |s| s.node_labels = Some(labels));
+                with_state(&shared, |s| {
+                    s.node_labels = Some(labels);
+                    s.node_facts = Some(facts);
+                });
             }
             Ok(Event::InitDone) => with_state(&shared, |s| s.node_synced = true),
             Ok(_) => {}

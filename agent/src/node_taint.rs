@@ -1,0 +1,113 @@
+//! Removes pullgate's own start-up taint from this Node, and nothing else.
+//!
+//! The patch is a JSON patch of two operations on the index where the taint was read:
+//! `test` that the element there is exactly the taint read, then `remove` it. The API server
+//! applies both to one version of the object, so a concurrent change to the node's other taints
+//! (another controller adding or removing one, which shifts the indexes) makes the `test` fail
+//! instead of removing the wrong taint; the agent then reads the Node again and retries.
+
+use k8s_openapi::api::core::v1::{Node, Taint};
+use kube::api::{Api, Patch, PatchParams};
+use serde_json::json;
+
+#[derive(Debug, thiserror::Error)]
+pub enum TaintError {
+    #[error("cannot read node {node}: {source}")]
+    Get { node: String, source: kube::Error },
+    #[error("cannot remove taint {key}:{effect} from node {node}: {source}")]
+    Patch {
+        node: String,
+        key: String,
+        effect: String,
+        source: kube::Error,
+    },
+    #[error("taint {key}:{effect} on node {node} kept moving under concurrent changes; will retry")]
+    Contended {
+        node: String,
+        key: String,
+        effect: String,
+    },
+}
+
+/// What happened.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Removal {
+    Removed,
+    /// The node did not carry the taint (someone else removed it, or it never had it).
+    Absent,
+}
+
+/// Removes one taint (by key and effect) from one Node.
+#[derive(Clone)]
+pub struct NodeTaints {
+    api: Api<Node>,
+    node: String,
+}
+
+impl NodeTaints {
+    pub fn new(client: kube::Client, node: String) -> Self {
+        Self {
+            api: Api::all(client),
+            node,
+        }
+    }
+
+    pub async fn remove(&self, key: &str, effect: &str) -> Result<Removal, TaintError> {
+        for _ in 0..5 {
+            let node = self
+                .api
+                .get(&self.node)
+                .await
+                .map_err(|source| TaintError::Get {
+                    node: self.node.clone(),
+                    source,
+                })?;
+            let taints: Vec<Taint> = node.spec.and_then(|s| s.taints).unwrap_or_default();
+            let Some(index) = taints
+                .iter()
+                .position(|t| t.key == key && t.effect == effect)
+            else {
+                return Ok(Removal::Absent);
+            };
+            let path = format!("/spec/taints/{index}");
+            let patch: json_patch::Patch = serde_json::from_value(json!([
+                {"op": "test", "path": path, "value": taints[index]},
+                {"op": "remove", "path": path},
+            ]))
+            .map_err(|e| TaintError::Patch {
+                node: self.node.clone(),
+                key: key.into(),
+                effect: effect.into(),
+                source: kube::Error::SerdeError(e),
+            })?;
+            match self
+                .api
+                .patch(
+                    &self.node,
+                    &PatchParams::default(),
+                    &Patch::Json::<()>(patch),
+                )
+                .await
+            {
+                Ok(_) => return Ok(Removal::Removed),
+                // A failed `test` (422, or 409 from some servers): the taints changed; read again.
+                Err(kube::Error::Api(status)) if matches!(status.code, 409 | 422) => {
+                    tracing::debug!(node = %self.node, "taint moved under a concurrent change; re-reading");
+                }
+                Err(source) => {
+                    return Err(TaintError::Patch {
+                        node: self.node.clone(),
+                        key: key.into(),
+                        effect: effect.into(),
+                        source,
+                    });
+                }
+            }
+        }
+        Err(TaintError::Contended {
+            node: self.node.clone(),
+            key: key.into(),
+            effect: effect.into(),
+        })
+    }
+}

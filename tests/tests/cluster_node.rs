@@ -1,0 +1,395 @@
+//! What cluster mode writes about a node, end to end: the agent runs as a real process against the
+//! test API server (real kube-rs client), a real containerd and a real registry.
+//!
+//! - A node that joins tainted gets its images, both conditions True and its taint removed, while
+//!   the kubelet's `Ready` condition and an unrelated taint survive untouched.
+//! - The gate timeout removes the taint anyway (`GateTimedOut`), or keeps it with `keep`.
+//! - A rotated registry password is a `CanaryFailed` Event on the PullSet and
+//!   `PullCredentialsValid=False` on the Node although the image is cached; the Secret updated
+//!   through the API is `CanaryRecovered` and True again.
+//! - The API server away for 30 s: pre-pulls go on, and the latest state is written when it is back.
+//! - No password anywhere: stdout, stderr, Events, the Node.
+
+#![allow(clippy::unwrap_used)] // test fixtures: a failed set-up step should panic with its error
+
+use pullgate_testenv::apiserver::{ApiServer, objects};
+use pullgate_testenv::{Agent, ImageSpec, PASSWORD, RunningAgent, TestEnv, USER};
+use serde_json::{Value, json};
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+const NODE: &str = "test-node";
+const TAINT: &str = "pullgate.io/not-ready";
+const OTHER_TAINT: &str = "example.com/dedicated";
+const ROTATED: &str = "pg-Rotated-Passw0rd-7e1f";
+
+struct Cluster {
+    env: TestEnv,
+    api: ApiServer,
+    _dir: tempfile::TempDir,
+    kubeconfig: PathBuf,
+}
+
+impl Cluster {
+    fn start(taints: &[(&str, &str)]) -> Self {
+        let env = TestEnv::start().unwrap_or_else(|e| panic!("test environment: {e:#}"));
+        let api = ApiServer::start().unwrap();
+        api.apply(objects::node(NODE, taints));
+        let dir = tempfile::tempdir().unwrap();
+        let kubeconfig = dir.path().join("kubeconfig");
+        std::fs::write(&kubeconfig, api.kubeconfig()).unwrap();
+        Self {
+            env,
+            api,
+            _dir: dir,
+            kubeconfig,
+        }
+    }
+
+    fn secret(&self, password: &str) -> Value {
+        objects::pull_secret("team", "regcred", &self.env.registry.host(), USER, password)
+    }
+
+    fn agent(&self, args: &[&str]) -> RunningAgent {
+        Agent::cluster(&self.kubeconfig, &self.env.containerd.endpoint())
+            .args(&["--insecure-registry", &self.env.registry.host()])
+            .args(args)
+            .spawn()
+            .unwrap()
+    }
+
+    fn condition(&self, type_: &str) -> Option<(String, String)> {
+        let c = self.api.node_condition(NODE, type_)?;
+        Some((c["status"].as_str()?.into(), c["reason"].as_str()?.into()))
+    }
+
+    fn wait_condition(&self, type_: &str, status: &str, timeout: Duration, agent: &RunningAgent) {
+        self.api
+            .wait(&format!("{type_}={status}"), timeout, |_| {
+                self.condition(type_).filter(|(s, _)| s == status)
+            })
+            .unwrap_or_else(|e| {
+                panic!(
+                    "{e}\nnode: {}\nstderr:\n{}",
+                    self.api.get("v1", "nodes", "", NODE).unwrap(),
+                    agent.stderr()
+                )
+            });
+    }
+
+    fn wait_event(&self, reason: &str, timeout: Duration, agent: &RunningAgent) -> Value {
+        self.api
+            .wait(&format!("a {reason} Event"), timeout, |api| {
+                api.events(reason).into_iter().next()
+            })
+            .unwrap_or_else(|e| panic!("{e}\nstderr:\n{}", agent.stderr()))
+    }
+
+    /// No password in anything the agent wrote or the API server holds.
+    fn assert_no_leak(&self, stdout: &str, stderr: &str) {
+        let dump = self.api.dump();
+        self.env
+            .assert_no_leak(&[stdout, stderr, &dump], &[PASSWORD, ROTATED]);
+    }
+}
+
+fn taints_of(api: &ApiServer) -> Vec<String> {
+    api.node_taints(NODE)
+}
+
+#[test]
+fn a_node_that_joins_tainted_gets_its_images_and_loses_only_its_taint() {
+    let cluster = Cluster::start(&[(OTHER_TAINT, "NoSchedule"), (TAINT, "NoSchedule")]);
+    let image = cluster.env.push(&ImageSpec::new("team/app", "v1")).unwrap();
+    cluster.api.apply(cluster.secret(PASSWORD));
+    cluster.api.apply(objects::pullset(
+        "team",
+        "critical",
+        &[&image.by_tag],
+        json!({"gate": true, "imagePullSecrets": [{"name": "regcred"}],
+               "canary": {"onRotation": true, "depth": "manifest"}}),
+    ));
+    let agent = cluster.agent(&["--rotation-jitter", "0s", "--condition-heartbeat", "1s"]);
+
+    cluster
+        .api
+        .wait("the taint removed", Duration::from_secs(90), |api| {
+            (!taints_of(api).contains(&TAINT.to_string())).then_some(())
+        })
+        .unwrap_or_else(|e| panic!("{e}\nstderr:\n{}", agent.stderr()));
+    // Removed only after both conditions were True.
+    assert_eq!(
+        cluster.condition("CriticalImagesReady"),
+        Some(("True".into(), "Ok".into()))
+    );
+    assert_eq!(
+        cluster.condition("PullCredentialsValid"),
+        Some(("True".into(), "Ok".into()))
+    );
+    // The unrelated taint and the kubelet's condition are untouched.
+    assert_eq!(taints_of(&cluster.api), [OTHER_TAINT]);
+    let ready = cluster.api.node_condition(NODE, "Ready").unwrap();
+    assert_eq!(
+        (
+            &ready["status"],
+            &ready["reason"],
+            &ready["lastHeartbeatTime"]
+        ),
+        (
+            &json!("True"),
+            &json!("KubeletReady"),
+            &json!("2026-01-01T00:00:00Z")
+        )
+    );
+    // The taint went with a JSON patch that tests the element before removing it.
+    let patches: Vec<String> = cluster
+        .api
+        .requests()
+        .into_iter()
+        .filter(|r| r.starts_with("PATCH /api/v1/nodes/test-node") && !r.contains("/status"))
+        .collect();
+    assert_eq!(patches.len(), 1, "{patches:?}");
+
+    // Heartbeats refresh lastHeartbeatTime; lastTransitionTime stays at the flip.
+    let first = cluster
+        .api
+        .node_condition(NODE, "CriticalImagesReady")
+        .unwrap();
+    let later = cluster
+        .api
+        .wait("a heartbeat", Duration::from_secs(10), |api| {
+            api.node_condition(NODE, "CriticalImagesReady")
+                .filter(|c| c["lastHeartbeatTime"] != first["lastHeartbeatTime"])
+        })
+        .unwrap();
+    assert_eq!(later["lastTransitionTime"], first["lastTransitionTime"]);
+    assert_eq!(later["status"], "True");
+
+    // Events: GateOpened on the Node, PrePulled on the PullSet, from pullgate on this node.
+    let opened = cluster.wait_event("GateOpened", Duration::from_secs(10), &agent);
+    assert_eq!(opened["regarding"]["kind"], "Node");
+    assert_eq!(opened["regarding"]["name"], NODE);
+    assert_eq!(opened["regarding"]["uid"], format!("uid-{NODE}"));
+    assert_eq!(opened["metadata"]["namespace"], "default");
+    assert_eq!(opened["reportingController"], "pullgate.io/agent");
+    assert_eq!(opened["reportingInstance"], NODE);
+    assert_eq!(opened["type"], "Normal");
+    assert!(opened["note"].as_str().unwrap().contains(TAINT), "{opened}");
+    let pulled = cluster.wait_event("PrePulled", Duration::from_secs(10), &agent);
+    assert_eq!(pulled["regarding"]["kind"], "PullSet");
+    assert_eq!(pulled["regarding"]["namespace"], "team");
+    assert_eq!(pulled["metadata"]["namespace"], "team");
+    assert!(
+        pulled["note"].as_str().unwrap().contains(&image.by_tag),
+        "{pulled}"
+    );
+    let (stdout, stderr) = agent.finish();
+    cluster.assert_no_leak(&stdout, &stderr);
+}
+
+#[test]
+fn the_gate_timeout_removes_the_taint_anyway_or_keeps_it_when_told() {
+    for (action, removed) in [("remove", true), ("keep", false)] {
+        let cluster = Cluster::start(&[(TAINT, "NoSchedule")]);
+        // A gated image that does not exist: the gate cannot open.
+        let missing = format!("{}/team/never-pushed:v1", cluster.env.registry.host());
+        cluster.api.apply(cluster.secret(PASSWORD));
+        cluster.api.apply(objects::pullset(
+            "team",
+            "critical",
+            &[&missing],
+            json!({"gate": true, "imagePullSecrets": [{"name": "regcred"}]}),
+        ));
+        let agent = cluster.agent(&[
+            "--gate-timeout",
+            "3s",
+            "--gate-timeout-action",
+            action,
+            "--pull-attempts",
+            "1",
+        ]);
+        let event = cluster.wait_event("GateTimedOut", Duration::from_secs(60), &agent);
+        assert_eq!(event["type"], "Warning", "{event}");
+        assert_eq!(event["regarding"]["kind"], "Node");
+        let note = event["note"].as_str().unwrap();
+        assert!(note.contains("CriticalImagesReady is False"), "{note}");
+        let started = Instant::now();
+        if removed {
+            assert!(note.starts_with("removed taint"), "{note}");
+            cluster
+                .api
+                .wait("the taint removed", Duration::from_secs(10), |api| {
+                    taints_of(api).is_empty().then_some(())
+                })
+                .unwrap();
+        } else {
+            assert!(note.starts_with("kept taint"), "{note}");
+            // Kept: still there a while later, and the timeout is announced once.
+            std::thread::sleep(Duration::from_secs(3));
+            assert_eq!(taints_of(&cluster.api), [TAINT], "{action}");
+            assert_eq!(cluster.api.events("GateTimedOut").len(), 1);
+        }
+        assert!(started.elapsed() < Duration::from_secs(30));
+        assert_eq!(
+            cluster.condition("CriticalImagesReady").map(|c| c.0),
+            Some("False".into())
+        );
+        let failed = cluster.wait_event("PrePullFailed", Duration::from_secs(10), &agent);
+        assert_eq!(failed["regarding"]["name"], "critical");
+        let (stdout, stderr) = agent.finish();
+        cluster.assert_no_leak(&stdout, &stderr);
+    }
+}
+
+#[test]
+fn a_rotated_password_is_an_event_on_the_pullset_and_a_condition_on_the_node() {
+    let mut cluster = Cluster::start(&[]);
+    let image = cluster.env.push(&ImageSpec::new("team/app", "v1")).unwrap();
+    cluster.api.apply(cluster.secret(PASSWORD));
+    cluster.api.apply(objects::pullset(
+        "team",
+        "critical",
+        &[&image.by_tag],
+        json!({"imagePullSecrets": [{"name": "regcred"}],
+               "canary": {"schedule": "*/2 * * * * *", "jitter": "0s", "onRotation": true, "depth": "manifest"}}),
+    ));
+    let agent = cluster.agent(&["--rotation-jitter", "0s", "--recheck-interval", "1h"]);
+    cluster.wait_condition(
+        "CriticalImagesReady",
+        "True",
+        Duration::from_secs(60),
+        &agent,
+    );
+    cluster.wait_condition(
+        "PullCredentialsValid",
+        "True",
+        Duration::from_secs(30),
+        &agent,
+    );
+
+    // The registry's password rotates; the Secret is not updated; the image stays cached.
+    cluster.env.registry.set_password(USER, ROTATED).unwrap();
+    let rotated_at = Instant::now();
+    cluster.wait_condition(
+        "PullCredentialsValid",
+        "False",
+        Duration::from_secs(15),
+        &agent,
+    );
+    let caught = rotated_at.elapsed();
+    assert_eq!(
+        cluster.condition("PullCredentialsValid"),
+        Some(("False".into(), "Unauthorized".into()))
+    );
+    let failed = cluster.wait_event("CanaryFailed", Duration::from_secs(10), &agent);
+    assert_eq!(failed["type"], "Warning");
+    assert_eq!(failed["regarding"]["kind"], "PullSet");
+    assert_eq!(failed["regarding"]["name"], "critical");
+    assert_eq!(failed["metadata"]["namespace"], "team");
+    assert!(
+        failed["note"].as_str().unwrap().contains("Unauthorized"),
+        "{failed}"
+    );
+    // Still cached: the images condition does not flip.
+    assert_eq!(
+        cluster.condition("CriticalImagesReady").map(|c| c.0),
+        Some("True".into())
+    );
+    // Repeats (every 2 s) are aggregated into the one Event's series, not re-created.
+    cluster
+        .api
+        .wait("a CanaryFailed series", Duration::from_secs(20), |api| {
+            let events = api.events("CanaryFailed");
+            (events.len() == 1 && events[0]["series"]["count"].as_i64() >= Some(2)).then_some(())
+        })
+        .unwrap_or_else(|e| panic!("{e}\n{:?}", cluster.api.events("CanaryFailed")));
+
+    // The Secret is updated through the API: recovered, True again.
+    cluster.api.apply(cluster.secret(ROTATED));
+    cluster.wait_condition(
+        "PullCredentialsValid",
+        "True",
+        Duration::from_secs(15),
+        &agent,
+    );
+    let recovered = cluster.wait_event("CanaryRecovered", Duration::from_secs(10), &agent);
+    assert_eq!(recovered["type"], "Normal");
+    assert_eq!(recovered["regarding"]["name"], "critical");
+    eprintln!("rotation caught on the Node in {caught:?}");
+    let (stdout, stderr) = agent.finish();
+    cluster.assert_no_leak(&stdout, &stderr);
+}
+
+#[test]
+fn with_the_api_server_away_pre_pulls_go_on_and_the_latest_state_is_written_when_it_is_back() {
+    let mut cluster = Cluster::start(&[]);
+    let app = cluster.env.push(&ImageSpec::new("team/app", "v1")).unwrap();
+    let later = ImageSpec::new("team/later", "v1");
+    let later_ref = format!("{}/team/later:v1", cluster.env.registry.host());
+    cluster.api.apply(cluster.secret(PASSWORD));
+    cluster.api.apply(objects::pullset(
+        "team",
+        "critical",
+        &[&app.by_tag, &later_ref],
+        json!({"gate": true, "imagePullSecrets": [{"name": "regcred"}]}),
+    ));
+    let agent = cluster.agent(&["--recheck-interval", "2s", "--pull-attempts", "1"]);
+    cluster.wait_condition(
+        "CriticalImagesReady",
+        "False",
+        Duration::from_secs(60),
+        &agent,
+    );
+    assert_eq!(
+        cluster.condition("CriticalImagesReady").map(|c| c.1),
+        Some("NotFound".into())
+    );
+
+    // The API server goes away for 30 s. Meanwhile the missing image appears in the registry.
+    cluster.api.stop();
+    let away = Instant::now();
+    cluster.env.push(&later).unwrap();
+    agent
+        .wait_for(
+            "the image pulled while the API server is away",
+            Duration::from_secs(25),
+            1,
+            |l| l["kind"] == "prepull" && l["image"] == later_ref.as_str() && l["verdict"] == "Ok",
+        )
+        .unwrap();
+    assert!(
+        away.elapsed() < Duration::from_secs(30),
+        "the pre-pull happened after the outage"
+    );
+    std::thread::sleep(Duration::from_secs(30).saturating_sub(away.elapsed()));
+    assert_eq!(
+        cluster.condition("CriticalImagesReady").map(|c| c.0),
+        Some("False".into()),
+        "nothing can be written while the server is away"
+    );
+    cluster.api.restart().unwrap();
+
+    // Back: the latest state is written, and the Events held back are sent.
+    cluster.wait_condition(
+        "CriticalImagesReady",
+        "True",
+        Duration::from_secs(45),
+        &agent,
+    );
+    let pulled = cluster.wait_event("PrePulled", Duration::from_secs(30), &agent);
+    assert_eq!(pulled["regarding"]["name"], "critical");
+    cluster
+        .api
+        .wait(
+            "the PrePulled Event of the image pulled while away",
+            Duration::from_secs(30),
+            |api| {
+                api.events("PrePulled")
+                    .into_iter()
+                    .find(|e| e["note"].as_str().is_some_and(|n| n.contains(&later_ref)))
+            },
+        )
+        .unwrap();
+    let (stdout, stderr) = agent.finish();
+    cluster.assert_no_leak(&stdout, &stderr);
+}
