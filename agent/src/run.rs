@@ -119,19 +119,33 @@ pub async fn run(args: RunArgs) -> Result<RunOutcome, RunError> {
                 node.name.clone(),
                 cancel.clone(),
             );
-            // Act on a complete picture: every PullSet, the Node, every referenced object.
+            // Act on a complete picture: every PullSet, the Node, every referenced object. The
+            // daemon waits as long as it takes (an API server that is away is retried, and a
+            // restart would not help); `--once` gives up after a minute.
+            let started = tokio::time::Instant::now();
             let limit = Duration::from_secs(60);
-            let synced = tokio::time::timeout(limit, async {
-                while !rx.borrow_and_update().synced {
-                    if rx.changed().await.is_err() {
-                        return false;
+            loop {
+                let wait = tokio::time::timeout(limit, async {
+                    while !rx.borrow_and_update().synced {
+                        if rx.changed().await.is_err() {
+                            return false;
+                        }
                     }
+                    true
+                });
+                let synced = tokio::select! {
+                    () = cancel.cancelled() => return Ok(RunOutcome::Stopped),
+                    synced = wait => synced,
+                };
+                match synced {
+                    Ok(true) => break,
+                    Ok(false) => return Err(RunError::NotSynced(started.elapsed())),
+                    Err(_) if once => return Err(RunError::NotSynced(limit)),
+                    Err(_) => tracing::warn!(
+                        waited = %humantime::format_duration(Duration::from_secs(started.elapsed().as_secs())),
+                        "still waiting for the API server to list PullSets, this Node and the objects they reference"
+                    ),
                 }
-                true
-            })
-            .await;
-            if !matches!(synced, Ok(true)) {
-                return Err(RunError::NotSynced(limit));
             }
             // Conditions, Events and the gate: written in order by one task.
             let (reports, reports_task) = crate::node_report::run_cluster(

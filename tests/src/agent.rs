@@ -26,6 +26,26 @@ pub fn pullgate_binary() -> Result<PathBuf> {
                 "pullgate",
                 "--message-format=json",
             ]);
+            // Cargo sets these for the test process; a build script that watches one (ring's
+            // watches CARGO_MANIFEST_DIR) would see it change and rebuild half the tree, twice
+            // per test binary. Build in the environment `cargo test` itself built in.
+            for (key, _) in std::env::vars_os() {
+                let key = key.to_string_lossy();
+                if key.starts_with("CARGO_PKG_")
+                    || key.starts_with("CARGO_BIN_")
+                    || matches!(
+                        key.as_ref(),
+                        "CARGO_MANIFEST_DIR"
+                            | "CARGO_MANIFEST_PATH"
+                            | "CARGO_CRATE_NAME"
+                            | "CARGO_PRIMARY_PACKAGE"
+                            | "CARGO_TARGET_TMPDIR"
+                            | "OUT_DIR"
+                    )
+                {
+                    build.env_remove(key.as_ref());
+                }
+            }
             // Same profile as this binary: a release benchmark measures a release agent.
             if !cfg!(debug_assertions) {
                 build.arg("--release");

@@ -393,3 +393,80 @@ fn with_the_api_server_away_pre_pulls_go_on_and_the_latest_state_is_written_when
     let (stdout, stderr) = agent.finish();
     cluster.assert_no_leak(&stdout, &stderr);
 }
+
+/// `GET path` on 127.0.0.1:port; the status code.
+fn http_status(port: u16, path: &str) -> Option<u16> {
+    use std::io::{Read as _, Write as _};
+    let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
+    stream.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"
+    )
+    .ok()?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response).ok()?;
+    response.split_whitespace().nth(1)?.parse().ok()
+}
+
+#[test]
+fn a_node_never_floods_the_api_server_and_its_probes_tell_ready_from_alive() {
+    let cluster = Cluster::start(&[]);
+    cluster.api.apply(cluster.secret(PASSWORD));
+    let sets = 12;
+    for i in 0..sets {
+        let missing = format!("{}/team/missing-{i}:v1", cluster.env.registry.host());
+        cluster.api.apply(objects::pullset(
+            "team",
+            &format!("set-{i}"),
+            &[&missing],
+            json!({"imagePullSecrets": [{"name": "regcred"}]}),
+        ));
+    }
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    // The API server fails every request at first: alive, not ready.
+    cluster.api.fail_next(u32::MAX);
+    let agent = cluster.agent(&[
+        "--http-addr",
+        &format!("127.0.0.1:{port}"),
+        "--event-burst",
+        "4",
+        "--event-refill",
+        "1h",
+        "--pull-attempts",
+        "1",
+    ]);
+    cluster
+        .api
+        .wait("/healthz", Duration::from_secs(30), |_| {
+            (http_status(port, "/healthz") == Some(200)).then_some(())
+        })
+        .unwrap_or_else(|e| panic!("{e}\nstderr:\n{}", agent.stderr()));
+    assert_eq!(http_status(port, "/readyz"), Some(503));
+    cluster.api.fail_next(0);
+    cluster
+        .api
+        .wait("/readyz", Duration::from_secs(60), |_| {
+            (http_status(port, "/readyz") == Some(200)).then_some(())
+        })
+        .unwrap_or_else(|e| panic!("{e}\nstderr:\n{}", agent.stderr()));
+
+    // Every failure is a JSON line; only the budget's worth reaches the API server.
+    agent
+        .wait_for(
+            "every failure reported",
+            Duration::from_secs(30),
+            sets,
+            |l| l["kind"] == "event" && l["reason"] == "PrePullFailed",
+        )
+        .unwrap();
+    std::thread::sleep(Duration::from_secs(3));
+    let events = cluster.api.events("PrePullFailed");
+    assert_eq!(events.len(), 4, "{events:?}");
+    let (stdout, stderr) = agent.finish();
+    cluster.assert_no_leak(&stdout, &stderr);
+}
