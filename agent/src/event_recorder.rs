@@ -5,7 +5,8 @@
 //! minutes into one Event whose `series.count` grows (a merge patch, not a new object). pullgate's
 //! repeats are narrower — per image, and per verdict for failures — so it keeps one Recorder per
 //! aggregation key: a different image or verdict is a new Event, a repeat patches the old one.
-//! Node Events live in the `default` namespace, as the kubelet's do.
+//! Node Events live in the `default` namespace and name the Node's UID as its name, as the
+//! kubelet's do (that is what `kubectl describe node` looks for).
 
 use crate::event_policy::{EventIntent, Regarding, Severity};
 use k8s_openapi::api::core::v1::ObjectReference;
@@ -108,11 +109,13 @@ fn reference(regarding: &Regarding, uid: Option<String>) -> ObjectReference {
             uid,
             ..ObjectReference::default()
         },
+        // The kubelet's convention, which `kubectl describe node` searches by: a Node's
+        // reference carries its name as UID.
         Regarding::Node(name) => ObjectReference {
             api_version: Some("v1".into()),
             kind: Some("Node".into()),
             name: Some(name.clone()),
-            uid,
+            uid: Some(name.clone()),
             ..ObjectReference::default()
         },
     }

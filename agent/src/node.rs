@@ -20,7 +20,6 @@ impl NodeInfo {
 /// What the API server says about this Node besides its labels (cluster mode).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct NodeFacts {
-    pub uid: String,
     pub taints: Vec<NodeTaint>,
 }
 

@@ -354,7 +354,7 @@ impl ClusterTask {
                 );
             }
             let uid = match &event.regarding {
-                Regarding::Node(_) => loaded.node_facts.as_ref().map(|f| f.uid.clone()),
+                Regarding::Node(_) => None,
                 Regarding::PullSet(key) => loaded
                     .inventory
                     .pullsets

@@ -169,7 +169,8 @@ fn a_node_that_joins_tainted_gets_its_images_and_loses_only_its_taint() {
     let opened = cluster.wait_event("GateOpened", Duration::from_secs(10), &agent);
     assert_eq!(opened["regarding"]["kind"], "Node");
     assert_eq!(opened["regarding"]["name"], NODE);
-    assert_eq!(opened["regarding"]["uid"], format!("uid-{NODE}"));
+    // As the kubelet does (and `kubectl describe node` searches): the Node's name as its UID.
+    assert_eq!(opened["regarding"]["uid"], NODE);
     assert_eq!(opened["metadata"]["namespace"], "default");
     assert_eq!(opened["reportingController"], "pullgate.io/agent");
     assert_eq!(opened["reportingInstance"], NODE);

@@ -258,7 +258,6 @@ async fn watch_node(client: Client, node_name: String, shared: Shared) {
         match event {
             Ok(Event::Apply(node) | Event::InitApply(node)) => {
                 let facts = NodeFacts {
-                    uid: node.metadata.uid.clone().unwrap_or_default(),
                     taints: node
                         .spec
                         .and_then(|spec| spec.taints)

@@ -59,7 +59,7 @@ pub struct Loaded {
     pub fingerprint: String,
     /// The node's labels, when the source knows them (cluster mode: from the Node object).
     pub node_labels: Option<BTreeMap<String, String>>,
-    /// The Node's UID and taints (cluster mode).
+    /// The Node's taints (cluster mode).
     pub node_facts: Option<crate::node::NodeFacts>,
     /// Everything referenced has been read at least once (a directory is read whole).
     pub synced: bool,
