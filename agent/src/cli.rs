@@ -21,6 +21,7 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run the agent: keep the selected PullSets' images present and report outcomes.
+    #[command(args_override_self = true)]
     Run(RunArgs),
     /// Credential tools for people on call and scripts.
     Auth(AuthArgs),
@@ -230,9 +231,30 @@ pub struct RunArgs {
     pub rotation_jitter: humantime::Duration,
     #[command(flatten)]
     pub cluster: ClusterArgs,
-    /// Serve `GET /healthz` and `GET /readyz` on this address (for the DaemonSet's probes).
-    #[arg(long, env = "PULLGATE_HTTP_ADDR", value_name = "ADDR")]
-    pub http_addr: Option<std::net::SocketAddr>,
+    /// Serve `GET /healthz` and `GET /readyz` (the DaemonSet's probes) on this address; port 0
+    /// picks a free one (logged); `off` serves nothing.
+    #[arg(
+        long,
+        env = "PULLGATE_METRICS_ADDR",
+        value_name = "ADDR",
+        default_value = "0.0.0.0:9464"
+    )]
+    pub metrics_addr: ListenAddr,
+}
+
+/// An address to listen on, or `off`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ListenAddr(pub Option<std::net::SocketAddr>);
+
+impl std::str::FromStr for ListenAddr {
+    type Err = std::net::AddrParseError;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        if s.eq_ignore_ascii_case("off") {
+            Ok(Self(None))
+        } else {
+            s.parse().map(|a| Self(Some(a)))
+        }
+    }
 }
 
 /// What cluster mode writes about this node: conditions, Events, the readiness taint.

@@ -1,4 +1,4 @@
-//! Liveness and readiness over HTTP (`--http-addr`), for the DaemonSet's probes.
+//! Liveness and readiness over HTTP (`--metrics-addr`), for the DaemonSet's probes.
 //!
 //! - `GET /healthz`: 200 while the process serves (liveness).
 //! - `GET /readyz`: 200 once the sources are synced and the first pre-pull pass finished, 503
@@ -13,7 +13,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use tokio_util::sync::CancellationToken;
 
 #[derive(Debug, thiserror::Error)]
-#[error("cannot listen on {addr} (--http-addr): {source}")]
+#[error("cannot listen on {addr} (--metrics-addr): {source}")]
 pub struct HealthError {
     addr: SocketAddr,
     source: std::io::Error,
@@ -59,6 +59,7 @@ pub async fn serve(
                 }
             }),
         );
+    let addr = listener.local_addr().unwrap_or(addr);
     tracing::info!(%addr, "serving /healthz and /readyz");
     Ok(tokio::spawn(async move {
         let shutdown = async move { cancel.cancelled().await };

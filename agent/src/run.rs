@@ -65,7 +65,7 @@ pub async fn run(args: RunArgs) -> Result<RunOutcome, RunError> {
         registry,
         rotation_jitter,
         cluster,
-        http_addr,
+        metrics_addr,
     } = args;
     let node_name = node
         .node_name
@@ -80,7 +80,7 @@ pub async fn run(args: RunArgs) -> Result<RunOutcome, RunError> {
     let cancel = CancellationToken::new();
     spawn_signal_handler(cancel.clone());
     let readiness = Readiness::default();
-    let health_task = match http_addr {
+    let health_task = match metrics_addr.0 {
         Some(addr) => Some(crate::health::serve(addr, readiness.clone(), cancel.clone()).await?),
         None => None,
     };

@@ -137,6 +137,9 @@ impl Agent {
                 "200ms".into(),
                 "--retry-max-delay".into(),
                 "1s".into(),
+                // Tests run side by side: a free port each (a test may name its own).
+                "--metrics-addr".into(),
+                "127.0.0.1:0".into(),
             ],
         }
     }

@@ -432,7 +432,7 @@ fn a_node_never_floods_the_api_server_and_its_probes_tell_ready_from_alive() {
     // The API server fails every request at first: alive, not ready.
     cluster.api.fail_next(u32::MAX);
     let agent = cluster.agent(&[
-        "--http-addr",
+        "--metrics-addr",
         &format!("127.0.0.1:{port}"),
         "--event-burst",
         "4",

@@ -101,6 +101,8 @@ fn demo(manifests: &Path) -> Result<()> {
         .args([
             "run",
             "--once",
+            "--metrics-addr",
+            "127.0.0.1:0",
             "--node-name",
             "demo-node",
             "--node-labels",
@@ -382,6 +384,8 @@ fn bench_prepull(count: usize, size_mib: usize, runs: usize) -> Result<()> {
             .args([
                 "run",
                 "--once",
+                "--metrics-addr",
+                "127.0.0.1:0",
                 "--node-name",
                 "bench",
                 "--max-parallel-pulls",
