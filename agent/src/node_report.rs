@@ -10,19 +10,23 @@
 //! - the Events, through a per-node budget, retried while the API server is away (a bounded queue);
 //! - the gate: the start-up taint is removed once the gated PullSets are ready, or at the timeout.
 
+use crate::canary::runner::CanaryOutcome;
 use crate::conditions::Condition;
 use crate::event_policy::{Admit, Budget, EventIntent, Reason, Regarding};
 use crate::event_recorder::EventRecorder;
 use crate::gate::{Gate, GateDecision, GateInputs, TimeoutAction};
 use crate::inventory::ObjectKey;
+use crate::metrics::Metrics;
 use crate::node::NodeInfo;
 use crate::node_status::NodeStatus;
 use crate::node_taint::{NodeTaints, Removal};
+use crate::outcome::Outcome;
 use crate::report::JsonLines;
 use crate::source::manifests::Loaded;
 use crate::verdict::Verdict;
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, watch};
 
@@ -45,14 +49,16 @@ enum Msg {
 #[derive(Clone)]
 pub struct Reports {
     json: Arc<JsonLines>,
+    metrics: Arc<Metrics>,
     cluster: Option<mpsc::UnboundedSender<Msg>>,
 }
 
 impl Reports {
-    /// JSON lines only (standalone).
-    pub fn standalone(json: Arc<JsonLines>) -> Self {
+    /// JSON lines and metrics only (standalone).
+    pub fn standalone(json: Arc<JsonLines>, metrics: Arc<Metrics>) -> Self {
         Self {
             json,
+            metrics,
             cluster: None,
         }
     }
@@ -61,8 +67,24 @@ impl Reports {
         &self.json
     }
 
+    /// A pre-pull outcome: a JSON line, metrics, and its Event if it has one.
+    pub fn prepull(&self, outcome: &Outcome) {
+        self.json.emit(outcome);
+        self.metrics.prepull(outcome);
+        if let Some(event) = crate::event_policy::for_prepull(outcome) {
+            self.event(event);
+        }
+    }
+
+    /// A canary outcome: a JSON line and metrics (its Events come from the caller's state).
+    pub fn canary(&self, outcome: &CanaryOutcome) {
+        self.json.emit(outcome);
+        self.metrics.canary(outcome);
+    }
+
     pub fn condition(&self, condition: Condition) {
         self.json.emit(&condition);
+        self.metrics.condition(&condition);
         self.send(Msg::Condition(condition));
     }
 
@@ -105,6 +127,8 @@ pub struct ClusterReportConfig {
 /// Starts the cluster task; it ends (after a last flush) when every [`Reports`] clone is dropped.
 pub fn run_cluster(
     json: Arc<JsonLines>,
+    metrics: Arc<Metrics>,
+    api_errors: Arc<AtomicU64>,
     client: kube::Client,
     config: ClusterReportConfig,
     sources: watch::Receiver<Arc<Loaded>>,
@@ -129,12 +153,15 @@ pub fn run_cluster(
             images_ready: None,
             canary_verdicts: BTreeMap::new(),
             json: json.clone(),
+            metrics: metrics.clone(),
+            api_errors,
         }
         .run(rx, sources),
     );
     (
         Reports {
             json,
+            metrics,
             cluster: Some(tx),
         },
         task,
@@ -181,6 +208,8 @@ struct ClusterTask {
     images_ready: Option<bool>,
     canary_verdicts: BTreeMap<(ObjectKey, String), Verdict>,
     json: Arc<JsonLines>,
+    metrics: Arc<Metrics>,
+    api_errors: Arc<AtomicU64>,
 }
 
 impl ClusterTask {
@@ -229,6 +258,7 @@ impl ClusterTask {
                 if self.pending.len() == PENDING_EVENTS {
                     self.pending.pop_front();
                     self.lost_while_away += 1;
+                    self.metrics.events_dropped(1);
                 }
                 self.pending.push_back(e);
             }
@@ -264,6 +294,7 @@ impl ClusterTask {
                 self.conditions_retry.succeeded();
             }
             Err(e) => {
+                self.api_errors.fetch_add(1, Ordering::Relaxed);
                 self.conditions_retry.failed(now);
                 tracing::warn!(error = %e, "node conditions not written; retrying with backoff");
             }
@@ -325,7 +356,10 @@ impl ClusterTask {
             Ok(Removal::Absent) => {
                 tracing::debug!(%taint, "taint already gone");
             }
-            Err(e) => tracing::warn!(error = %e, "taint not removed; retrying"),
+            Err(e) => {
+                self.api_errors.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(error = %e, "taint not removed; retrying");
+            }
         }
     }
 
@@ -343,6 +377,7 @@ impl ClusterTask {
             let dropped = match self.budget.admit(now) {
                 Admit::Send { dropped } => dropped + std::mem::take(&mut self.lost_while_away),
                 Admit::Drop => {
+                    self.metrics.events_dropped(1);
                     tracing::debug!(reason = event.reason.as_str(), regarding = %event.regarding, "event over the node's budget; dropped");
                     continue;
                 }
@@ -362,8 +397,12 @@ impl ClusterTask {
                     .and_then(|s| s.uid.clone()),
             };
             match self.events.publish(&event, uid).await {
-                Ok(()) => self.events_retry.succeeded(),
+                Ok(()) => {
+                    self.metrics.event_sent(event.reason.as_str());
+                    self.events_retry.succeeded();
+                }
                 Err(e) if e.retriable() => {
+                    self.api_errors.fetch_add(1, Ordering::Relaxed);
                     tracing::warn!(error = %e, "event not published; retrying with backoff");
                     self.pending.push_front(event);
                     self.events_retry.failed(now);

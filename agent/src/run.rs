@@ -8,8 +8,9 @@ use crate::credentials::{CredentialResolver, KubeletResolver};
 use crate::cri::{CriClient, CriTimeouts};
 use crate::desired::prepull_images;
 use crate::event_policy::CanaryEvents;
-use crate::health::Readiness;
+use crate::http_endpoints::{Readiness, Refresh};
 use crate::inventory::ObjectKey;
+use crate::metrics::Metrics;
 use crate::node::NodeInfo;
 use crate::node_report::{ClusterReportConfig, Reports};
 use crate::outcome::{SourceProblem, now_rfc3339};
@@ -19,6 +20,7 @@ use crate::source::manifests::Loaded;
 use crate::source::watch::{WatchConfig, WatchError, watch_dir};
 use crate::verdict::Verdict;
 use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
@@ -38,7 +40,7 @@ pub enum RunError {
     #[error(transparent)]
     Registry(#[from] crate::registry::RegistryError),
     #[error(transparent)]
-    Health(#[from] crate::health::HealthError),
+    Http(#[from] crate::http_endpoints::HttpError),
 }
 
 /// How a run ended.
@@ -79,11 +81,6 @@ pub async fn run(args: RunArgs) -> Result<RunOutcome, RunError> {
 
     let cancel = CancellationToken::new();
     spawn_signal_handler(cancel.clone());
-    let readiness = Readiness::default();
-    let health_task = match metrics_addr.0 {
-        Some(addr) => Some(crate::health::serve(addr, readiness.clone(), cancel.clone()).await?),
-        None => None,
-    };
 
     let client = CriClient::new(
         cri.cri_endpoint.clone(),
@@ -93,14 +90,40 @@ pub async fn run(args: RunArgs) -> Result<RunOutcome, RunError> {
             reconnect_budget: *cri.cri_reconnect_budget,
         },
     );
+    let metrics = Arc::new(Metrics::new());
+    let api_errors = Arc::new(AtomicU64::new(0));
+    let readiness = Readiness::default();
+    let http_task = match metrics_addr.0 {
+        Some(addr) => {
+            let (cri, api) = (client.clone(), api_errors.clone());
+            let refresh: Refresh = Arc::new(move |m: &Metrics| {
+                m.sync_cri_reconnects(cri.reconnects());
+                m.sync_apiserver_errors(api.load(Ordering::Relaxed));
+            });
+            Some(
+                crate::http_endpoints::serve(
+                    addr,
+                    readiness.clone(),
+                    metrics.clone(),
+                    refresh,
+                    cancel.clone(),
+                )
+                .await?,
+            )
+        }
+        None => None,
+    };
     match client.version().await {
-        Ok(v) => tracing::info!(
+        Ok(v) => {
+            readiness.set_runtime_reachable(true);
+            tracing::info!(
             endpoint = %client.endpoint(),
             runtime = %v.runtime_name,
             runtime_version = %v.runtime_version,
             cri_api = %v.runtime_api_version,
             "connected to container runtime"
-        ),
+            );
+        }
         Err(e) => {
             tracing::error!(error = %e, "container runtime not reachable; pulls will be retried")
         }
@@ -110,13 +133,14 @@ pub async fn run(args: RunArgs) -> Result<RunOutcome, RunError> {
     let (mut sources, source_task, reports, reports_task) = match manifests {
         Some(dir) => {
             let (rx, task) = watch_dir(dir, WatchConfig::default(), cancel.clone())?;
-            (rx, task, Reports::standalone(json), None)
+            (rx, task, Reports::standalone(json, metrics.clone()), None)
         }
         None => {
             let client = crate::source::cluster::client(kubeconfig.as_deref()).await?;
             let (mut rx, task) = crate::source::cluster::watch_cluster(
                 client.clone(),
                 node.name.clone(),
+                api_errors.clone(),
                 cancel.clone(),
             );
             // Act on a complete picture: every PullSet, the Node, every referenced object. The
@@ -150,6 +174,8 @@ pub async fn run(args: RunArgs) -> Result<RunOutcome, RunError> {
             // Conditions, Events and the gate: written in order by one task.
             let (reports, reports_task) = crate::node_report::run_cluster(
                 json,
+                metrics.clone(),
+                api_errors.clone(),
                 client,
                 ClusterReportConfig {
                     node: node.clone(),
@@ -227,7 +253,8 @@ pub async fn run(args: RunArgs) -> Result<RunOutcome, RunError> {
             &reports,
         )
         .await;
-        readiness.set_ready();
+        readiness.set_runtime_reachable(client.version().await.is_ok());
+        readiness.set_first_pass_done();
         if once {
             let ok = summary.failures == 0 && loaded.problems.is_empty();
             tracing::info!(
@@ -264,7 +291,7 @@ pub async fn run(args: RunArgs) -> Result<RunOutcome, RunError> {
     if let Some(task) = reports_task {
         let _ = tokio::time::timeout(Duration::from_secs(10), task).await;
     }
-    if let Some(task) = health_task {
+    if let Some(task) = http_task {
         let _ = tokio::time::timeout(Duration::from_secs(2), task).await;
     }
     Ok(result)
@@ -286,7 +313,7 @@ impl ReportingCanarySink {
 
 impl CanarySink for ReportingCanarySink {
     fn outcome(&self, outcome: &CanaryOutcome) {
-        self.reports.json().emit(outcome);
+        self.reports.canary(outcome);
         let events = self.lock().1.observe(outcome);
         for event in events {
             self.reports.event(event);
@@ -347,10 +374,7 @@ async fn pass<R: crate::runtime::ImageRuntime>(
                     "pre-pull failed"
                 );
             }
-            reports.json().emit(&outcome);
-            if let Some(event) = crate::event_policy::for_prepull(&outcome) {
-                reports.event(event);
-            }
+            reports.prepull(&outcome);
         })
         .await;
     let gated = gated

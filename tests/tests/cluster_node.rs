@@ -395,8 +395,8 @@ fn with_the_api_server_away_pre_pulls_go_on_and_the_latest_state_is_written_when
     cluster.assert_no_leak(&stdout, &stderr);
 }
 
-/// `GET path` on 127.0.0.1:port; the status code.
-fn http_status(port: u16, path: &str) -> Option<u16> {
+/// `GET path` on 127.0.0.1:port: the status code and the body.
+fn http_get(port: u16, path: &str) -> Option<(u16, String)> {
     use std::io::{Read as _, Write as _};
     let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
     stream.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
@@ -407,7 +407,13 @@ fn http_status(port: u16, path: &str) -> Option<u16> {
     .ok()?;
     let mut response = String::new();
     stream.read_to_string(&mut response).ok()?;
-    response.split_whitespace().nth(1)?.parse().ok()
+    let status = response.split_whitespace().nth(1)?.parse().ok()?;
+    let body = response.split_once("\r\n\r\n")?.1.to_string();
+    Some((status, body))
+}
+
+fn http_status(port: u16, path: &str) -> Option<u16> {
+    http_get(port, path).map(|(status, _)| status)
 }
 
 #[test]
@@ -468,6 +474,36 @@ fn a_node_never_floods_the_api_server_and_its_probes_tell_ready_from_alive() {
     std::thread::sleep(Duration::from_secs(3));
     let events = cluster.api.events("PrePullFailed");
     assert_eq!(events.len(), 4, "{events:?}");
+
+    // The same story in the metrics (every pass counts; a PullSet gates by default).
+    let (status, metrics) = http_get(port, "/metrics").unwrap();
+    assert_eq!(status, 200);
+    let value = |prefix: &str| -> u64 {
+        metrics
+            .lines()
+            .find_map(|l| l.strip_prefix(prefix)?.trim().parse().ok())
+            .unwrap_or_else(|| panic!("no {prefix} in\n{metrics}"))
+    };
+    let host = cluster.env.registry.host();
+    let failures = value(&format!(
+        r#"pullgate_prepull_outcomes_total{{registry="{host}",namespace="team",verdict="NotFound"}}"#
+    ));
+    assert!(
+        failures >= sets as u64 && failures % sets as u64 == 0,
+        "{failures}"
+    );
+    assert_eq!(value(r#"pullgate_events_total{reason="PrePullFailed"}"#), 4);
+    // Every failure is an Event decided; all but the budget's four were dropped.
+    assert_eq!(value("pullgate_events_dropped_total"), failures - 4);
+    assert_eq!(
+        value(r#"pullgate_node_condition{condition="CriticalImagesReady",status="False"}"#),
+        1
+    );
+    assert!(
+        value("pullgate_apiserver_errors_total") > 0,
+        "the failed requests at start are counted"
+    );
+    assert!(!metrics.contains(PASSWORD));
     let (stdout, stderr) = agent.finish();
     cluster.assert_no_leak(&stdout, &stderr);
 }

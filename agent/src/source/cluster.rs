@@ -19,6 +19,7 @@ use kube::runtime::watcher::{self, Event};
 use kube::{Api, Client};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::{Notify, watch};
@@ -63,10 +64,11 @@ struct State {
     generation: u64,
 }
 
-type Shared = Arc<(Mutex<State>, Notify)>;
+/// The state, its change signal, and the count of failed requests and broken watches.
+type Shared = Arc<(Mutex<State>, Notify, Arc<AtomicU64>)>;
 
 fn with_state(shared: &Shared, f: impl FnOnce(&mut State)) {
-    let (lock, notify) = &**shared;
+    let (lock, notify, _) = &**shared;
     let mut state = lock
         .lock()
         .unwrap_or_else(std::sync::PoisonError::into_inner);
@@ -79,10 +81,11 @@ fn with_state(shared: &Shared, f: impl FnOnce(&mut State)) {
 pub fn watch_cluster(
     client: Client,
     node_name: String,
+    errors: Arc<AtomicU64>,
     cancel: CancellationToken,
 ) -> (watch::Receiver<Arc<Loaded>>, tokio::task::JoinHandle<()>) {
     let (tx, rx) = watch::channel(Arc::new(Loaded::default()));
-    let shared: Shared = Arc::new((Mutex::new(State::default()), Notify::new()));
+    let shared: Shared = Arc::new((Mutex::new(State::default()), Notify::new(), errors));
     let task = tokio::spawn(async move {
         let tasks = vec![
             tokio::spawn(watch_pullsets(client.clone(), shared.clone())),
@@ -245,7 +248,10 @@ async fn watch_pullsets(client: Client, shared: Shared) {
                     });
                 }
             }
-            Err(e) => tracing::warn!(error = %e, "PullSet watch failed; retrying"),
+            Err(e) => {
+                shared.2.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(error = %e, "PullSet watch failed; retrying");
+            }
         }
     }
 }
@@ -278,7 +284,10 @@ async fn watch_node(client: Client, node_name: String, shared: Shared) {
             }
             Ok(Event::InitDone) => with_state(&shared, |s| s.node_synced = true),
             Ok(_) => {}
-            Err(e) => tracing::warn!(node = %node_name, error = %e, "Node watch failed; retrying"),
+            Err(e) => {
+                shared.2.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(node = %node_name, error = %e, "Node watch failed; retrying");
+            }
         }
     }
 }
@@ -338,6 +347,7 @@ async fn watch_one(client: Client, kind: char, key: ObjectKey, shared: Shared) {
                                 );
                             });
                         } else {
+                            shared.2.fetch_add(1, Ordering::Relaxed);
                             tracing::warn!(object = %key, error = %e, "watch failed; retrying");
                         }
                     }
