@@ -122,7 +122,7 @@ impl Verdict {
                 "the credential has expired: rotate it (short-lived registry tokens must be refreshed)"
             }
             Verdict::Forbidden => {
-                "pullgate may not read an object it needs (RBAC): grant get/list/watch on it in that namespace, e.g. with the secret-reader Role"
+                "pullgate may not read an object it needs (RBAC): grant get/list/watch on it in that namespace, e.g. by applying manifests/namespace-access there"
             }
         }
     }

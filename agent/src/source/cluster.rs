@@ -330,7 +330,7 @@ async fn watch_one(client: Client, kind: char, key: ObjectKey, shared: Shared) {
                             || e.to_string().contains("403");
                         if forbidden {
                             let message = format!(
-                                "Forbidden: pullgate may not read {resource} in namespace {}: grant it {verb_hint} (for example the secret-reader Role in that namespace)",
+                                "Forbidden: pullgate may not read {resource} in namespace {}: grant it {verb_hint} (manifests/namespace-access, applied in that namespace)",
                                 key.namespace
                             );
                             with_state(&shared, |s| {

@@ -1,0 +1,1709 @@
+#![allow(clippy::unwrap_used)]
+//! The Kubernetes manifests under `manifests/`: every YAML file parsed (every document), every
+//! object deserialized into its `k8s-openapi` type (a field the type does not know fails the
+//! test, so a misspelt or misplaced field cannot hide), every kustomization resolved and rendered
+//! (resources, namespace, patches, labels — what these kustomizations use), and the properties the
+//! deployment promises checked on the rendered objects: least-privilege RBAC, the DaemonSet's
+//! placement, security and probes, and the admission policy that narrows node writes to the
+//! agent's own node.
+//!
+//! Values are cross-checked against each other and against the agent's own command line (clap),
+//! not against constants copied from the YAML: the CRI socket's host path is the agent's default
+//! `--cri-endpoint`, every `PULLGATE_*` variable is one of `pullgate run`'s flags, the PullSet
+//! rule names the CRD's group and plural, the policy's user is the DaemonSet's ServiceAccount.
+//!
+//! An opt-in last test (`--ignored`; it needs kubectl) renders each kustomization with
+//! `kubectl kustomize` and compares the result with this file's rendering.
+
+use clap::CommandFactory as _;
+use k8s_openapi::api::admissionregistration::v1::{
+    ValidatingAdmissionPolicy, ValidatingAdmissionPolicyBinding,
+};
+use k8s_openapi::api::apps::v1::DaemonSet;
+use k8s_openapi::api::core::v1::{ConfigMap, Container, Namespace, ServiceAccount};
+use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding, PolicyRule, Role, RoleBinding};
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+use k8s_openapi::serde::de::DeserializeOwned;
+use k8s_openapi::serde::{Deserialize as _, Serialize};
+use serde_json::Value;
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Component, Path, PathBuf};
+
+/// The node conditions the agent writes (and the only ones the admission policy lets it write).
+const NODE_CONDITIONS: [&str; 2] = ["CriticalImagesReady", "PullCredentialsValid"];
+/// The kustomizations a user applies directly.
+const ROOTS: [&str; 4] = [
+    "base",
+    "namespace-access",
+    "overlays/example",
+    "overlays/example/team-payments",
+];
+/// Standalone examples: applied with `kubectl apply -f`, not part of any kustomization.
+const EXAMPLES_DIR: &str = "examples";
+
+// ---------------------------------------------------------------------------------------------
+// Loading
+// ---------------------------------------------------------------------------------------------
+
+/// One YAML document.
+#[derive(Clone)]
+struct Obj {
+    /// `file (document N)`, relative to `manifests/`.
+    origin: String,
+    value: Value,
+}
+
+impl Obj {
+    fn str_at(&self, pointer: &str) -> Option<&str> {
+        self.value.pointer(pointer).and_then(Value::as_str)
+    }
+    fn api_version(&self) -> &str {
+        self.str_at("/apiVersion").unwrap_or("")
+    }
+    fn kind(&self) -> &str {
+        self.str_at("/kind").unwrap_or("")
+    }
+    fn name(&self) -> &str {
+        self.str_at("/metadata/name").unwrap_or("")
+    }
+    fn namespace(&self) -> Option<&str> {
+        self.str_at("/metadata/namespace")
+    }
+    /// `file (document N): Kind namespace/name`, for assertion messages.
+    fn what(&self) -> String {
+        let ns = self
+            .namespace()
+            .map(|n| format!("{n}/"))
+            .unwrap_or_default();
+        format!("{}: {} {ns}{}", self.origin, self.kind(), self.name())
+    }
+    fn id(&self) -> (String, String, String, String) {
+        (
+            self.api_version().to_owned(),
+            self.kind().to_owned(),
+            self.namespace().unwrap_or("").to_owned(),
+            self.name().to_owned(),
+        )
+    }
+}
+
+struct Manifests {
+    root: PathBuf,
+    /// Every YAML file, by path relative to `manifests/` ('/'-separated), with its documents.
+    files: BTreeMap<String, Vec<Obj>>,
+}
+
+impl Manifests {
+    fn load() -> Self {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../manifests")
+            .canonicalize()
+            .unwrap();
+        let mut paths = Vec::new();
+        collect_yaml(&root, &mut paths);
+        let files = paths
+            .into_iter()
+            .map(|path| {
+                let rel = rel_path(&root, &path);
+                let docs = parse_documents(&rel, &std::fs::read_to_string(&path).unwrap());
+                (rel, docs)
+            })
+            .collect();
+        Self { root, files }
+    }
+
+    fn docs(&self, file: &str) -> &[Obj] {
+        self.files
+            .get(file)
+            .unwrap_or_else(|| panic!("{file}: no such YAML file under manifests/"))
+    }
+
+    fn kustomization(&self, dir: &str) -> &Obj {
+        let file = format!("{dir}/kustomization.yaml");
+        let docs = self.docs(&file);
+        assert_eq!(docs.len(), 1, "{file}: one document expected");
+        &docs[0]
+    }
+
+    fn is_kustomization_dir(&self, rel: &str) -> bool {
+        self.files
+            .contains_key(&format!("{rel}/kustomization.yaml"))
+    }
+
+    fn kustomization_dirs(&self) -> Vec<String> {
+        self.files
+            .keys()
+            .filter_map(|f| f.strip_suffix("/kustomization.yaml").map(str::to_owned))
+            .collect()
+    }
+
+    /// `reference`, written in the kustomization of `dir`, relative to `manifests/`.
+    fn resolve(&self, dir: &str, reference: &str) -> String {
+        let mut parts: Vec<&str> = dir.split('/').filter(|p| !p.is_empty()).collect();
+        for c in Path::new(reference).components() {
+            match c {
+                Component::Normal(p) => parts.push(p.to_str().unwrap()),
+                Component::ParentDir => {
+                    assert!(
+                        parts.pop().is_some(),
+                        "{dir}/kustomization.yaml: {reference} leaves manifests/"
+                    );
+                }
+                Component::CurDir => {}
+                _ => panic!("{dir}/kustomization.yaml: {reference} must be a relative path"),
+            }
+        }
+        let rel = parts.join("/");
+        let exists = self.root.join(&rel).exists();
+        assert!(
+            exists,
+            "{dir}/kustomization.yaml: {reference} does not exist ({rel})"
+        );
+        rel
+    }
+}
+
+fn collect_yaml(dir: &Path, out: &mut Vec<PathBuf>) {
+    let mut entries: Vec<_> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    entries.sort();
+    for path in entries {
+        if path.is_dir() {
+            collect_yaml(&path, out);
+        } else if matches!(
+            path.extension().and_then(|e| e.to_str()),
+            Some("yaml" | "yml")
+        ) {
+            out.push(path);
+        }
+    }
+}
+
+fn rel_path(root: &Path, path: &Path) -> String {
+    path.strip_prefix(root)
+        .unwrap()
+        .components()
+        .map(|c| c.as_os_str().to_str().unwrap())
+        .collect::<Vec<_>>()
+        .join("/")
+}
+
+fn parse_documents(origin: &str, text: &str) -> Vec<Obj> {
+    let mut docs = Vec::new();
+    for (index, document) in serde_yaml::Deserializer::from_str(text).enumerate() {
+        let yaml = serde_yaml::Value::deserialize(document)
+            .unwrap_or_else(|e| panic!("{origin} (document {index}): not valid YAML: {e}"));
+        if yaml.is_null() {
+            continue;
+        }
+        let value = serde_json::to_value(&yaml).unwrap_or_else(|e| {
+            panic!("{origin} (document {index}): not representable as JSON: {e}")
+        });
+        docs.push(Obj {
+            origin: format!("{origin} (document {index})"),
+            value,
+        });
+    }
+    docs
+}
+
+// ---------------------------------------------------------------------------------------------
+// Typed parsing
+// ---------------------------------------------------------------------------------------------
+
+/// `obj` as `T`. k8s-openapi ignores fields its types do not know, so the object is serialized
+/// back and every field of the YAML must have survived: a misspelt or misplaced field fails here.
+fn typed<T: DeserializeOwned + Serialize>(obj: &Obj) -> T {
+    let type_name = std::any::type_name::<T>();
+    let parsed: T = serde_json::from_value(obj.value.clone())
+        .unwrap_or_else(|e| panic!("{}: does not parse as {type_name}: {e}", obj.what()));
+    let back = serde_json::to_value(&parsed).unwrap();
+    if let Some(path) = first_lost(&obj.value, &back, "") {
+        panic!(
+            "{}: field {path} is not part of {type_name} (misspelt or misplaced?)",
+            obj.what()
+        );
+    }
+    parsed
+}
+
+/// The first field of `original` that `round_trip` lost or changed.
+fn first_lost(original: &Value, round_trip: &Value, path: &str) -> Option<String> {
+    match (original, round_trip) {
+        (Value::Object(o), Value::Object(r)) => o.iter().find_map(|(k, v)| {
+            let here = format!("{path}.{k}");
+            match r.get(k) {
+                None if v.is_null() => None,
+                None => Some(here),
+                Some(rv) => first_lost(v, rv, &here),
+            }
+        }),
+        (Value::Array(o), Value::Array(r)) if o.len() == r.len() => o
+            .iter()
+            .zip(r)
+            .enumerate()
+            .find_map(|(i, (ov, rv))| first_lost(ov, rv, &format!("{path}[{i}]"))),
+        (o, r) if o == r => None,
+        (Value::Number(o), Value::Number(r)) if o.as_f64() == r.as_f64() => None,
+        _ => Some(if path.is_empty() {
+            ".".into()
+        } else {
+            path.into()
+        }),
+    }
+}
+
+/// Every object is one of the kinds below, and parses as its type.
+fn check_typed(obj: &Obj) {
+    match (obj.api_version(), obj.kind()) {
+        ("v1", "Namespace") => drop(typed::<Namespace>(obj)),
+        ("v1", "ServiceAccount") => drop(typed::<ServiceAccount>(obj)),
+        ("v1", "ConfigMap") => drop(typed::<ConfigMap>(obj)),
+        ("rbac.authorization.k8s.io/v1", "ClusterRole") => drop(typed::<ClusterRole>(obj)),
+        ("rbac.authorization.k8s.io/v1", "ClusterRoleBinding") => {
+            drop(typed::<ClusterRoleBinding>(obj));
+        }
+        ("rbac.authorization.k8s.io/v1", "Role") => drop(typed::<Role>(obj)),
+        ("rbac.authorization.k8s.io/v1", "RoleBinding") => drop(typed::<RoleBinding>(obj)),
+        ("apps/v1", "DaemonSet") => drop(typed::<DaemonSet>(obj)),
+        ("admissionregistration.k8s.io/v1", "ValidatingAdmissionPolicy") => {
+            drop(typed::<ValidatingAdmissionPolicy>(obj));
+        }
+        ("admissionregistration.k8s.io/v1", "ValidatingAdmissionPolicyBinding") => {
+            drop(typed::<ValidatingAdmissionPolicyBinding>(obj));
+        }
+        ("apiextensions.k8s.io/v1", "CustomResourceDefinition") => {
+            drop(typed::<CustomResourceDefinition>(obj));
+        }
+        // Not a k8s-openapi type: checked field by field in node_readiness_rule_example.
+        ("readiness.node.x-k8s.io/v1alpha1", "NodeReadinessRule") => {}
+        (api_version, kind) => panic!(
+            "{}: {api_version} {kind} is not a kind this test knows: add it to check_typed",
+            obj.what()
+        ),
+    }
+}
+
+fn is_cluster_scoped(kind: &str) -> bool {
+    matches!(
+        kind,
+        "Namespace"
+            | "ClusterRole"
+            | "ClusterRoleBinding"
+            | "CustomResourceDefinition"
+            | "ValidatingAdmissionPolicy"
+            | "ValidatingAdmissionPolicyBinding"
+            | "NodeReadinessRule"
+    )
+}
+
+// ---------------------------------------------------------------------------------------------
+// Rendering kustomizations (the subset these use; anything else fails loudly)
+// ---------------------------------------------------------------------------------------------
+
+const KUSTOMIZATION_FIELDS: [&str; 6] = [
+    "apiVersion",
+    "kind",
+    "resources",
+    "namespace",
+    "patches",
+    "labels",
+];
+
+fn render(m: &Manifests, dir: &str) -> Vec<Obj> {
+    let k = m.kustomization(dir);
+    let at = format!("{dir}/kustomization.yaml");
+    assert_eq!(
+        (k.api_version(), k.kind()),
+        ("kustomize.config.k8s.io/v1beta1", "Kustomization"),
+        "{at}: apiVersion/kind"
+    );
+    for field in k.value.as_object().unwrap().keys() {
+        assert!(
+            KUSTOMIZATION_FIELDS.contains(&field.as_str()),
+            "{at}: field `{field}` is not one this test renders: teach render() about it"
+        );
+    }
+    let mut objs = Vec::new();
+    for r in strings(&k.value, "/resources", &at) {
+        let rel = m.resolve(dir, &r);
+        if m.is_kustomization_dir(&rel) {
+            objs.extend(render(m, &rel));
+        } else {
+            assert!(
+                m.files.contains_key(&rel),
+                "{at}: resource {r} is neither a YAML file nor a kustomization directory"
+            );
+            objs.extend(m.docs(&rel).iter().cloned());
+        }
+    }
+    if let Some(ns) = k.str_at("/namespace") {
+        for o in &mut objs {
+            if !is_cluster_scoped(o.kind()) {
+                o.value["metadata"]["namespace"] = Value::from(ns);
+            }
+        }
+    }
+    for (i, patch) in array(&k.value, "/patches").iter().enumerate() {
+        let known = |v: &Value, fields: &[&str]| {
+            v.as_object()
+                .is_some_and(|o| o.keys().all(|k| fields.contains(&k.as_str())))
+        };
+        assert!(
+            known(patch, &["path", "target"])
+                && patch.get("target").is_none_or(|t| {
+                    known(t, &["group", "version", "kind", "name", "namespace"])
+                }),
+            "{at}: patches[{i}] uses a field this test does not render: teach render() about it"
+        );
+        let path = patch["path"].as_str().unwrap_or_else(|| {
+            panic!("{at}: patches[{i}] needs a path (inline patches are not rendered here)")
+        });
+        let file = m.resolve(dir, path);
+        for doc in m.docs(&file) {
+            apply_patch(&mut objs, patch.get("target"), doc, &at);
+        }
+    }
+    for (i, label) in array(&k.value, "/labels").iter().enumerate() {
+        assert_ne!(
+            label["includeSelectors"],
+            Value::Bool(true),
+            "{at}: labels[{i}] would change the DaemonSet's selector, which is immutable"
+        );
+        let pairs = label["pairs"].as_object().unwrap();
+        for o in &mut objs {
+            let meta = o.value["metadata"].as_object_mut().unwrap();
+            let labels = meta
+                .entry("labels")
+                .or_insert_with(|| Value::Object(Default::default()));
+            for (key, v) in pairs {
+                labels[key] = v.clone();
+            }
+        }
+    }
+    let mut ids = BTreeSet::new();
+    for o in &objs {
+        assert!(ids.insert(o.id()), "{at}: {} appears twice", o.what());
+    }
+    objs
+}
+
+fn apply_patch(objs: &mut [Obj], target: Option<&Value>, doc: &Obj, at: &str) {
+    let matching: Vec<usize> = (0..objs.len())
+        .filter(|&i| {
+            let o = &objs[i];
+            match target {
+                Some(t) => {
+                    let (group, version) = o
+                        .api_version()
+                        .rsplit_once('/')
+                        .unwrap_or(("", o.api_version()));
+                    t.get("kind").is_none_or(|k| k == o.kind())
+                        && t.get("version").is_none_or(|v| v == version)
+                        && t.get("name").is_none_or(|n| n == o.name())
+                        && t.get("group").is_none_or(|g| g == group)
+                        && t.get("namespace")
+                            .is_none_or(|n| Some(n.as_str().unwrap()) == o.namespace())
+                }
+                None => {
+                    o.api_version() == doc.api_version()
+                        && o.kind() == doc.kind()
+                        && o.name() == doc.name()
+                        && doc.namespace().is_none_or(|n| Some(n) == o.namespace())
+                }
+            }
+        })
+        .collect();
+    assert_eq!(
+        matching.len(),
+        1,
+        "{at}: patch {} must match exactly one object, matches {}",
+        doc.origin,
+        matching.len()
+    );
+    let o = &mut objs[matching[0]];
+    if doc.value.is_array() {
+        let ops: json_patch::Patch = serde_json::from_value(doc.value.clone())
+            .unwrap_or_else(|e| panic!("{}: not a JSON patch: {e}", doc.origin));
+        json_patch::patch(&mut o.value, &ops)
+            .unwrap_or_else(|e| panic!("{}: does not apply to {}: {e}", doc.origin, o.what()));
+    } else {
+        strategic_merge(&mut o.value, &doc.value);
+    }
+    o.origin = format!("{} patched by {}", o.origin, doc.origin);
+}
+
+/// Strategic merge as these patches need it: maps merge, lists of named objects (containers,
+/// env, volumes) merge by name, other lists are replaced, null deletes.
+fn strategic_merge(target: &mut Value, patch: &Value) {
+    let named = |v: &Vec<Value>| v.iter().all(|e| e.get("name").is_some());
+    match (target, patch) {
+        (Value::Object(t), Value::Object(p)) => {
+            for (k, v) in p {
+                if v.is_null() {
+                    t.remove(k);
+                } else if let Some(tv) = t.get_mut(k) {
+                    strategic_merge(tv, v);
+                } else {
+                    t.insert(k.clone(), v.clone());
+                }
+            }
+        }
+        (Value::Array(t), Value::Array(p)) if named(t) && named(p) => {
+            for pe in p {
+                match t.iter_mut().find(|te| te["name"] == pe["name"]) {
+                    Some(te) => strategic_merge(te, pe),
+                    None => t.push(pe.clone()),
+                }
+            }
+        }
+        (t, p) => *t = p.clone(),
+    }
+}
+
+fn array<'a>(v: &'a Value, pointer: &str) -> &'a [Value] {
+    v.pointer(pointer)
+        .and_then(Value::as_array)
+        .map_or(&[], Vec::as_slice)
+}
+
+fn strings(v: &Value, pointer: &str, at: &str) -> Vec<String> {
+    array(v, pointer)
+        .iter()
+        .map(|s| {
+            s.as_str()
+                .unwrap_or_else(|| panic!("{at}: {pointer} must list strings"))
+                .to_owned()
+        })
+        .collect()
+}
+
+// ---------------------------------------------------------------------------------------------
+// Lookups on rendered objects
+// ---------------------------------------------------------------------------------------------
+
+fn all_of<T: DeserializeOwned + Serialize>(objs: &[Obj], kind: &str) -> Vec<(Obj, T)> {
+    objs.iter()
+        .filter(|o| o.kind() == kind)
+        .map(|o| (o.clone(), typed(o)))
+        .collect()
+}
+
+fn one_of<T: DeserializeOwned + Serialize>(objs: &[Obj], kind: &str, at: &str) -> (Obj, T) {
+    let mut found = all_of::<T>(objs, kind);
+    assert_eq!(found.len(), 1, "{at}: exactly one {kind} expected");
+    found.pop().unwrap()
+}
+
+/// (API group, resource, verb) for every verb of every rule, with the rule's resourceNames.
+fn grants(rules: &[PolicyRule]) -> BTreeSet<(String, String, String)> {
+    let mut out = BTreeSet::new();
+    for rule in rules {
+        for group in rule.api_groups.iter().flatten() {
+            for resource in rule.resources.iter().flatten() {
+                for verb in &rule.verbs {
+                    out.insert((group.clone(), resource.clone(), verb.clone()));
+                }
+            }
+        }
+    }
+    out
+}
+
+fn triples(list: &[(&str, &str, &[&str])]) -> BTreeSet<(String, String, String)> {
+    list.iter()
+        .flat_map(|(g, r, verbs)| {
+            verbs
+                .iter()
+                .map(|v| ((*g).into(), (*r).into(), (*v).into()))
+        })
+        .collect()
+}
+
+fn assert_no_wildcards(rules: &[PolicyRule], what: &str) {
+    for (i, rule) in rules.iter().enumerate() {
+        let words = rule
+            .api_groups
+            .iter()
+            .flatten()
+            .chain(rule.resources.iter().flatten())
+            .chain(&rule.verbs);
+        for w in words {
+            assert!(
+                !w.contains('*'),
+                "{what}: rules[{i}] uses the wildcard {w:?}"
+            );
+        }
+        assert!(
+            rule.non_resource_urls.is_none(),
+            "{what}: rules[{i}] grants non-resource URLs"
+        );
+    }
+}
+
+/// The ServiceAccount the DaemonSet runs as: (namespace, name).
+fn agent_identity(objs: &[Obj], at: &str) -> (String, String) {
+    let (obj, ds) = one_of::<DaemonSet>(objs, "DaemonSet", at);
+    let pod = ds.spec.unwrap().template.spec.unwrap();
+    let sa = pod.service_account_name.unwrap_or_else(|| {
+        panic!(
+            "{}: spec.template.spec.serviceAccountName is not set",
+            obj.what()
+        )
+    });
+    let ns = obj
+        .namespace()
+        .unwrap_or_else(|| panic!("{}: no namespace", obj.what()));
+    (ns.to_owned(), sa)
+}
+
+fn the_container(obj: &Obj, ds: &DaemonSet) -> Container {
+    let pod = ds.spec.as_ref().unwrap().template.spec.as_ref().unwrap();
+    assert_eq!(
+        pod.containers.len(),
+        1,
+        "{}: one container expected",
+        obj.what()
+    );
+    assert!(
+        pod.init_containers.is_none(),
+        "{}: no init container expected",
+        obj.what()
+    );
+    pod.containers[0].clone()
+}
+
+fn env_value(obj: &Obj, c: &Container, name: &str) -> k8s_openapi::api::core::v1::EnvVar {
+    c.env
+        .iter()
+        .flatten()
+        .find(|e| e.name == name)
+        .cloned()
+        .unwrap_or_else(|| panic!("{}: container {} has no env {name}", obj.what(), c.name))
+}
+
+/// `pullgate run`'s flags: environment variable → (long flag, default value).
+fn agent_flags() -> BTreeMap<String, (String, Option<String>)> {
+    let mut cli = pullgate::cli::Cli::command();
+    cli.build();
+    let run = cli
+        .get_subcommands()
+        .find(|c| c.get_name() == "run")
+        .expect("pullgate has a `run` subcommand");
+    run.get_arguments()
+        .chain(cli.get_arguments())
+        .filter_map(|a| {
+            let env = a.get_env()?.to_str()?.to_owned();
+            let default = a
+                .get_default_values()
+                .first()
+                .map(|d| d.to_string_lossy().into_owned());
+            Some((env, (a.get_long().unwrap_or_default().to_owned(), default)))
+        })
+        .collect()
+}
+
+/// Millicores of a CPU quantity, bytes of a memory quantity.
+fn quantity(q: &str, what: &str) -> f64 {
+    let suffixes: [(&str, f64); 10] = [
+        ("Ki", 1024.0),
+        ("Mi", 1024.0 * 1024.0),
+        ("Gi", 1024.0 * 1024.0 * 1024.0),
+        ("Ti", 1024.0 * 1024.0 * 1024.0 * 1024.0),
+        ("m", 1e-3),
+        ("k", 1e3),
+        ("M", 1e6),
+        ("G", 1e9),
+        ("T", 1e12),
+        ("", 1.0),
+    ];
+    let (number, factor) = suffixes
+        .iter()
+        .find_map(|(s, f)| q.strip_suffix(s).map(|n| (n, *f)))
+        .unwrap();
+    number
+        .parse::<f64>()
+        .unwrap_or_else(|_| panic!("{what}: {q:?} is not a quantity"))
+        * factor
+}
+
+/// A taint key or label key: `[prefix/]name`, name a qualified name of at most 63 characters.
+fn is_qualified_name(key: &str) -> bool {
+    let (prefix, name) = match key.split_once('/') {
+        Some((p, n)) => (Some(p), n),
+        None => (None, key),
+    };
+    let name_ok = !name.is_empty()
+        && name.len() <= 63
+        && name.starts_with(|c: char| c.is_ascii_alphanumeric())
+        && name.ends_with(|c: char| c.is_ascii_alphanumeric())
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
+    let prefix_ok = prefix.is_none_or(|p| {
+        !p.is_empty()
+            && p.len() <= 253
+            && p.split('.').all(|l| {
+                !l.is_empty()
+                    && l.starts_with(|c: char| c.is_ascii_lowercase() || c.is_ascii_digit())
+                    && l.ends_with(|c: char| c.is_ascii_lowercase() || c.is_ascii_digit())
+                    && l.chars()
+                        .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+            })
+    });
+    name_ok && prefix_ok
+}
+
+/// Brackets and quotes of a CEL expression balance (a cheap guard against a truncated edit).
+fn cel_balanced(expression: &str) -> bool {
+    let mut stack = Vec::new();
+    let mut quote = None;
+    for c in expression.chars() {
+        match (quote, c) {
+            (Some(q), c) if c == q => quote = None,
+            (Some(_), _) => {}
+            (None, '\'' | '"') => quote = Some(c),
+            (None, '(' | '[' | '{') => stack.push(c),
+            (None, ')') if stack.pop() != Some('(') => return false,
+            (None, ']') if stack.pop() != Some('[') => return false,
+            (None, '}') if stack.pop() != Some('{') => return false,
+            _ => {}
+        }
+    }
+    stack.is_empty() && quote.is_none()
+}
+
+// ---------------------------------------------------------------------------------------------
+// Checks, run on every rendering that contains the objects they check
+// ---------------------------------------------------------------------------------------------
+
+/// The cluster-wide RBAC: exactly what the agent needs, nothing on Secrets or ServiceAccounts,
+/// no wildcard.
+fn check_cluster_rbac(objs: &[Obj], at: &str) {
+    let (ns, sa) = agent_identity(objs, at);
+    let service_accounts = all_of::<ServiceAccount>(objs, "ServiceAccount");
+    assert!(
+        service_accounts
+            .iter()
+            .any(|(o, _)| o.name() == sa && o.namespace() == Some(ns.as_str())),
+        "{at}: the DaemonSet's ServiceAccount {ns}/{sa} is not among the objects"
+    );
+    let namespaces = all_of::<Namespace>(objs, "Namespace");
+    assert!(
+        namespaces.iter().any(|(o, _)| o.name() == ns),
+        "{at}: the Namespace {ns} is not among the objects"
+    );
+
+    let (crd_obj, crd) = one_of::<CustomResourceDefinition>(objs, "CustomResourceDefinition", at);
+    assert_eq!(
+        crd.spec.names.kind,
+        "PullSet",
+        "{}: spec.names.kind",
+        crd_obj.what()
+    );
+    let group = crd.spec.group.as_str();
+    let plural = crd.spec.names.plural.as_str();
+
+    let expected = triples(&[
+        ("", "nodes", &["get", "list", "watch", "patch"]),
+        ("", "nodes/status", &["patch"]),
+        ("events.k8s.io", "events", &["create", "patch"]),
+        (group, plural, &["get", "list", "watch"]),
+    ]);
+
+    let roles = all_of::<ClusterRole>(objs, "ClusterRole");
+    for (obj, role) in &roles {
+        let rules = role.rules.as_deref().unwrap_or_default();
+        assert_no_wildcards(rules, &obj.what());
+        assert!(
+            role.aggregation_rule.is_none(),
+            "{}: an aggregated ClusterRole grants what other roles grant",
+            obj.what()
+        );
+        for (g, r, v) in grants(rules) {
+            assert!(
+                !(g.is_empty() && (r == "secrets" || r == "serviceaccounts")),
+                "{}: grants {v} on {r} cluster-wide; Secrets and ServiceAccounts are granted per namespace (namespace-access)",
+                obj.what()
+            );
+        }
+    }
+
+    let mut granted = BTreeSet::new();
+    let mut bound = 0;
+    for (obj, binding) in all_of::<ClusterRoleBinding>(objs, "ClusterRoleBinding") {
+        let ours = binding.subjects.iter().flatten().any(|s| {
+            s.kind == "ServiceAccount" && s.name == sa && s.namespace.as_deref() == Some(&ns)
+        });
+        if !ours {
+            continue;
+        }
+        bound += 1;
+        assert_eq!(
+            binding.role_ref.kind,
+            "ClusterRole",
+            "{}: roleRef.kind",
+            obj.what()
+        );
+        let (_, role) = roles
+            .iter()
+            .find(|(o, _)| o.name() == binding.role_ref.name)
+            .unwrap_or_else(|| {
+                panic!(
+                    "{}: roleRef names ClusterRole {}, which is not among the objects",
+                    obj.what(),
+                    binding.role_ref.name
+                )
+            });
+        let rules = role.rules.as_deref().unwrap_or_default();
+        for (i, rule) in rules.iter().enumerate() {
+            assert!(
+                rule.resource_names.is_none(),
+                "{}: rules[{i}] has resourceNames; a cluster role cannot know the node's name",
+                obj.what()
+            );
+        }
+        granted.extend(grants(rules));
+    }
+    assert!(bound > 0, "{at}: no ClusterRoleBinding binds {ns}/{sa}");
+    assert_eq!(
+        granted, expected,
+        "{at}: the ClusterRoles bound to {ns}/{sa} must grant exactly these (group, resource, verb)"
+    );
+    assert!(
+        all_of::<Role>(objs, "Role")
+            .iter()
+            .all(|(o, _)| o.namespace() != Some(ns.as_str())),
+        "{at}: no Role is needed in pullgate's own namespace"
+    );
+}
+
+/// The per-namespace grant: Secrets and ServiceAccounts, read only, bound to the agent's
+/// ServiceAccount in its own namespace. `namespace` is where the rendering must put them.
+fn check_namespace_access(
+    objs: &[Obj],
+    at: &str,
+    agent: &(String, String),
+    namespace: Option<&str>,
+    names_required: bool,
+) {
+    let expected = triples(&[
+        ("", "secrets", &["get", "list", "watch"]),
+        ("", "serviceaccounts", &["get", "list", "watch"]),
+    ]);
+    let roles: Vec<_> = all_of::<Role>(objs, "Role")
+        .into_iter()
+        .filter(|(o, _)| o.namespace() == namespace)
+        .collect();
+    assert_eq!(
+        roles.len(),
+        1,
+        "{at}: one Role in namespace {namespace:?} expected"
+    );
+    let (role_obj, role) = &roles[0];
+    let rules = role.rules.as_deref().unwrap_or_default();
+    assert_no_wildcards(rules, &role_obj.what());
+    assert_eq!(
+        grants(rules),
+        expected,
+        "{}: must grant exactly get/list/watch on secrets and serviceaccounts",
+        role_obj.what()
+    );
+    for (i, rule) in rules.iter().enumerate() {
+        let names = rule.resource_names.as_deref().unwrap_or_default();
+        assert!(
+            !names_required || !names.is_empty(),
+            "{}: rules[{i}] should name the objects (resourceNames)",
+            role_obj.what()
+        );
+    }
+
+    let bindings: Vec<_> = all_of::<RoleBinding>(objs, "RoleBinding")
+        .into_iter()
+        .filter(|(o, _)| o.namespace() == namespace)
+        .collect();
+    assert_eq!(
+        bindings.len(),
+        1,
+        "{at}: one RoleBinding in namespace {namespace:?} expected"
+    );
+    let (binding_obj, binding) = &bindings[0];
+    assert_eq!(
+        (
+            binding.role_ref.kind.as_str(),
+            binding.role_ref.name.as_str()
+        ),
+        ("Role", role_obj.name()),
+        "{}: roleRef must name the Role beside it",
+        binding_obj.what()
+    );
+    let subjects: Vec<_> = binding
+        .subjects
+        .iter()
+        .flatten()
+        .map(|s| (s.kind.as_str(), s.namespace.as_deref(), s.name.as_str()))
+        .collect();
+    assert_eq!(
+        subjects,
+        [("ServiceAccount", Some(agent.0.as_str()), agent.1.as_str())],
+        "{}: subjects must be exactly the agent's ServiceAccount, in the agent's namespace",
+        binding_obj.what()
+    );
+}
+
+/// The DaemonSet: placement, identity, security, probes, resources, rollout. Returns the
+/// ConfigMap (name, key) its taint key comes from.
+fn check_daemonset(objs: &[Obj], at: &str) -> (String, String) {
+    let flags = agent_flags();
+    let (obj, ds) = one_of::<DaemonSet>(objs, "DaemonSet", at);
+    let what = obj.what();
+    let spec = ds.spec.as_ref().unwrap();
+    let pod = spec.template.spec.as_ref().unwrap();
+    let c = the_container(&obj, &ds);
+
+    // Rollout: at most 10% of the nodes at once, no surge.
+    let strategy = spec
+        .update_strategy
+        .as_ref()
+        .unwrap_or_else(|| panic!("{what}: spec.updateStrategy"));
+    assert_eq!(
+        strategy.type_.as_deref(),
+        Some("RollingUpdate"),
+        "{what}: spec.updateStrategy.type"
+    );
+    let rolling = strategy
+        .rolling_update
+        .as_ref()
+        .unwrap_or_else(|| panic!("{what}: spec.updateStrategy.rollingUpdate"));
+    match &rolling.max_unavailable {
+        Some(IntOrString::String(p)) => {
+            let percent: f64 = p
+                .strip_suffix('%')
+                .and_then(|n| n.parse().ok())
+                .unwrap_or_else(|| panic!("{what}: maxUnavailable {p:?} is not a percentage"));
+            assert!(
+                percent > 0.0 && percent <= 10.0,
+                "{what}: spec.updateStrategy.rollingUpdate.maxUnavailable {p} must be at most 10%"
+            );
+        }
+        other => panic!(
+            "{what}: spec.updateStrategy.rollingUpdate.maxUnavailable must be a percentage of at most 10%, is {other:?}"
+        ),
+    }
+    assert!(
+        matches!(&rolling.max_surge, None | Some(IntOrString::Int(0))),
+        "{what}: spec.updateStrategy.rollingUpdate.maxSurge must be 0 (one agent per node)"
+    );
+
+    // Placement: every node, whatever its taints, before anything else.
+    assert!(
+        pod.tolerations
+            .iter()
+            .flatten()
+            .any(|t| t.operator.as_deref() == Some("Exists")
+                && t.key.as_deref().unwrap_or("").is_empty()
+                && t.effect.is_none()),
+        "{what}: spec.template.spec.tolerations needs {{operator: Exists}} without key or effect (tolerate every taint)"
+    );
+    assert_eq!(
+        pod.priority_class_name.as_deref(),
+        Some("system-node-critical"),
+        "{what}: spec.template.spec.priorityClassName"
+    );
+    for (field, on) in [
+        ("hostNetwork", pod.host_network),
+        ("hostPID", pod.host_pid),
+        ("hostIPC", pod.host_ipc),
+    ] {
+        assert_ne!(
+            on,
+            Some(true),
+            "{what}: spec.template.spec.{field} is not needed"
+        );
+    }
+
+    // Cluster mode: `pullgate run`, no --manifests.
+    let args = c.args.clone().unwrap_or_default();
+    let command = c.command.clone().unwrap_or_default();
+    assert_eq!(
+        args.first().map(String::as_str),
+        Some("run"),
+        "{what}: container args must start with `run`"
+    );
+    for a in command.iter().chain(&args) {
+        assert!(
+            !a.starts_with("--manifests") && !a.starts_with("--kubeconfig"),
+            "{what}: {a} would take the agent out of in-cluster mode"
+        );
+    }
+
+    // Every PULLGATE_* variable is a flag of `pullgate run`.
+    for e in c.env.iter().flatten() {
+        if e.name.starts_with("PULLGATE_") {
+            assert!(
+                flags.contains_key(&e.name),
+                "{what}: env {} is not a flag of `pullgate run`",
+                e.name
+            );
+        }
+        assert!(
+            !matches!(
+                e.name.as_str(),
+                "PULLGATE_MANIFESTS" | "PULLGATE_KUBECONFIG" | "PULLGATE_ONCE"
+            ),
+            "{what}: env {} would take the agent out of in-cluster daemon mode",
+            e.name
+        );
+    }
+    let node_name = env_value(&obj, &c, "PULLGATE_NODE_NAME");
+    assert_eq!(
+        node_name
+            .value_from
+            .and_then(|v| v.field_ref)
+            .map(|f| f.field_path),
+        Some("spec.nodeName".to_owned()),
+        "{what}: env PULLGATE_NODE_NAME must come from the downward API (fieldRef spec.nodeName)"
+    );
+
+    // The CRI socket comes from the host: the endpoint lies under a hostPath mount, and on the
+    // host it is the agent's default endpoint (containerd's socket).
+    let mounts = c.volume_mounts.clone().unwrap_or_default();
+    let volumes = pod.volumes.clone().unwrap_or_default();
+    let endpoint = env_value(&obj, &c, "PULLGATE_CRI_ENDPOINT")
+        .value
+        .unwrap_or_else(|| panic!("{what}: env PULLGATE_CRI_ENDPOINT needs a value"));
+    let socket = endpoint.strip_prefix("unix://").unwrap_or_else(|| {
+        panic!("{what}: PULLGATE_CRI_ENDPOINT {endpoint} is not a unix:// socket")
+    });
+    let (mount, rest) = mounts
+        .iter()
+        .find_map(|m| {
+            Path::new(socket)
+                .strip_prefix(&m.mount_path)
+                .ok()
+                .map(|rest| (m, rest.to_path_buf()))
+        })
+        .unwrap_or_else(|| panic!("{what}: no volumeMount holds the CRI socket {socket}"));
+    let host_path = volumes
+        .iter()
+        .find(|v| v.name == mount.name)
+        .and_then(|v| v.host_path.clone())
+        .unwrap_or_else(|| {
+            panic!(
+                "{what}: volume {} (holding the CRI socket) must be a hostPath",
+                mount.name
+            )
+        });
+    let on_host = Path::new(&host_path.path).join(rest);
+    let (_, default_endpoint) = &flags["PULLGATE_CRI_ENDPOINT"];
+    let default_socket = default_endpoint
+        .as_deref()
+        .and_then(|e| e.strip_prefix("unix://"))
+        .expect("the agent's --cri-endpoint has a unix:// default");
+    assert_eq!(
+        on_host,
+        Path::new(default_socket),
+        "{what}: the CRI socket mounted is not the runtime's socket on the host"
+    );
+    // The agent writes nothing: every hostPath is mounted read-only.
+    for m in &mounts {
+        if volumes
+            .iter()
+            .any(|v| v.name == m.name && v.host_path.is_some())
+        {
+            assert_eq!(
+                m.read_only,
+                Some(true),
+                "{what}: hostPath volumeMount {} must be readOnly",
+                m.name
+            );
+        }
+    }
+
+    // Security: read-only root, no capability, no escalation, default seccomp.
+    let sc = c
+        .security_context
+        .clone()
+        .unwrap_or_else(|| panic!("{what}: container {} has no securityContext", c.name));
+    assert_eq!(
+        sc.read_only_root_filesystem,
+        Some(true),
+        "{what}: securityContext.readOnlyRootFilesystem"
+    );
+    assert_eq!(
+        sc.allow_privilege_escalation,
+        Some(false),
+        "{what}: securityContext.allowPrivilegeEscalation"
+    );
+    assert_ne!(
+        sc.privileged,
+        Some(true),
+        "{what}: securityContext.privileged"
+    );
+    let caps = sc.capabilities.clone().unwrap_or_default();
+    assert!(
+        caps.drop.iter().flatten().any(|d| d == "ALL"),
+        "{what}: securityContext.capabilities.drop must contain ALL"
+    );
+    assert!(
+        caps.add.as_deref().unwrap_or_default().is_empty(),
+        "{what}: securityContext.capabilities.add must be empty"
+    );
+    let seccomp = sc
+        .seccomp_profile
+        .or_else(|| {
+            pod.security_context
+                .as_ref()
+                .and_then(|p| p.seccomp_profile.clone())
+        })
+        .map(|s| s.type_);
+    assert_eq!(
+        seccomp.as_deref(),
+        Some("RuntimeDefault"),
+        "{what}: seccompProfile"
+    );
+
+    // Resources: requests and limits for cpu and memory, requests within limits.
+    let resources = c
+        .resources
+        .clone()
+        .unwrap_or_else(|| panic!("{what}: container resources"));
+    let requests = resources.requests.unwrap_or_default();
+    let limits = resources.limits.unwrap_or_default();
+    for r in ["cpu", "memory"] {
+        let request = requests
+            .get(r)
+            .unwrap_or_else(|| panic!("{what}: resources.requests.{r}"));
+        let limit = limits
+            .get(r)
+            .unwrap_or_else(|| panic!("{what}: resources.limits.{r}"));
+        assert!(
+            quantity(&request.0, &what) <= quantity(&limit.0, &what),
+            "{what}: resources.requests.{r} {} exceeds the limit {}",
+            request.0,
+            limit.0
+        );
+    }
+
+    // Probes on the agent's HTTP address (the variable, or the flag's default).
+    let http_addr = c
+        .env
+        .iter()
+        .flatten()
+        .find(|e| e.name == "PULLGATE_METRICS_ADDR")
+        .map(|e| {
+            e.value
+                .clone()
+                .unwrap_or_else(|| panic!("{what}: env PULLGATE_METRICS_ADDR needs a value"))
+        })
+        .or_else(|| flags["PULLGATE_METRICS_ADDR"].1.clone())
+        .expect("the agent's --metrics-addr has a default");
+    let http_port: i32 = http_addr
+        .rsplit_once(':')
+        .and_then(|(_, p)| p.parse().ok())
+        .filter(|p| *p != 0)
+        .unwrap_or_else(|| {
+            panic!("{what}: the agent's HTTP address {http_addr} has no fixed port for the probes")
+        });
+    for (probe, name, path) in [
+        (&c.liveness_probe, "livenessProbe", "/healthz"),
+        (&c.readiness_probe, "readinessProbe", "/readyz"),
+    ] {
+        let get = probe
+            .as_ref()
+            .and_then(|p| p.http_get.clone())
+            .unwrap_or_else(|| panic!("{what}: {name} must be an httpGet"));
+        assert_eq!(
+            get.path.as_deref(),
+            Some(path),
+            "{what}: {name}.httpGet.path"
+        );
+        let port = match &get.port {
+            IntOrString::Int(p) => *p,
+            IntOrString::String(named) => c
+                .ports
+                .iter()
+                .flatten()
+                .find(|p| p.name.as_deref() == Some(named))
+                .unwrap_or_else(|| {
+                    panic!(
+                        "{what}: {name} names port {named}, which the container does not declare"
+                    )
+                })
+                .container_port,
+        };
+        assert_eq!(
+            port, http_port,
+            "{what}: {name} must probe the port of PULLGATE_METRICS_ADDR"
+        );
+    }
+
+    // The taint key comes from the ConfigMap the admission policy reads.
+    let taint = env_value(&obj, &c, "PULLGATE_TAINT_KEY");
+    let key_ref = taint
+        .value_from
+        .and_then(|v| v.config_map_key_ref)
+        .unwrap_or_else(|| panic!("{what}: env PULLGATE_TAINT_KEY must come from a configMapKeyRef (shared with the admission policy)"));
+    assert_ne!(
+        key_ref.optional,
+        Some(true),
+        "{what}: the taint key must not be optional"
+    );
+    (key_ref.name, key_ref.key)
+}
+
+/// The admission policy and its binding.
+fn check_admission_policy(objs: &[Obj], at: &str, taint_source: &(String, String)) {
+    let (ns, sa) = agent_identity(objs, at);
+    let (obj, policy) = one_of::<ValidatingAdmissionPolicy>(objs, "ValidatingAdmissionPolicy", at);
+    let what = obj.what();
+    let spec = policy.spec.unwrap();
+    assert_eq!(
+        spec.failure_policy.as_deref(),
+        Some("Fail"),
+        "{what}: spec.failurePolicy"
+    );
+
+    let mut matched = BTreeSet::new();
+    for rule in spec
+        .match_constraints
+        .iter()
+        .flat_map(|m| m.resource_rules.iter().flatten())
+    {
+        for group in rule.api_groups.iter().flatten() {
+            for resource in rule.resources.iter().flatten() {
+                for op in rule.operations.iter().flatten() {
+                    matched.insert((group.clone(), resource.clone(), op.clone()));
+                }
+            }
+        }
+    }
+    for resource in ["nodes", "nodes/status"] {
+        assert!(
+            matched.contains(&(String::new(), resource.into(), "UPDATE".into())),
+            "{what}: spec.matchConstraints must match UPDATE of {resource} (a patch is an UPDATE)"
+        );
+    }
+
+    let user = format!("'system:serviceaccount:{ns}:{sa}'");
+    assert!(
+        spec.match_conditions
+            .iter()
+            .flatten()
+            .any(|c| c.expression.contains("request.userInfo.username")
+                && c.expression.contains(&user)),
+        "{what}: spec.matchConditions must select the DaemonSet's ServiceAccount, {user}"
+    );
+
+    let variables: Vec<String> = spec
+        .variables
+        .iter()
+        .flatten()
+        .map(|v| v.expression.clone())
+        .collect();
+    let validations = spec.validations.clone().unwrap_or_default();
+    let mut cel: Vec<String> = variables.clone();
+    for v in &validations {
+        cel.push(v.expression.clone());
+        cel.extend(v.message_expression.clone());
+    }
+    cel.extend(
+        spec.match_conditions
+            .iter()
+            .flatten()
+            .map(|c| c.expression.clone()),
+    );
+    for e in &cel {
+        assert!(
+            cel_balanced(e),
+            "{what}: unbalanced brackets or quotes in CEL: {e}"
+        );
+    }
+    assert!(
+        validations.iter().any(|v| v
+            .expression
+            .contains("'authentication.kubernetes.io/node-name'")
+            && v.expression.contains("request.userInfo.extra")
+            && v.expression.contains("object.metadata.name")),
+        "{what}: a validation must compare the token's authentication.kubernetes.io/node-name with object.metadata.name"
+    );
+    let all_cel = cel.join("\n");
+    for condition in NODE_CONDITIONS {
+        assert!(
+            all_cel.contains(&format!("'{condition}'")),
+            "{what}: the policy must allow pullgate's condition {condition}"
+        );
+    }
+    for field in [
+        "oldObject.spec",
+        "spec.taints",
+        "oldObject.status",
+        "status.conditions",
+        "oldObject.metadata",
+    ] {
+        assert!(
+            all_cel.contains(field),
+            "{what}: the policy must compare {field} with the stored node"
+        );
+    }
+    assert!(
+        validations
+            .iter()
+            .all(|v| v.reason.as_deref() == Some("Forbidden")),
+        "{what}: every validation should deny with reason Forbidden"
+    );
+
+    // The parameter: the ConfigMap the DaemonSet takes its taint key from.
+    let param_kind = spec
+        .param_kind
+        .as_ref()
+        .unwrap_or_else(|| panic!("{what}: spec.paramKind"));
+    assert_eq!(
+        (
+            param_kind.api_version.as_deref(),
+            param_kind.kind.as_deref()
+        ),
+        (Some("v1"), Some("ConfigMap")),
+        "{what}: spec.paramKind"
+    );
+    assert!(
+        all_cel.contains(&format!("params.data['{}']", taint_source.1)),
+        "{what}: the policy must read the taint key params.data['{}'], the key the DaemonSet reads",
+        taint_source.1
+    );
+
+    let bindings: Vec<_> =
+        all_of::<ValidatingAdmissionPolicyBinding>(objs, "ValidatingAdmissionPolicyBinding")
+            .into_iter()
+            .filter(|(_, b)| {
+                b.spec.as_ref().and_then(|s| s.policy_name.as_deref()) == Some(obj.name())
+            })
+            .collect();
+    assert_eq!(
+        bindings.len(),
+        1,
+        "{at}: one ValidatingAdmissionPolicyBinding of {} expected",
+        obj.name()
+    );
+    let (binding_obj, binding) = &bindings[0];
+    let bwhat = binding_obj.what();
+    let bspec = binding.spec.clone().unwrap();
+    assert_eq!(
+        bspec.validation_actions.as_deref(),
+        Some(&["Deny".to_owned()][..]),
+        "{bwhat}: spec.validationActions"
+    );
+    let param_ref = bspec
+        .param_ref
+        .unwrap_or_else(|| panic!("{bwhat}: spec.paramRef"));
+    assert_eq!(
+        (param_ref.name.as_deref(), param_ref.namespace.as_deref()),
+        (Some(taint_source.0.as_str()), Some(ns.as_str())),
+        "{bwhat}: spec.paramRef must name the DaemonSet's ConfigMap"
+    );
+    assert_eq!(
+        param_ref.parameter_not_found_action.as_deref(),
+        Some("Deny"),
+        "{bwhat}: spec.paramRef.parameterNotFoundAction"
+    );
+
+    // …which exists, in the agent's namespace, with a valid taint key.
+    let (cm_obj, cm) = all_of::<ConfigMap>(objs, "ConfigMap")
+        .into_iter()
+        .find(|(o, _)| o.name() == taint_source.0 && o.namespace() == Some(ns.as_str()))
+        .unwrap_or_else(|| {
+            panic!(
+                "{at}: ConfigMap {ns}/{} is not among the objects",
+                taint_source.0
+            )
+        });
+    let key = cm
+        .data
+        .as_ref()
+        .and_then(|d| d.get(&taint_source.1))
+        .unwrap_or_else(|| panic!("{}: data.{} is missing", cm_obj.what(), taint_source.1));
+    assert!(
+        is_qualified_name(key),
+        "{}: {key:?} is not a valid taint key",
+        cm_obj.what()
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
+// Tests
+// ---------------------------------------------------------------------------------------------
+
+/// Lines of a folded block scalar (`>`, `>-`) more indented than its first line: YAML keeps
+/// their line breaks, and YAML libraries disagree on how many (libyaml and the Go library
+/// kubectl uses give different strings), so none is allowed.
+fn more_indented_folded_lines(text: &str) -> Vec<usize> {
+    let indent = |l: &str| l.len() - l.trim_start().len();
+    let mut bad = Vec::new();
+    let mut block: Option<(usize, Option<usize>)> = None; // (indent of the key, of the content)
+    for (n, line) in text.lines().enumerate() {
+        if let Some((key, content)) = block {
+            if line.trim().is_empty() {
+                continue;
+            }
+            let i = indent(line);
+            if i <= key {
+                block = None;
+            } else {
+                match content {
+                    None => block = Some((key, Some(i))),
+                    Some(c) if i > c => bad.push(n + 1),
+                    Some(_) => {}
+                }
+                continue;
+            }
+        }
+        let code = line.split(" #").next().unwrap_or("").trim_end();
+        if code.ends_with(": >") || code.ends_with(": >-") || code.ends_with(": >+") {
+            block = Some((
+                indent(line) + usize::from(line.trim_start().starts_with("- ")) * 2,
+                None,
+            ));
+        }
+    }
+    bad
+}
+
+#[test]
+fn folded_scalars_read_the_same_in_every_yaml_library() {
+    let m = Manifests::load();
+    for file in m.files.keys() {
+        let text = std::fs::read_to_string(m.root.join(file)).unwrap();
+        let bad = more_indented_folded_lines(&text);
+        assert!(
+            bad.is_empty(),
+            "manifests/{file}: lines {bad:?} are more indented than the rest of their folded (>) scalar; indent them alike"
+        );
+    }
+    // The check itself.
+    assert_eq!(
+        more_indented_folded_lines("a: >-\n  x (\n    y)\nb: 1\n"),
+        [3]
+    );
+    assert!(more_indented_folded_lines("- e: >-\n    x (\n    y)\n  m: z\n").is_empty());
+}
+
+#[test]
+fn every_manifest_parses_and_every_file_is_used() {
+    let m = Manifests::load();
+    assert!(
+        m.files.contains_key("base/crd.yaml"),
+        "manifests/base/crd.yaml (generated by `cargo xtask manifests`) is missing"
+    );
+
+    // Which files the kustomizations use, as resources or as patches.
+    let mut resources = BTreeSet::new();
+    let mut patches = BTreeSet::new();
+    for dir in m.kustomization_dirs() {
+        let k = m.kustomization(&dir);
+        let at = format!("{dir}/kustomization.yaml");
+        for r in strings(&k.value, "/resources", &at) {
+            let rel = m.resolve(&dir, &r);
+            if m.is_kustomization_dir(&rel) {
+                resources.insert(format!("{rel}/kustomization.yaml"));
+            } else {
+                assert!(
+                    m.files.contains_key(&rel),
+                    "{at}: resource {r} is neither a YAML file nor a kustomization directory"
+                );
+                resources.insert(rel);
+            }
+        }
+        for (i, p) in array(&k.value, "/patches").iter().enumerate() {
+            let path = p["path"]
+                .as_str()
+                .unwrap_or_else(|| panic!("{at}: patches[{i}].path"));
+            patches.insert(m.resolve(&dir, path));
+        }
+    }
+    for root in ROOTS {
+        assert!(
+            m.is_kustomization_dir(root),
+            "manifests/{root} is not a kustomization"
+        );
+    }
+    for (file, docs) in &m.files {
+        let is_kustomization = file.ends_with("kustomization.yaml");
+        let is_example = file.starts_with(&format!("{EXAMPLES_DIR}/"));
+        let used = resources.contains(file) || patches.contains(file);
+        assert!(
+            used || is_example
+                || (is_kustomization
+                    && ROOTS
+                        .iter()
+                        .any(|r| file == &format!("{r}/kustomization.yaml"))),
+            "manifests/{file} is not used by any kustomization (nor an example)"
+        );
+        assert!(!docs.is_empty(), "manifests/{file} has no document");
+        if (resources.contains(file) && !is_kustomization) || is_example {
+            docs.iter().for_each(check_typed);
+        }
+    }
+    // Every rendering is well-formed, and every object in it parses as its type.
+    for root in ROOTS {
+        let objs = render(&m, root);
+        assert!(!objs.is_empty(), "{root}: renders nothing");
+        objs.iter().for_each(check_typed);
+    }
+}
+
+#[test]
+fn cluster_rbac_is_least_privilege() {
+    let m = Manifests::load();
+    for root in ["base", "overlays/example"] {
+        check_cluster_rbac(&render(&m, root), root);
+    }
+    // No file anywhere (examples included) grants Secrets cluster-wide.
+    for obj in m
+        .files
+        .values()
+        .flatten()
+        .filter(|o| o.kind() == "ClusterRole")
+    {
+        let role: ClusterRole = typed(obj);
+        let secrets = grants(role.rules.as_deref().unwrap_or_default())
+            .into_iter()
+            .any(|(g, r, _)| g.is_empty() && r == "secrets");
+        assert!(
+            !secrets,
+            "{}: grants access to secrets cluster-wide",
+            obj.what()
+        );
+    }
+}
+
+#[test]
+fn secret_access_is_per_namespace_and_opt_in() {
+    let m = Manifests::load();
+    let base = render(&m, "base");
+    let agent = agent_identity(&base, "base");
+    assert!(
+        all_of::<Role>(&base, "Role").is_empty()
+            && all_of::<RoleBinding>(&base, "RoleBinding").is_empty(),
+        "base: the per-namespace grant is opt-in, the base has no Role or RoleBinding"
+    );
+
+    // The bare directory: no namespace, so that whoever uses it chooses one.
+    let bare = render(&m, "namespace-access");
+    for o in &bare {
+        assert_eq!(
+            o.namespace(),
+            None,
+            "{}: names a namespace; namespace-access must be re-namespaced by its user",
+            o.what()
+        );
+    }
+    check_namespace_access(&bare, "namespace-access", &agent, None, false);
+
+    // Re-namespaced, the Role and RoleBinding move, the subject stays in pullgate's namespace.
+    let team = render(&m, "overlays/example/team-payments");
+    check_namespace_access(
+        &team,
+        "overlays/example/team-payments",
+        &agent,
+        Some("team-payments"),
+        true,
+    );
+    let example = render(&m, "overlays/example");
+    check_namespace_access(
+        &example,
+        "overlays/example",
+        &agent,
+        Some("team-payments"),
+        true,
+    );
+}
+
+#[test]
+fn daemonset_and_admission_policy() {
+    let m = Manifests::load();
+    for root in ["base", "overlays/example"] {
+        let objs = render(&m, root);
+        let taint_source = check_daemonset(&objs, root);
+        check_admission_policy(&objs, root, &taint_source);
+    }
+    // The base keeps the agent's default taint key.
+    let base = render(&m, "base");
+    let (_, ds) = one_of::<DaemonSet>(&base, "DaemonSet", "base");
+    let obj = base.iter().find(|o| o.kind() == "DaemonSet").unwrap();
+    let key_ref = env_value(obj, &the_container(obj, &ds), "PULLGATE_TAINT_KEY")
+        .value_from
+        .and_then(|v| v.config_map_key_ref)
+        .unwrap();
+    let (cm_obj, cm) = all_of::<ConfigMap>(&base, "ConfigMap")
+        .into_iter()
+        .find(|(o, _)| o.name() == key_ref.name)
+        .unwrap();
+    let flags = agent_flags();
+    let (flag, default) = &flags["PULLGATE_TAINT_KEY"];
+    assert_eq!(
+        cm.data.unwrap().get(&key_ref.key),
+        default.as_ref(),
+        "{}: the base's taint key should be the agent's default --{flag}",
+        cm_obj.what()
+    );
+}
+
+#[test]
+fn node_readiness_rule_example() {
+    let m = Manifests::load();
+    let rules: Vec<&Obj> = m
+        .files
+        .iter()
+        .filter(|(f, _)| f.starts_with(&format!("{EXAMPLES_DIR}/")))
+        .flat_map(|(_, docs)| docs)
+        .filter(|o| o.kind() == "NodeReadinessRule")
+        .collect();
+    assert_eq!(
+        rules.len(),
+        1,
+        "manifests/{EXAMPLES_DIR}: one NodeReadinessRule expected"
+    );
+    let rule = rules[0];
+    let what = rule.what();
+    // Field names and enums of kubernetes-sigs/node-readiness-controller's v1alpha1 API.
+    assert_eq!(
+        rule.api_version(),
+        "readiness.node.x-k8s.io/v1alpha1",
+        "{what}: apiVersion"
+    );
+    let spec = rule.value["spec"]
+        .as_object()
+        .unwrap_or_else(|| panic!("{what}: spec"));
+    for field in spec.keys() {
+        assert!(
+            [
+                "conditions",
+                "enforcementMode",
+                "taint",
+                "nodeSelector",
+                "dryRun"
+            ]
+            .contains(&field.as_str()),
+            "{what}: spec.{field} is not a field of NodeReadinessRuleSpec"
+        );
+    }
+    let conditions: BTreeMap<&str, &str> = array(&rule.value, "/spec/conditions")
+        .iter()
+        .map(|c| {
+            (
+                c["type"]
+                    .as_str()
+                    .unwrap_or_else(|| panic!("{what}: spec.conditions[].type")),
+                c["requiredStatus"]
+                    .as_str()
+                    .unwrap_or_else(|| panic!("{what}: spec.conditions[].requiredStatus")),
+            )
+        })
+        .collect();
+    let expected: BTreeMap<&str, &str> = NODE_CONDITIONS.iter().map(|c| (*c, "True")).collect();
+    assert_eq!(
+        conditions, expected,
+        "{what}: spec.conditions must require pullgate's conditions to be True"
+    );
+
+    let key = rule
+        .str_at("/spec/taint/key")
+        .unwrap_or_else(|| panic!("{what}: spec.taint.key"));
+    let name = key.strip_prefix("readiness.k8s.io/").unwrap_or_else(|| {
+        panic!("{what}: spec.taint.key {key} must start with readiness.k8s.io/")
+    });
+    assert!(
+        is_qualified_name(key) && !name.contains('/'),
+        "{what}: spec.taint.key {key} is not a valid taint key"
+    );
+    assert!(
+        matches!(
+            rule.str_at("/spec/taint/effect"),
+            Some("NoSchedule" | "PreferNoSchedule" | "NoExecute")
+        ),
+        "{what}: spec.taint.effect"
+    );
+    assert!(
+        matches!(
+            rule.str_at("/spec/enforcementMode"),
+            Some("bootstrap-only" | "continuous")
+        ),
+        "{what}: spec.enforcementMode must be bootstrap-only or continuous"
+    );
+    let selector = rule.value["spec"]["nodeSelector"]
+        .as_object()
+        .unwrap_or_else(|| panic!("{what}: spec.nodeSelector"));
+    assert!(
+        selector
+            .values()
+            .any(|v| v.as_object().is_some_and(|o| !o.is_empty())
+                || v.as_array().is_some_and(|a| !a.is_empty())),
+        "{what}: spec.nodeSelector must not be empty (the controller's webhook refuses it)"
+    );
+}
+
+#[test]
+#[ignore = "a cross-check with kubectl, which no Debian package provides: run `cargo test -p pullgate-testenv --test k8s_manifests -- --ignored` where kubectl is installed"]
+fn rendering_matches_kubectl_kustomize() {
+    let out = std::process::Command::new("kubectl")
+        .arg("version")
+        .arg("--client")
+        .output()
+        .unwrap_or_else(|e| panic!("this cross-check needs kubectl on the PATH: {e}"));
+    assert!(out.status.success(), "kubectl version --client failed");
+    let m = Manifests::load();
+    for root in ROOTS {
+        let out = std::process::Command::new("kubectl")
+            .arg("kustomize")
+            .arg(m.root.join(root))
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "kubectl kustomize {root}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let theirs = parse_documents(
+            &format!("kubectl kustomize {root}"),
+            &String::from_utf8(out.stdout).unwrap(),
+        );
+        let ours = render(&m, root);
+        let by_id = |objs: &[Obj]| -> BTreeMap<_, Value> {
+            objs.iter()
+                .map(|o| (o.id(), normalize(o.value.clone())))
+                .collect()
+        };
+        let (theirs, ours) = (by_id(&theirs), by_id(&ours));
+        assert_eq!(
+            theirs.keys().collect::<Vec<_>>(),
+            ours.keys().collect::<Vec<_>>(),
+            "{root}: kubectl kustomize renders other objects than this test"
+        );
+        for (id, value) in &theirs {
+            assert_eq!(
+                value, &ours[id],
+                "{root}: {id:?} differs between kubectl kustomize and this test"
+            );
+        }
+    }
+}
+
+/// Lists of named objects sorted by name (strategic merge may order them differently).
+fn normalize(v: Value) -> Value {
+    match v {
+        Value::Object(o) => Value::Object(o.into_iter().map(|(k, v)| (k, normalize(v))).collect()),
+        Value::Array(a) => {
+            let mut a: Vec<Value> = a.into_iter().map(normalize).collect();
+            if a.iter()
+                .all(|e| e.get("name").and_then(Value::as_str).is_some())
+            {
+                a.sort_by(|x, y| x["name"].as_str().cmp(&y["name"].as_str()));
+            }
+            Value::Array(a)
+        }
+        other => other,
+    }
+}
