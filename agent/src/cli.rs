@@ -22,13 +22,37 @@ pub struct Cli {
 pub enum Command {
     /// Run the agent: keep the selected PullSets' images present and report outcomes.
     #[command(args_override_self = true)]
-    Run(RunArgs),
+    Run(Box<RunArgs>),
     /// Credential tools for people on call and scripts.
     Auth(AuthArgs),
     /// Check images now with a registry-direct canary (exit 0 only when every image is Ok).
     Check(CheckArgs),
     /// Print the PullSet CustomResourceDefinition (YAML), generated from the Rust type.
     Crd,
+    /// What the agent on this node knows now (through its local API).
+    Status(StatusArgs),
+    /// Run canaries now on this node's agent and print each result (one PullSet, or all).
+    Canary(CanaryArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct StatusArgs {
+    #[command(flatten)]
+    pub api: ApiSocketArg,
+    /// Print the API's answer as JSON instead of tables.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct CanaryArgs {
+    /// `NAMESPACE/NAME` of one PullSet (default: every canaried PullSet on this node).
+    pub pullset: Option<String>,
+    #[command(flatten)]
+    pub api: ApiSocketArg,
+    /// Print JSON lines instead of text.
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Debug, Args)]
@@ -240,6 +264,35 @@ pub struct RunArgs {
         default_value = "0.0.0.0:9464"
     )]
     pub metrics_addr: ListenAddr,
+    #[command(flatten)]
+    pub api: ApiSocketArg,
+}
+
+/// The agent's local API socket.
+#[derive(Debug, Args)]
+pub struct ApiSocketArg {
+    /// The local gRPC API's Unix socket (mode 0600), for `pullgate status` and `pullgate canary`;
+    /// `off` serves nothing.
+    #[arg(
+        long = "api-socket",
+        env = "PULLGATE_API_SOCKET",
+        value_name = "PATH",
+        default_value = "/run/pullgate/agent.sock"
+    )]
+    pub path: ApiSocket,
+}
+
+/// A socket path, or `off`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ApiSocket(pub Option<PathBuf>);
+
+impl std::str::FromStr for ApiSocket {
+    type Err = std::convert::Infallible;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Ok(Self(
+            (!s.eq_ignore_ascii_case("off")).then(|| PathBuf::from(s)),
+        ))
+    }
 }
 
 /// An address to listen on, or `off`.

@@ -19,6 +19,7 @@ pub mod gate;
 pub mod http_endpoints;
 pub mod image_ref;
 pub mod inventory;
+pub mod local_api;
 pub mod metrics;
 pub mod node;
 pub mod node_report;
@@ -36,6 +37,8 @@ pub mod runtime;
 pub mod runtime_config;
 pub mod secret_scrub;
 pub mod source;
+pub mod status_board;
+pub mod status_cmd;
 pub mod telemetry;
 pub mod verdict;
 
@@ -45,7 +48,7 @@ use std::process::ExitCode;
 pub async fn main(cli: cli::Cli) -> ExitCode {
     telemetry::init(cli.log.log_format);
     match cli.command {
-        cli::Command::Run(args) => match run::run(args).await {
+        cli::Command::Run(args) => match run::run(*args).await {
             Ok(run::RunOutcome::AllOk | run::RunOutcome::Stopped) => ExitCode::SUCCESS,
             Ok(run::RunOutcome::SomeFailed) => ExitCode::from(1),
             Err(e) => {
@@ -54,27 +57,27 @@ pub async fn main(cli: cli::Cli) -> ExitCode {
                 ExitCode::from(2)
             }
         },
+        cli::Command::Status(args) => exit(status_cmd::status(args).await),
+        cli::Command::Canary(args) => exit(status_cmd::canary(args).await),
         cli::Command::Crd => {
             print!("{}", pullset::crd_yaml());
             ExitCode::SUCCESS
         }
-        cli::Command::Check(args) => match check::check(args).await {
-            Ok(true) => ExitCode::SUCCESS,
-            Ok(false) => ExitCode::from(1),
-            Err(e) => {
-                eprintln!("pullgate: {e}");
-                ExitCode::from(2)
-            }
-        },
+        cli::Command::Check(args) => exit(check::check(args).await),
         cli::Command::Auth(cli::AuthArgs {
             command: cli::AuthCommand::Resolve(args),
-        }) => match auth::resolve(args).await {
-            Ok(true) => ExitCode::SUCCESS,
-            Ok(false) => ExitCode::from(1),
-            Err(e) => {
-                eprintln!("pullgate: {e}");
-                ExitCode::from(2)
-            }
-        },
+        }) => exit(auth::resolve(args).await),
+    }
+}
+
+/// 0 when all is well, 1 when the command ran and found something wrong, 2 when it could not run.
+fn exit<E: std::fmt::Display>(result: Result<bool, E>) -> ExitCode {
+    match result {
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) => ExitCode::from(1),
+        Err(e) => {
+            eprintln!("pullgate: {e}");
+            ExitCode::from(2)
+        }
     }
 }

@@ -23,6 +23,7 @@ use crate::node_taint::{NodeTaints, Removal};
 use crate::outcome::Outcome;
 use crate::report::JsonLines;
 use crate::source::manifests::Loaded;
+use crate::status_board::StatusBoard;
 use crate::verdict::Verdict;
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::Arc;
@@ -46,50 +47,56 @@ enum Msg {
 }
 
 /// Where node-level results go: JSON lines always; the cluster task in cluster mode.
+/// Where every local report goes: JSON lines (and `Watch`), metrics, the status board.
+#[derive(Clone, Default)]
+pub struct Outputs {
+    pub json: Arc<JsonLines>,
+    pub metrics: Arc<Metrics>,
+    pub board: Arc<StatusBoard>,
+}
+
 #[derive(Clone)]
 pub struct Reports {
-    json: Arc<JsonLines>,
-    metrics: Arc<Metrics>,
+    out: Outputs,
     cluster: Option<mpsc::UnboundedSender<Msg>>,
 }
 
 impl Reports {
-    /// JSON lines and metrics only (standalone).
-    pub fn standalone(json: Arc<JsonLines>, metrics: Arc<Metrics>) -> Self {
-        Self {
-            json,
-            metrics,
-            cluster: None,
-        }
+    /// Local outputs only (standalone).
+    pub fn standalone(out: Outputs) -> Self {
+        Self { out, cluster: None }
     }
 
     pub fn json(&self) -> &JsonLines {
-        &self.json
+        &self.out.json
     }
 
-    /// A pre-pull outcome: a JSON line, metrics, and its Event if it has one.
+    /// A pre-pull outcome: a JSON line, metrics, the board, and its Event if it has one.
     pub fn prepull(&self, outcome: &Outcome) {
-        self.json.emit(outcome);
-        self.metrics.prepull(outcome);
+        self.out.json.emit(outcome);
+        self.out.metrics.prepull(outcome);
+        self.out.board.prepull(outcome);
         if let Some(event) = crate::event_policy::for_prepull(outcome) {
             self.event(event);
         }
     }
 
-    /// A canary outcome: a JSON line and metrics (its Events come from the caller's state).
+    /// A canary outcome: a JSON line, metrics, the board (its Events come from the caller).
     pub fn canary(&self, outcome: &CanaryOutcome) {
-        self.json.emit(outcome);
-        self.metrics.canary(outcome);
+        self.out.json.emit(outcome);
+        self.out.metrics.canary(outcome);
+        self.out.board.canary(outcome);
     }
 
     pub fn condition(&self, condition: Condition) {
-        self.json.emit(&condition);
-        self.metrics.condition(&condition);
+        self.out.json.emit(&condition);
+        self.out.metrics.condition(&condition);
+        self.out.board.condition(&condition);
         self.send(Msg::Condition(condition));
     }
 
     pub fn event(&self, event: EventIntent) {
-        self.json.emit(&event);
+        self.out.json.emit(&event);
         self.send(Msg::Event(event));
     }
 
@@ -126,8 +133,7 @@ pub struct ClusterReportConfig {
 
 /// Starts the cluster task; it ends (after a last flush) when every [`Reports`] clone is dropped.
 pub fn run_cluster(
-    json: Arc<JsonLines>,
-    metrics: Arc<Metrics>,
+    out: Outputs,
     api_errors: Arc<AtomicU64>,
     client: kube::Client,
     config: ClusterReportConfig,
@@ -152,16 +158,15 @@ pub fn run_cluster(
             events_retry: Retry::default(),
             images_ready: None,
             canary_verdicts: BTreeMap::new(),
-            json: json.clone(),
-            metrics: metrics.clone(),
+            json: out.json.clone(),
+            metrics: out.metrics.clone(),
             api_errors,
         }
         .run(rx, sources),
     );
     (
         Reports {
-            json,
-            metrics,
+            out,
             cluster: Some(tx),
         },
         task,

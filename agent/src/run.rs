@@ -1,6 +1,7 @@
 //! `pullgate run`: wires sources → desired state → pre-pull → reporters, and owns the loop.
 
 use crate::canary::runner::{CanaryOutcome, CanaryRunner};
+use crate::canary::service::CanaryControl;
 use crate::canary::service::{CanarySink, ServiceConfig};
 use crate::cli::RunArgs;
 use crate::conditions::Tracker;
@@ -10,9 +11,10 @@ use crate::desired::prepull_images;
 use crate::event_policy::CanaryEvents;
 use crate::http_endpoints::{Readiness, Refresh};
 use crate::inventory::ObjectKey;
+use crate::local_api::ApiState;
 use crate::metrics::Metrics;
 use crate::node::NodeInfo;
-use crate::node_report::{ClusterReportConfig, Reports};
+use crate::node_report::{ClusterReportConfig, Outputs, Reports};
 use crate::outcome::{SourceProblem, now_rfc3339};
 use crate::prepull::{PassSummary, PrePullConfig, PrePuller, RetryPolicy};
 use crate::report::JsonLines;
@@ -41,6 +43,8 @@ pub enum RunError {
     Registry(#[from] crate::registry::RegistryError),
     #[error(transparent)]
     Http(#[from] crate::http_endpoints::HttpError),
+    #[error(transparent)]
+    LocalApi(#[from] crate::local_api::LocalApiError),
 }
 
 /// How a run ended.
@@ -68,6 +72,7 @@ pub async fn run(args: RunArgs) -> Result<RunOutcome, RunError> {
         rotation_jitter,
         cluster,
         metrics_addr,
+        api,
     } = args;
     let node_name = node
         .node_name
@@ -90,7 +95,8 @@ pub async fn run(args: RunArgs) -> Result<RunOutcome, RunError> {
             reconnect_budget: *cri.cri_reconnect_budget,
         },
     );
-    let metrics = Arc::new(Metrics::new());
+    let out = Outputs::default();
+    let metrics = out.metrics.clone();
     let api_errors = Arc::new(AtomicU64::new(0));
     let readiness = Readiness::default();
     let http_task = match metrics_addr.0 {
@@ -129,11 +135,10 @@ pub async fn run(args: RunArgs) -> Result<RunOutcome, RunError> {
         }
     }
 
-    let json = Arc::new(JsonLines::default());
     let (mut sources, source_task, reports, reports_task) = match manifests {
         Some(dir) => {
             let (rx, task) = watch_dir(dir, WatchConfig::default(), cancel.clone())?;
-            (rx, task, Reports::standalone(json, metrics.clone()), None)
+            (rx, task, Reports::standalone(out.clone()), None)
         }
         None => {
             let client = crate::source::cluster::client(kubeconfig.as_deref()).await?;
@@ -173,8 +178,7 @@ pub async fn run(args: RunArgs) -> Result<RunOutcome, RunError> {
             }
             // Conditions, Events and the gate: written in order by one task.
             let (reports, reports_task) = crate::node_report::run_cluster(
-                json,
-                metrics.clone(),
+                out.clone(),
                 api_errors.clone(),
                 client,
                 ClusterReportConfig {
@@ -208,6 +212,7 @@ pub async fn run(args: RunArgs) -> Result<RunOutcome, RunError> {
     let mut images_ready = Tracker::new("CriticalImagesReady");
 
     // Canaries run beside the pre-pull loop (not in a one-shot bootstrap pass).
+    let mut canary_control = None;
     let canary_task = if once {
         None
     } else {
@@ -230,14 +235,32 @@ pub async fn run(args: RunArgs) -> Result<RunOutcome, RunError> {
             rotation_window: *rotation_jitter,
             ..ServiceConfig::default()
         };
+        let (control, control_end) = CanaryControl::new();
+        canary_control = Some(control);
         Some(tokio::spawn(crate::canary::service::run(
             runner,
             resolver.clone(),
             sources.clone(),
             sink,
             config,
+            control_end,
             cancel.clone(),
         )))
+    };
+
+    let api_task = match &api.path.0 {
+        Some(path) => Some(crate::local_api::serve(
+            path,
+            ApiState {
+                board: out.board.clone(),
+                sources: sources.clone(),
+                node: node.clone(),
+                canaries: canary_control,
+                json: out.json.clone(),
+            },
+            cancel.clone(),
+        )?),
+        None => None,
     };
 
     let mut loaded = sources.borrow_and_update().clone();
@@ -290,6 +313,9 @@ pub async fn run(args: RunArgs) -> Result<RunOutcome, RunError> {
     drop(reports);
     if let Some(task) = reports_task {
         let _ = tokio::time::timeout(Duration::from_secs(10), task).await;
+    }
+    if let Some(task) = api_task {
+        let _ = tokio::time::timeout(Duration::from_secs(2), task).await;
     }
     if let Some(task) = http_task {
         let _ = tokio::time::timeout(Duration::from_secs(2), task).await;

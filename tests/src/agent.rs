@@ -140,6 +140,9 @@ impl Agent {
                 // Tests run side by side: a free port each (a test may name its own).
                 "--metrics-addr".into(),
                 "127.0.0.1:0".into(),
+                // No shared socket under /run: a test that wants the local API names its own.
+                "--api-socket".into(),
+                "off".into(),
             ],
         }
     }

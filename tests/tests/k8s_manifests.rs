@@ -1008,20 +1008,29 @@ fn check_daemonset(objs: &[Obj], at: &str) -> (String, String) {
         Path::new(default_socket),
         "{what}: the CRI socket mounted is not the runtime's socket on the host"
     );
-    // The agent writes nothing: every hostPath is mounted read-only.
+    // The agent writes one thing on the host, its local API socket: that directory is the only
+    // writable hostPath, and it holds the socket the agent is told to serve.
+    let api_socket = env_value(&obj, &c, "PULLGATE_API_SOCKET")
+        .value
+        .unwrap_or_else(|| panic!("{what}: env PULLGATE_API_SOCKET needs a value"));
+    let api_dir = Path::new(&api_socket)
+        .parent()
+        .unwrap_or_else(|| panic!("{what}: PULLGATE_API_SOCKET {api_socket} has no directory"));
+    let mut writable = Vec::new();
     for m in &mounts {
         if volumes
             .iter()
             .any(|v| v.name == m.name && v.host_path.is_some())
+            && m.read_only != Some(true)
         {
-            assert_eq!(
-                m.read_only,
-                Some(true),
-                "{what}: hostPath volumeMount {} must be readOnly",
-                m.name
-            );
+            writable.push(m.mount_path.clone());
         }
     }
+    assert_eq!(
+        writable,
+        [api_dir.display().to_string()],
+        "{what}: the only writable hostPath volumeMount must be the local API socket's directory"
+    );
 
     // Security: read-only root, no capability, no escalation, default seccomp.
     let sc = c

@@ -18,8 +18,8 @@ use crate::source::manifests::Loaded;
 use crate::verdict::Verdict;
 use futures::StreamExt as _;
 use std::collections::{BTreeMap, HashMap};
-use std::sync::Arc;
-use std::time::Duration;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
 use tokio::sync::{mpsc, watch};
 use tokio_cron_scheduler::{Job, JobScheduler};
 use tokio_util::sync::CancellationToken;
@@ -48,6 +48,60 @@ impl Default for ServiceConfig {
     }
 }
 
+/// A request to run canaries now (the local API's `TriggerCanary`): one PullSet, or every one
+/// canaried on this node; each outcome is also sent to `reply`, which closes when all are done.
+pub struct ManualRun {
+    pub pullset: Option<ObjectKey>,
+    pub reply: mpsc::UnboundedSender<CanaryOutcome>,
+}
+
+/// How the rest of the agent reaches a running service: manual runs in, next canary times out.
+#[derive(Clone)]
+pub struct CanaryControl {
+    manual: mpsc::UnboundedSender<ManualRun>,
+    next: Arc<Mutex<BTreeMap<ObjectKey, SystemTime>>>,
+}
+
+impl CanaryControl {
+    /// The handle, and what the service itself keeps.
+    pub fn new() -> (Self, ControlEnd) {
+        let (manual, rx) = mpsc::unbounded_channel();
+        let next = Arc::new(Mutex::new(BTreeMap::new()));
+        (
+            Self {
+                manual,
+                next: next.clone(),
+            },
+            ControlEnd { manual: rx, next },
+        )
+    }
+
+    /// Runs canaries now; the receiver yields each outcome and ends when the run is done. `None`
+    /// when the service has stopped.
+    pub fn run_now(
+        &self,
+        pullset: Option<ObjectKey>,
+    ) -> Option<mpsc::UnboundedReceiver<CanaryOutcome>> {
+        let (reply, rx) = mpsc::unbounded_channel();
+        self.manual.send(ManualRun { pullset, reply }).ok()?;
+        Some(rx)
+    }
+
+    /// When each scheduled PullSet's next canary is due (its cron tick plus this node's jitter).
+    pub fn next_canaries(&self) -> BTreeMap<ObjectKey, SystemTime> {
+        self.next
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
+    }
+}
+
+/// The service's end of a [`CanaryControl`].
+pub struct ControlEnd {
+    manual: mpsc::UnboundedReceiver<ManualRun>,
+    next: Arc<Mutex<BTreeMap<ObjectKey, SystemTime>>>,
+}
+
 /// Where outcomes go.
 pub trait CanarySink: Send + Sync {
     fn outcome(&self, outcome: &CanaryOutcome);
@@ -62,8 +116,14 @@ pub async fn run<P: RegistryProbe + 'static>(
     mut sources: watch::Receiver<Arc<Loaded>>,
     sink: Arc<dyn CanarySink>,
     config: ServiceConfig,
+    control: ControlEnd,
     cancel: CancellationToken,
 ) {
+    let ControlEnd {
+        manual: mut manual_rx,
+        next: next_canaries,
+    } = control;
+    let mut replies: HashMap<ObjectKey, Vec<mpsc::UnboundedSender<CanaryOutcome>>> = HashMap::new();
     let node = runner.node.clone();
     let (fire_tx, mut fire_rx) = mpsc::unbounded_channel::<ObjectKey>();
     let mut scheduler = match JobScheduler::new().await {
@@ -105,6 +165,7 @@ pub async fn run<P: RegistryProbe + 'static>(
         &fire_tx,
     )
     .await;
+    publish_next(scheduler.as_mut(), &jobs, &loaded, &node, &next_canaries).await;
     // Nothing to canary here: the credentials condition is True at once, not Unknown forever.
     if canaried(&loaded.inventory, &this_node).next().is_none() {
         sink.verdicts(&verdicts);
@@ -145,6 +206,17 @@ pub async fn run<P: RegistryProbe + 'static>(
                     sink.verdicts(&verdicts);
                 }
                 sync_jobs(scheduler.as_mut(), &mut jobs, &loaded.inventory, &this_node, &fire_tx).await;
+                publish_next(scheduler.as_mut(), &jobs, &loaded, &node, &next_canaries).await;
+            }
+            Some(run) = manual_rx.recv() => {
+                let keys: Vec<ObjectKey> = match run.pullset {
+                    Some(key) => vec![key],
+                    None => canaried(&loaded.inventory, &this_node).map(|s| s.key.clone()).collect(),
+                };
+                for key in keys {
+                    replies.entry(key.clone()).or_default().push(run.reply.clone());
+                    enqueue(&mut queue, &mut pending, key, Trigger::Manual, Duration::ZERO);
+                }
             }
             Some(key) = fire_rx.recv() => {
                 let window = loaded
@@ -157,10 +229,13 @@ pub async fn run<P: RegistryProbe + 'static>(
                     .unwrap_or_default();
                 let delay = jitter::offset(&node, &key, window);
                 enqueue(&mut queue, &mut pending, key, Trigger::Schedule, delay);
+                publish_next(scheduler.as_mut(), &jobs, &loaded, &node, &next_canaries).await;
             }
             Some(expired) = queue.next() => {
                 let (key, trigger) = expired.into_inner();
                 pending.remove(&key);
+                // Dropped at the end of this run: a manual caller's stream then ends.
+                let waiting = replies.remove(&key).unwrap_or_default();
                 let Some(set) = loaded
                     .inventory
                     .pullsets
@@ -182,6 +257,9 @@ pub async fn run<P: RegistryProbe + 'static>(
                     }
                     all_ok &= o.verdict.is_ok();
                     sink.outcome(o);
+                    for reply in &waiting {
+                        let _ = reply.send(o.clone());
+                    }
                 }
                 sink.verdicts(&verdicts);
                 if all_ok {
@@ -198,6 +276,40 @@ pub async fn run<P: RegistryProbe + 'static>(
     if let Some(mut s) = scheduler {
         let _ = s.shutdown().await;
     }
+}
+
+/// Records when each scheduled PullSet's canary is next due: the cron tick plus the jitter.
+async fn publish_next(
+    scheduler: Option<&mut JobScheduler>,
+    jobs: &HashMap<ObjectKey, (String, uuid::Uuid)>,
+    loaded: &Loaded,
+    node: &str,
+    next: &Mutex<BTreeMap<ObjectKey, SystemTime>>,
+) {
+    let Some(scheduler) = scheduler else {
+        return;
+    };
+    let mut times = BTreeMap::new();
+    for (key, (_, id)) in jobs {
+        let Ok(Some(tick)) = scheduler.next_tick_for_job(*id).await else {
+            continue;
+        };
+        let window = loaded
+            .inventory
+            .pullsets
+            .get(key)
+            .and_then(|s| s.spec.canary.as_ref())
+            .and_then(|c| c.jitter.as_deref())
+            .and_then(|j| humantime::parse_duration(j).ok())
+            .unwrap_or_default();
+        times.insert(
+            key.clone(),
+            SystemTime::from(tick) + jitter::offset(node, key, window),
+        );
+    }
+    *next
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner) = times;
 }
 
 fn canaried<'a>(

@@ -1,0 +1,148 @@
+//! The agent's local gRPC API on its Unix socket, end to end: `pullgate status` (table and JSON),
+//! `pullgate canary` (one PullSet, streamed results, exit codes), `Watch`, the socket's mode —
+//! against a real containerd and a real registry whose password really rotates.
+
+#![allow(clippy::unwrap_used)] // test fixtures: a failed set-up step should panic with its error
+
+use pullgate::local_api::Client;
+use pullgate_testenv::agent::pullgate_binary;
+use pullgate_testenv::{ImageSpec, PASSWORD, TestEnv, USER, block_on};
+use std::os::unix::fs::{FileTypeExt as _, PermissionsExt as _};
+use std::path::Path;
+use std::process::Command;
+use std::time::Duration;
+
+const ROTATED: &str = "pg-Rotated-Passw0rd-91aa";
+
+fn cli(args: &[&str], socket: &Path) -> (Option<i32>, String, String) {
+    let out = Command::new(pullgate_binary().unwrap())
+        .args(args)
+        .arg("--api-socket")
+        .arg(socket)
+        .output()
+        .unwrap();
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn status_canary_and_watch_through_the_local_socket() {
+    let mut env = TestEnv::start().unwrap_or_else(|e| panic!("test environment: {e:#}"));
+    let image = env.push(&ImageSpec::new("team/app", "v1")).unwrap();
+    let host = env.registry.host();
+    env.write_regcred("team").unwrap();
+    env.write_manifest(
+        "set.yaml",
+        &format!(
+            "apiVersion: pullgate.io/v1alpha1\nkind: PullSet\nmetadata: {{name: critical, namespace: team}}\nspec:\n  imagePullSecrets: [{{name: regcred}}]\n  images: [{{image: '{}'}}]\n  canary: {{schedule: '0 0 * * *', jitter: 0s, depth: manifest}}\n",
+            image.by_tag
+        ),
+    )
+    .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let socket = dir.path().join("run/pullgate/agent.sock");
+    let agent = env
+        .agent()
+        .args(&["--insecure-registry", &host, "--rotation-jitter", "0s"])
+        .args(&["--api-socket", socket.to_str().unwrap()])
+        .spawn()
+        .unwrap();
+    agent
+        .wait_for("start-up canary", Duration::from_secs(60), 1, |l| {
+            l["kind"] == "canary" && l["verdict"] == "Ok"
+        })
+        .unwrap();
+    agent
+        .wait_for("pre-pull", Duration::from_secs(60), 1, |l| {
+            l["kind"] == "prepull" && l["verdict"] == "Ok"
+        })
+        .unwrap();
+
+    // Root only: the socket is 0600.
+    let meta = std::fs::metadata(&socket).unwrap();
+    assert!(meta.file_type().is_socket());
+    assert_eq!(meta.permissions().mode() & 0o777, 0o600);
+
+    // `status`: the image present, both verdicts, the credential by name, the next canary.
+    let (code, stdout, stderr) = cli(&["status", "--json"], &socket);
+    assert_eq!(code, Some(0), "{stdout}\n{stderr}");
+    let status: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    let set = &status["pullsets"][0];
+    assert_eq!(
+        (&set["namespace"], &set["name"]),
+        (&"team".into(), &"critical".into())
+    );
+    let img = &set["images"][0];
+    assert_eq!(img["image"], image.by_tag.as_str());
+    assert_eq!(img["present"], true);
+    assert_eq!(img["prepull"]["verdict"], "Ok");
+    assert_eq!(img["canary"]["verdict"], "Ok");
+    assert_eq!(
+        img["canary"]["credential"],
+        format!("secret team/regcred key {host}")
+    );
+    let next = set["next_canary_time"].as_str().unwrap();
+    assert!(
+        next.ends_with("T00:00:00Z"),
+        "daily at midnight, no jitter: {next}"
+    );
+    let (code, table, _) = cli(&["status"], &socket);
+    assert_eq!(code, Some(0));
+    assert!(table.contains("team/critical (gate)"), "{table}");
+
+    // `Watch` sees what happens next; `canary` runs now and streams the result.
+    let (tx, rx) = std::sync::mpsc::channel();
+    let watch_socket = socket.clone();
+    let watcher = std::thread::spawn(move || {
+        block_on(async move {
+            let mut client = Client::connect(&watch_socket).await.unwrap();
+            let _ = tx.send(());
+            let mut kinds = Vec::new();
+            client
+                .watch(|r| {
+                    let manual = r.kind == "canary" && r.json.contains("\"trigger\":\"manual\"");
+                    kinds.push(r.kind);
+                    !manual
+                })
+                .await
+                .unwrap();
+            kinds
+        })
+    });
+    rx.recv_timeout(Duration::from_secs(10)).unwrap();
+    std::thread::sleep(Duration::from_millis(200));
+    let (code, stdout, stderr) = cli(&["canary", "team/critical"], &socket);
+    assert_eq!(code, Some(0), "{stdout}\n{stderr}");
+    assert!(stdout.starts_with("✓ team/critical"), "{stdout}");
+    assert!(stdout.contains(&format!("credential: secret team/regcred key {host}")));
+    let kinds = watcher.join().unwrap();
+    assert!(kinds.contains(&"canary".to_string()), "{kinds:?}");
+
+    // The password rotates: the manual canary says so, and exits 1.
+    env.registry.set_password(USER, ROTATED).unwrap();
+    let (code, stdout, _) = cli(&["canary", "team/critical", "--json"], &socket);
+    assert_eq!(code, Some(1), "{stdout}");
+    let result: serde_json::Value = serde_json::from_str(stdout.lines().next().unwrap()).unwrap();
+    assert_eq!(result["result"]["verdict"], "Unauthorized", "{result}");
+    // Unknown PullSets and bad names are clear errors.
+    let (code, _, stderr) = cli(&["canary", "team/nope"], &socket);
+    assert_eq!(code, Some(2));
+    assert!(stderr.contains("no valid PullSet team/nope"), "{stderr}");
+    let (code, _, stderr) = cli(&["canary", "nope"], &socket);
+    assert_eq!(code, Some(2));
+    assert!(stderr.contains("not NAMESPACE/NAME"), "{stderr}");
+
+    let (stdout, stderr) = agent.finish();
+    assert!(!socket.exists(), "the socket is removed on exit");
+    // No agent: a clear error naming the socket.
+    let (code, _, stderr_after) = cli(&["status"], &socket);
+    assert_eq!(code, Some(2));
+    assert!(
+        stderr_after.contains("cannot reach the agent's local API"),
+        "{stderr_after}"
+    );
+    env.assert_no_leak(&[&stdout, &stderr, &table], &[PASSWORD, ROTATED]);
+}
