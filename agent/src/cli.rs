@@ -33,6 +33,10 @@ pub enum Command {
     Status(StatusArgs),
     /// Run canaries now on this node's agent and print each result (one PullSet, or all).
     Canary(CanaryArgs),
+    /// Walk the whole pull ladder for IMAGE as a pod in NAMESPACE would, step by step.
+    Diagnose(DiagnoseArgs),
+    /// Cluster-wide blast-radius report of pull secrets (for an admin; not run by the DaemonSet).
+    Audit(AuditArgs),
 }
 
 #[derive(Debug, Args)]
@@ -51,6 +55,61 @@ pub struct CanaryArgs {
     #[command(flatten)]
     pub api: ApiSocketArg,
     /// Print JSON lines instead of text.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+#[command(group(clap::ArgGroup::new("source").required(true).args(["manifests", "kubeconfig", "in_cluster"])))]
+pub struct DiagnoseArgs {
+    /// The image, as the pod names it.
+    pub image: String,
+    /// The pod's namespace.
+    #[arg(long, short = 'n')]
+    pub namespace: String,
+    /// As a pod with this ServiceAccount and no imagePullSecrets of its own (default `default`).
+    #[arg(long, conflicts_with = "pod")]
+    pub service_account: Option<String>,
+    /// As this pod (its imagePullSecrets, else its ServiceAccount's); cluster mode only.
+    #[arg(long, conflicts_with = "manifests")]
+    pub pod: Option<String>,
+    /// Objects from the YAML files in DIR.
+    #[arg(long, value_name = "DIR")]
+    pub manifests: Option<PathBuf>,
+    /// Objects from the API server this kubeconfig points at.
+    #[arg(long, value_name = "FILE")]
+    pub kubeconfig: Option<PathBuf>,
+    /// Objects from the API server, with the in-cluster configuration (or KUBECONFIG).
+    #[arg(long)]
+    pub in_cluster: bool,
+    #[command(flatten)]
+    pub node_credentials: NodeCredentialArgs,
+    #[command(flatten)]
+    pub registry: RegistryArgs,
+    /// The runtime's CRI socket: its answer and the node cache state (skipped with `off`).
+    #[arg(
+        long,
+        env = "PULLGATE_CRI_ENDPOINT",
+        default_value = "unix:///run/containerd/containerd.sock"
+    )]
+    pub cri_endpoint: String,
+    /// Print the steps as JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct AuditArgs {
+    /// The API server this kubeconfig points at (default: in-cluster, then KUBECONFIG).
+    #[arg(long, value_name = "FILE")]
+    pub kubeconfig: Option<PathBuf>,
+    /// Flag credentials that expire within this window.
+    #[arg(long, default_value = "168h")]
+    pub expiry_warning: humantime::Duration,
+    /// Flag Secrets whose data was not changed for this long (creation time when unknown).
+    #[arg(long, default_value = "2160h")]
+    pub max_age: humantime::Duration,
+    /// Print JSON instead of tables.
     #[arg(long)]
     pub json: bool,
 }

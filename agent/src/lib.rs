@@ -5,6 +5,7 @@
 //! `verdict`) that import neither kube's client nor tonic; adapters (`cri`, `source`, `report`) are
 //! the only modules that know their crates' types. See ARCHITECTURE.md.
 
+pub mod audit;
 pub mod auth;
 pub mod canary;
 pub mod check;
@@ -13,6 +14,7 @@ pub mod conditions;
 pub mod credentials;
 pub mod cri;
 pub mod desired;
+pub mod diagnose;
 pub mod event_policy;
 pub mod event_recorder;
 pub mod gate;
@@ -59,6 +61,8 @@ pub async fn main(cli: cli::Cli) -> ExitCode {
         },
         cli::Command::Status(args) => exit(status_cmd::status(args).await),
         cli::Command::Canary(args) => exit(status_cmd::canary(args).await),
+        cli::Command::Diagnose(args) => exit(diagnose::diagnose(args).await),
+        cli::Command::Audit(args) => exit(audit::audit(args).await),
         cli::Command::Crd => {
             print!("{}", pullset::crd_yaml());
             ExitCode::SUCCESS
