@@ -379,3 +379,77 @@ async fn watch_one(client: Client, kind: char, key: ObjectKey, shared: Shared) {
         )
     }
 }
+
+/// A pod's own `imagePullSecrets` and its ServiceAccount (`default` when unset), for `diagnose`.
+pub async fn get_pod_pull_spec(
+    client: &Client,
+    pod: &ObjectKey,
+) -> Result<(Vec<String>, String), kube::Error> {
+    let api: Api<k8s_openapi::api::core::v1::Pod> = Api::namespaced(client.clone(), &pod.namespace);
+    let pod = api.get(&pod.name).await?;
+    let spec = pod.spec.unwrap_or_default();
+    Ok((
+        spec.image_pull_secrets
+            .unwrap_or_default()
+            .into_iter()
+            .map(|r| r.name)
+            .collect(),
+        spec.service_account_name
+            .filter(|s| !s.is_empty())
+            .unwrap_or_else(|| "default".into()),
+    ))
+}
+
+/// One-shot reads for `diagnose`: the ServiceAccount and the Secrets the pod rule would use, each
+/// by name (`get`, never a list). What cannot be read is recorded as forbidden or left missing.
+pub async fn read_pull_objects(
+    client: &Client,
+    namespace: &str,
+    service_account: &str,
+    pod_secrets: &[String],
+) -> Inventory {
+    let mut inventory = Inventory::default();
+    let sa_key = ObjectKey::new(namespace, service_account);
+    let sa_api: Api<ServiceAccount> = Api::namespaced(client.clone(), namespace);
+    match sa_api.get(service_account).await {
+        Ok(sa) => {
+            let object = service_account_object(sa_key.clone(), sa);
+            inventory.service_accounts.insert(sa_key, object);
+        }
+        Err(e) if is_forbidden(&e) => {
+            inventory.forbidden.insert(sa_key, e.to_string());
+        }
+        Err(_) => {}
+    }
+    let names: Vec<String> = if pod_secrets.is_empty() {
+        inventory
+            .service_accounts
+            .values()
+            .flat_map(|sa| sa.image_pull_secrets.clone())
+            .collect()
+    } else {
+        pod_secrets.to_vec()
+    };
+    let secret_api: Api<Secret> = Api::namespaced(client.clone(), namespace);
+    for name in names {
+        let key = ObjectKey::new(namespace, &name);
+        match secret_api.get(&name).await {
+            Ok(secret) => {
+                let object = secret_object(key.clone(), secret);
+                inventory.secrets.insert(key, object);
+            }
+            Err(e) if is_forbidden(&e) => {
+                inventory.forbidden.insert(
+                    key,
+                    format!("pullgate may not read secrets in namespace {namespace}: {e}"),
+                );
+            }
+            Err(_) => {}
+        }
+    }
+    inventory
+}
+
+fn is_forbidden(e: &kube::Error) -> bool {
+    matches!(e, kube::Error::Api(status) if status.code == 403)
+}
