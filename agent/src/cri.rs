@@ -412,6 +412,7 @@ fn present(image: k8s_cri::v1::Image) -> PresentImage {
         id: image.id,
         repo_tags: image.repo_tags,
         repo_digests: image.repo_digests,
+        size: image.size,
     }
 }
 

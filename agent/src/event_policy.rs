@@ -314,6 +314,7 @@ mod tests {
             credential: None,
             image_ref: None,
             repo_digest: None,
+            size_bytes: None,
             warnings: vec![],
         }
     }

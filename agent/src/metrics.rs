@@ -68,6 +68,7 @@ pub struct Metrics {
     prepull_duration: HistogramFamily<OutcomeLabels>,
     prepull_outcomes: Family<OutcomeLabels, Counter>,
     images_pulled: Family<RegistryLabels, Counter>,
+    bytes_pulled: Family<RegistryLabels, Counter>,
     canary_duration: HistogramFamily<CanaryLabels>,
     canary_outcomes: Family<CanaryLabels, Counter>,
     canary_bytes: Family<RegistryLabels, Counter>,
@@ -106,6 +107,12 @@ impl Metrics {
             "images_pulled",
             "Images pulled by the pre-pull (absent before)",
             images_pulled.clone(),
+        );
+        let bytes_pulled = Family::<RegistryLabels, Counter>::default();
+        registry.register(
+            "pulled_bytes",
+            "Bytes of the images the pre-pull pulled (their size as the runtime reports it)",
+            bytes_pulled.clone(),
         );
         let canary_duration: HistogramFamily<CanaryLabels> =
             Family::new_with_constructor(duration_histogram);
@@ -167,6 +174,7 @@ impl Metrics {
             prepull_duration,
             prepull_outcomes,
             images_pulled,
+            bytes_pulled,
             canary_duration,
             canary_outcomes,
             canary_bytes,
@@ -190,11 +198,13 @@ impl Metrics {
             .observe(o.duration_ms as f64 / 1000.0);
         self.prepull_outcomes.get_or_create(&labels).inc();
         if o.action == Action::Pulled {
-            self.images_pulled
-                .get_or_create(&RegistryLabels {
-                    registry: labels.registry,
-                })
-                .inc();
+            let registry = RegistryLabels {
+                registry: labels.registry,
+            };
+            self.images_pulled.get_or_create(&registry).inc();
+            self.bytes_pulled
+                .get_or_create(&registry)
+                .inc_by(o.size_bytes.unwrap_or(0));
         }
     }
 
@@ -329,6 +339,43 @@ mod tests {
             "{text}"
         );
         assert!(text.ends_with("# EOF\n"));
+    }
+
+    #[test]
+    fn pulls_count_images_and_bytes_by_registry() {
+        let m = Metrics::new();
+        let mut o = crate::outcome::Outcome {
+            kind: crate::outcome::OutcomeKind::Prepull,
+            time: String::new(),
+            node: "n".into(),
+            namespace: "team".into(),
+            pullset: "critical".into(),
+            image: "r.example.com:5000/a/b:1".into(),
+            verdict: Verdict::Ok,
+            message: String::new(),
+            hint: None,
+            duration_ms: 1500,
+            action: Action::Pulled,
+            attempts: 1,
+            credential: None,
+            image_ref: None,
+            repo_digest: None,
+            size_bytes: Some(4096),
+            warnings: vec![],
+        };
+        m.prepull(&o);
+        o.action = Action::Present;
+        o.size_bytes = None;
+        m.prepull(&o);
+        let text = m.encode();
+        for line in [
+            r#"pullgate_images_pulled_total{registry="r.example.com:5000"} 1"#,
+            r#"pullgate_pulled_bytes_total{registry="r.example.com:5000"} 4096"#,
+            r#"pullgate_prepull_outcomes_total{registry="r.example.com:5000",namespace="team",verdict="Ok"} 2"#,
+            r#"pullgate_prepull_duration_seconds_count{registry="r.example.com:5000",namespace="team",verdict="Ok"} 2"#,
+        ] {
+            assert!(text.contains(line), "{line} not in\n{text}");
+        }
     }
 
     #[test]

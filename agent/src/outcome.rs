@@ -49,6 +49,9 @@ pub struct Outcome {
     pub image_ref: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub repo_digest: Option<String>,
+    /// The image's size as the runtime reports it, when this pass pulled it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub size_bytes: Option<u64>,
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub warnings: Vec<String>,
 }

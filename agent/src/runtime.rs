@@ -12,6 +12,8 @@ pub struct PresentImage {
     pub id: String,
     pub repo_tags: Vec<String>,
     pub repo_digests: Vec<String>,
+    /// Size in bytes, as the runtime reports it (0 when unknown).
+    pub size: u64,
 }
 
 impl PresentImage {

@@ -323,6 +323,7 @@ impl<R: ImageRuntime> PrePuller<R> {
                     credential: None,
                     image_ref: None,
                     repo_digest: None,
+                    size_bytes: None,
                     warnings: Vec::new(),
                 };
                 match &result.result {
@@ -341,6 +342,8 @@ impl<R: ImageRuntime> PrePuller<R> {
                             credential: by_own.cloned(),
                             image_ref: Some(s.present.id.clone()).filter(|id| !id.is_empty()),
                             repo_digest: s.present.repo_digest_for(&desired.image.name()),
+                            size_bytes: (s.action == Action::Pulled && s.present.size > 0)
+                                .then_some(s.present.size),
                             warnings: owner
                                 .resolution
                                 .blocked

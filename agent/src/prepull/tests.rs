@@ -68,6 +68,7 @@ impl ImageRuntime for Scripted {
                 id: id.clone(),
                 repo_tags: vec![image.to_string()],
                 repo_digests: vec![format!("{name}@sha256:digest")],
+                size: 1024,
             },
         );
         Ok(id)
@@ -167,6 +168,7 @@ async fn present_images_are_not_pulled() {
             id: "sha256:x".into(),
             repo_tags: vec!["r.io/a:1".into()],
             repo_digests: vec![],
+            size: 0,
         },
     );
     let out = run(
