@@ -1,0 +1,414 @@
+//! `pullgate audit` against the test API server, through the real binary: the blast-radius report
+//! as JSON and as tables, the findings the issue asks for, the exit codes, and not one credential
+//! in any output.
+
+#![allow(clippy::unwrap_used)] // test fixtures: a failed set-up step should panic with its error
+
+use base64::Engine as _;
+use pullgate_testenv::agent::pullgate_binary;
+use pullgate_testenv::apiserver::{ApiServer, objects};
+use serde_json::{Value, json};
+use sha2::{Digest as _, Sha256};
+use std::process::Command;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+const REGISTRY: &str = "registry.team.example:5000";
+const SHARED: &str = "pg-audit-Shared-Passw0rd-4e1d";
+const OPAQUE: &str = "pg-audit-Opaque-Passw0rd-92ab";
+const LEGACY: &str = "pg-audit-Legacy-Passw0rd-7c3f";
+const SPARE: &str = "pg-audit-Spare-Passw0rd-15e8";
+const ANCIENT: &str = "pg-audit-Ancient-Passw0rd-0b77";
+const ROTATED: &str = "pg-audit-Rotated-Passw0rd-c4d2";
+const DB: &str = "pg-audit-Db-Passw0rd-a6f0";
+const CLEAN: &str = "pg-audit-Clean-Passw0rd-3b9e";
+
+fn b64(s: &str) -> String {
+    base64::engine::general_purpose::STANDARD.encode(s)
+}
+
+fn b64url(s: &str) -> String {
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(s)
+}
+
+/// A JWT-looking token that expires in an hour (dummy signature).
+fn jwt_expiring_in_an_hour() -> String {
+    let exp = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+        + 3600;
+    format!(
+        "{}.{}.{}",
+        b64url(r#"{"alg":"RS256","typ":"JWT"}"#),
+        b64url(&format!(r#"{{"exp":{exp}}}"#)),
+        b64url("not-a-real-signature")
+    )
+}
+
+fn secret(namespace: &str, name: &str, type_: &str, data: &[(&str, String)]) -> Value {
+    let data: serde_json::Map<String, Value> = data
+        .iter()
+        .map(|(k, v)| (k.to_string(), json!(b64(v))))
+        .collect();
+    json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": name, "namespace": namespace},
+           "type": type_, "data": data})
+}
+
+fn docker_config(password: &str) -> String {
+    json!({"auths": {REGISTRY: {"auth": b64(&format!("deployer:{password}"))}}}).to_string()
+}
+
+fn service_account(namespace: &str, name: &str, secrets: &[&str]) -> Value {
+    let refs: Vec<Value> = secrets.iter().map(|s| json!({"name": s})).collect();
+    json!({"apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": name, "namespace": namespace},
+           "imagePullSecrets": refs})
+}
+
+struct Run {
+    code: Option<i32>,
+    stdout: String,
+    stderr: String,
+}
+
+impl Run {
+    fn json(&self) -> Value {
+        serde_json::from_str(&self.stdout).unwrap_or_else(|e| {
+            panic!("not JSON ({e}):\n{}\nstderr:\n{}", self.stdout, self.stderr)
+        })
+    }
+
+    fn assert_no_leak(&self, secrets: &[&str]) {
+        for secret in secrets {
+            assert!(
+                !self.stdout.contains(secret),
+                "a credential leaked into stdout"
+            );
+            assert!(
+                !self.stderr.contains(secret),
+                "a credential leaked into stderr"
+            );
+        }
+    }
+}
+
+fn audit(api: &ApiServer, extra: &[&str]) -> Run {
+    let dir = tempfile::tempdir().unwrap();
+    let kubeconfig = dir.path().join("kubeconfig");
+    std::fs::write(&kubeconfig, api.kubeconfig()).unwrap();
+    let out = Command::new(pullgate_binary().unwrap())
+        .arg("audit")
+        .arg("--kubeconfig")
+        .arg(&kubeconfig)
+        .args(extra)
+        .env("RUST_LOG", "debug")
+        .output()
+        .unwrap();
+    Run {
+        code: out.status.code(),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    }
+}
+
+fn findings<'a>(report: &'a Value, kind: &str) -> Vec<&'a Value> {
+    report["findings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|f| f["kind"] == kind)
+        .collect()
+}
+
+fn flagged(report: &Value, kind: &str, object: &str) -> bool {
+    findings(report, kind)
+        .iter()
+        .any(|f| f["objects"].as_array().unwrap().iter().any(|o| o == object))
+}
+
+fn secret_row<'a>(report: &'a Value, namespace: &str, name: &str) -> &'a Value {
+    report["namespaces"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|n| n["namespace"] == namespace)
+        .and_then(|n| {
+            n["secrets"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|s| s["name"] == name)
+        })
+        .unwrap_or_else(|| panic!("no row for {namespace}/{name} in {report:#}"))
+}
+
+#[test]
+fn audit_reports_the_blast_radius_of_pull_secrets() {
+    let token = jwt_expiring_in_an_hour();
+    let api = ApiServer::start().unwrap();
+    // The same credential in two namespaces.
+    api.apply(objects::pull_secret(
+        "team", "regcred", REGISTRY, "deployer", SHARED,
+    ));
+    api.apply(objects::pull_secret(
+        "ops", "regcred", REGISTRY, "deployer", SHARED,
+    ));
+    api.apply(service_account("team", "builder", &["regcred"]));
+    api.apply(objects::pullset(
+        "team",
+        "critical",
+        &["registry.team.example:5000/team/app:1"],
+        json!({"serviceAccountName": "builder"}),
+    ));
+    api.apply(objects::pullset(
+        "ops",
+        "ops-critical",
+        &["registry.team.example:5000/ops/tool:1"],
+        json!({"imagePullSecrets": [{"name": "regcred"}]}),
+    ));
+    // A Docker config in an Opaque Secret; a legacy dockercfg; an unused pull secret.
+    api.apply(secret(
+        "team",
+        "opaque-cred",
+        "Opaque",
+        &[(".dockerconfigjson", docker_config(OPAQUE))],
+    ));
+    let legacy = json!({REGISTRY: {"auth": b64(&format!("deployer:{LEGACY}"))}}).to_string();
+    api.apply(secret(
+        "team",
+        "legacy-cred",
+        "kubernetes.io/dockercfg",
+        &[(".dockercfg", legacy)],
+    ));
+    api.apply(objects::pull_secret(
+        "team", "spare", REGISTRY, "deployer", SPARE,
+    ));
+    // A token that expires in an hour, and a reference to nothing.
+    api.apply(objects::pull_secret(
+        "ci", "token", REGISTRY, "oauth2", &token,
+    ));
+    api.apply(service_account("ci", "runner", &["token", "gone"]));
+    // Old data (by creation time); old creation but recently rotated data (by managedFields).
+    let mut ancient = objects::pull_secret("ci", "ancient", REGISTRY, "deployer", ANCIENT);
+    ancient["metadata"]["creationTimestamp"] = json!("2020-01-01T00:00:00Z");
+    api.apply(ancient);
+    let mut rotated = objects::pull_secret("ci", "rotated", REGISTRY, "deployer", ROTATED);
+    rotated["metadata"]["creationTimestamp"] = json!("2020-01-01T00:00:00Z");
+    let yesterday = k8s_openapi::jiff::Timestamp::now()
+        .checked_sub(k8s_openapi::jiff::SignedDuration::from_hours(24))
+        .unwrap()
+        .to_string();
+    rotated["metadata"]["managedFields"] = json!([
+        {"manager": "kubectl-create", "operation": "Update", "apiVersion": "v1",
+         "time": "2020-01-01T00:00:00Z", "fieldsType": "FieldsV1",
+         "fieldsV1": {"f:data": {".": {}, "f:.dockerconfigjson": {}}, "f:type": {}}},
+        {"manager": "rotator", "operation": "Update", "apiVersion": "v1",
+         "time": yesterday, "fieldsType": "FieldsV1",
+         "fieldsV1": {"f:data": {"f:.dockerconfigjson": {}}}}
+    ]);
+    api.apply(rotated);
+    api.apply(service_account("ci", "default", &["ancient", "rotated"]));
+    // Not a pull secret, not referenced: not in the report at all.
+    api.apply(secret(
+        "team",
+        "db-password",
+        "Opaque",
+        &[("password", DB.to_string())],
+    ));
+
+    let all = [
+        SHARED,
+        OPAQUE,
+        LEGACY,
+        SPARE,
+        ANCIENT,
+        ROTATED,
+        DB,
+        token.as_str(),
+    ];
+    let run = audit(&api, &["--json"]);
+    run.assert_no_leak(&all);
+    assert_eq!(
+        run.code,
+        Some(1),
+        "stdout:\n{}\nstderr:\n{}",
+        run.stdout,
+        run.stderr
+    );
+    let report = run.json();
+
+    // Reused: one finding, both copies, one fingerprint that is neither the password nor its hash.
+    let reused = findings(&report, "Reused");
+    assert_eq!(reused.len(), 1, "{report:#}");
+    let fingerprint = reused[0]["fingerprint"].as_str().unwrap();
+    assert_eq!(reused[0]["namespaces"], json!(["ops", "team"]));
+    assert_eq!(reused[0]["registry"], REGISTRY);
+    for ns in ["team", "ops"] {
+        let row = secret_row(&report, ns, "regcred");
+        assert_eq!(row["registries"][0]["fingerprint"], fingerprint, "{row:#}");
+        assert_eq!(row["registries"][0]["registry"], REGISTRY);
+        assert_eq!(row["registries"][0]["username"], "deployer");
+        assert!(
+            row["findings"]
+                .as_array()
+                .unwrap()
+                .contains(&json!("Reused"))
+        );
+    }
+    assert!(!fingerprint.contains(SHARED));
+    assert_ne!(fingerprint, hex::encode(Sha256::digest(SHARED.as_bytes())));
+    assert_ne!(
+        fingerprint,
+        hex::encode(Sha256::digest(format!("deployer:{SHARED}").as_bytes()))
+    );
+    // Other credentials for the same registry and user: other fingerprints.
+    assert_ne!(
+        secret_row(&report, "team", "spare")["registries"][0]["fingerprint"],
+        fingerprint
+    );
+
+    // Users: the ServiceAccount, the PullSet through it, and a PullSet's own reference.
+    assert_eq!(
+        secret_row(&report, "team", "regcred")["users"],
+        json!([
+            {"kind": "ServiceAccount", "name": "builder"},
+            {"kind": "PullSet", "name": "critical", "via": "serviceAccount builder"}
+        ])
+    );
+    assert_eq!(
+        secret_row(&report, "ops", "regcred")["users"],
+        json!([{"kind": "PullSet", "name": "ops-critical", "via": "imagePullSecrets"}])
+    );
+
+    // Mistyped, legacy, unused, missing, expiring, old.
+    assert!(
+        flagged(&report, "WrongType", "Secret team/opaque-cred"),
+        "{report:#}"
+    );
+    assert!(
+        flagged(&report, "WrongType", "Secret team/legacy-cred"),
+        "{report:#}"
+    );
+    assert_eq!(
+        secret_row(&report, "team", "opaque-cred")["registries"][0]["registry"],
+        REGISTRY
+    );
+    assert!(
+        flagged(&report, "Unused", "Secret team/spare"),
+        "{report:#}"
+    );
+    assert!(!flagged(&report, "Unused", "Secret team/regcred"));
+    assert!(flagged(&report, "Missing", "Secret ci/gone"), "{report:#}");
+    assert!(
+        flagged(&report, "ExpiresSoon", "Secret ci/token"),
+        "{report:#}"
+    );
+    assert!(secret_row(&report, "ci", "token")["registries"][0]["expires_at"].is_string());
+    assert!(flagged(&report, "Old", "Secret ci/ancient"), "{report:#}");
+    assert_eq!(
+        secret_row(&report, "ci", "ancient")["data_changed"]["basis"],
+        "creationTimestamp"
+    );
+    assert!(!flagged(&report, "Old", "Secret ci/rotated"), "{report:#}");
+    assert_eq!(
+        secret_row(&report, "ci", "rotated")["data_changed"]["basis"],
+        "managedFields"
+    );
+    // Every finding has a hint; a Secret that is no pull secret is not listed.
+    for f in report["findings"].as_array().unwrap() {
+        assert!(!f["hint"].as_str().unwrap().is_empty(), "{f:#}");
+    }
+    assert!(!run.stdout.contains("db-password"));
+
+    // Pages are asked for (the test server ignores the limit; a real one honours it).
+    let requests = api.requests();
+    for path in [
+        "/api/v1/secrets?",
+        "/api/v1/serviceaccounts?",
+        "/apis/pullgate.io/v1alpha1/pullsets?",
+    ] {
+        assert!(
+            requests
+                .iter()
+                .any(|r| r.starts_with(&format!("GET {path}")) && r.contains("limit=500")),
+            "{path} not listed in pages: {requests:#?}"
+        );
+    }
+
+    // A second run draws another key: fingerprints are comparable within one report only.
+    let again = audit(&api, &["--json"]);
+    again.assert_no_leak(&all);
+    let again = again.json();
+    assert_ne!(findings(&again, "Reused")[0]["fingerprint"], fingerprint);
+
+    // The tables.
+    let table = audit(&api, &[]);
+    table.assert_no_leak(&all);
+    assert_eq!(table.code, Some(1), "{}\n{}", table.stdout, table.stderr);
+    for text in [
+        "NAMESPACE team",
+        "NAMESPACE ops",
+        "NAMESPACE ci",
+        REGISTRY,
+        "Reused",
+        "WrongType",
+        "hint: ",
+    ] {
+        assert!(
+            table.stdout.contains(text),
+            "`{text}` not in:\n{}",
+            table.stdout
+        );
+    }
+    // The table's fingerprints are this run's, not the JSON run's.
+    assert!(!table.stdout.contains(&fingerprint[..12]));
+}
+
+#[test]
+fn a_clean_cluster_exits_zero() {
+    let api = ApiServer::start().unwrap();
+    api.apply(objects::pull_secret(
+        "team", "regcred", REGISTRY, "deployer", CLEAN,
+    ));
+    api.apply(service_account("team", "default", &["regcred"]));
+    api.apply(objects::pullset(
+        "team",
+        "critical",
+        &["registry.team.example:5000/team/app:1"],
+        json!({}),
+    ));
+
+    let run = audit(&api, &["--json"]);
+    run.assert_no_leak(&[CLEAN]);
+    assert_eq!(
+        run.code,
+        Some(0),
+        "stdout:\n{}\nstderr:\n{}",
+        run.stdout,
+        run.stderr
+    );
+    let report = run.json();
+    assert_eq!(report["findings"], json!([]));
+    assert_eq!(
+        secret_row(&report, "team", "regcred")["users"],
+        json!([
+            {"kind": "ServiceAccount", "name": "default"},
+            {"kind": "PullSet", "name": "critical", "via": "serviceAccount default"}
+        ])
+    );
+
+    let table = audit(&api, &[]);
+    table.assert_no_leak(&[CLEAN]);
+    assert_eq!(table.code, Some(0), "{}\n{}", table.stdout, table.stderr);
+    assert!(table.stdout.contains("NAMESPACE team"), "{}", table.stdout);
+    assert!(table.stdout.contains(REGISTRY), "{}", table.stdout);
+    assert!(table.stdout.contains("no findings"), "{}", table.stdout);
+}
+
+#[test]
+fn an_unreachable_api_server_exits_two() {
+    let mut api = ApiServer::start().unwrap();
+    api.stop();
+    let run = audit(&api, &["--json"]);
+    assert_eq!(run.code, Some(2), "{}\n{}", run.stdout, run.stderr);
+    assert!(run.stderr.contains("cannot list"), "{}", run.stderr);
+}
