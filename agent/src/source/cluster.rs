@@ -77,6 +77,9 @@ fn with_state(shared: &Shared, f: impl FnOnce(&mut State)) {
     notify.notify_one();
 }
 
+/// How long a change waits for the objects it newly references before it is published anyway.
+const HOLD_LIMIT: Duration = Duration::from_secs(10);
+
 /// Starts the watches; publishes a fresh [`Loaded`] (with the node's labels) on every change.
 pub fn watch_cluster(
     client: Client,
@@ -94,10 +97,22 @@ pub fn watch_cluster(
         let mut referenced: HashMap<(char, ObjectKey), tokio::task::JoinHandle<()>> =
             HashMap::new();
         let mut published = u64::MAX;
+        // After the first complete picture, a change that references objects not read yet (a new
+        // PullSet and its Secret, created together) is held back until they are read — judging
+        // the set before would report its Secret missing — for at most HOLD_LIMIT.
+        let mut ever_synced = false;
+        let mut holding_since: Option<tokio::time::Instant> = None;
         loop {
+            let hold_deadline = holding_since.map(|t| t + HOLD_LIMIT);
             tokio::select! {
                 () = cancel.cancelled() => break,
                 () = shared.1.notified() => {}
+                () = async {
+                    match hold_deadline {
+                        Some(deadline) => tokio::time::sleep_until(deadline).await,
+                        None => std::future::pending().await,
+                    }
+                } => {}
             }
             // Let a burst of events settle.
             tokio::time::sleep(Duration::from_millis(100)).await;
@@ -140,6 +155,19 @@ pub fn watch_cluster(
                 keep
             });
             if generation != published {
+                if loaded.synced {
+                    ever_synced = true;
+                    holding_since = None;
+                } else if ever_synced {
+                    let since = *holding_since.get_or_insert_with(tokio::time::Instant::now);
+                    if since.elapsed() < HOLD_LIMIT {
+                        continue;
+                    }
+                    tracing::warn!(
+                        "objects referenced by PullSets were not read within {HOLD_LIMIT:?}; acting without them"
+                    );
+                    holding_since = None;
+                }
                 published = generation;
                 tx.send_replace(Arc::new(loaded));
             }

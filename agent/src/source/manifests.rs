@@ -90,6 +90,9 @@ pub enum ManifestError {
 const PULLSET_API_VERSION: &str = "pullgate.io/v1alpha1";
 
 /// Reads every `*.yaml` / `*.yml` file under `dir` (recursively, in path order).
+/// Files larger than this are reported and skipped, not parsed.
+pub const MAX_FILE_BYTES: u64 = 16 * 1024 * 1024;
+
 pub fn load_dir(dir: &Path) -> Result<Loaded, ManifestError> {
     let mut files = Vec::new();
     collect_files(dir, &mut files).map_err(|source| ManifestError::Directory {
@@ -101,6 +104,26 @@ pub fn load_dir(dir: &Path) -> Result<Loaded, ManifestError> {
     let mut hasher = Sha256::new();
     let mut origin: BTreeMap<String, PathBuf> = BTreeMap::new();
     for file in files {
+        // A Kubernetes object is at most ~1.5 MiB; a huge file is a mistake, and parsing it would
+        // take several copies of it in memory.
+        if let Ok(meta) = std::fs::metadata(&file)
+            && meta.len() > MAX_FILE_BYTES
+        {
+            loaded.problems.push(problem(
+                &file,
+                None,
+                None,
+                None,
+                format!(
+                    "{} MiB, over the {} MiB limit for one file (a Kubernetes object is at most 1.5 MiB); skipped",
+                    meta.len() / (1024 * 1024),
+                    MAX_FILE_BYTES / (1024 * 1024)
+                ),
+            ));
+            hasher.update(file.as_os_str().as_encoded_bytes());
+            hasher.update(meta.len().to_be_bytes());
+            continue;
+        }
         let text = match std::fs::read(&file) {
             Ok(bytes) => bytes,
             Err(e) => {
