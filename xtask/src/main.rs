@@ -21,6 +21,19 @@ commands:
                        pre-pull benchmark: pullgate vs serial and concurrent CRI pulls
   bench canary [--rotations N]
                        canary benchmark: Secret edit to canary report latency, requests per depth
+  bench reconcile [--images N] [--runs R]
+                       a `run --once` pass over N images already present (default 2000): time, and
+                       CRI calls per pass counted on the wire (one ListImages, no ImageStatus)
+  bench idle [--pullsets P] [--images N] [--secrets S] [--seconds T] [--canary-schedule CRON]
+                       the daemon at steady state (default 100 / 500 / 200, 60 s): RSS and CPU
+  bench api [--minutes M] [--pullsets P]
+                       cluster mode against the test API server: requests per node per hour at
+                       steady state (default window 12 min: two watch renewals, one heartbeat)
+  sim [--nodes N]      fleet simulation: N agents' canary services in one process against the test
+                       API server and a registry behind a counting proxy; peak registry requests/s
+                       for a scheduled canary with and without jitter, and after a rotation
+  soak [--minutes M]   the agent under steady churn for M minutes (default 30; not in CI): RSS and
+                       open file descriptors sampled, fails when either grows
   fuzz [SECONDS]       coverage-guided fuzzing (cargo fuzz, nightly) of the Docker config, image
                        reference and keyring parsers, SECONDS per target (default 60)";
 
@@ -54,9 +67,14 @@ fn main() -> Result<()> {
         Some("manifests") => manifests(),
         Some("bench") => match args.get(1).map(String::as_str) {
             Some("canary") => bench("bench-canary", &args[2..]),
+            Some("reconcile") => bench("bench-reconcile", &args[2..]),
+            Some("idle") => bench("bench-idle", &args[2..]),
+            Some("api") => bench("bench-api", &args[2..]),
             Some("prepull") | None => bench("bench-prepull", args.get(2..).unwrap_or_default()),
             Some(other) => bail!("unknown benchmark `{other}`\n\n{USAGE}"),
         },
+        Some("sim") => release_bin("pullgate-sim", &args[1..]),
+        Some("soak") => release_bin("pullgate-soak", &args[1..]),
         Some("fuzz") => {
             let seconds: u64 = match args.get(1) {
                 Some(s) => s
@@ -150,6 +168,23 @@ fn bench(which: &str, extra: &[String]) -> Result<()> {
         "pullgate-env",
         "--",
         which,
+    ];
+    cmd.extend(extra.iter().map(String::as_str));
+    cargo(&cmd)
+}
+
+/// Runs one of the test crate's drivers in release, after `deps`.
+fn release_bin(bin: &str, extra: &[String]) -> Result<()> {
+    deps()?;
+    let mut cmd = vec![
+        "run",
+        "--quiet",
+        "--release",
+        "-p",
+        "pullgate-testenv",
+        "--bin",
+        bin,
+        "--",
     ];
     cmd.extend(extra.iter().map(String::as_str));
     cargo(&cmd)

@@ -43,6 +43,37 @@ enum Cmd {
         #[arg(long, default_value_t = 5)]
         runs: usize,
     },
+    /// Reconcile benchmark: `run --once` over N images that are all present; CRI calls per pass.
+    BenchReconcile {
+        #[arg(long, default_value_t = 2000)]
+        images: usize,
+        /// Timed passes per method; medians are reported.
+        #[arg(long, default_value_t = 5)]
+        runs: usize,
+    },
+    /// Idle benchmark: RSS and CPU of the daemon at steady state (everything present).
+    BenchIdle {
+        #[arg(long, default_value_t = 100)]
+        pullsets: usize,
+        #[arg(long, default_value_t = 500)]
+        images: usize,
+        #[arg(long, default_value_t = 200)]
+        secrets: usize,
+        /// Sampling window after the first pass.
+        #[arg(long, default_value_t = 60)]
+        seconds: u64,
+        /// Give every PullSet a canary on this cron schedule (e.g. `0 3 * * *`); none by default.
+        #[arg(long)]
+        canary_schedule: Option<String>,
+    },
+    /// API-server benchmark: requests per node per hour at steady state, in cluster mode.
+    BenchApi {
+        /// Window counted after the initial sync and first pass.
+        #[arg(long, default_value_t = 12.0)]
+        minutes: f64,
+        #[arg(long, default_value_t = 10)]
+        pullsets: usize,
+    },
 }
 
 /// The registry name used in examples/demo; containerd maps it to the demo registry's real port.
@@ -60,6 +91,21 @@ fn main() -> Result<()> {
             runs,
         } => bench_prepull(images, size_mib, runs),
         Cmd::BenchCanary { rotations } => bench_canary(rotations),
+        Cmd::BenchReconcile { images, runs } => bench_reconcile(images, runs),
+        Cmd::BenchIdle {
+            pullsets,
+            images,
+            secrets,
+            seconds,
+            canary_schedule,
+        } => bench_idle(
+            pullsets,
+            images,
+            secrets,
+            seconds,
+            canary_schedule.as_deref(),
+        ),
+        Cmd::BenchApi { minutes, pullsets } => bench_api(minutes, pullsets),
     }
 }
 
@@ -626,5 +672,1062 @@ fn write_atomically(dir: &Path, name: &str, text: &str) -> Result<()> {
     let tmp = dir.join(format!(".{name}"));
     std::fs::write(&tmp, text)?;
     std::fs::rename(tmp, dir.join(name))?;
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------------------
+// Fleet figures: reconcile pass over present images, idle footprint, API-server requests.
+// ---------------------------------------------------------------------------------------------
+
+const BENCH_USER: &str = "bench";
+const BENCH_PASSWORD: &str = "bench-Passw0rd-9e8d7c";
+
+/// Pushes `count` tiny images `PREFIX/imgNNNNN:v1` (one 256-byte layer each, distinct content),
+/// 16 at a time.
+fn push_tiny(registry: &Registry, prefix: &str, count: usize) -> Result<Vec<PushedImage>> {
+    use futures::StreamExt as _;
+    let host = registry.host();
+    let started = Instant::now();
+    eprintln!("bench: pushing {count} tiny images (one 256-byte layer each), 16 at a time…");
+    let mut pushed: Vec<(usize, PushedImage)> = block_on(async {
+        let mut pushes = futures::stream::iter(0..count)
+            .map(|i| {
+                let host = &host;
+                async move {
+                    let spec =
+                        ImageSpec::new(&format!("{prefix}/img{i:05}"), "v1").with_layers(&[256]);
+                    images::push(host, BENCH_USER, BENCH_PASSWORD, &spec)
+                        .await
+                        .map(|p| (i, p))
+                }
+            })
+            .buffer_unordered(16);
+        let mut done = Vec::with_capacity(count);
+        while let Some(result) = pushes.next().await {
+            done.push(result?);
+            if done.len() % 500 == 0 {
+                eprintln!("  {} pushed", done.len());
+            }
+        }
+        Ok::<_, anyhow::Error>(done)
+    })?;
+    pushed.sort_by_key(|(i, _)| *i);
+    eprintln!(
+        "bench: {count} images pushed in {:.1} s",
+        started.elapsed().as_secs_f64()
+    );
+    Ok(pushed.into_iter().map(|(_, p)| p).collect())
+}
+
+/// A finished `pullgate run --once` (default log level, JSON lines parsed).
+struct OnceRun {
+    wall: Duration,
+    code: Option<i32>,
+    lines: Vec<serde_json::Value>,
+    stderr: String,
+}
+
+impl OnceRun {
+    fn prepulls(&self) -> impl Iterator<Item = &serde_json::Value> {
+        self.lines.iter().filter(|l| l["kind"] == "prepull")
+    }
+}
+
+fn run_once(binary: &Path, manifests: &Path, endpoint: &str, extra: &[&str]) -> Result<OnceRun> {
+    let start = Instant::now();
+    let out = Command::new(binary)
+        .args([
+            "run",
+            "--once",
+            "--metrics-addr",
+            "127.0.0.1:0",
+            "--api-socket",
+            "off",
+            "--node-name",
+            "bench",
+        ])
+        .args(extra)
+        .arg("--manifests")
+        .arg(manifests)
+        .arg("--cri-endpoint")
+        .arg(endpoint)
+        .env_remove("RUST_LOG")
+        .stdin(Stdio::null())
+        .output()
+        .context("run pullgate --once")?;
+    let wall = start.elapsed();
+    Ok(OnceRun {
+        wall,
+        code: out.status.code(),
+        lines: String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter_map(|l| serde_json::from_str(l).ok())
+            .collect(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    })
+}
+
+fn median<T: Ord + Copy>(values: &[T]) -> T {
+    let mut v = values.to_vec();
+    v.sort();
+    v[v.len() / 2]
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1000.0
+}
+
+/// Calls per gRPC method seen by a [`CriCounter`], with the time to the response headers.
+#[derive(Clone, Copy, Debug, Default)]
+struct CallStats {
+    calls: u64,
+    answered_in: Duration,
+}
+
+type CallTable = std::collections::BTreeMap<String, CallStats>;
+
+/// A counting CRI proxy: a gRPC server on a Unix socket of its own that forwards every request,
+/// untouched (bodies and trailers streamed through), to the real runtime's socket, and counts
+/// the calls per method. containerd logs CRI reads only at trace level, so the calls are counted
+/// here, on the wire.
+struct CriCounter {
+    dir: tempfile::TempDir,
+    calls: std::sync::Arc<std::sync::Mutex<CallTable>>,
+    shutdown: Option<tokio::sync::oneshot::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl CriCounter {
+    fn start(upstream: &str) -> Result<Self> {
+        use std::sync::{Arc, Mutex};
+        let upstream: pullgate::cri::CriEndpoint = upstream
+            .parse()
+            .map_err(|e| anyhow::anyhow!("CRI endpoint `{upstream}`: {e}"))?;
+        // Short prefix: the socket path must fit in sun_path.
+        let dir = tempfile::Builder::new()
+            .prefix("pgcri-")
+            .tempdir_in("/tmp")?;
+        let listener = std::os::unix::net::UnixListener::bind(dir.path().join("cri.sock"))?;
+        listener.set_nonblocking(true)?;
+        let calls: Arc<Mutex<CallTable>> = Arc::default();
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        let table = calls.clone();
+        let thread = std::thread::spawn(move || {
+            let Ok(runtime) = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .enable_all()
+                .build()
+            else {
+                return;
+            };
+            runtime.block_on(async move {
+                let Ok(listener) = tokio::net::UnixListener::from_std(listener) else {
+                    return;
+                };
+                let channel = pullgate::cri::connect(&upstream, Duration::from_secs(5));
+                let app = axum::Router::new().fallback(move |request: axum::extract::Request| {
+                    forward(channel.clone(), table.clone(), request)
+                });
+                let incoming = tokio_stream::wrappers::UnixListenerStream::new(listener);
+                let _ = tonic::transport::Server::builder()
+                    .add_routes(app.into())
+                    .serve_with_incoming_shutdown(incoming, async {
+                        let _ = rx.await;
+                    })
+                    .await;
+            });
+        });
+        Ok(Self {
+            dir,
+            calls,
+            shutdown: Some(tx),
+            thread: Some(thread),
+        })
+    }
+
+    fn endpoint(&self) -> String {
+        format!("unix://{}", self.dir.path().join("cri.sock").display())
+    }
+
+    fn snapshot(&self) -> CallTable {
+        self.calls
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
+    }
+}
+
+impl Drop for CriCounter {
+    fn drop(&mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+/// Forwards one gRPC request to the runtime and counts it under its method (`ListImages`).
+async fn forward(
+    channel: tonic::transport::Channel,
+    calls: std::sync::Arc<std::sync::Mutex<CallTable>>,
+    request: axum::extract::Request,
+) -> axum::response::Response {
+    let method = request
+        .uri()
+        .path()
+        .rsplit('/')
+        .next()
+        .unwrap_or_default()
+        .to_string();
+    let started = Instant::now();
+    let (parts, body) = request.into_parts();
+    let request = axum::http::Request::from_parts(parts, tonic::body::Body::new(body));
+    let response = tower::ServiceExt::oneshot(channel, request).await;
+    {
+        let mut table = calls
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let entry = table.entry(method).or_default();
+        entry.calls += 1;
+        entry.answered_in += started.elapsed();
+    }
+    match response {
+        Ok(response) => {
+            let (parts, body) = response.into_parts();
+            axum::response::Response::from_parts(parts, axum::body::Body::new(body))
+        }
+        Err(e) => {
+            let (parts, ()) = tonic::Status::unavailable(format!("proxy: {e}"))
+                .into_http::<()>()
+                .into_parts();
+            axum::response::Response::from_parts(parts, axum::body::Body::empty())
+        }
+    }
+}
+
+/// Calls made between two snapshots, per method.
+fn calls_between(before: &CallTable, after: &CallTable) -> CallTable {
+    after
+        .iter()
+        .map(|(method, a)| {
+            let b = before.get(method).copied().unwrap_or_default();
+            (
+                method.clone(),
+                CallStats {
+                    calls: a.calls - b.calls,
+                    answered_in: a.answered_in.saturating_sub(b.answered_in),
+                },
+            )
+        })
+        .filter(|(_, s)| s.calls > 0)
+        .collect()
+}
+
+fn bench_reconcile(count: usize, runs: usize) -> Result<()> {
+    use pullgate_testenv::manifests::{pull_secret, pullset};
+    ensure!(
+        count > 0 && runs > 0,
+        "--images and --runs must be positive"
+    );
+    let binary = pullgate_binary()?;
+    let registry = Registry::start(&[(BENCH_USER, BENCH_PASSWORD)])?;
+    let containerd = Containerd::start(&[registry.host()])?;
+    let images = push_tiny(&registry, "reconcile", count)?;
+
+    // PullSets of 100 images each, one Secret.
+    let manifests = tempfile::tempdir()?;
+    let mut yaml = pull_secret(
+        "bench",
+        "regcred",
+        &registry.host(),
+        BENCH_USER,
+        BENCH_PASSWORD,
+    );
+    let sets = images.chunks(100).count();
+    for (n, chunk) in images.chunks(100).enumerate() {
+        let refs: Vec<&str> = chunk.iter().map(|i| i.by_tag.as_str()).collect();
+        yaml.push_str("---\n");
+        yaml.push_str(&pullset(
+            "bench",
+            &format!("set{n:03}"),
+            &refs,
+            &["regcred"],
+        ));
+    }
+    std::fs::write(manifests.path().join("bench.yaml"), yaml)?;
+    let endpoint = containerd.endpoint();
+
+    // The first pass pulls everything, through the counting proxy: it shows the proxy sees every
+    // kind of call (ImageStatus before and after each pull, PullImage).
+    let counter = CriCounter::start(&endpoint)?;
+    let proxied_endpoint = counter.endpoint();
+    eprintln!("bench: first pass pulls the {count} images (`run --once --max-parallel-pulls 16`)…");
+    let warm = run_once(
+        &binary,
+        manifests.path(),
+        &proxied_endpoint,
+        &["--max-parallel-pulls", "16"],
+    )?;
+    let warm_calls = counter.snapshot();
+    ensure!(
+        warm.code == Some(0) && warm.prepulls().count() == count,
+        "the first pass failed (exit {:?}, {} outcomes)\n{}",
+        warm.code,
+        warm.prepulls().count(),
+        warm.stderr
+    );
+    let held = block_on(async { containerd.cri().list_images().await })?.len();
+    eprintln!(
+        "bench: pulled in {:.1} s; the runtime holds {held} images",
+        warm.wall.as_secs_f64()
+    );
+
+    let check = |run: &OnceRun| -> Result<u64> {
+        ensure!(
+            run.code == Some(0),
+            "pullgate run --once exited {:?}\n{}",
+            run.code,
+            run.stderr
+        );
+        let mut outcomes = 0;
+        let mut attempts = 0;
+        for l in run.prepulls() {
+            ensure!(
+                l["action"] == "present" && l["verdict"] == "Ok",
+                "not present: {l}"
+            );
+            outcomes += 1;
+            attempts += l["attempts"].as_u64().unwrap_or(0);
+        }
+        ensure!(outcomes == count, "{outcomes} outcomes, {count} expected");
+        Ok(attempts)
+    };
+
+    let mut direct = Vec::new();
+    let mut proxied = Vec::new();
+    let mut attempts = Vec::new();
+    let mut passes: Vec<CallTable> = Vec::new();
+    for run in 0..runs {
+        // Interleaved: direct to containerd (the figure), then through the counting proxy.
+        let r = run_once(&binary, manifests.path(), &endpoint, &[])?;
+        attempts.push(check(&r)?);
+        direct.push(r.wall);
+        let before = counter.snapshot();
+        let r = run_once(&binary, manifests.path(), &proxied_endpoint, &[])?;
+        attempts.push(check(&r)?);
+        proxied.push(r.wall);
+        let calls = calls_between(&before, &counter.snapshot());
+        eprintln!(
+            "  run {}/{runs}: direct {:>6.0} ms, through the proxy {:>6.0} ms, CRI calls {}",
+            run + 1,
+            ms(direct[run]),
+            ms(proxied[run]),
+            calls
+                .iter()
+                .map(|(m, s)| format!("{m}×{}", s.calls))
+                .collect::<Vec<_>>()
+                .join(" ")
+        );
+        passes.push(calls);
+    }
+    drop(counter);
+
+    // What checking image by image would cost instead: one ImageStatus per image, serially.
+    let by_image = block_on(async {
+        let cri = containerd.cri();
+        let start = Instant::now();
+        for image in &images {
+            ensure!(
+                cri.image_status(&image.by_tag).await?.is_some(),
+                "{} absent",
+                image.by_tag
+            );
+        }
+        Ok::<_, anyhow::Error>(start.elapsed())
+    })?;
+
+    let per_pass = |method: &str| -> String {
+        let counts: Vec<u64> = passes
+            .iter()
+            .map(|p| p.get(method).map_or(0, |s| s.calls))
+            .collect();
+        let (lo, hi) = (
+            counts.iter().min().copied().unwrap_or(0),
+            counts.iter().max().copied().unwrap_or(0),
+        );
+        if lo == hi {
+            format!("{lo} (every run)")
+        } else {
+            format!("{lo}–{hi}")
+        }
+    };
+    let list_answered: Vec<Duration> = passes
+        .iter()
+        .filter_map(|p| p.get("ListImages"))
+        .map(|s| s.answered_in / u32::try_from(s.calls.max(1)).unwrap_or(1))
+        .collect();
+    let others: std::collections::BTreeSet<&String> = passes
+        .iter()
+        .flat_map(|p| p.keys())
+        .filter(|m| !matches!(m.as_str(), "ListImages" | "ImageStatus" | "PullImage"))
+        .collect();
+
+    println!(
+        "reconcile benchmark: {count} images already present ({sets} PullSet(s) of up to 100 images, one Secret), {runs} runs, medians"
+    );
+    println!();
+    println!("| figure | value |");
+    println!("|---|---|");
+    println!(
+        "| `pullgate run --once` over {count} present images (process start to exit) | {:.0} ms |",
+        ms(median(&direct))
+    );
+    println!(
+        "| the same through the counting CRI proxy | {:.0} ms |",
+        ms(median(&proxied))
+    );
+    println!(
+        "| CRI `ListImages` calls per pass | {} |",
+        per_pass("ListImages")
+    );
+    println!(
+        "| CRI `ImageStatus` calls per pass | {} |",
+        per_pass("ImageStatus")
+    );
+    println!(
+        "| CRI `PullImage` calls per pass | {} |",
+        per_pass("PullImage")
+    );
+    for method in others {
+        println!("| CRI `{method}` calls per run | {} |", per_pass(method));
+    }
+    println!(
+        "| `attempts` summed over the {count} outcomes of a pass | {} |",
+        attempts.iter().max().copied().unwrap_or(0)
+    );
+    if !list_answered.is_empty() {
+        println!(
+            "| `ListImages` answered by containerd ({held} images) | {:.0} ms |",
+            ms(median(&list_answered))
+        );
+    }
+    println!(
+        "| for comparison: {count} `ImageStatus` calls one after another | {:.0} ms |",
+        ms(by_image)
+    );
+    println!(
+        "| for comparison: the first pass, which pulled them (`--max-parallel-pulls 16`), CRI calls | {} |",
+        warm_calls
+            .iter()
+            .map(|(m, s)| format!("{m} {}", s.calls))
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
+    Ok(())
+}
+
+/// The daemon under measurement: its own process (default log level), stdout JSON lines counted
+/// by a reader thread, stderr to a file; SIGTERM on drop.
+struct Daemon {
+    child: std::process::Child,
+    prepulls: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    canaries: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    reader: Option<std::thread::JoinHandle<()>>,
+    log: PathBuf,
+}
+
+impl Daemon {
+    fn spawn(mut command: Command, log: PathBuf) -> Result<Self> {
+        use std::io::BufRead as _;
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        let mut child = command
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(std::fs::File::create(&log)?)
+            .spawn()
+            .context("spawn pullgate")?;
+        let stdout = child.stdout.take().context("stdout")?;
+        let prepulls = std::sync::Arc::new(AtomicUsize::new(0));
+        let canaries = std::sync::Arc::new(AtomicUsize::new(0));
+        let (p, c) = (prepulls.clone(), canaries.clone());
+        let reader = std::thread::spawn(move || {
+            for line in std::io::BufReader::new(stdout)
+                .lines()
+                .map_while(Result::ok)
+            {
+                if line.starts_with(r#"{"kind":"prepull""#) {
+                    p.fetch_add(1, Ordering::Relaxed);
+                } else if line.starts_with(r#"{"kind":"canary""#) {
+                    c.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+        });
+        Ok(Self {
+            child,
+            prepulls,
+            canaries,
+            reader: Some(reader),
+            log,
+        })
+    }
+
+    fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    fn prepulls(&self) -> usize {
+        self.prepulls.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    fn canaries(&self) -> usize {
+        self.canaries.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    fn wait_for(&self, what: &str, timeout: Duration, done: impl Fn(&Self) -> bool) -> Result<()> {
+        let deadline = Instant::now() + timeout;
+        while !done(self) {
+            if Instant::now() > deadline {
+                bail!(
+                    "timed out waiting for {what}\nstderr:\n{}",
+                    std::fs::read_to_string(&self.log).unwrap_or_default()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        Ok(())
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = Command::new("kill")
+            .arg("-TERM")
+            .arg(self.child.id().to_string())
+            .status();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        if let Some(reader) = self.reader.take() {
+            let _ = reader.join();
+        }
+    }
+}
+
+/// One reading of `/proc/PID`: resident and peak memory (KiB), threads, CPU ticks (user+system).
+#[derive(Clone, Copy, Debug)]
+struct ProcSample {
+    at: Instant,
+    rss_kib: u64,
+    hwm_kib: u64,
+    threads: u64,
+    ticks: u64,
+}
+
+fn proc_sample(pid: u32) -> Result<ProcSample> {
+    let at = Instant::now();
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .with_context(|| format!("read /proc/{pid}/status (did the agent exit?)"))?;
+    let field = |name: &str| -> u64 {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .and_then(|v| v.split_whitespace().next())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0)
+    };
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
+    // Fields after the command name (which may hold spaces): state is field 3, utime 14, stime 15.
+    let rest: Vec<&str> = stat
+        .rsplit_once(')')
+        .map(|(_, r)| r.split_whitespace().collect())
+        .unwrap_or_default();
+    let tick = |i: usize| -> u64 { rest.get(i).and_then(|v| v.parse().ok()).unwrap_or(0) };
+    Ok(ProcSample {
+        at,
+        rss_kib: field("VmRSS:"),
+        hwm_kib: field("VmHWM:"),
+        threads: field("Threads:"),
+        ticks: tick(11) + tick(12),
+    })
+}
+
+/// Clock ticks per second of `/proc/PID/stat` (`getconf CLK_TCK`; 100 on Linux).
+fn clock_ticks() -> u64 {
+    Command::new("getconf")
+        .arg("CLK_TCK")
+        .output()
+        .ok()
+        .and_then(|o| String::from_utf8_lossy(&o.stdout).trim().parse().ok())
+        .unwrap_or(100)
+}
+
+fn mib(kib: u64) -> f64 {
+    kib as f64 / 1024.0
+}
+
+fn bench_idle(
+    pullsets: usize,
+    image_count: usize,
+    secret_count: usize,
+    seconds: u64,
+    canary_schedule: Option<&str>,
+) -> Result<()> {
+    use pullgate_testenv::manifests::{pull_secret, pullset};
+    ensure!(
+        pullsets > 0 && image_count >= pullsets && secret_count >= pullsets,
+        "every PullSet needs at least one image and one Secret"
+    );
+    let binary = pullgate_binary()?;
+    let registry = Registry::start(&[(BENCH_USER, BENCH_PASSWORD)])?;
+    let containerd = Containerd::start(&[registry.host()])?;
+    let host = registry.host();
+    let images = push_tiny(&registry, "idle", image_count)?;
+
+    // PullSet i lives in namespace team(i % 10), lists images j with j % pullsets == i, and
+    // references Secrets j with j % pullsets == i (in its namespace): the first for the bench
+    // registry, the others for registries it does not pull from.
+    let namespaces = pullsets.min(10);
+    let manifests = tempfile::tempdir()?;
+    let mut files = vec![String::new(); namespaces];
+    for j in 0..secret_count {
+        let owner = j % pullsets;
+        let key = if j < pullsets {
+            host.clone()
+        } else {
+            format!("registry-{j}.example.invalid:5000")
+        };
+        let doc = &mut files[owner % namespaces];
+        doc.push_str(&pull_secret(
+            &format!("team{}", owner % namespaces),
+            &format!("pull-{j:04}"),
+            &key,
+            BENCH_USER,
+            BENCH_PASSWORD,
+        ));
+        doc.push_str("---\n");
+    }
+    for i in 0..pullsets {
+        let refs: Vec<&str> = images
+            .iter()
+            .enumerate()
+            .filter(|(j, _)| j % pullsets == i)
+            .map(|(_, p)| p.by_tag.as_str())
+            .collect();
+        let secrets: Vec<String> = (0..secret_count)
+            .filter(|j| j % pullsets == i)
+            .map(|j| format!("pull-{j:04}"))
+            .collect();
+        let secrets: Vec<&str> = secrets.iter().map(String::as_str).collect();
+        let mut set = pullset(
+            &format!("team{}", i % namespaces),
+            &format!("set-{i:03}"),
+            &refs,
+            &secrets,
+        );
+        if let Some(schedule) = canary_schedule {
+            set = set.replace(
+                "spec:\n",
+                &format!("spec:\n  canary: {{schedule: '{schedule}', depth: manifest}}\n"),
+            );
+        }
+        let doc = &mut files[i % namespaces];
+        doc.push_str(&set);
+        doc.push_str("---\n");
+    }
+    for (n, text) in files.iter().enumerate() {
+        std::fs::write(manifests.path().join(format!("team{n}.yaml")), text)?;
+    }
+    let endpoint = containerd.endpoint();
+
+    eprintln!("bench: first pass pulls the {image_count} images…");
+    let warm = run_once(
+        &binary,
+        manifests.path(),
+        &endpoint,
+        &["--max-parallel-pulls", "16"],
+    )?;
+    ensure!(
+        warm.code == Some(0) && warm.prepulls().count() == image_count,
+        "the first pass failed (exit {:?}, {} outcomes)\n{}",
+        warm.code,
+        warm.prepulls().count(),
+        warm.stderr
+    );
+
+    eprintln!(
+        "bench: starting `pullgate run` (daemon, default flags and log level, canaries {})…",
+        canary_schedule.map_or("off".to_string(), |s| format!("on `{s}`"))
+    );
+    let scratch = tempfile::Builder::new()
+        .prefix("pgidle-")
+        .tempdir_in("/tmp")?;
+    let mut command = Command::new(&binary);
+    command
+        .args([
+            "run",
+            "--node-name",
+            "bench",
+            "--metrics-addr",
+            "127.0.0.1:0",
+        ])
+        .arg("--api-socket")
+        .arg(scratch.path().join("agent.sock"))
+        .arg("--manifests")
+        .arg(manifests.path())
+        .arg("--cri-endpoint")
+        .arg(&endpoint)
+        .args(["--insecure-registry", &host])
+        .env_remove("RUST_LOG");
+    let started = Instant::now();
+    let daemon = Daemon::spawn(command, scratch.path().join("agent.log"))?;
+    let pid = daemon.pid();
+    daemon.wait_for("the first pass", Duration::from_secs(300), |d| {
+        d.prepulls() >= image_count
+    })?;
+    if canary_schedule.is_some() {
+        daemon.wait_for("the start-up canaries", Duration::from_secs(300), |d| {
+            d.canaries() >= image_count
+        })?;
+    }
+    let first_pass = started.elapsed();
+    let after_first = proc_sample(pid)?;
+    // Let the tail of start-up (tasks that finish after the last report) settle.
+    std::thread::sleep(Duration::from_secs(5));
+
+    eprintln!("bench: sampling /proc/{pid} every second for {seconds} s…");
+    let clk = clock_ticks();
+    let prepulls_before = daemon.prepulls();
+    let mut samples = vec![proc_sample(pid)?];
+    let end = samples[0].at + Duration::from_secs(seconds);
+    while Instant::now() < end {
+        std::thread::sleep(Duration::from_secs(1));
+        samples.push(proc_sample(pid)?);
+    }
+    let passes = (daemon.prepulls() - prepulls_before) as f64 / image_count as f64;
+    drop(daemon);
+
+    let (first, last) = (samples[0], samples[samples.len() - 1]);
+    let cpu_pct = |a: &ProcSample, b: &ProcSample| {
+        (b.ticks - a.ticks) as f64 / clk as f64 / (b.at - a.at).as_secs_f64() * 100.0
+    };
+    let average = cpu_pct(&first, &last);
+    let busiest_10s = samples
+        .windows(11)
+        .map(|w| cpu_pct(&w[0], &w[10]))
+        .fold(0.0_f64, f64::max);
+    let rss: Vec<u64> = samples.iter().map(|s| s.rss_kib).collect();
+    let rss_median = median(&rss);
+    let rss_max = rss.iter().max().copied().unwrap_or(0);
+
+    println!(
+        "idle benchmark: {pullsets} PullSets, {image_count} images (all present), {secret_count} Secrets (dockerconfigjson), canaries {}, release build",
+        canary_schedule.map_or("off".to_string(), |s| format!("on `{s}` (depth manifest)"))
+    );
+    println!();
+    println!("| figure | value |");
+    println!("|---|---|");
+    println!(
+        "| start-up to end of first pass{} | {:.1} s, {:.2} CPU-s, peak RSS {:.1} MiB |",
+        if canary_schedule.is_some() {
+            " and start-up canaries"
+        } else {
+            ""
+        },
+        first_pass.as_secs_f64(),
+        after_first.ticks as f64 / clk as f64,
+        mib(after_first.hwm_kib)
+    );
+    println!(
+        "| RSS at idle, median over {seconds} s (max) | {:.1} MiB ({:.1} MiB) (target < 30 MiB) |",
+        mib(rss_median),
+        mib(rss_max)
+    );
+    println!(
+        "| peak RSS since start (`VmHWM`) | {:.1} MiB |",
+        mib(last.hwm_kib)
+    );
+    println!(
+        "| CPU at idle, average over {seconds} s | {average:.2} % of one core (target < 1 %) |"
+    );
+    println!("| CPU, busiest 10 s of the window | {busiest_10s:.2} % of one core |");
+    println!("| recheck passes in the window (`--recheck-interval` 5m) | {passes:.1} |");
+    println!("| threads | {} |", last.threads);
+    Ok(())
+}
+
+/// One request the test API server saw, as `METHOD path?query`, classified.
+struct ApiRequest {
+    at: Instant,
+    line: String,
+}
+
+impl ApiRequest {
+    fn method(&self) -> &str {
+        self.line.split(' ').next().unwrap_or_default()
+    }
+
+    fn path(&self) -> &str {
+        let target = self.line.split(' ').nth(1).unwrap_or_default();
+        target.split('?').next().unwrap_or_default()
+    }
+
+    fn query(&self, key: &str) -> Option<&str> {
+        let target = self.line.split(' ').nth(1)?;
+        target
+            .split_once('?')?
+            .1
+            .split('&')
+            .find_map(|kv| kv.strip_prefix(key)?.strip_prefix('='))
+    }
+
+    fn is_watch(&self) -> bool {
+        self.method() == "GET" && matches!(self.query("watch"), Some("true" | "1"))
+    }
+
+    /// What a watch watches: the collection and its field selector.
+    fn watch_key(&self) -> String {
+        format!(
+            "{} {}",
+            self.path(),
+            self.query("fieldSelector").unwrap_or_default()
+        )
+    }
+
+    fn category(&self) -> &'static str {
+        let path = self.path();
+        let segments: Vec<&str> = path.trim_matches('/').split('/').collect();
+        let is_collection = |s: &[&str]| match s {
+            ["api", _, plural] | ["apis", _, _, plural] => !plural.is_empty(),
+            ["api", _, "namespaces", _, _] | ["apis", _, _, "namespaces", _, _] => true,
+            _ => false,
+        };
+        match self.method() {
+            "GET" if self.is_watch() => "watch (re-)established",
+            "GET" if is_collection(&segments) => "list",
+            "GET" => "get",
+            "PATCH" if path.contains("/nodes/") && path.ends_with("/status") => {
+                "patch Node status (conditions)"
+            }
+            "PATCH" if path.contains("/nodes/") => "patch Node (taint)",
+            "POST" | "PATCH" if path.contains("/events") => "Events",
+            _ => "other",
+        }
+    }
+}
+
+fn bench_api(minutes: f64, pullsets: usize) -> Result<()> {
+    use pullgate_testenv::apiserver::{ApiServer, objects};
+    use serde_json::json;
+    const NODE: &str = "test-node";
+    const TAINT: &str = "pullgate.io/not-ready";
+    const IMAGES_PER_SET: usize = 3;
+    ensure!(
+        minutes > 0.0 && pullsets > 0,
+        "--minutes and --pullsets must be positive"
+    );
+    let registry = Registry::start(&[(BENCH_USER, BENCH_PASSWORD)])?;
+    let containerd = Containerd::start(&[registry.host()])?;
+    let host = registry.host();
+    let pool = push_tiny(&registry, "api", 2 * pullsets)?;
+    let api = ApiServer::start()?;
+    let scratch = tempfile::tempdir()?;
+    let kubeconfig = scratch.path().join("kubeconfig");
+    std::fs::write(&kubeconfig, api.kubeconfig())?;
+
+    // A node that registered with the start-up taint; two PullSets per namespace, one naming its
+    // two Secrets, the other its ServiceAccount (which lists one of them); overlapping images; a
+    // daily registry canary; the first PullSet gated.
+    api.apply(objects::node(NODE, &[(TAINT, "NoSchedule")]));
+    let mut namespaces = std::collections::BTreeSet::new();
+    for i in 0..pullsets {
+        let ns = format!("team{}", i / 2);
+        if namespaces.insert(ns.clone()) {
+            for secret in ["regcred-a", "regcred-b"] {
+                api.apply(objects::pull_secret(
+                    &ns,
+                    secret,
+                    &host,
+                    BENCH_USER,
+                    BENCH_PASSWORD,
+                ));
+            }
+            api.apply(json!({"apiVersion": "v1", "kind": "ServiceAccount",
+                "metadata": {"name": "puller", "namespace": ns},
+                "imagePullSecrets": [{"name": "regcred-b"}]}));
+        }
+        let refs: Vec<&str> = (0..IMAGES_PER_SET)
+            .map(|k| pool[(2 * i + k) % pool.len()].by_tag.as_str())
+            .collect();
+        let mut spec = json!({"gate": i == 0,
+            "canary": {"schedule": "0 3 * * *", "depth": "manifest"}});
+        if i % 2 == 0 {
+            spec["imagePullSecrets"] = json!([{"name": "regcred-a"}, {"name": "regcred-b"}]);
+        } else {
+            spec["serviceAccountName"] = json!("puller");
+        }
+        api.apply(objects::pullset(&ns, &format!("set-{i:02}"), &refs, spec));
+    }
+
+    eprintln!(
+        "bench api: `pullgate run` in cluster mode (default heartbeat 10m, recheck 5m), {pullsets} PullSets in {} namespaces",
+        namespaces.len()
+    );
+    let started = Instant::now();
+    let agent = pullgate_testenv::Agent::cluster(&kubeconfig, &containerd.endpoint())
+        .args(&["--insecure-registry", &host])
+        .spawn()?;
+    let mut timeline: Vec<ApiRequest> = Vec::new();
+    let poll = |timeline: &mut Vec<ApiRequest>| {
+        let all = api.requests();
+        let now = Instant::now();
+        for line in all.into_iter().skip(timeline.len()) {
+            timeline.push(ApiRequest { at: now, line });
+        }
+    };
+    // Initial sync and first pass: every outcome reported, the taint lifted, then quiet.
+    let expected = pullsets * IMAGES_PER_SET;
+    let deadline = Instant::now() + Duration::from_secs(180);
+    let mut quiet_since = Instant::now();
+    loop {
+        let before = timeline.len();
+        poll(&mut timeline);
+        if timeline.len() != before {
+            quiet_since = Instant::now();
+        }
+        let outcomes = agent
+            .lines()
+            .iter()
+            .filter(|l| l["kind"] == "prepull" && l["verdict"] == "Ok")
+            .count();
+        let untainted = !api.node_taints(NODE).iter().any(|t| t == TAINT);
+        if outcomes >= expected && untainted && quiet_since.elapsed() >= Duration::from_secs(10) {
+            break;
+        }
+        ensure!(
+            Instant::now() < deadline,
+            "no steady state after 180 s ({outcomes}/{expected} outcomes, taint removed: {untainted})\nstderr:\n{}",
+            agent.stderr()
+        );
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    let initial = timeline.len();
+    let settled = started.elapsed();
+    let window = Duration::from_secs_f64(minutes * 60.0);
+    eprintln!(
+        "bench api: steady state after {:.0} s ({initial} requests so far); counting for {minutes} min…",
+        settled.as_secs_f64()
+    );
+    let window_start = Instant::now();
+    let mut next_report = window_start + Duration::from_secs(60);
+    while window_start.elapsed() < window {
+        std::thread::sleep(Duration::from_millis(250));
+        poll(&mut timeline);
+        if Instant::now() >= next_report {
+            eprintln!(
+                "  {:>4.0} s: {} requests in the window",
+                window_start.elapsed().as_secs_f64(),
+                timeline.len() - initial
+            );
+            next_report += Duration::from_secs(60);
+        }
+    }
+    let elapsed = window_start.elapsed();
+    let total_run = started.elapsed();
+    let (_stdout, stderr) = agent.finish();
+    ensure!(
+        !stderr.contains(BENCH_PASSWORD) && !api.dump().contains(BENCH_PASSWORD),
+        "the bench password leaked"
+    );
+
+    let in_window = &timeline[initial..];
+    let per_hour = |n: usize| n as f64 * 3600.0 / elapsed.as_secs_f64();
+    let mut by_category: std::collections::BTreeMap<&str, usize> = Default::default();
+    for r in in_window {
+        *by_category.entry(r.category()).or_default() += 1;
+    }
+    // Watches: one per watched target; the interval between its re-establishments.
+    let mut watches: std::collections::BTreeMap<String, Vec<Instant>> = Default::default();
+    for r in timeline.iter().filter(|r| r.is_watch()) {
+        watches.entry(r.watch_key()).or_default().push(r.at);
+    }
+    let kinds = |plural: &str| {
+        watches
+            .keys()
+            .filter(|k| {
+                k.split(' ')
+                    .next()
+                    .is_some_and(|p| p.ends_with(&format!("/{plural}")))
+            })
+            .count()
+    };
+    let intervals =
+        |times: &[Instant]| -> Vec<Duration> { times.windows(2).map(|w| w[1] - w[0]).collect() };
+    let watch_intervals: Vec<Duration> = watches.values().flat_map(|t| intervals(t)).collect();
+    let heartbeats: Vec<Instant> = timeline
+        .iter()
+        .filter(|r| r.category() == "patch Node status (conditions)")
+        .map(|r| r.at)
+        .collect();
+    let heartbeat_intervals = intervals(&heartbeats);
+
+    println!(
+        "API-server benchmark: one node, {pullsets} PullSets in {} namespaces ({} Secrets, {} ServiceAccounts), everything present, default flags",
+        namespaces.len(),
+        2 * namespaces.len(),
+        namespaces.len()
+    );
+    println!(
+        "(initial sync, first pass and taint removal: {initial} requests in {:.0} s, not counted; window: {:.1} min; run: {:.1} min)",
+        settled.as_secs_f64(),
+        elapsed.as_secs_f64() / 60.0,
+        total_run.as_secs_f64() / 60.0
+    );
+    println!();
+    println!("| requests at steady state | in the window | per hour (extrapolated) |");
+    println!("|---|---|---|");
+    for (category, n) in &by_category {
+        println!("| {category} | {n} | {:.0} |", per_hour(*n));
+    }
+    println!(
+        "| **total** | **{}** | **{:.0}** |",
+        in_window.len(),
+        per_hour(in_window.len())
+    );
+    println!();
+    println!("| figure | value |");
+    println!("|---|---|");
+    println!(
+        "| long-lived watches held open | {} (PullSets {}, Node {}, Secrets {}, ServiceAccounts {}) |",
+        watches.len(),
+        kinds("pullsets"),
+        kinds("nodes"),
+        kinds("secrets"),
+        kinds("serviceaccounts")
+    );
+    if !watch_intervals.is_empty() {
+        let interval = median(&watch_intervals);
+        println!(
+            "| each watch re-established every (median) | {:.0} s (kube's `timeoutSeconds=290`) → {:.0} requests/h for {} watches |",
+            interval.as_secs_f64(),
+            watches.len() as f64 * 3600.0 / interval.as_secs_f64(),
+            watches.len()
+        );
+    }
+    if !heartbeat_intervals.is_empty() {
+        let interval = median(&heartbeat_intervals);
+        println!(
+            "| Node conditions re-written every (median) | {:.0} s (`--condition-heartbeat` 10m) → {:.1} requests/h |",
+            interval.as_secs_f64(),
+            3600.0 / interval.as_secs_f64()
+        );
+    }
     Ok(())
 }
