@@ -1,27 +1,36 @@
 //! Fleet simulation (`cargo xtask sim`): N simulated agents in one process, each running the real
 //! canary service (`pullgate::canary::service::run`) with its own node name, so each waits its own
-//! deterministic jitter offset, and a real [`RegistryClient`] as its probe, against a real
-//! `docker-registry` (htpasswd auth) behind the counting loopback proxy. It reports how hard the
-//! fleet hits the registry: the peak requests per second (any 1 s window) for a scheduled canary
-//! without jitter and with it, after a credential rotation under two `--rotation-jitter`s, and at
-//! the fleet's start-up.
+//! deterministic jitter offset, and a real [`RegistryClient`] as its probe (one client, cloned: it
+//! shares reqwest's pool; each probe still builds its own oci-client, as in the agent), against a
+//! real `docker-registry` (htpasswd auth) behind the counting loopback proxy. It reports how hard
+//! the fleet hits the registry: peak requests per second (any 1 s window), total requests, and the
+//! spread from first to last request, for
+//! - a scheduled canary without jitter and with `--jitter` (default 30s): the schedule is a 6-field
+//!   cron with seconds naming one moment `--lead` ahead (`S M H * * *`, UTC), so the tick comes
+//!   within seconds and fires once;
+//! - a rotation (the pull secret's data changes to a second valid user) under each
+//!   `--rotation-jitters` value (default `2s,10s`), one fleet start each;
+//! - the fleet's start-up (every agent's start-up canary, spread over the rotation jitter);
+//! - a baseline without pullgate code: one raw client per agent sending the same two requests,
+//!   all at once, which shows what this machine's proxy and registry can serve at all.
 //!
 //! Sources, and why not one watcher per agent: the objects come from the test API server
 //! (`pullgate_testenv::apiserver`) through a handful (`--cluster-sources`, default 8) of real
 //! cluster sources (`pullgate::source::cluster::watch_cluster`, kube's client and watchers, each for
 //! a Node of its own); agent `i` subscribes to source `i mod K`'s `tokio::sync::watch` channel of
 //! `Arc<Loaded>`, the very channel an agent's canary service reads. Thousands of kube watchers in
-//! one process would measure the single-threaded test API server and kube's client, not pullgate's
-//! spreading of canaries; in a real cluster each node's watch goes to a horizontally scaled API
-//! server anyway. Every change (a schedule, a jitter, the rotated Secret) is written to the test API
-//! server and reaches the agents through the real watch path.
+//! one process would measure the test API server (one store lock, two worker threads) and kube's
+//! client rather than pullgate's spreading of canaries; in a real cluster each node's watches go to
+//! a scaled API server. Every change (a schedule, a jitter, the rotated Secret) is written to the
+//! test API server and reaches the agents through the real watch path.
 //!
-//! The registry sees only what the agents send: each canary at depth `manifest` is 2 requests (the
-//! `/v2/` auth challenge, then the manifest with basic auth). The proxy only keeps a total, so it is
-//! sampled every 100 ms; peaks are the most requests in any ten consecutive samples. The "planned"
-//! figure is the same peak computed from the jitter offsets alone (what an infinitely fast registry
-//! would see); "measured" is what this machine's registry served, bounded by its CPU when the
-//! fleet stampedes.
+//! Figures: each canary at depth `manifest` is 2 requests (the `/v2/` auth challenge, then the
+//! manifest with basic auth). "planned" is the peak computed from the jitter offsets alone (what an
+//! infinitely fast registry would see); "sent" is the same from the canaries' actual start times
+//! (what the agents did); "served" is what the proxy counted, sampled every 100 ms (it only keeps a
+//! total), the most in any ten consecutive samples. Served is bounded by this machine: the registry
+//! spends a few ms of CPU on each bcrypt check, and the proxy's accept queue overflows under a
+//! stampede (the kernel's `ListenOverflows` is reported).
 
 use anyhow::{Context as _, Result, bail, ensure};
 use clap::Parser;
@@ -183,7 +192,7 @@ impl CountingSink {
         self.lock().len()
     }
 
-    /// Records since `from` with this trigger: (count, Ok count, requests).
+    /// The records since `from` with this trigger.
     fn since(&self, from: usize, trigger: Trigger) -> Seen {
         let records = self.lock();
         let mut out = Seen::default();
@@ -736,7 +745,13 @@ impl Sim<'_> {
         self.api
             .apply(pullset_object(&self.image, json!({"depth": "manifest"})));
         let deadline = Instant::now() + Duration::from_secs(30);
-        while fleet.scheduled() > 0 && Instant::now() < deadline {
+        while fleet.scheduled() > 0 {
+            if Instant::now() > deadline {
+                bail!(
+                    "{} agents still had a schedule 30 s after it was removed",
+                    fleet.scheduled()
+                );
+            }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
         Ok(())
@@ -916,7 +931,7 @@ impl Sim<'_> {
 
     fn print(&self) {
         println!(
-            "Fleet simulation: {} agents in one process (real canary service, real registry client), {} real cluster source(s) against the test API server shared by the agents, a real docker-registry (htpasswd) behind a counting proxy; depth `manifest` = {REQUESTS_PER_CANARY} requests per canary; `--cluster-sources`: the agents share the sources' watch channels (thousands of kube watchers would measure the test API server, not pullgate).",
+            "Fleet simulation: {} agents in one process, each the real canary service with its own node name and a real registry client, fed by {} real cluster source(s) (kube watchers) against the test API server whose watch channels the agents share (thousands of kube watchers in one process would measure the test API server, not pullgate); a real docker-registry (htpasswd) behind a counting proxy; depth `manifest` = {REQUESTS_PER_CANARY} requests per canary. Schedules are 6-field cron naming one moment (UTC), so each fires once.",
             self.names.len(),
             self.cli.cluster_sources
         );

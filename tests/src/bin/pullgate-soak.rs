@@ -274,7 +274,8 @@ fn soak(cli: &Cli) -> Result<bool> {
     let mut api_failures = 0u64;
     let mut password = PASSWORD.to_string();
     let start = Instant::now();
-    let mut next_sample = Duration::ZERO;
+    // The first sample once the agent is up (its start-up is part of the warm-up anyway).
+    let mut next_sample = Duration::from_secs(cli.sample_seconds);
     let mut died = None;
     while start.elapsed() < duration {
         if let Some(status) = agent.exited() {
@@ -322,10 +323,7 @@ fn soak(cli: &Cli) -> Result<bool> {
         }
         if now >= next_sample {
             next_sample += Duration::from_secs(cli.sample_seconds);
-            // Not before the agent had a moment to open its endpoints.
-            if !samples.is_empty() {
-                api_failures += u64::from(!exercise_endpoints(&binary, &socket, metrics_port));
-            }
+            api_failures += u64::from(!exercise_endpoints(&binary, &socket, metrics_port));
             let sample = sample(pid, now)?;
             tally.update(&stdout_path);
             eprintln!(
