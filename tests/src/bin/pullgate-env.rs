@@ -1580,6 +1580,7 @@ fn bench_api(minutes: f64, pullsets: usize) -> Result<()> {
         "bench api: `pullgate run` in cluster mode (default heartbeat 10m, recheck 5m), {pullsets} PullSets in {} namespaces",
         namespaces.len()
     );
+    pullgate_binary()?;
     let started = Instant::now();
     let agent = pullgate_testenv::Agent::cluster(&kubeconfig, &containerd.endpoint())
         .args(&["--insecure-registry", &host])
@@ -1653,10 +1654,11 @@ fn bench_api(minutes: f64, pullsets: usize) -> Result<()> {
     for r in in_window {
         *by_category.entry(r.category()).or_default() += 1;
     }
-    // Watches: one per watched target; the interval between its re-establishments.
-    let mut watches: std::collections::BTreeMap<String, Vec<Instant>> = Default::default();
-    for r in timeline.iter().filter(|r| r.is_watch()) {
-        watches.entry(r.watch_key()).or_default().push(r.at);
+    // Watches: one per watched target; the interval between its re-establishments. Intervals
+    // count only when they end in the window (start-up's quick succession is not steady state).
+    let mut watches: std::collections::BTreeMap<String, Vec<(usize, Instant)>> = Default::default();
+    for (n, r) in timeline.iter().enumerate().filter(|(_, r)| r.is_watch()) {
+        watches.entry(r.watch_key()).or_default().push((n, r.at));
     }
     let kinds = |plural: &str| {
         watches
@@ -1668,13 +1670,19 @@ fn bench_api(minutes: f64, pullsets: usize) -> Result<()> {
             })
             .count()
     };
-    let intervals =
-        |times: &[Instant]| -> Vec<Duration> { times.windows(2).map(|w| w[1] - w[0]).collect() };
+    let intervals = |times: &[(usize, Instant)]| -> Vec<Duration> {
+        times
+            .windows(2)
+            .filter(|w| w[1].0 >= initial)
+            .map(|w| w[1].1 - w[0].1)
+            .collect()
+    };
     let watch_intervals: Vec<Duration> = watches.values().flat_map(|t| intervals(t)).collect();
-    let heartbeats: Vec<Instant> = timeline
+    let heartbeats: Vec<(usize, Instant)> = timeline
         .iter()
-        .filter(|r| r.category() == "patch Node status (conditions)")
-        .map(|r| r.at)
+        .enumerate()
+        .filter(|(_, r)| r.category() == "patch Node status (conditions)")
+        .map(|(n, r)| (n, r.at))
         .collect();
     let heartbeat_intervals = intervals(&heartbeats);
 
