@@ -233,6 +233,7 @@ pub struct RegistryArgs {
     #[arg(long, env = "PULLGATE_RUNTIME_REGISTRY_CONFIG", value_name = "DIR")]
     pub runtime_registry_config: Option<PathBuf>,
     /// Longest time for one manifest or blob `HEAD` request (a trickling registry fails after it).
+    /// A `full` canary's blob download gets this plus the blob's size at 256 KiB/s.
     #[arg(long, env = "PULLGATE_REGISTRY_TIMEOUT", default_value = "60s")]
     pub registry_timeout: humantime::Duration,
 }

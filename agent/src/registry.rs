@@ -88,6 +88,14 @@ impl fmt::Display for Platform {
     }
 }
 
+/// The default of [`RegistryConfig::min_blob_rate`]: 256 KiB/s (a 1 GiB layer may take 68 min).
+pub const MIN_BLOB_RATE: u64 = 256 * 1024;
+
+/// How long a blob of `size` bytes may take to download: `base`, plus its size at `rate`.
+pub fn blob_deadline(base: Duration, size: u64, rate: u64) -> Duration {
+    base.saturating_add(Duration::from_secs(size / rate.max(1)))
+}
+
 /// Limits and transport settings.
 #[derive(Clone, Debug)]
 pub struct RegistryConfig {
@@ -98,6 +106,9 @@ pub struct RegistryConfig {
     pub read_timeout: Duration,
     /// Longest time for a whole manifest or `HEAD` request (a trickling server fails after this).
     pub request_timeout: Duration,
+    /// The slowest average rate a `full` canary accepts for a blob: each download must end within
+    /// `request_timeout` plus the blob's size at this rate (a registry that trickles fails after it).
+    pub min_blob_rate: u64,
     pub connect_timeout: Duration,
     pub max_redirects: usize,
     pub platform: Platform,
@@ -110,6 +121,7 @@ impl Default for RegistryConfig {
             max_manifest_bytes: 4 << 20,
             read_timeout: Duration::from_secs(30),
             request_timeout: Duration::from_secs(60),
+            min_blob_rate: MIN_BLOB_RATE,
             connect_timeout: Duration::from_secs(10),
             max_redirects: 5,
             platform: Platform::host(),
@@ -559,8 +571,18 @@ impl Session<'_> {
         Ok(())
     }
 
-    /// GET a blob, streaming through sha256; nothing is kept.
+    /// GET a blob, streaming through sha256; nothing is kept. Bounded in time by
+    /// [`blob_deadline`], so a trickling registry cannot hold a `full` canary forever.
     async fn download_blob(&mut self, blob: &Descriptor) -> Result<(), RegistryError> {
+        let what = format!("blob {}", blob.digest);
+        let config = &self.client.config;
+        let limit = blob_deadline(config.request_timeout, blob.size, config.min_blob_rate);
+        tokio::time::timeout(limit, self.download_blob_inner(blob))
+            .await
+            .unwrap_or_else(|_| Err(timed_out(&what, limit)))
+    }
+
+    async fn download_blob_inner(&mut self, blob: &Descriptor) -> Result<(), RegistryError> {
         let what = format!("blob {}", blob.digest);
         let url = format!("{}/blobs/{}", self.base, blob.digest);
         let request = self.request(reqwest::Method::GET, &url);
@@ -722,6 +744,22 @@ impl crate::canary::runner::RegistryProbe for RegistryClient {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn blob_deadlines_grow_with_size() {
+        let base = Duration::from_secs(60);
+        for (size, rate, want) in [
+            (0, MIN_BLOB_RATE, 60),
+            (1_000, MIN_BLOB_RATE, 60),
+            (256 * 1024 * 10, MIN_BLOB_RATE, 70),
+            (1 << 30, MIN_BLOB_RATE, 60 + 4096),
+            (1_000, 0, 1_060),
+            (u64::MAX, 1, u64::MAX),
+        ] {
+            let got = blob_deadline(base, size, rate);
+            assert_eq!(got.as_secs(), want, "size {size} at {rate} B/s");
+        }
+    }
 
     #[test]
     fn status_classification() {

@@ -17,6 +17,9 @@ pub enum Mode {
     RedirectLoop,
     /// Headers at once, then one byte every half second.
     Trickle,
+    /// Blob downloads (`GET …/blobs/…`) only: the registry's own answer, its body one byte every
+    /// half second; everything else passes.
+    TrickleBlobs,
 }
 
 /// A running proxy; stops accepting when dropped.
@@ -173,6 +176,20 @@ fn handle(
     server.write_all(&body)?;
     let mut response = Vec::new();
     server.read_to_end(&mut response)?;
+    let blob_get = request_line.starts_with("GET ") && path.contains("/blobs/");
+    if mode == Mode::TrickleBlobs && blob_get {
+        let split = response
+            .windows(4)
+            .position(|w| w == b"\r\n\r\n")
+            .map_or(response.len(), |i| i + 4);
+        client.write_all(&response[..split])?;
+        for byte in response[split..].iter().take(200) {
+            client.write_all(&[*byte])?;
+            client.flush()?;
+            std::thread::sleep(Duration::from_millis(500));
+        }
+        return Ok(());
+    }
     client.write_all(&response)?;
     Ok(())
 }

@@ -379,19 +379,33 @@ fn a_misbehaving_registry_gets_a_verdict_not_a_hang() {
     }
     assert!(cost[0].1 < cost[1].1, "{cost:?}");
 
-    for (mode, verdict, text) in [
-        (Mode::TooManyRequests, "RateLimited", "TOOMANYREQUESTS"),
-        (Mode::RedirectLoop, "Network", "redirect"),
-        (Mode::Trickle, "Network", "timed out after 2s"),
+    // A trickled blob ends a `full` canary at --registry-timeout plus the blob's size at the
+    // slowest accepted rate (a few bytes here: 2 s).
+    for (mode, depth, verdict, text) in [
+        (
+            Mode::TooManyRequests,
+            "manifest",
+            "RateLimited",
+            "TOOMANYREQUESTS",
+        ),
+        (Mode::RedirectLoop, "manifest", "Network", "redirect"),
+        (Mode::Trickle, "manifest", "Network", "timed out after 2s"),
+        (Mode::TrickleBlobs, "full", "Network", "timed out after 2s"),
     ] {
         proxy.set_mode(mode);
         let started = std::time::Instant::now();
-        let o = run("manifest");
+        let o = run(depth);
         assert_eq!(o["verdict"], verdict, "{mode:?}: {o}");
         assert!(
             o["message"].as_str().unwrap().contains(text),
             "{mode:?}: {o}"
         );
+        if mode == Mode::TrickleBlobs {
+            assert!(
+                o["message"].as_str().unwrap().contains("blob sha256:"),
+                "{o}"
+            );
+        }
         assert!(
             started.elapsed() < Duration::from_secs(20),
             "{mode:?} took {:?}",
