@@ -21,6 +21,9 @@ const ANCIENT: &str = "pg-audit-Ancient-Passw0rd-0b77";
 const ROTATED: &str = "pg-audit-Rotated-Passw0rd-c4d2";
 const DB: &str = "pg-audit-Db-Passw0rd-a6f0";
 const CLEAN: &str = "pg-audit-Clean-Passw0rd-3b9e";
+const DEPLOY: &str = "pg-audit-Deploy-Passw0rd-5f21";
+const CRON: &str = "pg-audit-Cron-Passw0rd-8d40";
+const POD: &str = "pg-audit-Pod-Passw0rd-e93c";
 
 fn b64(s: &str) -> String {
     base64::engine::general_purpose::STANDARD.encode(s)
@@ -207,6 +210,32 @@ fn audit_reports_the_blast_radius_of_pull_secrets() {
     ]);
     api.apply(rotated);
     api.apply(service_account("ci", "default", &["ancient", "rotated"]));
+    // Secrets only workloads name: a Deployment's template, a CronJob's, and running pods (two
+    // of one ReplicaSet, one bare). None is Unused; each names its users.
+    for (name, password) in [
+        ("deploy-cred", DEPLOY),
+        ("cron-cred", CRON),
+        ("pod-cred", POD),
+    ] {
+        api.apply(objects::pull_secret(
+            "team", name, REGISTRY, "deployer", password,
+        ));
+    }
+    let pod_spec = |secret: &str| json!({"imagePullSecrets": [{"name": secret}], "containers": [{"name": "c", "image": "registry.team.example:5000/team/app:1"}]});
+    api.apply(json!({"apiVersion": "apps/v1", "kind": "Deployment",
+        "metadata": {"name": "web", "namespace": "team"},
+        "spec": {"template": {"spec": pod_spec("deploy-cred")}}}));
+    api.apply(json!({"apiVersion": "batch/v1", "kind": "CronJob",
+        "metadata": {"name": "nightly", "namespace": "team"},
+        "spec": {"jobTemplate": {"spec": {"template": {"spec": pod_spec("cron-cred")}}}}}));
+    for pod in ["web-5d9f7c-a", "web-5d9f7c-b"] {
+        api.apply(json!({"apiVersion": "v1", "kind": "Pod",
+            "metadata": {"name": pod, "namespace": "team", "ownerReferences": [
+                {"apiVersion": "apps/v1", "kind": "ReplicaSet", "name": "web-5d9f7c", "uid": "u1", "controller": true}]},
+            "spec": pod_spec("deploy-cred")}));
+    }
+    api.apply(json!({"apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": "debug", "namespace": "team"}, "spec": pod_spec("pod-cred")}));
     // Not a pull secret, not referenced: not in the report at all.
     api.apply(secret(
         "team",
@@ -223,6 +252,9 @@ fn audit_reports_the_blast_radius_of_pull_secrets() {
         ANCIENT,
         ROTATED,
         DB,
+        DEPLOY,
+        CRON,
+        POD,
         token.as_str(),
     ];
     let run = audit(&api, &["--json"]);
@@ -297,6 +329,27 @@ fn audit_reports_the_blast_radius_of_pull_secrets() {
         "{report:#}"
     );
     assert!(!flagged(&report, "Unused", "Secret team/regcred"));
+    for name in ["deploy-cred", "cron-cred", "pod-cred"] {
+        assert!(
+            !flagged(&report, "Unused", &format!("Secret team/{name}")),
+            "{name}: {report:#}"
+        );
+    }
+    assert_eq!(
+        secret_row(&report, "team", "deploy-cred")["users"],
+        json!([
+            {"kind": "Workload", "name": "Deployment/web"},
+            {"kind": "Workload", "name": "ReplicaSet/web-5d9f7c", "via": "2 pods"}
+        ])
+    );
+    assert_eq!(
+        secret_row(&report, "team", "cron-cred")["users"],
+        json!([{"kind": "Workload", "name": "CronJob/nightly"}])
+    );
+    assert_eq!(
+        secret_row(&report, "team", "pod-cred")["users"],
+        json!([{"kind": "Workload", "name": "Pod/debug", "via": "1 pod"}])
+    );
     assert!(flagged(&report, "Missing", "Secret ci/gone"), "{report:#}");
     assert!(
         flagged(&report, "ExpiresSoon", "Secret ci/token"),
@@ -325,6 +378,9 @@ fn audit_reports_the_blast_radius_of_pull_secrets() {
         "/api/v1/secrets?",
         "/api/v1/serviceaccounts?",
         "/apis/pullgate.io/v1alpha1/pullsets?",
+        "/api/v1/pods?",
+        "/apis/apps/v1/deployments?",
+        "/apis/batch/v1/cronjobs?",
     ] {
         assert!(
             requests

@@ -4,10 +4,12 @@
 //! prints the result.
 //!
 //! A Secret is audited when its type is `kubernetes.io/dockerconfigjson` or `kubernetes.io/dockercfg`,
-//! when it holds a `.dockerconfigjson` / `.dockercfg` key whatever its type, or when a ServiceAccount
-//! or a PullSet names it as an image pull secret. Its users are the ServiceAccounts whose
-//! `imagePullSecrets` name it and the PullSets whose credentials it is by the pod rule (their own
-//! `imagePullSecrets`, else their ServiceAccount's — [`pull_secret_names`], as the agent resolves).
+//! when it holds a `.dockerconfigjson` / `.dockercfg` key whatever its type, or when a ServiceAccount,
+//! a PullSet or a workload names it as an image pull secret. Its users are the ServiceAccounts
+//! whose `imagePullSecrets` name it, the PullSets whose credentials it is by the pod rule (their own
+//! `imagePullSecrets`, else their ServiceAccount's — [`pull_secret_names`], as the agent resolves),
+//! and the [`Workload`]s (pod templates, running pods) that name it. `Unused` is judged only when
+//! every kind of workload could be listed.
 //!
 //! No credential value ever reaches the report: registry entries carry a keyed fingerprint (see
 //! `audit::fingerprint`) and an expiry, and every message names secrets and keys only.
@@ -35,6 +37,24 @@ pub struct AuditInput {
     pub data_changed: BTreeMap<ObjectKey, DataChanged>,
     /// Objects the adapter skipped, and why (an invalid PullSet, an unreadable Secret).
     pub notes: Vec<String>,
+    /// Workloads that name pull secrets themselves: controllers' pod templates and running pods
+    /// (grouped by their controller).
+    pub workloads: Vec<Workload>,
+    /// Whether every kind of workload could be listed: `Unused` is judged only then.
+    pub workloads_complete: bool,
+}
+
+/// A workload naming pull secrets in its own pod spec (`spec.imagePullSecrets`, which the
+/// ServiceAccount admission plugin also fills in from the pod's ServiceAccount).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Workload {
+    pub namespace: String,
+    /// `Deployment/web`, `CronJob/nightly`, `Pod/debug`; running pods: their controller's
+    /// `ReplicaSet/web-5d9f7c` (or the pod itself when it has none).
+    pub name: String,
+    /// Running pods counted under this name (`None`: a controller's pod template).
+    pub pods: Option<usize>,
+    pub image_pull_secrets: BTreeSet<String>,
 }
 
 /// When a Secret's data was last written.
@@ -151,6 +171,8 @@ pub struct User {
 pub enum UserKind {
     ServiceAccount,
     PullSet,
+    /// A pod template or running pods naming the Secret in their own `imagePullSecrets`.
+    Workload,
 }
 
 impl fmt::Display for User {
@@ -158,6 +180,13 @@ impl fmt::Display for User {
         let kind = match self.kind {
             UserKind::ServiceAccount => "ServiceAccount",
             UserKind::PullSet => "PullSet",
+            // The name carries its kind: `Deployment/web`.
+            UserKind::Workload => {
+                return match &self.via {
+                    Some(via) => write!(f, "{} ({via})", self.name),
+                    None => f.write_str(&self.name),
+                };
+            }
         };
         match &self.via {
             Some(via) => write!(f, "{kind} {} (via {via})", self.name),
@@ -231,9 +260,27 @@ pub struct RegistryEntry {
 
 /// Who names each Secret (existing or not), and the findings of references that lead nowhere
 /// (a PullSet's missing ServiceAccount).
-pub fn users(inventory: &Inventory) -> (BTreeMap<ObjectKey, Vec<User>>, Vec<Finding>) {
+pub fn users(
+    inventory: &Inventory,
+    workloads: &[Workload],
+) -> (BTreeMap<ObjectKey, Vec<User>>, Vec<Finding>) {
     let mut users: BTreeMap<ObjectKey, BTreeSet<User>> = BTreeMap::new();
     let mut findings = Vec::new();
+    for w in workloads {
+        for name in &w.image_pull_secrets {
+            users
+                .entry(ObjectKey::new(w.namespace.clone(), name.clone()))
+                .or_default()
+                .insert(User {
+                    kind: UserKind::Workload,
+                    name: w.name.clone(),
+                    via: w.pods.map(|n| match n {
+                        1 => "1 pod".to_string(),
+                        n => format!("{n} pods"),
+                    }),
+                });
+        }
+    }
     for sa in inventory.service_accounts.values() {
         for name in &sa.image_pull_secrets {
             users
@@ -286,9 +333,10 @@ pub fn users(inventory: &Inventory) -> (BTreeMap<ObjectKey, Vec<User>>, Vec<Find
     (users, findings)
 }
 
-/// The Secrets a ServiceAccount or PullSet names: the adapter keeps these whatever their type.
-pub fn referenced_secrets(inventory: &Inventory) -> BTreeSet<ObjectKey> {
-    users(inventory).0.into_keys().collect()
+/// The Secrets a ServiceAccount, PullSet or workload names: the adapter keeps these whatever
+/// their type.
+pub fn referenced_secrets(inventory: &Inventory, workloads: &[Workload]) -> BTreeSet<ObjectKey> {
+    users(inventory, workloads).0.into_keys().collect()
 }
 
 /// Whether a Secret of this type with these data keys is audited.
@@ -487,7 +535,7 @@ fn list_users(users: &[User]) -> String {
 /// clock and the thresholds.
 pub fn build(input: &AuditInput, options: &Options, key: &FingerprintKey) -> Report {
     let inventory = &input.inventory;
-    let (users, mut findings) = users(inventory);
+    let (users, mut findings) = users(inventory, &input.workloads);
     let mut kinds: BTreeMap<ObjectKey, BTreeSet<FindingKind>> = BTreeMap::new();
     let mut rows: BTreeMap<String, Vec<SecretReport>> = BTreeMap::new();
     // fingerprint → every copy: (secret, key as written, registry).
@@ -592,12 +640,14 @@ pub fn build(input: &AuditInput, options: &Options, key: &FingerprintKey) -> Rep
                     }
                 },
             }
-            if secret_users.is_empty() {
+            if secret_users.is_empty() && input.workloads_complete {
                 own.push(finding(
                     FindingKind::Unused,
                     k,
-                    format!("{object} is named by no ServiceAccount and no PullSet"),
-                    "delete it unless a workload names it directly (pods' own imagePullSecrets are not audited): an unused credential only widens the blast radius",
+                    format!(
+                        "{object} is named by no ServiceAccount, no PullSet, no workload's pod template and no pod"
+                    ),
+                    "delete it: an unused credential only widens the blast radius",
                 ));
             }
         }

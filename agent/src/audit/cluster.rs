@@ -2,13 +2,19 @@
 //! the API server page by page (`limit` 500, then `continue`) and converted to the plain types of
 //! `inventory` with the same functions as every other source.
 //!
+//! Workloads are read for their pod specs' `imagePullSecrets` only: the pod templates of
+//! Deployments, StatefulSets, DaemonSets, ReplicationControllers, Jobs (not a CronJob's) and
+//! CronJobs, and running Pods grouped by their controller. Nothing else of them is kept.
+//!
 //! This is an admin's command: it lists Secrets cluster-wide, which the agent itself never does.
 //! Secrets that are not audited (see `analysis`) are dropped as each page arrives, before their
 //! data is decoded. Responses are decoded here rather than by kube's typed `list`, whose decoding
 //! errors log the response body: a Secret list's body must never reach a log. An object that
 //! cannot be read is skipped with a note (for a Secret: the category of the error only).
 
-use super::analysis::{AgeBasis, AuditInput, DataChanged, is_audited, referenced_secrets};
+use super::analysis::{
+    AgeBasis, AuditInput, DataChanged, Workload, is_audited, referenced_secrets,
+};
 use crate::inventory::{Inventory, ObjectKey};
 use crate::pullset::{self, PullSet};
 use crate::source::manifests::{secret_object, service_account_object};
@@ -26,7 +32,7 @@ const PAGE: u32 = 500;
 #[derive(Debug, thiserror::Error)]
 pub enum ListError {
     #[error(
-        "pullgate audit may not list {resource} in all namespaces ({message}); run it with a kubeconfig allowed to list secrets, serviceaccounts and pullsets.pullgate.io cluster-wide"
+        "pullgate audit may not list {resource} in all namespaces ({message}); run it with a kubeconfig allowed to list secrets, serviceaccounts, pullsets.pullgate.io and workloads (pods, deployments, statefulsets, daemonsets, replicationcontrollers, jobs, cronjobs) cluster-wide"
     )]
     Forbidden {
         resource: &'static str,
@@ -51,6 +57,136 @@ struct Page {
 struct PageMeta {
     #[serde(rename = "continue", default)]
     continue_: Option<String>,
+}
+
+/// The workload collections read, and where each keeps its pod spec.
+const WORKLOADS: &[(&str, &str, &str, &[&str])] = &[
+    (
+        "/apis/apps/v1/deployments",
+        "deployments",
+        "Deployment",
+        &["spec", "template", "spec"],
+    ),
+    (
+        "/apis/apps/v1/statefulsets",
+        "statefulsets",
+        "StatefulSet",
+        &["spec", "template", "spec"],
+    ),
+    (
+        "/apis/apps/v1/daemonsets",
+        "daemonsets",
+        "DaemonSet",
+        &["spec", "template", "spec"],
+    ),
+    (
+        "/api/v1/replicationcontrollers",
+        "replicationcontrollers",
+        "ReplicationController",
+        &["spec", "template", "spec"],
+    ),
+    (
+        "/apis/batch/v1/jobs",
+        "jobs",
+        "Job",
+        &["spec", "template", "spec"],
+    ),
+    (
+        "/apis/batch/v1/cronjobs",
+        "cronjobs",
+        "CronJob",
+        &["spec", "jobTemplate", "spec", "template", "spec"],
+    ),
+    ("/api/v1/pods", "pods", "Pod", &["spec"]),
+];
+
+/// The `imagePullSecrets` names of the pod spec at `path` in `item`.
+fn pull_secret_names(item: &Value, path: &[&str]) -> std::collections::BTreeSet<String> {
+    let spec = path.iter().fold(item, |v, field| &v[*field]);
+    spec["imagePullSecrets"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|r| r["name"].as_str())
+        .filter(|n| !n.is_empty())
+        .map(str::to_string)
+        .collect()
+}
+
+/// The controller owning `item` (`ReplicaSet/web-5d9f7c`), if any.
+fn controller_of(item: &Value) -> Option<String> {
+    item["metadata"]["ownerReferences"]
+        .as_array()?
+        .iter()
+        .find(|o| o["controller"] == true)
+        .map(|o| {
+            format!(
+                "{}/{}",
+                o["kind"].as_str().unwrap_or("?"),
+                o["name"].as_str().unwrap_or("?")
+            )
+        })
+}
+
+/// Every workload naming pull secrets in its own pod spec; `false` when a kind could not be
+/// listed (a note says which), so that `Unused` is not judged on a partial picture.
+async fn load_workloads(client: &Client, notes: &mut Vec<String>) -> (Vec<Workload>, bool) {
+    let mut workloads = Vec::new();
+    let mut complete = true;
+    // Running pods, grouped by (namespace, controller or pod) → (count, secrets).
+    let mut pods: std::collections::BTreeMap<
+        (String, String),
+        (usize, std::collections::BTreeSet<String>),
+    > = std::collections::BTreeMap::new();
+    for (path, resource, kind, spec) in WORKLOADS {
+        let listed = list_pages(client, path, resource, |item| {
+            let Some(key) = key_of(&item) else { return };
+            let names = pull_secret_names(&item, spec);
+            if *kind == "Pod" {
+                let owner = controller_of(&item).unwrap_or_else(|| format!("Pod/{}", key.name));
+                let entry = pods.entry((key.namespace, owner)).or_default();
+                entry.0 += 1;
+                entry.1.extend(names);
+                return;
+            }
+            // A CronJob's Jobs are counted under the CronJob.
+            if *kind == "Job" && controller_of(&item).is_some_and(|c| c.starts_with("CronJob/")) {
+                return;
+            }
+            if !names.is_empty() {
+                workloads.push(Workload {
+                    namespace: key.namespace,
+                    name: format!("{kind}/{}", key.name),
+                    pods: None,
+                    image_pull_secrets: names,
+                });
+            }
+        })
+        .await;
+        if let Err(e) = listed {
+            complete = false;
+            let why = match e {
+                ListError::Forbidden { message, .. } => {
+                    format!("{resource} may not be listed cluster-wide ({message})")
+                }
+                ListError::Failed { message, .. } => format!("cannot list {resource}: {message}"),
+            };
+            notes.push(format!(
+                "{why}: Unused is not judged, since a Secret that only {resource} name would look unused"
+            ));
+        }
+    }
+    workloads.extend(
+        pods.into_iter()
+            .filter(|(_, (_, names))| !names.is_empty())
+            .map(|((namespace, name), (count, names))| Workload {
+                namespace,
+                name,
+                pods: Some(count),
+                image_pull_secrets: names,
+            }),
+    );
+    (workloads, complete)
 }
 
 /// A failed list: `Ok(())` for a `404` (the resource does not exist in this cluster).
@@ -219,7 +355,8 @@ pub async fn load(client: &Client) -> Result<AuditInput, ListError> {
         );
     }
 
-    let referenced = referenced_secrets(&inventory);
+    let (workloads, complete) = load_workloads(client, &mut notes).await;
+    let referenced = referenced_secrets(&inventory, &workloads);
     let path = Secret::url_path(&(), None);
     list_pages(client, &path, "secrets", |item| {
         let Some(key) = key_of(&item) else {
@@ -253,6 +390,8 @@ pub async fn load(client: &Client) -> Result<AuditInput, ListError> {
 
     input.inventory = inventory;
     input.notes = notes;
+    input.workloads = workloads;
+    input.workloads_complete = complete;
     Ok(input)
 }
 

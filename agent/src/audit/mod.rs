@@ -2,11 +2,11 @@
 //! by the DaemonSet, whose RBAC cannot list Secrets).
 //!
 //! For every namespace: the pull secrets, the registries they cover (keys as written and as the
-//! kubelet normalises them), the ServiceAccounts and PullSets that use them, and the findings —
-//! a credential reused across namespaces (by a keyed fingerprint, never the value), credentials
-//! that expire soon or have expired, Secrets whose data is old, legacy or mistyped Secrets,
-//! malformed Docker configs, unused pull secrets, and references to Secrets or ServiceAccounts that
-//! do not exist. A table, or `--json`.
+//! kubelet normalises them), the ServiceAccounts, PullSets and workloads that use them, and the
+//! findings — a credential reused across namespaces (by a keyed fingerprint, never the value),
+//! credentials that expire soon or have expired, Secrets whose data is old, legacy or mistyped
+//! Secrets, malformed Docker configs, unused pull secrets, and references to Secrets or
+//! ServiceAccounts that do not exist. A table, or `--json`.
 //!
 //! `analysis` decides (plain types, data-table tests), `cluster` lists from the API server,
 //! `render` prints, `fingerprint` is the keyed hash.

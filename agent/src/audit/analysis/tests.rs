@@ -117,6 +117,21 @@ impl Cluster {
         self
     }
 
+    fn workload(mut self, ns: &str, name: &str, pods: Option<usize>, secrets: &[&str]) -> Self {
+        self.input.workloads.push(Workload {
+            namespace: ns.into(),
+            name: name.into(),
+            pods,
+            image_pull_secrets: secrets.iter().map(|s| s.to_string()).collect(),
+        });
+        self
+    }
+
+    fn incomplete(mut self) -> Self {
+        self.input.workloads_complete = false;
+        self
+    }
+
     fn changed(mut self, ns: &str, name: &str, ago: Duration, basis: AgeBasis) -> Self {
         self.input.data_changed.insert(
             ObjectKey::new(ns, name),
@@ -138,7 +153,9 @@ impl Cluster {
 }
 
 fn c() -> Cluster {
-    Cluster::default()
+    let mut cluster = Cluster::default();
+    cluster.input.workloads_complete = true;
+    cluster
 }
 
 /// Every password the cases use: none may appear in a report.
@@ -179,6 +196,33 @@ fn findings_table() {
             "nobody names it",
             c().pull_secret("team", "spare", &[("r.io", "u", unused)]),
             vec![(FindingKind::Unused, vec!["Secret team/spare"])],
+        ),
+        (
+            "only a Deployment's pod template names it: used",
+            c().pull_secret("team", "regcred", &[("r.io", "u", shared)])
+                .workload("team", "Deployment/web", None, &["regcred"]),
+            vec![],
+        ),
+        (
+            "only running pods name it: used",
+            c().pull_secret("team", "regcred", &[("r.io", "u", shared)])
+                .workload("team", "Pod/debug", Some(1), &["regcred"]),
+            vec![],
+        ),
+        (
+            "a workload in another namespace does not count",
+            c().pull_secret("team", "spare", &[("r.io", "u", unused)])
+                .workload("other", "Deployment/web", None, &["spare"]),
+            vec![
+                (FindingKind::Missing, vec!["Secret other/spare"]),
+                (FindingKind::Unused, vec!["Secret team/spare"]),
+            ],
+        ),
+        (
+            "workloads could not all be listed: Unused is not judged",
+            c().pull_secret("team", "spare", &[("r.io", "u", unused)])
+                .incomplete(),
+            vec![],
         ),
         (
             "a ServiceAccount names a Secret that does not exist",
@@ -406,7 +450,9 @@ fn users_follow_the_pod_rule() {
             "team",
             "own",
             json!({"serviceAccountName": "builder", "imagePullSecrets": [{"name": "own-cred"}]}),
-        );
+        )
+        .workload("team", "CronJob/nightly", None, &["own-cred"])
+        .workload("team", "ReplicaSet/web-5d9f7c", Some(3), &["own-cred"]);
     let report = cluster.report();
     let secrets = &report.namespaces[0].secrets;
     let users = |name: &str| -> Vec<String> {
@@ -423,10 +469,17 @@ fn users_follow_the_pod_rule() {
             "PullSet via-sa (via serviceAccount builder)"
         ]
     );
-    assert_eq!(users("own-cred"), ["PullSet own (via imagePullSecrets)"]);
+    assert_eq!(
+        users("own-cred"),
+        [
+            "PullSet own (via imagePullSecrets)",
+            "CronJob/nightly",
+            "ReplicaSet/web-5d9f7c (3 pods)"
+        ]
+    );
     assert!(report.findings.is_empty(), "{:#?}", report.findings);
     assert_eq!(
-        referenced_secrets(&cluster.input.inventory),
+        referenced_secrets(&cluster.input.inventory, &cluster.input.workloads),
         [
             ObjectKey::new("team", "own-cred"),
             ObjectKey::new("team", "sa-cred")
