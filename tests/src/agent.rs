@@ -221,6 +221,11 @@ pub struct RunningAgent {
 }
 
 impl RunningAgent {
+    /// The agent's process id (the `pullgate` binary itself, not a wrapper).
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     fn spawn(mut command: Command) -> Result<Self> {
         let mut child = command.spawn().context("spawn pullgate")?;
         let stdout = Arc::new(Mutex::new(String::new()));
@@ -330,21 +335,7 @@ impl RunningAgent {
     }
 
     fn terminate(&mut self) {
-        if let Ok(None) = self.child.try_wait() {
-            let _ = Command::new("kill")
-                .arg("-TERM")
-                .arg(self.child.id().to_string())
-                .status();
-            let deadline = Instant::now() + Duration::from_secs(10);
-            while Instant::now() < deadline {
-                if let Ok(Some(_)) = self.child.try_wait() {
-                    break;
-                }
-                std::thread::sleep(Duration::from_millis(20));
-            }
-            let _ = self.child.kill();
-        }
-        let _ = self.child.wait();
+        crate::process::terminate(&mut self.child, Duration::from_secs(10));
         for reader in self.readers.drain(..) {
             let _ = reader.join();
         }

@@ -49,24 +49,13 @@ impl ChildGuard {
         let Some(mut child) = self.child.take() else {
             return;
         };
-        if let Ok(Some(_)) = child.try_wait() {
-            return;
+        if !terminate(&mut child, grace) {
+            eprintln!(
+                "testenv: {} (pid {}) ignored SIGTERM; killed",
+                self.name,
+                child.id()
+            );
         }
-        let pid = child.id() as libc::pid_t;
-        signal(pid, libc::SIGTERM);
-        let deadline = Instant::now() + grace;
-        while Instant::now() < deadline {
-            if let Ok(Some(_)) = child.try_wait() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        eprintln!(
-            "testenv: {} (pid {pid}) ignored SIGTERM; killing",
-            self.name
-        );
-        let _ = child.kill();
-        let _ = child.wait();
     }
 
     /// SIGKILL at once, as a crash would.
@@ -82,6 +71,25 @@ impl Drop for ChildGuard {
     fn drop(&mut self) {
         self.stop(Duration::from_secs(5));
     }
+}
+
+/// Stops `child` and reaps it: SIGTERM, up to `grace` to exit, then SIGKILL. `false` when it had
+/// to be killed. A child that has already exited is only reaped.
+pub fn terminate(child: &mut Child, grace: Duration) -> bool {
+    if let Ok(Some(_)) = child.try_wait() {
+        return true;
+    }
+    signal(child.id() as libc::pid_t, libc::SIGTERM);
+    let deadline = Instant::now() + grace;
+    while Instant::now() < deadline {
+        if let Ok(Some(_)) = child.try_wait() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    false
 }
 
 #[allow(unsafe_code)]

@@ -51,35 +51,6 @@ fn b64(bytes: impl AsRef<[u8]>) -> String {
 // ---------------------------------------------------------------------------------------------
 // The agent process, seen from /proc.
 
-/// The PID of the running `pullgate` whose command line names `marker` (the test's own temp dir:
-/// unique per test, so tests running side by side never see each other's agent).
-fn agent_pid(marker: &str) -> u32 {
-    let found = (0..200).find_map(|_| {
-        let pid = std::fs::read_dir("/proc")
-            .ok()?
-            .filter_map(Result::ok)
-            .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
-            .find(|pid| {
-                let Ok(cmdline) = std::fs::read(format!("/proc/{pid}/cmdline")) else {
-                    return false;
-                };
-                let args: Vec<&[u8]> = cmdline.split(|b| *b == 0).collect();
-                let is_pullgate = args
-                    .first()
-                    .is_some_and(|a| a.ends_with(b"/pullgate") || *a == b"pullgate");
-                is_pullgate
-                    && args
-                        .iter()
-                        .any(|a| String::from_utf8_lossy(a).contains(marker))
-            });
-        if pid.is_none() {
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        pid
-    });
-    found.unwrap_or_else(|| panic!("no pullgate process names {marker}"))
-}
-
 /// A field of `/proc/PID/status`, in kB for the memory ones.
 fn status_field(pid: u32, field: &str) -> Option<String> {
     std::fs::read_to_string(format!("/proc/{pid}/status"))
@@ -168,7 +139,7 @@ fn containerd_killed_under_the_daemon_is_reported_then_recovered_by_itself() {
         ])
         .spawn()
         .unwrap();
-    let pid = agent_pid(&env.manifests.path().display().to_string());
+    let pid = agent.pid();
     let of_image = |verdict: &'static str| {
         let image = image.by_tag.clone();
         move |l: &Value| {
@@ -367,7 +338,7 @@ fn a_registry_stopped_mid_full_canary_is_network_and_the_retry_is_ok() {
         ])
         .spawn()
         .unwrap();
-    let pid = agent_pid(&env.manifests.path().display().to_string());
+    let pid = agent.pid();
 
     // The start-up canary streams the first layer…
     pullgate_testenv::process::wait_until(
@@ -491,7 +462,7 @@ fn an_api_server_storm_of_500s_cut_watches_and_410s_is_ridden_out() {
         ])
         .spawn()
         .unwrap();
-    let pid = agent_pid(&kubeconfig.display().to_string());
+    let pid = agent.pid();
     let condition = |api: &ApiServer| api.node_condition(NODE, "CriticalImagesReady");
     api.wait("CriticalImagesReady=True", Duration::from_secs(90), |api| {
         condition(api).filter(|c| c["status"] == "True")
@@ -636,7 +607,7 @@ fn a_pullset_created_with_its_secret_is_not_judged_before_the_secret_is_read() {
         ])
         .spawn()
         .unwrap();
-    let pid = agent_pid(&kubeconfig.display().to_string());
+    let pid = agent.pid();
     agent
         .wait_for("both conditions True", Duration::from_secs(90), 2, |l| {
             l["kind"] == "condition" && l["status"] == "True"
@@ -778,7 +749,7 @@ fn a_thousand_pullsets_with_every_tenth_malformed() {
         .args(&["--recheck-interval", "1h"])
         .spawn()
         .unwrap();
-    let pid = agent_pid(&env.manifests.path().display().to_string());
+    let pid = agent.pid();
     let ok = |l: &Value| l["kind"] == "prepull" && l["verdict"] == "Ok";
     agent
         .wait_for("900 Ok outcomes", Duration::from_secs(120), 900, ok)
@@ -889,7 +860,7 @@ fn a_50_mib_pull_secret_file_is_refused_by_name_in_bounded_memory() {
         .args(&["--recheck-interval", "1h"])
         .spawn()
         .unwrap();
-    let pid = agent_pid(&env.manifests.path().display().to_string());
+    let pid = agent.pid();
     agent
         .wait_for("the pre-pull", Duration::from_secs(120), 1, |l| {
             l["kind"] == "prepull"
@@ -1019,7 +990,7 @@ fn a_10000_layer_manifest_is_checked_blob_by_blob_in_bounded_memory() {
         ])
         .spawn()
         .unwrap();
-    let pid = agent_pid(&env.manifests.path().display().to_string());
+    let pid = agent.pid();
     agent
         .wait_for("the canary", Duration::from_secs(150), 1, |l| {
             l["kind"] == "canary"
@@ -1135,7 +1106,7 @@ fn a_manifest_over_4_mib_is_a_clear_error_not_an_oom() {
         ])
         .spawn()
         .unwrap();
-    let pid = agent_pid(&env.manifests.path().display().to_string());
+    let pid = agent.pid();
     agent
         .wait_for("three canaries", Duration::from_secs(90), 3, |l| {
             l["kind"] == "canary"
@@ -1216,7 +1187,7 @@ fn a_trickling_registry_gets_verdicts_on_both_paths_and_recovery_when_it_heals()
         ])
         .spawn()
         .unwrap();
-    let pid = agent_pid(&env.manifests.path().display().to_string());
+    let pid = agent.pid();
 
     // The canary: the manifest request is cut at --registry-timeout, a Network verdict.
     agent

@@ -157,20 +157,10 @@ fn ci() -> Result<()> {
 /// A benchmark of the pullgate-env driver, release build (the driver builds the agent with the
 /// same profile, so a release benchmark measures a release agent).
 fn bench(which: &str, extra: &[String]) -> Result<()> {
-    deps()?;
-    let mut cmd = vec![
-        "run",
-        "--quiet",
-        "--release",
-        "-p",
-        "pullgate-testenv",
-        "--bin",
-        "pullgate-env",
-        "--",
-        which,
-    ];
-    cmd.extend(extra.iter().map(String::as_str));
-    cargo(&cmd)
+    let args: Vec<String> = std::iter::once(which.to_string())
+        .chain(extra.iter().cloned())
+        .collect();
+    release_bin("pullgate-env", &args)
 }
 
 /// Runs one of the test crate's drivers in release, after `deps`.

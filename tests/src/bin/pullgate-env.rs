@@ -426,30 +426,21 @@ fn bench_prepull(count: usize, size_mib: usize, runs: usize) -> Result<()> {
             Ok(())
         })
     };
+    let parallel = count.to_string();
     let pullgate = || -> Result<Duration> {
-        let start = Instant::now();
-        let status = Command::new(&binary)
-            .args([
-                "run",
-                "--once",
-                "--metrics-addr",
-                "127.0.0.1:0",
-                "--api-socket",
-                "off",
-                "--node-name",
-                "bench",
-                "--max-parallel-pulls",
-            ])
-            .arg(count.to_string())
-            .arg("--manifests")
-            .arg(manifests.path())
-            .arg("--cri-endpoint")
-            .arg(&endpoint)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status()?;
-        ensure!(status.success(), "pullgate run --once failed");
-        Ok(start.elapsed())
+        let run = run_once(
+            &binary,
+            manifests.path(),
+            &endpoint,
+            &["--max-parallel-pulls", &parallel],
+        )?;
+        ensure!(
+            run.code == Some(0),
+            "pullgate run --once failed ({:?}):\n{}",
+            run.code,
+            run.stderr
+        );
+        Ok(run.wall)
     };
     let serial = || -> Result<Duration> {
         block_on(async {
@@ -1202,19 +1193,7 @@ impl Daemon {
 
 impl Drop for Daemon {
     fn drop(&mut self) {
-        let _ = Command::new("kill")
-            .arg("-TERM")
-            .arg(self.child.id().to_string())
-            .status();
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while Instant::now() < deadline {
-            if let Ok(Some(_)) = self.child.try_wait() {
-                break;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        pullgate_testenv::process::terminate(&mut self.child, Duration::from_secs(10));
         if let Some(reader) = self.reader.take() {
             let _ = reader.join();
         }

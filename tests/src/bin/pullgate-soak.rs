@@ -159,18 +159,7 @@ impl AgentProcess {
     }
 
     fn stop(&mut self) {
-        if self.exited().is_none() {
-            let _ = Command::new("kill")
-                .arg("-TERM")
-                .arg(self.child.id().to_string())
-                .status();
-            let deadline = Instant::now() + Duration::from_secs(15);
-            while Instant::now() < deadline && self.exited().is_none() {
-                std::thread::sleep(Duration::from_millis(50));
-            }
-            let _ = self.child.kill();
-        }
-        let _ = self.child.wait();
+        pullgate_testenv::process::terminate(&mut self.child, Duration::from_secs(15));
     }
 }
 
