@@ -1,7 +1,7 @@
 //! Command-line interface: every flag in one place, each with `--long` and `PULLGATE_…` env.
 
-use crate::cri::CriEndpoint;
-use crate::node::NodeLabels;
+use crate::adapters::cri::CriEndpoint;
+use crate::model::node::NodeLabels;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use std::path::PathBuf;
 
@@ -201,7 +201,7 @@ pub enum DepthArg {
     Full,
 }
 
-impl From<DepthArg> for crate::pullset::CanaryDepth {
+impl From<DepthArg> for crate::model::pullset::CanaryDepth {
     fn from(d: DepthArg) -> Self {
         match d {
             DepthArg::Manifest => Self::Manifest,
@@ -224,7 +224,7 @@ pub struct RegistryArgs {
     pub insecure_registries: Vec<String>,
     /// The platform whose manifest is checked in an index (default: this host's).
     #[arg(long, env = "PULLGATE_PLATFORM")]
-    pub platform: Option<crate::registry::Platform>,
+    pub platform: Option<crate::adapters::registry::Platform>,
     /// Warn when a credential expires within this window.
     #[arg(long, env = "PULLGATE_EXPIRY_WARNING", default_value = "2h")]
     pub expiry_warning: humantime::Duration,
@@ -386,8 +386,8 @@ pub struct ClusterArgs {
     #[arg(long, env = "PULLGATE_GATE_TIMEOUT", default_value = "10m")]
     pub gate_timeout: humantime::Duration,
     /// At the gate timeout: `remove` the taint anyway, or `keep` it until the gate opens.
-    #[arg(long, env = "PULLGATE_GATE_TIMEOUT_ACTION", value_enum, default_value_t = crate::gate::TimeoutAction::Remove)]
-    pub gate_timeout_action: crate::gate::TimeoutAction,
+    #[arg(long, env = "PULLGATE_GATE_TIMEOUT_ACTION", value_enum, default_value_t = crate::decide::gate::TimeoutAction::Remove)]
+    pub gate_timeout_action: crate::decide::gate::TimeoutAction,
     /// Re-write the node conditions (a fresh `lastHeartbeatTime`) at least this often.
     #[arg(long, env = "PULLGATE_CONDITION_HEARTBEAT", default_value = "10m")]
     pub condition_heartbeat: humantime::Duration,

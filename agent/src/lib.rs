@@ -1,76 +1,53 @@
 //! pullgate: a node agent that keeps a cluster's critical images present and proves that the
 //! registry credentials pods will use still work.
 //!
-//! Decisions live in plain modules (`image_ref`, `pullset`, `credentials`, `desired`, `prepull`,
-//! `verdict`) that import neither kube's client nor tonic; adapters (`cri`, `source`, `report`) are
-//! the only modules that know their crates' types. See ARCHITECTURE.md.
+//! The folders are the architecture (ARCHITECTURE.md is the map):
+//!
+//! - [`model`]: plain data (image references, the PullSet, inventory and snapshot, verdicts, outcomes);
+//! - [`decide`]: pure rules over the model, tested with data tables; no adapter crate, no process;
+//! - [`adapters`]: the CRI, registries, containerd's config, credential plugins, the API server,
+//!   files, and what the agent serves; each the only module that knows its crate;
+//! - [`daemon`]: `pullgate run`, its loops and their wiring;
+//! - [`commands`]: the one-shot commands (`auth`, `check`, `diagnose`, `audit`, `status`).
 
-pub mod audit;
-pub mod auth;
-pub mod canary;
-pub mod check;
+pub mod adapters;
 pub mod cli;
-pub mod conditions;
-pub mod credentials;
-pub mod cri;
-pub mod desired;
-pub mod diagnose;
-pub mod event_policy;
-pub mod event_recorder;
-pub mod gate;
-pub mod http_endpoints;
-pub mod image_ref;
-pub mod inventory;
-pub mod local_api;
-pub mod metrics;
-pub mod node;
-pub mod node_report;
-pub mod node_status;
-pub mod node_taint;
-pub mod outcome;
+pub mod commands;
+pub mod daemon;
+pub mod decide;
+pub mod model;
 #[cfg(test)]
 mod parsers_smoke;
-pub mod prepull;
-pub mod pullset;
-pub mod registry;
-pub mod report;
-pub mod run;
-pub mod runtime;
-pub mod runtime_config;
-pub mod secret_scrub;
-pub mod source;
-pub mod status_board;
-pub mod status_cmd;
-pub mod telemetry;
-pub mod verdict;
 
 use std::process::ExitCode;
 
 /// Runs the parsed command line; the binary's `main` is only this call.
 pub async fn main(cli: cli::Cli) -> ExitCode {
-    telemetry::init(cli.log.log_format);
+    daemon::telemetry::init(cli.log.log_format);
     match cli.command {
-        cli::Command::Run(args) => match run::run(*args).await {
-            Ok(run::RunOutcome::AllOk | run::RunOutcome::Stopped) => ExitCode::SUCCESS,
-            Ok(run::RunOutcome::SomeFailed) => ExitCode::from(1),
+        cli::Command::Run(args) => match daemon::run::run(*args).await {
+            Ok(daemon::run::RunOutcome::AllOk | daemon::run::RunOutcome::Stopped) => {
+                ExitCode::SUCCESS
+            }
+            Ok(daemon::run::RunOutcome::SomeFailed) => ExitCode::from(1),
             Err(e) => {
                 tracing::error!("{e}");
                 eprintln!("pullgate: {e}");
                 ExitCode::from(2)
             }
         },
-        cli::Command::Status(args) => exit(status_cmd::status(args).await),
-        cli::Command::Canary(args) => exit(status_cmd::canary(args).await),
-        cli::Command::Diagnose(args) => exit(diagnose::diagnose(args).await),
-        cli::Command::Audit(args) => exit(audit::audit(args).await),
+        cli::Command::Status(args) => exit(commands::status::status(args).await),
+        cli::Command::Canary(args) => exit(commands::status::canary(args).await),
+        cli::Command::Diagnose(args) => exit(commands::diagnose::diagnose(args).await),
+        cli::Command::Audit(args) => exit(commands::audit::audit(args).await),
         cli::Command::Crd => {
-            print!("{}", pullset::crd_yaml());
+            print!("{}", model::pullset::crd_yaml());
             ExitCode::SUCCESS
         }
-        cli::Command::Check(args) => exit(check::check(args).await),
+        cli::Command::Check(args) => exit(commands::check::check(args).await),
         cli::Command::Auth(cli::AuthArgs {
             command: cli::AuthCommand::Resolve(args),
-        }) => exit(auth::resolve(args).await),
+        }) => exit(commands::auth::resolve(args).await),
     }
 }
 

@@ -2,9 +2,9 @@
 //! coverage-guided targets in `agent/fuzz/` go further with `cargo xtask fuzz`). Random strings over
 //! the characters the grammars care about: nothing may panic, and printed references re-parse.
 
-use crate::credentials::dockerconfig::{DockerConfigFormat, parse};
-use crate::credentials::keyring::{Keyring, glob_match, normalize_key, urls_match};
-use crate::image_ref::ImageRef;
+use crate::decide::credentials::dockerconfig::{DockerConfigFormat, parse};
+use crate::decide::credentials::keyring::{Keyring, glob_match, normalize_key, urls_match};
+use crate::model::image_ref::ImageRef;
 
 const ALPHABET: &[u8] = b"abcAZ019.:/@*?[]^\\-_%{}\",=+ \nxyzv12sha256:";
 

@@ -3,7 +3,7 @@
 
 use crate::process::{ChildGuard, require_binary, require_root, wait_until};
 use anyhow::{Context as _, Result};
-use pullgate::cri::{CriClient, CriTimeouts};
+use pullgate::adapters::cri::{CriClient, CriTimeouts};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;

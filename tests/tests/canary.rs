@@ -4,7 +4,7 @@
 
 #![allow(clippy::unwrap_used)] // test fixtures: a failed set-up step should panic with its error
 
-use pullgate::runtime::ImageRuntime as _;
+use pullgate::decide::runtime::ImageRuntime as _;
 use pullgate_testenv::agent::pullgate_binary;
 use pullgate_testenv::manifests::{pull_secret, pullset};
 use pullgate_testenv::{ImageSpec, PASSWORD, TestEnv, USER, WRONG_PASSWORD, block_on};

@@ -3,7 +3,7 @@
 
 #![allow(clippy::unwrap_used)] // test fixtures: a failed set-up step should panic with its error
 
-use pullgate::credentials::plugin::{CredentialProviders, PluginError, load_config};
+use pullgate::adapters::credential_plugin::{CredentialProviders, PluginError, load_config};
 use pullgate_testenv::manifests::pullset;
 use pullgate_testenv::{ImageSpec, PASSWORD, TestEnv, USER, block_on};
 use std::os::unix::fs::PermissionsExt as _;

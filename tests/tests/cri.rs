@@ -1,6 +1,6 @@
 //! The CRI adapter's calls against a real containerd.
 
-use pullgate::runtime::{ImageRuntime as _, PullAuth};
+use pullgate::decide::runtime::{ImageRuntime as _, PullAuth};
 use pullgate_testenv::{ImageSpec, PASSWORD, TestEnv, USER, block_on};
 use secrecy::SecretString;
 

@@ -4,7 +4,7 @@
 
 #![allow(clippy::unwrap_used)] // test fixtures: a failed set-up step should panic with its error
 
-use pullgate::local_api::Client;
+use pullgate::adapters::serve::local_api::Client;
 use pullgate_testenv::agent::pullgate_binary;
 use pullgate_testenv::{ImageSpec, PASSWORD, TestEnv, USER, block_on};
 use std::os::unix::fs::{FileTypeExt as _, PermissionsExt as _};

@@ -1,6 +1,6 @@
 //! Pre-pull against a real containerd and a real registry (see tests/src/lib.rs).
 
-use pullgate::runtime::ImageRuntime as _;
+use pullgate::decide::runtime::ImageRuntime as _;
 use pullgate_testenv::manifests::{pull_secret, pullset};
 use pullgate_testenv::{ImageSpec, PASSWORD, TestEnv, USER, WRONG_PASSWORD, block_on};
 use std::time::Duration;

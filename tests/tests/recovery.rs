@@ -1,7 +1,7 @@
 //! The agent survives a runtime restart, an unreachable runtime, images removed behind its back,
 //! and picks up edited manifests without a restart. Real containerd, real registry.
 
-use pullgate::runtime::ImageRuntime as _;
+use pullgate::decide::runtime::ImageRuntime as _;
 use pullgate_testenv::manifests::pullset;
 use pullgate_testenv::{ImageSpec, PASSWORD, TestEnv, block_on};
 use std::time::Duration;

@@ -19,7 +19,7 @@
 #![allow(clippy::unwrap_used)] // test fixtures: a failed set-up step should panic with its error
 
 use base64::Engine as _;
-use pullgate::runtime::ImageRuntime as _;
+use pullgate::decide::runtime::ImageRuntime as _;
 use pullgate_testenv::apiserver::{ApiServer, objects};
 use pullgate_testenv::manifests::{pull_secret, pullset};
 use pullgate_testenv::proxy::{Mode, Proxy};

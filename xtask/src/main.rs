@@ -16,7 +16,7 @@ commands:
                        `pullgate run --once --manifests examples/demo` and show the JSON lines
   ci                   deps, cargo fmt --check, cargo clippy -D warnings, all tests (a test fails
                        when manifests/base/crd.yaml drifts from the PullSet type)
-  manifests            regenerate manifests/base/crd.yaml from agent/src/pullset.rs
+  manifests            regenerate manifests/base/crd.yaml from agent/src/model/pullset.rs
   bench prepull [--images N] [--size-mib M] [--runs R]
                        pre-pull benchmark: pullgate vs serial and concurrent CRI pulls
   bench canary [--rotations N]

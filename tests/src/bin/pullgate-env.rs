@@ -3,7 +3,7 @@
 
 use anyhow::{Context as _, Result, bail, ensure};
 use clap::{Parser, Subcommand};
-use pullgate::runtime::{ImageRuntime as _, PullAuth};
+use pullgate::decide::runtime::{ImageRuntime as _, PullAuth};
 use pullgate_testenv::agent::pullgate_binary;
 use pullgate_testenv::images::{self, ImageSpec, PushedImage};
 use pullgate_testenv::{Containerd, Registry, block_on};
@@ -791,7 +791,7 @@ struct CriCounter {
 impl CriCounter {
     fn start(upstream: &str) -> Result<Self> {
         use std::sync::{Arc, Mutex};
-        let upstream: pullgate::cri::CriEndpoint = upstream
+        let upstream: pullgate::adapters::cri::CriEndpoint = upstream
             .parse()
             .map_err(|e| anyhow::anyhow!("CRI endpoint `{upstream}`: {e}"))?;
         // Short prefix: the socket path must fit in sun_path.
@@ -815,7 +815,7 @@ impl CriCounter {
                 let Ok(listener) = tokio::net::UnixListener::from_std(listener) else {
                     return;
                 };
-                let channel = pullgate::cri::connect(&upstream, Duration::from_secs(5));
+                let channel = pullgate::adapters::cri::connect(&upstream, Duration::from_secs(5));
                 let app = axum::Router::new().fallback(move |request: axum::extract::Request| {
                     forward(channel.clone(), table.clone(), request)
                 });

@@ -1,5 +1,5 @@
 //! Fleet simulation (`cargo xtask sim`): N simulated agents in one process, each running the real
-//! canary service (`pullgate::canary::service::run`) with its own node name, so each waits its own
+//! canary service (`pullgate::daemon::canary_scheduler::run`) with its own node name, so each waits its own
 //! deterministic jitter offset, and a real [`RegistryClient`] as its probe (one client, cloned: it
 //! shares reqwest's pool; each probe still builds its own oci-client, as in the agent), against a
 //! real `docker-registry` (htpasswd auth) behind the counting loopback proxy. It reports how hard
@@ -16,7 +16,7 @@
 //!
 //! Sources, and why not one watcher per agent: the objects come from the test API server
 //! (`pullgate_testenv::apiserver`) through a handful (`--cluster-sources`, default 8) of real
-//! cluster sources (`pullgate::source::cluster::watch_cluster`, kube's client and watchers, each for
+//! cluster sources (`pullgate::adapters::kube::source::watch_cluster`, kube's client and watchers, each for
 //! a Node of its own); agent `i` subscribes to source `i mod K`'s `tokio::sync::watch` channel of
 //! `Arc<Loaded>`, the very channel an agent's canary service reads. Thousands of kube watchers in
 //! one process would measure the test API server (one store lock, two worker threads) and kube's
@@ -34,15 +34,15 @@
 
 use anyhow::{Context as _, Result, bail, ensure};
 use clap::Parser;
-use pullgate::canary::jitter;
-use pullgate::canary::runner::{CanaryOutcome, CanaryRunner, Trigger};
-use pullgate::canary::service::{CanaryControl, CanarySink, ServiceConfig};
-use pullgate::credentials::{CredentialResolver, KubeletResolver};
-use pullgate::inventory::ObjectKey;
-use pullgate::node::NodeInfo;
-use pullgate::registry::{RegistryClient, RegistryConfig};
-use pullgate::source::manifests::Loaded;
-use pullgate::verdict::Verdict;
+use pullgate::adapters::files::manifests::Loaded;
+use pullgate::adapters::registry::{RegistryClient, RegistryConfig};
+use pullgate::daemon::canary_scheduler::{CanaryControl, CanarySink, ServiceConfig};
+use pullgate::decide::canary::jitter;
+use pullgate::decide::canary::runner::{CanaryOutcome, CanaryRunner, Trigger};
+use pullgate::decide::credentials::{CredentialResolver, KubeletResolver};
+use pullgate::model::inventory::ObjectKey;
+use pullgate::model::node::NodeInfo;
+use pullgate::model::verdict::Verdict;
 use pullgate_testenv::apiserver::{ApiServer, objects};
 use pullgate_testenv::images::{self, ImageSpec};
 use pullgate_testenv::proxy::Proxy;
@@ -511,7 +511,7 @@ impl Fleet {
             let (control, control_end) = CanaryControl::new();
             controls.push(control);
             let sink: Arc<dyn CanarySink> = sink.clone();
-            tasks.push(tokio::spawn(pullgate::canary::service::run(
+            tasks.push(tokio::spawn(pullgate::daemon::canary_scheduler::run(
                 runner,
                 resolver.clone(),
                 sources[i % sources.len()].clone(),
@@ -590,13 +590,13 @@ async fn simulate(
     let dir = tempfile::Builder::new().prefix("pullgate-sim-").tempdir()?;
     let kubeconfig = dir.path().join("kubeconfig");
     std::fs::write(&kubeconfig, api.kubeconfig())?;
-    let client = pullgate::source::cluster::client(Some(&kubeconfig)).await?;
+    let client = pullgate::adapters::kube::source::client(Some(&kubeconfig)).await?;
     let cancel_sources = Default::default();
     let errors = Arc::new(std::sync::atomic::AtomicU64::new(0));
     let mut sources = Vec::new();
     let mut source_tasks = Vec::new();
     for name in names.iter().take(cli.cluster_sources) {
-        let (rx, task) = pullgate::source::cluster::watch_cluster(
+        let (rx, task) = pullgate::adapters::kube::source::watch_cluster(
             client.clone(),
             name.clone(),
             errors.clone(),
@@ -978,7 +978,7 @@ impl Sim<'_> {
         }
         println!();
         println!(
-            "planned: the peak over any 1 s window if every canary started exactly at its deterministic offset (`pullgate::canary::jitter::offset`), times {REQUESTS_PER_CANARY} requests; sent: the same from the canaries' actual start times (what the agents sent); served: the most requests the proxy counted in any 1 s (sampled every 100 ms), bounded by what this machine's proxy and registry can serve (see the baseline). Times are relative to the cron tick or the Secret write (start-up: the fleet's spawn). CPU s: used by this process (the agents, the proxy's threads) and by the registry during the scenario; listen overflows: connections the kernel dropped at a full accept queue (the client retries after 1 s, 3 s, …), a limit of the loopback set-up, not of the agents."
+            "planned: the peak over any 1 s window if every canary started exactly at its deterministic offset (`pullgate::decide::canary::jitter::offset`), times {REQUESTS_PER_CANARY} requests; sent: the same from the canaries' actual start times (what the agents sent); served: the most requests the proxy counted in any 1 s (sampled every 100 ms), bounded by what this machine's proxy and registry can serve (see the baseline). Times are relative to the cron tick or the Secret write (start-up: the fleet's spawn). CPU s: used by this process (the agents, the proxy's threads) and by the registry during the scenario; listen overflows: connections the kernel dropped at a full accept queue (the client retries after 1 s, 3 s, …), a limit of the loopback set-up, not of the agents."
         );
         println!();
         println!(

@@ -1,0 +1,638 @@
+//! Kubelet credential-provider exec plugins (`credentialprovider.kubelet.k8s.io/v1`), configured
+//! with the kubelet's own file format and flags (`--image-credential-provider-config`,
+//! `--image-credential-provider-bin-dir`).
+//!
+//! As the kubelet does: a provider applies when one of its `matchImages` matches the image
+//! (`registry/repository`, keyring glob rules); its binary `BIN_DIR/NAME` runs with the configured
+//! `args`, the agent's environment plus the configured `env`, a `CredentialProviderRequest` on stdin
+//! and a one-minute timeout; the response must carry the configured `apiVersion` and kind
+//! `CredentialProviderResponse`; it is cached per `cacheKeyType` (`Image`: the repository,
+//! `Registry`: the host, `Global`) for `cacheDuration`, else `defaultCacheDuration` (0: not cached).
+//! The `auth` keys of every applicable provider go into one keyring with the usual key rules. A
+//! failing plugin yields no credentials (the kubelet logs and pulls without them) and a finding.
+
+use crate::decide::credentials::keyring::{SchemelessUrl, urls_match};
+use secrecy::SecretString;
+use serde::Deserialize;
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+use tokio::io::AsyncWriteExt as _;
+
+const CONFIG_GROUP: &str = "kubelet.config.k8s.io";
+const PLUGIN_API_VERSIONS: [&str; 3] = [
+    "credentialprovider.kubelet.k8s.io/v1",
+    "credentialprovider.kubelet.k8s.io/v1beta1",
+    "credentialprovider.kubelet.k8s.io/v1alpha1",
+];
+const GLOBAL_CACHE_KEY: &str = "<global>";
+
+#[derive(Debug, thiserror::Error)]
+pub enum PluginError {
+    #[error("credential provider config {}: {message}", path.display())]
+    Config { path: PathBuf, message: String },
+    #[error("credential provider bin dir {}: {source}", path.display())]
+    BinDir {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("credential provider plugin binary {} does not exist", path.display())]
+    MissingBinary { path: PathBuf },
+    #[error("credential provider {name} for image {image}: cannot start {}: {source}", path.display())]
+    Spawn {
+        name: String,
+        image: String,
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("credential provider {name} for image {image}: timed out after {}", humantime::format_duration(*after))]
+    Timeout {
+        name: String,
+        image: String,
+        after: Duration,
+    },
+    #[error("credential provider {name} for image {image}: exited with {status}: {stderr}")]
+    Exit {
+        name: String,
+        image: String,
+        status: String,
+        stderr: String,
+    },
+    #[error(
+        "credential provider {name} for image {image}: error decoding the response from stdout"
+    )]
+    BadResponse { name: String, image: String },
+    #[error(
+        "credential provider {name} for image {image}: response apiVersion `{actual}` does not match the configured `{expected}`"
+    )]
+    WrongApiVersion {
+        name: String,
+        image: String,
+        expected: String,
+        actual: String,
+    },
+}
+
+/// One provider of a `CredentialProviderConfig`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProviderConfig {
+    pub name: String,
+    pub match_images: Vec<String>,
+    pub default_cache_duration: Duration,
+    pub api_version: String,
+    pub args: Vec<String>,
+    pub env: Vec<(String, String)>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct ConfigFile {
+    api_version: String,
+    kind: String,
+    #[serde(default)]
+    providers: Vec<ProviderFile>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct ProviderFile {
+    #[serde(default)]
+    name: String,
+    #[serde(default)]
+    match_images: Vec<String>,
+    #[serde(default)]
+    default_cache_duration: Option<String>,
+    #[serde(default)]
+    api_version: String,
+    #[serde(default)]
+    args: Vec<String>,
+    #[serde(default)]
+    env: Vec<EnvVar>,
+    /// Service-account token mode (behind a kubelet feature gate): not supported.
+    #[serde(default)]
+    token_attributes: Option<serde_json::Value>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct EnvVar {
+    name: String,
+    value: String,
+}
+
+/// Loads a config file, or every `*.json`/`*.yaml`/`*.yml` file of a directory (sorted), and
+/// validates it as the kubelet does. Every problem is reported, not just the first.
+pub fn load_config(path: &Path) -> Result<Vec<ProviderConfig>, PluginError> {
+    let config_error = |message: String| PluginError::Config {
+        path: path.to_path_buf(),
+        message,
+    };
+    let files = if path.is_dir() {
+        let mut files: Vec<PathBuf> = std::fs::read_dir(path)
+            .map_err(|e| config_error(e.to_string()))?
+            .filter_map(Result::ok)
+            .map(|e| e.path())
+            .filter(|p| {
+                p.is_file()
+                    && matches!(
+                        p.extension().and_then(|e| e.to_str()),
+                        Some("json" | "yaml" | "yml")
+                    )
+            })
+            .collect();
+        files.sort();
+        if files.is_empty() {
+            return Err(config_error(
+                "no .json, .yaml or .yml file in the directory".into(),
+            ));
+        }
+        files
+    } else {
+        vec![path.to_path_buf()]
+    };
+    let mut providers = Vec::new();
+    let mut problems = Vec::new();
+    for file in files {
+        let text = std::fs::read_to_string(&file)
+            .map_err(|e| config_error(format!("{}: {e}", file.display())))?;
+        let parsed: ConfigFile = serde_yaml::from_str(&text)
+            .map_err(|e| config_error(format!("{}: {e}", file.display())))?;
+        if parsed.kind != "CredentialProviderConfig"
+            || parsed.api_version.split('/').next() != Some(CONFIG_GROUP)
+        {
+            problems.push(format!(
+                "{}: expected kind CredentialProviderConfig in group {CONFIG_GROUP}, got {} {}",
+                file.display(),
+                parsed.api_version,
+                parsed.kind
+            ));
+            continue;
+        }
+        for (i, p) in parsed.providers.into_iter().enumerate() {
+            match validate_provider(p) {
+                Ok(Some(p)) => providers.push(p),
+                Ok(None) => {}
+                Err(e) => problems.push(format!("{}: providers[{i}]: {e}", file.display())),
+            }
+        }
+    }
+    let mut names: Vec<&str> = providers.iter().map(|p| p.name.as_str()).collect();
+    names.sort_unstable();
+    for pair in names.windows(2) {
+        if pair[0] == pair[1] {
+            problems.push(format!("duplicate provider name `{}`", pair[0]));
+        }
+    }
+    if providers.is_empty() && problems.is_empty() {
+        problems.push("at least one provider is required".into());
+    }
+    if problems.is_empty() {
+        Ok(providers)
+    } else {
+        Err(config_error(problems.join("; ")))
+    }
+}
+
+fn validate_provider(p: ProviderFile) -> Result<Option<ProviderConfig>, String> {
+    let mut problems = Vec::new();
+    if p.name.is_empty() {
+        problems.push("name is required".to_string());
+    } else if p.name.contains('/') || p.name.contains(' ') || p.name == "." || p.name == ".." {
+        problems.push(format!(
+            "name `{}` must not contain '/' or ' ' and must not be '.' or '..'",
+            p.name
+        ));
+    }
+    if p.api_version.is_empty() {
+        problems.push("apiVersion is required".into());
+    } else if !PLUGIN_API_VERSIONS.contains(&p.api_version.as_str()) {
+        problems.push(format!(
+            "apiVersion `{}` is not one of {PLUGIN_API_VERSIONS:?}",
+            p.api_version
+        ));
+    }
+    if p.match_images.is_empty() {
+        problems.push("matchImages is required".into());
+    }
+    for m in &p.match_images {
+        if SchemelessUrl::parse(m).is_none() {
+            problems.push(format!("matchImages entry `{m}` is not a valid URL"));
+        }
+    }
+    let default_cache_duration = match p.default_cache_duration.as_deref() {
+        None => {
+            problems.push("defaultCacheDuration is required".into());
+            Duration::ZERO
+        }
+        Some(d) => parse_go_duration(d).unwrap_or_else(|| {
+            problems.push(format!(
+                "defaultCacheDuration `{d}` is not a non-negative duration"
+            ));
+            Duration::ZERO
+        }),
+    };
+    if !problems.is_empty() {
+        return Err(problems.join(", "));
+    }
+    if p.token_attributes.is_some() {
+        tracing::warn!(provider = %p.name, "tokenAttributes (service-account token mode) is not supported; provider skipped");
+        return Ok(None);
+    }
+    Ok(Some(ProviderConfig {
+        name: p.name,
+        match_images: p.match_images,
+        default_cache_duration,
+        api_version: p.api_version,
+        args: p.args,
+        env: p.env.into_iter().map(|e| (e.name, e.value)).collect(),
+    }))
+}
+
+/// Go's `time.ParseDuration` for non-negative values: `300ms`, `1.5h`, `2h45m`, `0`.
+pub fn parse_go_duration(s: &str) -> Option<Duration> {
+    let s = s.strip_prefix('+').unwrap_or(s);
+    if s == "0" {
+        return Some(Duration::ZERO);
+    }
+    if s.is_empty() || s.starts_with('-') {
+        return None;
+    }
+    let mut total = 0f64;
+    let mut rest = s;
+    while !rest.is_empty() {
+        let number_end = rest
+            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+            .unwrap_or(rest.len());
+        let number: f64 = rest[..number_end].parse().ok()?;
+        rest = &rest[number_end..];
+        let unit_end = rest
+            .find(|c: char| c.is_ascii_digit() || c == '.')
+            .unwrap_or(rest.len());
+        let nanos_per = match &rest[..unit_end] {
+            "ns" => 1.0,
+            "us" | "µs" | "μs" => 1e3,
+            "ms" => 1e6,
+            "s" => 1e9,
+            "m" => 60e9,
+            "h" => 3600e9,
+            _ => return None,
+        };
+        total += number * nanos_per;
+        rest = &rest[unit_end..];
+    }
+    Some(Duration::from_nanos(total as u64))
+}
+
+/// A credential a plugin returned, filed under its `auth` key.
+#[derive(Clone, Debug)]
+pub struct PluginCredential {
+    pub provider: String,
+    pub key: String,
+    pub username: String,
+    pub password: SecretString,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct Response {
+    #[serde(rename = "apiVersion")]
+    _api_version: String,
+    kind: String,
+    cache_key_type: String,
+    #[serde(default)]
+    cache_duration: Option<String>,
+    #[serde(default)]
+    auth: BTreeMap<String, ResponseAuth>,
+    /// v1 field for service-account mode; accepted and unused.
+    #[serde(default, rename = "serviceAccountTokenCacheType")]
+    _sa_cache_type: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ResponseAuth {
+    #[serde(default)]
+    username: String,
+    #[serde(default)]
+    password: String,
+}
+
+#[derive(Clone)]
+struct Cached {
+    expires: Instant,
+    credentials: Vec<PluginCredential>,
+}
+
+/// The configured providers, their binaries and their response cache.
+pub struct CredentialProviders {
+    providers: Vec<ProviderConfig>,
+    bin_dir: PathBuf,
+    timeout: Duration,
+    cache: std::sync::Mutex<HashMap<(String, String), Cached>>,
+    /// One exec at a time per provider (the kubelet uses singleflight per image).
+    running: HashMap<String, tokio::sync::Mutex<()>>,
+}
+
+impl CredentialProviders {
+    /// Checks that the bin dir and every provider's binary exist, as the kubelet does at start-up.
+    pub fn new(
+        providers: Vec<ProviderConfig>,
+        bin_dir: &Path,
+        timeout: Duration,
+    ) -> Result<Self, PluginError> {
+        std::fs::metadata(bin_dir).map_err(|source| PluginError::BinDir {
+            path: bin_dir.to_path_buf(),
+            source,
+        })?;
+        for p in &providers {
+            let path = bin_dir.join(&p.name);
+            if !path.is_file() {
+                return Err(PluginError::MissingBinary { path });
+            }
+        }
+        let running = providers
+            .iter()
+            .map(|p| (p.name.clone(), tokio::sync::Mutex::new(())))
+            .collect();
+        Ok(Self {
+            providers,
+            bin_dir: bin_dir.to_path_buf(),
+            timeout,
+            cache: std::sync::Mutex::new(HashMap::new()),
+            running,
+        })
+    }
+
+    /// Credentials of every provider that applies to `image` (`registry/repository`), in config
+    /// order, and the error of each provider that failed.
+    pub async fn provide(&self, image: &str) -> (Vec<PluginCredential>, Vec<PluginError>) {
+        let mut credentials = Vec::new();
+        let mut errors = Vec::new();
+        for provider in &self.providers {
+            if !provider.match_images.iter().any(|m| urls_match(m, image)) {
+                continue;
+            }
+            match self.provide_one(provider, image).await {
+                Ok(c) => credentials.extend(c),
+                Err(e) => {
+                    tracing::warn!(error = %e, "credential provider failed; pulling without its credentials");
+                    errors.push(e);
+                }
+            }
+        }
+        (credentials, errors)
+    }
+
+    fn cached(&self, provider: &str, image: &str) -> Option<Vec<PluginCredential>> {
+        let cache = self
+            .cache
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let registry = image.split('/').next().unwrap_or(image);
+        [image, registry, GLOBAL_CACHE_KEY]
+            .iter()
+            .filter_map(|k| cache.get(&(provider.to_string(), (*k).to_string())))
+            .find(|c| Instant::now() < c.expires)
+            .map(|c| c.credentials.clone())
+    }
+
+    async fn provide_one(
+        &self,
+        provider: &ProviderConfig,
+        image: &str,
+    ) -> Result<Vec<PluginCredential>, PluginError> {
+        if let Some(hit) = self.cached(&provider.name, image) {
+            return Ok(hit);
+        }
+        let _turn = match self.running.get(&provider.name) {
+            Some(lock) => Some(lock.lock().await),
+            None => None,
+        };
+        if let Some(hit) = self.cached(&provider.name, image) {
+            return Ok(hit);
+        }
+        let response = self.exec(provider, image).await?;
+        let err_bad = || PluginError::BadResponse {
+            name: provider.name.clone(),
+            image: image.to_string(),
+        };
+        let cache_key = match response.cache_key_type.as_str() {
+            "Image" => image.to_string(),
+            "Registry" => image.split('/').next().unwrap_or(image).to_string(),
+            "Global" => GLOBAL_CACHE_KEY.to_string(),
+            _ => return Err(err_bad()),
+        };
+        let duration = match response.cache_duration.as_deref() {
+            Some(d) => parse_go_duration(d).ok_or_else(err_bad)?,
+            None => provider.default_cache_duration,
+        };
+        let credentials: Vec<PluginCredential> = response
+            .auth
+            .into_iter()
+            .map(|(key, auth)| PluginCredential {
+                provider: provider.name.clone(),
+                key,
+                username: auth.username,
+                password: SecretString::from(auth.password),
+            })
+            .collect();
+        if !duration.is_zero() {
+            self.cache
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .insert(
+                    (provider.name.clone(), cache_key),
+                    Cached {
+                        expires: Instant::now() + duration,
+                        credentials: credentials.clone(),
+                    },
+                );
+        }
+        Ok(credentials)
+    }
+
+    async fn exec(&self, provider: &ProviderConfig, image: &str) -> Result<Response, PluginError> {
+        let path = self.bin_dir.join(&provider.name);
+        let request = serde_json::json!({
+            "kind": "CredentialProviderRequest",
+            "apiVersion": provider.api_version,
+            "image": image,
+        });
+        let mut child = tokio::process::Command::new(&path)
+            .args(&provider.args)
+            .envs(provider.env.iter().map(|(k, v)| (k, v)))
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .map_err(|source| PluginError::Spawn {
+                name: provider.name.clone(),
+                image: image.to_string(),
+                path: path.clone(),
+                source,
+            })?;
+        if let Some(mut stdin) = child.stdin.take() {
+            // A plugin that does not read its stdin is its own business; its answer still counts.
+            let _ = stdin.write_all(format!("{request}\n").as_bytes()).await;
+        }
+        let output = match tokio::time::timeout(self.timeout, child.wait_with_output()).await {
+            Ok(Ok(output)) => output,
+            Ok(Err(source)) => {
+                return Err(PluginError::Spawn {
+                    name: provider.name.clone(),
+                    image: image.to_string(),
+                    path,
+                    source,
+                });
+            }
+            Err(_) => {
+                return Err(PluginError::Timeout {
+                    name: provider.name.clone(),
+                    image: image.to_string(),
+                    after: self.timeout,
+                });
+            }
+        };
+        if !output.status.success() {
+            let stderr = String::from_utf8_lossy(&output.stderr);
+            return Err(PluginError::Exit {
+                name: provider.name.clone(),
+                image: image.to_string(),
+                status: output.status.to_string(),
+                stderr: stderr.trim().chars().take(300).collect(),
+            });
+        }
+        let value: serde_json::Value =
+            serde_json::from_slice(&output.stdout).map_err(|_| PluginError::BadResponse {
+                name: provider.name.clone(),
+                image: image.to_string(),
+            })?;
+        let actual = value
+            .get("apiVersion")
+            .and_then(|v| v.as_str())
+            .unwrap_or_default()
+            .to_string();
+        if actual != provider.api_version {
+            return Err(PluginError::WrongApiVersion {
+                name: provider.name.clone(),
+                image: image.to_string(),
+                expected: provider.api_version.clone(),
+                actual,
+            });
+        }
+        let response: Response =
+            serde_json::from_value(value).map_err(|_| PluginError::BadResponse {
+                name: provider.name.clone(),
+                image: image.to_string(),
+            })?;
+        if response.kind != "CredentialProviderResponse" {
+            return Err(PluginError::BadResponse {
+                name: provider.name.clone(),
+                image: image.to_string(),
+            });
+        }
+        Ok(response)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn go_durations() {
+        for (input, expected) in [
+            ("0", Some(Duration::ZERO)),
+            ("0s", Some(Duration::ZERO)),
+            ("12h", Some(Duration::from_secs(12 * 3600))),
+            ("1h30m", Some(Duration::from_secs(5400))),
+            ("1.5h", Some(Duration::from_secs(5400))),
+            ("300ms", Some(Duration::from_millis(300))),
+            ("2m3s", Some(Duration::from_secs(123))),
+            ("10", None),
+            ("", None),
+            ("-1h", None),
+            ("5d", None),
+        ] {
+            assert_eq!(parse_go_duration(input), expected, "{input}");
+        }
+    }
+
+    fn write(dir: &Path, name: &str, text: &str) -> PathBuf {
+        let p = dir.join(name);
+        std::fs::write(&p, text).unwrap();
+        p
+    }
+
+    #[test]
+    fn config_loading_and_validation() {
+        let dir = tempfile::tempdir().unwrap();
+        let good = write(
+            dir.path(),
+            "good.yaml",
+            r#"
+apiVersion: kubelet.config.k8s.io/v1
+kind: CredentialProviderConfig
+providers:
+  - name: ecr-credential-provider
+    matchImages: ["*.dkr.ecr.*.amazonaws.com", "*.dkr.ecr.*.amazonaws.com.cn"]
+    defaultCacheDuration: "12h"
+    apiVersion: credentialprovider.kubelet.k8s.io/v1
+    args: [get-credentials]
+    env: [{name: AWS_PROFILE, value: temp}]
+"#,
+        );
+        let providers = load_config(&good).unwrap();
+        assert_eq!(providers.len(), 1);
+        assert_eq!(
+            providers[0].default_cache_duration,
+            Duration::from_secs(12 * 3600)
+        );
+        assert_eq!(
+            providers[0].env,
+            [("AWS_PROFILE".to_string(), "temp".to_string())]
+        );
+
+        let cases = [
+            (
+                "kind: Other\napiVersion: kubelet.config.k8s.io/v1\nproviders: []",
+                "expected kind CredentialProviderConfig",
+            ),
+            (
+                "kind: CredentialProviderConfig\napiVersion: kubelet.config.k8s.io/v1\nproviders: []",
+                "at least one provider",
+            ),
+            (
+                "kind: CredentialProviderConfig\napiVersion: kubelet.config.k8s.io/v1\nproviders: [{name: a/b, matchImages: [x.io], defaultCacheDuration: 1h, apiVersion: credentialprovider.kubelet.k8s.io/v1}]",
+                "must not contain '/'",
+            ),
+            (
+                "kind: CredentialProviderConfig\napiVersion: kubelet.config.k8s.io/v1\nproviders: [{name: a, matchImages: [x.io], defaultCacheDuration: 1h, apiVersion: v2}]",
+                "apiVersion `v2`",
+            ),
+            (
+                "kind: CredentialProviderConfig\napiVersion: kubelet.config.k8s.io/v1\nproviders: [{name: a, matchImages: [], apiVersion: credentialprovider.kubelet.k8s.io/v1}]",
+                "matchImages is required, defaultCacheDuration is required",
+            ),
+            (
+                "kind: CredentialProviderConfig\napiVersion: kubelet.config.k8s.io/v1\nproviders: [{name: a, matchImages: ['x.io:abc'], defaultCacheDuration: 1h, apiVersion: credentialprovider.kubelet.k8s.io/v1}]",
+                "not a valid URL",
+            ),
+            (
+                "kind: CredentialProviderConfig\napiVersion: kubelet.config.k8s.io/v1\nproviders: [{name: a, matchImages: [x.io], defaultCacheDuration: 1h, apiVersion: credentialprovider.kubelet.k8s.io/v1}, {name: a, matchImages: [y.io], defaultCacheDuration: 1h, apiVersion: credentialprovider.kubelet.k8s.io/v1}]",
+                "duplicate provider name `a`",
+            ),
+            (
+                "kind: CredentialProviderConfig\napiVersion: kubelet.config.k8s.io/v1\nproviders: [{name: a, matchImages: [x.io], defaultCacheDuration: 1h, apiVersion: credentialprovider.kubelet.k8s.io/v1, typo: 1}]",
+                "unknown field `typo`",
+            ),
+        ];
+        for (yaml, expected) in cases {
+            let path = write(dir.path(), "case.yaml", yaml);
+            let err = load_config(&path).unwrap_err().to_string();
+            assert!(err.contains(expected), "{yaml}\n=> {err}");
+        }
+    }
+}

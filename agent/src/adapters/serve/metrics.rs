@@ -1,0 +1,398 @@
+//! Prometheus metrics (`prometheus-client`), served as text on `--metrics-addr` `/metrics`.
+//!
+//! Every name starts with `pullgate_`. Labels carry names only — registry host, namespace,
+//! PullSet, verdict, the credential's *source* (`secret ns/name`) — never secret material.
+
+use crate::decide::canary::runner::CanaryOutcome;
+use crate::decide::conditions::{Condition, Status};
+use crate::model::outcome::{Action, Outcome};
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::Registry;
+use std::sync::atomic::AtomicU64;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct OutcomeLabels {
+    pub registry: String,
+    pub namespace: String,
+    pub verdict: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct CanaryLabels {
+    pub registry: String,
+    pub namespace: String,
+    pub verdict: String,
+    pub path: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RegistryLabels {
+    pub registry: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ExpiryLabels {
+    pub namespace: String,
+    pub pullset: String,
+    pub registry: String,
+    /// Where the credential came from (`secret ns/name key K`), never its value.
+    pub credential: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ConditionLabels {
+    pub condition: String,
+    pub status: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReasonLabels {
+    pub reason: String,
+}
+
+type HistogramFamily<L> = Family<L, Histogram, fn() -> Histogram>;
+
+fn duration_histogram() -> Histogram {
+    Histogram::new([
+        0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 900.0,
+    ])
+}
+
+/// Every metric the agent exports.
+pub struct Metrics {
+    registry: Registry,
+    prepull_duration: HistogramFamily<OutcomeLabels>,
+    prepull_outcomes: Family<OutcomeLabels, Counter>,
+    images_pulled: Family<RegistryLabels, Counter>,
+    bytes_pulled: Family<RegistryLabels, Counter>,
+    canary_duration: HistogramFamily<CanaryLabels>,
+    canary_outcomes: Family<CanaryLabels, Counter>,
+    canary_bytes: Family<RegistryLabels, Counter>,
+    credential_expiry: Family<ExpiryLabels, Gauge<f64, AtomicU64>>,
+    condition: Family<ConditionLabels, Gauge>,
+    cri_reconnects: Counter,
+    apiserver_errors: Counter,
+    events: Family<ReasonLabels, Counter>,
+    events_dropped: Counter,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let mut registry = Registry::with_prefix("pullgate");
+        let prepull_duration: HistogramFamily<OutcomeLabels> =
+            Family::new_with_constructor(duration_histogram);
+        registry.register(
+            "prepull_duration_seconds",
+            "Time to make one image present (ImageStatus + PullImage), by registry, namespace and verdict",
+            prepull_duration.clone(),
+        );
+        let prepull_outcomes = Family::<OutcomeLabels, Counter>::default();
+        registry.register(
+            "prepull_outcomes",
+            "Pre-pull outcomes (one per image per PullSet per pass), by verdict",
+            prepull_outcomes.clone(),
+        );
+        let images_pulled = Family::<RegistryLabels, Counter>::default();
+        registry.register(
+            "images_pulled",
+            "Images pulled by the pre-pull (absent before)",
+            images_pulled.clone(),
+        );
+        let bytes_pulled = Family::<RegistryLabels, Counter>::default();
+        registry.register(
+            "pulled_bytes",
+            "Bytes of the images the pre-pull pulled (their size as the runtime reports it)",
+            bytes_pulled.clone(),
+        );
+        let canary_duration: HistogramFamily<CanaryLabels> =
+            Family::new_with_constructor(duration_histogram);
+        registry.register(
+            "canary_duration_seconds",
+            "Time of one canary check, by registry, namespace, verdict and path",
+            canary_duration.clone(),
+        );
+        let canary_outcomes = Family::<CanaryLabels, Counter>::default();
+        registry.register(
+            "canary_outcomes",
+            "Canary outcomes, by verdict and path (registry or runtime)",
+            canary_outcomes.clone(),
+        );
+        let canary_bytes = Family::<RegistryLabels, Counter>::default();
+        registry.register(
+            "canary_bytes",
+            "Bytes canaries fetched and verified",
+            canary_bytes.clone(),
+        );
+        let credential_expiry = Family::<ExpiryLabels, Gauge<f64, AtomicU64>>::default();
+        registry.register(
+            "credential_expiry_timestamp_seconds",
+            "When the credential that worked says it expires (Unix time), by its source",
+            credential_expiry.clone(),
+        );
+        let condition = Family::<ConditionLabels, Gauge>::default();
+        registry.register(
+            "node_condition",
+            "1 for the current status of each of pullgate's node conditions, 0 for the others",
+            condition.clone(),
+        );
+        let cri_reconnects = Counter::default();
+        registry.register(
+            "cri_reconnects",
+            "Times the CRI connection was re-established",
+            cri_reconnects.clone(),
+        );
+        let apiserver_errors = Counter::default();
+        registry.register(
+            "apiserver_errors",
+            "Failed API-server requests and broken watches (each retried)",
+            apiserver_errors.clone(),
+        );
+        let events = Family::<ReasonLabels, Counter>::default();
+        registry.register(
+            "events",
+            "Events sent to the API server, by reason",
+            events.clone(),
+        );
+        let events_dropped = Counter::default();
+        registry.register(
+            "events_dropped",
+            "Events not sent: over the per-node budget, or queued too long while the API server was away",
+            events_dropped.clone(),
+        );
+        Self {
+            registry,
+            prepull_duration,
+            prepull_outcomes,
+            images_pulled,
+            bytes_pulled,
+            canary_duration,
+            canary_outcomes,
+            canary_bytes,
+            credential_expiry,
+            condition,
+            cri_reconnects,
+            apiserver_errors,
+            events,
+            events_dropped,
+        }
+    }
+
+    pub fn prepull(&self, o: &Outcome) {
+        let labels = OutcomeLabels {
+            registry: registry_of(&o.image),
+            namespace: o.namespace.clone(),
+            verdict: o.verdict.to_string(),
+        };
+        self.prepull_duration
+            .get_or_create(&labels)
+            .observe(o.duration_ms as f64 / 1000.0);
+        self.prepull_outcomes.get_or_create(&labels).inc();
+        if o.action == Action::Pulled {
+            let registry = RegistryLabels {
+                registry: labels.registry,
+            };
+            self.images_pulled.get_or_create(&registry).inc();
+            self.bytes_pulled
+                .get_or_create(&registry)
+                .inc_by(o.size_bytes.unwrap_or(0));
+        }
+    }
+
+    pub fn canary(&self, o: &CanaryOutcome) {
+        let registry = registry_of(&o.image);
+        let labels = CanaryLabels {
+            registry: registry.clone(),
+            namespace: o.namespace.clone(),
+            verdict: o.verdict.to_string(),
+            path: match o.path {
+                crate::decide::canary::runner::CanaryPath::Registry => "registry",
+                crate::decide::canary::runner::CanaryPath::Runtime => "runtime",
+            }
+            .into(),
+        };
+        self.canary_duration
+            .get_or_create(&labels)
+            .observe(o.duration_ms as f64 / 1000.0);
+        self.canary_outcomes.get_or_create(&labels).inc();
+        self.canary_bytes
+            .get_or_create(&RegistryLabels {
+                registry: registry.clone(),
+            })
+            .inc_by(o.bytes);
+        if let (Some(expires), Some(credential)) = (&o.expires_at, &o.credential)
+            && let Ok(t) = humantime::parse_rfc3339(expires)
+            && let Ok(since_epoch) = t.duration_since(std::time::UNIX_EPOCH)
+        {
+            self.credential_expiry
+                .get_or_create(&ExpiryLabels {
+                    namespace: o.namespace.clone(),
+                    pullset: o.pullset.clone(),
+                    registry,
+                    credential: credential.clone(),
+                })
+                .set(since_epoch.as_secs_f64());
+        }
+    }
+
+    pub fn condition(&self, c: &Condition) {
+        for status in [Status::True, Status::False, Status::Unknown] {
+            self.condition
+                .get_or_create(&ConditionLabels {
+                    condition: c.type_.into(),
+                    status: format!("{status:?}"),
+                })
+                .set(i64::from(status == c.status));
+        }
+    }
+
+    /// Brings the CRI reconnect counter (kept by the CRI client) up to `total`.
+    pub fn sync_cri_reconnects(&self, total: u64) {
+        catch_up(&self.cri_reconnects, total);
+    }
+
+    /// Brings the API-server error counter (kept by the cluster source and reporter) up to `total`.
+    pub fn sync_apiserver_errors(&self, total: u64) {
+        catch_up(&self.apiserver_errors, total);
+    }
+
+    pub fn event_sent(&self, reason: &str) {
+        self.events
+            .get_or_create(&ReasonLabels {
+                reason: reason.into(),
+            })
+            .inc();
+    }
+
+    pub fn events_dropped(&self, n: u64) {
+        self.events_dropped.inc_by(n);
+    }
+
+    /// The text exposition format.
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        if prometheus_client::encoding::text::encode(&mut out, &self.registry).is_err() {
+            out.clear();
+        }
+        out
+    }
+}
+
+fn catch_up(counter: &Counter, total: u64) {
+    let now = counter.get();
+    if total > now {
+        counter.inc_by(total - now);
+    }
+}
+
+/// The registry host of an image reference, as the metrics label it (`docker.io` for Hub).
+fn registry_of(image: &str) -> String {
+    crate::model::image_ref::ImageRef::parse(image)
+        .map(|r| r.registry)
+        .unwrap_or_else(|_| "unknown".into())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::decide::conditions::Tracker;
+    use crate::model::verdict::Verdict;
+
+    #[test]
+    fn conditions_and_counters_are_exported_with_names_only() {
+        let m = Metrics::new();
+        let mut t = Tracker::new("PullCredentialsValid");
+        m.condition(t.current());
+        let c = t.observe(&[Verdict::Unauthorized], &["a".into()]).unwrap();
+        m.condition(&c);
+        m.events_dropped(3);
+        m.sync_cri_reconnects(2);
+        m.sync_cri_reconnects(5);
+        m.sync_cri_reconnects(4);
+        m.event_sent("CanaryFailed");
+        let text = m.encode();
+        assert!(
+            text.contains(
+                r#"pullgate_node_condition{condition="PullCredentialsValid",status="False"} 1"#
+            ),
+            "{text}"
+        );
+        assert!(
+            text.contains(
+                r#"pullgate_node_condition{condition="PullCredentialsValid",status="Unknown"} 0"#
+            ),
+            "{text}"
+        );
+        assert!(text.contains("pullgate_events_dropped_total 3"), "{text}");
+        assert!(text.contains("pullgate_cri_reconnects_total 5"), "{text}");
+        assert!(
+            text.contains(r#"pullgate_events_total{reason="CanaryFailed"} 1"#),
+            "{text}"
+        );
+        assert!(text.ends_with("# EOF\n"));
+    }
+
+    #[test]
+    fn pulls_count_images_and_bytes_by_registry() {
+        let m = Metrics::new();
+        let mut o = crate::model::outcome::Outcome {
+            kind: crate::model::outcome::OutcomeKind::Prepull,
+            time: String::new(),
+            node: "n".into(),
+            namespace: "team".into(),
+            pullset: "critical".into(),
+            image: "r.example.com:5000/a/b:1".into(),
+            verdict: Verdict::Ok,
+            message: String::new(),
+            hint: None,
+            duration_ms: 1500,
+            action: Action::Pulled,
+            attempts: 1,
+            credential: None,
+            image_ref: None,
+            repo_digest: None,
+            size_bytes: Some(4096),
+            warnings: vec![],
+        };
+        m.prepull(&o);
+        o.action = Action::Present;
+        o.size_bytes = None;
+        m.prepull(&o);
+        let text = m.encode();
+        for line in [
+            r#"pullgate_images_pulled_total{registry="r.example.com:5000"} 1"#,
+            r#"pullgate_pulled_bytes_total{registry="r.example.com:5000"} 4096"#,
+            r#"pullgate_prepull_outcomes_total{registry="r.example.com:5000",namespace="team",verdict="Ok"} 2"#,
+            r#"pullgate_prepull_duration_seconds_count{registry="r.example.com:5000",namespace="team",verdict="Ok"} 2"#,
+        ] {
+            assert!(text.contains(line), "{line} not in\n{text}");
+        }
+    }
+
+    #[test]
+    fn registry_label_table() {
+        for (image, registry) in [
+            ("nginx", "docker.io"),
+            (
+                "registry.example.com:5000/a/b:1",
+                "registry.example.com:5000",
+            ),
+            (
+                "ghcr.io/x/y@sha256:0000000000000000000000000000000000000000000000000000000000000000",
+                "ghcr.io",
+            ),
+            ("Not A Ref", "unknown"),
+        ] {
+            assert_eq!(registry_of(image), registry, "{image}");
+        }
+    }
+}

@@ -1,6 +1,0 @@
-//! Canaries: credential checks that the node's image cache cannot fool.
-
-pub mod jitter;
-pub mod rotation;
-pub mod runner;
-pub mod service;

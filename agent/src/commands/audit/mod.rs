@@ -1,0 +1,60 @@
+//! `pullgate audit`: the cluster-wide blast-radius report of pull secrets, for an admin (never run
+//! by the DaemonSet, whose RBAC cannot list Secrets).
+//!
+//! For every namespace: the pull secrets, the registries they cover (keys as written and as the
+//! kubelet normalises them), the ServiceAccounts, PullSets and workloads that use them, and the
+//! findings — a credential reused across namespaces (by a keyed fingerprint, never the value),
+//! credentials that expire soon or have expired, Secrets whose data is old, legacy or mistyped
+//! Secrets, malformed Docker configs, unused pull secrets, and references to Secrets or
+//! ServiceAccounts that do not exist. A table, or `--json`.
+//!
+//! `analysis` decides (plain types, data-table tests), `cluster` lists from the API server,
+//! `render` prints, `fingerprint` is the keyed hash.
+
+pub mod analysis;
+pub mod cluster;
+pub mod fingerprint;
+pub mod render;
+
+use crate::adapters::kube::source::{ClusterError, client};
+use crate::cli::AuditArgs;
+use std::time::SystemTime;
+
+#[derive(Debug, thiserror::Error)]
+pub enum AuditError {
+    #[error(transparent)]
+    Client(#[from] ClusterError),
+    #[error(transparent)]
+    List(#[from] cluster::ListError),
+    #[error("cannot draw the fingerprint key from /dev/urandom: {0}")]
+    Random(std::io::Error),
+}
+
+/// Lists, judges and prints. `Ok(true)` when nothing was flagged, `Ok(false)` with findings.
+pub async fn audit(args: AuditArgs) -> Result<bool, AuditError> {
+    let AuditArgs {
+        kubeconfig,
+        expiry_warning,
+        max_age,
+        json,
+    } = args;
+    let key = fingerprint::FingerprintKey::random().map_err(AuditError::Random)?;
+    let client = client(kubeconfig.as_deref()).await?;
+    let input = cluster::load(&client).await?;
+    let options = analysis::Options {
+        now: SystemTime::now(),
+        expiry_warning: *expiry_warning,
+        max_age: *max_age,
+    };
+    let report = analysis::build(&input, &options, &key);
+    drop(input);
+    if json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&report).unwrap_or_default()
+        );
+    } else {
+        print!("{}", render::table(&report));
+    }
+    Ok(report.findings.is_empty())
+}

@@ -1,0 +1,560 @@
+//! `pullgate diagnose IMAGE -n NS [--service-account SA | --pod POD]`: the ladder an engineer
+//! walks by hand when a pod is stuck in `ImagePullBackOff`, step by step with a ✓/✗ each — the
+//! pod's or ServiceAccount's `imagePullSecrets`, each Secret's existence, type and keys against the
+//! image's registry (near misses named), the credential tried, the registry's answer for the
+//! manifest and the blobs, the runtime's answer and the node's cache — ending with the one most
+//! likely cause and what to do. Objects come from a manifest directory or the API server.
+
+use crate::adapters::cri::{CriClient, CriEndpoint, CriTimeouts};
+use crate::cli::DiagnoseArgs;
+use crate::commands::auth::build_resolver;
+use crate::decide::canary::runner::{CanaryOutcome, CanaryRunner, RuntimePull, Trigger};
+use crate::decide::credentials::dockerconfig::{self, DockerConfigFormat};
+use crate::decide::credentials::keyring::Keyring;
+use crate::decide::credentials::{CredentialResolver as _, Resolution, pull_secret_names};
+use crate::decide::runtime::ImageRuntime as _;
+use crate::model::image_ref::ImageRef;
+use crate::model::inventory::{Inventory, ObjectKey};
+use crate::model::pullset::{
+    self, CanaryDepth, ImageEntry, LocalObjectReference, PullSetSpec, ValidPullSet,
+};
+use crate::model::verdict::Verdict;
+use secrecy::ExposeSecret as _;
+use serde::Serialize;
+
+#[derive(Debug, thiserror::Error)]
+pub enum DiagnoseError {
+    #[error(transparent)]
+    Image(#[from] crate::model::image_ref::ImageRefError),
+    #[error(transparent)]
+    Auth(#[from] crate::commands::auth::AuthError),
+    #[error(transparent)]
+    Manifests(#[from] crate::adapters::files::manifests::ManifestError),
+    #[error(transparent)]
+    Cluster(#[from] crate::adapters::kube::source::ClusterError),
+    #[error(transparent)]
+    Registry(#[from] crate::adapters::registry::RegistryError),
+    #[error("cannot read pod {pod}: {source}")]
+    Pod { pod: ObjectKey, source: kube::Error },
+    #[error("--pod needs objects from the API server (--kubeconfig or --in-cluster)")]
+    PodNeedsCluster,
+    #[error("invalid --cri-endpoint: {0}")]
+    CriEndpoint(String),
+    #[error("{0}")]
+    Invalid(String),
+}
+
+/// One rung of the ladder.
+#[derive(Clone, Debug, Serialize, PartialEq, Eq)]
+pub struct Step {
+    pub step: String,
+    /// `true` ✓, `false` ✗, `None` – (not applicable or skipped).
+    pub ok: Option<bool>,
+    pub detail: String,
+}
+
+/// The most likely cause, from the first failed rung.
+#[derive(Clone, Debug, Serialize, PartialEq, Eq)]
+pub struct Conclusion {
+    pub verdict: Verdict,
+    pub cause: String,
+    pub action: String,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct Diagnosis {
+    pub image: String,
+    pub namespace: String,
+    pub steps: Vec<Step>,
+    pub conclusion: Conclusion,
+}
+
+/// Who pulls: the pod rule's input.
+struct Puller {
+    describe: String,
+    /// The pod's own imagePullSecrets (empty: its ServiceAccount's apply).
+    pod_secrets: Vec<String>,
+    service_account: String,
+}
+
+pub async fn diagnose(args: DiagnoseArgs) -> Result<bool, DiagnoseError> {
+    let image = ImageRef::parse(&args.image)?;
+    let (inventory, puller) = load(&args).await?;
+    let resolver = build_resolver(&args.node_credentials)?;
+    let set = synthetic_set(&args.namespace, &puller, &image)?;
+    let resolution = resolver.resolve(&inventory, &set, &image).await;
+
+    let mut steps = vec![Step {
+        step: "image reference".into(),
+        ok: Some(true),
+        detail: format!("{image} (registry {})", image.registry),
+    }];
+    steps.extend(secret_steps(&inventory, &set, &puller, &image));
+    steps.push(credential_step(&resolution));
+
+    let runner = CanaryRunner {
+        probe: crate::commands::check::registry_client(&args.registry)?,
+        node: std::env::var("NODE_NAME").unwrap_or_else(|_| "local".into()),
+        expiry_warning: *args.registry.expiry_warning,
+        runtime: None,
+        runtime_config: args.registry.runtime_registry_config.clone(),
+    };
+    let ns = &args.namespace;
+    for (name, depth) in [
+        ("registry: manifest", CanaryDepth::Manifest),
+        ("registry: blobs", CanaryDepth::Blobs),
+    ] {
+        let o = runner
+            .check_image(ns, "diagnose", &image, &resolution, depth, Trigger::Manual)
+            .await;
+        steps.push(outcome_step(name, &o));
+        if !o.verdict.is_ok() {
+            break;
+        }
+    }
+    steps.extend(runtime_steps(&args, &runner, &image, &resolution).await?);
+
+    let conclusion = conclude(&steps, &resolution);
+    let ok = steps.iter().all(|s| s.ok != Some(false));
+    let diagnosis = Diagnosis {
+        image: image.to_string(),
+        namespace: args.namespace.clone(),
+        steps,
+        conclusion,
+    };
+    if args.json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&diagnosis).unwrap_or_default()
+        );
+    } else {
+        print!("{}", render(&diagnosis, &puller.describe));
+    }
+    Ok(ok)
+}
+
+/// The objects, and who pulls.
+async fn load(args: &DiagnoseArgs) -> Result<(Inventory, Puller), DiagnoseError> {
+    let sa_default = || {
+        args.service_account
+            .clone()
+            .unwrap_or_else(|| "default".into())
+    };
+    if let Some(dir) = &args.manifests {
+        let loaded = crate::adapters::files::manifests::load_dir(dir)?;
+        let sa = sa_default();
+        return Ok((
+            loaded.inventory,
+            Puller {
+                describe: format!("a pod with ServiceAccount {}/{sa}", args.namespace),
+                pod_secrets: Vec::new(),
+                service_account: sa,
+            },
+        ));
+    }
+    let client = crate::adapters::kube::source::client(args.kubeconfig.as_deref()).await?;
+    let puller = match &args.pod {
+        Some(pod) => {
+            let key = ObjectKey::new(&args.namespace, pod);
+            let spec = crate::adapters::kube::source::get_pod_pull_spec(&client, &key)
+                .await
+                .map_err(|source| DiagnoseError::Pod {
+                    pod: key.clone(),
+                    source,
+                })?;
+            Puller {
+                describe: format!("pod {key}"),
+                pod_secrets: spec.0,
+                service_account: spec.1,
+            }
+        }
+        None => {
+            let sa = sa_default();
+            Puller {
+                describe: format!("a pod with ServiceAccount {}/{sa}", args.namespace),
+                pod_secrets: Vec::new(),
+                service_account: sa,
+            }
+        }
+    };
+    let inventory = crate::adapters::kube::source::read_pull_objects(
+        &client,
+        &args.namespace,
+        &puller.service_account,
+        &puller.pod_secrets,
+    )
+    .await;
+    Ok((inventory, puller))
+}
+
+fn synthetic_set(
+    namespace: &str,
+    puller: &Puller,
+    image: &ImageRef,
+) -> Result<ValidPullSet, DiagnoseError> {
+    let spec = PullSetSpec {
+        service_account_name: Some(puller.service_account.clone()),
+        image_pull_secrets: puller
+            .pod_secrets
+            .iter()
+            .map(|name| LocalObjectReference { name: name.clone() })
+            .collect(),
+        node_selector: Default::default(),
+        images: vec![ImageEntry {
+            image: image.to_string(),
+        }],
+        pre_pull: false,
+        gate: false,
+        canary: None,
+    };
+    pullset::validate(ObjectKey::new(namespace, "diagnose"), spec).map_err(|errors| {
+        DiagnoseError::Invalid(
+            errors
+                .iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+                .join("; "),
+        )
+    })
+}
+
+/// The pod rule's secrets, then each Secret: existence, type, keys against the registry.
+fn secret_steps(
+    inventory: &Inventory,
+    set: &ValidPullSet,
+    puller: &Puller,
+    image: &ImageRef,
+) -> Vec<Step> {
+    let mut steps = Vec::new();
+    let mut findings = Vec::new();
+    let names = pull_secret_names(inventory, set, &mut findings);
+    let sa_key = ObjectKey::new(&set.key.namespace, &puller.service_account);
+    let whose = if puller.pod_secrets.is_empty() {
+        format!("ServiceAccount {sa_key}")
+    } else {
+        format!("{}'s own", puller.describe)
+    };
+    let sa_missing = findings
+        .iter()
+        .any(|f| f.verdict == Verdict::ServiceAccountNotFound)
+        || (puller.pod_secrets.is_empty()
+            && puller.service_account != "default"
+            && !inventory.service_accounts.contains_key(&sa_key));
+    steps.push(if sa_missing {
+        Step {
+            step: "imagePullSecrets".into(),
+            ok: Some(false),
+            detail: format!("ServiceAccountNotFound: ServiceAccount {sa_key} does not exist"),
+        }
+    } else if names.is_empty() {
+        Step {
+            step: "imagePullSecrets".into(),
+            ok: None,
+            detail: format!(
+                "{whose}: none — the kubelet pulls anonymously (or with the node's credentials)"
+            ),
+        }
+    } else {
+        Step {
+            step: "imagePullSecrets".into(),
+            ok: Some(true),
+            detail: format!("{whose}: {}", names.join(", ")),
+        }
+    });
+    for name in names {
+        let key = ObjectKey::new(&set.key.namespace, &name);
+        steps.push(secret_step(inventory, &key, image));
+    }
+    steps
+}
+
+fn secret_step(inventory: &Inventory, key: &ObjectKey, image: &ImageRef) -> Step {
+    let step = format!("secret {key}");
+    let fail = |detail: String| Step {
+        step: step.clone(),
+        ok: Some(false),
+        detail,
+    };
+    if let Some(why) = inventory.forbidden.get(key) {
+        return fail(format!("Forbidden: {why}"));
+    }
+    let Some(secret) = inventory.secrets.get(key) else {
+        return fail(format!("SecretNotFound: Secret {key} does not exist"));
+    };
+    let (format, data_key) = match secret.type_.as_str() {
+        "kubernetes.io/dockerconfigjson" => (DockerConfigFormat::ConfigJson, ".dockerconfigjson"),
+        "kubernetes.io/dockercfg" => (DockerConfigFormat::Cfg, ".dockercfg"),
+        other => {
+            return fail(format!(
+                "SecretWrongType: type {other:?}; the kubelet uses only kubernetes.io/dockerconfigjson and kubernetes.io/dockercfg"
+            ));
+        }
+    };
+    let Some(data) = secret.data.get(data_key) else {
+        return fail(format!("SecretMalformed: no {data_key} key"));
+    };
+    let entries = match dockerconfig::parse(format, data.expose_secret()) {
+        Ok(entries) => entries,
+        Err(e) => return fail(format!("SecretMalformed: {data_key}: {e}")),
+    };
+    let keys: Vec<&str> = entries.iter().map(|e| e.key.as_str()).collect();
+    let registry = &image.registry;
+    let mut ring = Keyring::default();
+    for key in &keys {
+        ring.add(key, ());
+    }
+    let matching: Vec<String> = ring
+        .lookup(&image.name())
+        .into_iter()
+        .map(|f| f.key.clone())
+        .collect();
+    if matching.is_empty() {
+        let near: Vec<String> = ring
+            .near_misses(&image.name())
+            .into_iter()
+            .map(|(f, why)| format!("`{}` ({why})", f.key))
+            .collect();
+        let near = if near.is_empty() {
+            String::new()
+        } else {
+            format!("; near miss: {}", near.join(", "))
+        };
+        return fail(format!(
+            "HostMismatch: keys [{}], none matches {}{near}",
+            keys.join(", "),
+            image.name()
+        ));
+    }
+    Step {
+        step,
+        ok: Some(true),
+        detail: format!(
+            "{} with keys [{}]; matches {registry}: {}",
+            secret.type_,
+            keys.join(", "),
+            matching.join(", ")
+        ),
+    }
+}
+
+fn credential_step(resolution: &Resolution) -> Step {
+    if let Some(blocked) = &resolution.blocked {
+        return Step {
+            step: "credential".into(),
+            ok: Some(false),
+            detail: format!(
+                "{}: the kubelet fails the pull before trying anything: {}",
+                blocked.verdict, blocked.message
+            ),
+        };
+    }
+    match resolution.candidates.first() {
+        None => Step {
+            step: "credential".into(),
+            ok: None,
+            detail: "none matches: anonymous".into(),
+        },
+        Some(c) => Step {
+            step: "credential".into(),
+            ok: Some(true),
+            detail: format!(
+                "{} (user {}){}",
+                c.source,
+                c.username,
+                if resolution.candidates.len() > 1 {
+                    format!(
+                        ", then {} more in the kubelet's order",
+                        resolution.candidates.len() - 1
+                    )
+                } else {
+                    String::new()
+                }
+            ),
+        },
+    }
+}
+
+fn outcome_step(name: &str, o: &CanaryOutcome) -> Step {
+    Step {
+        step: name.into(),
+        ok: Some(o.verdict.is_ok()),
+        detail: if o.verdict.is_ok() {
+            format!(
+                "{} ({} request(s), {} ms) via {}",
+                o.message,
+                o.requests,
+                o.duration_ms,
+                o.credential.as_deref().unwrap_or("anonymous")
+            )
+        } else {
+            format!("{}: {}", o.verdict, o.message)
+        },
+    }
+}
+
+/// The node's cache (`ImageStatus`) and the runtime's answer (`PullImage`).
+async fn runtime_steps(
+    args: &DiagnoseArgs,
+    runner: &CanaryRunner<crate::adapters::registry::RegistryClient>,
+    image: &ImageRef,
+    resolution: &Resolution,
+) -> Result<Vec<Step>, DiagnoseError> {
+    if args.cri_endpoint.eq_ignore_ascii_case("off") {
+        return Ok(vec![Step {
+            step: "runtime".into(),
+            ok: None,
+            detail: "skipped (--cri-endpoint off)".into(),
+        }]);
+    }
+    let endpoint: CriEndpoint = args
+        .cri_endpoint
+        .parse()
+        .map_err(|e: crate::adapters::cri::CriError| DiagnoseError::CriEndpoint(e.to_string()))?;
+    let cri = CriClient::new(
+        endpoint,
+        CriTimeouts {
+            reconnect_budget: std::time::Duration::from_secs(2),
+            ..CriTimeouts::default()
+        },
+    );
+    let cache = match cri.image_status(&image.pull_reference()).await {
+        Ok(Some(present)) => Step {
+            step: "node cache".into(),
+            ok: Some(true),
+            detail: format!(
+                "present ({}): a pod with imagePullPolicy IfNotPresent starts without pulling (unless the kubelet re-verifies credentials)",
+                present.id
+            ),
+        },
+        Ok(None) => Step {
+            step: "node cache".into(),
+            ok: None,
+            detail: "absent: the kubelet will pull".into(),
+        },
+        Err(e) => {
+            return Ok(vec![Step {
+                step: "node cache".into(),
+                ok: None,
+                detail: format!("runtime not reachable here ({e}); run diagnose on the node"),
+            }]);
+        }
+    };
+    let runner = CanaryRunner {
+        probe: runner.probe.clone(),
+        node: runner.node.clone(),
+        expiry_warning: runner.expiry_warning,
+        runtime: Some(std::sync::Arc::new(cri) as std::sync::Arc<dyn RuntimePull>),
+        runtime_config: runner.runtime_config.clone(),
+    };
+    let pulled = runner
+        .check_runtime(
+            &args.namespace,
+            "diagnose",
+            image,
+            resolution,
+            Trigger::Manual,
+        )
+        .await;
+    Ok(vec![cache, outcome_step("runtime: PullImage", &pulled)])
+}
+
+/// The first failed rung is the most likely cause.
+pub fn conclude(steps: &[Step], resolution: &Resolution) -> Conclusion {
+    let Some(failed) = steps.iter().find(|s| s.ok == Some(false)) else {
+        return Conclusion {
+            verdict: Verdict::Ok,
+            cause: "every rung holds: this node can pull the image with the pod's credentials"
+                .into(),
+            action: "if a pod still fails, compare its exact image string and namespace with these"
+                .into(),
+        };
+    };
+    let verdict = Verdict::ALL
+        .into_iter()
+        .filter(|v| !v.is_ok())
+        .find(|v| failed.detail.starts_with(v.as_str()))
+        .or_else(|| resolution.findings.first().map(|f| f.verdict))
+        .unwrap_or(Verdict::RuntimeError);
+    Conclusion {
+        verdict,
+        cause: format!("{}: {}", failed.step, failed.detail),
+        action: verdict.hint().to_string(),
+    }
+}
+
+fn render(d: &Diagnosis, who: &str) -> String {
+    let mut out = format!(
+        "diagnose {} for {who} in namespace {}\n\n",
+        d.image, d.namespace
+    );
+    for s in &d.steps {
+        let mark = match s.ok {
+            Some(true) => "✓",
+            Some(false) => "✗",
+            None => "–",
+        };
+        out.push_str(&format!("{mark} {:<20} {}\n", s.step, s.detail));
+    }
+    out.push_str(&format!(
+        "\nmost likely cause: {}\n  {}\nwhat to do: {}\n",
+        d.conclusion.verdict, d.conclusion.cause, d.conclusion.action
+    ));
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn step(name: &str, ok: Option<bool>, detail: &str) -> Step {
+        Step {
+            step: name.into(),
+            ok,
+            detail: detail.into(),
+        }
+    }
+
+    #[test]
+    fn the_first_failed_rung_is_the_cause() {
+        let none = Resolution::default();
+        for (steps, verdict) in [
+            (vec![step("image reference", Some(true), "x")], Verdict::Ok),
+            (
+                vec![
+                    step("imagePullSecrets", Some(true), "a"),
+                    step(
+                        "secret ns/a",
+                        Some(false),
+                        "SecretNotFound: Secret ns/a does not exist",
+                    ),
+                    step("registry: manifest", Some(false), "Unauthorized: 401"),
+                ],
+                Verdict::SecretNotFound,
+            ),
+            (
+                vec![
+                    step("secret ns/a", Some(true), "ok"),
+                    step("registry: manifest", Some(false), "Unauthorized: 401"),
+                ],
+                Verdict::Unauthorized,
+            ),
+            (
+                vec![step("secret ns/a", Some(false), "HostMismatch: keys [r]")],
+                Verdict::HostMismatch,
+            ),
+            (
+                vec![
+                    step("node cache", None, "absent"),
+                    step("runtime: PullImage", Some(false), "something new"),
+                ],
+                Verdict::RuntimeError,
+            ),
+        ] {
+            let c = conclude(&steps, &none);
+            assert_eq!(c.verdict, verdict, "{steps:?}");
+            if verdict != Verdict::Ok {
+                assert_eq!(c.action, verdict.hint());
+            }
+        }
+    }
+}

@@ -1,0 +1,8 @@
+//! The long-running agent (`pullgate run`): the wiring of sources, the pre-pull loop, the canary
+//! scheduler and the node reporter, and what they share.
+
+pub mod canary_scheduler;
+pub mod node_reporter;
+pub mod run;
+pub mod status_board;
+pub mod telemetry;

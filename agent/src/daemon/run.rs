@@ -1,0 +1,463 @@
+//! `pullgate run`: wires sources → desired state → pre-pull → reporters, and owns the loop.
+
+use crate::adapters::cri::{CriClient, CriTimeouts};
+use crate::adapters::files::manifests::Loaded;
+use crate::adapters::files::watch::{WatchConfig, WatchError, watch_dir};
+use crate::adapters::serve::http::{Readiness, Refresh};
+use crate::adapters::serve::json_lines::JsonLines;
+use crate::adapters::serve::local_api::ApiState;
+use crate::adapters::serve::metrics::Metrics;
+use crate::cli::RunArgs;
+use crate::daemon::canary_scheduler::CanaryControl;
+use crate::daemon::canary_scheduler::{CanarySink, ServiceConfig};
+use crate::daemon::node_reporter::{ClusterReportConfig, Outputs, Reports};
+use crate::decide::canary::runner::{CanaryOutcome, CanaryRunner};
+use crate::decide::conditions::Tracker;
+use crate::decide::credentials::{CredentialResolver, KubeletResolver};
+use crate::decide::desired::prepull_images;
+use crate::decide::event_policy::CanaryEvents;
+use crate::decide::prepull::{PassSummary, PrePullConfig, PrePuller, RetryPolicy};
+use crate::model::inventory::ObjectKey;
+use crate::model::node::NodeInfo;
+use crate::model::outcome::{SourceProblem, now_rfc3339};
+use crate::model::verdict::Verdict;
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio_util::sync::CancellationToken;
+
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    #[error(transparent)]
+    Cluster(#[from] crate::adapters::kube::source::ClusterError),
+    #[error("the cluster source did not sync within {0:?}")]
+    NotSynced(Duration),
+    #[error("no node name: pass --node-name or set PULLGATE_NODE_NAME")]
+    NoNodeName,
+    #[error(transparent)]
+    Source(#[from] WatchError),
+    #[error(transparent)]
+    Credentials(#[from] crate::commands::auth::AuthError),
+    #[error(transparent)]
+    Registry(#[from] crate::adapters::registry::RegistryError),
+    #[error(transparent)]
+    Http(#[from] crate::adapters::serve::http::HttpError),
+    #[error(transparent)]
+    LocalApi(#[from] crate::adapters::serve::local_api::LocalApiError),
+}
+
+/// How a run ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RunOutcome {
+    /// `--once`: every outcome Ok and every object valid.
+    AllOk,
+    /// `--once`: something failed.
+    SomeFailed,
+    /// The daemon was asked to stop.
+    Stopped,
+}
+
+/// Runs the agent until a signal (or, with `--once`, one pass).
+pub async fn run(args: RunArgs) -> Result<RunOutcome, RunError> {
+    let RunArgs {
+        manifests,
+        kubeconfig,
+        once,
+        node,
+        cri,
+        prepull,
+        credentials,
+        registry,
+        rotation_jitter,
+        cluster,
+        metrics_addr,
+        api,
+    } = args;
+    let node_name = node
+        .node_name
+        .or_else(|| std::env::var("NODE_NAME").ok())
+        .filter(|n| !n.is_empty())
+        .ok_or(RunError::NoNodeName)?;
+    let node = NodeInfo {
+        name: node_name,
+        labels: node.node_labels.0,
+    };
+
+    let cancel = CancellationToken::new();
+    spawn_signal_handler(cancel.clone());
+
+    let client = CriClient::new(
+        cri.cri_endpoint.clone(),
+        CriTimeouts {
+            call: *cri.cri_timeout,
+            pull: *cri.pull_timeout,
+            reconnect_budget: *cri.cri_reconnect_budget,
+        },
+    );
+    let out = Outputs::default();
+    let metrics = out.metrics.clone();
+    let api_errors = Arc::new(AtomicU64::new(0));
+    let readiness = Readiness::default();
+    let http_task = match metrics_addr.0 {
+        Some(addr) => {
+            let (cri, api) = (client.clone(), api_errors.clone());
+            let refresh: Refresh = Arc::new(move |m: &Metrics| {
+                m.sync_cri_reconnects(cri.reconnects());
+                m.sync_apiserver_errors(api.load(Ordering::Relaxed));
+            });
+            Some(
+                crate::adapters::serve::http::serve(
+                    addr,
+                    readiness.clone(),
+                    metrics.clone(),
+                    refresh,
+                    cancel.clone(),
+                )
+                .await?,
+            )
+        }
+        None => None,
+    };
+    match client.version().await {
+        Ok(v) => {
+            readiness.set_runtime_reachable(true);
+            tracing::info!(
+            endpoint = %client.endpoint(),
+            runtime = %v.runtime_name,
+            runtime_version = %v.runtime_version,
+            cri_api = %v.runtime_api_version,
+            "connected to container runtime"
+            );
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "container runtime not reachable; pulls will be retried")
+        }
+    }
+
+    let (mut sources, source_task, reports, reports_task) = match manifests {
+        Some(dir) => {
+            let (rx, task) = watch_dir(dir, WatchConfig::default(), cancel.clone())?;
+            (rx, task, Reports::standalone(out.clone()), None)
+        }
+        None => {
+            let client = crate::adapters::kube::source::client(kubeconfig.as_deref()).await?;
+            let (mut rx, task) = crate::adapters::kube::source::watch_cluster(
+                client.clone(),
+                node.name.clone(),
+                api_errors.clone(),
+                cancel.clone(),
+            );
+            // Act on a complete picture: every PullSet, the Node, every referenced object. The
+            // daemon waits as long as it takes (an API server that is away is retried, and a
+            // restart would not help); `--once` gives up after a minute.
+            let started = tokio::time::Instant::now();
+            let limit = Duration::from_secs(60);
+            loop {
+                let wait = tokio::time::timeout(limit, async {
+                    while !rx.borrow_and_update().synced {
+                        if rx.changed().await.is_err() {
+                            return false;
+                        }
+                    }
+                    true
+                });
+                let synced = tokio::select! {
+                    () = cancel.cancelled() => return Ok(RunOutcome::Stopped),
+                    synced = wait => synced,
+                };
+                match synced {
+                    Ok(true) => break,
+                    Ok(false) => return Err(RunError::NotSynced(started.elapsed())),
+                    Err(_) if once => return Err(RunError::NotSynced(limit)),
+                    Err(_) => tracing::warn!(
+                        waited = %humantime::format_duration(Duration::from_secs(started.elapsed().as_secs())),
+                        "still waiting for the API server to list PullSets, this Node and the objects they reference"
+                    ),
+                }
+            }
+            // Conditions, Events and the gate: written in order by one task.
+            let (reports, reports_task) = crate::daemon::node_reporter::run_cluster(
+                out.clone(),
+                api_errors.clone(),
+                client,
+                ClusterReportConfig {
+                    node: node.clone(),
+                    taint_key: cluster.taint_key,
+                    gate_timeout: *cluster.gate_timeout,
+                    gate_timeout_action: cluster.gate_timeout_action,
+                    heartbeat: *cluster.condition_heartbeat,
+                    event_burst: cluster.event_burst,
+                    event_refill: *cluster.event_refill,
+                },
+                rx.clone(),
+            );
+            (rx, task, reports, Some(reports_task))
+        }
+    };
+    let engine = PrePuller::new(
+        Arc::new(client.clone()),
+        PrePullConfig {
+            max_parallel: usize::from(prepull.max_parallel_pulls),
+            retry: RetryPolicy {
+                attempts: prepull.pull_attempts,
+                min_delay: *prepull.retry_min_delay,
+                max_delay: *prepull.retry_max_delay,
+            },
+        },
+        node.name.clone(),
+    );
+    let resolver: Arc<KubeletResolver> =
+        Arc::new(crate::commands::auth::build_resolver(&credentials)?);
+    let recheck: Duration = *prepull.recheck_interval;
+    let mut images_ready = Tracker::new("CriticalImagesReady");
+
+    // Canaries run beside the pre-pull loop (not in a one-shot bootstrap pass).
+    let mut canary_control = None;
+    let canary_task = if once {
+        None
+    } else {
+        let runner = Arc::new(CanaryRunner {
+            probe: crate::commands::check::registry_client(&registry)?,
+            node: node.name.clone(),
+            expiry_warning: *registry.expiry_warning,
+            runtime: Some(
+                Arc::new(client.clone()) as Arc<dyn crate::decide::canary::runner::RuntimePull>
+            ),
+            runtime_config: registry.runtime_registry_config.clone(),
+        });
+        let sink: Arc<dyn CanarySink> = Arc::new(ReportingCanarySink {
+            reports: reports.clone(),
+            state: Mutex::new((
+                Tracker::new("PullCredentialsValid"),
+                CanaryEvents::default(),
+            )),
+        });
+        let config = ServiceConfig {
+            node: node.clone(),
+            rotation_window: *rotation_jitter,
+            ..ServiceConfig::default()
+        };
+        let (control, control_end) = CanaryControl::new();
+        canary_control = Some(control);
+        Some(tokio::spawn(crate::daemon::canary_scheduler::run(
+            runner,
+            resolver.clone(),
+            sources.clone(),
+            sink,
+            config,
+            control_end,
+            cancel.clone(),
+        )))
+    };
+
+    let api_task = match &api.path.0 {
+        Some(path) => Some(crate::adapters::serve::local_api::serve(
+            path,
+            ApiState {
+                board: out.board.clone(),
+                sources: sources.clone(),
+                node: node.clone(),
+                canaries: canary_control,
+                json: out.json.clone(),
+            },
+            cancel.clone(),
+        )?),
+        None => None,
+    };
+
+    let mut loaded = sources.borrow_and_update().clone();
+    report_source(reports.json(), &node, &loaded);
+    let result = loop {
+        let summary = pass(
+            &engine,
+            resolver.as_ref(),
+            &node,
+            &loaded,
+            &cancel,
+            &mut images_ready,
+            &reports,
+        )
+        .await;
+        readiness.set_runtime_reachable(client.version().await.is_ok());
+        readiness.set_first_pass_done();
+        if once {
+            let ok = summary.failures == 0 && loaded.problems.is_empty();
+            tracing::info!(
+                outcomes = summary.outcomes,
+                failures = summary.failures,
+                manifest_problems = loaded.problems.len(),
+                "pass complete"
+            );
+            break if ok {
+                RunOutcome::AllOk
+            } else {
+                RunOutcome::SomeFailed
+            };
+        }
+        tokio::select! {
+            () = cancel.cancelled() => break RunOutcome::Stopped,
+            () = tokio::time::sleep(recheck) => {}
+            changed = sources.changed() => {
+                if changed.is_err() {
+                    break RunOutcome::Stopped;
+                }
+                loaded = sources.borrow_and_update().clone();
+                report_source(reports.json(), &node, &loaded);
+            }
+        }
+    };
+    cancel.cancel();
+    let _ = tokio::time::timeout(Duration::from_secs(5), source_task).await;
+    if let Some(task) = canary_task {
+        let _ = tokio::time::timeout(Duration::from_secs(5), task).await;
+    }
+    // Let the last conditions and Events reach the API server before exiting.
+    drop(reports);
+    if let Some(task) = reports_task {
+        let _ = tokio::time::timeout(Duration::from_secs(10), task).await;
+    }
+    if let Some(task) = api_task {
+        let _ = tokio::time::timeout(Duration::from_secs(2), task).await;
+    }
+    if let Some(task) = http_task {
+        let _ = tokio::time::timeout(Duration::from_secs(2), task).await;
+    }
+    Ok(result)
+}
+
+/// Canary outcomes as JSON lines and Events, and `PullCredentialsValid` transitions.
+struct ReportingCanarySink {
+    reports: Reports,
+    state: Mutex<(Tracker, CanaryEvents)>,
+}
+
+impl ReportingCanarySink {
+    fn lock(&self) -> std::sync::MutexGuard<'_, (Tracker, CanaryEvents)> {
+        self.state
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}
+
+impl CanarySink for ReportingCanarySink {
+    fn outcome(&self, outcome: &CanaryOutcome) {
+        self.reports.canary(outcome);
+        let events = self.lock().1.observe(outcome);
+        for event in events {
+            self.reports.event(event);
+        }
+    }
+
+    fn verdicts(&self, verdicts: &BTreeMap<(ObjectKey, String), Verdict>) {
+        self.reports.canary_verdicts(verdicts);
+        let all: Vec<Verdict> = verdicts.values().copied().collect();
+        let failing: Vec<String> = verdicts
+            .iter()
+            .filter(|(_, v)| !v.is_ok())
+            .map(|((k, image), _)| format!("{k} {image}"))
+            .collect();
+        let mut state = self.lock();
+        state.1.retain(|k| verdicts.keys().any(|(key, _)| key == k));
+        let changed = state.0.observe(&all, &failing);
+        drop(state);
+        if let Some(condition) = changed {
+            tracing::info!(status = ?condition.status, reason = %condition.reason, "PullCredentialsValid changed");
+            self.reports.condition(condition);
+        }
+    }
+}
+
+async fn pass<R: crate::decide::runtime::ImageRuntime>(
+    engine: &PrePuller<R>,
+    resolver: &dyn CredentialResolver,
+    node: &NodeInfo,
+    loaded: &Loaded,
+    cancel: &CancellationToken,
+    images_ready: &mut Tracker,
+    reports: &Reports,
+) -> PassSummary {
+    let node = &loaded.node(node);
+    let desired = prepull_images(&loaded.inventory, node, resolver).await;
+    tracing::debug!(images = desired.len(), "pre-pull pass");
+    let gated: Mutex<Vec<(Verdict, String)>> = Mutex::new(Vec::new());
+    let summary = engine
+        .pass(&desired, cancel, &|outcome| {
+            let key = ObjectKey::new(outcome.namespace.clone(), outcome.pullset.clone());
+            if loaded
+                .inventory
+                .pullsets
+                .get(&key)
+                .is_some_and(|s| s.spec.gate)
+            {
+                gated
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner)
+                    .push((outcome.verdict, format!("{key} {}", outcome.image)));
+            }
+            if !outcome.verdict.is_ok() {
+                tracing::warn!(
+                    pullset = %format!("{}/{}", outcome.namespace, outcome.pullset),
+                    image = %outcome.image,
+                    verdict = %outcome.verdict,
+                    "pre-pull failed"
+                );
+            }
+            reports.prepull(&outcome);
+        })
+        .await;
+    let gated = gated
+        .into_inner()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    let verdicts: Vec<Verdict> = gated.iter().map(|(v, _)| *v).collect();
+    let failing: Vec<String> = gated
+        .into_iter()
+        .filter(|(v, _)| !v.is_ok())
+        .map(|(_, l)| l)
+        .collect();
+    if let Some(condition) = images_ready.observe(&verdicts, &failing) {
+        tracing::info!(status = ?condition.status, reason = %condition.reason, "CriticalImagesReady changed");
+        reports.condition(condition);
+    }
+    reports.images_ready(images_ready.current().status == crate::decide::conditions::Status::True);
+    summary
+}
+
+fn report_source(reporter: &JsonLines, node: &NodeInfo, loaded: &Loaded) {
+    for warning in &loaded.warnings {
+        tracing::warn!("{warning}");
+    }
+    for p in &loaded.problems {
+        tracing::warn!(problem = %p, "manifest problem; object skipped");
+        reporter.emit(&SourceProblem {
+            kind: "source",
+            time: now_rfc3339(),
+            node: node.name.clone(),
+            file: Some(p.file.display().to_string()).filter(|f| !f.is_empty()),
+            document: p.document,
+            object: p.object.clone(),
+            field: p.field.clone(),
+            message: p.message.clone(),
+        });
+    }
+}
+
+/// SIGTERM and SIGINT cancel the one token everything listens to.
+fn spawn_signal_handler(cancel: CancellationToken) {
+    tokio::spawn(async move {
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(s) => s,
+                Err(e) => {
+                    tracing::error!(error = %e, "cannot listen for SIGTERM");
+                    return;
+                }
+            };
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = tokio::signal::ctrl_c() => {}
+        }
+        tracing::info!("shutting down");
+        cancel.cancel();
+    });
+}

@@ -1,0 +1,142 @@
+//! What the agent knows now, for `pullgate status` (the local API's `GetStatus`): the latest
+//! pre-pull and canary outcome of every image of every PullSet, the conditions, and the problems.
+//! Plain data: the API adapter turns a [`Status`] into protobuf.
+
+use crate::adapters::files::manifests::Loaded;
+use crate::decide::canary::runner::CanaryOutcome;
+use crate::decide::conditions::Condition;
+use crate::model::inventory::ObjectKey;
+use crate::model::node::NodeInfo;
+use crate::model::outcome::{Action, Outcome};
+use std::collections::BTreeMap;
+use std::sync::Mutex;
+use std::time::SystemTime;
+
+/// The latest verdict of one kind for one image.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct LatestVerdict {
+    pub verdict: String,
+    pub message: String,
+    pub hint: String,
+    pub time: String,
+    pub credential: String,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ImageState {
+    pub image: String,
+    pub present: bool,
+    pub prepull: Option<LatestVerdict>,
+    pub canary: Option<LatestVerdict>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PullSetState {
+    pub key: ObjectKey,
+    pub gate: bool,
+    pub pre_pull: bool,
+    pub canary: bool,
+    pub next_canary: Option<SystemTime>,
+    pub images: Vec<ImageState>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Status {
+    pub node: String,
+    pub conditions: Vec<Condition>,
+    pub pullsets: Vec<PullSetState>,
+    pub problems: Vec<String>,
+}
+
+#[derive(Default)]
+struct Board {
+    prepull: BTreeMap<(ObjectKey, String), Outcome>,
+    canary: BTreeMap<(ObjectKey, String), CanaryOutcome>,
+    conditions: BTreeMap<&'static str, Condition>,
+}
+
+/// Latest outcomes, fed by the reporters.
+#[derive(Default)]
+pub struct StatusBoard {
+    board: Mutex<Board>,
+}
+
+impl StatusBoard {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Board> {
+        self.board
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    pub fn prepull(&self, o: &Outcome) {
+        let key = (ObjectKey::new(&o.namespace, &o.pullset), o.image.clone());
+        self.lock().prepull.insert(key, o.clone());
+    }
+
+    pub fn canary(&self, o: &CanaryOutcome) {
+        let key = (ObjectKey::new(&o.namespace, &o.pullset), o.image.clone());
+        self.lock().canary.insert(key, o.clone());
+    }
+
+    pub fn condition(&self, c: &Condition) {
+        self.lock().conditions.insert(c.type_, c.clone());
+    }
+
+    /// The PullSets selected for `node` now, each image with its latest outcomes.
+    pub fn snapshot(
+        &self,
+        loaded: &Loaded,
+        node: &NodeInfo,
+        next_canaries: &BTreeMap<ObjectKey, SystemTime>,
+    ) -> Status {
+        let board = self.lock();
+        let node = loaded.node(node);
+        let pullsets = loaded
+            .inventory
+            .pullsets
+            .values()
+            .filter(|s| node.matches(&s.spec.node_selector))
+            .map(|s| PullSetState {
+                key: s.key.clone(),
+                gate: s.spec.gate,
+                pre_pull: s.spec.pre_pull,
+                canary: s.spec.canary.is_some(),
+                next_canary: next_canaries.get(&s.key).copied(),
+                images: s
+                    .images
+                    .iter()
+                    .map(|i| {
+                        let slot = (s.key.clone(), i.to_string());
+                        let prepull = board.prepull.get(&slot);
+                        ImageState {
+                            image: slot.1.clone(),
+                            present: prepull.is_some_and(|o| {
+                                matches!(o.action, Action::Present | Action::Pulled)
+                            }),
+                            prepull: prepull.map(|o| LatestVerdict {
+                                verdict: o.verdict.to_string(),
+                                message: o.message.clone(),
+                                hint: o.hint.unwrap_or_default().into(),
+                                time: o.time.clone(),
+                                credential: o.credential.clone().unwrap_or_default(),
+                            }),
+                            canary: board.canary.get(&slot).map(|o| LatestVerdict {
+                                verdict: o.verdict.to_string(),
+                                message: o.message.clone(),
+                                hint: o.hint.unwrap_or_default().into(),
+                                time: o.time.clone(),
+                                credential: o.credential.clone().unwrap_or_default(),
+                            }),
+                        }
+                    })
+                    .collect(),
+            })
+            .collect();
+        Status {
+            node: node.name.clone(),
+            conditions: board.conditions.values().cloned().collect(),
+            pullsets,
+            problems: loaded.problems.iter().map(ToString::to_string).collect(),
+        }
+    }
+}

@@ -1,0 +1,5 @@
+//! Canaries: credential checks that the node's image cache cannot fool.
+
+pub mod jitter;
+pub mod rotation;
+pub mod runner;

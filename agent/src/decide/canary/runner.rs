@@ -1,0 +1,418 @@
+//! Runs a registry-direct canary for the images of a PullSet: resolves the candidates as the
+//! kubelet would, probes with each in order until one works, and turns what happened into one
+//! outcome per image. A fallback never hides a broken secret: when an earlier candidate fails and a
+//! later one (or nothing) succeeds, the outcome is `Ok` with a `CredentialFailing` warning.
+
+use crate::decide::credentials::{Candidate, CredentialResolver, Resolution};
+use crate::decide::secret_scrub::scrub;
+use crate::model::image_ref::ImageRef;
+use crate::model::inventory::Inventory;
+use crate::model::outcome::now_rfc3339;
+use crate::model::pullset::{CanaryDepth, ValidPullSet};
+use crate::model::verdict::Verdict;
+use futures::future::BoxFuture;
+use serde::Serialize;
+use std::time::{Duration, Instant, SystemTime};
+
+/// What a probe saw when it worked.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ProbeReport {
+    pub manifest_digest: String,
+    pub blobs: usize,
+    pub bytes: u64,
+    pub requests: u32,
+}
+
+/// Why a probe failed, already classified.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ProbeFailure {
+    pub verdict: Verdict,
+    pub message: String,
+}
+
+/// A registry-direct probe, as the canary needs it (implemented by the registry adapter).
+pub trait RegistryProbe: Send + Sync {
+    fn probe<'a>(
+        &'a self,
+        image: &'a ImageRef,
+        candidate: Option<&'a Candidate>,
+        depth: CanaryDepth,
+    ) -> BoxFuture<'a, Result<ProbeReport, ProbeFailure>>;
+}
+
+/// A pull through the container runtime, as the runtime canary needs it (implemented by the CRI
+/// adapter). containerd resolves the reference against the registry on every `PullImage`, cached
+/// image or not, so the credential is exercised through the node's real path (mirrors, proxies,
+/// CAs); nothing is removed from the node.
+pub trait RuntimePull: Send + Sync {
+    fn pull<'a>(
+        &'a self,
+        image: &'a str,
+        candidate: Option<&'a Candidate>,
+    ) -> BoxFuture<'a, Result<String, ProbeFailure>>;
+}
+
+/// Which path a canary took.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum CanaryPath {
+    /// Straight to the registry, bypassing the node.
+    Registry,
+    /// Through the container runtime's CRI `PullImage`.
+    Runtime,
+}
+
+/// What made a canary run.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Trigger {
+    Startup,
+    Schedule,
+    Rotation,
+    Retry,
+    Manual,
+}
+
+/// One canary outcome: a JSON line of `kind: canary`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct CanaryOutcome {
+    /// Always `canary`.
+    pub kind: &'static str,
+    pub time: String,
+    pub node: String,
+    pub namespace: String,
+    pub pullset: String,
+    pub image: String,
+    pub trigger: Trigger,
+    pub path: CanaryPath,
+    pub depth: CanaryDepth,
+    /// The credential that worked (or was tried last), by source and key; `anonymous`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub credential: Option<String>,
+    pub verdict: Verdict,
+    pub message: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub hint: Option<&'static str>,
+    pub duration_ms: u64,
+    /// Bytes fetched and verified.
+    pub bytes: u64,
+    /// Bytes per second over the probe (`full` depth).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub throughput_bps: Option<u64>,
+    /// HTTP requests the registry served for this check.
+    pub requests: u32,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub manifest_digest: Option<String>,
+    /// When the credential used says it expires.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub expires_at: Option<String>,
+    /// `CredentialFailing: …`, `ExpiringSoon: …`.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub warnings: Vec<String>,
+}
+
+/// Runs canaries.
+pub struct CanaryRunner<P> {
+    pub probe: P,
+    pub node: String,
+    /// Warn when a credential expires within this window.
+    pub expiry_warning: Duration,
+    /// For runtime canaries (`canary.runtime: true`); none: registry-direct only.
+    pub runtime: Option<std::sync::Arc<dyn RuntimePull>>,
+    /// The runtime's registry configuration (containerd's `hosts.toml` directory).
+    pub runtime_config: Option<std::path::PathBuf>,
+}
+
+impl<P: RegistryProbe> CanaryRunner<P> {
+    /// Every image of `set`, in order.
+    pub async fn check_pullset(
+        &self,
+        inventory: &Inventory,
+        set: &ValidPullSet,
+        resolver: &dyn CredentialResolver,
+        depth: CanaryDepth,
+        trigger: Trigger,
+    ) -> Vec<CanaryOutcome> {
+        let mut out = Vec::with_capacity(set.images.len());
+        let with_runtime = set.spec.canary.as_ref().is_some_and(|c| c.runtime);
+        for image in &set.images {
+            let resolution = resolver.resolve(inventory, set, image).await;
+            out.push(
+                self.check_image(
+                    &set.key.namespace,
+                    &set.key.name,
+                    image,
+                    &resolution,
+                    depth,
+                    trigger,
+                )
+                .await,
+            );
+            if with_runtime {
+                out.push(
+                    self.check_runtime(
+                        &set.key.namespace,
+                        &set.key.name,
+                        image,
+                        &resolution,
+                        trigger,
+                    )
+                    .await,
+                );
+            }
+        }
+        out
+    }
+
+    /// A runtime canary for one image: `PullImage` through the CRI with the same candidates.
+    pub async fn check_runtime(
+        &self,
+        namespace: &str,
+        pullset: &str,
+        image: &ImageRef,
+        resolution: &Resolution,
+        trigger: Trigger,
+    ) -> CanaryOutcome {
+        let Some(runtime) = self.runtime.clone() else {
+            let mut o = self.blank(
+                namespace,
+                pullset,
+                image,
+                CanaryDepth::Manifest,
+                trigger,
+                CanaryPath::Runtime,
+            );
+            o.verdict = Verdict::RuntimeError;
+            o.message = "runtime canary requested but no CRI endpoint is configured".into();
+            o.hint = Some(Verdict::RuntimeError.hint());
+            return o;
+        };
+        let reference = image.pull_reference();
+        let mirrors = self
+            .runtime_config
+            .as_deref()
+            .map(|dir| crate::adapters::containerd_config::mirrors(dir, &image.registry))
+            .unwrap_or_default();
+        let runtime = &runtime;
+        let reference = &reference;
+        let mut o = self
+            .attempt(
+                namespace,
+                pullset,
+                image,
+                resolution,
+                CanaryDepth::Manifest,
+                trigger,
+                CanaryPath::Runtime,
+                |candidate| {
+                    Box::pin(async move {
+                        runtime
+                            .pull(reference, candidate)
+                            .await
+                            .map(|id| ProbeReport {
+                                manifest_digest: id,
+                                ..ProbeReport::default()
+                            })
+                    })
+                },
+            )
+            .await;
+        if o.verdict.is_ok() {
+            o.manifest_digest = None;
+            o.message = "pulled through the runtime (the registry re-resolved the reference with this credential)".into();
+        }
+        if !mirrors.is_empty() {
+            o.warnings.push(format!(
+                "MirrorInPath: the runtime routes {} through {}; a mirror may serve cached content without checking credentials, so only the registry-direct canary proves them",
+                image.registry,
+                mirrors.join(", ")
+            ));
+        }
+        o
+    }
+
+    /// One image with a resolution already made, registry-direct.
+    pub async fn check_image(
+        &self,
+        namespace: &str,
+        pullset: &str,
+        image: &ImageRef,
+        resolution: &Resolution,
+        depth: CanaryDepth,
+        trigger: Trigger,
+    ) -> CanaryOutcome {
+        self.attempt(
+            namespace,
+            pullset,
+            image,
+            resolution,
+            depth,
+            trigger,
+            CanaryPath::Registry,
+            |candidate| self.probe.probe(image, candidate, depth),
+        )
+        .await
+    }
+
+    fn blank(
+        &self,
+        namespace: &str,
+        pullset: &str,
+        image: &ImageRef,
+        depth: CanaryDepth,
+        trigger: Trigger,
+        path: CanaryPath,
+    ) -> CanaryOutcome {
+        CanaryOutcome {
+            kind: "canary",
+            time: now_rfc3339(),
+            node: self.node.clone(),
+            namespace: namespace.to_string(),
+            pullset: pullset.to_string(),
+            image: image.to_string(),
+            trigger,
+            path,
+            depth,
+            credential: None,
+            verdict: Verdict::Ok,
+            message: String::new(),
+            hint: None,
+            duration_ms: 0,
+            bytes: 0,
+            throughput_bps: None,
+            requests: 0,
+            manifest_digest: None,
+            expires_at: None,
+            warnings: Vec::new(),
+        }
+    }
+
+    /// Tries the candidates in order with `probe` until one works.
+    #[allow(clippy::too_many_arguments)]
+    async fn attempt<'a, F>(
+        &'a self,
+        namespace: &str,
+        pullset: &str,
+        image: &ImageRef,
+        resolution: &'a Resolution,
+        depth: CanaryDepth,
+        trigger: Trigger,
+        path: CanaryPath,
+        probe: F,
+    ) -> CanaryOutcome
+    where
+        F: Fn(Option<&'a Candidate>) -> BoxFuture<'a, Result<ProbeReport, ProbeFailure>>,
+    {
+        let start = Instant::now();
+        let mut outcome = self.blank(namespace, pullset, image, depth, trigger, path);
+        if let Some(blocked) = &resolution.blocked {
+            outcome.verdict = blocked.verdict;
+            outcome.message = blocked.message.clone();
+            outcome.hint = Some(blocked.verdict.hint());
+            outcome.duration_ms = millis(start.elapsed());
+            return outcome;
+        }
+        let attempts: Vec<Option<&Candidate>> = if resolution.candidates.is_empty() {
+            vec![None]
+        } else {
+            resolution.candidates.iter().map(Some).collect()
+        };
+        let passwords = resolution.candidates.iter().map(|c| &c.password);
+        let passwords: Vec<_> = passwords.collect();
+        let mut failures: Vec<(String, ProbeFailure)> = Vec::new();
+        let now = SystemTime::now();
+        for candidate in attempts {
+            let label = candidate.map_or_else(|| "anonymous".to_string(), |c| c.source.to_string());
+            let expired = candidate
+                .and_then(|c| c.expires_at)
+                .is_some_and(|t| t <= now);
+            match probe(candidate).await {
+                Ok(report) => {
+                    let elapsed = start.elapsed();
+                    outcome.credential = Some(label);
+                    outcome.message = match depth {
+                        CanaryDepth::Manifest => "manifest resolved and fetched".into(),
+                        CanaryDepth::Blobs => {
+                            format!("manifest and {} blob(s) reachable", report.blobs)
+                        }
+                        CanaryDepth::Full => format!(
+                            "{} blob(s) downloaded and verified ({} bytes)",
+                            report.blobs, report.bytes
+                        ),
+                    };
+                    outcome.bytes = report.bytes;
+                    outcome.requests += report.requests;
+                    outcome.manifest_digest =
+                        Some(report.manifest_digest).filter(|d| !d.is_empty());
+                    if depth == CanaryDepth::Full && elapsed.as_millis() > 0 {
+                        outcome.throughput_bps =
+                            Some((report.bytes as u128 * 1000 / elapsed.as_millis()) as u64);
+                    }
+                    if let Some(expires) = candidate.and_then(|c| c.expires_at) {
+                        outcome.expires_at =
+                            Some(humantime::format_rfc3339_seconds(expires).to_string());
+                        if expired {
+                            outcome.warnings.push("ExpiringSoon: the credential's own expiry has passed, yet the registry accepted it".into());
+                        } else if expires.duration_since(now).unwrap_or_default()
+                            <= self.expiry_warning
+                        {
+                            outcome.warnings.push(format!(
+                                "ExpiringSoon: the credential expires at {}",
+                                humantime::format_rfc3339_seconds(expires)
+                            ));
+                        }
+                    }
+                    for (label, f) in &failures {
+                        outcome.warnings.push(format!(
+                            "CredentialFailing: {label}: {}: {}",
+                            f.verdict, f.message
+                        ));
+                    }
+                    outcome.duration_ms = millis(elapsed);
+                    return outcome;
+                }
+                Err(mut failure) => {
+                    failure.message = scrub(&failure.message, passwords.iter().copied());
+                    if expired && failure.verdict == Verdict::Unauthorized {
+                        failure.verdict = Verdict::Expired;
+                    }
+                    failures.push((label, failure));
+                }
+            }
+        }
+        let (label, last) = failures.pop().unwrap_or_else(|| {
+            (
+                "anonymous".into(),
+                ProbeFailure {
+                    verdict: Verdict::RuntimeError,
+                    message: "no probe was made".into(),
+                },
+            )
+        });
+        let (verdict, message) = if last.verdict == Verdict::Expired {
+            (
+                Verdict::Expired,
+                format!("{label} has expired: {}", last.message),
+            )
+        } else {
+            resolution.explain_failure(last.verdict, &last.message)
+        };
+        outcome.credential = Some(label);
+        outcome.verdict = verdict;
+        outcome.message = message;
+        outcome.hint = Some(verdict.hint());
+        outcome.warnings = failures
+            .iter()
+            .map(|(label, f)| format!("CredentialFailing: {label}: {}: {}", f.verdict, f.message))
+            .collect();
+        outcome.duration_ms = millis(start.elapsed());
+        outcome
+    }
+}
+
+fn millis(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
+#[cfg(test)]
+mod tests;

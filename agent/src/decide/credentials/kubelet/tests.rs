@@ -1,0 +1,467 @@
+//! The kubelet's resolution, case by case: pod rule, secret handling, keyring order across
+//! sources, near misses, blocked pulls. (Plugins are driven through their real exec path in
+//! tests/tests/credential_plugins.rs.)
+
+use super::*;
+use crate::model::inventory::{SecretObject, ServiceAccountObject};
+use crate::model::pullset::{PullSetSpec, validate};
+use base64::Engine as _;
+use std::collections::BTreeMap;
+
+fn dockerconfig(entries: &[(&str, &str, &str)]) -> Vec<u8> {
+    let auths: serde_json::Map<String, serde_json::Value> = entries
+        .iter()
+        .map(|(k, u, p)| {
+            let auth = base64::engine::general_purpose::STANDARD.encode(format!("{u}:{p}"));
+            (k.to_string(), serde_json::json!({ "auth": auth }))
+        })
+        .collect();
+    serde_json::to_vec(&serde_json::json!({ "auths": auths })).unwrap()
+}
+
+fn secret(name: &str, type_: &str, data_key: &str, bytes: Vec<u8>) -> SecretObject {
+    SecretObject {
+        key: ObjectKey::new("ns", name),
+        type_: type_.into(),
+        data: BTreeMap::from([(data_key.to_string(), bytes.into())]),
+    }
+}
+
+fn json_secret(name: &str, entries: &[(&str, &str, &str)]) -> SecretObject {
+    secret(
+        name,
+        TYPE_DOCKERCONFIGJSON,
+        KEY_DOCKERCONFIGJSON,
+        dockerconfig(entries),
+    )
+}
+
+fn inventory() -> Inventory {
+    let mut inv = Inventory::default();
+    for s in [
+        json_secret("good", &[("https://reg.io:5000", "alice", "pw1")]),
+        json_secret("other-port", &[("reg.io", "bob", "pw2")]),
+        secret(
+            "opaque",
+            "Opaque",
+            KEY_DOCKERCONFIGJSON,
+            dockerconfig(&[("reg.io:5000", "x", "y")]),
+        ),
+        secret(
+            "broken",
+            TYPE_DOCKERCONFIGJSON,
+            KEY_DOCKERCONFIGJSON,
+            b"{not json".to_vec(),
+        ),
+        secret(
+            "bad-auth",
+            TYPE_DOCKERCONFIGJSON,
+            KEY_DOCKERCONFIGJSON,
+            br#"{"auths":{"reg.io:5000":{"auth":"!!"}}}"#.to_vec(),
+        ),
+        secret(
+            "empty",
+            TYPE_DOCKERCONFIGJSON,
+            KEY_DOCKERCONFIGJSON,
+            Vec::new(),
+        ),
+        secret(
+            "wrong-key",
+            TYPE_DOCKERCONFIGJSON,
+            KEY_DOCKERCFG,
+            dockerconfig(&[("reg.io:5000", "x", "y")]),
+        ),
+        secret(
+            "legacy",
+            TYPE_DOCKERCFG,
+            KEY_DOCKERCFG,
+            br#"{"reg.io:5000":{"username":"carol","password":"pw3"}}"#.to_vec(),
+        ),
+        json_secret("hub", &[("https://index.docker.io/v1/", "dan", "pw4")]),
+        json_secret("team", &[("reg.io:5000/team", "erin", "pw5")]),
+        json_secret("teamz", &[("reg.io:5000/teamz", "frank", "pw6")]),
+        json_secret("glob", &[("*.example.com", "gina", "pw7")]),
+        json_secret("exact", &[("registry.example.com", "hank", "pw8")]),
+        json_secret("same-key-again", &[("reg.io:5000", "ivan", "pw9")]),
+        json_secret(
+            "two-spellings",
+            &[
+                ("reg.io:5000", "judy", "pwA"),
+                ("https://reg.io:5000/v2/", "kate", "pwB"),
+            ],
+        ),
+        json_secret("bad-key", &[("reg.io:abc", "x", "y")]),
+        json_secret("upper", &[("REG.io:5000", "x", "y")]),
+    ] {
+        inv.secrets.insert(s.key.clone(), s);
+    }
+    for (name, secrets) in [
+        ("builder", vec!["good"]),
+        ("default", vec!["legacy"]),
+        ("empty-sa", vec![]),
+    ] {
+        inv.service_accounts.insert(
+            ObjectKey::new("ns", name),
+            ServiceAccountObject {
+                key: ObjectKey::new("ns", name),
+                image_pull_secrets: secrets.into_iter().map(String::from).collect(),
+            },
+        );
+    }
+    inv
+}
+
+fn pullset(yaml: &str, image: &str) -> ValidPullSet {
+    let spec: PullSetSpec =
+        serde_yaml::from_str(&format!("{yaml}\nimages: [{{image: '{image}'}}]")).unwrap();
+    validate(ObjectKey::new("ns", "set"), spec).unwrap()
+}
+
+fn resolve(resolver: &KubeletResolver, yaml: &str, image: &str) -> Resolution {
+    let set = pullset(yaml, image);
+    let image = ImageRef::parse(image).unwrap();
+    futures::executor::block_on(resolver.resolve(&inventory(), &set, &image))
+}
+
+/// (pullset yaml, image, candidate users in order, finding verdicts, blocked)
+type Case = (
+    &'static str,
+    &'static str,
+    &'static [&'static str],
+    &'static [Verdict],
+    bool,
+);
+
+#[test]
+fn resolution_table() {
+    use Verdict::*;
+    let cases: &[Case] = &[
+        (
+            "imagePullSecrets: [{name: good}]",
+            "reg.io:5000/a:1",
+            &["alice"],
+            &[],
+            false,
+        ),
+        (
+            "imagePullSecrets: [{name: legacy}]",
+            "reg.io:5000/a:1",
+            &["carol"],
+            &[],
+            false,
+        ),
+        // Every matching credential is a candidate: same key in two secrets, in listed order.
+        (
+            "imagePullSecrets: [{name: good}, {name: legacy}]",
+            "reg.io:5000/a:1",
+            &["alice", "carol"],
+            &[],
+            false,
+        ),
+        (
+            "imagePullSecrets: [{name: legacy}, {name: good}]",
+            "reg.io:5000/a:1",
+            &["carol", "alice"],
+            &[],
+            false,
+        ),
+        // Two spellings of one key in one secret normalise to the same key: both, in key order.
+        (
+            "imagePullSecrets: [{name: two-spellings}]",
+            "reg.io:5000/a:1",
+            &["kate", "judy"],
+            &[],
+            false,
+        ),
+        // Specific paths first (reverse byte order), across secrets.
+        (
+            "imagePullSecrets: [{name: good}, {name: team}]",
+            "reg.io:5000/team/a:1",
+            &["erin", "alice"],
+            &[],
+            false,
+        ),
+        (
+            "imagePullSecrets: [{name: team}, {name: teamz}]",
+            "reg.io:5000/teamz/a:1",
+            &["frank", "erin"],
+            &[],
+            false,
+        ),
+        (
+            "imagePullSecrets: [{name: team}]",
+            "reg.io:5000/other/a:1",
+            &[],
+            &[HostMismatch],
+            false,
+        ),
+        // Globs match one label; exact sorts before glob.
+        (
+            "imagePullSecrets: [{name: glob}, {name: exact}]",
+            "registry.example.com/a:1",
+            &["hank", "gina"],
+            &[],
+            false,
+        ),
+        (
+            "imagePullSecrets: [{name: glob}]",
+            "a.b.example.com/a:1",
+            &[],
+            &[HostMismatch],
+            false,
+        ),
+        // Skipped secrets are findings; the rest still count.
+        (
+            "imagePullSecrets: [{name: missing}, {name: good}]",
+            "reg.io:5000/a:1",
+            &["alice"],
+            &[SecretNotFound],
+            false,
+        ),
+        (
+            "imagePullSecrets: [{name: opaque}]",
+            "reg.io:5000/a:1",
+            &[],
+            &[SecretWrongType, NoCredentials],
+            false,
+        ),
+        (
+            "imagePullSecrets: [{name: empty}]",
+            "reg.io:5000/a:1",
+            &[],
+            &[SecretMalformed, NoCredentials],
+            false,
+        ),
+        (
+            "imagePullSecrets: [{name: wrong-key}]",
+            "reg.io:5000/a:1",
+            &[],
+            &[SecretMalformed, NoCredentials],
+            false,
+        ),
+        // Unparseable secrets fail the pull outright, whatever else is listed.
+        (
+            "imagePullSecrets: [{name: good}, {name: broken}]",
+            "reg.io:5000/a:1",
+            &[],
+            &[SecretMalformed],
+            true,
+        ),
+        (
+            "imagePullSecrets: [{name: bad-auth}, {name: good}]",
+            "reg.io:5000/a:1",
+            &[],
+            &[SecretMalformed],
+            true,
+        ),
+        // An unparseable key is ignored (and reported).
+        (
+            "imagePullSecrets: [{name: bad-key}, {name: good}]",
+            "reg.io:5000/a:1",
+            &["alice"],
+            &[SecretMalformed],
+            false,
+        ),
+        // Ports compared as strings.
+        (
+            "imagePullSecrets: [{name: other-port}]",
+            "reg.io:5000/a:1",
+            &[],
+            &[HostMismatch],
+            false,
+        ),
+        (
+            "imagePullSecrets: [{name: good}]",
+            "reg.io/a:1",
+            &[],
+            &[HostMismatch],
+            false,
+        ),
+        (
+            "imagePullSecrets: [{name: upper}]",
+            "reg.io:5000/a:1",
+            &[],
+            &[HostMismatch],
+            false,
+        ),
+        (
+            "imagePullSecrets: [{name: good}]",
+            "elsewhere.io/a:1",
+            &[],
+            &[NoCredentials],
+            false,
+        ),
+        // Docker Hub through the index.docker.io fallback.
+        (
+            "imagePullSecrets: [{name: hub}]",
+            "nginx:1",
+            &["dan"],
+            &[],
+            false,
+        ),
+        (
+            "imagePullSecrets: [{name: hub}]",
+            "docker.io/bitnami/redis:7",
+            &["dan"],
+            &[],
+            false,
+        ),
+        (
+            "imagePullSecrets: [{name: hub}]",
+            "quay.io/a/b:1",
+            &[],
+            &[NoCredentials],
+            false,
+        ),
+        // The ServiceAccount's secrets apply only when the set lists none; never merged.
+        (
+            "serviceAccountName: builder",
+            "reg.io:5000/a:1",
+            &["alice"],
+            &[],
+            false,
+        ),
+        (
+            "serviceAccountName: builder\nimagePullSecrets: [{name: legacy}]",
+            "reg.io:5000/a:1",
+            &["carol"],
+            &[],
+            false,
+        ),
+        (
+            "serviceAccountName: empty-sa",
+            "reg.io:5000/a:1",
+            &[],
+            &[NoCredentials],
+            false,
+        ),
+        (
+            "serviceAccountName: ghost",
+            "reg.io:5000/a:1",
+            &[],
+            &[ServiceAccountNotFound, NoCredentials],
+            false,
+        ),
+        // No SA named: the `default` SA.
+        ("gate: true", "reg.io:5000/a:1", &["carol"], &[], false),
+    ];
+    let resolver = KubeletResolver::default();
+    for (yaml, image, users, findings, blocked) in cases {
+        let r = resolve(&resolver, yaml, image);
+        let got: Vec<&str> = r.candidates.iter().map(|c| c.username.as_str()).collect();
+        assert_eq!(got, *users, "{yaml} {image}: {:?}", r.findings);
+        let got: Vec<Verdict> = r.findings.iter().map(|f| f.verdict).collect();
+        assert_eq!(got, *findings, "{yaml} {image}: {:?}", r.findings);
+        assert_eq!(r.blocked.is_some(), *blocked, "{yaml} {image}");
+        let rendered = format!("{r:?}");
+        for pw in [
+            "pw1", "pw2", "pw3", "pw4", "pw5", "pw6", "pw7", "pw8", "pw9", "pwA", "pwB",
+        ] {
+            assert!(!rendered.contains(pw), "{rendered}");
+        }
+    }
+}
+
+#[test]
+fn findings_name_the_secret_key_and_reason() {
+    let resolver = KubeletResolver::default();
+    let r = resolve(
+        &resolver,
+        "imagePullSecrets: [{name: other-port}]",
+        "reg.io:5000/a:1",
+    );
+    assert_eq!(
+        r.findings[0].message,
+        "no credential key matches registry `reg.io:5000` of reg.io:5000/a; near miss: `reg.io` in secret ns/other-port (the key has no port; the image's registry has one)"
+    );
+    let r = resolve(
+        &resolver,
+        "imagePullSecrets: [{name: bad-auth}]",
+        "reg.io:5000/a:1",
+    );
+    let blocked = r.blocked.unwrap();
+    assert!(
+        blocked.message.contains("ns/bad-auth") && blocked.message.contains("`reg.io:5000`"),
+        "{}",
+        blocked.message
+    );
+    let r = resolve(
+        &resolver,
+        "imagePullSecrets: [{name: good}]",
+        "reg.io:5000/a:1",
+    );
+    assert_eq!(
+        r.candidates[0].source.to_string(),
+        "secret ns/good key https://reg.io:5000"
+    );
+}
+
+#[test]
+fn node_config_comes_after_pull_secrets() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("config.json");
+    std::fs::write(
+        &path,
+        dockerconfig(&[
+            ("reg.io:5000", "node", "pwN"),
+            ("reg.io:5000/team", "node-team", "pwM"),
+        ]),
+    )
+    .unwrap();
+    let resolver = KubeletResolver::new(Some(NodeDockerConfig::new(path.clone())), None);
+    let r = resolve(
+        &resolver,
+        "imagePullSecrets: [{name: good}]",
+        "reg.io:5000/team/a:1",
+    );
+    let got: Vec<&str> = r.candidates.iter().map(|c| c.username.as_str()).collect();
+    // Pull secrets first, whatever the specificity of the node's keys.
+    assert_eq!(got, ["alice", "node-team", "node"]);
+    assert_eq!(
+        r.candidates[1].source.to_string(),
+        format!("file {} key reg.io:5000/team", path.display())
+    );
+    // A legacy bare map is read too, and edits are picked up.
+    std::fs::write(
+        &path,
+        br#"{"reg.io:5000":{"username":"legacy-node","password":"p"}}"#,
+    )
+    .unwrap();
+    let later = std::time::SystemTime::now() + std::time::Duration::from_secs(5);
+    std::fs::File::options()
+        .write(true)
+        .open(&path)
+        .unwrap()
+        .set_modified(later)
+        .unwrap();
+    let r = resolve(&resolver, "serviceAccountName: empty-sa", "reg.io:5000/a:1");
+    assert_eq!(
+        r.candidates
+            .iter()
+            .map(|c| c.username.as_str())
+            .collect::<Vec<_>>(),
+        ["legacy-node"]
+    );
+    // A missing file is no credential, not an error.
+    std::fs::remove_file(&path).unwrap();
+    let r = resolve(&resolver, "serviceAccountName: empty-sa", "reg.io:5000/a:1");
+    assert!(r.candidates.is_empty());
+}
+
+#[test]
+fn expiry_is_read_from_the_credential() {
+    let jwt = format!(
+        "x.{}.y",
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(r#"{"exp":1900000000}"#)
+    );
+    let mut inv = inventory();
+    let s = json_secret("jwt", &[("reg.io:5000", "oauth2accesstoken", &jwt)]);
+    inv.secrets.insert(s.key.clone(), s);
+    let set = pullset("imagePullSecrets: [{name: jwt}]", "reg.io:5000/a:1");
+    let image = ImageRef::parse("reg.io:5000/a:1").unwrap();
+    let r = futures::executor::block_on(KubeletResolver::default().resolve(&inv, &set, &image));
+    assert_eq!(
+        r.candidates[0].expires_at,
+        Some(std::time::UNIX_EPOCH + std::time::Duration::from_secs(1_900_000_000))
+    );
+}

@@ -1,0 +1,227 @@
+//! Which credentials a pull of an image would use, and what went wrong on the way.
+//!
+//! The seam is [`CredentialResolver`]: the pre-pull engine and the canaries ask it for the ordered
+//! candidates and the findings (missing, mistyped, malformed secrets) for one PullSet and one image.
+//! [`KubeletResolver`] gives the kubelet's answer: the pod rule, its keyring rules, the node's
+//! Docker config and credential-provider plugins, in that order.
+
+pub mod dockerconfig;
+pub mod expiry;
+pub mod keyring;
+mod kubelet;
+
+pub use kubelet::{
+    KubeletResolver, NodeDockerConfig, pull_secret_names, read_docker_config_file,
+    resolve_docker_config_files,
+};
+
+use crate::model::image_ref::ImageRef;
+use crate::model::inventory::{Inventory, ObjectKey};
+use crate::model::pullset::ValidPullSet;
+use crate::model::verdict::Verdict;
+use futures::future::BoxFuture;
+use secrecy::SecretString;
+use std::fmt;
+use std::path::PathBuf;
+use std::time::SystemTime;
+
+/// Where a credential came from: named, never shown.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum CredentialSource {
+    /// A key of a pull secret.
+    PullSecret { secret: ObjectKey, key: String },
+    /// A key of the node's Docker config file (or a file given on the command line).
+    DockerConfig { path: PathBuf, key: String },
+    /// A key a credential-provider plugin returned.
+    Plugin { provider: String, key: String },
+}
+
+impl CredentialSource {
+    /// The registry key as written.
+    pub fn key(&self) -> &str {
+        match self {
+            CredentialSource::PullSecret { key, .. }
+            | CredentialSource::DockerConfig { key, .. }
+            | CredentialSource::Plugin { key, .. } => key,
+        }
+    }
+
+    /// The source without the key: `secret ns/name`, `file PATH`, `plugin NAME`.
+    pub fn origin(&self) -> String {
+        match self {
+            CredentialSource::PullSecret { secret, .. } => format!("secret {secret}"),
+            CredentialSource::DockerConfig { path, .. } => format!("file {}", path.display()),
+            CredentialSource::Plugin { provider, .. } => format!("plugin {provider}"),
+        }
+    }
+}
+
+impl fmt::Display for CredentialSource {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} key {}", self.origin(), self.key())
+    }
+}
+
+/// A credential to try, in order.
+#[derive(Clone, Debug)]
+pub struct Candidate {
+    pub source: CredentialSource,
+    pub username: String,
+    /// Redacted in `Debug`; exposed only to the adapter that sends it to a runtime or registry.
+    pub password: SecretString,
+    /// When the credential itself says it expires (a JWT's `exp`, an ECR token's expiration).
+    pub expires_at: Option<SystemTime>,
+}
+
+/// Something resolution noticed that explains a failure if the pull then fails.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Finding {
+    pub verdict: Verdict,
+    pub message: String,
+}
+
+/// The answer for one PullSet and one image.
+#[derive(Clone, Debug, Default)]
+pub struct Resolution {
+    /// In the order the kubelet would try them. Empty: an anonymous pull.
+    pub candidates: Vec<Candidate>,
+    pub findings: Vec<Finding>,
+    /// Set when the kubelet would fail the pull before trying anything (a used pull secret it
+    /// cannot parse): no pull is attempted, and this is the verdict.
+    pub blocked: Option<Finding>,
+}
+
+impl Resolution {
+    /// The verdict and message to report when the pull failed with `failure` after every candidate
+    /// (or the anonymous attempt). An auth failure with no candidate is explained by the finding
+    /// that caused it (a missing secret, say); an auth failure with candidates stands, with the
+    /// findings appended; any other failure (network, runtime) stands alone.
+    pub fn explain_failure(&self, failure: Verdict, message: &str) -> (Verdict, String) {
+        let auth_like = matches!(failure, Verdict::Unauthorized | Verdict::NotFound);
+        if auth_like
+            && self.candidates.is_empty()
+            && let Some(finding) = self.most_telling_finding()
+        {
+            return (
+                finding.verdict,
+                format!("{} (anonymous pull failed: {message})", finding.message),
+            );
+        }
+        if self.findings.is_empty() || !auth_like {
+            (failure, message.to_string())
+        } else {
+            let notes: Vec<&str> = self.findings.iter().map(|f| f.message.as_str()).collect();
+            (failure, format!("{message}; also: {}", notes.join("; ")))
+        }
+    }
+
+    /// Findings in the order an engineer should look at them.
+    fn most_telling_finding(&self) -> Option<&Finding> {
+        const ORDER: [Verdict; 7] = [
+            Verdict::Forbidden,
+            Verdict::ServiceAccountNotFound,
+            Verdict::SecretNotFound,
+            Verdict::SecretWrongType,
+            Verdict::SecretMalformed,
+            Verdict::HostMismatch,
+            Verdict::NoCredentials,
+        ];
+        ORDER
+            .iter()
+            .find_map(|v| self.findings.iter().find(|f| f.verdict == *v))
+    }
+}
+
+/// Resolves the credentials for one image of one PullSet.
+pub trait CredentialResolver: Send + Sync {
+    fn resolve<'a>(
+        &'a self,
+        inventory: &'a Inventory,
+        pullset: &'a ValidPullSet,
+        image: &'a ImageRef,
+    ) -> BoxFuture<'a, Resolution>;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn finding(verdict: Verdict) -> Finding {
+        Finding {
+            verdict,
+            message: format!("finding {verdict}"),
+        }
+    }
+
+    #[test]
+    fn explain_failure_table() {
+        let candidate = Candidate {
+            source: CredentialSource::PullSecret {
+                secret: ObjectKey::new("ns", "s"),
+                key: "r.io".into(),
+            },
+            username: "u".into(),
+            password: SecretString::from("p"),
+            expires_at: None,
+        };
+        let cases: Vec<(Vec<Finding>, bool, Verdict, Verdict)> = vec![
+            (vec![], false, Verdict::Unauthorized, Verdict::Unauthorized),
+            (
+                vec![finding(Verdict::NoCredentials)],
+                false,
+                Verdict::Unauthorized,
+                Verdict::NoCredentials,
+            ),
+            (
+                vec![
+                    finding(Verdict::NoCredentials),
+                    finding(Verdict::SecretNotFound),
+                ],
+                false,
+                Verdict::Unauthorized,
+                Verdict::SecretNotFound,
+            ),
+            (
+                vec![finding(Verdict::SecretWrongType)],
+                false,
+                Verdict::NotFound,
+                Verdict::SecretWrongType,
+            ),
+            (
+                vec![finding(Verdict::SecretNotFound)],
+                false,
+                Verdict::Network,
+                Verdict::Network,
+            ),
+            (
+                vec![finding(Verdict::SecretNotFound)],
+                true,
+                Verdict::Unauthorized,
+                Verdict::Unauthorized,
+            ),
+            (
+                vec![
+                    finding(Verdict::ServiceAccountNotFound),
+                    finding(Verdict::HostMismatch),
+                ],
+                false,
+                Verdict::Unauthorized,
+                Verdict::ServiceAccountNotFound,
+            ),
+        ];
+        for (findings, with_candidate, failure, expected) in cases {
+            let r = Resolution {
+                candidates: if with_candidate {
+                    vec![candidate.clone()]
+                } else {
+                    vec![]
+                },
+                findings: findings.clone(),
+                blocked: None,
+            };
+            let (verdict, message) = r.explain_failure(failure, "registry said no");
+            assert_eq!(verdict, expected, "{findings:?} {failure}");
+            assert!(message.contains("registry said no"), "{message}");
+        }
+    }
+}

@@ -1,0 +1,441 @@
+//! Which Kubernetes Events pullgate emits, and how many: plain decisions, no client.
+//!
+//! - Per-image outcomes go on the PullSet (its namespace's owners see their own failures in
+//!   `kubectl describe pullset`); node-level transitions (the gate) go on the Node.
+//! - Repeats — the same reason for the same object and image, and for a failure the same verdict —
+//!   share an aggregation key; the recorder turns them into one Event with a growing series count.
+//! - A per-node token bucket ([`Budget`]) caps what one node sends to the API server, however many
+//!   PullSets fail at once; what the budget drops is counted and said in the next Event that passes.
+
+use crate::decide::canary::runner::CanaryOutcome;
+use crate::model::inventory::ObjectKey;
+use crate::model::outcome::{Action, Outcome};
+use crate::model::verdict::Verdict;
+use serde::Serialize;
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+/// The object an Event is about.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub enum Regarding {
+    PullSet(ObjectKey),
+    Node(String),
+}
+
+impl std::fmt::Display for Regarding {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::PullSet(key) => write!(f, "PullSet {key}"),
+            Self::Node(name) => write!(f, "Node {name}"),
+        }
+    }
+}
+
+impl Serialize for Regarding {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+/// `Normal` or `Warning`, as `kubectl describe` shows it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
+pub enum Severity {
+    Normal,
+    Warning,
+}
+
+/// Every reason pullgate uses (CamelCase, as Kubernetes reasons are).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
+pub enum Reason {
+    PrePulled,
+    PrePullFailed,
+    CanaryFailed,
+    CanaryRecovered,
+    CredentialExpiringSoon,
+    GateOpened,
+    GateTimedOut,
+}
+
+impl Reason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::PrePulled => "PrePulled",
+            Self::PrePullFailed => "PrePullFailed",
+            Self::CanaryFailed => "CanaryFailed",
+            Self::CanaryRecovered => "CanaryRecovered",
+            Self::CredentialExpiringSoon => "CredentialExpiringSoon",
+            Self::GateOpened => "GateOpened",
+            Self::GateTimedOut => "GateTimedOut",
+        }
+    }
+
+    /// The `action` field: what pullgate was doing.
+    pub fn action(self) -> &'static str {
+        match self {
+            Self::PrePulled | Self::PrePullFailed => "PrePull",
+            Self::CanaryFailed | Self::CanaryRecovered | Self::CredentialExpiringSoon => "Canary",
+            Self::GateOpened | Self::GateTimedOut => "RemoveTaint",
+        }
+    }
+
+    pub fn severity(self) -> Severity {
+        match self {
+            Self::PrePulled | Self::CanaryRecovered | Self::GateOpened => Severity::Normal,
+            _ => Severity::Warning,
+        }
+    }
+}
+
+/// One Event to emit.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct EventIntent {
+    /// Always `event`.
+    pub kind: &'static str,
+    pub regarding: Regarding,
+    pub reason: Reason,
+    #[serde(rename = "type")]
+    pub severity: Severity,
+    pub action: &'static str,
+    /// Short, useful, never a credential (at most 1 kB on the API server).
+    pub note: String,
+    /// Repeats share this key (the recorder aggregates them into one Event's series).
+    #[serde(skip)]
+    pub aggregation: String,
+}
+
+impl EventIntent {
+    pub fn new(regarding: Regarding, reason: Reason, note: String, discriminator: &str) -> Self {
+        let aggregation = format!("{regarding:?}|{}|{discriminator}", reason.as_str());
+        Self {
+            kind: "event",
+            regarding,
+            reason,
+            severity: reason.severity(),
+            action: reason.action(),
+            note: truncate(note, 1000),
+            aggregation,
+        }
+    }
+}
+
+fn truncate(mut s: String, max: usize) -> String {
+    if s.len() > max {
+        let mut cut = max - 3;
+        while !s.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        s.truncate(cut);
+        s.push_str("...");
+    }
+    s
+}
+
+/// The Event for a pre-pull outcome: `PrePulled` when the image was pulled now, `PrePullFailed`
+/// on every failure (aggregated per image and verdict), nothing when it was already present.
+pub fn for_prepull(outcome: &Outcome) -> Option<EventIntent> {
+    let regarding = Regarding::PullSet(ObjectKey::new(&outcome.namespace, &outcome.pullset));
+    match outcome.action {
+        Action::Present => None,
+        Action::Pulled => Some(EventIntent::new(
+            regarding,
+            Reason::PrePulled,
+            format!(
+                "pulled {} on node {} in {} ms",
+                outcome.image, outcome.node, outcome.duration_ms
+            ),
+            &outcome.image,
+        )),
+        Action::Failed => Some(EventIntent::new(
+            regarding,
+            Reason::PrePullFailed,
+            failure_note(
+                &outcome.image,
+                &outcome.node,
+                outcome.verdict,
+                &outcome.message,
+                outcome.hint,
+            ),
+            &format!("{}|{}", outcome.image, outcome.verdict),
+        )),
+    }
+}
+
+fn failure_note(
+    image: &str,
+    node: &str,
+    verdict: Verdict,
+    message: &str,
+    hint: Option<&str>,
+) -> String {
+    let mut note = format!("{image} on node {node}: {verdict}: {message}");
+    if let Some(hint) = hint {
+        note.push_str(" — ");
+        note.push_str(hint);
+    }
+    note
+}
+
+/// Canary Events: `CanaryFailed` on every failure (aggregated per image and verdict),
+/// `CanaryRecovered` when an image that failed is `Ok` again, `CredentialExpiringSoon` while the
+/// credential that worked says it expires within the warning window.
+#[derive(Debug, Default)]
+pub struct CanaryEvents {
+    failing: HashMap<(ObjectKey, String), Verdict>,
+}
+
+impl CanaryEvents {
+    pub fn observe(&mut self, outcome: &CanaryOutcome) -> Vec<EventIntent> {
+        let key = ObjectKey::new(&outcome.namespace, &outcome.pullset);
+        let regarding = Regarding::PullSet(key.clone());
+        let mut out = Vec::new();
+        let slot = (key, outcome.image.clone());
+        if outcome.verdict.is_ok() {
+            if let Some(was) = self.failing.remove(&slot) {
+                out.push(EventIntent::new(
+                    regarding.clone(),
+                    Reason::CanaryRecovered,
+                    format!(
+                        "{} on node {}: Ok again (was {was}) via {}",
+                        outcome.image,
+                        outcome.node,
+                        outcome.credential.as_deref().unwrap_or("anonymous")
+                    ),
+                    &outcome.image,
+                ));
+            }
+        } else {
+            self.failing.insert(slot, outcome.verdict);
+            out.push(EventIntent::new(
+                regarding.clone(),
+                Reason::CanaryFailed,
+                failure_note(
+                    &outcome.image,
+                    &outcome.node,
+                    outcome.verdict,
+                    &outcome.message,
+                    outcome.hint,
+                ),
+                &format!("{}|{}", outcome.image, outcome.verdict),
+            ));
+        }
+        for warning in &outcome.warnings {
+            if warning.starts_with("ExpiringSoon") {
+                out.push(EventIntent::new(
+                    regarding.clone(),
+                    Reason::CredentialExpiringSoon,
+                    format!("{} on node {}: {warning}", outcome.image, outcome.node),
+                    &outcome.image,
+                ));
+            }
+        }
+        out
+    }
+
+    /// Forget PullSets that are gone (a new one with the same name starts clean).
+    pub fn retain(&mut self, keep: impl Fn(&ObjectKey) -> bool) {
+        self.failing.retain(|(k, _), _| keep(k));
+    }
+}
+
+/// A token bucket: `burst` Events at once, then one per `refill`.
+#[derive(Debug, Clone)]
+pub struct Budget {
+    burst: u32,
+    refill: Duration,
+    tokens: f64,
+    last: Instant,
+    dropped: u64,
+}
+
+/// What the budget says about one Event.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Admit {
+    /// Send it; `dropped` Events were suppressed since the last one sent.
+    Send { dropped: u64 },
+    /// Over budget: not sent (counted).
+    Drop,
+}
+
+impl Budget {
+    pub fn new(burst: u32, refill: Duration, now: Instant) -> Self {
+        Self {
+            burst,
+            refill,
+            tokens: f64::from(burst),
+            last: now,
+            dropped: 0,
+        }
+    }
+
+    pub fn admit(&mut self, now: Instant) -> Admit {
+        let elapsed = now.saturating_duration_since(self.last);
+        self.last = now;
+        if !self.refill.is_zero() {
+            self.tokens = (self.tokens + elapsed.as_secs_f64() / self.refill.as_secs_f64())
+                .min(f64::from(self.burst));
+        }
+        if self.tokens >= 1.0 {
+            self.tokens -= 1.0;
+            let dropped = std::mem::take(&mut self.dropped);
+            Admit::Send { dropped }
+        } else {
+            self.dropped += 1;
+            Admit::Drop
+        }
+    }
+
+    /// Suppressed and not yet reported.
+    pub fn dropped(&self) -> u64 {
+        self.dropped
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::decide::canary::runner::{CanaryPath, Trigger};
+    use crate::model::outcome::OutcomeKind;
+    use crate::model::pullset::CanaryDepth;
+
+    fn prepull(action: Action, verdict: Verdict) -> Outcome {
+        Outcome {
+            kind: OutcomeKind::Prepull,
+            time: String::new(),
+            node: "n1".into(),
+            namespace: "payments".into(),
+            pullset: "critical".into(),
+            image: "r/api@sha256:1".into(),
+            verdict,
+            message: "boom".into(),
+            hint: Some(verdict.hint()),
+            duration_ms: 7,
+            action,
+            attempts: 1,
+            credential: None,
+            image_ref: None,
+            repo_digest: None,
+            size_bytes: None,
+            warnings: vec![],
+        }
+    }
+
+    fn canary(image: &str, verdict: Verdict, warnings: Vec<String>) -> CanaryOutcome {
+        CanaryOutcome {
+            kind: "canary",
+            time: String::new(),
+            node: "n1".into(),
+            namespace: "payments".into(),
+            pullset: "critical".into(),
+            image: image.into(),
+            trigger: Trigger::Schedule,
+            path: CanaryPath::Registry,
+            depth: CanaryDepth::Manifest,
+            credential: Some("secret payments/regcred key r".into()),
+            verdict,
+            message: "m".into(),
+            hint: None,
+            duration_ms: 1,
+            bytes: 0,
+            throughput_bps: None,
+            requests: 1,
+            manifest_digest: None,
+            expires_at: None,
+            warnings,
+        }
+    }
+
+    #[test]
+    fn prepull_table() {
+        assert_eq!(for_prepull(&prepull(Action::Present, Verdict::Ok)), None);
+        let pulled = for_prepull(&prepull(Action::Pulled, Verdict::Ok)).unwrap();
+        assert_eq!(
+            (pulled.reason, pulled.severity, pulled.action),
+            (Reason::PrePulled, Severity::Normal, "PrePull")
+        );
+        assert_eq!(
+            pulled.regarding,
+            Regarding::PullSet(ObjectKey::new("payments", "critical"))
+        );
+        let failed = for_prepull(&prepull(Action::Failed, Verdict::Unauthorized)).unwrap();
+        assert_eq!(
+            (failed.reason, failed.severity),
+            (Reason::PrePullFailed, Severity::Warning)
+        );
+        assert!(
+            failed.note.contains("Unauthorized: boom"),
+            "{}",
+            failed.note
+        );
+        // Same image, same verdict: one aggregation key; another verdict: another key.
+        let again = for_prepull(&prepull(Action::Failed, Verdict::Unauthorized)).unwrap();
+        let other = for_prepull(&prepull(Action::Failed, Verdict::NotFound)).unwrap();
+        assert_eq!(failed.aggregation, again.aggregation);
+        assert_ne!(failed.aggregation, other.aggregation);
+        assert_ne!(failed.aggregation, pulled.aggregation);
+    }
+
+    #[test]
+    fn canary_transitions() {
+        let mut events = CanaryEvents::default();
+        assert!(events.observe(&canary("a", Verdict::Ok, vec![])).is_empty());
+        let failed = events.observe(&canary("a", Verdict::Unauthorized, vec![]));
+        assert_eq!(failed.len(), 1);
+        assert_eq!(failed[0].reason, Reason::CanaryFailed);
+        let repeat = events.observe(&canary("a", Verdict::Unauthorized, vec![]));
+        assert_eq!(repeat[0].aggregation, failed[0].aggregation);
+        // Another image failing is its own Event.
+        let b = events.observe(&canary("b", Verdict::Unauthorized, vec![]));
+        assert_ne!(b[0].aggregation, failed[0].aggregation);
+        let recovered = events.observe(&canary("a", Verdict::Ok, vec![]));
+        assert_eq!(recovered.len(), 1);
+        assert_eq!(recovered[0].reason, Reason::CanaryRecovered);
+        assert!(
+            recovered[0].note.contains("was Unauthorized"),
+            "{}",
+            recovered[0].note
+        );
+        assert!(events.observe(&canary("a", Verdict::Ok, vec![])).is_empty());
+        let expiring = events.observe(&canary(
+            "a",
+            Verdict::Ok,
+            vec!["ExpiringSoon: expires in 1h".into()],
+        ));
+        assert_eq!(expiring.len(), 1);
+        assert_eq!(expiring[0].reason, Reason::CredentialExpiringSoon);
+        assert_eq!(expiring[0].severity, Severity::Warning);
+        events.retain(|_| false);
+        assert!(events.observe(&canary("b", Verdict::Ok, vec![])).is_empty());
+    }
+
+    #[test]
+    fn budget_bursts_then_refills_and_counts_drops() {
+        let t0 = Instant::now();
+        let mut budget = Budget::new(3, Duration::from_secs(10), t0);
+        for _ in 0..3 {
+            assert_eq!(budget.admit(t0), Admit::Send { dropped: 0 });
+        }
+        assert_eq!(budget.admit(t0), Admit::Drop);
+        assert_eq!(budget.admit(t0 + Duration::from_secs(5)), Admit::Drop);
+        assert_eq!(budget.dropped(), 2);
+        // 10 s after the first drop a token is back, and the send reports the two drops.
+        assert_eq!(
+            budget.admit(t0 + Duration::from_secs(10)),
+            Admit::Send { dropped: 2 }
+        );
+        assert_eq!(budget.admit(t0 + Duration::from_secs(11)), Admit::Drop);
+        // Never more than the burst, however long the quiet.
+        let later = t0 + Duration::from_secs(3600);
+        for _ in 0..3 {
+            assert!(matches!(budget.admit(later), Admit::Send { .. }));
+        }
+        assert_eq!(budget.admit(later), Admit::Drop);
+    }
+
+    #[test]
+    fn notes_are_bounded() {
+        let long = "é".repeat(2000);
+        let e = EventIntent::new(Regarding::Node("n1".into()), Reason::GateTimedOut, long, "");
+        assert!(e.note.len() <= 1000);
+        assert!(e.note.ends_with("..."));
+    }
+}

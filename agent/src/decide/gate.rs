@@ -1,0 +1,291 @@
+//! The scale-out readiness gate: when the agent lifts its own start-up taint.
+//!
+//! A node registered with the taint (`pullgate.io/not-ready:NoSchedule` by default) keeps it until
+//! both of these hold for the PullSets with `gate: true` selected here:
+//!
+//! - every image is present (`CriticalImagesReady` is True), and
+//! - the latest canary of every such PullSet that has canaries was `Ok` for every image.
+//!
+//! After the gate timeout (counted from the agent's start) the taint is removed anyway with a
+//! `GateTimedOut` event, so a broken registry cannot freeze an autoscaler — unless the action is
+//! `Keep`, in which case the event is emitted once and the taint stays until the gate opens.
+//! Plain decisions: no clock, no client; the caller passes the elapsed time.
+
+use crate::model::inventory::{Inventory, ObjectKey};
+use crate::model::node::NodeInfo;
+use crate::model::verdict::Verdict;
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+/// The (PullSet, image) pairs whose canaries the gate waits for: every image of every `gate: true`
+/// PullSet with canaries selected for this node.
+pub fn gated_canaries(inventory: &Inventory, node: &NodeInfo) -> Vec<(ObjectKey, String)> {
+    inventory
+        .pullsets
+        .values()
+        .filter(|s| s.spec.gate && s.spec.canary.is_some() && node.matches(&s.spec.node_selector))
+        .flat_map(|s| s.images.iter().map(|i| (s.key.clone(), i.to_string())))
+        .collect()
+}
+
+/// `Some(false)` when a gated canary failed, `None` while one has not run, else `Some(true)`
+/// (also when no gated PullSet has canaries: the pre-pull proved its credentials).
+pub fn credentials_valid(
+    expected: &[(ObjectKey, String)],
+    verdicts: &BTreeMap<(ObjectKey, String), Verdict>,
+) -> Option<bool> {
+    let mut complete = true;
+    for key in expected {
+        match verdicts.get(key) {
+            Some(v) if !v.is_ok() => return Some(false),
+            Some(_) => {}
+            None => complete = false,
+        }
+    }
+    complete.then_some(true)
+}
+
+/// What to do when the timeout passes before the gate opens.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum TimeoutAction {
+    /// Remove the taint anyway (a broken registry must not freeze an autoscaler).
+    Remove,
+    /// Keep the taint until the gate opens.
+    Keep,
+}
+
+/// What the gate sees at one moment.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct GateInputs {
+    /// The node carries the taint (`None`: the Node has not been read yet).
+    pub tainted: Option<bool>,
+    /// `CriticalImagesReady` for the gated PullSets (`None`: no pass finished yet).
+    pub images_ready: Option<bool>,
+    /// Every canary of the gated PullSets is `Ok` (`None`: some have not run yet).
+    pub credentials_valid: Option<bool>,
+    /// Since the agent started.
+    pub elapsed: Duration,
+}
+
+/// What the agent does now.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum GateDecision {
+    /// Nothing to do (no taint, or still waiting within the timeout).
+    Wait,
+    /// Both conditions hold: remove the taint (`GateOpened`).
+    Open,
+    /// The timeout passed: remove the taint anyway (`GateTimedOut`); `waiting_for` says why.
+    TimedOutRemove { waiting_for: String },
+    /// The timeout passed with `Keep`: say so once (`GateTimedOut`), keep the taint.
+    TimedOutKeep { waiting_for: String },
+}
+
+/// The gate's memory: whether the timeout was already announced.
+#[derive(Clone, Debug)]
+pub struct Gate {
+    timeout: Duration,
+    action: TimeoutAction,
+    announced_keep: bool,
+}
+
+impl Gate {
+    pub fn new(timeout: Duration, action: TimeoutAction) -> Self {
+        Self {
+            timeout,
+            action,
+            announced_keep: false,
+        }
+    }
+
+    /// Decides from the current inputs. `Open` and `TimedOutRemove` repeat while the taint is still
+    /// there (a failed removal is retried); `TimedOutKeep` is returned once.
+    pub fn decide(&mut self, inputs: &GateInputs) -> GateDecision {
+        if inputs.tainted != Some(true) {
+            return GateDecision::Wait;
+        }
+        if inputs.images_ready == Some(true) && inputs.credentials_valid == Some(true) {
+            return GateDecision::Open;
+        }
+        if inputs.elapsed < self.timeout {
+            return GateDecision::Wait;
+        }
+        let waiting_for = waiting_for(inputs);
+        match self.action {
+            TimeoutAction::Remove => GateDecision::TimedOutRemove { waiting_for },
+            TimeoutAction::Keep if !self.announced_keep => {
+                self.announced_keep = true;
+                GateDecision::TimedOutKeep { waiting_for }
+            }
+            TimeoutAction::Keep => GateDecision::Wait,
+        }
+    }
+}
+
+fn waiting_for(inputs: &GateInputs) -> String {
+    let part = |name: &str, state: Option<bool>| match state {
+        Some(true) => None,
+        Some(false) => Some(format!("{name} is False")),
+        None => Some(format!("{name} is not known yet")),
+    };
+    [
+        part("CriticalImagesReady", inputs.images_ready),
+        part(
+            "PullCredentialsValid (gated PullSets)",
+            inputs.credentials_valid,
+        ),
+    ]
+    .into_iter()
+    .flatten()
+    .collect::<Vec<_>>()
+    .join(", ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MIN: Duration = Duration::from_secs(60);
+
+    fn inputs(
+        tainted: Option<bool>,
+        images: Option<bool>,
+        creds: Option<bool>,
+        elapsed: Duration,
+    ) -> GateInputs {
+        GateInputs {
+            tainted,
+            images_ready: images,
+            credentials_valid: creds,
+            elapsed,
+        }
+    }
+
+    #[test]
+    fn decision_table() {
+        use GateDecision::*;
+        let t = Some(true);
+        let f = Some(false);
+        for (case, action, i, expected) in [
+            (
+                "no taint: nothing to do",
+                TimeoutAction::Remove,
+                inputs(f, t, t, MIN),
+                Wait,
+            ),
+            (
+                "node not read yet",
+                TimeoutAction::Remove,
+                inputs(None, t, t, 20 * MIN),
+                Wait,
+            ),
+            (
+                "both true opens",
+                TimeoutAction::Remove,
+                inputs(t, t, t, MIN),
+                Open,
+            ),
+            (
+                "both true opens even after the timeout",
+                TimeoutAction::Keep,
+                inputs(t, t, t, 20 * MIN),
+                Open,
+            ),
+            (
+                "images missing, within timeout",
+                TimeoutAction::Remove,
+                inputs(t, f, t, 9 * MIN),
+                Wait,
+            ),
+            (
+                "credentials unknown, within timeout",
+                TimeoutAction::Remove,
+                inputs(t, t, None, MIN),
+                Wait,
+            ),
+            (
+                "timeout removes",
+                TimeoutAction::Remove,
+                inputs(t, f, None, 10 * MIN),
+                TimedOutRemove {
+                    waiting_for: "CriticalImagesReady is False, PullCredentialsValid (gated PullSets) is not known yet".into(),
+                },
+            ),
+            (
+                "timeout keeps, announced",
+                TimeoutAction::Keep,
+                inputs(t, t, f, 11 * MIN),
+                TimedOutKeep {
+                    waiting_for: "PullCredentialsValid (gated PullSets) is False".into(),
+                },
+            ),
+        ] {
+            let mut gate = Gate::new(10 * MIN, action);
+            assert_eq!(gate.decide(&i), expected, "{case}");
+        }
+    }
+
+    #[test]
+    fn gated_credentials_table() {
+        let a = (ObjectKey::new("ns", "a"), "r/x@sha256:1".to_string());
+        let b = (ObjectKey::new("ns", "b"), "r/y@sha256:2".to_string());
+        let expected = vec![a.clone(), b.clone()];
+        let map = |pairs: &[(&(ObjectKey, String), Verdict)]| {
+            pairs
+                .iter()
+                .map(|(k, v)| ((*k).clone(), *v))
+                .collect::<BTreeMap<_, _>>()
+        };
+        assert_eq!(credentials_valid(&[], &BTreeMap::new()), Some(true));
+        assert_eq!(
+            credentials_valid(&expected, &map(&[(&a, Verdict::Ok)])),
+            None
+        );
+        assert_eq!(
+            credentials_valid(&expected, &map(&[(&a, Verdict::Unauthorized)])),
+            Some(false)
+        );
+        assert_eq!(
+            credentials_valid(&expected, &map(&[(&a, Verdict::Ok), (&b, Verdict::Ok)])),
+            Some(true)
+        );
+        // Verdicts of PullSets that do not gate do not count.
+        let other = (ObjectKey::new("ns", "c"), "r/z".to_string());
+        assert_eq!(
+            credentials_valid(
+                &expected,
+                &map(&[
+                    (&a, Verdict::Ok),
+                    (&b, Verdict::Ok),
+                    (&other, Verdict::Expired)
+                ])
+            ),
+            Some(true)
+        );
+    }
+
+    #[test]
+    fn keep_is_announced_once_and_remove_repeats_until_the_taint_is_gone() {
+        let mut keep = Gate::new(MIN, TimeoutAction::Keep);
+        let late = inputs(Some(true), Some(false), Some(true), 2 * MIN);
+        assert!(matches!(
+            keep.decide(&late),
+            GateDecision::TimedOutKeep { .. }
+        ));
+        assert_eq!(keep.decide(&late), GateDecision::Wait);
+        // The gate still opens later.
+        let ok = inputs(Some(true), Some(true), Some(true), 3 * MIN);
+        assert_eq!(keep.decide(&ok), GateDecision::Open);
+
+        let mut remove = Gate::new(MIN, TimeoutAction::Remove);
+        assert!(matches!(
+            remove.decide(&late),
+            GateDecision::TimedOutRemove { .. }
+        ));
+        assert!(matches!(
+            remove.decide(&late),
+            GateDecision::TimedOutRemove { .. }
+        ));
+        let gone = inputs(Some(false), Some(false), Some(true), 4 * MIN);
+        assert_eq!(remove.decide(&gone), GateDecision::Wait);
+    }
+}

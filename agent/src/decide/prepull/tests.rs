@@ -1,0 +1,468 @@
+//! Engine rules against a scripted in-memory runtime (no socket): dedup, candidate order,
+//! retries of transient failures only, findings explaining failures, bounded parallelism.
+
+use super::*;
+use crate::decide::credentials::{CredentialSource, Finding, Resolution};
+use crate::decide::desired::Owner;
+use crate::model::image_ref::ImageRef;
+use crate::model::inventory::ObjectKey;
+use secrecy::{ExposeSecret, SecretString};
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+/// Scripted answers: for each (image, password) a queue of results; present images by reference.
+#[derive(Default)]
+struct Scripted {
+    present: Mutex<HashMap<String, PresentImage>>,
+    answers: Mutex<HashMap<(String, String), Vec<Result<(), RuntimeFailure>>>>,
+    pulls: Mutex<Vec<(String, String)>>,
+    in_flight: AtomicUsize,
+    max_in_flight: AtomicUsize,
+}
+
+impl Scripted {
+    fn answer(&self, image: &str, password: &str, results: Vec<Result<(), RuntimeFailure>>) {
+        self.answers
+            .lock()
+            .unwrap()
+            .insert((image.into(), password.into()), results);
+    }
+}
+
+impl ImageRuntime for Scripted {
+    async fn list_images(&self) -> Result<Vec<PresentImage>, RuntimeFailure> {
+        Ok(self.present.lock().unwrap().values().cloned().collect())
+    }
+
+    async fn image_status(&self, image: &str) -> Result<Option<PresentImage>, RuntimeFailure> {
+        Ok(self.present.lock().unwrap().get(image).cloned())
+    }
+
+    async fn pull_image(
+        &self,
+        image: &str,
+        auth: Option<PullAuth<'_>>,
+    ) -> Result<String, RuntimeFailure> {
+        let password = auth.map_or(String::new(), |a| a.password.expose_secret().to_string());
+        let n = self.in_flight.fetch_add(1, Ordering::SeqCst) + 1;
+        self.max_in_flight.fetch_max(n, Ordering::SeqCst);
+        tokio::time::sleep(Duration::from_millis(5)).await;
+        self.in_flight.fetch_sub(1, Ordering::SeqCst);
+        self.pulls
+            .lock()
+            .unwrap()
+            .push((image.to_string(), password.clone()));
+        let next = {
+            let mut answers = self.answers.lock().unwrap();
+            match answers.get_mut(&(image.to_string(), password)) {
+                Some(q) if !q.is_empty() => q.remove(0),
+                _ => Ok(()),
+            }
+        };
+        next?;
+        let id = format!("sha256:id-of-{image}");
+        let (name, _) = image.rsplit_once(':').unwrap();
+        self.present.lock().unwrap().insert(
+            image.to_string(),
+            PresentImage {
+                id: id.clone(),
+                repo_tags: vec![image.to_string()],
+                repo_digests: vec![format!("{name}@sha256:digest")],
+                size: 1024,
+            },
+        );
+        Ok(id)
+    }
+}
+
+fn candidate(secret: &str, password: &str) -> Candidate {
+    Candidate {
+        source: CredentialSource::PullSecret {
+            secret: ObjectKey::new("ns", secret),
+            key: "r.io".into(),
+        },
+        username: "u".into(),
+        password: SecretString::from(password.to_string()),
+        expires_at: None,
+    }
+}
+
+fn desired(image: &str, owners: Vec<(&str, Vec<Candidate>, Vec<Finding>)>) -> DesiredImage {
+    DesiredImage {
+        image: ImageRef::parse(image).unwrap(),
+        owners: owners
+            .into_iter()
+            .map(|(name, candidates, findings)| Owner {
+                pullset: ObjectKey::new("ns", name),
+                resolution: Resolution {
+                    candidates,
+                    findings,
+                    blocked: None,
+                },
+            })
+            .collect(),
+    }
+}
+
+fn fast() -> PrePullConfig {
+    PrePullConfig {
+        max_parallel: 2,
+        retry: RetryPolicy {
+            attempts: 3,
+            min_delay: Duration::from_millis(1),
+            max_delay: Duration::from_millis(2),
+        },
+    }
+}
+
+async fn run(runtime: Arc<Scripted>, desired: Vec<DesiredImage>) -> Vec<Outcome> {
+    let engine = PrePuller::new(runtime, fast(), "node-1");
+    let out = Mutex::new(Vec::new());
+    engine
+        .pass(&desired, &CancellationToken::new(), &|o| {
+            out.lock().unwrap().push(o)
+        })
+        .await;
+    let mut v = out.into_inner().unwrap();
+    v.sort_by(|a, b| (&a.image, &a.pullset).cmp(&(&b.image, &b.pullset)));
+    v
+}
+
+fn rejected(msg: &str) -> Result<(), RuntimeFailure> {
+    Err(RuntimeFailure::Rejected(msg.into()))
+}
+
+const UNAUTHORIZED: &str = "failed to resolve reference: pulling from host r.io failed with status code [manifests 1]: 401 Unauthorized";
+const REFUSED: &str = "failed to do request: dial tcp 127.0.0.1:1: connect: connection refused";
+
+#[tokio::test]
+async fn pulls_once_for_several_owners_and_reports_each() {
+    let rt = Arc::new(Scripted::default());
+    let out = run(
+        rt.clone(),
+        vec![desired(
+            "r.io/a:1",
+            vec![
+                ("s1", vec![candidate("good", "pw")], vec![]),
+                ("s2", vec![candidate("good", "pw")], vec![]),
+            ],
+        )],
+    )
+    .await;
+    assert_eq!(rt.pulls.lock().unwrap().len(), 1);
+    assert_eq!(out.len(), 2);
+    for o in &out {
+        assert_eq!((o.verdict, o.action), (Verdict::Ok, Action::Pulled));
+        assert_eq!(o.image_ref.as_deref(), Some("sha256:id-of-r.io/a:1"));
+        assert_eq!(o.repo_digest.as_deref(), Some("r.io/a@sha256:digest"));
+        assert_eq!(o.credential.as_deref(), Some("secret ns/good key r.io"));
+    }
+}
+
+#[tokio::test]
+async fn present_images_are_not_pulled() {
+    let rt = Arc::new(Scripted::default());
+    rt.present.lock().unwrap().insert(
+        "r.io/a:1".into(),
+        PresentImage {
+            id: "sha256:x".into(),
+            repo_tags: vec!["r.io/a:1".into()],
+            repo_digests: vec![],
+            size: 0,
+        },
+    );
+    let out = run(
+        rt.clone(),
+        vec![desired("r.io/a:1", vec![("s1", vec![], vec![])])],
+    )
+    .await;
+    assert!(rt.pulls.lock().unwrap().is_empty());
+    assert_eq!(
+        (out[0].verdict, out[0].action, out[0].attempts),
+        (Verdict::Ok, Action::Present, 0)
+    );
+}
+
+#[tokio::test]
+async fn candidates_are_tried_in_order_and_failures_are_warned() {
+    let rt = Arc::new(Scripted::default());
+    rt.answer("r.io/a:1", "old", vec![rejected(UNAUTHORIZED)]);
+    let out = run(
+        rt.clone(),
+        vec![desired(
+            "r.io/a:1",
+            vec![(
+                "s1",
+                vec![candidate("stale", "old"), candidate("fresh", "new")],
+                vec![],
+            )],
+        )],
+    )
+    .await;
+    let pulls: Vec<_> = rt
+        .pulls
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|p| p.1.clone())
+        .collect();
+    assert_eq!(pulls, ["old", "new"]);
+    assert_eq!(out[0].verdict, Verdict::Ok);
+    assert_eq!(
+        out[0].credential.as_deref(),
+        Some("secret ns/fresh key r.io")
+    );
+    assert_eq!(out[0].warnings.len(), 1, "{:?}", out[0].warnings);
+    assert!(
+        out[0].warnings[0].contains("secret ns/stale")
+            && out[0].warnings[0].contains("Unauthorized")
+    );
+}
+
+#[tokio::test]
+async fn transient_failures_are_retried_and_permanent_ones_are_not() {
+    let rt = Arc::new(Scripted::default());
+    rt.answer(
+        "r.io/net:1",
+        "pw",
+        vec![rejected(REFUSED), rejected(REFUSED)],
+    );
+    rt.answer(
+        "r.io/down:1",
+        "pw",
+        vec![
+            rejected(REFUSED),
+            rejected(REFUSED),
+            rejected(REFUSED),
+            rejected(REFUSED),
+        ],
+    );
+    rt.answer(
+        "r.io/auth:1",
+        "pw",
+        vec![rejected(UNAUTHORIZED), rejected(UNAUTHORIZED)],
+    );
+    let c = || vec![("s", vec![candidate("good", "pw")], vec![])];
+    let out = run(
+        rt.clone(),
+        vec![
+            desired("r.io/net:1", c()),
+            desired("r.io/down:1", c()),
+            desired("r.io/auth:1", c()),
+        ],
+    )
+    .await;
+    let by: HashMap<_, _> = out
+        .iter()
+        .map(|o| (o.image.as_str(), (o.verdict, o.attempts)))
+        .collect();
+    // ImageStatus counts as an attempt too.
+    assert_eq!(by["r.io/net:1"], (Verdict::Ok, 4));
+    assert_eq!(by["r.io/down:1"], (Verdict::Network, 4));
+    assert_eq!(by["r.io/auth:1"], (Verdict::Unauthorized, 2));
+    assert!(out.iter().all(|o| o.verdict.is_ok() || o.hint.is_some()));
+}
+
+#[tokio::test]
+async fn findings_explain_an_anonymous_failure_per_owner() {
+    let rt = Arc::new(Scripted::default());
+    rt.answer("r.io/a:1", "", vec![rejected(UNAUTHORIZED)]);
+    let missing = Finding {
+        verdict: Verdict::SecretNotFound,
+        message: "pull secret ns/regcred does not exist".into(),
+    };
+    let out = run(
+        rt.clone(),
+        vec![desired("r.io/a:1", vec![("s1", vec![], vec![missing])])],
+    )
+    .await;
+    assert_eq!(out[0].verdict, Verdict::SecretNotFound);
+    assert!(
+        out[0].message.contains("ns/regcred") && out[0].message.contains("401"),
+        "{}",
+        out[0].message
+    );
+    assert_eq!(out[0].credential.as_deref(), Some("anonymous"));
+}
+
+#[tokio::test]
+async fn parallelism_is_bounded() {
+    let rt = Arc::new(Scripted::default());
+    let images: Vec<_> = (0..10)
+        .map(|i| desired(&format!("r.io/img{i}:1"), vec![("s", vec![], vec![])]))
+        .collect();
+    let out = run(rt.clone(), images).await;
+    assert_eq!(out.len(), 10);
+    assert!(out.iter().all(|o| o.verdict.is_ok()));
+    assert_eq!(rt.max_in_flight.load(Ordering::SeqCst), 2);
+}
+
+#[tokio::test]
+async fn echoed_passwords_are_scrubbed() {
+    let rt = Arc::new(Scripted::default());
+    rt.answer(
+        "r.io/a:1",
+        "leaky-password",
+        vec![rejected(
+            "denied for user u with password leaky-password: 401 Unauthorized",
+        )],
+    );
+    let out = run(
+        rt,
+        vec![desired(
+            "r.io/a:1",
+            vec![("s", vec![candidate("c", "leaky-password")], vec![])],
+        )],
+    )
+    .await;
+    let json = serde_json::to_string(&out).unwrap();
+    assert!(!json.contains("leaky-password"), "{json}");
+    assert!(json.contains("[REDACTED]"));
+}
+
+#[test]
+fn retry_delays_are_capped_and_bounded() {
+    let policy = RetryPolicy {
+        attempts: 6,
+        min_delay: Duration::from_millis(100),
+        max_delay: Duration::from_millis(400),
+    };
+    let delays: Vec<_> = policy.delays().collect();
+    assert_eq!(delays.len(), 5);
+    // Jitter adds at most one min_delay on top of the capped exponential.
+    assert!(
+        delays.iter().all(|d| *d <= Duration::from_millis(800)),
+        "{delays:?}"
+    );
+}
+
+#[tokio::test]
+async fn each_owner_is_judged_by_its_own_credentials() {
+    let rt = Arc::new(Scripted::default());
+    rt.answer("r.io/a:1", "stale", vec![rejected(UNAUTHORIZED)]);
+    let missing = Finding {
+        verdict: Verdict::SecretNotFound,
+        message: "pull secret ns/gone does not exist".into(),
+    };
+    let out = run(
+        rt.clone(),
+        vec![desired(
+            "r.io/a:1",
+            vec![
+                ("broken", vec![candidate("old", "stale")], vec![]),
+                ("healthy", vec![candidate("new", "fresh")], vec![]),
+                ("no-secret", vec![], vec![missing]),
+            ],
+        )],
+    )
+    .await;
+    let by: HashMap<_, _> = out.iter().map(|o| (o.pullset.as_str(), o)).collect();
+    // The image is present for all three (that is the pre-pull's job)...
+    assert!(
+        out.iter()
+            .all(|o| o.verdict == Verdict::Ok && o.action == Action::Pulled)
+    );
+    // ...but only `healthy` pulled it with its own credential, and `broken` is told its failed.
+    assert_eq!(
+        by["healthy"].credential.as_deref(),
+        Some("secret ns/new key r.io")
+    );
+    assert_eq!(by["broken"].credential, None);
+    assert!(
+        by["broken"].message.contains("secret ns/new"),
+        "{}",
+        by["broken"].message
+    );
+    assert_eq!(by["broken"].warnings.len(), 1);
+    assert!(by["broken"].warnings[0].starts_with("secret ns/old key r.io failed: Unauthorized"));
+    assert!(by["healthy"].warnings.is_empty() && by["no-secret"].warnings.is_empty());
+    // `no-secret`'s anonymous attempt was never needed.
+    let tried: Vec<_> = rt
+        .pulls
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|p| p.1.clone())
+        .collect();
+    assert_eq!(tried, ["stale", "fresh"]);
+}
+
+#[tokio::test]
+async fn when_all_fail_each_owner_gets_its_own_verdict() {
+    let rt = Arc::new(Scripted::default());
+    rt.answer("r.io/a:1", "stale", vec![rejected(UNAUTHORIZED)]);
+    rt.answer("r.io/a:1", "", vec![rejected(UNAUTHORIZED)]);
+    let missing = Finding {
+        verdict: Verdict::SecretNotFound,
+        message: "pull secret ns/gone does not exist".into(),
+    };
+    let out = run(
+        rt,
+        vec![desired(
+            "r.io/a:1",
+            vec![
+                ("broken", vec![candidate("old", "stale")], vec![]),
+                ("no-secret", vec![], vec![missing]),
+            ],
+        )],
+    )
+    .await;
+    let by: HashMap<_, _> = out.iter().map(|o| (o.pullset.as_str(), o)).collect();
+    assert_eq!(
+        (by["broken"].verdict, by["broken"].credential.as_deref()),
+        (Verdict::Unauthorized, Some("secret ns/old key r.io"))
+    );
+    assert_eq!(
+        (
+            by["no-secret"].verdict,
+            by["no-secret"].credential.as_deref()
+        ),
+        (Verdict::SecretNotFound, Some("anonymous"))
+    );
+}
+
+#[tokio::test]
+async fn a_blocked_owner_attempts_nothing_and_gets_its_verdict() {
+    let rt = Arc::new(Scripted::default());
+    let malformed = Finding {
+        verdict: Verdict::SecretMalformed,
+        message: "pull secret ns/broken key `.dockerconfigjson`: not valid JSON".into(),
+    };
+    let blocked = DesiredImage {
+        image: ImageRef::parse("r.io/a:1").unwrap(),
+        owners: vec![Owner {
+            pullset: ObjectKey::new("ns", "broken"),
+            resolution: Resolution {
+                candidates: vec![],
+                findings: vec![malformed.clone()],
+                blocked: Some(malformed.clone()),
+            },
+        }],
+    };
+    let out = run(rt.clone(), vec![blocked.clone()]).await;
+    assert!(
+        rt.pulls.lock().unwrap().is_empty(),
+        "nothing may be pulled for a blocked owner"
+    );
+    assert_eq!(out[0].verdict, Verdict::SecretMalformed);
+    assert!(out[0].message.contains("ns/broken"));
+
+    // Pulled by another PullSet: present for everyone, with the blocked owner warned.
+    let mut shared = blocked;
+    shared.owners.push(Owner {
+        pullset: ObjectKey::new("ns", "healthy"),
+        resolution: Resolution {
+            candidates: vec![candidate("good", "pw")],
+            findings: vec![],
+            blocked: None,
+        },
+    });
+    let out = run(rt.clone(), vec![shared]).await;
+    let by: HashMap<_, _> = out.iter().map(|o| (o.pullset.as_str(), o)).collect();
+    assert_eq!(by["broken"].verdict, Verdict::Ok);
+    assert!(
+        by["broken"].warnings[0].contains("SecretMalformed"),
+        "{:?}",
+        by["broken"].warnings
+    );
+}

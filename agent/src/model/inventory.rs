@@ -1,0 +1,60 @@
+//! The objects pullgate acts on, as plain library types: what every source (the manifest directory
+//! today, the API server later) produces, and what the decision modules read.
+
+use crate::model::pullset::ValidPullSet;
+use secrecy::SecretSlice;
+use std::collections::BTreeMap;
+use std::fmt;
+
+/// `namespace/name` of a namespaced object.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ObjectKey {
+    pub namespace: String,
+    pub name: String,
+}
+
+impl ObjectKey {
+    pub fn new(namespace: impl Into<String>, name: impl Into<String>) -> Self {
+        Self {
+            namespace: namespace.into(),
+            name: name.into(),
+        }
+    }
+}
+
+impl fmt::Display for ObjectKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.namespace, self.name)
+    }
+}
+
+/// Secret types the kubelet reads pull credentials from.
+pub const TYPE_DOCKERCONFIGJSON: &str = "kubernetes.io/dockerconfigjson";
+pub const TYPE_DOCKERCFG: &str = "kubernetes.io/dockercfg";
+pub const KEY_DOCKERCONFIGJSON: &str = ".dockerconfigjson";
+pub const KEY_DOCKERCFG: &str = ".dockercfg";
+
+/// A Secret: its type and data. The data stays wrapped: `Debug` prints no byte of it.
+#[derive(Clone, Debug)]
+pub struct SecretObject {
+    pub key: ObjectKey,
+    pub type_: String,
+    pub data: BTreeMap<String, SecretSlice<u8>>,
+}
+
+/// A ServiceAccount: only what credential resolution needs.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ServiceAccountObject {
+    pub key: ObjectKey,
+    pub image_pull_secrets: Vec<String>,
+}
+
+/// Everything a source currently knows.
+#[derive(Clone, Debug, Default)]
+pub struct Inventory {
+    pub pullsets: BTreeMap<ObjectKey, ValidPullSet>,
+    pub secrets: BTreeMap<ObjectKey, SecretObject>,
+    pub service_accounts: BTreeMap<ObjectKey, ServiceAccountObject>,
+    /// Objects the source may not read (RBAC), with why: resolution reports `Forbidden`.
+    pub forbidden: BTreeMap<ObjectKey, String>,
+}

@@ -1,0 +1,10 @@
+//! What pullgate talks about: plain data types, no I/O. Image references, the PullSet and its
+//! validation, the objects sources produce and the snapshot the daemon passes around, node
+//! identity, verdicts and the report records.
+
+pub mod image_ref;
+pub mod inventory;
+pub mod node;
+pub mod outcome;
+pub mod pullset;
+pub mod verdict;

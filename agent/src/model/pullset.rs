@@ -1,0 +1,376 @@
+//! The `PullSet` custom resource (`pullgate.io/v1alpha1`) and its validation.
+//!
+//! The Rust type is the source of truth: the CRD in `manifests/` is generated from it. Validation
+//! returns errors that name the object and the field (`spec.images[2].image`), and warnings for what
+//! is allowed but risky (a tag without a digest).
+
+use crate::model::image_ref::{ImageRef, ImageRefError};
+use crate::model::inventory::ObjectKey;
+use kube::CustomResource;
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::fmt;
+
+/// What a PullSet asks of every node it selects.
+#[derive(CustomResource, Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[kube(
+    group = "pullgate.io",
+    version = "v1alpha1",
+    kind = "PullSet",
+    namespaced,
+    shortname = "pset",
+    printcolumn = r#"{"name":"ServiceAccount","type":"string","jsonPath":".spec.serviceAccountName"}"#,
+    printcolumn = r#"{"name":"PrePull","type":"boolean","jsonPath":".spec.prePull"}"#,
+    printcolumn = r#"{"name":"Gate","type":"boolean","jsonPath":".spec.gate"}"#,
+    printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
+)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct PullSetSpec {
+    /// Resolve credentials as a pod with this ServiceAccount would (default `default`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub service_account_name: Option<String>,
+    /// Pull secrets used instead of the ServiceAccount's when set (the pod rule).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub image_pull_secrets: Vec<LocalObjectReference>,
+    /// Labels a node must carry to act on this set; empty selects every node.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub node_selector: BTreeMap<String, String>,
+    /// The images. Digests are preferred; tags are allowed and warned about.
+    pub images: Vec<ImageEntry>,
+    /// Keep these images present on every selected node.
+    #[serde(default = "default_true")]
+    pub pre_pull: bool,
+    /// Count toward the node's readiness gate.
+    #[serde(default = "default_true")]
+    pub gate: bool,
+    /// Credential canaries.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub canary: Option<CanarySpec>,
+}
+
+/// A reference to a Secret in the PullSet's own namespace.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct LocalObjectReference {
+    pub name: String,
+}
+
+/// One image of a PullSet.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ImageEntry {
+    /// `registry/repository[:tag][@sha256:…]`.
+    pub image: String,
+}
+
+/// When and how deep to validate credentials.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct CanarySpec {
+    /// Cron schedule (`0 */6 * * *`); none when omitted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub schedule: Option<String>,
+    /// Spread across the fleet, deterministic per node (`10m`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub jitter: Option<String>,
+    /// Re-validate within seconds of a credential change.
+    #[serde(default = "default_true")]
+    pub on_rotation: bool,
+    /// How far a registry-direct canary goes.
+    #[serde(default)]
+    pub depth: CanaryDepth,
+    /// Also pull through the CRI.
+    #[serde(default)]
+    pub runtime: bool,
+}
+
+/// Registry-direct canary depth.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum CanaryDepth {
+    /// Resolve and fetch the manifest.
+    #[default]
+    Manifest,
+    /// Also HEAD every blob.
+    Blobs,
+    /// Download every blob and verify size and digest.
+    Full,
+}
+
+fn default_true() -> bool {
+    true
+}
+
+/// The CustomResourceDefinition, as YAML, with a header saying how it is made.
+pub fn crd_yaml() -> String {
+    use kube::CustomResourceExt as _;
+    let body = serde_yaml::to_string(&PullSet::crd()).unwrap_or_default();
+    format!(
+        "# Generated from agent/src/model/pullset.rs by `cargo xtask manifests`; do not edit.\n{body}"
+    )
+}
+
+/// A validation problem, naming the object and the field.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("PullSet {object}: {field}: {message}")]
+pub struct FieldError {
+    pub object: ObjectKey,
+    pub field: String,
+    pub message: String,
+}
+
+/// A PullSet that passed validation, with its images parsed.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ValidPullSet {
+    pub key: ObjectKey,
+    pub spec: PullSetSpec,
+    pub images: Vec<ImageRef>,
+    /// Accepted but risky: each names the field.
+    pub warnings: Vec<String>,
+    /// The object's UID when it came from the API server (Events refer to it).
+    pub uid: Option<String>,
+}
+
+impl ValidPullSet {
+    /// The ServiceAccount whose pull secrets apply when the set names none of its own.
+    pub fn service_account(&self) -> &str {
+        self.spec
+            .service_account_name
+            .as_deref()
+            .unwrap_or("default")
+    }
+}
+
+/// Validates a spec. Every problem is returned, not just the first.
+pub fn validate(key: ObjectKey, spec: PullSetSpec) -> Result<ValidPullSet, Vec<FieldError>> {
+    let mut errors = Vec::new();
+    let mut warnings = Vec::new();
+    let mut images = Vec::new();
+    let err = |field: String, message: String| FieldError {
+        object: key.clone(),
+        field,
+        message,
+    };
+
+    if spec.images.is_empty() {
+        errors.push(err(
+            "spec.images".into(),
+            "must list at least one image".into(),
+        ));
+    }
+    for (i, entry) in spec.images.iter().enumerate() {
+        let field = format!("spec.images[{i}].image");
+        match ImageRef::parse(&entry.image) {
+            Ok(image) => {
+                if !image.is_pinned() {
+                    warnings.push(format!(
+                        "{field}: `{}` is not pinned by digest; what a node pre-pulls may differ from what it runs later",
+                        entry.image
+                    ));
+                }
+                if images.contains(&image) {
+                    warnings.push(format!("{field}: `{}` is listed twice", entry.image));
+                } else {
+                    images.push(image);
+                }
+            }
+            Err(e) => errors.push(err(field, image_error_message(&e))),
+        }
+    }
+    for (i, secret) in spec.image_pull_secrets.iter().enumerate() {
+        if !is_dns_subdomain(&secret.name) {
+            errors.push(err(
+                format!("spec.imagePullSecrets[{i}].name"),
+                format!("`{}` is not a valid Secret name", secret.name),
+            ));
+        }
+    }
+    if let Some(sa) = &spec.service_account_name
+        && !is_dns_subdomain(sa)
+    {
+        errors.push(err(
+            "spec.serviceAccountName".into(),
+            format!("`{sa}` is not a valid ServiceAccount name"),
+        ));
+    }
+    if let Some(schedule) = spec.canary.as_ref().and_then(|c| c.schedule.as_ref())
+        && let Err(message) = cron_expression(schedule)
+    {
+        errors.push(err("spec.canary.schedule".into(), message));
+    }
+    if let Some(jitter) = spec.canary.as_ref().and_then(|c| c.jitter.as_ref())
+        && humantime::parse_duration(jitter).is_err()
+    {
+        errors.push(err(
+            "spec.canary.jitter".into(),
+            format!("`{jitter}` is not a duration (e.g. `10m`, `30s`)"),
+        ));
+    }
+
+    if errors.is_empty() {
+        Ok(ValidPullSet {
+            uid: None,
+            key,
+            spec,
+            images,
+            warnings,
+        })
+    } else {
+        Err(errors)
+    }
+}
+
+/// A canary schedule as the scheduler takes it: standard 5-field cron (`0 */6 * * *`) gets a
+/// leading seconds field of `0`; 6 fields (with seconds) are taken as they are.
+pub fn cron_expression(schedule: &str) -> Result<String, String> {
+    let fields = schedule.split_whitespace().count();
+    let expression = match fields {
+        5 => format!("0 {}", schedule.trim()),
+        6 => schedule.trim().to_string(),
+        _ => {
+            return Err(format!(
+                "`{schedule}` is not a cron schedule: expected 5 fields (or 6 with seconds)"
+            ));
+        }
+    };
+    croner::parser::CronParser::builder()
+        .seconds(croner::parser::Seconds::Required)
+        .dom_and_dow(true)
+        .build()
+        .parse(&expression)
+        .map(|_| expression)
+        .map_err(|e| format!("`{schedule}` is not a valid cron schedule: {e}"))
+}
+
+fn image_error_message(e: &ImageRefError) -> String {
+    e.to_string()
+}
+
+/// RFC 1123 DNS subdomain, as Kubernetes requires of most object names.
+pub fn is_dns_subdomain(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 253
+        && name.split('.').all(|label| {
+            !label.is_empty()
+                && label
+                    .bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+                && !label.starts_with('-')
+                && !label.ends_with('-')
+        })
+}
+
+impl fmt::Display for CanaryDepth {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            CanaryDepth::Manifest => "manifest",
+            CanaryDepth::Blobs => "blobs",
+            CanaryDepth::Full => "full",
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key() -> ObjectKey {
+        ObjectKey::new("payments", "critical")
+    }
+
+    fn spec(yaml: &str) -> PullSetSpec {
+        serde_yaml::from_str(yaml).unwrap()
+    }
+
+    #[test]
+    fn the_committed_crd_matches_the_type() {
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../manifests/base/crd.yaml");
+        let committed = std::fs::read_to_string(path).unwrap_or_default();
+        assert!(
+            committed == crd_yaml(),
+            "manifests/base/crd.yaml is out of date with agent/src/model/pullset.rs: run `cargo xtask manifests`"
+        );
+    }
+
+    #[test]
+    fn defaults_follow_the_design() {
+        let s = spec("images: [{image: reg.io/a:1}]");
+        assert!(s.pre_pull && s.gate);
+        assert!(s.canary.is_none());
+        let c = spec("images: [{image: reg.io/a:1}]\ncanary: {schedule: '0 * * * *'}")
+            .canary
+            .unwrap();
+        assert!(c.on_rotation && !c.runtime);
+        assert_eq!(c.depth, CanaryDepth::Manifest);
+    }
+
+    #[test]
+    fn unknown_fields_are_rejected() {
+        for yaml in [
+            "images: [{image: reg.io/a:1}]\nprepull: true",
+            "images: [{image: reg.io/a:1, tag: x}]",
+            "images: [{image: reg.io/a:1}]\ncanary: {deph: full}",
+            "images: [{image: reg.io/a:1}]\nimagePullSecrets: [{name: a, namespace: b}]",
+        ] {
+            let err = serde_yaml::from_str::<PullSetSpec>(yaml)
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains("unknown field"), "{yaml}: {err}");
+        }
+    }
+
+    #[test]
+    fn validation_names_the_field() {
+        let digest = "sha256:0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
+        let ok = validate(
+            key(),
+            spec(&format!(
+                "images: [{{image: 'reg.io/a@{digest}'}}, {{image: reg.io/b:1}}]"
+            )),
+        )
+        .unwrap();
+        assert_eq!(ok.images.len(), 2);
+        assert_eq!(ok.warnings.len(), 1);
+        assert!(
+            ok.warnings[0].starts_with("spec.images[1].image"),
+            "{:?}",
+            ok.warnings
+        );
+
+        let errs = validate(
+            key(),
+            spec("images: [{image: reg.io/a:1}, {image: 'Reg.io/UPPER:1'}]\nimagePullSecrets: [{name: Bad_Name}]\ncanary: {jitter: soon}"),
+        )
+        .unwrap_err();
+        let fields: Vec<_> = errs.iter().map(|e| e.field.as_str()).collect();
+        assert_eq!(
+            fields,
+            [
+                "spec.images[1].image",
+                "spec.imagePullSecrets[0].name",
+                "spec.canary.jitter"
+            ]
+        );
+        assert!(
+            errs[0]
+                .to_string()
+                .starts_with("PullSet payments/critical: spec.images[1].image:"),
+            "{}",
+            errs[0]
+        );
+
+        let bad_cron = validate(
+            key(),
+            spec("images: [{image: reg.io/a:1}]\ncanary: {schedule: 'every day'}"),
+        )
+        .unwrap_err();
+        assert_eq!(bad_cron[0].field, "spec.canary.schedule");
+        assert_eq!(cron_expression("0 */6 * * *").unwrap(), "0 0 */6 * * *");
+        assert_eq!(cron_expression("*/2 * * * * *").unwrap(), "*/2 * * * * *");
+        assert!(cron_expression("61 * * * *").is_err());
+
+        let empty = validate(key(), spec("images: []")).unwrap_err();
+        assert_eq!(empty[0].field, "spec.images");
+    }
+}
