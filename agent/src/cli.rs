@@ -386,8 +386,8 @@ pub struct ClusterArgs {
     #[arg(long, env = "PULLGATE_GATE_TIMEOUT", default_value = "10m")]
     pub gate_timeout: humantime::Duration,
     /// At the gate timeout: `remove` the taint anyway, or `keep` it until the gate opens.
-    #[arg(long, env = "PULLGATE_GATE_TIMEOUT_ACTION", value_enum, default_value_t = crate::decide::gate::TimeoutAction::Remove)]
-    pub gate_timeout_action: crate::decide::gate::TimeoutAction,
+    #[arg(long, env = "PULLGATE_GATE_TIMEOUT_ACTION", value_enum, default_value_t = GateTimeoutAction::Remove)]
+    pub gate_timeout_action: GateTimeoutAction,
     /// Re-write the node conditions (a fresh `lastHeartbeatTime`) at least this often.
     #[arg(long, env = "PULLGATE_CONDITION_HEARTBEAT", default_value = "10m")]
     pub condition_heartbeat: humantime::Duration,
@@ -514,5 +514,23 @@ mod tests {
             ])
             .is_err()
         );
+    }
+}
+
+/// `--gate-timeout-action`: the flag's spelling of [`crate::decide::gate::TimeoutAction`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum GateTimeoutAction {
+    /// Remove the taint anyway (a broken registry must not freeze an autoscaler).
+    Remove,
+    /// Keep the taint until the gate opens.
+    Keep,
+}
+
+impl From<GateTimeoutAction> for crate::decide::gate::TimeoutAction {
+    fn from(action: GateTimeoutAction) -> Self {
+        match action {
+            GateTimeoutAction::Remove => Self::Remove,
+            GateTimeoutAction::Keep => Self::Keep,
+        }
     }
 }

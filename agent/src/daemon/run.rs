@@ -185,7 +185,7 @@ pub async fn run(args: RunArgs) -> Result<RunOutcome, RunError> {
                     node: node.clone(),
                     taint_key: cluster.taint_key,
                     gate_timeout: *cluster.gate_timeout,
-                    gate_timeout_action: cluster.gate_timeout_action,
+                    gate_timeout_action: cluster.gate_timeout_action.into(),
                     heartbeat: *cluster.condition_heartbeat,
                     event_burst: cluster.event_burst,
                     event_refill: *cluster.event_refill,

@@ -46,7 +46,7 @@ pub fn credentials_valid(
 }
 
 /// What to do when the timeout passes before the gate opens.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum TimeoutAction {
     /// Remove the taint anyway (a broken registry must not freeze an autoscaler).
     Remove,

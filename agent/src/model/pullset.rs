@@ -6,7 +6,7 @@
 
 use crate::model::image_ref::{ImageRef, ImageRefError};
 use crate::model::inventory::ObjectKey;
-use kube::CustomResource;
+use kube_derive::CustomResource;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -15,6 +15,7 @@ use std::fmt;
 /// What a PullSet asks of every node it selects.
 #[derive(CustomResource, Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
 #[kube(
+    crates(kube_core = "::kube_core"),
     group = "pullgate.io",
     version = "v1alpha1",
     kind = "PullSet",
@@ -104,7 +105,7 @@ fn default_true() -> bool {
 
 /// The CustomResourceDefinition, as YAML, with a header saying how it is made.
 pub fn crd_yaml() -> String {
-    use kube::CustomResourceExt as _;
+    use kube_core::CustomResourceExt as _;
     let body = serde_yaml::to_string(&PullSet::crd()).unwrap_or_default();
     format!(
         "# Generated from agent/src/model/pullset.rs by `cargo xtask manifests`; do not edit.\n{body}"
