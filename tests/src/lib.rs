@@ -8,6 +8,7 @@ pub mod agent;
 pub mod apiserver;
 pub mod containerd;
 pub mod images;
+pub mod kustomize;
 pub mod manifests;
 pub mod process;
 pub mod proxy;

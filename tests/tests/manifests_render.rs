@@ -1,19 +1,18 @@
 #![allow(clippy::unwrap_used)]
-//! The Kubernetes manifests under `manifests/`: every YAML file parsed (every document), every
-//! object deserialized into its `k8s-openapi` type (a field the type does not know fails the
-//! test, so a misspelt or misplaced field cannot hide), every kustomization resolved and rendered
-//! (resources, namespace, patches, labels — what these kustomizations use), and the properties the
-//! deployment promises checked on the rendered objects: least-privilege RBAC, the DaemonSet's
-//! placement, security and probes, and the admission policy that narrows node writes to the
-//! agent's own node.
+//! The Kubernetes manifests under `manifests/`, as a cluster receives them: every kustomization
+//! rendered by a real `kubectl kustomize` (`pullgate_testenv::kustomize`), every object of every
+//! rendering and every YAML file deserialized into its `k8s-openapi` type (a field the type does
+//! not know fails the test, so a misspelt or misplaced field cannot hide), every file used, and
+//! the properties the deployment promises checked on the rendered objects: least-privilege RBAC,
+//! the per-namespace opt-in, the DaemonSet's placement, security, probes, resources and rollout.
+//! The admission policy is `manifests_admission.rs`.
 //!
 //! Values are cross-checked against each other and against the agent's own command line (clap),
 //! not against constants copied from the YAML: the CRI socket's host path is the agent's default
 //! `--cri-endpoint`, every `PULLGATE_*` variable is one of `pullgate run`'s flags, the PullSet
-//! rule names the CRD's group and plural, the policy's user is the DaemonSet's ServiceAccount.
+//! rule names the CRD's group and plural.
 //!
-//! An opt-in last test (`--ignored`; it needs kubectl) renders each kustomization with
-//! `kubectl kustomize` and compares the result with this file's rendering.
+//! No kubectl: the tests fail, naming `cargo xtask deps`, which installs one.
 
 use clap::CommandFactory as _;
 use k8s_openapi::api::admissionregistration::v1::{
@@ -24,11 +23,12 @@ use k8s_openapi::api::core::v1::{ConfigMap, Container, Namespace, ServiceAccount
 use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding, PolicyRule, Role, RoleBinding};
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
-use k8s_openapi::serde::de::DeserializeOwned;
-use k8s_openapi::serde::{Deserialize as _, Serialize};
+use pullgate_testenv::kustomize::{
+    ManifestFiles, Obj, agent_identity, all_of, is_qualified_name, one_of, render, typed,
+};
 use serde_json::Value;
 use std::collections::{BTreeMap, BTreeSet};
-use std::path::{Component, Path, PathBuf};
+use std::path::{Component, Path};
 
 /// The node conditions the agent writes (and the only ones the admission policy lets it write).
 const NODE_CONDITIONS: [&str; 2] = ["CriticalImagesReady", "PullCredentialsValid"];
@@ -41,220 +41,6 @@ const ROOTS: [&str; 4] = [
 ];
 /// Standalone examples: applied with `kubectl apply -f`, not part of any kustomization.
 const EXAMPLES_DIR: &str = "examples";
-
-// ---------------------------------------------------------------------------------------------
-// Loading
-// ---------------------------------------------------------------------------------------------
-
-/// One YAML document.
-#[derive(Clone)]
-struct Obj {
-    /// `file (document N)`, relative to `manifests/`.
-    origin: String,
-    value: Value,
-}
-
-impl Obj {
-    fn str_at(&self, pointer: &str) -> Option<&str> {
-        self.value.pointer(pointer).and_then(Value::as_str)
-    }
-    fn api_version(&self) -> &str {
-        self.str_at("/apiVersion").unwrap_or("")
-    }
-    fn kind(&self) -> &str {
-        self.str_at("/kind").unwrap_or("")
-    }
-    fn name(&self) -> &str {
-        self.str_at("/metadata/name").unwrap_or("")
-    }
-    fn namespace(&self) -> Option<&str> {
-        self.str_at("/metadata/namespace")
-    }
-    /// `file (document N): Kind namespace/name`, for assertion messages.
-    fn what(&self) -> String {
-        let ns = self
-            .namespace()
-            .map(|n| format!("{n}/"))
-            .unwrap_or_default();
-        format!("{}: {} {ns}{}", self.origin, self.kind(), self.name())
-    }
-    fn id(&self) -> (String, String, String, String) {
-        (
-            self.api_version().to_owned(),
-            self.kind().to_owned(),
-            self.namespace().unwrap_or("").to_owned(),
-            self.name().to_owned(),
-        )
-    }
-}
-
-struct Manifests {
-    root: PathBuf,
-    /// Every YAML file, by path relative to `manifests/` ('/'-separated), with its documents.
-    files: BTreeMap<String, Vec<Obj>>,
-}
-
-impl Manifests {
-    fn load() -> Self {
-        let root = Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("../manifests")
-            .canonicalize()
-            .unwrap();
-        let mut paths = Vec::new();
-        collect_yaml(&root, &mut paths);
-        let files = paths
-            .into_iter()
-            .map(|path| {
-                let rel = rel_path(&root, &path);
-                let docs = parse_documents(&rel, &std::fs::read_to_string(&path).unwrap());
-                (rel, docs)
-            })
-            .collect();
-        Self { root, files }
-    }
-
-    fn docs(&self, file: &str) -> &[Obj] {
-        self.files
-            .get(file)
-            .unwrap_or_else(|| panic!("{file}: no such YAML file under manifests/"))
-    }
-
-    fn kustomization(&self, dir: &str) -> &Obj {
-        let file = format!("{dir}/kustomization.yaml");
-        let docs = self.docs(&file);
-        assert_eq!(docs.len(), 1, "{file}: one document expected");
-        &docs[0]
-    }
-
-    fn is_kustomization_dir(&self, rel: &str) -> bool {
-        self.files
-            .contains_key(&format!("{rel}/kustomization.yaml"))
-    }
-
-    fn kustomization_dirs(&self) -> Vec<String> {
-        self.files
-            .keys()
-            .filter_map(|f| f.strip_suffix("/kustomization.yaml").map(str::to_owned))
-            .collect()
-    }
-
-    /// `reference`, written in the kustomization of `dir`, relative to `manifests/`.
-    fn resolve(&self, dir: &str, reference: &str) -> String {
-        let mut parts: Vec<&str> = dir.split('/').filter(|p| !p.is_empty()).collect();
-        for c in Path::new(reference).components() {
-            match c {
-                Component::Normal(p) => parts.push(p.to_str().unwrap()),
-                Component::ParentDir => {
-                    assert!(
-                        parts.pop().is_some(),
-                        "{dir}/kustomization.yaml: {reference} leaves manifests/"
-                    );
-                }
-                Component::CurDir => {}
-                _ => panic!("{dir}/kustomization.yaml: {reference} must be a relative path"),
-            }
-        }
-        let rel = parts.join("/");
-        let exists = self.root.join(&rel).exists();
-        assert!(
-            exists,
-            "{dir}/kustomization.yaml: {reference} does not exist ({rel})"
-        );
-        rel
-    }
-}
-
-fn collect_yaml(dir: &Path, out: &mut Vec<PathBuf>) {
-    let mut entries: Vec<_> = std::fs::read_dir(dir)
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .collect();
-    entries.sort();
-    for path in entries {
-        if path.is_dir() {
-            collect_yaml(&path, out);
-        } else if matches!(
-            path.extension().and_then(|e| e.to_str()),
-            Some("yaml" | "yml")
-        ) {
-            out.push(path);
-        }
-    }
-}
-
-fn rel_path(root: &Path, path: &Path) -> String {
-    path.strip_prefix(root)
-        .unwrap()
-        .components()
-        .map(|c| c.as_os_str().to_str().unwrap())
-        .collect::<Vec<_>>()
-        .join("/")
-}
-
-fn parse_documents(origin: &str, text: &str) -> Vec<Obj> {
-    let mut docs = Vec::new();
-    for (index, document) in serde_yaml::Deserializer::from_str(text).enumerate() {
-        let yaml = serde_yaml::Value::deserialize(document)
-            .unwrap_or_else(|e| panic!("{origin} (document {index}): not valid YAML: {e}"));
-        if yaml.is_null() {
-            continue;
-        }
-        let value = serde_json::to_value(&yaml).unwrap_or_else(|e| {
-            panic!("{origin} (document {index}): not representable as JSON: {e}")
-        });
-        docs.push(Obj {
-            origin: format!("{origin} (document {index})"),
-            value,
-        });
-    }
-    docs
-}
-
-// ---------------------------------------------------------------------------------------------
-// Typed parsing
-// ---------------------------------------------------------------------------------------------
-
-/// `obj` as `T`. k8s-openapi ignores fields its types do not know, so the object is serialized
-/// back and every field of the YAML must have survived: a misspelt or misplaced field fails here.
-fn typed<T: DeserializeOwned + Serialize>(obj: &Obj) -> T {
-    let type_name = std::any::type_name::<T>();
-    let parsed: T = serde_json::from_value(obj.value.clone())
-        .unwrap_or_else(|e| panic!("{}: does not parse as {type_name}: {e}", obj.what()));
-    let back = serde_json::to_value(&parsed).unwrap();
-    if let Some(path) = first_lost(&obj.value, &back, "") {
-        panic!(
-            "{}: field {path} is not part of {type_name} (misspelt or misplaced?)",
-            obj.what()
-        );
-    }
-    parsed
-}
-
-/// The first field of `original` that `round_trip` lost or changed.
-fn first_lost(original: &Value, round_trip: &Value, path: &str) -> Option<String> {
-    match (original, round_trip) {
-        (Value::Object(o), Value::Object(r)) => o.iter().find_map(|(k, v)| {
-            let here = format!("{path}.{k}");
-            match r.get(k) {
-                None if v.is_null() => None,
-                None => Some(here),
-                Some(rv) => first_lost(v, rv, &here),
-            }
-        }),
-        (Value::Array(o), Value::Array(r)) if o.len() == r.len() => o
-            .iter()
-            .zip(r)
-            .enumerate()
-            .find_map(|(i, (ov, rv))| first_lost(ov, rv, &format!("{path}[{i}]"))),
-        (o, r) if o == r => None,
-        (Value::Number(o), Value::Number(r)) if o.as_f64() == r.as_f64() => None,
-        _ => Some(if path.is_empty() {
-            ".".into()
-        } else {
-            path.into()
-        }),
-    }
-}
 
 /// Every object is one of the kinds below, and parses as its type.
 fn check_typed(obj: &Obj) {
@@ -287,23 +73,12 @@ fn check_typed(obj: &Obj) {
     }
 }
 
-fn is_cluster_scoped(kind: &str) -> bool {
-    matches!(
-        kind,
-        "Namespace"
-            | "ClusterRole"
-            | "ClusterRoleBinding"
-            | "CustomResourceDefinition"
-            | "ValidatingAdmissionPolicy"
-            | "ValidatingAdmissionPolicyBinding"
-            | "NodeReadinessRule"
-    )
-}
-
 // ---------------------------------------------------------------------------------------------
-// Rendering kustomizations (the subset these use; anything else fails loudly)
+// What the kustomizations reference (kubectl renders them; this only finds the files they use)
 // ---------------------------------------------------------------------------------------------
 
+/// The fields of a Kustomization that this test follows to the files they name; a kustomization
+/// using another field that names files (generators, components, …) fails here until it is taught.
 const KUSTOMIZATION_FIELDS: [&str; 6] = [
     "apiVersion",
     "kind",
@@ -313,155 +88,47 @@ const KUSTOMIZATION_FIELDS: [&str; 6] = [
     "labels",
 ];
 
-fn render(m: &Manifests, dir: &str) -> Vec<Obj> {
-    let k = m.kustomization(dir);
-    let at = format!("{dir}/kustomization.yaml");
+fn kustomization<'a>(m: &'a ManifestFiles, dir: &str) -> &'a Obj {
+    let file = format!("{dir}/kustomization.yaml");
+    let docs = m.docs(&file);
+    assert_eq!(docs.len(), 1, "{file}: one document expected");
+    let k = &docs[0];
     assert_eq!(
         (k.api_version(), k.kind()),
         ("kustomize.config.k8s.io/v1beta1", "Kustomization"),
-        "{at}: apiVersion/kind"
+        "{file}: apiVersion/kind"
     );
     for field in k.value.as_object().unwrap().keys() {
         assert!(
             KUSTOMIZATION_FIELDS.contains(&field.as_str()),
-            "{at}: field `{field}` is not one this test renders: teach render() about it"
+            "{file}: field `{field}` is not one this test follows: teach every_manifest_parses_and_every_file_is_used about it"
         );
     }
-    let mut objs = Vec::new();
-    for r in strings(&k.value, "/resources", &at) {
-        let rel = m.resolve(dir, &r);
-        if m.is_kustomization_dir(&rel) {
-            objs.extend(render(m, &rel));
-        } else {
-            assert!(
-                m.files.contains_key(&rel),
-                "{at}: resource {r} is neither a YAML file nor a kustomization directory"
-            );
-            objs.extend(m.docs(&rel).iter().cloned());
-        }
-    }
-    if let Some(ns) = k.str_at("/namespace") {
-        for o in &mut objs {
-            if !is_cluster_scoped(o.kind()) {
-                o.value["metadata"]["namespace"] = Value::from(ns);
-            }
-        }
-    }
-    for (i, patch) in array(&k.value, "/patches").iter().enumerate() {
-        let known = |v: &Value, fields: &[&str]| {
-            v.as_object()
-                .is_some_and(|o| o.keys().all(|k| fields.contains(&k.as_str())))
-        };
-        assert!(
-            known(patch, &["path", "target"])
-                && patch.get("target").is_none_or(|t| {
-                    known(t, &["group", "version", "kind", "name", "namespace"])
-                }),
-            "{at}: patches[{i}] uses a field this test does not render: teach render() about it"
-        );
-        let path = patch["path"].as_str().unwrap_or_else(|| {
-            panic!("{at}: patches[{i}] needs a path (inline patches are not rendered here)")
-        });
-        let file = m.resolve(dir, path);
-        for doc in m.docs(&file) {
-            apply_patch(&mut objs, patch.get("target"), doc, &at);
-        }
-    }
-    for (i, label) in array(&k.value, "/labels").iter().enumerate() {
-        assert_ne!(
-            label["includeSelectors"],
-            Value::Bool(true),
-            "{at}: labels[{i}] would change the DaemonSet's selector, which is immutable"
-        );
-        let pairs = label["pairs"].as_object().unwrap();
-        for o in &mut objs {
-            let meta = o.value["metadata"].as_object_mut().unwrap();
-            let labels = meta
-                .entry("labels")
-                .or_insert_with(|| Value::Object(Default::default()));
-            for (key, v) in pairs {
-                labels[key] = v.clone();
-            }
-        }
-    }
-    let mut ids = BTreeSet::new();
-    for o in &objs {
-        assert!(ids.insert(o.id()), "{at}: {} appears twice", o.what());
-    }
-    objs
+    k
 }
 
-fn apply_patch(objs: &mut [Obj], target: Option<&Value>, doc: &Obj, at: &str) {
-    let matching: Vec<usize> = (0..objs.len())
-        .filter(|&i| {
-            let o = &objs[i];
-            match target {
-                Some(t) => {
-                    let (group, version) = o
-                        .api_version()
-                        .rsplit_once('/')
-                        .unwrap_or(("", o.api_version()));
-                    t.get("kind").is_none_or(|k| k == o.kind())
-                        && t.get("version").is_none_or(|v| v == version)
-                        && t.get("name").is_none_or(|n| n == o.name())
-                        && t.get("group").is_none_or(|g| g == group)
-                        && t.get("namespace")
-                            .is_none_or(|n| Some(n.as_str().unwrap()) == o.namespace())
-                }
-                None => {
-                    o.api_version() == doc.api_version()
-                        && o.kind() == doc.kind()
-                        && o.name() == doc.name()
-                        && doc.namespace().is_none_or(|n| Some(n) == o.namespace())
-                }
+/// `reference`, written in the kustomization of `dir`, relative to `manifests/`.
+fn resolve(m: &ManifestFiles, dir: &str, reference: &str) -> String {
+    let mut parts: Vec<&str> = dir.split('/').filter(|p| !p.is_empty()).collect();
+    for c in Path::new(reference).components() {
+        match c {
+            Component::Normal(p) => parts.push(p.to_str().unwrap()),
+            Component::ParentDir => {
+                assert!(
+                    parts.pop().is_some(),
+                    "{dir}/kustomization.yaml: {reference} leaves manifests/"
+                );
             }
-        })
-        .collect();
-    assert_eq!(
-        matching.len(),
-        1,
-        "{at}: patch {} must match exactly one object, matches {}",
-        doc.origin,
-        matching.len()
+            Component::CurDir => {}
+            _ => panic!("{dir}/kustomization.yaml: {reference} must be a relative path"),
+        }
+    }
+    let rel = parts.join("/");
+    assert!(
+        m.root.join(&rel).exists(),
+        "{dir}/kustomization.yaml: {reference} does not exist ({rel})"
     );
-    let o = &mut objs[matching[0]];
-    if doc.value.is_array() {
-        let ops: json_patch::Patch = serde_json::from_value(doc.value.clone())
-            .unwrap_or_else(|e| panic!("{}: not a JSON patch: {e}", doc.origin));
-        json_patch::patch(&mut o.value, &ops)
-            .unwrap_or_else(|e| panic!("{}: does not apply to {}: {e}", doc.origin, o.what()));
-    } else {
-        strategic_merge(&mut o.value, &doc.value);
-    }
-    o.origin = format!("{} patched by {}", o.origin, doc.origin);
-}
-
-/// Strategic merge as these patches need it: maps merge, lists of named objects (containers,
-/// env, volumes) merge by name, other lists are replaced, null deletes.
-fn strategic_merge(target: &mut Value, patch: &Value) {
-    let named = |v: &Vec<Value>| v.iter().all(|e| e.get("name").is_some());
-    match (target, patch) {
-        (Value::Object(t), Value::Object(p)) => {
-            for (k, v) in p {
-                if v.is_null() {
-                    t.remove(k);
-                } else if let Some(tv) = t.get_mut(k) {
-                    strategic_merge(tv, v);
-                } else {
-                    t.insert(k.clone(), v.clone());
-                }
-            }
-        }
-        (Value::Array(t), Value::Array(p)) if named(t) && named(p) => {
-            for pe in p {
-                match t.iter_mut().find(|te| te["name"] == pe["name"]) {
-                    Some(te) => strategic_merge(te, pe),
-                    None => t.push(pe.clone()),
-                }
-            }
-        }
-        (t, p) => *t = p.clone(),
-    }
+    rel
 }
 
 fn array<'a>(v: &'a Value, pointer: &str) -> &'a [Value] {
@@ -479,23 +146,6 @@ fn strings(v: &Value, pointer: &str, at: &str) -> Vec<String> {
                 .to_owned()
         })
         .collect()
-}
-
-// ---------------------------------------------------------------------------------------------
-// Lookups on rendered objects
-// ---------------------------------------------------------------------------------------------
-
-fn all_of<T: DeserializeOwned + Serialize>(objs: &[Obj], kind: &str) -> Vec<(Obj, T)> {
-    objs.iter()
-        .filter(|o| o.kind() == kind)
-        .map(|o| (o.clone(), typed(o)))
-        .collect()
-}
-
-fn one_of<T: DeserializeOwned + Serialize>(objs: &[Obj], kind: &str, at: &str) -> (Obj, T) {
-    let mut found = all_of::<T>(objs, kind);
-    assert_eq!(found.len(), 1, "{at}: exactly one {kind} expected");
-    found.pop().unwrap()
 }
 
 /// (API group, resource, verb) for every verb of every rule, with the rule's resourceNames.
@@ -542,22 +192,6 @@ fn assert_no_wildcards(rules: &[PolicyRule], what: &str) {
             "{what}: rules[{i}] grants non-resource URLs"
         );
     }
-}
-
-/// The ServiceAccount the DaemonSet runs as: (namespace, name).
-fn agent_identity(objs: &[Obj], at: &str) -> (String, String) {
-    let (obj, ds) = one_of::<DaemonSet>(objs, "DaemonSet", at);
-    let pod = ds.spec.unwrap().template.spec.unwrap();
-    let sa = pod.service_account_name.unwrap_or_else(|| {
-        panic!(
-            "{}: spec.template.spec.serviceAccountName is not set",
-            obj.what()
-        )
-    });
-    let ns = obj
-        .namespace()
-        .unwrap_or_else(|| panic!("{}: no namespace", obj.what()));
-    (ns.to_owned(), sa)
 }
 
 fn the_container(obj: &Obj, ds: &DaemonSet) -> Container {
@@ -628,52 +262,6 @@ fn quantity(q: &str, what: &str) -> f64 {
         .parse::<f64>()
         .unwrap_or_else(|_| panic!("{what}: {q:?} is not a quantity"))
         * factor
-}
-
-/// A taint key or label key: `[prefix/]name`, name a qualified name of at most 63 characters.
-fn is_qualified_name(key: &str) -> bool {
-    let (prefix, name) = match key.split_once('/') {
-        Some((p, n)) => (Some(p), n),
-        None => (None, key),
-    };
-    let name_ok = !name.is_empty()
-        && name.len() <= 63
-        && name.starts_with(|c: char| c.is_ascii_alphanumeric())
-        && name.ends_with(|c: char| c.is_ascii_alphanumeric())
-        && name
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
-    let prefix_ok = prefix.is_none_or(|p| {
-        !p.is_empty()
-            && p.len() <= 253
-            && p.split('.').all(|l| {
-                !l.is_empty()
-                    && l.starts_with(|c: char| c.is_ascii_lowercase() || c.is_ascii_digit())
-                    && l.ends_with(|c: char| c.is_ascii_lowercase() || c.is_ascii_digit())
-                    && l.chars()
-                        .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
-            })
-    });
-    name_ok && prefix_ok
-}
-
-/// Brackets and quotes of a CEL expression balance (a cheap guard against a truncated edit).
-fn cel_balanced(expression: &str) -> bool {
-    let mut stack = Vec::new();
-    let mut quote = None;
-    for c in expression.chars() {
-        match (quote, c) {
-            (Some(q), c) if c == q => quote = None,
-            (Some(_), _) => {}
-            (None, '\'' | '"') => quote = Some(c),
-            (None, '(' | '[' | '{') => stack.push(c),
-            (None, ')') if stack.pop() != Some('(') => return false,
-            (None, ']') if stack.pop() != Some('[') => return false,
-            (None, '}') if stack.pop() != Some('{') => return false,
-            _ => {}
-        }
-    }
-    stack.is_empty() && quote.is_none()
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -854,9 +442,9 @@ fn check_namespace_access(
     );
 }
 
-/// The DaemonSet: placement, identity, security, probes, resources, rollout. Returns the
-/// ConfigMap (name, key) its taint key comes from.
-fn check_daemonset(objs: &[Obj], at: &str) -> (String, String) {
+/// The DaemonSet: placement, identity, security, probes, resources, rollout, and the taint key
+/// from the ConfigMap the admission policy reads.
+fn check_daemonset(objs: &[Obj], at: &str) {
     let flags = agent_flags();
     let (obj, ds) = one_of::<DaemonSet>(objs, "DaemonSet", at);
     let what = obj.what();
@@ -1161,184 +749,6 @@ fn check_daemonset(objs: &[Obj], at: &str) -> (String, String) {
         Some(true),
         "{what}: the taint key must not be optional"
     );
-    (key_ref.name, key_ref.key)
-}
-
-/// The admission policy and its binding.
-fn check_admission_policy(objs: &[Obj], at: &str, taint_source: &(String, String)) {
-    let (ns, sa) = agent_identity(objs, at);
-    let (obj, policy) = one_of::<ValidatingAdmissionPolicy>(objs, "ValidatingAdmissionPolicy", at);
-    let what = obj.what();
-    let spec = policy.spec.unwrap();
-    assert_eq!(
-        spec.failure_policy.as_deref(),
-        Some("Fail"),
-        "{what}: spec.failurePolicy"
-    );
-
-    let mut matched = BTreeSet::new();
-    for rule in spec
-        .match_constraints
-        .iter()
-        .flat_map(|m| m.resource_rules.iter().flatten())
-    {
-        for group in rule.api_groups.iter().flatten() {
-            for resource in rule.resources.iter().flatten() {
-                for op in rule.operations.iter().flatten() {
-                    matched.insert((group.clone(), resource.clone(), op.clone()));
-                }
-            }
-        }
-    }
-    for resource in ["nodes", "nodes/status"] {
-        assert!(
-            matched.contains(&(String::new(), resource.into(), "UPDATE".into())),
-            "{what}: spec.matchConstraints must match UPDATE of {resource} (a patch is an UPDATE)"
-        );
-    }
-
-    let user = format!("'system:serviceaccount:{ns}:{sa}'");
-    assert!(
-        spec.match_conditions
-            .iter()
-            .flatten()
-            .any(|c| c.expression.contains("request.userInfo.username")
-                && c.expression.contains(&user)),
-        "{what}: spec.matchConditions must select the DaemonSet's ServiceAccount, {user}"
-    );
-
-    let variables: Vec<String> = spec
-        .variables
-        .iter()
-        .flatten()
-        .map(|v| v.expression.clone())
-        .collect();
-    let validations = spec.validations.clone().unwrap_or_default();
-    let mut cel: Vec<String> = variables.clone();
-    for v in &validations {
-        cel.push(v.expression.clone());
-        cel.extend(v.message_expression.clone());
-    }
-    cel.extend(
-        spec.match_conditions
-            .iter()
-            .flatten()
-            .map(|c| c.expression.clone()),
-    );
-    for e in &cel {
-        assert!(
-            cel_balanced(e),
-            "{what}: unbalanced brackets or quotes in CEL: {e}"
-        );
-    }
-    assert!(
-        validations.iter().any(|v| v
-            .expression
-            .contains("'authentication.kubernetes.io/node-name'")
-            && v.expression.contains("request.userInfo.extra")
-            && v.expression.contains("object.metadata.name")),
-        "{what}: a validation must compare the token's authentication.kubernetes.io/node-name with object.metadata.name"
-    );
-    let all_cel = cel.join("\n");
-    for condition in NODE_CONDITIONS {
-        assert!(
-            all_cel.contains(&format!("'{condition}'")),
-            "{what}: the policy must allow pullgate's condition {condition}"
-        );
-    }
-    for field in [
-        "oldObject.spec",
-        "spec.taints",
-        "oldObject.status",
-        "status.conditions",
-        "oldObject.metadata",
-    ] {
-        assert!(
-            all_cel.contains(field),
-            "{what}: the policy must compare {field} with the stored node"
-        );
-    }
-    assert!(
-        validations
-            .iter()
-            .all(|v| v.reason.as_deref() == Some("Forbidden")),
-        "{what}: every validation should deny with reason Forbidden"
-    );
-
-    // The parameter: the ConfigMap the DaemonSet takes its taint key from.
-    let param_kind = spec
-        .param_kind
-        .as_ref()
-        .unwrap_or_else(|| panic!("{what}: spec.paramKind"));
-    assert_eq!(
-        (
-            param_kind.api_version.as_deref(),
-            param_kind.kind.as_deref()
-        ),
-        (Some("v1"), Some("ConfigMap")),
-        "{what}: spec.paramKind"
-    );
-    assert!(
-        all_cel.contains(&format!("params.data['{}']", taint_source.1)),
-        "{what}: the policy must read the taint key params.data['{}'], the key the DaemonSet reads",
-        taint_source.1
-    );
-
-    let bindings: Vec<_> =
-        all_of::<ValidatingAdmissionPolicyBinding>(objs, "ValidatingAdmissionPolicyBinding")
-            .into_iter()
-            .filter(|(_, b)| {
-                b.spec.as_ref().and_then(|s| s.policy_name.as_deref()) == Some(obj.name())
-            })
-            .collect();
-    assert_eq!(
-        bindings.len(),
-        1,
-        "{at}: one ValidatingAdmissionPolicyBinding of {} expected",
-        obj.name()
-    );
-    let (binding_obj, binding) = &bindings[0];
-    let bwhat = binding_obj.what();
-    let bspec = binding.spec.clone().unwrap();
-    assert_eq!(
-        bspec.validation_actions.as_deref(),
-        Some(&["Deny".to_owned()][..]),
-        "{bwhat}: spec.validationActions"
-    );
-    let param_ref = bspec
-        .param_ref
-        .unwrap_or_else(|| panic!("{bwhat}: spec.paramRef"));
-    assert_eq!(
-        (param_ref.name.as_deref(), param_ref.namespace.as_deref()),
-        (Some(taint_source.0.as_str()), Some(ns.as_str())),
-        "{bwhat}: spec.paramRef must name the DaemonSet's ConfigMap"
-    );
-    assert_eq!(
-        param_ref.parameter_not_found_action.as_deref(),
-        Some("Deny"),
-        "{bwhat}: spec.paramRef.parameterNotFoundAction"
-    );
-
-    // …which exists, in the agent's namespace, with a valid taint key.
-    let (cm_obj, cm) = all_of::<ConfigMap>(objs, "ConfigMap")
-        .into_iter()
-        .find(|(o, _)| o.name() == taint_source.0 && o.namespace() == Some(ns.as_str()))
-        .unwrap_or_else(|| {
-            panic!(
-                "{at}: ConfigMap {ns}/{} is not among the objects",
-                taint_source.0
-            )
-        });
-    let key = cm
-        .data
-        .as_ref()
-        .and_then(|d| d.get(&taint_source.1))
-        .unwrap_or_else(|| panic!("{}: data.{} is missing", cm_obj.what(), taint_source.1));
-    assert!(
-        is_qualified_name(key),
-        "{}: {key:?} is not a valid taint key",
-        cm_obj.what()
-    );
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1382,7 +792,7 @@ fn more_indented_folded_lines(text: &str) -> Vec<usize> {
 
 #[test]
 fn folded_scalars_read_the_same_in_every_yaml_library() {
-    let m = Manifests::load();
+    let m = ManifestFiles::load();
     for file in m.files.keys() {
         let text = std::fs::read_to_string(m.root.join(file)).unwrap();
         let bad = more_indented_folded_lines(&text);
@@ -1401,7 +811,7 @@ fn folded_scalars_read_the_same_in_every_yaml_library() {
 
 #[test]
 fn every_manifest_parses_and_every_file_is_used() {
-    let m = Manifests::load();
+    let m = ManifestFiles::load();
     assert!(
         m.files.contains_key("base/crd.yaml"),
         "manifests/base/crd.yaml (generated by `cargo xtask manifests`) is missing"
@@ -1411,10 +821,10 @@ fn every_manifest_parses_and_every_file_is_used() {
     let mut resources = BTreeSet::new();
     let mut patches = BTreeSet::new();
     for dir in m.kustomization_dirs() {
-        let k = m.kustomization(&dir);
+        let k = kustomization(&m, &dir);
         let at = format!("{dir}/kustomization.yaml");
         for r in strings(&k.value, "/resources", &at) {
-            let rel = m.resolve(&dir, &r);
+            let rel = resolve(&m, &dir, &r);
             if m.is_kustomization_dir(&rel) {
                 resources.insert(format!("{rel}/kustomization.yaml"));
             } else {
@@ -1426,10 +836,10 @@ fn every_manifest_parses_and_every_file_is_used() {
             }
         }
         for (i, p) in array(&k.value, "/patches").iter().enumerate() {
-            let path = p["path"]
-                .as_str()
-                .unwrap_or_else(|| panic!("{at}: patches[{i}].path"));
-            patches.insert(m.resolve(&dir, path));
+            let path = p["path"].as_str().unwrap_or_else(|| {
+                panic!("{at}: patches[{i}].path (inline patches: teach this test)")
+            });
+            patches.insert(resolve(&m, &dir, path));
         }
     }
     for root in ROOTS {
@@ -1455,20 +865,20 @@ fn every_manifest_parses_and_every_file_is_used() {
             docs.iter().for_each(check_typed);
         }
     }
-    // Every rendering is well-formed, and every object in it parses as its type.
-    for root in ROOTS {
-        let objs = render(&m, root);
-        assert!(!objs.is_empty(), "{root}: renders nothing");
+    // Every kustomization renders with kubectl, and every object it renders parses as its type.
+    for dir in m.kustomization_dirs() {
+        let objs = render(&dir);
+        assert!(!objs.is_empty(), "{dir}: renders nothing");
         objs.iter().for_each(check_typed);
     }
 }
 
 #[test]
 fn cluster_rbac_is_least_privilege() {
-    let m = Manifests::load();
     for root in ["base", "overlays/example"] {
-        check_cluster_rbac(&render(&m, root), root);
+        check_cluster_rbac(&render(root), root);
     }
+    let m = ManifestFiles::load();
     // No file anywhere (examples included) grants Secrets cluster-wide.
     for obj in m
         .files
@@ -1490,8 +900,7 @@ fn cluster_rbac_is_least_privilege() {
 
 #[test]
 fn secret_access_is_per_namespace_and_opt_in() {
-    let m = Manifests::load();
-    let base = render(&m, "base");
+    let base = render("base");
     let agent = agent_identity(&base, "base");
     assert!(
         all_of::<Role>(&base, "Role").is_empty()
@@ -1500,7 +909,7 @@ fn secret_access_is_per_namespace_and_opt_in() {
     );
 
     // The bare directory: no namespace, so that whoever uses it chooses one.
-    let bare = render(&m, "namespace-access");
+    let bare = render("namespace-access");
     for o in &bare {
         assert_eq!(
             o.namespace(),
@@ -1512,7 +921,7 @@ fn secret_access_is_per_namespace_and_opt_in() {
     check_namespace_access(&bare, "namespace-access", &agent, None, false);
 
     // Re-namespaced, the Role and RoleBinding move, the subject stays in pullgate's namespace.
-    let team = render(&m, "overlays/example/team-payments");
+    let team = render("overlays/example/team-payments");
     check_namespace_access(
         &team,
         "overlays/example/team-payments",
@@ -1520,7 +929,7 @@ fn secret_access_is_per_namespace_and_opt_in() {
         Some("team-payments"),
         true,
     );
-    let example = render(&m, "overlays/example");
+    let example = render("overlays/example");
     check_namespace_access(
         &example,
         "overlays/example",
@@ -1531,15 +940,44 @@ fn secret_access_is_per_namespace_and_opt_in() {
 }
 
 #[test]
-fn daemonset_and_admission_policy() {
-    let m = Manifests::load();
+fn daemonset() {
+    let m = ManifestFiles::load();
+    // The selector of a DaemonSet is immutable: no rendering may change the base's (a
+    // kustomize `labels` entry with `includeSelectors: true` would), and the pods carry it.
+    let base_file: DaemonSet = typed(
+        m.docs("base/daemonset.yaml")
+            .iter()
+            .find(|o| o.kind() == "DaemonSet")
+            .unwrap_or_else(|| panic!("base/daemonset.yaml: no DaemonSet")),
+    );
+    let selector = base_file.spec.unwrap().selector;
     for root in ["base", "overlays/example"] {
-        let objs = render(&m, root);
-        let taint_source = check_daemonset(&objs, root);
-        check_admission_policy(&objs, root, &taint_source);
+        let objs = render(root);
+        check_daemonset(&objs, root);
+        let (obj, ds) = one_of::<DaemonSet>(&objs, "DaemonSet", root);
+        let spec = ds.spec.unwrap();
+        assert_eq!(
+            spec.selector,
+            selector,
+            "{}: spec.selector differs from base/daemonset.yaml's; it is immutable once applied",
+            obj.what()
+        );
+        let pod_labels = spec
+            .template
+            .metadata
+            .and_then(|m| m.labels)
+            .unwrap_or_default();
+        for (k, v) in selector.match_labels.iter().flatten() {
+            assert_eq!(
+                pod_labels.get(k),
+                Some(v),
+                "{}: the pod template does not carry the selector's label {k}",
+                obj.what()
+            );
+        }
     }
     // The base keeps the agent's default taint key.
-    let base = render(&m, "base");
+    let base = render("base");
     let (_, ds) = one_of::<DaemonSet>(&base, "DaemonSet", "base");
     let obj = base.iter().find(|o| o.kind() == "DaemonSet").unwrap();
     let key_ref = env_value(obj, &the_container(obj, &ds), "PULLGATE_TAINT_KEY")
@@ -1562,7 +1000,7 @@ fn daemonset_and_admission_policy() {
 
 #[test]
 fn node_readiness_rule_example() {
-    let m = Manifests::load();
+    let m = ManifestFiles::load();
     let rules: Vec<&Obj> = m
         .files
         .iter()
@@ -1652,67 +1090,4 @@ fn node_readiness_rule_example() {
                 || v.as_array().is_some_and(|a| !a.is_empty())),
         "{what}: spec.nodeSelector must not be empty (the controller's webhook refuses it)"
     );
-}
-
-#[test]
-#[ignore = "a cross-check with kubectl, which no Debian package provides: run `cargo test -p pullgate-testenv --test k8s_manifests -- --ignored` where kubectl is installed"]
-fn rendering_matches_kubectl_kustomize() {
-    let out = std::process::Command::new("kubectl")
-        .arg("version")
-        .arg("--client")
-        .output()
-        .unwrap_or_else(|e| panic!("this cross-check needs kubectl on the PATH: {e}"));
-    assert!(out.status.success(), "kubectl version --client failed");
-    let m = Manifests::load();
-    for root in ROOTS {
-        let out = std::process::Command::new("kubectl")
-            .arg("kustomize")
-            .arg(m.root.join(root))
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "kubectl kustomize {root}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        let theirs = parse_documents(
-            &format!("kubectl kustomize {root}"),
-            &String::from_utf8(out.stdout).unwrap(),
-        );
-        let ours = render(&m, root);
-        let by_id = |objs: &[Obj]| -> BTreeMap<_, Value> {
-            objs.iter()
-                .map(|o| (o.id(), normalize(o.value.clone())))
-                .collect()
-        };
-        let (theirs, ours) = (by_id(&theirs), by_id(&ours));
-        assert_eq!(
-            theirs.keys().collect::<Vec<_>>(),
-            ours.keys().collect::<Vec<_>>(),
-            "{root}: kubectl kustomize renders other objects than this test"
-        );
-        for (id, value) in &theirs {
-            assert_eq!(
-                value, &ours[id],
-                "{root}: {id:?} differs between kubectl kustomize and this test"
-            );
-        }
-    }
-}
-
-/// Lists of named objects sorted by name (strategic merge may order them differently).
-fn normalize(v: Value) -> Value {
-    match v {
-        Value::Object(o) => Value::Object(o.into_iter().map(|(k, v)| (k, normalize(v))).collect()),
-        Value::Array(a) => {
-            let mut a: Vec<Value> = a.into_iter().map(normalize).collect();
-            if a.iter()
-                .all(|e| e.get("name").and_then(Value::as_str).is_some())
-            {
-                a.sort_by(|x, y| x["name"].as_str().cmp(&y["name"].as_str()));
-            }
-            Value::Array(a)
-        }
-        other => other,
-    }
 }
