@@ -10,6 +10,7 @@
 //! `RuntimeFailure::verdict`.
 
 use crate::decide::runtime::{ImageRuntime, PresentImage, PullAuth, RuntimeFailure};
+use futures::future::BoxFuture;
 use hyper_util::rt::TokioIo;
 use k8s_cri::v1::image_service_client::ImageServiceClient;
 use k8s_cri::v1::runtime_service_client::RuntimeServiceClient;
@@ -17,7 +18,6 @@ use k8s_cri::v1::{
     AuthConfig, ImageFilter, ImageFsInfoRequest, ImageSpec, ImageStatusRequest,
     ListContainersRequest, ListImagesRequest, PullImageRequest, RemoveImageRequest, VersionRequest,
 };
-use futures::future::BoxFuture;
 use secrecy::ExposeSecret;
 use std::future::Future;
 use std::path::PathBuf;

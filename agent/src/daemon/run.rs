@@ -12,10 +12,10 @@ use crate::daemon::canary_scheduler::CanaryControl;
 use crate::daemon::canary_scheduler::{CanarySink, ServiceConfig};
 use crate::daemon::node_reporter::{ClusterReportConfig, Outputs, Reports};
 use crate::decide::canary::runner::{CanaryOutcome, CanaryRunner};
+use crate::decide::canary::transition::Transitions;
 use crate::decide::conditions::Tracker;
 use crate::decide::credentials::{CredentialResolver, KubeletResolver};
 use crate::decide::desired::prepull_images;
-use crate::decide::canary::transition::Transitions;
 use crate::decide::prepull::{PassSummary, PrePullConfig, PrePuller, RetryPolicy};
 use crate::model::inventory::ObjectKey;
 use crate::model::node::NodeInfo;
@@ -221,19 +221,14 @@ pub async fn run(args: RunArgs) -> Result<RunOutcome, RunError> {
             probe: crate::commands::check::registry_client(&registry)?,
             node: node.name.clone(),
             expiry_warning: *registry.expiry_warning,
-            runtime: Some(
-                Arc::new(client.clone()) as Arc<dyn crate::decide::runtime::ImageRuntime>
-            ),
+            runtime: Some(Arc::new(client.clone()) as Arc<dyn crate::decide::runtime::ImageRuntime>),
             mirrors: crate::adapters::containerd_config::HostsDir::shared(
                 registry.runtime_registry_config.clone(),
             ),
         });
         let sink: Arc<dyn CanarySink> = Arc::new(ReportingCanarySink {
             reports: reports.clone(),
-            state: Mutex::new((
-                Tracker::new("PullCredentialsValid"),
-                Transitions::default(),
-            )),
+            state: Mutex::new((Tracker::new("PullCredentialsValid"), Transitions::default())),
         });
         let config = ServiceConfig {
             node: node.clone(),

@@ -132,6 +132,19 @@ fn truncate(mut s: String, max: usize) -> String {
     s
 }
 
+/// The [`Failed`] an outcome tells: pre-pull and canary outcomes name these fields alike.
+macro_rules! failed {
+    ($outcome:expr) => {
+        Failed {
+            image: &$outcome.image,
+            node: &$outcome.node,
+            verdict: $outcome.verdict,
+            message: &$outcome.message,
+            hint: $outcome.hint,
+        }
+    };
+}
+
 /// The Event for a pre-pull outcome: `PrePulled` when the image was pulled now, `PrePullFailed`
 /// on every failure (aggregated per image and verdict), nothing when it was already present.
 pub fn for_prepull(outcome: &Outcome) -> Option<EventIntent> {
@@ -150,13 +163,7 @@ pub fn for_prepull(outcome: &Outcome) -> Option<EventIntent> {
         Action::Failed => Some(failure_event(
             regarding,
             Reason::PrePullFailed,
-            Failed {
-                image: &outcome.image,
-                node: &outcome.node,
-                verdict: outcome.verdict,
-                message: &outcome.message,
-                hint: outcome.hint,
-            },
+            failed!(outcome),
         )),
     }
 }
@@ -210,13 +217,7 @@ pub fn for_canary(outcome: &CanaryOutcome, transition: Transition) -> Vec<EventI
         Transition::Failed | Transition::StillFailing { .. } => out.push(failure_event(
             regarding.clone(),
             Reason::CanaryFailed,
-            Failed {
-                image: &outcome.image,
-                node: &outcome.node,
-                verdict: outcome.verdict,
-                message: &outcome.message,
-                hint: outcome.hint,
-            },
+            failed!(outcome),
         )),
     }
     for warning in outcome.warnings.iter().filter(|w| w.is_expiry()) {
@@ -355,11 +356,7 @@ mod tests {
         let failed = observe("a", Verdict::Unauthorized, vec![]);
         assert_eq!(failed.len(), 1);
         assert_eq!(failed[0].reason, Reason::CanaryFailed);
-        assert!(
-            failed[0].note.starts_with("a on node n1: Unauthorized: m"),
-            "{}",
-            failed[0].note
-        );
+        assert_eq!(failed[0].note, "a on node n1: Unauthorized: m");
         let repeat = observe("a", Verdict::Unauthorized, vec![]);
         assert_eq!(repeat[0].aggregation, failed[0].aggregation);
         // Another image failing is its own Event.
@@ -379,12 +376,12 @@ mod tests {
         assert_eq!(expiring.len(), 1);
         assert_eq!(expiring[0].reason, Reason::CredentialExpiringSoon);
         assert_eq!(expiring[0].severity, Severity::Warning);
-        assert!(
-            expiring[0]
-                .note
-                .starts_with("a on node n1: ExpiringSoon: the credential expires at "),
-            "{}",
-            expiring[0].note
+        assert_eq!(
+            expiring[0].note,
+            format!(
+                "a on node n1: ExpiringSoon: the credential expires at {}",
+                humantime::format_rfc3339_seconds(at)
+            )
         );
         // Other warnings are no Event of their own.
         let mirrored = observe(

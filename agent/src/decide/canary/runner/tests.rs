@@ -62,7 +62,11 @@ fn runner(answers: &[(&'static str, Verdict)]) -> CanaryRunner<Scripted> {
 }
 
 /// A canary outcome as the runner makes one, for the modules that consume them.
-pub(crate) fn outcome(image: &str, verdict: Verdict, warnings: Vec<CanaryWarning>) -> CanaryOutcome {
+pub(crate) fn outcome(
+    image: &str,
+    verdict: Verdict,
+    warnings: Vec<CanaryWarning>,
+) -> CanaryOutcome {
     let mut o = runner(&[]).blank(
         "payments",
         "critical",
@@ -198,10 +202,7 @@ fn verdict_table() {
 
 #[test]
 fn expiring_soon_is_a_warning_on_success() {
-    let o = run(
-        &[],
-        resolution(vec![expiring("s", "pw", 600)], vec![]),
-    );
+    let o = run(&[], resolution(vec![expiring("s", "pw", 600)], vec![]));
     assert_eq!(o.verdict, Verdict::Ok);
     assert!(o.expires_at.is_some());
     assert!(
@@ -212,10 +213,7 @@ fn expiring_soon_is_a_warning_on_success() {
     let o = run(&[], resolution(vec![expiring("s", "pw", -60)], vec![]));
     assert_eq!(o.verdict, Verdict::Ok);
     assert_eq!(o.warnings, [CanaryWarning::ExpiryPassed]);
-    let o = run(
-        &[],
-        resolution(vec![expiring("s", "pw", 86_400)], vec![]),
-    );
+    let o = run(&[], resolution(vec![expiring("s", "pw", 86_400)], vec![]));
     assert!(o.warnings.is_empty(), "{:?}", o.warnings);
 }
 
@@ -281,9 +279,18 @@ async fn the_runtime_path_judges_the_runtime_by_its_words() {
     assert_eq!(rt.passwords_tried(), ["old-password", "new-password"]);
     assert_eq!((o.path, o.verdict), (CanaryPath::Runtime, Verdict::Ok));
     assert_eq!(o.credential.as_deref(), Some("secret ns/fresh key r.io"));
-    assert!(o.message.starts_with("pulled through the runtime"), "{}", o.message);
+    assert!(
+        o.message.starts_with("pulled through the runtime"),
+        "{}",
+        o.message
+    );
     assert_eq!(o.manifest_digest, None);
-    let [CanaryWarning::CredentialFailing { verdict, message, .. }] = &o.warnings[..] else {
+    let [
+        CanaryWarning::CredentialFailing {
+            verdict, message, ..
+        },
+    ] = &o.warnings[..]
+    else {
         panic!("{:?}", o.warnings)
     };
     assert_eq!(*verdict, Verdict::Unauthorized);
@@ -291,7 +298,12 @@ async fn the_runtime_path_judges_the_runtime_by_its_words() {
 
     // Every candidate refused: the last one's verdict.
     rt.answer("r.io/a:1", "pw", vec![rejected(UNAUTHORIZED)]);
-    let o = run_runtime(Some(rt), &[], resolution(vec![candidate("s", "pw")], vec![])).await;
+    let o = run_runtime(
+        Some(rt),
+        &[],
+        resolution(vec![candidate("s", "pw")], vec![]),
+    )
+    .await;
     assert_eq!(o.verdict, Verdict::Unauthorized);
     assert!(o.hint.is_some());
 }
@@ -307,9 +319,18 @@ async fn a_runtime_that_cannot_answer_is_a_runtime_error() {
             cause: "connection refused".into(),
         })],
     );
-    let o = run_runtime(Some(rt), &[], resolution(vec![candidate("s", "pw")], vec![])).await;
+    let o = run_runtime(
+        Some(rt),
+        &[],
+        resolution(vec![candidate("s", "pw")], vec![]),
+    )
+    .await;
     assert_eq!(o.verdict, Verdict::RuntimeError);
-    assert!(o.message.contains("cannot reach CRI at unix://"), "{}", o.message);
+    assert!(
+        o.message.contains("cannot reach CRI at unix://"),
+        "{}",
+        o.message
+    );
 
     let o = run_runtime(None, &[], resolution(vec![candidate("s", "pw")], vec![])).await;
     assert_eq!(
