@@ -24,7 +24,8 @@ use std::path::PathBuf;
 use std::str::FromStr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
+use tokio::time::Instant;
 use tonic::transport::{Channel, Endpoint, Uri};
 
 /// A `unix://` CRI endpoint.
@@ -451,7 +452,29 @@ mod tests {
         assert_eq!(e.to_string(), "unix:///run/x.sock");
     }
 
-    #[tokio::test]
+    #[test]
+    fn a_rejection_names_its_call_and_the_runtime_keeps_its_words() {
+        let rejected = RuntimeFailure::Rejected {
+            operation: "Version",
+            message: "unknown service".into(),
+        };
+        assert_eq!(rejected.to_string(), "unknown service");
+        assert_eq!(
+            CriError::from(rejected).to_string(),
+            "CRI Version failed: unknown service"
+        );
+        let late = RuntimeFailure::DeadlineExceeded {
+            operation: "ListImages",
+            after: Duration::from_secs(10),
+        };
+        assert_eq!(
+            CriError::from(late).to_string(),
+            "CRI ListImages did not finish within 10s"
+        );
+    }
+
+    /// Under paused time: the backoff sleeps pass instantly, and the budget is tokio's clock.
+    #[tokio::test(start_paused = true)]
     async fn a_missing_socket_is_reported_clearly_within_budget() {
         let dir = tempfile::tempdir().unwrap();
         let endpoint: CriEndpoint = format!("unix://{}/absent.sock", dir.path().display())
@@ -465,7 +488,13 @@ mod tests {
                 reconnect_budget: Duration::from_millis(500),
             },
         );
+        let started = Instant::now();
         let err = client.version().await.unwrap_err();
+        assert!(
+            started.elapsed() <= Duration::from_millis(500),
+            "{:?}",
+            started.elapsed()
+        );
         assert_eq!(
             err.to_string(),
             format!("cannot reach CRI at {endpoint}: socket does not exist")
