@@ -1,11 +1,32 @@
 //! The container runtime's registry configuration (containerd's `hosts.toml` under its
 //! `config_path`): which registries the node's real pull path routes through a mirror or a peer
 //! cache. A mirror may serve cached content without checking credentials, so a runtime canary
-//! through it proves less than a registry-direct one; outcomes say so.
+//! through it proves less than a registry-direct one; outcomes say so. [`HostsDir`] is the
+//! runtime canary's `RegistryMirrors`; the files are read on every look-up, so a changed
+//! configuration counts from the next canary on.
 
+use crate::decide::runtime::RegistryMirrors;
 use serde::Deserialize;
 use std::collections::BTreeMap;
-use std::path::Path;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+/// containerd's registry `config_path` (`/etc/containerd/certs.d`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HostsDir(pub PathBuf);
+
+impl HostsDir {
+    /// The mirrors of `dir`, for a canary runner; none without a directory.
+    pub fn shared(dir: Option<PathBuf>) -> Option<Arc<dyn RegistryMirrors>> {
+        dir.map(|d| Arc::new(Self(d)) as Arc<dyn RegistryMirrors>)
+    }
+}
+
+impl RegistryMirrors for HostsDir {
+    fn mirrors(&self, registry: &str) -> Vec<String> {
+        mirrors(&self.0, registry)
+    }
+}
 
 #[derive(Deserialize)]
 struct HostsFile {
@@ -73,5 +94,8 @@ mod tests {
         write("broken.io", "not = [toml");
         assert!(mirrors(dir.path(), "broken.io").is_empty());
         assert!(mirrors(Path::new("/nonexistent"), "x.io").is_empty());
+        let shared = HostsDir::shared(Some(dir.path().into())).unwrap();
+        assert_eq!(shared.mirrors("other.io"), ["peer-cache.local"]);
+        assert!(HostsDir::shared(None).is_none());
     }
 }

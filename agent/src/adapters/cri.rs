@@ -4,8 +4,13 @@
 //! because the runtime is unreachable (socket missing, refused, connection broken by a restart) is
 //! retried with capped, jittered backoff until its reconnect budget is spent, then reported as
 //! `cannot reach CRI at unix:///…: <cause>`. Nothing here panics on a runtime's behaviour.
+//!
+//! Failures leave as [`RuntimeFailure`]: unreachable, past a deadline, or rejected with the
+//! runtime's own message. What a rejection means (a verdict) is not decided here but by
+//! `RuntimeFailure::verdict`.
 
 use crate::decide::runtime::{ImageRuntime, PresentImage, PullAuth, RuntimeFailure};
+use futures::future::BoxFuture;
 use hyper_util::rt::TokioIo;
 use k8s_cri::v1::image_service_client::ImageServiceClient;
 use k8s_cri::v1::runtime_service_client::RuntimeServiceClient;
@@ -19,7 +24,8 @@ use std::path::PathBuf;
 use std::str::FromStr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
+use tokio::time::Instant;
 use tonic::transport::{Channel, Endpoint, Uri};
 
 /// A `unix://` CRI endpoint.
@@ -60,39 +66,21 @@ impl FromStr for CriEndpoint {
 pub enum CriError {
     #[error("invalid CRI endpoint `{0}`: expected unix:///path/to/socket")]
     InvalidEndpoint(String),
-    #[error("cannot reach CRI at {endpoint}: {cause}")]
-    Unreachable { endpoint: String, cause: String },
-    #[error("CRI {operation} did not finish within {}", humantime::format_duration(*after))]
-    DeadlineExceeded {
-        operation: &'static str,
-        after: Duration,
-    },
-    #[error("CRI {operation} failed: {message}")]
-    Rejected {
-        operation: &'static str,
-        message: String,
-    },
+    /// A call failed; a rejection says which call (`CRI Version failed: …`).
+    #[error("{}", describe(.0))]
+    Call(#[from] RuntimeFailure),
+}
+
+fn describe(failure: &RuntimeFailure) -> String {
+    match failure {
+        RuntimeFailure::Rejected { operation, message } => {
+            format!("CRI {operation} failed: {message}")
+        }
+        other => other.to_string(),
+    }
 }
 
 pub type Result<T, E = CriError> = std::result::Result<T, E>;
-
-impl From<CriError> for RuntimeFailure {
-    fn from(e: CriError) -> Self {
-        match e {
-            CriError::Unreachable { endpoint, cause } => {
-                RuntimeFailure::Unreachable { endpoint, cause }
-            }
-            CriError::DeadlineExceeded { operation, after } => {
-                RuntimeFailure::DeadlineExceeded { operation, after }
-            }
-            CriError::Rejected { message, .. } => RuntimeFailure::Rejected(message),
-            e @ CriError::InvalidEndpoint(_) => RuntimeFailure::Unreachable {
-                endpoint: String::new(),
-                cause: e.to_string(),
-            },
-        }
-    }
-}
 
 /// Deadlines and reconnect budget.
 #[derive(Clone, Copy, Debug)]
@@ -246,7 +234,7 @@ impl CriClient {
         Ok(())
     }
 
-    async fn list(&self) -> Result<Vec<PresentImage>> {
+    async fn list(&self) -> std::result::Result<Vec<PresentImage>, RuntimeFailure> {
         let r = self
             .call("ListImages", self.timeouts.call, || async {
                 self.images()
@@ -259,7 +247,10 @@ impl CriClient {
         Ok(r.images.into_iter().map(present).collect())
     }
 
-    async fn status(&self, image: &str) -> Result<Option<PresentImage>> {
+    async fn status(
+        &self,
+        image: &str,
+    ) -> std::result::Result<Option<PresentImage>, RuntimeFailure> {
         let r = self
             .call("ImageStatus", self.timeouts.call, || async {
                 self.images()
@@ -273,7 +264,11 @@ impl CriClient {
         Ok(r.image.map(present))
     }
 
-    async fn pull(&self, image: &str, auth: Option<PullAuth<'_>>) -> Result<String> {
+    async fn pull(
+        &self,
+        image: &str,
+        auth: Option<PullAuth<'_>>,
+    ) -> std::result::Result<String, RuntimeFailure> {
         let r = self
             .call("PullImage", self.timeouts.pull, || async {
                 // Built per attempt and dropped right after: the request is never logged or kept.
@@ -301,7 +296,7 @@ impl CriClient {
         operation: &'static str,
         deadline: Duration,
         mut attempt: F,
-    ) -> Result<T>
+    ) -> std::result::Result<T, RuntimeFailure>
     where
         F: FnMut() -> Fut,
         Fut: Future<Output = std::result::Result<tonic::Response<T>, tonic::Status>>,
@@ -317,7 +312,7 @@ impl CriClient {
         loop {
             let error = match tokio::time::timeout(deadline, attempt()).await {
                 Err(_) => {
-                    return Err(CriError::DeadlineExceeded {
+                    return Err(RuntimeFailure::DeadlineExceeded {
                         operation,
                         after: deadline,
                     });
@@ -325,7 +320,7 @@ impl CriClient {
                 Ok(Ok(response)) => return Ok(response.into_inner()),
                 Ok(Err(status)) => self.classify(operation, &status),
             };
-            let CriError::Unreachable { cause, .. } = &error else {
+            let RuntimeFailure::Unreachable { cause, .. } = &error else {
                 return Err(error);
             };
             let delay = delays.next().unwrap_or(Duration::from_secs(5));
@@ -338,7 +333,8 @@ impl CriClient {
         }
     }
 
-    fn classify(&self, operation: &'static str, status: &tonic::Status) -> CriError {
+    /// Whether the runtime could not be reached, or answered with an error of its own.
+    fn classify(&self, operation: &'static str, status: &tonic::Status) -> RuntimeFailure {
         use tonic::Code;
         let message = status.message().to_string();
         let transport = matches!(status.code(), Code::Unavailable)
@@ -352,12 +348,12 @@ impl CriClient {
             } else {
                 transport_cause(status)
             };
-            CriError::Unreachable {
+            RuntimeFailure::Unreachable {
                 endpoint: self.endpoint.to_string(),
                 cause,
             }
         } else {
-            CriError::Rejected { operation, message }
+            RuntimeFailure::Rejected { operation, message }
         }
     }
 }
@@ -416,55 +412,24 @@ fn present(image: k8s_cri::v1::Image) -> PresentImage {
     }
 }
 
-impl crate::decide::canary::runner::RuntimePull for CriClient {
-    fn pull<'a>(
+impl ImageRuntime for CriClient {
+    fn list_images(&self) -> BoxFuture<'_, std::result::Result<Vec<PresentImage>, RuntimeFailure>> {
+        Box::pin(self.list())
+    }
+
+    fn image_status<'a>(
         &'a self,
         image: &'a str,
-        candidate: Option<&'a crate::decide::credentials::Candidate>,
-    ) -> futures::future::BoxFuture<
-        'a,
-        std::result::Result<String, crate::decide::canary::runner::ProbeFailure>,
-    > {
-        Box::pin(async move {
-            let auth = candidate.map(|c| PullAuth {
-                username: &c.username,
-                password: &c.password,
-            });
-            self.pull(image, auth).await.map_err(|e| {
-                let failure = RuntimeFailure::from(e);
-                let verdict = match &failure {
-                    RuntimeFailure::Rejected(message) => {
-                        crate::model::verdict::classify_pull_error(message)
-                    }
-                    _ => crate::model::verdict::Verdict::RuntimeError,
-                };
-                crate::decide::canary::runner::ProbeFailure {
-                    verdict,
-                    message: failure.to_string(),
-                }
-            })
-        })
-    }
-}
-
-impl ImageRuntime for CriClient {
-    async fn list_images(&self) -> std::result::Result<Vec<PresentImage>, RuntimeFailure> {
-        Ok(self.list().await?)
+    ) -> BoxFuture<'a, std::result::Result<Option<PresentImage>, RuntimeFailure>> {
+        Box::pin(self.status(image))
     }
 
-    async fn image_status(
-        &self,
-        image: &str,
-    ) -> std::result::Result<Option<PresentImage>, RuntimeFailure> {
-        Ok(self.status(image).await?)
-    }
-
-    async fn pull_image(
-        &self,
-        image: &str,
-        auth: Option<PullAuth<'_>>,
-    ) -> std::result::Result<String, RuntimeFailure> {
-        Ok(self.pull(image, auth).await?)
+    fn pull_image<'a>(
+        &'a self,
+        image: &'a str,
+        auth: Option<PullAuth<'a>>,
+    ) -> BoxFuture<'a, std::result::Result<String, RuntimeFailure>> {
+        Box::pin(self.pull(image, auth))
     }
 }
 
@@ -487,7 +452,29 @@ mod tests {
         assert_eq!(e.to_string(), "unix:///run/x.sock");
     }
 
-    #[tokio::test]
+    #[test]
+    fn a_rejection_names_its_call_and_the_runtime_keeps_its_words() {
+        let rejected = RuntimeFailure::Rejected {
+            operation: "Version",
+            message: "unknown service".into(),
+        };
+        assert_eq!(rejected.to_string(), "unknown service");
+        assert_eq!(
+            CriError::from(rejected).to_string(),
+            "CRI Version failed: unknown service"
+        );
+        let late = RuntimeFailure::DeadlineExceeded {
+            operation: "ListImages",
+            after: Duration::from_secs(10),
+        };
+        assert_eq!(
+            CriError::from(late).to_string(),
+            "CRI ListImages did not finish within 10s"
+        );
+    }
+
+    /// Under paused time: the backoff sleeps pass instantly, and the budget is tokio's clock.
+    #[tokio::test(start_paused = true)]
     async fn a_missing_socket_is_reported_clearly_within_budget() {
         let dir = tempfile::tempdir().unwrap();
         let endpoint: CriEndpoint = format!("unix://{}/absent.sock", dir.path().display())
@@ -501,7 +488,13 @@ mod tests {
                 reconnect_budget: Duration::from_millis(500),
             },
         );
+        let started = Instant::now();
         let err = client.version().await.unwrap_err();
+        assert!(
+            started.elapsed() <= Duration::from_millis(500),
+            "{:?}",
+            started.elapsed()
+        );
         assert_eq!(
             err.to_string(),
             format!("cannot reach CRI at {endpoint}: socket does not exist")

@@ -4,7 +4,7 @@ use crate::adapters::cri::{CriClient, CriTimeouts};
 use crate::adapters::registry::{Platform, RegistryClient, RegistryConfig, RegistryError};
 use crate::cli::{CheckArgs, RegistryArgs};
 use crate::commands::auth::{AuthError, build_resolver, resolve_selection};
-use crate::decide::canary::runner::{CanaryOutcome, CanaryRunner, RuntimePull, Trigger};
+use crate::decide::canary::runner::{CanaryOutcome, CanaryRunner, Trigger};
 use crate::model::image_ref::ImageRef;
 
 #[derive(Debug, thiserror::Error)]
@@ -48,9 +48,11 @@ pub async fn check(args: CheckArgs) -> Result<bool, CheckError> {
         expiry_warning: *registry.expiry_warning,
         runtime: runtime.then(|| {
             std::sync::Arc::new(CriClient::new(cri_endpoint, CriTimeouts::default()))
-                as std::sync::Arc<dyn RuntimePull>
+                as std::sync::Arc<dyn crate::decide::runtime::ImageRuntime>
         }),
-        runtime_config: registry.runtime_registry_config.clone(),
+        mirrors: crate::adapters::containerd_config::HostsDir::shared(
+            registry.runtime_registry_config.clone(),
+        ),
     };
     let namespace = selection.namespace.clone().unwrap_or_default();
     let pullset = selection.pullset.clone().unwrap_or_default();

@@ -8,11 +8,11 @@
 use crate::adapters::cri::{CriClient, CriEndpoint, CriTimeouts};
 use crate::cli::DiagnoseArgs;
 use crate::commands::auth::build_resolver;
-use crate::decide::canary::runner::{CanaryOutcome, CanaryRunner, RuntimePull, Trigger};
+use crate::decide::canary::runner::{CanaryOutcome, CanaryRunner, Trigger};
 use crate::decide::credentials::dockerconfig::{self, DockerConfigFormat};
 use crate::decide::credentials::keyring::Keyring;
 use crate::decide::credentials::{CredentialResolver as _, Resolution, pull_secret_names};
-use crate::decide::runtime::ImageRuntime as _;
+use crate::decide::runtime::ImageRuntime;
 use crate::model::image_ref::ImageRef;
 use crate::model::inventory::{Inventory, ObjectKey};
 use crate::model::pullset::{
@@ -97,7 +97,9 @@ pub async fn diagnose(args: DiagnoseArgs) -> Result<bool, DiagnoseError> {
         node: std::env::var("NODE_NAME").unwrap_or_else(|_| "local".into()),
         expiry_warning: *args.registry.expiry_warning,
         runtime: None,
-        runtime_config: args.registry.runtime_registry_config.clone(),
+        mirrors: crate::adapters::containerd_config::HostsDir::shared(
+            args.registry.runtime_registry_config.clone(),
+        ),
     };
     let ns = &args.namespace;
     for (name, depth) in [
@@ -443,8 +445,8 @@ async fn runtime_steps(
         probe: runner.probe.clone(),
         node: runner.node.clone(),
         expiry_warning: runner.expiry_warning,
-        runtime: Some(std::sync::Arc::new(cri) as std::sync::Arc<dyn RuntimePull>),
-        runtime_config: runner.runtime_config.clone(),
+        runtime: Some(std::sync::Arc::new(cri) as std::sync::Arc<dyn ImageRuntime>),
+        mirrors: runner.mirrors.clone(),
     };
     let pulled = runner
         .check_runtime(

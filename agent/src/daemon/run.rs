@@ -12,10 +12,10 @@ use crate::daemon::canary_scheduler::CanaryControl;
 use crate::daemon::canary_scheduler::{CanarySink, ServiceConfig};
 use crate::daemon::node_reporter::{ClusterReportConfig, Outputs, Reports};
 use crate::decide::canary::runner::{CanaryOutcome, CanaryRunner};
+use crate::decide::canary::transition::Transitions;
 use crate::decide::conditions::Tracker;
 use crate::decide::credentials::{CredentialResolver, KubeletResolver};
 use crate::decide::desired::prepull_images;
-use crate::decide::event_policy::CanaryEvents;
 use crate::decide::prepull::{PassSummary, PrePullConfig, PrePuller, RetryPolicy};
 use crate::model::inventory::ObjectKey;
 use crate::model::node::NodeInfo;
@@ -221,17 +221,14 @@ pub async fn run(args: RunArgs) -> Result<RunOutcome, RunError> {
             probe: crate::commands::check::registry_client(&registry)?,
             node: node.name.clone(),
             expiry_warning: *registry.expiry_warning,
-            runtime: Some(
-                Arc::new(client.clone()) as Arc<dyn crate::decide::canary::runner::RuntimePull>
+            runtime: Some(Arc::new(client.clone()) as Arc<dyn crate::decide::runtime::ImageRuntime>),
+            mirrors: crate::adapters::containerd_config::HostsDir::shared(
+                registry.runtime_registry_config.clone(),
             ),
-            runtime_config: registry.runtime_registry_config.clone(),
         });
         let sink: Arc<dyn CanarySink> = Arc::new(ReportingCanarySink {
             reports: reports.clone(),
-            state: Mutex::new((
-                Tracker::new("PullCredentialsValid"),
-                CanaryEvents::default(),
-            )),
+            state: Mutex::new((Tracker::new("PullCredentialsValid"), Transitions::default())),
         });
         let config = ServiceConfig {
             node: node.clone(),
@@ -329,11 +326,11 @@ pub async fn run(args: RunArgs) -> Result<RunOutcome, RunError> {
 /// Canary outcomes as JSON lines and Events, and `PullCredentialsValid` transitions.
 struct ReportingCanarySink {
     reports: Reports,
-    state: Mutex<(Tracker, CanaryEvents)>,
+    state: Mutex<(Tracker, Transitions)>,
 }
 
 impl ReportingCanarySink {
-    fn lock(&self) -> std::sync::MutexGuard<'_, (Tracker, CanaryEvents)> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, (Tracker, Transitions)> {
         self.state
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
@@ -343,8 +340,9 @@ impl ReportingCanarySink {
 impl CanarySink for ReportingCanarySink {
     fn outcome(&self, outcome: &CanaryOutcome) {
         self.reports.canary(outcome);
-        let events = self.lock().1.observe(outcome);
-        for event in events {
+        let transition = self.lock().1.observe(outcome);
+        transition.log(outcome);
+        for event in crate::decide::event_policy::for_canary(outcome, transition) {
             self.reports.event(event);
         }
     }

@@ -4,15 +4,17 @@
 //!   `kubectl describe pullset`); node-level transitions (the gate) go on the Node.
 //! - Repeats — the same reason for the same object and image, and for a failure the same verdict —
 //!   share an aggregation key; the recorder turns them into one Event with a growing series count.
+//! - Canary Events follow the [`Transition`] that `canary::transition` detected; they are built
+//!   here, not detected again.
 //! - A per-node token bucket ([`Budget`]) caps what one node sends to the API server, however many
 //!   PullSets fail at once; what the budget drops is counted and said in the next Event that passes.
 
 use crate::decide::canary::runner::CanaryOutcome;
+use crate::decide::canary::transition::Transition;
 use crate::model::inventory::ObjectKey;
 use crate::model::outcome::{Action, Outcome};
 use crate::model::verdict::Verdict;
 use serde::Serialize;
-use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 /// The object an Event is about.
@@ -130,6 +132,19 @@ fn truncate(mut s: String, max: usize) -> String {
     s
 }
 
+/// The [`Failed`] an outcome tells: pre-pull and canary outcomes name these fields alike.
+macro_rules! failed {
+    ($outcome:expr) => {
+        Failed {
+            image: &$outcome.image,
+            node: &$outcome.node,
+            verdict: $outcome.verdict,
+            message: &$outcome.message,
+            hint: $outcome.hint,
+        }
+    };
+}
+
 /// The Event for a pre-pull outcome: `PrePulled` when the image was pulled now, `PrePullFailed`
 /// on every failure (aggregated per image and verdict), nothing when it was already present.
 pub fn for_prepull(outcome: &Outcome) -> Option<EventIntent> {
@@ -145,96 +160,75 @@ pub fn for_prepull(outcome: &Outcome) -> Option<EventIntent> {
             ),
             &outcome.image,
         )),
-        Action::Failed => Some(EventIntent::new(
+        Action::Failed => Some(failure_event(
             regarding,
             Reason::PrePullFailed,
-            failure_note(
-                &outcome.image,
-                &outcome.node,
-                outcome.verdict,
-                &outcome.message,
-                outcome.hint,
-            ),
-            &format!("{}|{}", outcome.image, outcome.verdict),
+            failed!(outcome),
         )),
     }
 }
 
-fn failure_note(
-    image: &str,
-    node: &str,
+/// A failed image, as a failure Event tells it.
+struct Failed<'a> {
+    image: &'a str,
+    node: &'a str,
     verdict: Verdict,
-    message: &str,
-    hint: Option<&str>,
-) -> String {
+    message: &'a str,
+    hint: Option<&'a str>,
+}
+
+/// A failure Event, aggregated per image and verdict: `IMAGE on node N: VERDICT: MESSAGE — HINT`.
+fn failure_event(regarding: Regarding, reason: Reason, failed: Failed<'_>) -> EventIntent {
+    let Failed {
+        image,
+        node,
+        verdict,
+        message,
+        hint,
+    } = failed;
     let mut note = format!("{image} on node {node}: {verdict}: {message}");
     if let Some(hint) = hint {
         note.push_str(" — ");
         note.push_str(hint);
     }
-    note
+    EventIntent::new(regarding, reason, note, &format!("{image}|{verdict}"))
 }
 
-/// Canary Events: `CanaryFailed` on every failure (aggregated per image and verdict),
-/// `CanaryRecovered` when an image that failed is `Ok` again, `CredentialExpiringSoon` while the
-/// credential that worked says it expires within the warning window.
-#[derive(Debug, Default)]
-pub struct CanaryEvents {
-    failing: HashMap<(ObjectKey, String), Verdict>,
-}
-
-impl CanaryEvents {
-    pub fn observe(&mut self, outcome: &CanaryOutcome) -> Vec<EventIntent> {
-        let key = ObjectKey::new(&outcome.namespace, &outcome.pullset);
-        let regarding = Regarding::PullSet(key.clone());
-        let mut out = Vec::new();
-        let slot = (key, outcome.image.clone());
-        if outcome.verdict.is_ok() {
-            if let Some(was) = self.failing.remove(&slot) {
-                out.push(EventIntent::new(
-                    regarding.clone(),
-                    Reason::CanaryRecovered,
-                    format!(
-                        "{} on node {}: Ok again (was {was}) via {}",
-                        outcome.image,
-                        outcome.node,
-                        outcome.credential.as_deref().unwrap_or("anonymous")
-                    ),
-                    &outcome.image,
-                ));
-            }
-        } else {
-            self.failing.insert(slot, outcome.verdict);
-            out.push(EventIntent::new(
-                regarding.clone(),
-                Reason::CanaryFailed,
-                failure_note(
-                    &outcome.image,
-                    &outcome.node,
-                    outcome.verdict,
-                    &outcome.message,
-                    outcome.hint,
-                ),
-                &format!("{}|{}", outcome.image, outcome.verdict),
-            ));
-        }
-        for warning in &outcome.warnings {
-            if warning.starts_with("ExpiringSoon") {
-                out.push(EventIntent::new(
-                    regarding.clone(),
-                    Reason::CredentialExpiringSoon,
-                    format!("{} on node {}: {warning}", outcome.image, outcome.node),
-                    &outcome.image,
-                ));
-            }
-        }
-        out
+/// The Events for a canary outcome, given the [`Transition`] it made: `CanaryFailed` on every
+/// failure (aggregated per image and verdict), `CanaryRecovered` when an image that failed is `Ok`
+/// again, `CredentialExpiringSoon` while the credential that worked says it expires within the
+/// warning window (or has expired, yet was accepted).
+pub fn for_canary(outcome: &CanaryOutcome, transition: Transition) -> Vec<EventIntent> {
+    let regarding = Regarding::PullSet(ObjectKey::new(&outcome.namespace, &outcome.pullset));
+    let mut out = Vec::new();
+    match transition {
+        Transition::StillOk => {}
+        Transition::Recovered { was } => out.push(EventIntent::new(
+            regarding.clone(),
+            Reason::CanaryRecovered,
+            format!(
+                "{} on node {}: Ok again (was {was}) via {}",
+                outcome.image,
+                outcome.node,
+                outcome.credential.as_deref().unwrap_or("anonymous")
+            ),
+            &outcome.image,
+        )),
+        Transition::Failed | Transition::StillFailing { .. } => out.push(failure_event(
+            regarding.clone(),
+            Reason::CanaryFailed,
+            failed!(outcome),
+        )),
     }
-
-    /// Forget PullSets that are gone (a new one with the same name starts clean).
-    pub fn retain(&mut self, keep: impl Fn(&ObjectKey) -> bool) {
-        self.failing.retain(|(k, _), _| keep(k));
+    for warning in outcome.warnings.iter().filter(|w| w.is_expiry()) {
+        out.push(EventIntent::new(
+            regarding.clone(),
+            Reason::CredentialExpiringSoon,
+            format!("{} on node {}: {warning}", outcome.image, outcome.node),
+            &outcome.image,
+        ));
     }
+    out
 }
 
 /// A token bucket: `burst` Events at once, then one per `refill`.
@@ -293,9 +287,11 @@ impl Budget {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::decide::canary::runner::{CanaryPath, Trigger};
+    use crate::decide::canary::runner::tests::outcome;
+    use crate::decide::canary::transition::Transitions;
+    use crate::decide::canary::warning::CanaryWarning;
     use crate::model::outcome::OutcomeKind;
-    use crate::model::pullset::CanaryDepth;
+    use std::time::SystemTime;
 
     fn prepull(action: Action, verdict: Verdict) -> Outcome {
         Outcome {
@@ -316,31 +312,6 @@ mod tests {
             repo_digest: None,
             size_bytes: None,
             warnings: vec![],
-        }
-    }
-
-    fn canary(image: &str, verdict: Verdict, warnings: Vec<String>) -> CanaryOutcome {
-        CanaryOutcome {
-            kind: "canary",
-            time: String::new(),
-            node: "n1".into(),
-            namespace: "payments".into(),
-            pullset: "critical".into(),
-            image: image.into(),
-            trigger: Trigger::Schedule,
-            path: CanaryPath::Registry,
-            depth: CanaryDepth::Manifest,
-            credential: Some("secret payments/regcred key r".into()),
-            verdict,
-            message: "m".into(),
-            hint: None,
-            duration_ms: 1,
-            bytes: 0,
-            throughput_bps: None,
-            requests: 1,
-            manifest_digest: None,
-            expires_at: None,
-            warnings,
         }
     }
 
@@ -376,17 +347,22 @@ mod tests {
 
     #[test]
     fn canary_transitions() {
-        let mut events = CanaryEvents::default();
-        assert!(events.observe(&canary("a", Verdict::Ok, vec![])).is_empty());
-        let failed = events.observe(&canary("a", Verdict::Unauthorized, vec![]));
+        let mut transitions = Transitions::default();
+        let mut observe = |image: &str, verdict: Verdict, warnings: Vec<CanaryWarning>| {
+            let o = outcome(image, verdict, warnings);
+            for_canary(&o, transitions.observe(&o))
+        };
+        assert!(observe("a", Verdict::Ok, vec![]).is_empty());
+        let failed = observe("a", Verdict::Unauthorized, vec![]);
         assert_eq!(failed.len(), 1);
         assert_eq!(failed[0].reason, Reason::CanaryFailed);
-        let repeat = events.observe(&canary("a", Verdict::Unauthorized, vec![]));
+        assert_eq!(failed[0].note, "a on node n1: Unauthorized: m");
+        let repeat = observe("a", Verdict::Unauthorized, vec![]);
         assert_eq!(repeat[0].aggregation, failed[0].aggregation);
         // Another image failing is its own Event.
-        let b = events.observe(&canary("b", Verdict::Unauthorized, vec![]));
+        let b = observe("b", Verdict::Unauthorized, vec![]);
         assert_ne!(b[0].aggregation, failed[0].aggregation);
-        let recovered = events.observe(&canary("a", Verdict::Ok, vec![]));
+        let recovered = observe("a", Verdict::Ok, vec![]);
         assert_eq!(recovered.len(), 1);
         assert_eq!(recovered[0].reason, Reason::CanaryRecovered);
         assert!(
@@ -394,17 +370,29 @@ mod tests {
             "{}",
             recovered[0].note
         );
-        assert!(events.observe(&canary("a", Verdict::Ok, vec![])).is_empty());
-        let expiring = events.observe(&canary(
-            "a",
-            Verdict::Ok,
-            vec!["ExpiringSoon: expires in 1h".into()],
-        ));
+        assert!(observe("a", Verdict::Ok, vec![]).is_empty());
+        let at = SystemTime::now() + Duration::from_secs(3600);
+        let expiring = observe("a", Verdict::Ok, vec![CanaryWarning::ExpiringSoon { at }]);
         assert_eq!(expiring.len(), 1);
         assert_eq!(expiring[0].reason, Reason::CredentialExpiringSoon);
         assert_eq!(expiring[0].severity, Severity::Warning);
-        events.retain(|_| false);
-        assert!(events.observe(&canary("b", Verdict::Ok, vec![])).is_empty());
+        assert_eq!(
+            expiring[0].note,
+            format!(
+                "a on node n1: ExpiringSoon: the credential expires at {}",
+                humantime::format_rfc3339_seconds(at)
+            )
+        );
+        // Other warnings are no Event of their own.
+        let mirrored = observe(
+            "a",
+            Verdict::Ok,
+            vec![CanaryWarning::MirrorInPath {
+                registry: "r".into(),
+                mirrors: vec!["m".into()],
+            }],
+        );
+        assert!(mirrored.is_empty(), "{mirrored:?}");
     }
 
     #[test]

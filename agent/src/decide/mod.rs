@@ -1,7 +1,7 @@
 //! Decisions: pure rules over the model, tested with data tables. Nothing here names an adapter
 //! crate or runs a process (the tidy test in `tests/tests/tidy.rs` holds that); the world is
 //! reached only through the traits declared here (`runtime::ImageRuntime`,
-//! `canary::runner::RegistryProbe`, `credentials::CredentialResolver`).
+//! `runtime::RegistryMirrors`, `canary::runner::RegistryProbe`, `credentials::CredentialResolver`).
 
 pub mod canary;
 pub mod conditions;

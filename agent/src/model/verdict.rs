@@ -1,6 +1,6 @@
-//! The verdict taxonomy shared by every path (pre-pull, canaries, reporters), and the rules that turn
-//! a runtime's error into one. Pure code: the CRI adapter hands over the runtime's own message, this
-//! module decides what it means.
+//! The verdict taxonomy shared by every path (pre-pull, canaries, reporters): names, hints and
+//! which verdicts are transient. Turning a runtime's error into one is
+//! `decide::runtime::RuntimeFailure::verdict`; a registry's, the registry adapter's probe.
 
 use serde::Serialize;
 use std::fmt;
@@ -134,71 +134,6 @@ impl fmt::Display for Verdict {
     }
 }
 
-/// Classifies the error message a container runtime returned for `PullImage`.
-///
-/// containerd reports registry failures as text inside a gRPC `Unknown` status, e.g.
-/// `failed to pull and unpack image "…": failed to resolve reference "…": pulling from host … failed
-/// with status code [manifests v1]: 401 Unauthorized`. The rules below match the phrases containerd's
-/// remotes/docker resolver and fetcher produce (and CRI-O's equivalents); the integration tests pin
-/// them against a real containerd. Anything unrecognised is a `RuntimeError`, never a guess.
-pub fn classify_pull_error(message: &str) -> Verdict {
-    let m = message.to_ascii_lowercase();
-    let has = |needle: &str| m.contains(needle);
-
-    // Authorisation: a 401/403 from the registry, or the resolver's own auth errors.
-    if has("401 unauthorized")
-        || has("403 forbidden")
-        || has("unauthorized: ")
-        || has("authorization failed")
-        || has("failed to fetch anonymous token")
-        || has("failed to fetch oauth token")
-        || has("denied: requested access to the resource is denied")
-        || has("no basic auth credentials")
-    {
-        return Verdict::Unauthorized;
-    }
-    if has("429 too many requests") || has("toomanyrequests") {
-        return Verdict::RateLimited;
-    }
-    // Absent repository, tag or digest.
-    if (has("failed to resolve reference") && has(": not found"))
-        || has("manifest unknown")
-        || has("name unknown")
-        || has("404 not found")
-        || has("blob unknown")
-    {
-        return Verdict::NotFound;
-    }
-    if has("unexpected commit digest")
-        || has("digest mismatch")
-        || has("unexpected digest")
-        || has("content digest") && has("not match")
-    {
-        return Verdict::DigestMismatch;
-    }
-    // Transport-level failures between the runtime and the registry.
-    if has("connection refused")
-        || has("no such host")
-        || has("i/o timeout")
-        || has("network is unreachable")
-        || has("no route to host")
-        || has("connection reset by peer")
-        || has("tls: ")
-        || has("x509: ")
-        || has("server gave http response to https client")
-        || has("dial tcp")
-        || has("eof") && has("pulling from host")
-        || has("context deadline exceeded")
-            && (has("resolve") || has("dial") || has("pulling from host"))
-        || has("502 bad gateway")
-        || has("503 service unavailable")
-        || has("504 gateway timeout")
-    {
-        return Verdict::Network;
-    }
-    Verdict::RuntimeError
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -215,61 +150,6 @@ mod tests {
                 serde_json::json!(v.as_str())
             );
             assert!(!v.hint().is_empty());
-        }
-    }
-
-    #[test]
-    fn classify_table() {
-        let cases = [
-            // containerd 1.6, basic auth with a wrong password.
-            (
-                r#"failed to pull and unpack image "127.0.0.1:5000/app:v1": failed to resolve reference "127.0.0.1:5000/app:v1": pulling from host 127.0.0.1:5000 failed with status code [manifests v1]: 401 Unauthorized"#,
-                Verdict::Unauthorized,
-            ),
-            (
-                r#"failed to pull and unpack image "r.io/a:v1": failed to resolve reference "r.io/a:v1": failed to authorize: failed to fetch oauth token: unexpected status: 401 Unauthorized"#,
-                Verdict::Unauthorized,
-            ),
-            (
-                r#"failed to pull and unpack image "r.io/a:v1": failed to resolve reference "r.io/a:v1": failed to authorize: failed to fetch anonymous token: unexpected status: 403 Forbidden"#,
-                Verdict::Unauthorized,
-            ),
-            (
-                r#"failed to pull and unpack image "127.0.0.1:5000/app:nope": failed to resolve reference "127.0.0.1:5000/app:nope": 127.0.0.1:5000/app:nope: not found"#,
-                Verdict::NotFound,
-            ),
-            (
-                r#"rpc error: failed to copy: httpReadSeeker: failed open: content at https://r.io/v2/a/blobs/sha256:ab not found: not found... manifest unknown"#,
-                Verdict::NotFound,
-            ),
-            (
-                r#"failed to pull and unpack image "127.0.0.1:5000/app:v1": failed to resolve reference "127.0.0.1:5000/app:v1": failed to do request: Head "http://127.0.0.1:5000/v2/app/manifests/v1": dial tcp 127.0.0.1:5000: connect: connection refused"#,
-                Verdict::Network,
-            ),
-            (
-                r#"failed to resolve reference "nope.invalid/a:v1": failed to do request: Head "https://nope.invalid/v2/a/manifests/v1": dial tcp: lookup nope.invalid: no such host"#,
-                Verdict::Network,
-            ),
-            (
-                r#"failed to do request: Head "https://r.io/v2/": tls: failed to verify certificate: x509: certificate signed by unknown authority"#,
-                Verdict::Network,
-            ),
-            (
-                r#"failed to pull and unpack image "docker.io/library/a:1": failed to copy: httpReadSeeker: failed open: unexpected status code https://registry-1.docker.io/v2/library/a/manifests/sha256:1: 429 Too Many Requests - Server message: toomanyrequests: You have reached your pull rate limit."#,
-                Verdict::RateLimited,
-            ),
-            (
-                r#"failed to pull and unpack image "r.io/a:1": failed to extract layer sha256:1: failed to unpack: unexpected commit digest sha256:2, expected sha256:1: failed precondition"#,
-                Verdict::DigestMismatch,
-            ),
-            (
-                r#"failed to pull and unpack image "r.io/a:1": failed to prepare extraction snapshot: no space left on device"#,
-                Verdict::RuntimeError,
-            ),
-            ("", Verdict::RuntimeError),
-        ];
-        for (message, expected) in cases {
-            assert_eq!(classify_pull_error(message), expected, "{message}");
         }
     }
 

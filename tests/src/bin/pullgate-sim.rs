@@ -498,7 +498,7 @@ impl Fleet {
                 node: name.clone(),
                 expiry_warning: Duration::from_secs(7200),
                 runtime: None,
-                runtime_config: None,
+                mirrors: None,
             });
             let config = ServiceConfig {
                 node: NodeInfo {

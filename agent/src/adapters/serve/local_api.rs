@@ -335,7 +335,7 @@ fn canary_to_proto(o: &CanaryOutcome) -> pb::CanaryResult {
         duration_ms: o.duration_ms,
         bytes: o.bytes,
         requests: o.requests,
-        warnings: o.warnings.clone(),
+        warnings: o.warnings.iter().map(ToString::to_string).collect(),
     }
 }
 

@@ -3,3 +3,5 @@
 pub mod jitter;
 pub mod rotation;
 pub mod runner;
+pub mod transition;
+pub mod warning;

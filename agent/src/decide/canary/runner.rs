@@ -1,9 +1,13 @@
-//! Runs a registry-direct canary for the images of a PullSet: resolves the candidates as the
-//! kubelet would, probes with each in order until one works, and turns what happened into one
-//! outcome per image. A fallback never hides a broken secret: when an earlier candidate fails and a
-//! later one (or nothing) succeeds, the outcome is `Ok` with a `CredentialFailing` warning.
+//! Runs the canaries for the images of a PullSet: resolves the candidates as the kubelet would,
+//! probes with each in order until one works — registry-direct through a [`RegistryProbe`], and for
+//! `canary.runtime: true` also through the runtime's `PullImage` ([`ImageRuntime`]) — and turns what
+//! happened into one outcome per image and path. A fallback never hides a broken secret: when an
+//! earlier candidate fails and a later one (or nothing) succeeds, the outcome is `Ok` with a
+//! [`CanaryWarning::CredentialFailing`].
 
+use crate::decide::canary::warning::CanaryWarning;
 use crate::decide::credentials::{Candidate, CredentialResolver, Resolution};
+use crate::decide::runtime::{ImageRuntime, PullAuth, RegistryMirrors};
 use crate::decide::secret_scrub::scrub;
 use crate::model::image_ref::ImageRef;
 use crate::model::inventory::Inventory;
@@ -12,6 +16,7 @@ use crate::model::pullset::{CanaryDepth, ValidPullSet};
 use crate::model::verdict::Verdict;
 use futures::future::BoxFuture;
 use serde::Serialize;
+use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 /// What a probe saw when it worked.
@@ -38,18 +43,6 @@ pub trait RegistryProbe: Send + Sync {
         candidate: Option<&'a Candidate>,
         depth: CanaryDepth,
     ) -> BoxFuture<'a, Result<ProbeReport, ProbeFailure>>;
-}
-
-/// A pull through the container runtime, as the runtime canary needs it (implemented by the CRI
-/// adapter). containerd resolves the reference against the registry on every `PullImage`, cached
-/// image or not, so the credential is exercised through the node's real path (mirrors, proxies,
-/// CAs); nothing is removed from the node.
-pub trait RuntimePull: Send + Sync {
-    fn pull<'a>(
-        &'a self,
-        image: &'a str,
-        candidate: Option<&'a Candidate>,
-    ) -> BoxFuture<'a, Result<String, ProbeFailure>>;
 }
 
 /// Which path a canary took.
@@ -106,9 +99,9 @@ pub struct CanaryOutcome {
     /// When the credential used says it expires.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub expires_at: Option<String>,
-    /// `CredentialFailing: …`, `ExpiringSoon: …`.
+    /// Serialised as their text (`CredentialFailing: …`, `ExpiringSoon: …`, `MirrorInPath: …`).
     #[serde(skip_serializing_if = "Vec::is_empty")]
-    pub warnings: Vec<String>,
+    pub warnings: Vec<CanaryWarning>,
 }
 
 /// Runs canaries.
@@ -117,10 +110,12 @@ pub struct CanaryRunner<P> {
     pub node: String,
     /// Warn when a credential expires within this window.
     pub expiry_warning: Duration,
-    /// For runtime canaries (`canary.runtime: true`); none: registry-direct only.
-    pub runtime: Option<std::sync::Arc<dyn RuntimePull>>,
-    /// The runtime's registry configuration (containerd's `hosts.toml` directory).
-    pub runtime_config: Option<std::path::PathBuf>,
+    /// For runtime canaries (`canary.runtime: true`): `PullImage` through the node's runtime;
+    /// none: registry-direct only.
+    pub runtime: Option<Arc<dyn ImageRuntime>>,
+    /// The runtime's registry routing, to say when a runtime canary went through a mirror; none:
+    /// not known.
+    pub mirrors: Option<Arc<dyn RegistryMirrors>>,
 }
 
 impl<P: RegistryProbe> CanaryRunner<P> {
@@ -189,9 +184,9 @@ impl<P: RegistryProbe> CanaryRunner<P> {
         };
         let reference = image.pull_reference();
         let mirrors = self
-            .runtime_config
-            .as_deref()
-            .map(|dir| crate::adapters::containerd_config::mirrors(dir, &image.registry))
+            .mirrors
+            .as_ref()
+            .map(|m| m.mirrors(&image.registry))
             .unwrap_or_default();
         let runtime = &runtime;
         let reference = &reference;
@@ -205,14 +200,21 @@ impl<P: RegistryProbe> CanaryRunner<P> {
                 trigger,
                 CanaryPath::Runtime,
                 |candidate| {
+                    let auth = candidate.map(|c| PullAuth {
+                        username: &c.username,
+                        password: &c.password,
+                    });
                     Box::pin(async move {
-                        runtime
-                            .pull(reference, candidate)
-                            .await
-                            .map(|id| ProbeReport {
+                        match runtime.pull_image(reference, auth).await {
+                            Ok(id) => Ok(ProbeReport {
                                 manifest_digest: id,
                                 ..ProbeReport::default()
-                            })
+                            }),
+                            Err(failure) => Err(ProbeFailure {
+                                verdict: failure.verdict(),
+                                message: failure.to_string(),
+                            }),
+                        }
                     })
                 },
             )
@@ -222,11 +224,10 @@ impl<P: RegistryProbe> CanaryRunner<P> {
             o.message = "pulled through the runtime (the registry re-resolved the reference with this credential)".into();
         }
         if !mirrors.is_empty() {
-            o.warnings.push(format!(
-                "MirrorInPath: the runtime routes {} through {}; a mirror may serve cached content without checking credentials, so only the registry-direct canary proves them",
-                image.registry,
-                mirrors.join(", ")
-            ));
+            o.warnings.push(CanaryWarning::MirrorInPath {
+                registry: image.registry.clone(),
+                mirrors,
+            });
         }
         o
     }
@@ -352,22 +353,16 @@ impl<P: RegistryProbe> CanaryRunner<P> {
                         outcome.expires_at =
                             Some(humantime::format_rfc3339_seconds(expires).to_string());
                         if expired {
-                            outcome.warnings.push("ExpiringSoon: the credential's own expiry has passed, yet the registry accepted it".into());
+                            outcome.warnings.push(CanaryWarning::ExpiryPassed);
                         } else if expires.duration_since(now).unwrap_or_default()
                             <= self.expiry_warning
                         {
-                            outcome.warnings.push(format!(
-                                "ExpiringSoon: the credential expires at {}",
-                                humantime::format_rfc3339_seconds(expires)
-                            ));
+                            outcome
+                                .warnings
+                                .push(CanaryWarning::ExpiringSoon { at: expires });
                         }
                     }
-                    for (label, f) in &failures {
-                        outcome.warnings.push(format!(
-                            "CredentialFailing: {label}: {}: {}",
-                            f.verdict, f.message
-                        ));
-                    }
+                    outcome.warnings.extend(credential_failing(&failures));
                     outcome.duration_ms = millis(elapsed);
                     return outcome;
                 }
@@ -401,13 +396,23 @@ impl<P: RegistryProbe> CanaryRunner<P> {
         outcome.verdict = verdict;
         outcome.message = message;
         outcome.hint = Some(verdict.hint());
-        outcome.warnings = failures
-            .iter()
-            .map(|(label, f)| format!("CredentialFailing: {label}: {}: {}", f.verdict, f.message))
-            .collect();
+        outcome.warnings = credential_failing(&failures).collect();
         outcome.duration_ms = millis(start.elapsed());
         outcome
     }
+}
+
+/// The warnings for candidates that failed before the one that decided.
+fn credential_failing(
+    failures: &[(String, ProbeFailure)],
+) -> impl Iterator<Item = CanaryWarning> + '_ {
+    failures
+        .iter()
+        .map(|(label, f)| CanaryWarning::CredentialFailing {
+            credential: label.clone(),
+            verdict: f.verdict,
+            message: f.message.clone(),
+        })
 }
 
 fn millis(d: Duration) -> u64 {
@@ -415,4 +420,4 @@ fn millis(d: Duration) -> u64 {
 }
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;

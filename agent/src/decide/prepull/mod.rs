@@ -11,7 +11,7 @@ use crate::decide::desired::{DesiredImage, Owner};
 use crate::decide::runtime::{ImageRuntime, PresentImage, PullAuth, RuntimeFailure};
 use crate::decide::secret_scrub::scrub;
 use crate::model::outcome::{Action, Outcome, OutcomeKind, now_rfc3339};
-use crate::model::verdict::{Verdict, classify_pull_error};
+use crate::model::verdict::Verdict;
 use futures::StreamExt as _;
 use secrecy::SecretString;
 use std::collections::{HashMap, HashSet};
@@ -405,14 +405,8 @@ impl<R: ImageRuntime> PrePuller<R> {
 }
 
 fn to_failure(e: RuntimeFailure) -> Failure {
-    let verdict = match &e {
-        RuntimeFailure::Unreachable { .. } | RuntimeFailure::DeadlineExceeded { .. } => {
-            Verdict::RuntimeError
-        }
-        RuntimeFailure::Rejected(message) => classify_pull_error(message),
-    };
     Failure {
-        verdict,
+        verdict: e.verdict(),
         message: e.to_string(),
     }
 }

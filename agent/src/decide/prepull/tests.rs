@@ -1,91 +1,13 @@
-//! Engine rules against a scripted in-memory runtime (no socket): dedup, candidate order,
-//! retries of transient failures only, findings explaining failures, bounded parallelism.
+//! Engine rules against the shared in-memory runtime (`runtime::fake`, no socket): dedup, candidate
+//! order, retries of transient failures only, findings explaining failures, bounded parallelism.
 
 use super::*;
-use crate::decide::credentials::{CredentialSource, Finding, Resolution};
+use crate::decide::credentials::{Finding, Resolution};
 use crate::decide::desired::Owner;
+use crate::decide::runtime::fake::{FakeRuntime, candidate, rejected};
 use crate::model::image_ref::ImageRef;
 use crate::model::inventory::ObjectKey;
-use secrecy::{ExposeSecret, SecretString};
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicUsize, Ordering};
-
-/// Scripted answers: for each (image, password) a queue of results; present images by reference.
-#[derive(Default)]
-struct Scripted {
-    present: Mutex<HashMap<String, PresentImage>>,
-    answers: Mutex<HashMap<(String, String), Vec<Result<(), RuntimeFailure>>>>,
-    pulls: Mutex<Vec<(String, String)>>,
-    in_flight: AtomicUsize,
-    max_in_flight: AtomicUsize,
-}
-
-impl Scripted {
-    fn answer(&self, image: &str, password: &str, results: Vec<Result<(), RuntimeFailure>>) {
-        self.answers
-            .lock()
-            .unwrap()
-            .insert((image.into(), password.into()), results);
-    }
-}
-
-impl ImageRuntime for Scripted {
-    async fn list_images(&self) -> Result<Vec<PresentImage>, RuntimeFailure> {
-        Ok(self.present.lock().unwrap().values().cloned().collect())
-    }
-
-    async fn image_status(&self, image: &str) -> Result<Option<PresentImage>, RuntimeFailure> {
-        Ok(self.present.lock().unwrap().get(image).cloned())
-    }
-
-    async fn pull_image(
-        &self,
-        image: &str,
-        auth: Option<PullAuth<'_>>,
-    ) -> Result<String, RuntimeFailure> {
-        let password = auth.map_or(String::new(), |a| a.password.expose_secret().to_string());
-        let n = self.in_flight.fetch_add(1, Ordering::SeqCst) + 1;
-        self.max_in_flight.fetch_max(n, Ordering::SeqCst);
-        tokio::time::sleep(Duration::from_millis(5)).await;
-        self.in_flight.fetch_sub(1, Ordering::SeqCst);
-        self.pulls
-            .lock()
-            .unwrap()
-            .push((image.to_string(), password.clone()));
-        let next = {
-            let mut answers = self.answers.lock().unwrap();
-            match answers.get_mut(&(image.to_string(), password)) {
-                Some(q) if !q.is_empty() => q.remove(0),
-                _ => Ok(()),
-            }
-        };
-        next?;
-        let id = format!("sha256:id-of-{image}");
-        let (name, _) = image.rsplit_once(':').unwrap();
-        self.present.lock().unwrap().insert(
-            image.to_string(),
-            PresentImage {
-                id: id.clone(),
-                repo_tags: vec![image.to_string()],
-                repo_digests: vec![format!("{name}@sha256:digest")],
-                size: 1024,
-            },
-        );
-        Ok(id)
-    }
-}
-
-fn candidate(secret: &str, password: &str) -> Candidate {
-    Candidate {
-        source: CredentialSource::PullSecret {
-            secret: ObjectKey::new("ns", secret),
-            key: "r.io".into(),
-        },
-        username: "u".into(),
-        password: SecretString::from(password.to_string()),
-        expires_at: None,
-    }
-}
 
 fn desired(image: &str, owners: Vec<(&str, Vec<Candidate>, Vec<Finding>)>) -> DesiredImage {
     DesiredImage {
@@ -115,7 +37,7 @@ fn fast() -> PrePullConfig {
     }
 }
 
-async fn run(runtime: Arc<Scripted>, desired: Vec<DesiredImage>) -> Vec<Outcome> {
+async fn run(runtime: Arc<FakeRuntime>, desired: Vec<DesiredImage>) -> Vec<Outcome> {
     let engine = PrePuller::new(runtime, fast(), "node-1");
     let out = Mutex::new(Vec::new());
     engine
@@ -128,16 +50,12 @@ async fn run(runtime: Arc<Scripted>, desired: Vec<DesiredImage>) -> Vec<Outcome>
     v
 }
 
-fn rejected(msg: &str) -> Result<(), RuntimeFailure> {
-    Err(RuntimeFailure::Rejected(msg.into()))
-}
-
 const UNAUTHORIZED: &str = "failed to resolve reference: pulling from host r.io failed with status code [manifests 1]: 401 Unauthorized";
 const REFUSED: &str = "failed to do request: dial tcp 127.0.0.1:1: connect: connection refused";
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn pulls_once_for_several_owners_and_reports_each() {
-    let rt = Arc::new(Scripted::default());
+    let rt = Arc::new(FakeRuntime::default());
     let out = run(
         rt.clone(),
         vec![desired(
@@ -159,18 +77,10 @@ async fn pulls_once_for_several_owners_and_reports_each() {
     }
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn present_images_are_not_pulled() {
-    let rt = Arc::new(Scripted::default());
-    rt.present.lock().unwrap().insert(
-        "r.io/a:1".into(),
-        PresentImage {
-            id: "sha256:x".into(),
-            repo_tags: vec!["r.io/a:1".into()],
-            repo_digests: vec![],
-            size: 0,
-        },
-    );
+    let rt = Arc::new(FakeRuntime::default());
+    rt.hold("r.io/a:1", "sha256:x");
     let out = run(
         rt.clone(),
         vec![desired("r.io/a:1", vec![("s1", vec![], vec![])])],
@@ -183,9 +93,9 @@ async fn present_images_are_not_pulled() {
     );
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn candidates_are_tried_in_order_and_failures_are_warned() {
-    let rt = Arc::new(Scripted::default());
+    let rt = Arc::new(FakeRuntime::default());
     rt.answer("r.io/a:1", "old", vec![rejected(UNAUTHORIZED)]);
     let out = run(
         rt.clone(),
@@ -199,14 +109,7 @@ async fn candidates_are_tried_in_order_and_failures_are_warned() {
         )],
     )
     .await;
-    let pulls: Vec<_> = rt
-        .pulls
-        .lock()
-        .unwrap()
-        .iter()
-        .map(|p| p.1.clone())
-        .collect();
-    assert_eq!(pulls, ["old", "new"]);
+    assert_eq!(rt.passwords_tried(), ["old", "new"]);
     assert_eq!(out[0].verdict, Verdict::Ok);
     assert_eq!(
         out[0].credential.as_deref(),
@@ -219,9 +122,9 @@ async fn candidates_are_tried_in_order_and_failures_are_warned() {
     );
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn transient_failures_are_retried_and_permanent_ones_are_not() {
-    let rt = Arc::new(Scripted::default());
+    let rt = Arc::new(FakeRuntime::default());
     rt.answer(
         "r.io/net:1",
         "pw",
@@ -263,9 +166,9 @@ async fn transient_failures_are_retried_and_permanent_ones_are_not() {
     assert!(out.iter().all(|o| o.verdict.is_ok() || o.hint.is_some()));
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn findings_explain_an_anonymous_failure_per_owner() {
-    let rt = Arc::new(Scripted::default());
+    let rt = Arc::new(FakeRuntime::default());
     rt.answer("r.io/a:1", "", vec![rejected(UNAUTHORIZED)]);
     let missing = Finding {
         verdict: Verdict::SecretNotFound,
@@ -285,21 +188,21 @@ async fn findings_explain_an_anonymous_failure_per_owner() {
     assert_eq!(out[0].credential.as_deref(), Some("anonymous"));
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn parallelism_is_bounded() {
-    let rt = Arc::new(Scripted::default());
+    let rt = Arc::new(FakeRuntime::default());
     let images: Vec<_> = (0..10)
         .map(|i| desired(&format!("r.io/img{i}:1"), vec![("s", vec![], vec![])]))
         .collect();
     let out = run(rt.clone(), images).await;
     assert_eq!(out.len(), 10);
     assert!(out.iter().all(|o| o.verdict.is_ok()));
-    assert_eq!(rt.max_in_flight.load(Ordering::SeqCst), 2);
+    assert_eq!(rt.max_in_flight(), 2);
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn echoed_passwords_are_scrubbed() {
-    let rt = Arc::new(Scripted::default());
+    let rt = Arc::new(FakeRuntime::default());
     rt.answer(
         "r.io/a:1",
         "leaky-password",
@@ -336,9 +239,9 @@ fn retry_delays_are_capped_and_bounded() {
     );
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn each_owner_is_judged_by_its_own_credentials() {
-    let rt = Arc::new(Scripted::default());
+    let rt = Arc::new(FakeRuntime::default());
     rt.answer("r.io/a:1", "stale", vec![rejected(UNAUTHORIZED)]);
     let missing = Finding {
         verdict: Verdict::SecretNotFound,
@@ -377,19 +280,12 @@ async fn each_owner_is_judged_by_its_own_credentials() {
     assert!(by["broken"].warnings[0].starts_with("secret ns/old key r.io failed: Unauthorized"));
     assert!(by["healthy"].warnings.is_empty() && by["no-secret"].warnings.is_empty());
     // `no-secret`'s anonymous attempt was never needed.
-    let tried: Vec<_> = rt
-        .pulls
-        .lock()
-        .unwrap()
-        .iter()
-        .map(|p| p.1.clone())
-        .collect();
-    assert_eq!(tried, ["stale", "fresh"]);
+    assert_eq!(rt.passwords_tried(), ["stale", "fresh"]);
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn when_all_fail_each_owner_gets_its_own_verdict() {
-    let rt = Arc::new(Scripted::default());
+    let rt = Arc::new(FakeRuntime::default());
     rt.answer("r.io/a:1", "stale", vec![rejected(UNAUTHORIZED)]);
     rt.answer("r.io/a:1", "", vec![rejected(UNAUTHORIZED)]);
     let missing = Finding {
@@ -421,9 +317,9 @@ async fn when_all_fail_each_owner_gets_its_own_verdict() {
     );
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn a_blocked_owner_attempts_nothing_and_gets_its_verdict() {
-    let rt = Arc::new(Scripted::default());
+    let rt = Arc::new(FakeRuntime::default());
     let malformed = Finding {
         verdict: Verdict::SecretMalformed,
         message: "pull secret ns/broken key `.dockerconfigjson`: not valid JSON".into(),

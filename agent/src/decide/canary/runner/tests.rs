@@ -1,7 +1,11 @@
+//! Runner rules: candidates in order, fallbacks warned, expiry, blocked resolutions; the runtime
+//! path against the shared in-memory runtime (`runtime::fake`).
+
 use super::*;
-use crate::decide::credentials::{CredentialSource, Finding};
-use crate::model::inventory::ObjectKey;
-use secrecy::{ExposeSecret as _, SecretString};
+use crate::decide::credentials::Finding;
+use crate::decide::runtime::RuntimeFailure;
+use crate::decide::runtime::fake::{FakeRuntime, candidate, rejected};
+use secrecy::ExposeSecret as _;
 use std::collections::HashMap;
 
 /// Answers by password: Ok, or a failure with the given verdict.
@@ -37,32 +41,50 @@ impl RegistryProbe for Scripted {
     }
 }
 
-fn candidate(secret: &str, password: &str, expires_in: Option<i64>) -> Candidate {
+/// A candidate that says it expires `expires_in` seconds from now (negative: ago).
+fn expiring(secret: &str, password: &str, expires_in: i64) -> Candidate {
+    let now = SystemTime::now();
+    let by = Duration::from_secs(expires_in.unsigned_abs());
     Candidate {
-        source: CredentialSource::PullSecret {
-            secret: ObjectKey::new("ns", secret),
-            key: "r.io".into(),
-        },
-        username: "u".into(),
-        password: SecretString::from(password.to_string()),
-        expires_at: expires_in.map(|s| {
-            if s >= 0 {
-                SystemTime::now() + Duration::from_secs(s as u64)
-            } else {
-                SystemTime::now() - Duration::from_secs((-s) as u64)
-            }
-        }),
+        expires_at: Some(if expires_in >= 0 { now + by } else { now - by }),
+        ..candidate(secret, password)
     }
 }
 
-fn run(answers: &[(&'static str, Verdict)], resolution: Resolution) -> CanaryOutcome {
-    let runner = CanaryRunner {
+fn runner(answers: &[(&'static str, Verdict)]) -> CanaryRunner<Scripted> {
+    CanaryRunner {
         probe: Scripted(answers.iter().copied().collect()),
         node: "n1".into(),
         expiry_warning: Duration::from_secs(7200),
         runtime: None,
-        runtime_config: None,
-    };
+        mirrors: None,
+    }
+}
+
+/// A canary outcome as the runner makes one, for the modules that consume them.
+pub(crate) fn outcome(
+    image: &str,
+    verdict: Verdict,
+    warnings: Vec<CanaryWarning>,
+) -> CanaryOutcome {
+    let mut o = runner(&[]).blank(
+        "payments",
+        "critical",
+        &ImageRef::parse(image).unwrap_or_else(|e| panic!("{image}: {e}")),
+        CanaryDepth::Manifest,
+        Trigger::Schedule,
+        CanaryPath::Registry,
+    );
+    o.image = image.into();
+    o.credential = Some("secret payments/regcred key r".into());
+    o.verdict = verdict;
+    o.message = "m".into();
+    o.warnings = warnings;
+    o
+}
+
+fn run(answers: &[(&'static str, Verdict)], resolution: Resolution) -> CanaryOutcome {
+    let runner = runner(answers);
     let image = ImageRef::parse("r.io/a:1").unwrap();
     futures::executor::block_on(runner.check_image(
         "ns",
@@ -88,8 +110,8 @@ fn fallbacks_never_hide_a_broken_secret() {
         &[("old-password", Verdict::Unauthorized)],
         resolution(
             vec![
-                candidate("stale", "old-password", None),
-                candidate("fresh", "new-password", None),
+                candidate("stale", "old-password"),
+                candidate("fresh", "new-password"),
             ],
             vec![],
         ),
@@ -97,13 +119,20 @@ fn fallbacks_never_hide_a_broken_secret() {
     assert_eq!(o.verdict, Verdict::Ok);
     assert_eq!(o.credential.as_deref(), Some("secret ns/fresh key r.io"));
     assert_eq!(o.warnings.len(), 1);
-    assert!(
-        o.warnings[0].starts_with("CredentialFailing: secret ns/stale key r.io: Unauthorized"),
-        "{:?}",
-        o.warnings
+    let CanaryWarning::CredentialFailing {
+        credential,
+        verdict,
+        message,
+    } = &o.warnings[0]
+    else {
+        panic!("{:?}", o.warnings)
+    };
+    assert_eq!(
+        (credential.as_str(), *verdict),
+        ("secret ns/stale key r.io", Verdict::Unauthorized)
     );
     assert!(
-        !o.warnings[0].contains("old-password"),
+        !message.contains("old-password"),
         "password scrubbed: {:?}",
         o.warnings
     );
@@ -122,22 +151,22 @@ fn verdict_table() {
     let cases: Vec<(&[(&'static str, Verdict)], Resolution, Verdict)> = vec![
         (
             &[("pw", Verdict::Unauthorized)],
-            resolution(vec![candidate("s", "pw", None)], vec![]),
+            resolution(vec![candidate("s", "pw")], vec![]),
             Verdict::Unauthorized,
         ),
         (
             &[("pw", Verdict::NotFound)],
-            resolution(vec![candidate("s", "pw", None)], vec![]),
+            resolution(vec![candidate("s", "pw")], vec![]),
             Verdict::NotFound,
         ),
         (
             &[("pw", Verdict::RateLimited)],
-            resolution(vec![candidate("s", "pw", None)], vec![]),
+            resolution(vec![candidate("s", "pw")], vec![]),
             Verdict::RateLimited,
         ),
         (
             &[("pw", Verdict::Network)],
-            resolution(vec![candidate("s", "pw", None)], vec![]),
+            resolution(vec![candidate("s", "pw")], vec![]),
             Verdict::Network,
         ),
         // Anonymous failure explained by what resolution found.
@@ -149,18 +178,18 @@ fn verdict_table() {
         // The credential says it has expired and the registry refuses it: Expired.
         (
             &[("pw", Verdict::Unauthorized)],
-            resolution(vec![candidate("s", "pw", Some(-60))], vec![]),
+            resolution(vec![expiring("s", "pw", -60)], vec![]),
             Verdict::Expired,
         ),
         // Expired but the failure is elsewhere: that failure.
         (
             &[("pw", Verdict::Network)],
-            resolution(vec![candidate("s", "pw", Some(-60))], vec![]),
+            resolution(vec![expiring("s", "pw", -60)], vec![]),
             Verdict::Network,
         ),
         (
             &[],
-            resolution(vec![candidate("s", "pw", None)], vec![]),
+            resolution(vec![candidate("s", "pw")], vec![]),
             Verdict::Ok,
         ),
     ];
@@ -173,21 +202,18 @@ fn verdict_table() {
 
 #[test]
 fn expiring_soon_is_a_warning_on_success() {
-    let o = run(
-        &[],
-        resolution(vec![candidate("s", "pw", Some(600))], vec![]),
-    );
+    let o = run(&[], resolution(vec![expiring("s", "pw", 600)], vec![]));
     assert_eq!(o.verdict, Verdict::Ok);
     assert!(o.expires_at.is_some());
     assert!(
-        o.warnings.iter().any(|w| w.starts_with("ExpiringSoon")),
+        matches!(o.warnings[..], [CanaryWarning::ExpiringSoon { .. }]),
         "{:?}",
         o.warnings
     );
-    let o = run(
-        &[],
-        resolution(vec![candidate("s", "pw", Some(86_400))], vec![]),
-    );
+    let o = run(&[], resolution(vec![expiring("s", "pw", -60)], vec![]));
+    assert_eq!(o.verdict, Verdict::Ok);
+    assert_eq!(o.warnings, [CanaryWarning::ExpiryPassed]);
+    let o = run(&[], resolution(vec![expiring("s", "pw", 86_400)], vec![]));
     assert!(o.warnings.is_empty(), "{:?}", o.warnings);
 }
 
@@ -205,4 +231,132 @@ fn a_blocked_resolution_probes_nothing() {
     assert_eq!(json["kind"], "canary");
     assert_eq!(json["trigger"], "rotation");
     assert_eq!(json["depth"], "blobs");
+}
+
+/// Mirrors for every registry.
+struct Mirrors(&'static [&'static str]);
+
+impl RegistryMirrors for Mirrors {
+    fn mirrors(&self, _registry: &str) -> Vec<String> {
+        self.0.iter().map(|m| m.to_string()).collect()
+    }
+}
+
+async fn run_runtime(
+    runtime: Option<Arc<FakeRuntime>>,
+    mirrors: &'static [&'static str],
+    resolution: Resolution,
+) -> CanaryOutcome {
+    let runner = CanaryRunner {
+        runtime: runtime.map(|r| r as Arc<dyn ImageRuntime>),
+        mirrors: Some(Arc::new(Mirrors(mirrors))),
+        ..runner(&[])
+    };
+    let image = ImageRef::parse("r.io/a:1").unwrap();
+    runner
+        .check_runtime("ns", "set", &image, &resolution, Trigger::Manual)
+        .await
+}
+
+const UNAUTHORIZED: &str = "failed to resolve reference: pulling from host r.io failed with status code [manifests 1]: 401 Unauthorized: old-password";
+
+#[tokio::test(start_paused = true)]
+async fn the_runtime_path_judges_the_runtime_by_its_words() {
+    let rt = Arc::new(FakeRuntime::default());
+    rt.answer("r.io/a:1", "old-password", vec![rejected(UNAUTHORIZED)]);
+    let o = run_runtime(
+        Some(rt.clone()),
+        &[],
+        resolution(
+            vec![
+                candidate("stale", "old-password"),
+                candidate("fresh", "new-password"),
+            ],
+            vec![],
+        ),
+    )
+    .await;
+    assert_eq!(rt.passwords_tried(), ["old-password", "new-password"]);
+    assert_eq!((o.path, o.verdict), (CanaryPath::Runtime, Verdict::Ok));
+    assert_eq!(o.credential.as_deref(), Some("secret ns/fresh key r.io"));
+    assert!(
+        o.message.starts_with("pulled through the runtime"),
+        "{}",
+        o.message
+    );
+    assert_eq!(o.manifest_digest, None);
+    let [
+        CanaryWarning::CredentialFailing {
+            verdict, message, ..
+        },
+    ] = &o.warnings[..]
+    else {
+        panic!("{:?}", o.warnings)
+    };
+    assert_eq!(*verdict, Verdict::Unauthorized);
+    assert!(!message.contains("old-password"), "{message}");
+
+    // Every candidate refused: the last one's verdict.
+    rt.answer("r.io/a:1", "pw", vec![rejected(UNAUTHORIZED)]);
+    let o = run_runtime(
+        Some(rt),
+        &[],
+        resolution(vec![candidate("s", "pw")], vec![]),
+    )
+    .await;
+    assert_eq!(o.verdict, Verdict::Unauthorized);
+    assert!(o.hint.is_some());
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_runtime_that_cannot_answer_is_a_runtime_error() {
+    let rt = Arc::new(FakeRuntime::default());
+    rt.answer(
+        "r.io/a:1",
+        "pw",
+        vec![Err(RuntimeFailure::Unreachable {
+            endpoint: "unix:///run/containerd/containerd.sock".into(),
+            cause: "connection refused".into(),
+        })],
+    );
+    let o = run_runtime(
+        Some(rt),
+        &[],
+        resolution(vec![candidate("s", "pw")], vec![]),
+    )
+    .await;
+    assert_eq!(o.verdict, Verdict::RuntimeError);
+    assert!(
+        o.message.contains("cannot reach CRI at unix://"),
+        "{}",
+        o.message
+    );
+
+    let o = run_runtime(None, &[], resolution(vec![candidate("s", "pw")], vec![])).await;
+    assert_eq!(
+        (o.verdict, o.message.as_str()),
+        (
+            Verdict::RuntimeError,
+            "runtime canary requested but no CRI endpoint is configured"
+        )
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_mirror_in_the_runtime_path_is_warned() {
+    let rt = Arc::new(FakeRuntime::default());
+    let o = run_runtime(
+        Some(rt),
+        &["cache.local:5000"],
+        resolution(vec![candidate("s", "pw")], vec![]),
+    )
+    .await;
+    assert_eq!(o.verdict, Verdict::Ok);
+    assert_eq!(
+        o.warnings,
+        [CanaryWarning::MirrorInPath {
+            registry: "r.io".into(),
+            mirrors: vec!["cache.local:5000".into()],
+        }]
+    );
 }

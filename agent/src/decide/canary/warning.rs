@@ -1,0 +1,115 @@
+//! What a canary outcome warns about, typed: event policy matches on the kind, and the text is
+//! made in one place ([`Display`](std::fmt::Display)), the same in the JSON lines, the local API,
+//! `pullgate check` and Events. Never carries a credential: candidates are named by source, and
+//! messages are scrubbed before they get here.
+
+use crate::model::verdict::Verdict;
+use serde::Serialize;
+use std::fmt;
+use std::time::SystemTime;
+
+/// One warning on a canary outcome.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum CanaryWarning {
+    /// A candidate tried before the one that decided the outcome failed (a fallback never hides a
+    /// broken secret).
+    CredentialFailing {
+        /// The candidate, by source (`secret ns/name key K`), or `anonymous`.
+        credential: String,
+        verdict: Verdict,
+        message: String,
+    },
+    /// The credential that worked expires within the warning window.
+    ExpiringSoon { at: SystemTime },
+    /// The credential that worked says it has expired, yet the registry accepted it.
+    ExpiryPassed,
+    /// The runtime routes the registry through mirrors or peer caches (runtime canaries only).
+    MirrorInPath {
+        registry: String,
+        mirrors: Vec<String>,
+    },
+}
+
+impl CanaryWarning {
+    /// Whether this warns that the credential expires (an Event of its own).
+    pub fn is_expiry(&self) -> bool {
+        matches!(self, Self::ExpiringSoon { .. } | Self::ExpiryPassed)
+    }
+}
+
+impl fmt::Display for CanaryWarning {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::CredentialFailing {
+                credential,
+                verdict,
+                message,
+            } => write!(f, "CredentialFailing: {credential}: {verdict}: {message}"),
+            Self::ExpiringSoon { at } => write!(
+                f,
+                "ExpiringSoon: the credential expires at {}",
+                humantime::format_rfc3339_seconds(*at)
+            ),
+            Self::ExpiryPassed => f.write_str(
+                "ExpiringSoon: the credential's own expiry has passed, yet the registry accepted it",
+            ),
+            Self::MirrorInPath { registry, mirrors } => write!(
+                f,
+                "MirrorInPath: the runtime routes {registry} through {}; a mirror may serve cached content without checking credentials, so only the registry-direct canary proves them",
+                mirrors.join(", ")
+            ),
+        }
+    }
+}
+
+/// As its text: the JSON lines carry warnings as strings.
+impl Serialize for CanaryWarning {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[test]
+    fn text_table() {
+        let at = SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000);
+        let cases = [
+            (
+                CanaryWarning::CredentialFailing {
+                    credential: "secret ns/old key r.io".into(),
+                    verdict: Verdict::Unauthorized,
+                    message: "401 Unauthorized".into(),
+                },
+                "CredentialFailing: secret ns/old key r.io: Unauthorized: 401 Unauthorized",
+                false,
+            ),
+            (
+                CanaryWarning::ExpiringSoon { at },
+                "ExpiringSoon: the credential expires at 2023-11-14T22:13:20Z",
+                true,
+            ),
+            (
+                CanaryWarning::ExpiryPassed,
+                "ExpiringSoon: the credential's own expiry has passed, yet the registry accepted it",
+                true,
+            ),
+            (
+                CanaryWarning::MirrorInPath {
+                    registry: "r.io".into(),
+                    mirrors: vec!["cache.local:5000".into(), "peer.local".into()],
+                },
+                "MirrorInPath: the runtime routes r.io through cache.local:5000, peer.local; a mirror may serve cached content without checking credentials, so only the registry-direct canary proves them",
+                false,
+            ),
+        ];
+        for (warning, text, expiry) in cases {
+            assert_eq!(warning.to_string(), text);
+            assert_eq!(serde_json::to_value(&warning).unwrap(), text);
+            assert_eq!(warning.is_expiry(), expiry, "{text}");
+        }
+    }
+}

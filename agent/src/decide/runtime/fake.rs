@@ -1,0 +1,128 @@
+//! The one in-memory [`ImageRuntime`] the unit tests drive (the pre-pull engine's and the runtime
+//! canary's): scripted answers per image and password, what was pulled, and how many pulls were in
+//! flight at once. No socket; a pull takes 5 ms of tokio time (run the tests with paused time).
+
+use super::{ImageRuntime, PresentImage, PullAuth, RuntimeFailure};
+use crate::decide::credentials::{Candidate, CredentialSource};
+use crate::model::inventory::ObjectKey;
+use futures::future::BoxFuture;
+use secrecy::{ExposeSecret as _, SecretString};
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+/// Scripted answers: for each (image, password) a queue of results (then `Ok`); present images by
+/// reference. An anonymous pull has the password `""`.
+#[derive(Default)]
+pub struct FakeRuntime {
+    pub present: Mutex<HashMap<String, PresentImage>>,
+    answers: Mutex<HashMap<(String, String), Vec<Result<(), RuntimeFailure>>>>,
+    /// Every pull, in order: (image, password).
+    pub pulls: Mutex<Vec<(String, String)>>,
+    in_flight: AtomicUsize,
+    max_in_flight: AtomicUsize,
+}
+
+impl FakeRuntime {
+    /// The next pulls of `image` with `password` answer `results`, in order.
+    pub fn answer(&self, image: &str, password: &str, results: Vec<Result<(), RuntimeFailure>>) {
+        lock(&self.answers).insert((image.into(), password.into()), results);
+    }
+
+    /// Holds `image` as present under `id`, by tag.
+    pub fn hold(&self, image: &str, id: &str) {
+        lock(&self.present).insert(
+            image.into(),
+            PresentImage {
+                id: id.into(),
+                repo_tags: vec![image.into()],
+                repo_digests: vec![],
+                size: 0,
+            },
+        );
+    }
+
+    /// The passwords pulls were made with, in order.
+    pub fn passwords_tried(&self) -> Vec<String> {
+        lock(&self.pulls).iter().map(|(_, p)| p.clone()).collect()
+    }
+
+    /// The most pulls that were in flight at once.
+    pub fn max_in_flight(&self) -> usize {
+        self.max_in_flight.load(Ordering::SeqCst)
+    }
+}
+
+/// A failure as containerd reports one: its own message.
+pub fn rejected(message: &str) -> Result<(), RuntimeFailure> {
+    Err(RuntimeFailure::Rejected {
+        operation: "PullImage",
+        message: message.into(),
+    })
+}
+
+/// A pull secret's candidate `secret ns/<secret> key r.io`, user `u`.
+pub fn candidate(secret: &str, password: &str) -> Candidate {
+    Candidate {
+        source: CredentialSource::PullSecret {
+            secret: ObjectKey::new("ns", secret),
+            key: "r.io".into(),
+        },
+        username: "u".into(),
+        password: SecretString::from(password.to_string()),
+        expires_at: None,
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+impl ImageRuntime for FakeRuntime {
+    fn list_images(&self) -> BoxFuture<'_, Result<Vec<PresentImage>, RuntimeFailure>> {
+        Box::pin(async move { Ok(lock(&self.present).values().cloned().collect()) })
+    }
+
+    fn image_status<'a>(
+        &'a self,
+        image: &'a str,
+    ) -> BoxFuture<'a, Result<Option<PresentImage>, RuntimeFailure>> {
+        Box::pin(async move { Ok(lock(&self.present).get(image).cloned()) })
+    }
+
+    fn pull_image<'a>(
+        &'a self,
+        image: &'a str,
+        auth: Option<PullAuth<'a>>,
+    ) -> BoxFuture<'a, Result<String, RuntimeFailure>> {
+        let password = auth.map_or(String::new(), |a| a.password.expose_secret().to_string());
+        Box::pin(async move {
+            let n = self.in_flight.fetch_add(1, Ordering::SeqCst) + 1;
+            self.max_in_flight.fetch_max(n, Ordering::SeqCst);
+            tokio::time::sleep(Duration::from_millis(5)).await;
+            self.in_flight.fetch_sub(1, Ordering::SeqCst);
+            lock(&self.pulls).push((image.to_string(), password.clone()));
+            let next = match lock(&self.answers).get_mut(&(image.to_string(), password)) {
+                Some(q) if !q.is_empty() => q.remove(0),
+                _ => Ok(()),
+            };
+            next?;
+            let id = format!("sha256:id-of-{image}");
+            let name = image
+                .split_once('@')
+                .or_else(|| image.rsplit_once(':'))
+                .map_or(image, |(name, _)| name);
+            lock(&self.present).insert(
+                image.to_string(),
+                PresentImage {
+                    id: id.clone(),
+                    repo_tags: vec![image.to_string()],
+                    repo_digests: vec![format!("{name}@sha256:digest")],
+                    size: 1024,
+                },
+            );
+            Ok(id)
+        })
+    }
+}

@@ -1,0 +1,249 @@
+//! What the agent needs from a container runtime, as traits the agent owns, and what a runtime's
+//! error means. The CRI adapter implements [`ImageRuntime`] and hands over the runtime's own words
+//! as a [`RuntimeFailure`]; [`RuntimeFailure::verdict`] is the one place that turns them into a
+//! [`Verdict`], for the pre-pull engine and the runtime canary alike. Neither ever sees a CRI type.
+
+use crate::model::verdict::Verdict;
+use futures::future::BoxFuture;
+use secrecy::SecretString;
+use std::time::Duration;
+
+/// An image the runtime holds.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct PresentImage {
+    /// The runtime's image id (`sha256:…` of the config for containerd).
+    pub id: String,
+    pub repo_tags: Vec<String>,
+    pub repo_digests: Vec<String>,
+    /// Size in bytes, as the runtime reports it (0 when unknown).
+    pub size: u64,
+}
+
+impl PresentImage {
+    /// The repo digest for `name` (`registry/repository`), else the first one.
+    pub fn repo_digest_for(&self, name: &str) -> Option<String> {
+        self.repo_digests
+            .iter()
+            .find(|d| d.split_once('@').is_some_and(|(n, _)| n == name))
+            .or_else(|| self.repo_digests.first())
+            .cloned()
+    }
+}
+
+/// Credentials for one pull, borrowed from a resolved candidate.
+#[derive(Debug)]
+pub struct PullAuth<'a> {
+    pub username: &'a str,
+    pub password: &'a SecretString,
+}
+
+/// Why a runtime call failed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RuntimeFailure {
+    /// The runtime's socket is missing, refuses, or the connection broke.
+    #[error("cannot reach CRI at {endpoint}: {cause}")]
+    Unreachable { endpoint: String, cause: String },
+    /// The call did not finish within its deadline.
+    #[error("CRI {operation} did not finish within {}", humantime::format_duration(*after))]
+    DeadlineExceeded {
+        operation: &'static str,
+        after: Duration,
+    },
+    /// The runtime answered `operation` with an error: its own message.
+    #[error("{message}")]
+    Rejected {
+        operation: &'static str,
+        message: String,
+    },
+}
+
+impl RuntimeFailure {
+    /// What the failure means: a runtime that cannot be reached or does not answer in time is a
+    /// `RuntimeError`; a rejection is judged by the runtime's own message ([`classify_pull_error`]).
+    pub fn verdict(&self) -> Verdict {
+        match self {
+            Self::Unreachable { .. } | Self::DeadlineExceeded { .. } => Verdict::RuntimeError,
+            Self::Rejected { message, .. } => classify_pull_error(message),
+        }
+    }
+}
+
+/// The image side of a container runtime: what the pre-pull engine drives and what the runtime
+/// canary pulls through. containerd resolves the reference against the registry on every
+/// `PullImage`, cached image or not, so a pull exercises the credential through the node's real
+/// path (mirrors, proxies, CAs); nothing is ever removed through this trait.
+pub trait ImageRuntime: Send + Sync + 'static {
+    /// Every image the runtime holds (one call, for a whole pass).
+    fn list_images(&self) -> BoxFuture<'_, Result<Vec<PresentImage>, RuntimeFailure>>;
+    /// The image if present.
+    fn image_status<'a>(
+        &'a self,
+        image: &'a str,
+    ) -> BoxFuture<'a, Result<Option<PresentImage>, RuntimeFailure>>;
+    /// Pulls the image; returns the runtime's image id.
+    fn pull_image<'a>(
+        &'a self,
+        image: &'a str,
+        auth: Option<PullAuth<'a>>,
+    ) -> BoxFuture<'a, Result<String, RuntimeFailure>>;
+}
+
+/// The runtime's registry routing, as its configuration says (containerd's `hosts.toml`;
+/// implemented by the `containerd_config` adapter).
+pub trait RegistryMirrors: Send + Sync {
+    /// The hosts other than `registry` itself that the runtime tries for `registry` (mirrors,
+    /// peer caches), in the configuration's order; none when unconfigured or unreadable.
+    fn mirrors(&self, registry: &str) -> Vec<String>;
+}
+
+/// Classifies the error message a container runtime returned for `PullImage`.
+///
+/// containerd reports registry failures as text inside a gRPC `Unknown` status, e.g.
+/// `failed to pull and unpack image "…": failed to resolve reference "…": pulling from host … failed
+/// with status code [manifests v1]: 401 Unauthorized`. The rules below match the phrases containerd's
+/// remotes/docker resolver and fetcher produce (and CRI-O's equivalents); the integration tests pin
+/// them against a real containerd. Anything unrecognised is a `RuntimeError`, never a guess.
+pub fn classify_pull_error(message: &str) -> Verdict {
+    let m = message.to_ascii_lowercase();
+    let has = |needle: &str| m.contains(needle);
+
+    // Authorisation: a 401/403 from the registry, or the resolver's own auth errors.
+    if has("401 unauthorized")
+        || has("403 forbidden")
+        || has("unauthorized: ")
+        || has("authorization failed")
+        || has("failed to fetch anonymous token")
+        || has("failed to fetch oauth token")
+        || has("denied: requested access to the resource is denied")
+        || has("no basic auth credentials")
+    {
+        return Verdict::Unauthorized;
+    }
+    if has("429 too many requests") || has("toomanyrequests") {
+        return Verdict::RateLimited;
+    }
+    // Absent repository, tag or digest.
+    if (has("failed to resolve reference") && has(": not found"))
+        || has("manifest unknown")
+        || has("name unknown")
+        || has("404 not found")
+        || has("blob unknown")
+    {
+        return Verdict::NotFound;
+    }
+    if has("unexpected commit digest")
+        || has("digest mismatch")
+        || has("unexpected digest")
+        || has("content digest") && has("not match")
+    {
+        return Verdict::DigestMismatch;
+    }
+    // Transport-level failures between the runtime and the registry.
+    if has("connection refused")
+        || has("no such host")
+        || has("i/o timeout")
+        || has("network is unreachable")
+        || has("no route to host")
+        || has("connection reset by peer")
+        || has("tls: ")
+        || has("x509: ")
+        || has("server gave http response to https client")
+        || has("dial tcp")
+        || has("eof") && has("pulling from host")
+        || has("context deadline exceeded")
+            && (has("resolve") || has("dial") || has("pulling from host"))
+        || has("502 bad gateway")
+        || has("503 service unavailable")
+        || has("504 gateway timeout")
+    {
+        return Verdict::Network;
+    }
+    Verdict::RuntimeError
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn classify_table() {
+        let cases = [
+            // containerd 1.6, basic auth with a wrong password.
+            (
+                r#"failed to pull and unpack image "127.0.0.1:5000/app:v1": failed to resolve reference "127.0.0.1:5000/app:v1": pulling from host 127.0.0.1:5000 failed with status code [manifests v1]: 401 Unauthorized"#,
+                Verdict::Unauthorized,
+            ),
+            (
+                r#"failed to pull and unpack image "r.io/a:v1": failed to resolve reference "r.io/a:v1": failed to authorize: failed to fetch oauth token: unexpected status: 401 Unauthorized"#,
+                Verdict::Unauthorized,
+            ),
+            (
+                r#"failed to pull and unpack image "r.io/a:v1": failed to resolve reference "r.io/a:v1": failed to authorize: failed to fetch anonymous token: unexpected status: 403 Forbidden"#,
+                Verdict::Unauthorized,
+            ),
+            (
+                r#"failed to pull and unpack image "127.0.0.1:5000/app:nope": failed to resolve reference "127.0.0.1:5000/app:nope": 127.0.0.1:5000/app:nope: not found"#,
+                Verdict::NotFound,
+            ),
+            (
+                r#"rpc error: failed to copy: httpReadSeeker: failed open: content at https://r.io/v2/a/blobs/sha256:ab not found: not found... manifest unknown"#,
+                Verdict::NotFound,
+            ),
+            (
+                r#"failed to pull and unpack image "127.0.0.1:5000/app:v1": failed to resolve reference "127.0.0.1:5000/app:v1": failed to do request: Head "http://127.0.0.1:5000/v2/app/manifests/v1": dial tcp 127.0.0.1:5000: connect: connection refused"#,
+                Verdict::Network,
+            ),
+            (
+                r#"failed to resolve reference "nope.invalid/a:v1": failed to do request: Head "https://nope.invalid/v2/a/manifests/v1": dial tcp: lookup nope.invalid: no such host"#,
+                Verdict::Network,
+            ),
+            (
+                r#"failed to do request: Head "https://r.io/v2/": tls: failed to verify certificate: x509: certificate signed by unknown authority"#,
+                Verdict::Network,
+            ),
+            (
+                r#"failed to pull and unpack image "docker.io/library/a:1": failed to copy: httpReadSeeker: failed open: unexpected status code https://registry-1.docker.io/v2/library/a/manifests/sha256:1: 429 Too Many Requests - Server message: toomanyrequests: You have reached your pull rate limit."#,
+                Verdict::RateLimited,
+            ),
+            (
+                r#"failed to pull and unpack image "r.io/a:1": failed to extract layer sha256:1: failed to unpack: unexpected commit digest sha256:2, expected sha256:1: failed precondition"#,
+                Verdict::DigestMismatch,
+            ),
+            (
+                r#"failed to pull and unpack image "r.io/a:1": failed to prepare extraction snapshot: no space left on device"#,
+                Verdict::RuntimeError,
+            ),
+            ("", Verdict::RuntimeError),
+        ];
+        for (message, expected) in cases {
+            assert_eq!(classify_pull_error(message), expected, "{message}");
+            let rejected = RuntimeFailure::Rejected {
+                operation: "PullImage",
+                message: message.into(),
+            };
+            assert_eq!(rejected.verdict(), expected, "{message}");
+            assert_eq!(rejected.to_string(), message);
+        }
+    }
+
+    #[test]
+    fn a_runtime_that_cannot_answer_is_a_runtime_error() {
+        let failures = [
+            RuntimeFailure::Unreachable {
+                endpoint: "unix:///run/containerd/containerd.sock".into(),
+                // Words that would classify as Network if they were the runtime's own.
+                cause: "connection refused".into(),
+            },
+            RuntimeFailure::DeadlineExceeded {
+                operation: "PullImage",
+                after: Duration::from_secs(900),
+            },
+        ];
+        for failure in failures {
+            assert_eq!(failure.verdict(), Verdict::RuntimeError, "{failure}");
+        }
+    }
+}
+
+#[cfg(test)]
+pub mod fake;
