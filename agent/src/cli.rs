@@ -59,8 +59,9 @@ pub struct CanaryArgs {
     pub json: bool,
 }
 
+/// Objects from `--manifests DIR`, else from the API server (`--kubeconfig`, else the in-cluster
+/// configuration, else `KUBECONFIG`), as for `pullgate run`.
 #[derive(Debug, Args)]
-#[command(group(clap::ArgGroup::new("source").required(true).args(["manifests", "kubeconfig", "in_cluster"])))]
 pub struct DiagnoseArgs {
     /// The image, as the pod names it.
     pub image: String,
@@ -73,15 +74,13 @@ pub struct DiagnoseArgs {
     /// As this pod (its imagePullSecrets, else its ServiceAccount's); cluster mode only.
     #[arg(long, conflicts_with = "manifests")]
     pub pod: Option<String>,
-    /// Objects from the YAML files in DIR.
+    /// Objects from the YAML files in DIR (default: from the API server).
     #[arg(long, value_name = "DIR")]
     pub manifests: Option<PathBuf>,
-    /// Objects from the API server this kubeconfig points at.
-    #[arg(long, value_name = "FILE")]
+    /// Objects from the API server this kubeconfig points at (default without --manifests:
+    /// in-cluster, then KUBECONFIG).
+    #[arg(long, value_name = "FILE", conflicts_with = "manifests")]
     pub kubeconfig: Option<PathBuf>,
-    /// Objects from the API server, with the in-cluster configuration (or KUBECONFIG).
-    #[arg(long)]
-    pub in_cluster: bool,
     #[command(flatten)]
     pub node_credentials: NodeCredentialArgs,
     #[command(flatten)]

@@ -13,13 +13,12 @@
 use super::dockerconfig::{self, DockerConfigEntry, DockerConfigFormat};
 use super::expiry::expires_at;
 use super::keyring::Keyring;
-use super::{Candidate, CredentialResolver, CredentialSource, Finding, Resolution};
-use crate::adapters::credential_plugin::CredentialProviders;
-use crate::model::image_ref::ImageRef;
-use crate::model::inventory::{
-    Inventory, KEY_DOCKERCFG, KEY_DOCKERCONFIGJSON, ObjectKey, TYPE_DOCKERCFG,
-    TYPE_DOCKERCONFIGJSON,
+use super::pull_secret::{KeyRead, read_pull_secret};
+use super::{
+    Candidate, CredentialPlugins, CredentialResolver, CredentialSource, Finding, Resolution,
 };
+use crate::model::image_ref::ImageRef;
+use crate::model::inventory::{Inventory, ObjectKey, TYPE_DOCKERCFG, TYPE_DOCKERCONFIGJSON};
 use crate::model::pullset::ValidPullSet;
 use crate::model::verdict::Verdict;
 use futures::future::BoxFuture;
@@ -126,13 +125,13 @@ pub fn read_docker_config_file(path: &Path) -> Result<Vec<DockerConfigEntry>, St
 #[derive(Default)]
 pub struct KubeletResolver {
     node_config: Option<NodeDockerConfig>,
-    plugins: Option<Arc<CredentialProviders>>,
+    plugins: Option<Arc<dyn CredentialPlugins>>,
 }
 
 impl KubeletResolver {
     pub fn new(
         node_config: Option<NodeDockerConfig>,
-        plugins: Option<Arc<CredentialProviders>>,
+        plugins: Option<Arc<dyn CredentialPlugins>>,
     ) -> Self {
         Self {
             node_config,
@@ -163,8 +162,8 @@ impl KubeletResolver {
         }
         let mut plugins = Keyring::default();
         if let Some(providers) = &self.plugins {
-            let (credentials, errors) = providers.provide(repository).await;
-            for c in credentials {
+            let answer = providers.credentials(repository).await;
+            for c in answer.credentials {
                 let source = CredentialSource::Plugin {
                     provider: c.provider.clone(),
                     key: c.key.clone(),
@@ -180,10 +179,10 @@ impl KubeletResolver {
                     },
                 );
             }
-            for e in errors {
+            for message in answer.failures {
                 findings.push(Finding {
                     verdict: Verdict::NoCredentials,
-                    message: e.to_string(),
+                    message,
                 });
             }
         }
@@ -376,35 +375,25 @@ fn secret_entries(inventory: &Inventory, key: &ObjectKey) -> SecretUse {
             message: format!("pull secret {key} does not exist"),
         });
     };
-    let (format, data_key) = match secret.type_.as_str() {
-        TYPE_DOCKERCONFIGJSON => (DockerConfigFormat::ConfigJson, KEY_DOCKERCONFIGJSON),
-        TYPE_DOCKERCFG => (DockerConfigFormat::Cfg, KEY_DOCKERCFG),
-        other => {
-            return SecretUse::Skipped(Finding {
-                verdict: Verdict::SecretWrongType,
-                message: format!(
-                    "pull secret {key} has type `{other}`, not `{TYPE_DOCKERCONFIGJSON}` or `{TYPE_DOCKERCFG}`; the kubelet ignores it"
-                ),
-            });
-        }
-    };
-    let bytes = match secret.data.get(data_key) {
-        Some(bytes) if !bytes.expose_secret().is_empty() => bytes,
-        _ => {
-            return SecretUse::Skipped(Finding {
-                verdict: Verdict::SecretMalformed,
-                message: format!(
-                    "pull secret {key} has no (or an empty) `{data_key}` key; the kubelet ignores it"
-                ),
-            });
-        }
-    };
-    match dockerconfig::parse(format, bytes.expose_secret()) {
-        Ok(entries) => SecretUse::Entries(entries),
-        Err(e) => SecretUse::Fatal(Finding {
+    match read_pull_secret(secret) {
+        Some((_, KeyRead::Entries(entries))) => SecretUse::Entries(entries),
+        None => SecretUse::Skipped(Finding {
+            verdict: Verdict::SecretWrongType,
+            message: format!(
+                "pull secret {key} has type `{}`, not `{TYPE_DOCKERCONFIGJSON}` or `{TYPE_DOCKERCFG}`; the kubelet ignores it",
+                secret.type_
+            ),
+        }),
+        Some((data_key, KeyRead::Absent)) => SecretUse::Skipped(Finding {
             verdict: Verdict::SecretMalformed,
             message: format!(
-                "pull secret {key} key `{data_key}`: {e}; the kubelet fails every pull that uses it"
+                "pull secret {key} has no (or an empty) `{data_key}` key; the kubelet ignores it"
+            ),
+        }),
+        Some((data_key, KeyRead::Unparsable(error))) => SecretUse::Fatal(Finding {
+            verdict: Verdict::SecretMalformed,
+            message: format!(
+                "pull secret {key} key `{data_key}`: {error}; the kubelet fails every pull that uses it"
             ),
         }),
     }
@@ -421,8 +410,13 @@ fn note_ignored_keys<T>(keyring: &Keyring<T>, what: &str, findings: &mut Vec<Fin
     }
 }
 
+/// The ServiceAccount a pod without `serviceAccountName` runs as.
+const DEFAULT_SERVICE_ACCOUNT: &str = "default";
+
 /// The pod rule: the set's own secrets if any, else its ServiceAccount's. A missing `default`
-/// ServiceAccount counts as an empty one (the API server creates it in every namespace).
+/// ServiceAccount, named or not, counts as an empty one (the API server creates it in every
+/// namespace; a manifest directory may leave it out); any other missing ServiceAccount is a
+/// `ServiceAccountNotFound` finding.
 pub fn pull_secret_names(
     inventory: &Inventory,
     pullset: &ValidPullSet,
@@ -442,7 +436,7 @@ pub fn pull_secret_names(
     );
     match inventory.service_accounts.get(&sa_key) {
         Some(sa) => sa.image_pull_secrets.clone(),
-        None if pullset.spec.service_account_name.is_some() => {
+        None if pullset.service_account() != DEFAULT_SERVICE_ACCOUNT => {
             findings.push(Finding {
                 verdict: Verdict::ServiceAccountNotFound,
                 message: format!(
