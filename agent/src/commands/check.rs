@@ -1,4 +1,6 @@
-//! `pullgate check IMAGE…`: a one-shot registry-direct canary for people on call.
+//! `pullgate check IMAGE…`: one-shot canaries for people on call — registry-direct, and with
+//! `--runtime` also through the container runtime (CRI `PullImage`) — with the credentials the
+//! selected source gives ([`crate::commands::one_shot::resolve_selection`]).
 
 use crate::adapters::credential_plugin::{PluginError, kubelet_resolver};
 use crate::adapters::cri::{CriClient, CriTimeouts};

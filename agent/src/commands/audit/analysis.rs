@@ -9,7 +9,8 @@
 //! whose `imagePullSecrets` name it, the PullSets whose credentials it is by the pod rule (their own
 //! `imagePullSecrets`, else their ServiceAccount's — [`pull_secret_names`], as the agent resolves),
 //! and the [`Workload`]s (pod templates, running pods) that name it. `Unused` is judged only when
-//! every kind of workload could be listed.
+//! every kind of workload could be listed. A Secret's Docker config is read with the kubelet's own
+//! rules (`decide::credentials::pull_secret`), also where it sits in a Secret of another type.
 //!
 //! No credential value ever reaches the report: registry entries carry a keyed fingerprint (see
 //! `audit::fingerprint`) and an expiry, and every message names secrets and keys only.
