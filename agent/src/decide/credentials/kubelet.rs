@@ -1,13 +1,16 @@
 //! The kubelet's answer to "which credentials would a pod pull this image with".
 //!
 //! 1. Pull secrets by the pod rule: the PullSet's own `imagePullSecrets`, else its ServiceAccount's
-//!    (`default` when none is named) — one list or the other, never merged — in its namespace, in
-//!    listed order. A missing secret is skipped (finding `SecretNotFound`); a secret of another type,
-//!    or without its data key, is ignored (`SecretWrongType`, `SecretMalformed`); a used secret the
-//!    kubelet cannot parse fails the pull before anything is tried (`blocked: SecretMalformed`).
+//!    (`default` when none is named; a missing `default` is an empty one, any other missing
+//!    ServiceAccount a `ServiceAccountNotFound` finding) — one list or the other, never merged — in
+//!    its namespace, in listed order. A missing secret is skipped (finding `SecretNotFound`); each
+//!    secret is read as [`super::pull_secret`] says: one of another type, or without (or with an
+//!    empty) data key, is ignored (`SecretWrongType`, `SecretMalformed`); a used secret the kubelet
+//!    cannot parse fails the pull before anything is tried (`blocked: SecretMalformed`).
 //! 2. The keyring rules ([`super::keyring`]) over those secrets; then over the node's Docker config
-//!    file; then over the credential-provider plugins' answers. Every match is a candidate, in that
-//!    order. No candidate: an anonymous pull.
+//!    file; then over the credential-provider plugins' answers (through
+//!    [`super::CredentialPlugins`]). Every match is a candidate, in that order. No candidate: an
+//!    anonymous pull.
 //! 3. No candidate but a key that almost matches: `HostMismatch`, naming the key and the reason.
 
 use super::dockerconfig::{self, DockerConfigEntry, DockerConfigFormat};
