@@ -5,6 +5,9 @@ use crate::model::node::NodeLabels;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use std::path::PathBuf;
 
+/// containerd's CRI socket, the default of every `--cri-endpoint`.
+pub const DEFAULT_CRI_ENDPOINT: &str = "unix:///run/containerd/containerd.sock";
+
 #[derive(Debug, Parser)]
 #[command(
     name = "pullgate",
@@ -59,8 +62,9 @@ pub struct CanaryArgs {
     pub json: bool,
 }
 
+/// Objects from `--manifests DIR`, else from the API server (`--kubeconfig`, else the in-cluster
+/// configuration, else `KUBECONFIG`), as for `pullgate run`.
 #[derive(Debug, Args)]
-#[command(group(clap::ArgGroup::new("source").required(true).args(["manifests", "kubeconfig", "in_cluster"])))]
 pub struct DiagnoseArgs {
     /// The image, as the pod names it.
     pub image: String,
@@ -73,15 +77,13 @@ pub struct DiagnoseArgs {
     /// As this pod (its imagePullSecrets, else its ServiceAccount's); cluster mode only.
     #[arg(long, conflicts_with = "manifests")]
     pub pod: Option<String>,
-    /// Objects from the YAML files in DIR.
+    /// Objects from the YAML files in DIR (default: from the API server).
     #[arg(long, value_name = "DIR")]
     pub manifests: Option<PathBuf>,
-    /// Objects from the API server this kubeconfig points at.
-    #[arg(long, value_name = "FILE")]
+    /// Objects from the API server this kubeconfig points at (default without --manifests:
+    /// in-cluster, then KUBECONFIG).
+    #[arg(long, value_name = "FILE", conflicts_with = "manifests")]
     pub kubeconfig: Option<PathBuf>,
-    /// Objects from the API server, with the in-cluster configuration (or KUBECONFIG).
-    #[arg(long)]
-    pub in_cluster: bool,
     #[command(flatten)]
     pub node_credentials: NodeCredentialArgs,
     #[command(flatten)]
@@ -90,7 +92,7 @@ pub struct DiagnoseArgs {
     #[arg(
         long,
         env = "PULLGATE_CRI_ENDPOINT",
-        default_value = "unix:///run/containerd/containerd.sock"
+        default_value = DEFAULT_CRI_ENDPOINT
     )]
     pub cri_endpoint: String,
     /// Print the steps as JSON.
@@ -186,7 +188,7 @@ pub struct CheckArgs {
     #[arg(
         long,
         env = "PULLGATE_CRI_ENDPOINT",
-        default_value = "unix:///run/containerd/containerd.sock"
+        default_value = DEFAULT_CRI_ENDPOINT
     )]
     pub cri_endpoint: CriEndpoint,
     /// Print JSON lines instead of text.
@@ -415,7 +417,7 @@ pub struct CriArgs {
     #[arg(
         long,
         env = "PULLGATE_CRI_ENDPOINT",
-        default_value = "unix:///run/containerd/containerd.sock"
+        default_value = DEFAULT_CRI_ENDPOINT
     )]
     pub cri_endpoint: CriEndpoint,
     /// Deadline of every CRI call but PullImage.
@@ -514,6 +516,26 @@ mod tests {
             ])
             .is_err()
         );
+    }
+
+    #[test]
+    fn diagnose_reads_a_directory_or_else_the_cluster() {
+        let parse = |extra: &[&str]| {
+            let args = ["pullgate", "diagnose", "nginx", "-n", "team"];
+            Cli::try_parse_from(args.iter().chain(extra)).map(|cli| match cli.command {
+                Command::Diagnose(d) => (d.manifests.is_some(), d.kubeconfig.is_some()),
+                _ => panic!("diagnose expected"),
+            })
+        };
+        assert_eq!(parse(&[]).unwrap(), (false, false));
+        assert_eq!(parse(&["--manifests", "/m"]).unwrap(), (true, false));
+        assert_eq!(
+            parse(&["--kubeconfig", "/k", "--pod", "p"]).unwrap(),
+            (false, true)
+        );
+        assert!(parse(&["--manifests", "/m", "--kubeconfig", "/k"]).is_err());
+        assert!(parse(&["--manifests", "/m", "--pod", "p"]).is_err());
+        assert!(parse(&["--in-cluster"]).is_err());
     }
 }
 

@@ -185,3 +185,77 @@ fn the_ladder_for_a_pod_from_the_api_server() {
     }
     assert!(!out.contains(PASSWORD));
 }
+
+/// Without `--service-account` a pod runs as `default`, which every real namespace has: a manifest
+/// directory that defines no `default` ServiceAccount means "no pull secrets from the
+/// ServiceAccount", never `ServiceAccountNotFound` — here the node's Docker config then pulls. And
+/// `auth resolve` with the same inputs says the same (both use one synthetic PullSet).
+#[test]
+fn a_missing_default_service_account_is_not_a_failure() {
+    use base64::Engine as _;
+    let env = TestEnv::start().unwrap_or_else(|e| panic!("test environment: {e:#}"));
+    let host = env.registry.host();
+    let image = env.push(&ImageSpec::new("team/app", "v1")).unwrap();
+    // The directory holds a ServiceAccount, but not `default`.
+    env.write_manifest(
+        "sa.yaml",
+        "apiVersion: v1\nkind: ServiceAccount\nmetadata: {name: builder, namespace: team}\n",
+    )
+    .unwrap();
+    let node = tempfile::tempdir().unwrap();
+    let config = node.path().join("config.json");
+    let auth = base64::engine::general_purpose::STANDARD.encode(format!("{USER}:{PASSWORD}"));
+    std::fs::write(
+        &config,
+        json!({"auths": {&host: {"auth": auth}}}).to_string(),
+    )
+    .unwrap();
+    let (dir, config) = (
+        env.manifests.path().to_str().unwrap(),
+        config.to_str().unwrap(),
+    );
+    let inputs = [
+        image.by_tag.as_str(),
+        "-n",
+        "team",
+        "--manifests",
+        dir,
+        "--node-docker-config",
+        config,
+    ];
+
+    let (code, d, out) = diagnose(&env, &inputs);
+    assert!(!out.contains("ServiceAccountNotFound"), "{out}");
+    let pulls = rung(&d, "imagePullSecrets");
+    assert!(pulls["ok"].is_null(), "{out}");
+    assert!(
+        pulls["detail"]
+            .as_str()
+            .unwrap()
+            .starts_with("ServiceAccount team/default: none"),
+        "{out}"
+    );
+    assert!(
+        rung(&d, "credential")["detail"]
+            .as_str()
+            .unwrap()
+            .starts_with(&format!("file {config} key {host}")),
+        "{out}"
+    );
+    assert_eq!(d["conclusion"]["verdict"], "Ok", "{out}");
+    assert_eq!(code, Some(0), "{out}");
+
+    let resolved = Command::new(pullgate_binary().unwrap())
+        .args(["auth", "resolve"])
+        .args(inputs)
+        .arg("--json")
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&resolved.stdout).into_owned();
+    let report: Value = serde_json::from_str(&stdout)
+        .unwrap_or_else(|e| panic!("not JSON ({e}):\n{stdout}\n{resolved:?}"));
+    assert_eq!(resolved.status.code(), Some(0), "{report:#}");
+    assert!(!stdout.contains("ServiceAccountNotFound"), "{report:#}");
+    assert_eq!(report["candidates"][0]["source"], format!("file {config}"));
+    env.assert_no_leak(&[&out, &stdout], &[PASSWORD]);
+}

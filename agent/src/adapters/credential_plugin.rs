@@ -10,13 +10,23 @@
 //! `Registry`: the host, `Global`) for `cacheDuration`, else `defaultCacheDuration` (0: not cached).
 //! The `auth` keys of every applicable provider go into one keyring with the usual key rules. A
 //! failing plugin yields no credentials (the kubelet logs and pulls without them) and a finding.
+//!
+//! [`CredentialProviders`] implements the resolver's [`CredentialPlugins`] trait; [`kubelet_resolver`]
+//! builds the node's resolver (its Docker config file and these plugins) from the flags, for
+//! `pullgate run` and the one-shot commands alike. This is the only module that runs a process.
 
+use crate::cli::NodeCredentialArgs;
 use crate::decide::credentials::keyring::{SchemelessUrl, urls_match};
+use crate::decide::credentials::{
+    CredentialPlugins, KubeletResolver, NodeDockerConfig, PluginAnswer, PluginCredential,
+};
+use futures::future::BoxFuture;
 use secrecy::SecretString;
 use serde::Deserialize;
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::io::AsyncWriteExt as _;
 
@@ -30,6 +40,10 @@ const GLOBAL_CACHE_KEY: &str = "<global>";
 
 #[derive(Debug, thiserror::Error)]
 pub enum PluginError {
+    #[error(
+        "--image-credential-provider-bin-dir is required with --image-credential-provider-config"
+    )]
+    NoBinDir,
     #[error("credential provider config {}: {message}", path.display())]
     Config { path: PathBuf, message: String },
     #[error("credential provider bin dir {}: {source}", path.display())]
@@ -284,15 +298,6 @@ pub fn parse_go_duration(s: &str) -> Option<Duration> {
     Some(Duration::from_nanos(total as u64))
 }
 
-/// A credential a plugin returned, filed under its `auth` key.
-#[derive(Clone, Debug)]
-pub struct PluginCredential {
-    pub provider: String,
-    pub key: String,
-    pub username: String,
-    pub password: SecretString,
-}
-
 #[derive(Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 struct Response {
@@ -322,6 +327,36 @@ struct ResponseAuth {
 struct Cached {
     expires: Instant,
     credentials: Vec<PluginCredential>,
+}
+
+/// The kubelet-compatible resolver with the node's own credentials, as the flags configure them:
+/// the node's Docker config file, then the credential-provider plugins (their config is loaded and
+/// their binaries checked now, as the kubelet does at start-up).
+pub fn kubelet_resolver(args: &NodeCredentialArgs) -> Result<KubeletResolver, PluginError> {
+    let NodeCredentialArgs {
+        node_docker_config,
+        image_credential_provider_config,
+        image_credential_provider_bin_dir,
+        credential_provider_timeout,
+    } = args;
+    let plugins = match image_credential_provider_config {
+        Some(config) => {
+            let bin_dir = image_credential_provider_bin_dir
+                .as_ref()
+                .ok_or(PluginError::NoBinDir)?;
+            let providers = CredentialProviders::new(
+                load_config(config)?,
+                bin_dir,
+                **credential_provider_timeout,
+            )?;
+            Some(Arc::new(providers) as Arc<dyn CredentialPlugins>)
+        }
+        None => None,
+    };
+    Ok(KubeletResolver::new(
+        node_docker_config.clone().map(NodeDockerConfig::new),
+        plugins,
+    ))
 }
 
 /// The configured providers, their binaries and their response cache.
@@ -534,6 +569,18 @@ impl CredentialProviders {
             });
         }
         Ok(response)
+    }
+}
+
+impl CredentialPlugins for CredentialProviders {
+    fn credentials<'a>(&'a self, repository: &'a str) -> BoxFuture<'a, PluginAnswer> {
+        Box::pin(async move {
+            let (credentials, errors) = self.provide(repository).await;
+            PluginAnswer {
+                credentials,
+                failures: errors.iter().map(ToString::to_string).collect(),
+            }
+        })
     }
 }
 

@@ -295,6 +295,17 @@ impl RegistryClient {
         Ok(Self { config, http })
     }
 
+    /// The client the registry flags describe (`--insecure-registry`, `--platform`,
+    /// `--registry-timeout`), for `pullgate run` and the one-shot commands alike.
+    pub fn from_args(args: &crate::cli::RegistryArgs) -> Result<Self, RegistryError> {
+        Self::new(RegistryConfig {
+            plain_http: args.insecure_registries.clone(),
+            platform: args.platform.clone().unwrap_or_else(Platform::host),
+            request_timeout: *args.registry_timeout,
+            ..RegistryConfig::default()
+        })
+    }
+
     fn scheme(&self, registry: &str) -> &'static str {
         if self.config.plain_http.iter().any(|h| h == registry) {
             "http"

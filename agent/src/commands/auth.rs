@@ -1,20 +1,15 @@
-//! `pullgate auth …`: credential tools for people on call, and the node-credential wiring shared
-//! with `pullgate run`.
+//! `pullgate auth resolve`: which credentials the kubelet would try for an image, in its order,
+//! never showing a password (a table, or `--json`).
 
-use crate::adapters::credential_plugin::{CredentialProviders, PluginError, load_config};
-use crate::adapters::files::manifests::{ManifestError, load_dir};
-use crate::cli::{CredentialSelection, NodeCredentialArgs, ResolveArgs};
-use crate::decide::credentials::{
-    CredentialResolver as _, KubeletResolver, NodeDockerConfig, Resolution,
-    resolve_docker_config_files,
-};
+use crate::adapters::credential_plugin::{PluginError, kubelet_resolver};
+use crate::cli::ResolveArgs;
+use crate::commands::one_shot::{OneShotError, resolve_selection};
+use crate::commands::table::columns;
+use crate::decide::credentials::Resolution;
 use crate::model::image_ref::{ImageRef, ImageRefError};
-use crate::model::inventory::ObjectKey;
-use crate::model::pullset::{self, ImageEntry, PullSetSpec};
 use secrecy::ExposeSecret as _;
 use serde::Serialize;
 use sha2::{Digest as _, Sha256};
-use std::sync::Arc;
 
 #[derive(Debug, thiserror::Error)]
 pub enum AuthError {
@@ -23,45 +18,7 @@ pub enum AuthError {
     #[error(transparent)]
     Plugin(#[from] PluginError),
     #[error(transparent)]
-    Manifests(#[from] ManifestError),
-    #[error(
-        "--image-credential-provider-bin-dir is required with --image-credential-provider-config"
-    )]
-    NoBinDir,
-    #[error("PullSet {0} is not in the manifests (or is invalid: see `pullgate run --once`)")]
-    PullSetNotFound(ObjectKey),
-    #[error("--namespace is required with --manifests")]
-    NoNamespace,
-    #[error("{0}")]
-    Invalid(String),
-}
-
-/// The kubelet-compatible resolver with the node's own credentials, as the flags configure them.
-pub fn build_resolver(args: &NodeCredentialArgs) -> Result<KubeletResolver, AuthError> {
-    let NodeCredentialArgs {
-        node_docker_config,
-        image_credential_provider_config,
-        image_credential_provider_bin_dir,
-        credential_provider_timeout,
-    } = args;
-    let plugins = match image_credential_provider_config {
-        Some(config) => {
-            let bin_dir = image_credential_provider_bin_dir
-                .as_ref()
-                .ok_or(AuthError::NoBinDir)?;
-            let providers = load_config(config)?;
-            Some(Arc::new(CredentialProviders::new(
-                providers,
-                bin_dir,
-                **credential_provider_timeout,
-            )?))
-        }
-        None => None,
-    };
-    Ok(KubeletResolver::new(
-        node_docker_config.clone().map(NodeDockerConfig::new),
-        plugins,
-    ))
+    Selection(#[from] OneShotError),
 }
 
 #[derive(Serialize)]
@@ -105,7 +62,7 @@ pub async fn resolve(args: ResolveArgs) -> Result<bool, AuthError> {
         json,
     } = args;
     let image = ImageRef::parse(&image)?;
-    let resolver = build_resolver(&node_credentials)?;
+    let resolver = kubelet_resolver(&node_credentials)?;
     let resolution = resolve_selection(&selection, &resolver, &image).await?;
     let report = report(&image, &resolution);
     if json {
@@ -117,67 +74,6 @@ pub async fn resolve(args: ResolveArgs) -> Result<bool, AuthError> {
         print!("{}", table(&report));
     }
     Ok(!report.blocked && !report.candidates.is_empty())
-}
-
-/// The resolution for `image` from the selected source of credentials.
-pub async fn resolve_selection(
-    selection: &CredentialSelection,
-    resolver: &KubeletResolver,
-    image: &ImageRef,
-) -> Result<Resolution, AuthError> {
-    let CredentialSelection {
-        docker_configs,
-        manifests,
-        namespace,
-        service_account,
-        pullset,
-    } = selection;
-    let (namespace, service_account, pullset) =
-        (namespace.clone(), service_account.clone(), pullset.clone());
-    Ok(match manifests {
-        Some(dir) => {
-            let namespace = namespace.ok_or(AuthError::NoNamespace)?;
-            let loaded = load_dir(dir)?;
-            let set = match pullset {
-                Some(name) => {
-                    let key = ObjectKey::new(namespace, name);
-                    loaded
-                        .inventory
-                        .pullsets
-                        .get(&key)
-                        .cloned()
-                        .ok_or(AuthError::PullSetNotFound(key))?
-                }
-                None => {
-                    // A pod with this ServiceAccount and no imagePullSecrets of its own.
-                    let spec = PullSetSpec {
-                        service_account_name: service_account,
-                        image_pull_secrets: Vec::new(),
-                        node_selector: Default::default(),
-                        images: vec![ImageEntry {
-                            image: image.to_string(),
-                        }],
-                        pre_pull: false,
-                        gate: false,
-                        canary: None,
-                    };
-                    pullset::validate(ObjectKey::new(namespace, "auth-resolve"), spec).map_err(
-                        |errors| {
-                            AuthError::Invalid(
-                                errors
-                                    .iter()
-                                    .map(ToString::to_string)
-                                    .collect::<Vec<_>>()
-                                    .join("; "),
-                            )
-                        },
-                    )?
-                }
-            };
-            resolver.resolve(&loaded.inventory, &set, image).await
-        }
-        None => resolve_docker_config_files(docker_configs, resolver, image).await,
-    })
 }
 
 fn report(image: &ImageRef, resolution: &Resolution) -> Report {
@@ -237,33 +133,17 @@ fn table(r: &Report) -> String {
                 ]
             })
             .collect();
-        let header = [
-            "#",
-            "source",
-            "key",
-            "username",
-            "password sha256",
-            "expires",
-        ]
-        .map(String::from);
-        let widths: Vec<usize> = (0..6)
-            .map(|i| {
-                rows.iter()
-                    .chain([&header])
-                    .map(|r| r[i].chars().count())
-                    .max()
-                    .unwrap_or(0)
-            })
-            .collect();
-        for row in [&header].into_iter().chain(rows.iter()) {
-            let cells: Vec<String> = row
-                .iter()
-                .zip(&widths)
-                .map(|(c, w)| format!("{c:<w$}"))
-                .collect();
-            out.push_str(cells.join("  ").trim_end());
-            out.push('\n');
-        }
+        out.push_str(&columns(
+            &[
+                "#",
+                "source",
+                "key",
+                "username",
+                "password sha256",
+                "expires",
+            ],
+            &rows,
+        ));
         out.push('\n');
     }
     for v in &r.verdicts {

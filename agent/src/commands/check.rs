@@ -1,30 +1,25 @@
-//! `pullgate check IMAGE…`: a one-shot registry-direct canary for people on call.
+//! `pullgate check IMAGE…`: one-shot canaries for people on call — registry-direct, and with
+//! `--runtime` also through the container runtime (CRI `PullImage`) — with the credentials the
+//! selected source gives ([`crate::commands::one_shot::resolve_selection`]).
 
+use crate::adapters::credential_plugin::{PluginError, kubelet_resolver};
 use crate::adapters::cri::{CriClient, CriTimeouts};
-use crate::adapters::registry::{Platform, RegistryClient, RegistryConfig, RegistryError};
-use crate::cli::{CheckArgs, RegistryArgs};
-use crate::commands::auth::{AuthError, build_resolver, resolve_selection};
+use crate::adapters::registry::{RegistryClient, RegistryError};
+use crate::cli::CheckArgs;
+use crate::commands::one_shot::{self, OneShotError, resolve_selection};
 use crate::decide::canary::runner::{CanaryOutcome, CanaryRunner, Trigger};
 use crate::model::image_ref::ImageRef;
 
 #[derive(Debug, thiserror::Error)]
 pub enum CheckError {
     #[error(transparent)]
-    Auth(#[from] AuthError),
+    Plugin(#[from] PluginError),
+    #[error(transparent)]
+    Selection(#[from] OneShotError),
     #[error(transparent)]
     Registry(#[from] RegistryError),
     #[error(transparent)]
     Image(#[from] crate::model::image_ref::ImageRefError),
-}
-
-/// The registry client the flags describe.
-pub fn registry_client(args: &RegistryArgs) -> Result<RegistryClient, RegistryError> {
-    RegistryClient::new(RegistryConfig {
-        plain_http: args.insecure_registries.clone(),
-        platform: args.platform.clone().unwrap_or_else(Platform::host),
-        request_timeout: *args.registry_timeout,
-        ..RegistryConfig::default()
-    })
 }
 
 /// Checks every image; `Ok(true)` when all are `Ok`.
@@ -39,12 +34,10 @@ pub async fn check(args: CheckArgs) -> Result<bool, CheckError> {
         cri_endpoint,
         json,
     } = args;
-    let resolver = build_resolver(&node_credentials)?;
+    let resolver = kubelet_resolver(&node_credentials)?;
     let runner = CanaryRunner {
-        probe: registry_client(&registry)?,
-        node: std::env::var("NODE_NAME")
-            .or_else(|_| std::env::var("HOSTNAME"))
-            .unwrap_or_else(|_| "local".into()),
+        probe: RegistryClient::from_args(&registry)?,
+        node: one_shot::node_name(),
         expiry_warning: *registry.expiry_warning,
         runtime: runtime.then(|| {
             std::sync::Arc::new(CriClient::new(cri_endpoint, CriTimeouts::default()))

@@ -3,23 +3,24 @@
 //! pod's or ServiceAccount's `imagePullSecrets`, each Secret's existence, type and keys against the
 //! image's registry (near misses named), the credential tried, the registry's answer for the
 //! manifest and the blobs, the runtime's answer and the node's cache — ending with the one most
-//! likely cause and what to do. Objects come from a manifest directory or the API server.
+//! likely cause and what to do. Objects come from a manifest directory (`--manifests`) or else the
+//! API server; the pull is resolved with the one-shot commands' PullSet
+//! ([`crate::commands::one_shot::pullset_for`]) and the agent's own resolver.
 
+use crate::adapters::credential_plugin::{PluginError, kubelet_resolver};
 use crate::adapters::cri::{CriClient, CriEndpoint, CriTimeouts};
+use crate::adapters::registry::RegistryClient;
 use crate::cli::DiagnoseArgs;
-use crate::commands::auth::build_resolver;
+use crate::commands::one_shot::{self, OneShotError, Puller, pullset_for};
 use crate::decide::canary::runner::{CanaryOutcome, CanaryRunner, Trigger};
-use crate::decide::credentials::dockerconfig::{self, DockerConfigFormat};
 use crate::decide::credentials::keyring::Keyring;
+use crate::decide::credentials::pull_secret::{KeyRead, read_pull_secret};
 use crate::decide::credentials::{CredentialResolver as _, Resolution, pull_secret_names};
 use crate::decide::runtime::ImageRuntime;
 use crate::model::image_ref::ImageRef;
-use crate::model::inventory::{Inventory, ObjectKey};
-use crate::model::pullset::{
-    self, CanaryDepth, ImageEntry, LocalObjectReference, PullSetSpec, ValidPullSet,
-};
+use crate::model::inventory::{Inventory, ObjectKey, TYPE_DOCKERCFG, TYPE_DOCKERCONFIGJSON};
+use crate::model::pullset::{CanaryDepth, ValidPullSet};
 use crate::model::verdict::Verdict;
-use secrecy::ExposeSecret as _;
 use serde::Serialize;
 
 #[derive(Debug, thiserror::Error)]
@@ -27,7 +28,9 @@ pub enum DiagnoseError {
     #[error(transparent)]
     Image(#[from] crate::model::image_ref::ImageRefError),
     #[error(transparent)]
-    Auth(#[from] crate::commands::auth::AuthError),
+    Plugin(#[from] PluginError),
+    #[error(transparent)]
+    Puller(#[from] OneShotError),
     #[error(transparent)]
     Manifests(#[from] crate::adapters::files::manifests::ManifestError),
     #[error(transparent)]
@@ -36,12 +39,8 @@ pub enum DiagnoseError {
     Registry(#[from] crate::adapters::registry::RegistryError),
     #[error("cannot read pod {pod}: {source}")]
     Pod { pod: ObjectKey, source: kube::Error },
-    #[error("--pod needs objects from the API server (--kubeconfig or --in-cluster)")]
-    PodNeedsCluster,
     #[error("invalid --cri-endpoint: {0}")]
     CriEndpoint(String),
-    #[error("{0}")]
-    Invalid(String),
 }
 
 /// One rung of the ladder.
@@ -69,19 +68,22 @@ pub struct Diagnosis {
     pub conclusion: Conclusion,
 }
 
-/// Who pulls: the pod rule's input.
-struct Puller {
+/// What the ladder is walked for: the objects, and the pull as a PullSet.
+struct Subject {
+    inventory: Inventory,
+    set: ValidPullSet,
+    /// `pod NS/NAME`, or `a pod with ServiceAccount NS/SA`.
     describe: String,
-    /// The pod's own imagePullSecrets (empty: its ServiceAccount's apply).
-    pod_secrets: Vec<String>,
-    service_account: String,
 }
 
 pub async fn diagnose(args: DiagnoseArgs) -> Result<bool, DiagnoseError> {
     let image = ImageRef::parse(&args.image)?;
-    let (inventory, puller) = load(&args).await?;
-    let resolver = build_resolver(&args.node_credentials)?;
-    let set = synthetic_set(&args.namespace, &puller, &image)?;
+    let Subject {
+        inventory,
+        set,
+        describe,
+    } = load(&args, &image).await?;
+    let resolver = kubelet_resolver(&args.node_credentials)?;
     let resolution = resolver.resolve(&inventory, &set, &image).await;
 
     let mut steps = vec![Step {
@@ -89,12 +91,12 @@ pub async fn diagnose(args: DiagnoseArgs) -> Result<bool, DiagnoseError> {
         ok: Some(true),
         detail: format!("{image} (registry {})", image.registry),
     }];
-    steps.extend(secret_steps(&inventory, &set, &puller, &image));
+    steps.extend(secret_steps(&inventory, &set, &describe, &image));
     steps.push(credential_step(&resolution));
 
     let runner = CanaryRunner {
-        probe: crate::commands::check::registry_client(&args.registry)?,
-        node: std::env::var("NODE_NAME").unwrap_or_else(|_| "local".into()),
+        probe: RegistryClient::from_args(&args.registry)?,
+        node: one_shot::node_name(),
         expiry_warning: *args.registry.expiry_warning,
         runtime: None,
         mirrors: crate::adapters::containerd_config::HostsDir::shared(
@@ -130,93 +132,77 @@ pub async fn diagnose(args: DiagnoseArgs) -> Result<bool, DiagnoseError> {
             serde_json::to_string_pretty(&diagnosis).unwrap_or_default()
         );
     } else {
-        print!("{}", render(&diagnosis, &puller.describe));
+        print!("{}", render(&diagnosis, &describe));
     }
     Ok(ok)
 }
 
-/// The objects, and who pulls.
-async fn load(args: &DiagnoseArgs) -> Result<(Inventory, Puller), DiagnoseError> {
-    let sa_default = || {
-        args.service_account
-            .clone()
-            .unwrap_or_else(|| "default".into())
+/// The objects, and who pulls: a pod with `--service-account` (else `default`), or in cluster mode
+/// `--pod`'s own pull secrets and ServiceAccount.
+async fn load(args: &DiagnoseArgs, image: &ImageRef) -> Result<Subject, DiagnoseError> {
+    let namespace = &args.namespace;
+    let with_service_account = Puller {
+        service_account: args.service_account.clone(),
+        pod_secrets: Vec::new(),
+    };
+    let as_service_account = |set: &ValidPullSet| {
+        format!(
+            "a pod with ServiceAccount {namespace}/{}",
+            set.service_account()
+        )
     };
     if let Some(dir) = &args.manifests {
         let loaded = crate::adapters::files::manifests::load_dir(dir)?;
-        let sa = sa_default();
-        return Ok((
-            loaded.inventory,
-            Puller {
-                describe: format!("a pod with ServiceAccount {}/{sa}", args.namespace),
-                pod_secrets: Vec::new(),
-                service_account: sa,
-            },
-        ));
+        let set = pullset_for(namespace, "diagnose", &with_service_account, image)?;
+        return Ok(Subject {
+            inventory: loaded.inventory,
+            describe: as_service_account(&set),
+            set,
+        });
     }
     let client = crate::adapters::kube::source::client(args.kubeconfig.as_deref()).await?;
-    let puller = match &args.pod {
+    let (set, describe) = match &args.pod {
         Some(pod) => {
-            let key = ObjectKey::new(&args.namespace, pod);
-            let spec = crate::adapters::kube::source::get_pod_pull_spec(&client, &key)
-                .await
-                .map_err(|source| DiagnoseError::Pod {
-                    pod: key.clone(),
-                    source,
-                })?;
-            Puller {
-                describe: format!("pod {key}"),
-                pod_secrets: spec.0,
-                service_account: spec.1,
-            }
+            let key = ObjectKey::new(namespace, pod);
+            let (pod_secrets, service_account) =
+                crate::adapters::kube::source::get_pod_pull_spec(&client, &key)
+                    .await
+                    .map_err(|source| DiagnoseError::Pod {
+                        pod: key.clone(),
+                        source,
+                    })?;
+            let puller = Puller {
+                service_account: Some(service_account),
+                pod_secrets,
+            };
+            (
+                pullset_for(namespace, "diagnose", &puller, image)?,
+                format!("pod {key}"),
+            )
         }
         None => {
-            let sa = sa_default();
-            Puller {
-                describe: format!("a pod with ServiceAccount {}/{sa}", args.namespace),
-                pod_secrets: Vec::new(),
-                service_account: sa,
-            }
+            let set = pullset_for(namespace, "diagnose", &with_service_account, image)?;
+            let describe = as_service_account(&set);
+            (set, describe)
         }
     };
+    let pod_secrets: Vec<String> = set
+        .spec
+        .image_pull_secrets
+        .iter()
+        .map(|r| r.name.clone())
+        .collect();
     let inventory = crate::adapters::kube::source::read_pull_objects(
         &client,
-        &args.namespace,
-        &puller.service_account,
-        &puller.pod_secrets,
+        namespace,
+        set.service_account(),
+        &pod_secrets,
     )
     .await;
-    Ok((inventory, puller))
-}
-
-fn synthetic_set(
-    namespace: &str,
-    puller: &Puller,
-    image: &ImageRef,
-) -> Result<ValidPullSet, DiagnoseError> {
-    let spec = PullSetSpec {
-        service_account_name: Some(puller.service_account.clone()),
-        image_pull_secrets: puller
-            .pod_secrets
-            .iter()
-            .map(|name| LocalObjectReference { name: name.clone() })
-            .collect(),
-        node_selector: Default::default(),
-        images: vec![ImageEntry {
-            image: image.to_string(),
-        }],
-        pre_pull: false,
-        gate: false,
-        canary: None,
-    };
-    pullset::validate(ObjectKey::new(namespace, "diagnose"), spec).map_err(|errors| {
-        DiagnoseError::Invalid(
-            errors
-                .iter()
-                .map(ToString::to_string)
-                .collect::<Vec<_>>()
-                .join("; "),
-        )
+    Ok(Subject {
+        inventory,
+        set,
+        describe,
     })
 }
 
@@ -224,24 +210,21 @@ fn synthetic_set(
 fn secret_steps(
     inventory: &Inventory,
     set: &ValidPullSet,
-    puller: &Puller,
+    describe: &str,
     image: &ImageRef,
 ) -> Vec<Step> {
     let mut steps = Vec::new();
     let mut findings = Vec::new();
     let names = pull_secret_names(inventory, set, &mut findings);
-    let sa_key = ObjectKey::new(&set.key.namespace, &puller.service_account);
-    let whose = if puller.pod_secrets.is_empty() {
+    let sa_key = ObjectKey::new(&set.key.namespace, set.service_account());
+    let whose = if set.spec.image_pull_secrets.is_empty() {
         format!("ServiceAccount {sa_key}")
     } else {
-        format!("{}'s own", puller.describe)
+        format!("{describe}'s own")
     };
     let sa_missing = findings
         .iter()
-        .any(|f| f.verdict == Verdict::ServiceAccountNotFound)
-        || (puller.pod_secrets.is_empty()
-            && puller.service_account != "default"
-            && !inventory.service_accounts.contains_key(&sa_key));
+        .any(|f| f.verdict == Verdict::ServiceAccountNotFound);
     steps.push(if sa_missing {
         Step {
             step: "imagePullSecrets".into(),
@@ -283,21 +266,20 @@ fn secret_step(inventory: &Inventory, key: &ObjectKey, image: &ImageRef) -> Step
     let Some(secret) = inventory.secrets.get(key) else {
         return fail(format!("SecretNotFound: Secret {key} does not exist"));
     };
-    let (format, data_key) = match secret.type_.as_str() {
-        "kubernetes.io/dockerconfigjson" => (DockerConfigFormat::ConfigJson, ".dockerconfigjson"),
-        "kubernetes.io/dockercfg" => (DockerConfigFormat::Cfg, ".dockercfg"),
-        other => {
+    let entries = match read_pull_secret(secret) {
+        Some((_, KeyRead::Entries(entries))) => entries,
+        None => {
             return fail(format!(
-                "SecretWrongType: type {other:?}; the kubelet uses only kubernetes.io/dockerconfigjson and kubernetes.io/dockercfg"
+                "SecretWrongType: type {:?}; the kubelet uses only {TYPE_DOCKERCONFIGJSON} and {TYPE_DOCKERCFG}",
+                secret.type_
             ));
         }
-    };
-    let Some(data) = secret.data.get(data_key) else {
-        return fail(format!("SecretMalformed: no {data_key} key"));
-    };
-    let entries = match dockerconfig::parse(format, data.expose_secret()) {
-        Ok(entries) => entries,
-        Err(e) => return fail(format!("SecretMalformed: {data_key}: {e}")),
+        Some((data_key, KeyRead::Absent)) => {
+            return fail(format!("SecretMalformed: no (or an empty) {data_key} key"));
+        }
+        Some((data_key, KeyRead::Unparsable(e))) => {
+            return fail(format!("SecretMalformed: {data_key}: {e}"));
+        }
     };
     let keys: Vec<&str> = entries.iter().map(|e| e.key.as_str()).collect();
     let registry = &image.registry;
@@ -397,7 +379,7 @@ fn outcome_step(name: &str, o: &CanaryOutcome) -> Step {
 /// The node's cache (`ImageStatus`) and the runtime's answer (`PullImage`).
 async fn runtime_steps(
     args: &DiagnoseArgs,
-    runner: &CanaryRunner<crate::adapters::registry::RegistryClient>,
+    runner: &CanaryRunner<RegistryClient>,
     image: &ImageRef,
     resolution: &Resolution,
 ) -> Result<Vec<Step>, DiagnoseError> {

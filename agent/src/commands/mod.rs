@@ -5,4 +5,6 @@ pub mod audit;
 pub mod auth;
 pub mod check;
 pub mod diagnose;
+pub mod one_shot;
 pub mod status;
+pub mod table;

@@ -3,6 +3,7 @@
 
 use crate::adapters::serve::local_api::{Client, LocalApiError, pb};
 use crate::cli::{CanaryArgs, StatusArgs};
+use crate::commands::table::columns;
 use crate::model::inventory::ObjectKey;
 use std::path::PathBuf;
 
@@ -64,15 +65,7 @@ pub fn render_status(status: &pb::GetStatusResponse) -> String {
         out.push_str("no condition yet\n");
     }
     out.push('\n');
-    let mut rows = vec![[
-        "PULLSET".to_string(),
-        "IMAGE".into(),
-        "PRESENT".into(),
-        "PRE-PULL".into(),
-        "CANARY".into(),
-        "CREDENTIAL".into(),
-        "NEXT CANARY".into(),
-    ]];
+    let mut rows = Vec::new();
     for s in &status.pullsets {
         for i in &s.images {
             let credential = [&i.canary, &i.prepull]
@@ -101,18 +94,18 @@ pub fn render_status(status: &pb::GetStatusResponse) -> String {
             ]);
         }
     }
-    let widths: Vec<usize> = (0..7)
-        .map(|c| rows.iter().map(|r| r[c].chars().count()).max().unwrap_or(0))
-        .collect();
-    for row in &rows {
-        let line: Vec<String> = row
-            .iter()
-            .zip(&widths)
-            .map(|(cell, w)| format!("{cell:<w$}"))
-            .collect();
-        out.push_str(line.join("  ").trim_end());
-        out.push('\n');
-    }
+    out.push_str(&columns(
+        &[
+            "PULLSET",
+            "IMAGE",
+            "PRESENT",
+            "PRE-PULL",
+            "CANARY",
+            "CREDENTIAL",
+            "NEXT CANARY",
+        ],
+        &rows,
+    ));
     for s in &status.pullsets {
         for i in &s.images {
             for (what, v) in [("pre-pull", &i.prepull), ("canary", &i.canary)] {

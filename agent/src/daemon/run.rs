@@ -38,7 +38,7 @@ pub enum RunError {
     #[error(transparent)]
     Source(#[from] WatchError),
     #[error(transparent)]
-    Credentials(#[from] crate::commands::auth::AuthError),
+    Credentials(#[from] crate::adapters::credential_plugin::PluginError),
     #[error(transparent)]
     Registry(#[from] crate::adapters::registry::RegistryError),
     #[error(transparent)]
@@ -74,10 +74,7 @@ pub async fn run(args: RunArgs) -> Result<RunOutcome, RunError> {
         metrics_addr,
         api,
     } = args;
-    let node_name = node
-        .node_name
-        .or_else(|| std::env::var("NODE_NAME").ok())
-        .filter(|n| !n.is_empty())
+    let node_name = crate::model::node::node_name(node.node_name, |var| std::env::var(var).ok())
         .ok_or(RunError::NoNodeName)?;
     let node = NodeInfo {
         name: node_name,
@@ -207,8 +204,9 @@ pub async fn run(args: RunArgs) -> Result<RunOutcome, RunError> {
         },
         node.name.clone(),
     );
-    let resolver: Arc<KubeletResolver> =
-        Arc::new(crate::commands::auth::build_resolver(&credentials)?);
+    let resolver: Arc<KubeletResolver> = Arc::new(
+        crate::adapters::credential_plugin::kubelet_resolver(&credentials)?,
+    );
     let recheck: Duration = *prepull.recheck_interval;
     let mut images_ready = Tracker::new("CriticalImagesReady");
 
@@ -218,7 +216,7 @@ pub async fn run(args: RunArgs) -> Result<RunOutcome, RunError> {
         None
     } else {
         let runner = Arc::new(CanaryRunner {
-            probe: crate::commands::check::registry_client(&registry)?,
+            probe: crate::adapters::registry::RegistryClient::from_args(&registry)?,
             node: node.name.clone(),
             expiry_warning: *registry.expiry_warning,
             runtime: Some(Arc::new(client.clone()) as Arc<dyn crate::decide::runtime::ImageRuntime>),

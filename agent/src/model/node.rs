@@ -17,6 +17,20 @@ impl NodeInfo {
     }
 }
 
+/// This node's name: the `--node-name` flag when given (clap fills it from `PULLGATE_NODE_NAME`
+/// too), else the environment's `PULLGATE_NODE_NAME`, else `NODE_NAME` (the usual downward-API
+/// name); an empty value counts as unset. `env` looks a variable up (`std::env::var(..).ok()` in the
+/// agent), so the rule is tested without touching the process environment.
+pub fn node_name(flag: Option<String>, env: impl Fn(&str) -> Option<String>) -> Option<String> {
+    flag.into_iter()
+        .chain(
+            ["PULLGATE_NODE_NAME", "NODE_NAME"]
+                .into_iter()
+                .filter_map(&env),
+        )
+        .find(|name| !name.is_empty())
+}
+
 /// What the API server says about this Node besides its labels (cluster mode).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct NodeFacts {
@@ -95,6 +109,36 @@ mod tests {
             ("pool=", false),
         ] {
             assert_eq!(node.matches(&labels(selector)), expected, "{selector}");
+        }
+    }
+
+    #[test]
+    fn node_name_table() {
+        let env = |vars: &'static [(&'static str, &'static str)]| {
+            move |name: &str| {
+                vars.iter()
+                    .find(|(k, _)| *k == name)
+                    .map(|(_, v)| v.to_string())
+            }
+        };
+        let both: &[(&str, &str)] = &[("PULLGATE_NODE_NAME", "p"), ("NODE_NAME", "n")];
+        for (flag, vars, expected) in [
+            (Some("f"), both, Some("f")),
+            (None, both, Some("p")),
+            (None, &[("NODE_NAME", "n")][..], Some("n")),
+            (
+                Some(""),
+                &[("PULLGATE_NODE_NAME", ""), ("NODE_NAME", "n")][..],
+                Some("n"),
+            ),
+            (None, &[("HOSTNAME", "pod-xyz")][..], None),
+            (None, &[][..], None),
+        ] {
+            assert_eq!(
+                node_name(flag.map(String::from), env(vars)).as_deref(),
+                expected,
+                "{flag:?} {vars:?}"
+            );
         }
     }
 

@@ -9,13 +9,15 @@
 //! whose `imagePullSecrets` name it, the PullSets whose credentials it is by the pod rule (their own
 //! `imagePullSecrets`, else their ServiceAccount's — [`pull_secret_names`], as the agent resolves),
 //! and the [`Workload`]s (pod templates, running pods) that name it. `Unused` is judged only when
-//! every kind of workload could be listed.
+//! every kind of workload could be listed. A Secret's Docker config is read with the kubelet's own
+//! rules (`decide::credentials::pull_secret`), also where it sits in a Secret of another type.
 //!
 //! No credential value ever reaches the report: registry entries carry a keyed fingerprint (see
 //! `audit::fingerprint`) and an expiry, and every message names secrets and keys only.
 
 use super::fingerprint::FingerprintKey;
-use crate::decide::credentials::dockerconfig::{self, DockerConfigEntry, DockerConfigFormat};
+use crate::decide::credentials::dockerconfig::{DockerConfigEntry, DockerConfigFormat};
+use crate::decide::credentials::pull_secret::{KeyRead, kubelet_format, read_data_key};
 use crate::decide::credentials::{expiry, keyring, pull_secret_names};
 use crate::model::inventory::{
     Inventory, KEY_DOCKERCFG, KEY_DOCKERCONFIGJSON, ObjectKey, SecretObject, TYPE_DOCKERCFG,
@@ -370,26 +372,25 @@ enum Shape {
 }
 
 fn shape(secret: &SecretObject) -> Shape {
-    match secret.type_.as_str() {
-        TYPE_DOCKERCONFIGJSON => Shape::Typed {
+    if let Some((format, data_key)) = kubelet_format(&secret.type_) {
+        return Shape::Typed {
+            format,
+            data_key,
+            legacy: secret.type_ == TYPE_DOCKERCFG,
+        };
+    }
+    if secret.data.contains_key(KEY_DOCKERCONFIGJSON) {
+        Shape::Misplaced {
             format: DockerConfigFormat::ConfigJson,
             data_key: KEY_DOCKERCONFIGJSON,
-            legacy: false,
-        },
-        TYPE_DOCKERCFG => Shape::Typed {
+        }
+    } else if secret.data.contains_key(KEY_DOCKERCFG) {
+        Shape::Misplaced {
             format: DockerConfigFormat::Cfg,
             data_key: KEY_DOCKERCFG,
-            legacy: true,
-        },
-        _ if secret.data.contains_key(KEY_DOCKERCONFIGJSON) => Shape::Misplaced {
-            format: DockerConfigFormat::ConfigJson,
-            data_key: KEY_DOCKERCONFIGJSON,
-        },
-        _ if secret.data.contains_key(KEY_DOCKERCFG) => Shape::Misplaced {
-            format: DockerConfigFormat::Cfg,
-            data_key: KEY_DOCKERCFG,
-        },
-        _ => Shape::NoDockerConfig,
+        }
+    } else {
+        Shape::NoDockerConfig
     }
 }
 
@@ -597,17 +598,16 @@ pub fn build(input: &AuditInput, options: &Options, key: &FingerprintKey) -> Rep
             }
         };
         if let Some((format, data_key)) = read {
-            match secret.data.get(data_key) {
-                None => own.push(finding(
+            match read_data_key(secret, format, data_key) {
+                KeyRead::Absent => own.push(finding(
                     FindingKind::Malformed,
                     k,
                     format!(
-                        "{object} of type `{type_}` has no `{data_key}` key; the kubelet ignores it"
+                        "{object} of type `{type_}` has no (or an empty) `{data_key}` key; the kubelet ignores it"
                     ),
                     "rewrite it with `kubectl create secret docker-registry`",
                 )),
-                Some(bytes) => match dockerconfig::parse(format, bytes.expose_secret()) {
-                    Err(e) => own.push(finding(
+                KeyRead::Unparsable(e) => own.push(finding(
                         FindingKind::Malformed,
                         k,
                         format!(
@@ -615,13 +615,13 @@ pub fn build(input: &AuditInput, options: &Options, key: &FingerprintKey) -> Rep
                         ),
                         "rewrite it with `kubectl create secret docker-registry`",
                     )),
-                    Ok(entries) if entries.is_empty() => own.push(finding(
+                KeyRead::Entries(entries) if entries.is_empty() => own.push(finding(
                         FindingKind::Malformed,
                         k,
                         format!("{object} covers no registry (`{data_key}` has no entry)"),
                         "add the registry's credential, or delete the Secret",
                     )),
-                    Ok(entries) => {
+                KeyRead::Entries(entries) => {
                         for entry in &entries {
                             let judged = judge_entry(k, entry, options, key, &mut own);
                             if let Some(fp) = judged.fingerprint {
@@ -638,7 +638,6 @@ pub fn build(input: &AuditInput, options: &Options, key: &FingerprintKey) -> Rep
                             registries.push(judged.entry);
                         }
                     }
-                },
             }
             if secret_users.is_empty() && input.workloads_complete {
                 own.push(finding(

@@ -2,32 +2,8 @@
 //! then the findings, worst first, each with a one-line hint.
 
 use super::analysis::{Report, SecretReport};
+use crate::commands::table::columns;
 use crate::model::inventory::{TYPE_DOCKERCFG, TYPE_DOCKERCONFIGJSON};
-
-/// Columns padded to their widest cell, two spaces apart, trailing spaces trimmed.
-fn columns(header: &[&str], rows: &[Vec<String>]) -> String {
-    let widths: Vec<usize> = (0..header.len())
-        .map(|i| {
-            rows.iter()
-                .map(|r| r[i].chars().count())
-                .chain([header[i].chars().count()])
-                .max()
-                .unwrap_or(0)
-        })
-        .collect();
-    let header: Vec<String> = header.iter().map(|h| h.to_string()).collect();
-    let mut out = String::new();
-    for row in [&header].into_iter().chain(rows) {
-        let cells: Vec<String> = row
-            .iter()
-            .zip(&widths)
-            .map(|(c, w)| format!("{c:<w$}"))
-            .collect();
-        out.push_str(cells.join("  ").trim_end());
-        out.push('\n');
-    }
-    out
-}
 
 fn short_type(t: Option<&str>) -> String {
     match t {

@@ -1,25 +1,27 @@
 //! The kubelet's answer to "which credentials would a pod pull this image with".
 //!
 //! 1. Pull secrets by the pod rule: the PullSet's own `imagePullSecrets`, else its ServiceAccount's
-//!    (`default` when none is named) — one list or the other, never merged — in its namespace, in
-//!    listed order. A missing secret is skipped (finding `SecretNotFound`); a secret of another type,
-//!    or without its data key, is ignored (`SecretWrongType`, `SecretMalformed`); a used secret the
-//!    kubelet cannot parse fails the pull before anything is tried (`blocked: SecretMalformed`).
+//!    (`default` when none is named; a missing `default` is an empty one, any other missing
+//!    ServiceAccount a `ServiceAccountNotFound` finding) — one list or the other, never merged — in
+//!    its namespace, in listed order. A missing secret is skipped (finding `SecretNotFound`); each
+//!    secret is read as [`super::pull_secret`] says: one of another type, or without (or with an
+//!    empty) data key, is ignored (`SecretWrongType`, `SecretMalformed`); a used secret the kubelet
+//!    cannot parse fails the pull before anything is tried (`blocked: SecretMalformed`).
 //! 2. The keyring rules ([`super::keyring`]) over those secrets; then over the node's Docker config
-//!    file; then over the credential-provider plugins' answers. Every match is a candidate, in that
-//!    order. No candidate: an anonymous pull.
+//!    file; then over the credential-provider plugins' answers (through
+//!    [`super::CredentialPlugins`]). Every match is a candidate, in that order. No candidate: an
+//!    anonymous pull.
 //! 3. No candidate but a key that almost matches: `HostMismatch`, naming the key and the reason.
 
 use super::dockerconfig::{self, DockerConfigEntry, DockerConfigFormat};
 use super::expiry::expires_at;
 use super::keyring::Keyring;
-use super::{Candidate, CredentialResolver, CredentialSource, Finding, Resolution};
-use crate::adapters::credential_plugin::CredentialProviders;
-use crate::model::image_ref::ImageRef;
-use crate::model::inventory::{
-    Inventory, KEY_DOCKERCFG, KEY_DOCKERCONFIGJSON, ObjectKey, TYPE_DOCKERCFG,
-    TYPE_DOCKERCONFIGJSON,
+use super::pull_secret::{KeyRead, read_pull_secret};
+use super::{
+    Candidate, CredentialPlugins, CredentialResolver, CredentialSource, Finding, Resolution,
 };
+use crate::model::image_ref::ImageRef;
+use crate::model::inventory::{Inventory, ObjectKey, TYPE_DOCKERCFG, TYPE_DOCKERCONFIGJSON};
 use crate::model::pullset::ValidPullSet;
 use crate::model::verdict::Verdict;
 use futures::future::BoxFuture;
@@ -126,13 +128,13 @@ pub fn read_docker_config_file(path: &Path) -> Result<Vec<DockerConfigEntry>, St
 #[derive(Default)]
 pub struct KubeletResolver {
     node_config: Option<NodeDockerConfig>,
-    plugins: Option<Arc<CredentialProviders>>,
+    plugins: Option<Arc<dyn CredentialPlugins>>,
 }
 
 impl KubeletResolver {
     pub fn new(
         node_config: Option<NodeDockerConfig>,
-        plugins: Option<Arc<CredentialProviders>>,
+        plugins: Option<Arc<dyn CredentialPlugins>>,
     ) -> Self {
         Self {
             node_config,
@@ -163,8 +165,8 @@ impl KubeletResolver {
         }
         let mut plugins = Keyring::default();
         if let Some(providers) = &self.plugins {
-            let (credentials, errors) = providers.provide(repository).await;
-            for c in credentials {
+            let answer = providers.credentials(repository).await;
+            for c in answer.credentials {
                 let source = CredentialSource::Plugin {
                     provider: c.provider.clone(),
                     key: c.key.clone(),
@@ -180,10 +182,10 @@ impl KubeletResolver {
                     },
                 );
             }
-            for e in errors {
+            for message in answer.failures {
                 findings.push(Finding {
                     verdict: Verdict::NoCredentials,
-                    message: e.to_string(),
+                    message,
                 });
             }
         }
@@ -376,35 +378,25 @@ fn secret_entries(inventory: &Inventory, key: &ObjectKey) -> SecretUse {
             message: format!("pull secret {key} does not exist"),
         });
     };
-    let (format, data_key) = match secret.type_.as_str() {
-        TYPE_DOCKERCONFIGJSON => (DockerConfigFormat::ConfigJson, KEY_DOCKERCONFIGJSON),
-        TYPE_DOCKERCFG => (DockerConfigFormat::Cfg, KEY_DOCKERCFG),
-        other => {
-            return SecretUse::Skipped(Finding {
-                verdict: Verdict::SecretWrongType,
-                message: format!(
-                    "pull secret {key} has type `{other}`, not `{TYPE_DOCKERCONFIGJSON}` or `{TYPE_DOCKERCFG}`; the kubelet ignores it"
-                ),
-            });
-        }
-    };
-    let bytes = match secret.data.get(data_key) {
-        Some(bytes) if !bytes.expose_secret().is_empty() => bytes,
-        _ => {
-            return SecretUse::Skipped(Finding {
-                verdict: Verdict::SecretMalformed,
-                message: format!(
-                    "pull secret {key} has no (or an empty) `{data_key}` key; the kubelet ignores it"
-                ),
-            });
-        }
-    };
-    match dockerconfig::parse(format, bytes.expose_secret()) {
-        Ok(entries) => SecretUse::Entries(entries),
-        Err(e) => SecretUse::Fatal(Finding {
+    match read_pull_secret(secret) {
+        Some((_, KeyRead::Entries(entries))) => SecretUse::Entries(entries),
+        None => SecretUse::Skipped(Finding {
+            verdict: Verdict::SecretWrongType,
+            message: format!(
+                "pull secret {key} has type `{}`, not `{TYPE_DOCKERCONFIGJSON}` or `{TYPE_DOCKERCFG}`; the kubelet ignores it",
+                secret.type_
+            ),
+        }),
+        Some((data_key, KeyRead::Absent)) => SecretUse::Skipped(Finding {
             verdict: Verdict::SecretMalformed,
             message: format!(
-                "pull secret {key} key `{data_key}`: {e}; the kubelet fails every pull that uses it"
+                "pull secret {key} has no (or an empty) `{data_key}` key; the kubelet ignores it"
+            ),
+        }),
+        Some((data_key, KeyRead::Unparsable(error))) => SecretUse::Fatal(Finding {
+            verdict: Verdict::SecretMalformed,
+            message: format!(
+                "pull secret {key} key `{data_key}`: {error}; the kubelet fails every pull that uses it"
             ),
         }),
     }
@@ -421,8 +413,13 @@ fn note_ignored_keys<T>(keyring: &Keyring<T>, what: &str, findings: &mut Vec<Fin
     }
 }
 
+/// The ServiceAccount a pod without `serviceAccountName` runs as.
+const DEFAULT_SERVICE_ACCOUNT: &str = "default";
+
 /// The pod rule: the set's own secrets if any, else its ServiceAccount's. A missing `default`
-/// ServiceAccount counts as an empty one (the API server creates it in every namespace).
+/// ServiceAccount, named or not, counts as an empty one (the API server creates it in every
+/// namespace; a manifest directory may leave it out); any other missing ServiceAccount is a
+/// `ServiceAccountNotFound` finding.
 pub fn pull_secret_names(
     inventory: &Inventory,
     pullset: &ValidPullSet,
@@ -442,7 +439,7 @@ pub fn pull_secret_names(
     );
     match inventory.service_accounts.get(&sa_key) {
         Some(sa) => sa.image_pull_secrets.clone(),
-        None if pullset.spec.service_account_name.is_some() => {
+        None if pullset.service_account() != DEFAULT_SERVICE_ACCOUNT => {
             findings.push(Finding {
                 verdict: Verdict::ServiceAccountNotFound,
                 message: format!(

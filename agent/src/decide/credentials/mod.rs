@@ -3,12 +3,15 @@
 //! The seam is [`CredentialResolver`]: the pre-pull engine and the canaries ask it for the ordered
 //! candidates and the findings (missing, mistyped, malformed secrets) for one PullSet and one image.
 //! [`KubeletResolver`] gives the kubelet's answer: the pod rule, its keyring rules, the node's
-//! Docker config and credential-provider plugins, in that order.
+//! Docker config and credential-provider plugins, in that order. The plugins are reached through
+//! [`CredentialPlugins`], which the adapter that runs them (`adapters::credential_plugin`)
+//! implements: nothing here runs a process.
 
 pub mod dockerconfig;
 pub mod expiry;
 pub mod keyring;
 mod kubelet;
+pub mod pull_secret;
 
 pub use kubelet::{
     KubeletResolver, NodeDockerConfig, pull_secret_names, read_docker_config_file,
@@ -130,6 +133,34 @@ impl Resolution {
             .iter()
             .find_map(|v| self.findings.iter().find(|f| f.verdict == *v))
     }
+}
+
+/// A credential a credential-provider plugin returned, filed under its `auth` key.
+#[derive(Clone, Debug)]
+pub struct PluginCredential {
+    pub provider: String,
+    /// The `auth` key as the plugin wrote it.
+    pub key: String,
+    pub username: String,
+    /// Redacted in `Debug`.
+    pub password: SecretString,
+}
+
+/// One answer of the node's credential-provider plugins for one repository.
+#[derive(Clone, Debug, Default)]
+pub struct PluginAnswer {
+    /// From every plugin that applies, in config order.
+    pub credentials: Vec<PluginCredential>,
+    /// One message per plugin that failed (the kubelet pulls without its credentials); it names
+    /// the plugin and the image, never a credential.
+    pub failures: Vec<String>,
+}
+
+/// The node's credential-provider plugins (the kubelet's `--image-credential-provider-config`), as
+/// the resolver needs them.
+pub trait CredentialPlugins: Send + Sync {
+    /// The credentials for `repository` (`registry/repository`).
+    fn credentials<'a>(&'a self, repository: &'a str) -> BoxFuture<'a, PluginAnswer>;
 }
 
 /// Resolves the credentials for one image of one PullSet.

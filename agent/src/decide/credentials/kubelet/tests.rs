@@ -3,7 +3,9 @@
 //! tests/tests/credential_plugins.rs.)
 
 use super::*;
-use crate::model::inventory::{SecretObject, ServiceAccountObject};
+use crate::model::inventory::{
+    KEY_DOCKERCFG, KEY_DOCKERCONFIGJSON, SecretObject, ServiceAccountObject,
+};
 use crate::model::pullset::{PullSetSpec, validate};
 use base64::Engine as _;
 use std::collections::BTreeMap;

@@ -1,0 +1,200 @@
+//! What the one-shot commands (`auth resolve`, `check`, `diagnose`) share: the PullSet they
+//! resolve credentials with (one image, pulled as a pod with a ServiceAccount or with its own
+//! `imagePullSecrets`), the resolution from the selected source of credentials, and the node name
+//! they report.
+
+use crate::adapters::files::manifests::{ManifestError, load_dir};
+use crate::cli::CredentialSelection;
+use crate::decide::credentials::{
+    CredentialResolver as _, KubeletResolver, Resolution, resolve_docker_config_files,
+};
+use crate::model::image_ref::ImageRef;
+use crate::model::inventory::ObjectKey;
+use crate::model::pullset::{self, ImageEntry, LocalObjectReference, PullSetSpec, ValidPullSet};
+
+#[derive(Debug, thiserror::Error)]
+pub enum OneShotError {
+    #[error(transparent)]
+    Manifests(#[from] ManifestError),
+    #[error("PullSet {0} is not in the manifests (or is invalid: see `pullgate run --once`)")]
+    PullSetNotFound(ObjectKey),
+    #[error("--namespace is required with --manifests")]
+    NoNamespace,
+    #[error("{0}")]
+    Invalid(String),
+}
+
+/// Who pulls, as a one-shot command is told: the pod rule's input.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Puller {
+    /// `None`: the namespace's `default` ServiceAccount. It exists in every real namespace, so
+    /// when a manifest directory defines none, the pod gets no pull secrets from it — never a
+    /// `ServiceAccountNotFound`.
+    pub service_account: Option<String>,
+    /// The pod's own `imagePullSecrets`; empty: its ServiceAccount's apply.
+    pub pod_secrets: Vec<String>,
+}
+
+/// The PullSet that a pull of `image` by `puller` in `namespace` amounts to, named `name` (outcomes
+/// and findings name it as their PullSet). An invalid name (of a ServiceAccount, a Secret, the
+/// image) is an error that names the field.
+pub fn pullset_for(
+    namespace: &str,
+    name: &str,
+    puller: &Puller,
+    image: &ImageRef,
+) -> Result<ValidPullSet, OneShotError> {
+    let spec = PullSetSpec {
+        service_account_name: puller.service_account.clone(),
+        image_pull_secrets: puller
+            .pod_secrets
+            .iter()
+            .map(|name| LocalObjectReference { name: name.clone() })
+            .collect(),
+        node_selector: Default::default(),
+        images: vec![ImageEntry {
+            image: image.to_string(),
+        }],
+        pre_pull: false,
+        gate: false,
+        canary: None,
+    };
+    pullset::validate(ObjectKey::new(namespace, name), spec).map_err(|errors| {
+        OneShotError::Invalid(
+            errors
+                .iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+                .join("; "),
+        )
+    })
+}
+
+/// The resolution for `image` from the selected source of credentials (`auth resolve`, `check`):
+/// Docker config files, or the objects of a manifest directory as a PullSet (`--pullset`) or as a
+/// pod with a ServiceAccount (`--service-account`, else `default`) would use them.
+pub async fn resolve_selection(
+    selection: &CredentialSelection,
+    resolver: &KubeletResolver,
+    image: &ImageRef,
+) -> Result<Resolution, OneShotError> {
+    let CredentialSelection {
+        docker_configs,
+        manifests,
+        namespace,
+        service_account,
+        pullset,
+    } = selection;
+    let Some(dir) = manifests else {
+        return Ok(resolve_docker_config_files(docker_configs, resolver, image).await);
+    };
+    let namespace = namespace.as_deref().ok_or(OneShotError::NoNamespace)?;
+    let loaded = load_dir(dir)?;
+    let set = match pullset {
+        Some(name) => {
+            let key = ObjectKey::new(namespace, name);
+            loaded
+                .inventory
+                .pullsets
+                .get(&key)
+                .cloned()
+                .ok_or(OneShotError::PullSetNotFound(key))?
+        }
+        None => pullset_for(
+            namespace,
+            "auth-resolve",
+            &Puller {
+                service_account: service_account.clone(),
+                pod_secrets: Vec::new(),
+            },
+            image,
+        )?,
+    };
+    Ok(resolver.resolve(&loaded.inventory, &set, image).await)
+}
+
+/// The node name a one-shot command reports: the agent's rule ([`crate::model::node::node_name`],
+/// without a flag), else `local`.
+pub fn node_name() -> String {
+    crate::model::node::node_name(None, |var| std::env::var(var).ok())
+        .unwrap_or_else(|| "local".into())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::inventory::{Inventory, ServiceAccountObject};
+    use crate::model::verdict::Verdict;
+
+    fn resolve(inventory: &Inventory, puller: &Puller) -> Resolution {
+        let image = ImageRef::parse("reg.io/team/app:v1").unwrap();
+        let set = pullset_for("team", "diagnose", puller, &image).unwrap();
+        futures::executor::block_on(KubeletResolver::default().resolve(inventory, &set, &image))
+    }
+
+    fn verdicts(r: &Resolution) -> Vec<Verdict> {
+        r.findings.iter().map(|f| f.verdict).collect()
+    }
+
+    #[test]
+    fn a_missing_default_service_account_means_no_pull_secrets() {
+        let empty = Inventory::default();
+        for sa in [None, Some("default".to_string())] {
+            let puller = Puller {
+                service_account: sa.clone(),
+                pod_secrets: Vec::new(),
+            };
+            let r = resolve(&empty, &puller);
+            assert_eq!(verdicts(&r), [Verdict::NoCredentials], "{sa:?}: {r:?}");
+        }
+        // A named ServiceAccount that does not exist is a finding.
+        let ghost = Puller {
+            service_account: Some("ghost".into()),
+            pod_secrets: Vec::new(),
+        };
+        assert_eq!(
+            verdicts(&resolve(&empty, &ghost)),
+            [Verdict::ServiceAccountNotFound, Verdict::NoCredentials]
+        );
+        // The pod's own secrets win; its ServiceAccount is not consulted.
+        let own = Puller {
+            service_account: Some("ghost".into()),
+            pod_secrets: vec!["regcred".into()],
+        };
+        assert_eq!(
+            verdicts(&resolve(&empty, &own)),
+            [Verdict::SecretNotFound, Verdict::NoCredentials]
+        );
+        // A `default` ServiceAccount that exists lends its secrets.
+        let mut inventory = Inventory::default();
+        let key = ObjectKey::new("team", "default");
+        inventory.service_accounts.insert(
+            key.clone(),
+            ServiceAccountObject {
+                key,
+                image_pull_secrets: vec!["regcred".into()],
+            },
+        );
+        assert_eq!(
+            verdicts(&resolve(&inventory, &Puller::default())),
+            [Verdict::SecretNotFound, Verdict::NoCredentials]
+        );
+    }
+
+    #[test]
+    fn invalid_names_are_errors_not_panics() {
+        let image = ImageRef::parse("reg.io/team/app:v1").unwrap();
+        let bad = Puller {
+            service_account: Some("Not A Name".into()),
+            pod_secrets: vec!["also bad".into()],
+        };
+        let Err(OneShotError::Invalid(message)) = pullset_for("team", "x", &bad, &image) else {
+            panic!("expected Invalid");
+        };
+        assert!(
+            message.contains("spec.serviceAccountName")
+                && message.contains("spec.imagePullSecrets[0].name"),
+            "{message}"
+        );
+    }
+}
