@@ -27,15 +27,33 @@ const ADAPTER_CRATES: &[(&str, &[&str])] = &[
 const PURE: &[&str] = &["model/", "decide/"];
 
 /// Ways to start a process.
-const PROCESS: &[&str] = &["std::process::Command", "tokio::process", "process::Command"];
+const PROCESS: &[&str] = &[
+    "std::process::Command",
+    "tokio::process",
+    "process::Command",
+];
 
 /// Module paths a folder must not reach, by folder.
 const LAYERS: &[(&str, &[&str])] = &[
     (
         "model/",
-        &["crate::decide", "crate::adapters", "crate::daemon", "crate::commands", "crate::cli"],
+        &[
+            "crate::decide",
+            "crate::adapters",
+            "crate::daemon",
+            "crate::commands",
+            "crate::cli",
+        ],
     ),
-    ("decide/", &["crate::adapters", "crate::daemon", "crate::commands", "crate::cli"]),
+    (
+        "decide/",
+        &[
+            "crate::adapters",
+            "crate::daemon",
+            "crate::commands",
+            "crate::cli",
+        ],
+    ),
     ("adapters/", &["crate::daemon", "crate::commands"]),
     ("daemon/", &["crate::commands"]),
 ];
@@ -45,7 +63,12 @@ fn the_folders_hold_the_architecture() {
     let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
     let mut files = Vec::new();
     rust_files(&src, &mut files);
-    assert!(files.len() > 20, "found only {} files under {}", files.len(), src.display());
+    assert!(
+        files.len() > 20,
+        "found only {} files under {}",
+        files.len(),
+        src.display()
+    );
     let mut broken = Vec::new();
     for file in &files {
         let rel = file
@@ -74,7 +97,11 @@ fn the_folders_hold_the_architecture() {
             for (krate, homes) in ADAPTER_CRATES {
                 if names_crate(line, krate) && !homes.iter().any(|h| rel.starts_with(h)) {
                     let pure = PURE.iter().any(|p| rel.starts_with(p));
-                    let why = if pure { "a pure folder" } else { "outside its adapter" };
+                    let why = if pure {
+                        "a pure folder"
+                    } else {
+                        "outside its adapter"
+                    };
                     broken.push(format!(
                         "{at}: names `{krate}` ({why}; only {} may)",
                         homes.join(", ")
@@ -107,17 +134,33 @@ fn the_rules_catch_what_they_forbid() {
     assert!(!names_crate("use kube_core::CustomResourceExt;", "kube"));
     assert!(!names_crate("let kube = 1; // kubelet", "kube"));
     assert!(!names_crate("\"kube::Error in a string\"", "kube"));
-    assert!(names_path("use crate::adapters::cri::Cri;", "crate::adapters"));
+    assert!(names_path(
+        "use crate::adapters::cri::Cri;",
+        "crate::adapters"
+    ));
     assert!(names_crate("    ::kube::Api::all(c)", "kube"));
     assert!(!names_crate("use crate::adapters::kube::source;", "kube"));
     assert!(!names_path("use crate::adaptersx;", "crate::adapters"));
-    let group = code_lines("use crate::{\n    adapters::cri::{A, B},\n    model,\n};\nuse crate::daemon::run;")
-        .collect::<Vec<_>>();
-    let paths: Vec<_> = crate_paths(&group).into_iter().map(|(n, p)| format!("{n}:{p}")).collect();
-    assert_eq!(paths, ["4:crate::adapters::cri", "4:crate::model", "5:crate::daemon::run"]);
-    let lines: Vec<_> = code_lines("//! kube::Api\nuse x; // kube::Api\n/// tonic::Status\nlet a = 1;")
-        .map(|(_, l)| l.trim().to_string())
+    let group = code_lines(
+        "use crate::{\n    adapters::cri::{A, B},\n    model,\n};\nuse crate::daemon::run;",
+    )
+    .collect::<Vec<_>>();
+    let paths: Vec<_> = crate_paths(&group)
+        .into_iter()
+        .map(|(n, p)| format!("{n}:{p}"))
         .collect();
+    assert_eq!(
+        paths,
+        [
+            "4:crate::adapters::cri",
+            "4:crate::model",
+            "5:crate::daemon::run"
+        ]
+    );
+    let lines: Vec<_> =
+        code_lines("//! kube::Api\nuse x; // kube::Api\n/// tonic::Status\nlet a = 1;")
+            .map(|(_, l)| l.trim().to_string())
+            .collect();
     assert_eq!(lines, ["", "use x;", "", "let a = 1;"]);
 }
 
@@ -135,7 +178,9 @@ fn rust_files(dir: &Path, out: &mut Vec<PathBuf>) {
 
 /// Each line (1-based) with comments and string literals blanked out.
 fn code_lines(text: &str) -> impl Iterator<Item = (usize, String)> + '_ {
-    text.lines().enumerate().map(|(i, line)| (i + 1, strip(line)))
+    text.lines()
+        .enumerate()
+        .map(|(i, line)| (i + 1, strip(line)))
 }
 
 /// A line without its `//` comment and without the contents of its string literals.

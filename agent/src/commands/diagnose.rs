@@ -37,8 +37,6 @@ pub enum DiagnoseError {
     Cluster(#[from] crate::adapters::kube::source::ClusterError),
     #[error(transparent)]
     Registry(#[from] crate::adapters::registry::RegistryError),
-    #[error("cannot read pod {pod}: {source}")]
-    Pod { pod: ObjectKey, source: kube::Error },
     #[error("invalid --cri-endpoint: {0}")]
     CriEndpoint(String),
 }
@@ -165,12 +163,7 @@ async fn load(args: &DiagnoseArgs, image: &ImageRef) -> Result<Subject, Diagnose
         Some(pod) => {
             let key = ObjectKey::new(namespace, pod);
             let (pod_secrets, service_account) =
-                crate::adapters::kube::source::get_pod_pull_spec(&client, &key)
-                    .await
-                    .map_err(|source| DiagnoseError::Pod {
-                        pod: key.clone(),
-                        source,
-                    })?;
+                crate::adapters::kube::source::get_pod_pull_spec(&client, &key).await?;
             let puller = Puller {
                 service_account: Some(service_account),
                 pod_secrets,

@@ -3,6 +3,7 @@
 //! reached only through the traits declared here (`runtime::ImageRuntime`,
 //! `runtime::RegistryMirrors`, `canary::runner::RegistryProbe`, `credentials::CredentialResolver`).
 
+pub mod audit;
 pub mod canary;
 pub mod conditions;
 pub mod credentials;

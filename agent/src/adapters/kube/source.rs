@@ -31,6 +31,8 @@ use tokio_util::sync::CancellationToken;
 pub enum ClusterError {
     #[error("cannot configure the Kubernetes client: {0}")]
     Config(String),
+    #[error("cannot read pod {pod}: {source}")]
+    Pod { pod: ObjectKey, source: kube::Error },
 }
 
 /// A Kubernetes client from `--kubeconfig`, else in-cluster configuration, else `KUBECONFIG`.
@@ -413,10 +415,16 @@ async fn watch_one(client: Client, kind: char, key: ObjectKey, shared: Shared) {
 /// A pod's own `imagePullSecrets` and its ServiceAccount (`default` when unset), for `diagnose`.
 pub async fn get_pod_pull_spec(
     client: &Client,
-    pod: &ObjectKey,
-) -> Result<(Vec<String>, String), kube::Error> {
-    let api: Api<k8s_openapi::api::core::v1::Pod> = Api::namespaced(client.clone(), &pod.namespace);
-    let pod = api.get(&pod.name).await?;
+    key: &ObjectKey,
+) -> Result<(Vec<String>, String), ClusterError> {
+    let api: Api<k8s_openapi::api::core::v1::Pod> = Api::namespaced(client.clone(), &key.namespace);
+    let pod = api
+        .get(&key.name)
+        .await
+        .map_err(|source| ClusterError::Pod {
+            pod: key.clone(),
+            source,
+        })?;
     let spec = pod.spec.unwrap_or_default();
     Ok((
         spec.image_pull_secrets

@@ -8,16 +8,17 @@
 //! Secrets, malformed Docker configs, unused pull secrets, and references to Secrets or
 //! ServiceAccounts that do not exist. A table, or `--json`.
 //!
-//! `analysis` decides (plain types, data-table tests), `cluster` lists from the API server,
-//! `render` prints, `fingerprint` is the keyed hash.
+//! [`crate::decide::audit`] decides (plain types, data-table tests; the keyed fingerprint),
+//! [`crate::adapters::kube::audit_lists`] lists from the API server, [`render`] prints; this
+//! module draws the run's key and wires them.
 
-pub mod analysis;
-pub mod cluster;
-pub mod fingerprint;
 pub mod render;
 
+use crate::adapters::kube::audit_lists as cluster;
 use crate::adapters::kube::source::{ClusterError, client};
 use crate::cli::AuditArgs;
+use crate::decide::audit::{analysis, fingerprint};
+use std::io::Read as _;
 use std::time::SystemTime;
 
 #[derive(Debug, thiserror::Error)]
@@ -38,7 +39,7 @@ pub async fn audit(args: AuditArgs) -> Result<bool, AuditError> {
         max_age,
         json,
     } = args;
-    let key = fingerprint::FingerprintKey::random().map_err(AuditError::Random)?;
+    let key = random_key().map_err(AuditError::Random)?;
     let client = client(kubeconfig.as_deref()).await?;
     let input = cluster::load(&client).await?;
     let options = analysis::Options {
@@ -57,4 +58,23 @@ pub async fn audit(args: AuditArgs) -> Result<bool, AuditError> {
         print!("{}", render::table(&report));
     }
     Ok(report.findings.is_empty())
+}
+
+/// The run's fingerprint key: 32 bytes from the kernel's CSPRNG.
+fn random_key() -> std::io::Result<fingerprint::FingerprintKey> {
+    let mut bytes = [0u8; 32];
+    std::fs::File::open("/dev/urandom")?.read_exact(&mut bytes)?;
+    Ok(fingerprint::FingerprintKey::from_bytes(bytes))
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn random_keys_differ() {
+        let (a, b) = (
+            super::random_key().unwrap_or_else(|e| panic!("{e}")),
+            super::random_key().unwrap_or_else(|e| panic!("{e}")),
+        );
+        assert_ne!(a.fingerprint(&[b"x"]), b.fingerprint(&[b"x"]));
+    }
 }

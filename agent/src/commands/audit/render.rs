@@ -1,8 +1,8 @@
 //! The report as text: one table per namespace (a row per registry entry of each pull secret),
 //! then the findings, worst first, each with a one-line hint.
 
-use super::analysis::{Report, SecretReport};
 use crate::commands::table::columns;
+use crate::decide::audit::analysis::{Report, SecretReport};
 use crate::model::inventory::{TYPE_DOCKERCFG, TYPE_DOCKERCONFIGJSON};
 
 fn short_type(t: Option<&str>) -> String {

@@ -8,7 +8,6 @@ use hmac::{Hmac, Mac as _};
 use secrecy::{ExposeSecret as _, SecretBox};
 use sha2::Sha256;
 use std::fmt;
-use std::io::Read as _;
 
 /// The per-run key. `Debug` prints no byte of it; it is zeroed when dropped.
 pub struct FingerprintKey(SecretBox<[u8; 32]>);
@@ -20,14 +19,7 @@ impl fmt::Debug for FingerprintKey {
 }
 
 impl FingerprintKey {
-    /// 32 bytes from the kernel's CSPRNG.
-    pub fn random() -> std::io::Result<Self> {
-        let mut bytes = [0u8; 32];
-        std::fs::File::open("/dev/urandom")?.read_exact(&mut bytes)?;
-        Ok(Self::from_bytes(bytes))
-    }
-
-    /// A fixed key (tests).
+    /// A key from its bytes (`pullgate audit` draws them from the kernel's CSPRNG per run).
     pub fn from_bytes(bytes: [u8; 32]) -> Self {
         Self(SecretBox::new(Box::new(bytes)))
     }
@@ -106,14 +98,5 @@ mod tests {
         let plain = hex::encode(<Sha256 as sha2::Digest>::digest(b"password"));
         assert_ne!(a.fingerprint(&fields), plain);
         assert_eq!(format!("{a:?}"), "FingerprintKey([REDACTED])");
-    }
-
-    #[test]
-    fn random_keys_differ() {
-        let (a, b) = (
-            FingerprintKey::random().unwrap_or_else(|e| panic!("{e}")),
-            FingerprintKey::random().unwrap_or_else(|e| panic!("{e}")),
-        );
-        assert_ne!(a.fingerprint(&[b"x"]), b.fingerprint(&[b"x"]));
     }
 }
