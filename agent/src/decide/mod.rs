@@ -10,5 +10,6 @@ pub mod desired;
 pub mod event_policy;
 pub mod gate;
 pub mod prepull;
+pub mod retry;
 pub mod runtime;
 pub mod secret_scrub;

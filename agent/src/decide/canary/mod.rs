@@ -3,3 +3,4 @@
 pub mod jitter;
 pub mod rotation;
 pub mod runner;
+pub mod schedule;
