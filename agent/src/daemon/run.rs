@@ -15,14 +15,13 @@ use crate::decide::canary::runner::{CanaryOutcome, CanaryRunner};
 use crate::decide::conditions::Tracker;
 use crate::decide::credentials::{CredentialResolver, KubeletResolver};
 use crate::decide::desired::prepull_images;
-use crate::decide::event_policy::CanaryEvents;
+use crate::decide::event_policy::{CanaryEvents, Severity};
 use crate::decide::prepull::{PassSummary, PrePullConfig, PrePuller, RetryPolicy};
 use crate::model::inventory::ObjectKey;
 use crate::model::node::NodeInfo;
 use crate::model::outcome::{SourceProblem, now_rfc3339};
 use crate::model::verdict::Verdict;
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
@@ -97,14 +96,16 @@ pub async fn run(args: RunArgs) -> Result<RunOutcome, RunError> {
     );
     let out = Outputs::default();
     let metrics = out.metrics.clone();
-    let api_errors = Arc::new(AtomicU64::new(0));
+    let api_errors = Arc::new(crate::adapters::kube::api_errors::ApiErrors::default());
     let readiness = Readiness::default();
     let http_task = match metrics_addr.0 {
         Some(addr) => {
             let (cri, api) = (client.clone(), api_errors.clone());
             let refresh: Refresh = Arc::new(move |m: &Metrics| {
                 m.sync_cri_reconnects(cri.reconnects());
-                m.sync_apiserver_errors(api.load(Ordering::Relaxed));
+                for (kind, total) in api.counts() {
+                    m.sync_apiserver_errors(kind, total);
+                }
             });
             Some(
                 crate::adapters::serve::http::serve(
@@ -345,6 +346,15 @@ impl CanarySink for ReportingCanarySink {
         self.reports.canary(outcome);
         let events = self.lock().1.observe(outcome);
         for event in events {
+            // Canary transitions (`CanaryFailed`, `CanaryRecovered`…), as event policy decides them.
+            match event.severity {
+                Severity::Warning => {
+                    tracing::warn!(reason = event.reason.as_str(), regarding = %event.regarding, "{}", event.note)
+                }
+                Severity::Normal => {
+                    tracing::info!(reason = event.reason.as_str(), regarding = %event.regarding, "{}", event.note)
+                }
+            }
             self.reports.event(event);
         }
     }

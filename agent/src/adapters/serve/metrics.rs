@@ -5,6 +5,7 @@
 
 use crate::decide::canary::runner::CanaryOutcome;
 use crate::decide::conditions::{Condition, Status};
+use crate::decide::retry::ApiErrorKind;
 use crate::model::outcome::{Action, Outcome};
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -50,6 +51,12 @@ pub struct ConditionLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ApiErrorLabels {
+    /// `403`, `404`, `409`, `410`, `429`, `5xx`, `other` or `transport` (`ApiErrorKind::label`).
+    pub kind: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ReasonLabels {
     pub reason: String,
 }
@@ -75,7 +82,7 @@ pub struct Metrics {
     credential_expiry: Family<ExpiryLabels, Gauge<f64, AtomicU64>>,
     condition: Family<ConditionLabels, Gauge>,
     cri_reconnects: Counter,
-    apiserver_errors: Counter,
+    apiserver_errors: Family<ApiErrorLabels, Counter>,
     events: Family<ReasonLabels, Counter>,
     events_dropped: Counter,
 }
@@ -151,10 +158,10 @@ impl Metrics {
             "Times the CRI connection was re-established",
             cri_reconnects.clone(),
         );
-        let apiserver_errors = Counter::default();
+        let apiserver_errors = Family::<ApiErrorLabels, Counter>::default();
         registry.register(
             "apiserver_errors",
-            "Failed API-server requests and broken watches (each retried)",
+            "Failed API-server requests and broken watches (each retried), by kind: the status (403, 404, 409, 410, 429, 5xx, other) or transport",
             apiserver_errors.clone(),
         );
         let events = Family::<ReasonLabels, Counter>::default();
@@ -260,9 +267,13 @@ impl Metrics {
         catch_up(&self.cri_reconnects, total);
     }
 
-    /// Brings the API-server error counter (kept by the cluster source and reporter) up to `total`.
-    pub fn sync_apiserver_errors(&self, total: u64) {
-        catch_up(&self.apiserver_errors, total);
+    /// Brings the API-server error counter of one kind (kept by the cluster source and the
+    /// reporter) up to `total`.
+    pub fn sync_apiserver_errors(&self, kind: ApiErrorKind, total: u64) {
+        let labels = ApiErrorLabels {
+            kind: kind.label().into(),
+        };
+        catch_up(&self.apiserver_errors.get_or_create(&labels), total);
     }
 
     pub fn event_sent(&self, reason: &str) {
@@ -319,6 +330,9 @@ mod tests {
         m.sync_cri_reconnects(5);
         m.sync_cri_reconnects(4);
         m.event_sent("CanaryFailed");
+        m.sync_apiserver_errors(ApiErrorKind::Forbidden, 2);
+        m.sync_apiserver_errors(ApiErrorKind::Server, 0);
+        m.sync_apiserver_errors(ApiErrorKind::Forbidden, 3);
         let text = m.encode();
         assert!(
             text.contains(
@@ -336,6 +350,14 @@ mod tests {
         assert!(text.contains("pullgate_cri_reconnects_total 5"), "{text}");
         assert!(
             text.contains(r#"pullgate_events_total{reason="CanaryFailed"} 1"#),
+            "{text}"
+        );
+        assert!(
+            text.contains(r#"pullgate_apiserver_errors_total{kind="403"} 3"#),
+            "{text}"
+        );
+        assert!(
+            text.contains(r#"pullgate_apiserver_errors_total{kind="5xx"} 0"#),
             "{text}"
         );
         assert!(text.ends_with("# EOF\n"));
