@@ -21,7 +21,7 @@ use crate::daemon::status_board::StatusBoard;
 use crate::decide::canary::runner::CanaryOutcome;
 use crate::decide::conditions::Condition;
 use crate::decide::event_policy::{EventIntent, Regarding};
-use crate::decide::gate::{TimeoutAction, gated_canaries};
+use crate::decide::gate::gated_canaries;
 use crate::decide::node_report::{
     NodeReport, NodeReportConfig, Reply, Step, TAINT_EFFECT, TaintRemoval,
 };
@@ -31,7 +31,6 @@ use crate::model::outcome::Outcome;
 use crate::model::verdict::Verdict;
 use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::time::Duration;
 use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 
@@ -117,46 +116,25 @@ impl Reports {
     }
 }
 
-/// How the cluster task behaves.
-#[derive(Debug, Clone)]
-pub struct ClusterReportConfig {
-    pub node: NodeInfo,
-    pub taint_key: String,
-    pub gate_timeout: Duration,
-    pub gate_timeout_action: TimeoutAction,
-    pub heartbeat: Duration,
-    pub event_burst: u32,
-    pub event_refill: Duration,
-}
-
-/// Starts the cluster task; it ends (after a last flush) when every [`Reports`] clone is dropped.
+/// Starts the cluster task for `node` (`config.node` is its name); it ends (after a last flush)
+/// when every [`Reports`] clone is dropped.
 pub fn run_cluster(
     out: Outputs,
     api_errors: Arc<ApiErrors>,
     client: kube::Client,
-    config: ClusterReportConfig,
+    node: NodeInfo,
+    config: NodeReportConfig,
     sources: watch::Receiver<Arc<Loaded>>,
 ) -> (Reports, tokio::task::JoinHandle<()>) {
     let (tx, rx) = mpsc::unbounded_channel();
-    let report = NodeReport::new(
-        NodeReportConfig {
-            node: config.node.name.clone(),
-            taint_key: config.taint_key.clone(),
-            gate_timeout: config.gate_timeout,
-            gate_timeout_action: config.gate_timeout_action,
-            heartbeat: config.heartbeat,
-            event_burst: config.event_burst,
-            event_refill: config.event_refill,
-        },
-        Instant::now(),
-    );
     let task = tokio::spawn(
         ClusterTask {
-            status: NodeStatus::new(client.clone(), config.node.name.clone()),
-            taints: NodeTaints::new(client.clone(), config.node.name.clone()),
-            events: EventRecorder::new(client, &config.node.name),
-            report,
-            config,
+            status: NodeStatus::new(client.clone(), node.name.clone()),
+            taints: NodeTaints::new(client.clone(), node.name.clone()),
+            events: EventRecorder::new(client, &node.name),
+            taint_key: config.taint_key.clone(),
+            report: NodeReport::new(config, Instant::now()),
+            node,
             json: out.json.clone(),
             metrics: out.metrics.clone(),
             api_errors,
@@ -177,7 +155,8 @@ struct ClusterTask {
     taints: NodeTaints,
     events: EventRecorder,
     report: NodeReport,
-    config: ClusterReportConfig,
+    node: NodeInfo,
+    taint_key: String,
     json: Arc<JsonLines>,
     metrics: Arc<Metrics>,
     api_errors: Arc<ApiErrors>,
@@ -230,11 +209,11 @@ impl ClusterTask {
 
     /// What the sources say about the Node and the gated PullSets.
     fn observe(&mut self, loaded: &Loaded) {
-        let node = loaded.node(&self.config.node);
+        let node = loaded.node(&self.node);
         let tainted = loaded
             .node_facts
             .as_ref()
-            .map(|f| f.has_taint(&self.config.taint_key, TAINT_EFFECT));
+            .map(|f| f.has_taint(&self.taint_key, TAINT_EFFECT));
         self.report
             .node(tainted, gated_canaries(&loaded.inventory, &node));
     }
@@ -253,11 +232,7 @@ impl ClusterTask {
                     })
                 }
                 Step::RemoveTaint => Reply::Taint(
-                    match self
-                        .taints
-                        .remove(&self.config.taint_key, TAINT_EFFECT)
-                        .await
-                    {
+                    match self.taints.remove(&self.taint_key, TAINT_EFFECT).await {
                         Ok(Removal::Removed) => Ok(TaintRemoval::Removed),
                         Ok(Removal::Absent) => Ok(TaintRemoval::Absent),
                         Err(e) => {

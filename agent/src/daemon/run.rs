@@ -10,12 +10,13 @@ use crate::adapters::serve::metrics::Metrics;
 use crate::cli::RunArgs;
 use crate::daemon::canary_scheduler::CanaryControl;
 use crate::daemon::canary_scheduler::{CanarySink, ServiceConfig};
-use crate::daemon::node_reporter::{ClusterReportConfig, Outputs, Reports};
+use crate::daemon::node_reporter::{Outputs, Reports};
 use crate::decide::canary::runner::{CanaryOutcome, CanaryRunner};
 use crate::decide::conditions::Tracker;
 use crate::decide::credentials::{CredentialResolver, KubeletResolver};
 use crate::decide::desired::prepull_images;
 use crate::decide::event_policy::{CanaryEvents, Severity};
+use crate::decide::node_report::NodeReportConfig;
 use crate::decide::prepull::{PassSummary, PrePullConfig, PrePuller, RetryPolicy};
 use crate::model::inventory::ObjectKey;
 use crate::model::node::NodeInfo;
@@ -182,8 +183,9 @@ pub async fn run(args: RunArgs) -> Result<RunOutcome, RunError> {
                 out.clone(),
                 api_errors.clone(),
                 client,
-                ClusterReportConfig {
-                    node: node.clone(),
+                node.clone(),
+                NodeReportConfig {
+                    node: node.name.clone(),
                     taint_key: cluster.taint_key,
                     gate_timeout: *cluster.gate_timeout,
                     gate_timeout_action: cluster.gate_timeout_action.into(),

@@ -1,5 +1,5 @@
 use super::*;
-use crate::model::inventory::SecretObject;
+use crate::model::inventory::{KEY_DOCKERCONFIGJSON, SecretObject, TYPE_DOCKERCONFIGJSON};
 use crate::model::pullset::{PullSetSpec, validate};
 use std::time::UNIX_EPOCH;
 
@@ -44,19 +44,18 @@ fn inventory(sets: &[(&str, &str)], password: &str) -> Inventory {
         let set = validate(ObjectKey::new("ns", *name), spec).unwrap();
         inv.pullsets.insert(set.key.clone(), set);
     }
-    let key = ObjectKey::new("ns", "regcred");
-    inv.secrets.insert(
-        key.clone(),
-        SecretObject {
-            key,
-            type_: "kubernetes.io/dockerconfigjson".into(),
-            data: [(
-                ".dockerconfigjson".to_string(),
-                password.as_bytes().to_vec().into(),
-            )]
-            .into(),
-        },
-    );
+    let regcred = ObjectKey::new("ns", "regcred");
+    let data = BTreeMap::from([(
+        KEY_DOCKERCONFIGJSON.to_string(),
+        password.as_bytes().to_vec().into(),
+    )]);
+    let type_ = TYPE_DOCKERCONFIGJSON.into();
+    let secret = SecretObject {
+        key: regcred.clone(),
+        type_,
+        data,
+    };
+    inv.secrets.insert(regcred, secret);
     inv
 }
 
