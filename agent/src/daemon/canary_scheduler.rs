@@ -1,30 +1,21 @@
-//! The daemon's canary loop: which PullSet to check, when, and why.
-//!
-//! Triggers: start-up (every PullSet with `canary`, spread over the rotation window); rotation (the
-//! data of a referenced Secret or the ServiceAccount's secret list changed, `onRotation`), within
-//! seconds; the PullSet's cron `schedule`, each node delayed by its deterministic jitter offset; and
-//! retries of a failed canary with capped exponential backoff until it succeeds. Requests for the
-//! same PullSet coalesce (the earliest wins). Runs are sequential: a node never stampedes its
-//! registries.
+//! The daemon's canary loop: the tokio driver of the schedule (`decide::canary::schedule`), which
+//! decides which PullSet to check, when, and why. This module only does the I/O: it feeds the
+//! schedule the sources' changes, the local API's manual requests and the passing of time, runs
+//! the canaries it hands out (one at a time) with the runner, and passes outcomes to the sink and
+//! to manual callers, and the next canary times to [`CanaryControl`].
 
 use crate::adapters::files::manifests::Loaded;
-use crate::decide::canary::jitter;
-use crate::decide::canary::rotation;
-use crate::decide::canary::runner::{CanaryOutcome, CanaryRunner, RegistryProbe, Trigger};
+use crate::decide::canary::runner::{CanaryOutcome, CanaryRunner, RegistryProbe};
+use crate::decide::canary::schedule::{Action, CanarySchedule, Input, Now, ScheduleConfig};
 use crate::decide::credentials::CredentialResolver;
-use crate::model::inventory::{Inventory, ObjectKey};
+use crate::model::inventory::ObjectKey;
 use crate::model::node::NodeInfo;
-use crate::model::pullset::{ValidPullSet, cron_expression};
 use crate::model::verdict::Verdict;
-use futures::StreamExt as _;
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 use tokio::sync::{mpsc, watch};
-use tokio_cron_scheduler::{Job, JobScheduler};
 use tokio_util::sync::CancellationToken;
-use tokio_util::time::DelayQueue;
-use tokio_util::time::delay_queue::Key;
 
 /// Settings of the loop.
 #[derive(Clone, Debug)]
@@ -33,6 +24,8 @@ pub struct ServiceConfig {
     pub node: NodeInfo,
     /// Rotation and start-up canaries wait a deterministic offset in `[0, window)`.
     pub rotation_window: Duration,
+    /// A failed canary is retried after a jittered backoff whose step doubles from `retry_min`
+    /// to `retry_max` (see `decide::retry::Retry`).
     pub retry_min: Duration,
     pub retry_max: Duration,
 }
@@ -121,324 +114,145 @@ pub async fn run<P: RegistryProbe + 'static>(
 ) {
     let ControlEnd {
         manual: mut manual_rx,
-        next: next_canaries,
+        next,
     } = control;
-    let mut replies: HashMap<ObjectKey, Vec<mpsc::UnboundedSender<CanaryOutcome>>> = HashMap::new();
-    let node = runner.node.clone();
-    let (fire_tx, mut fire_rx) = mpsc::unbounded_channel::<ObjectKey>();
-    let mut scheduler = match JobScheduler::new().await {
-        Ok(s) => Some(s),
-        Err(e) => {
-            tracing::error!(error = %e, "cannot create the canary scheduler; scheduled canaries are off");
-            None
-        }
+    let mut schedule = CanarySchedule::new(ScheduleConfig {
+        node: runner.node.clone(),
+        rotation_window: config.rotation_window,
+        retry_min: config.retry_min,
+        retry_max: config.retry_max,
+    });
+    let mut driver = Driver {
+        runner,
+        resolver,
+        sink,
+        next,
+        node: config.node,
+        loaded: sources.borrow_and_update().clone(),
+        replies: HashMap::new(),
     };
-    if let Some(s) = scheduler.as_mut()
-        && let Err(e) = s.start().await
-    {
-        tracing::error!(error = %e, "cannot start the canary scheduler; scheduled canaries are off");
-    }
-    let mut jobs: HashMap<ObjectKey, (String, uuid::Uuid)> = HashMap::new();
-    let mut queue: DelayQueue<(ObjectKey, Trigger)> = DelayQueue::new();
-    let mut pending: HashMap<ObjectKey, Key> = HashMap::new();
-    let mut failures: HashMap<ObjectKey, u32> = HashMap::new();
-    let mut verdicts: BTreeMap<(ObjectKey, String), Verdict> = BTreeMap::new();
-
-    let mut loaded = sources.borrow_and_update().clone();
-    let mut this_node = loaded.node(&config.node);
-    let mut fingerprints = rotation::fingerprints(&loaded.inventory);
-    for set in canaried(&loaded.inventory, &this_node) {
-        let delay = jitter::offset(&node, &set.key, config.rotation_window);
-        enqueue(
-            &mut queue,
-            &mut pending,
-            set.key.clone(),
-            Trigger::Startup,
-            delay,
-        );
-    }
-    sync_jobs(
-        scheduler.as_mut(),
-        &mut jobs,
-        &loaded.inventory,
-        &this_node,
-        &fire_tx,
-    )
-    .await;
-    publish_next(scheduler.as_mut(), &jobs, &loaded, &node, &next_canaries).await;
-    // Nothing to canary here: the credentials condition is True at once, not Unknown forever.
-    if canaried(&loaded.inventory, &this_node).next().is_none() {
-        sink.verdicts(&verdicts);
-    }
-
+    let start = driver.inventory_changed(&mut schedule);
+    driver.act(&mut schedule, start).await;
     loop {
-        tokio::select! {
+        let due = schedule.handle(Input::Tick, Now::current());
+        if driver.act(&mut schedule, due).await {
+            // A run took time: look again before waiting.
+            continue;
+        }
+        let deadline = schedule.deadline();
+        let actions = tokio::select! {
             () = cancel.cancelled() => break,
             changed = sources.changed() => {
                 if changed.is_err() {
                     break;
                 }
-                loaded = sources.borrow_and_update().clone();
-                this_node = loaded.node(&config.node);
-                let new = rotation::fingerprints(&loaded.inventory);
-                for key in rotation::rotated(&fingerprints, &new) {
-                    if let Some(set) = loaded.inventory.pullsets.get(&key)
-                        && set.spec.canary.as_ref().is_some_and(|c| c.on_rotation)
-                        && this_node.matches(&set.spec.node_selector)
-                    {
-                        tracing::info!(pullset = %key, "credentials changed; re-validating");
-                        let delay = jitter::offset(&node, &key, config.rotation_window);
-                        enqueue(&mut queue, &mut pending, key, Trigger::Rotation, delay);
-                    }
-                }
-                for set in canaried(&loaded.inventory, &this_node) {
-                    if !fingerprints.contains_key(&set.key) {
-                        let delay = jitter::offset(&node, &set.key, config.rotation_window);
-                        enqueue(&mut queue, &mut pending, set.key.clone(), Trigger::Startup, delay);
-                    }
-                }
-                fingerprints = new;
-                let selected: std::collections::BTreeSet<ObjectKey> =
-                    canaried(&loaded.inventory, &this_node).map(|s| s.key.clone()).collect();
-                let before = verdicts.len();
-                verdicts.retain(|(key, _), _| selected.contains(key));
-                if verdicts.len() != before || selected.is_empty() {
-                    sink.verdicts(&verdicts);
-                }
-                sync_jobs(scheduler.as_mut(), &mut jobs, &loaded.inventory, &this_node, &fire_tx).await;
-                publish_next(scheduler.as_mut(), &jobs, &loaded, &node, &next_canaries).await;
+                driver.loaded = sources.borrow_and_update().clone();
+                driver.inventory_changed(&mut schedule)
             }
             Some(run) = manual_rx.recv() => {
-                let keys: Vec<ObjectKey> = match run.pullset {
-                    Some(key) => vec![key],
-                    None => canaried(&loaded.inventory, &this_node).map(|s| s.key.clone()).collect(),
-                };
-                for key in keys {
-                    replies.entry(key.clone()).or_default().push(run.reply.clone());
-                    enqueue(&mut queue, &mut pending, key, Trigger::Manual, Duration::ZERO);
-                }
-            }
-            Some(key) = fire_rx.recv() => {
-                let window = loaded
-                    .inventory
-                    .pullsets
-                    .get(&key)
-                    .and_then(|s| s.spec.canary.as_ref())
-                    .and_then(|c| c.jitter.as_deref())
-                    .and_then(|j| humantime::parse_duration(j).ok())
-                    .unwrap_or_default();
-                let delay = jitter::offset(&node, &key, window);
-                enqueue(&mut queue, &mut pending, key, Trigger::Schedule, delay);
-                publish_next(scheduler.as_mut(), &jobs, &loaded, &node, &next_canaries).await;
-            }
-            Some(expired) = queue.next() => {
-                let (key, trigger) = expired.into_inner();
-                pending.remove(&key);
-                // Dropped at the end of this run: a manual caller's stream then ends.
-                let waiting = replies.remove(&key).unwrap_or_default();
-                let Some(set) = loaded
-                    .inventory
-                    .pullsets
-                    .get(&key)
-                    .filter(|s| s.spec.canary.is_some() && this_node.matches(&s.spec.node_selector))
-                else {
-                    continue;
-                };
-                let depth = set.spec.canary.as_ref().map(|c| c.depth).unwrap_or_default();
-                let outcomes = runner.check_pullset(&loaded.inventory, set, resolver.as_ref(), depth, trigger).await;
-                let mut all_ok = true;
-                for o in &outcomes {
-                    let previous = verdicts.insert((key.clone(), o.image.clone()), o.verdict);
-                    match (previous, o.verdict.is_ok()) {
-                        (Some(p), true) if !p.is_ok() => tracing::info!(pullset = %key, image = %o.image, "CanaryRecovered"),
-                        (Some(p), false) if p.is_ok() => tracing::warn!(pullset = %key, image = %o.image, verdict = %o.verdict, "CanaryFailed"),
-                        (None, false) => tracing::warn!(pullset = %key, image = %o.image, verdict = %o.verdict, "CanaryFailed"),
-                        _ => {}
-                    }
-                    all_ok &= o.verdict.is_ok();
-                    sink.outcome(o);
-                    for reply in &waiting {
-                        let _ = reply.send(o.clone());
+                let actions = schedule.handle(Input::Manual(run.pullset), Now::current());
+                for action in &actions {
+                    if let Action::Awaiting(key) = action {
+                        driver.replies.entry(key.clone()).or_default().push(run.reply.clone());
                     }
                 }
-                sink.verdicts(&verdicts);
-                if all_ok {
-                    failures.remove(&key);
-                } else {
-                    let n = failures.entry(key.clone()).or_insert(0);
-                    *n += 1;
-                    let backoff = config.retry_min.saturating_mul(1 << (*n - 1).min(16)).min(config.retry_max);
-                    enqueue(&mut queue, &mut pending, key, Trigger::Retry, backoff);
-                }
+                actions
             }
-        }
-    }
-    if let Some(mut s) = scheduler {
-        let _ = s.shutdown().await;
-    }
-}
-
-/// Records when each scheduled PullSet's canary is next due: the cron tick plus the jitter.
-async fn publish_next(
-    scheduler: Option<&mut JobScheduler>,
-    jobs: &HashMap<ObjectKey, (String, uuid::Uuid)>,
-    loaded: &Loaded,
-    node: &str,
-    next: &Mutex<BTreeMap<ObjectKey, SystemTime>>,
-) {
-    let Some(scheduler) = scheduler else {
-        return;
-    };
-    let mut times = BTreeMap::new();
-    for (key, (_, id)) in jobs {
-        let Ok(Some(tick)) = scheduler.next_tick_for_job(*id).await else {
-            continue;
+            () = sleep_until(deadline) => Vec::new(),
         };
-        let window = loaded
-            .inventory
-            .pullsets
-            .get(key)
-            .and_then(|s| s.spec.canary.as_ref())
-            .and_then(|c| c.jitter.as_deref())
-            .and_then(|j| humantime::parse_duration(j).ok())
-            .unwrap_or_default();
-        times.insert(
-            key.clone(),
-            SystemTime::from(tick) + jitter::offset(node, key, window),
-        );
+        driver.act(&mut schedule, actions).await;
     }
-    *next
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner) = times;
 }
 
-fn canaried<'a>(
-    inventory: &'a Inventory,
-    node: &'a NodeInfo,
-) -> impl Iterator<Item = &'a ValidPullSet> {
-    inventory
-        .pullsets
-        .values()
-        .filter(|s| s.spec.canary.is_some() && node.matches(&s.spec.node_selector))
+async fn sleep_until(deadline: Option<tokio::time::Instant>) {
+    match deadline {
+        Some(deadline) => tokio::time::sleep_until(deadline).await,
+        None => std::future::pending().await,
+    }
 }
 
-/// Queues a check; an earlier request for the same PullSet wins.
-fn enqueue(
-    queue: &mut DelayQueue<(ObjectKey, Trigger)>,
-    pending: &mut HashMap<ObjectKey, Key>,
-    key: ObjectKey,
-    trigger: Trigger,
-    delay: Duration,
-) {
-    if let Some(queued) = pending.get(&key) {
-        let due = queue.deadline(queued);
-        if due <= tokio::time::Instant::now() + delay {
-            return;
-        }
-        queue.remove(queued);
-    }
-    let k = queue.insert((key.clone(), trigger), delay);
-    pending.insert(key, k);
+/// What the loop keeps beside the schedule.
+struct Driver<P> {
+    runner: Arc<CanaryRunner<P>>,
+    resolver: Arc<dyn CredentialResolver>,
+    sink: Arc<dyn CanarySink>,
+    next: Arc<Mutex<BTreeMap<ObjectKey, SystemTime>>>,
+    node: NodeInfo,
+    loaded: Arc<Loaded>,
+    /// Manual callers waiting for a PullSet's next run.
+    replies: HashMap<ObjectKey, Vec<mpsc::UnboundedSender<CanaryOutcome>>>,
 }
 
-/// One cron job per PullSet with a schedule; changed schedules are replaced.
-async fn sync_jobs(
-    scheduler: Option<&mut JobScheduler>,
-    jobs: &mut HashMap<ObjectKey, (String, uuid::Uuid)>,
-    inventory: &Inventory,
-    node: &NodeInfo,
-    fire: &mpsc::UnboundedSender<ObjectKey>,
-) {
-    let Some(scheduler) = scheduler else {
-        return;
-    };
-    let wanted: HashMap<ObjectKey, String> = inventory
-        .pullsets
-        .values()
-        .filter(|s| node.matches(&s.spec.node_selector))
-        .filter_map(|s| {
-            let schedule = s.spec.canary.as_ref()?.schedule.as_ref()?;
-            Some((s.key.clone(), cron_expression(schedule).ok()?))
-        })
-        .collect();
-    let stale: Vec<ObjectKey> = jobs
-        .iter()
-        .filter(|(k, (expr, _))| wanted.get(*k) != Some(expr))
-        .map(|(k, _)| k.clone())
-        .collect();
-    for key in stale {
-        if let Some((_, id)) = jobs.remove(&key) {
-            let _ = scheduler.remove(&id).await;
-        }
-    }
-    for (key, expression) in wanted {
-        if jobs.contains_key(&key) {
-            continue;
-        }
-        let fire = fire.clone();
-        let job_key = key.clone();
-        let job = Job::new_async(expression.as_str(), move |_id, _scheduler| {
-            let fire = fire.clone();
-            let key = job_key.clone();
-            Box::pin(async move {
-                let _ = fire.send(key);
-            })
-        });
-        match job {
-            Ok(job) => match scheduler.add(job).await {
-                Ok(id) => {
-                    jobs.insert(key, (expression, id));
-                }
-                Err(e) => tracing::warn!(pullset = %key, error = %e, "cannot schedule canary"),
+impl<P: RegistryProbe + 'static> Driver<P> {
+    fn inventory_changed(&self, schedule: &mut CanarySchedule) -> Vec<Action> {
+        let node = self.loaded.node(&self.node);
+        schedule.handle(
+            Input::Inventory {
+                inventory: &self.loaded.inventory,
+                node: &node,
             },
-            Err(e) => tracing::warn!(pullset = %key, error = %e, "cannot schedule canary"),
-        }
+            Now::current(),
+        )
     }
-}
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[tokio::test(start_paused = true)]
-    async fn requests_for_a_pullset_coalesce_and_the_earliest_wins() {
-        let mut queue = DelayQueue::new();
-        let mut pending = HashMap::new();
-        let key = ObjectKey::new("ns", "s");
-        let start = tokio::time::Instant::now();
-        enqueue(
-            &mut queue,
-            &mut pending,
-            key.clone(),
-            Trigger::Schedule,
-            Duration::from_secs(60),
-        );
-        enqueue(
-            &mut queue,
-            &mut pending,
-            key.clone(),
-            Trigger::Rotation,
-            Duration::from_secs(1),
-        );
-        enqueue(
-            &mut queue,
-            &mut pending,
-            key.clone(),
-            Trigger::Retry,
-            Duration::from_secs(30),
-        );
-        enqueue(
-            &mut queue,
-            &mut pending,
-            ObjectKey::new("ns", "other"),
-            Trigger::Startup,
-            Duration::from_secs(2),
-        );
-        assert_eq!(queue.len(), 2);
-        let (first, trigger) = queue.next().await.unwrap().into_inner();
-        assert_eq!((first, trigger), (key, Trigger::Rotation));
-        assert_eq!(start.elapsed(), Duration::from_secs(1));
-        let (second, _) = queue.next().await.unwrap().into_inner();
-        assert_eq!(second.name, "other");
+    /// Carries out the schedule's actions; `true` when a canary ran.
+    async fn act(&mut self, schedule: &mut CanarySchedule, actions: Vec<Action>) -> bool {
+        let mut ran = false;
+        let mut actions = VecDeque::from(actions);
+        while let Some(action) = actions.pop_front() {
+            match action {
+                Action::Run { key, trigger } => {
+                    ran = true;
+                    // Dropped at the end of this run: a manual caller's stream then ends.
+                    let waiting = self.replies.remove(&key).unwrap_or_default();
+                    let Some(set) = self.loaded.inventory.pullsets.get(&key) else {
+                        continue;
+                    };
+                    let depth = set
+                        .spec
+                        .canary
+                        .as_ref()
+                        .map(|c| c.depth)
+                        .unwrap_or_default();
+                    let outcomes = self
+                        .runner
+                        .check_pullset(
+                            &self.loaded.inventory,
+                            set,
+                            self.resolver.as_ref(),
+                            depth,
+                            trigger,
+                        )
+                        .await;
+                    for o in &outcomes {
+                        self.sink.outcome(o);
+                        for reply in &waiting {
+                            let _ = reply.send(o.clone());
+                        }
+                    }
+                    let verdicts: Vec<(String, Verdict)> = outcomes
+                        .iter()
+                        .map(|o| (o.image.clone(), o.verdict))
+                        .collect();
+                    let finished = Input::Finished {
+                        key: &key,
+                        verdicts: &verdicts,
+                    };
+                    actions.extend(schedule.handle(finished, Now::current()));
+                }
+                Action::Awaiting(_) => {}
+                Action::Dropped(key) => {
+                    self.replies.remove(&key);
+                }
+                Action::Verdicts(verdicts) => self.sink.verdicts(&verdicts),
+                Action::NextCanaries(times) => {
+                    *self
+                        .next
+                        .lock()
+                        .unwrap_or_else(std::sync::PoisonError::into_inner) = times;
+                }
+            }
+        }
+        ran
     }
 }

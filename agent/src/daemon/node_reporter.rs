@@ -2,15 +2,16 @@
 //!
 //! [`Reports`] is the handle the pre-pull loop and the canaries use: every condition transition and
 //! Event is a JSON line on stdout, and in cluster mode it also goes to one task ([`run_cluster`])
-//! that owns everything written to the API server about this node:
-//!
-//! - the conditions, as one strategic-merge patch of `nodes/status` on every change and every
-//!   `--condition-heartbeat`; a failed write is retried with backoff until it succeeds, always
-//!   with the latest state, so an API server that was away gets the truth when it is back;
-//! - the Events, through a per-node budget, retried while the API server is away (a bounded queue);
-//! - the gate: the start-up taint is removed once the gated PullSets are ready, or at the timeout.
+//! that owns everything written to the API server about this node. That task is the tokio driver
+//! of `decide::node_report::NodeReport`, which decides what to write and when (conditions on
+//! change and every `--condition-heartbeat`, retried with backoff until written with the latest
+//! state; Events through the per-node budget, queued while the API server is away; the gate and
+//! its taint removal); the driver feeds it the reports, the sources' view of the Node and the
+//! passing of time, does the writes (`node_status`, `node_taint`, `event_recorder`), counts each
+//! failure by kind, and answers it with the result.
 
 use crate::adapters::files::manifests::Loaded;
+use crate::adapters::kube::api_errors::ApiErrors;
 use crate::adapters::kube::event_recorder::EventRecorder;
 use crate::adapters::kube::node_status::NodeStatus;
 use crate::adapters::kube::node_taint::{NodeTaints, Removal};
@@ -19,23 +20,19 @@ use crate::adapters::serve::metrics::Metrics;
 use crate::daemon::status_board::StatusBoard;
 use crate::decide::canary::runner::CanaryOutcome;
 use crate::decide::conditions::Condition;
-use crate::decide::event_policy::{Admit, Budget, EventIntent, Reason, Regarding};
-use crate::decide::gate::{Gate, GateDecision, GateInputs, TimeoutAction};
+use crate::decide::event_policy::{EventIntent, Regarding};
+use crate::decide::gate::gated_canaries;
+use crate::decide::node_report::{
+    NodeReport, NodeReportConfig, Reply, Step, TAINT_EFFECT, TaintRemoval,
+};
 use crate::model::inventory::ObjectKey;
 use crate::model::node::NodeInfo;
 use crate::model::outcome::Outcome;
 use crate::model::verdict::Verdict;
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, watch};
-
-/// The taint's effect: the gate only ever removes `<key>:NoSchedule`.
-pub const TAINT_EFFECT: &str = "NoSchedule";
-
-/// Events kept while the API server is away; older ones are dropped first (and counted).
-const PENDING_EVENTS: usize = 256;
+use tokio::time::Instant;
 
 /// Messages to the cluster task.
 #[derive(Debug)]
@@ -119,45 +116,25 @@ impl Reports {
     }
 }
 
-/// How the cluster task behaves.
-#[derive(Debug, Clone)]
-pub struct ClusterReportConfig {
-    pub node: NodeInfo,
-    pub taint_key: String,
-    pub gate_timeout: Duration,
-    pub gate_timeout_action: TimeoutAction,
-    pub heartbeat: Duration,
-    pub event_burst: u32,
-    pub event_refill: Duration,
-}
-
-/// Starts the cluster task; it ends (after a last flush) when every [`Reports`] clone is dropped.
+/// Starts the cluster task for `node` (`config.node` is its name); it ends (after a last flush)
+/// when every [`Reports`] clone is dropped.
 pub fn run_cluster(
     out: Outputs,
-    api_errors: Arc<AtomicU64>,
+    api_errors: Arc<ApiErrors>,
     client: kube::Client,
-    config: ClusterReportConfig,
+    node: NodeInfo,
+    config: NodeReportConfig,
     sources: watch::Receiver<Arc<Loaded>>,
 ) -> (Reports, tokio::task::JoinHandle<()>) {
     let (tx, rx) = mpsc::unbounded_channel();
     let task = tokio::spawn(
         ClusterTask {
-            status: NodeStatus::new(client.clone(), config.node.name.clone()),
-            taints: NodeTaints::new(client.clone(), config.node.name.clone()),
-            events: EventRecorder::new(client, &config.node.name),
-            budget: Budget::new(config.event_burst, config.event_refill, Instant::now()),
-            gate: Gate::new(config.gate_timeout, config.gate_timeout_action),
-            config,
-            started: Instant::now(),
-            conditions: BTreeMap::new(),
-            conditions_dirty: false,
-            written_at: None,
-            conditions_retry: Retry::default(),
-            pending: VecDeque::new(),
-            lost_while_away: 0,
-            events_retry: Retry::default(),
-            images_ready: None,
-            canary_verdicts: BTreeMap::new(),
+            status: NodeStatus::new(client.clone(), node.name.clone()),
+            taints: NodeTaints::new(client.clone(), node.name.clone()),
+            events: EventRecorder::new(client, &node.name),
+            taint_key: config.taint_key.clone(),
+            report: NodeReport::new(config, Instant::now()),
+            node,
             json: out.json.clone(),
             metrics: out.metrics.clone(),
             api_errors,
@@ -173,48 +150,16 @@ pub fn run_cluster(
     )
 }
 
-/// Exponential backoff (1 s … 30 s) for one kind of write.
-#[derive(Debug, Default)]
-struct Retry {
-    failures: u32,
-    not_before: Option<Instant>,
-}
-
-impl Retry {
-    fn due(&self, now: Instant) -> bool {
-        self.not_before.is_none_or(|t| now >= t)
-    }
-    fn failed(&mut self, now: Instant) {
-        self.failures += 1;
-        let delay =
-            Duration::from_secs(1 << (self.failures - 1).min(5)).min(Duration::from_secs(30));
-        self.not_before = Some(now + delay);
-    }
-    fn succeeded(&mut self) {
-        *self = Self::default();
-    }
-}
-
 struct ClusterTask {
     status: NodeStatus,
     taints: NodeTaints,
     events: EventRecorder,
-    budget: Budget,
-    gate: Gate,
-    config: ClusterReportConfig,
-    started: Instant,
-    conditions: BTreeMap<&'static str, Condition>,
-    conditions_dirty: bool,
-    written_at: Option<Instant>,
-    conditions_retry: Retry,
-    pending: VecDeque<EventIntent>,
-    lost_while_away: u64,
-    events_retry: Retry,
-    images_ready: Option<bool>,
-    canary_verdicts: BTreeMap<(ObjectKey, String), Verdict>,
+    report: NodeReport,
+    node: NodeInfo,
+    taint_key: String,
     json: Arc<JsonLines>,
     metrics: Arc<Metrics>,
-    api_errors: Arc<AtomicU64>,
+    api_errors: Arc<ApiErrors>,
 }
 
 impl ClusterTask {
@@ -223,10 +168,12 @@ impl ClusterTask {
         mut rx: mpsc::UnboundedReceiver<Msg>,
         mut sources: watch::Receiver<Arc<Loaded>>,
     ) {
-        let mut tick = tokio::time::interval(Duration::from_secs(1));
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut sources_open = true;
+        let mut loaded = sources.borrow_and_update().clone();
+        self.observe(&loaded);
         loop {
+            self.drive(&loaded).await;
+            let deadline = self.report.deadline(Instant::now());
             tokio::select! {
                 msg = rx.recv() => match msg {
                     Some(msg) => {
@@ -240,183 +187,109 @@ impl ClusterTask {
                 },
                 changed = sources.changed(), if sources_open => {
                     sources_open = changed.is_ok();
+                    loaded = sources.borrow_and_update().clone();
+                    self.observe(&loaded);
                 }
-                _ = tick.tick() => {}
+                () = sleep_until(deadline) => {}
             }
-            let loaded = sources.borrow().clone();
-            self.step(&loaded, Instant::now()).await;
         }
         // Last flush: the latest conditions and what Events the budget allows.
-        let loaded = sources.borrow().clone();
-        self.conditions_retry.succeeded();
-        self.events_retry.succeeded();
-        self.step(&loaded, Instant::now()).await;
+        self.report.flush();
+        self.drive(&loaded).await;
     }
 
     fn absorb(&mut self, msg: Msg) {
         match msg {
-            Msg::Condition(c) => {
-                self.conditions.insert(c.type_, c);
-                self.conditions_dirty = true;
-            }
-            Msg::Event(e) => {
-                if self.pending.len() == PENDING_EVENTS {
-                    self.pending.pop_front();
-                    self.lost_while_away += 1;
-                    self.metrics.events_dropped(1);
+            Msg::Condition(c) => self.report.condition(c),
+            Msg::Event(e) => self.report.event(e),
+            Msg::ImagesReady(ready) => self.report.images_ready(ready),
+            Msg::CanaryVerdicts(v) => self.report.canary_verdicts(v),
+        }
+    }
+
+    /// What the sources say about the Node and the gated PullSets.
+    fn observe(&mut self, loaded: &Loaded) {
+        let node = loaded.node(&self.node);
+        let tainted = loaded
+            .node_facts
+            .as_ref()
+            .map(|f| f.has_taint(&self.taint_key, TAINT_EFFECT));
+        self.report
+            .node(tainted, gated_canaries(&loaded.inventory, &node));
+    }
+
+    /// Carries out what the reporter asks for now, one request at a time.
+    async fn drive(&mut self, loaded: &Loaded) {
+        while let Some(step) = self.report.poll(Instant::now()) {
+            let reply = match step {
+                Step::WriteConditions(all) => {
+                    Reply::Conditions(match self.status.publish(&all).await {
+                        Ok(()) => Ok(()),
+                        Err(e) => {
+                            tracing::warn!(error = %e, "node conditions not written; retrying with backoff");
+                            Err(self.failed(e.kind()))
+                        }
+                    })
                 }
-                self.pending.push_back(e);
-            }
-            Msg::ImagesReady(ready) => self.images_ready = Some(ready),
-            Msg::CanaryVerdicts(v) => self.canary_verdicts = v,
-        }
-    }
-
-    async fn step(&mut self, loaded: &Loaded, now: Instant) {
-        self.write_conditions(now).await;
-        self.evaluate_gate(loaded, now).await;
-        self.send_events(loaded, now).await;
-    }
-
-    async fn write_conditions(&mut self, now: Instant) {
-        let heartbeat_due = self
-            .written_at
-            .is_some_and(|t| now.duration_since(t) >= self.config.heartbeat);
-        if self.conditions.is_empty()
-            || !(self.conditions_dirty || heartbeat_due)
-            || !self.conditions_retry.due(now)
-        {
-            return;
-        }
-        let all: Vec<Condition> = self.conditions.values().cloned().collect();
-        match self.status.publish(&all).await {
-            Ok(()) => {
-                if self.conditions_retry.failures > 0 {
-                    tracing::info!("node conditions written again after the API server was away");
+                Step::RemoveTaint => Reply::Taint(
+                    match self.taints.remove(&self.taint_key, TAINT_EFFECT).await {
+                        Ok(Removal::Removed) => Ok(TaintRemoval::Removed),
+                        Ok(Removal::Absent) => Ok(TaintRemoval::Absent),
+                        Err(e) => {
+                            tracing::warn!(error = %e, "taint not removed; retrying with backoff");
+                            Err(self.failed(e.kind()))
+                        }
+                    },
+                ),
+                Step::PublishEvent(event) => {
+                    let uid = match &event.regarding {
+                        Regarding::Node(_) => None,
+                        Regarding::PullSet(key) => loaded
+                            .inventory
+                            .pullsets
+                            .get(key)
+                            .and_then(|s| s.uid.clone()),
+                    };
+                    Reply::Event(match self.events.publish(&event, uid).await {
+                        Ok(()) => {
+                            self.metrics.event_sent(event.reason.as_str());
+                            Ok(())
+                        }
+                        Err(e) => {
+                            if e.kind().is_transient() {
+                                tracing::warn!(error = %e, "event not published; retrying with backoff");
+                            } else {
+                                tracing::warn!(error = %e, "event rejected; dropped");
+                            }
+                            Err(self.failed(e.kind()))
+                        }
+                    })
                 }
-                self.conditions_dirty = false;
-                self.written_at = Some(now);
-                self.conditions_retry.succeeded();
-            }
-            Err(e) => {
-                self.api_errors.fetch_add(1, Ordering::Relaxed);
-                self.conditions_retry.failed(now);
-                tracing::warn!(error = %e, "node conditions not written; retrying with backoff");
-            }
-        }
-    }
-
-    async fn evaluate_gate(&mut self, loaded: &Loaded, now: Instant) {
-        let node = loaded.node(&self.config.node);
-        let expected = crate::decide::gate::gated_canaries(&loaded.inventory, &node);
-        let inputs = GateInputs {
-            tainted: loaded
-                .node_facts
-                .as_ref()
-                .map(|f| f.has_taint(&self.config.taint_key, TAINT_EFFECT)),
-            images_ready: self.images_ready,
-            credentials_valid: crate::decide::gate::credentials_valid(
-                &expected,
-                &self.canary_verdicts,
-            ),
-            elapsed: now.duration_since(self.started),
-        };
-        let taint = format!("{}:{TAINT_EFFECT}", self.config.taint_key);
-        let elapsed = humantime::format_duration(Duration::from_secs(inputs.elapsed.as_secs()));
-        let regarding = Regarding::Node(self.config.node.name.clone());
-        let (reason, note) = match self.gate.decide(&inputs) {
-            GateDecision::Wait => return,
-            GateDecision::TimedOutKeep { waiting_for } => {
-                let note = format!(
-                    "kept taint {taint} after {elapsed} (--gate-timeout-action keep): {waiting_for}"
-                );
-                tracing::warn!("{note}");
-                self.own_event(EventIntent::new(
-                    regarding,
-                    Reason::GateTimedOut,
-                    note,
-                    "keep",
-                ));
-                return;
-            }
-            GateDecision::Open => (
-                Reason::GateOpened,
-                format!(
-                    "removed taint {taint} after {elapsed}: CriticalImagesReady and PullCredentialsValid are True for the gated PullSets"
-                ),
-            ),
-            GateDecision::TimedOutRemove { waiting_for } => (
-                Reason::GateTimedOut,
-                format!(
-                    "removed taint {taint} at the gate timeout ({elapsed}) although {waiting_for}"
-                ),
-            ),
-        };
-        match self
-            .taints
-            .remove(&self.config.taint_key, TAINT_EFFECT)
-            .await
-        {
-            Ok(Removal::Removed) => {
-                tracing::info!("{note}");
-                self.own_event(EventIntent::new(regarding, reason, note, ""));
-            }
-            Ok(Removal::Absent) => {
-                tracing::debug!(%taint, "taint already gone");
-            }
-            Err(e) => {
-                self.api_errors.fetch_add(1, Ordering::Relaxed);
-                tracing::warn!(error = %e, "taint not removed; retrying");
-            }
-        }
-    }
-
-    /// An Event this task decided on: a JSON line too, like every other.
-    fn own_event(&mut self, event: EventIntent) {
-        self.json.emit(&event);
-        self.absorb(Msg::Event(event));
-    }
-
-    async fn send_events(&mut self, loaded: &Loaded, now: Instant) {
-        while self.events_retry.due(now) {
-            let Some(mut event) = self.pending.pop_front() else {
-                return;
-            };
-            let dropped = match self.budget.admit(now) {
-                Admit::Send { dropped } => dropped + std::mem::take(&mut self.lost_while_away),
-                Admit::Drop => {
-                    self.metrics.events_dropped(1);
-                    tracing::debug!(reason = event.reason.as_str(), regarding = %event.regarding, "event over the node's budget; dropped");
+                Step::Announce(event) => {
+                    self.json.emit(&event);
+                    continue;
+                }
+                Step::Dropped(n) => {
+                    self.metrics.events_dropped(n);
                     continue;
                 }
             };
-            if dropped > 0 {
-                event.note = format!(
-                    "{} ({dropped} earlier events not sent: per-node event budget)",
-                    event.note
-                );
-            }
-            let uid = match &event.regarding {
-                Regarding::Node(_) => None,
-                Regarding::PullSet(key) => loaded
-                    .inventory
-                    .pullsets
-                    .get(key)
-                    .and_then(|s| s.uid.clone()),
-            };
-            match self.events.publish(&event, uid).await {
-                Ok(()) => {
-                    self.metrics.event_sent(event.reason.as_str());
-                    self.events_retry.succeeded();
-                }
-                Err(e) if e.retriable() => {
-                    self.api_errors.fetch_add(1, Ordering::Relaxed);
-                    tracing::warn!(error = %e, "event not published; retrying with backoff");
-                    self.pending.push_front(event);
-                    self.events_retry.failed(now);
-                }
-                Err(e) => tracing::warn!(error = %e, "event rejected; dropped"),
-            }
+            self.report.reply(reply, Instant::now());
         }
+    }
+
+    fn failed(
+        &self,
+        kind: crate::decide::retry::ApiErrorKind,
+    ) -> crate::decide::retry::ApiErrorKind {
+        self.api_errors.record(kind);
+        kind
+    }
+}
+
+async fn sleep_until(deadline: Option<Instant>) {
+    match deadline {
+        Some(deadline) => tokio::time::sleep_until(deadline).await,
+        None => std::future::pending().await,
     }
 }

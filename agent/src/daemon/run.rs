@@ -10,19 +10,19 @@ use crate::adapters::serve::metrics::Metrics;
 use crate::cli::RunArgs;
 use crate::daemon::canary_scheduler::CanaryControl;
 use crate::daemon::canary_scheduler::{CanarySink, ServiceConfig};
-use crate::daemon::node_reporter::{ClusterReportConfig, Outputs, Reports};
+use crate::daemon::node_reporter::{Outputs, Reports};
 use crate::decide::canary::runner::{CanaryOutcome, CanaryRunner};
 use crate::decide::canary::transition::Transitions;
 use crate::decide::conditions::Tracker;
 use crate::decide::credentials::{CredentialResolver, KubeletResolver};
 use crate::decide::desired::prepull_images;
+use crate::decide::node_report::NodeReportConfig;
 use crate::decide::prepull::{PassSummary, PrePullConfig, PrePuller, RetryPolicy};
 use crate::model::inventory::ObjectKey;
 use crate::model::node::NodeInfo;
 use crate::model::outcome::{SourceProblem, now_rfc3339};
 use crate::model::verdict::Verdict;
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
@@ -94,14 +94,16 @@ pub async fn run(args: RunArgs) -> Result<RunOutcome, RunError> {
     );
     let out = Outputs::default();
     let metrics = out.metrics.clone();
-    let api_errors = Arc::new(AtomicU64::new(0));
+    let api_errors = Arc::new(crate::adapters::kube::api_errors::ApiErrors::default());
     let readiness = Readiness::default();
     let http_task = match metrics_addr.0 {
         Some(addr) => {
             let (cri, api) = (client.clone(), api_errors.clone());
             let refresh: Refresh = Arc::new(move |m: &Metrics| {
                 m.sync_cri_reconnects(cri.reconnects());
-                m.sync_apiserver_errors(api.load(Ordering::Relaxed));
+                for (kind, total) in api.counts() {
+                    m.sync_apiserver_errors(kind, total);
+                }
             });
             Some(
                 crate::adapters::serve::http::serve(
@@ -178,8 +180,9 @@ pub async fn run(args: RunArgs) -> Result<RunOutcome, RunError> {
                 out.clone(),
                 api_errors.clone(),
                 client,
-                ClusterReportConfig {
-                    node: node.clone(),
+                node.clone(),
+                NodeReportConfig {
+                    node: node.name.clone(),
                     taint_key: cluster.taint_key,
                     gate_timeout: *cluster.gate_timeout,
                     gate_timeout_action: cluster.gate_timeout_action.into(),

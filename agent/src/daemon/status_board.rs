@@ -8,6 +8,7 @@ use crate::decide::conditions::Condition;
 use crate::model::inventory::ObjectKey;
 use crate::model::node::NodeInfo;
 use crate::model::outcome::{Action, Outcome};
+use crate::model::verdict::Verdict;
 use std::collections::BTreeMap;
 use std::sync::Mutex;
 use std::time::SystemTime;
@@ -20,6 +21,24 @@ pub struct LatestVerdict {
     pub hint: String,
     pub time: String,
     pub credential: String,
+}
+
+impl LatestVerdict {
+    fn new(
+        verdict: Verdict,
+        message: &str,
+        hint: Option<&str>,
+        time: &str,
+        credential: Option<&str>,
+    ) -> Self {
+        Self {
+            verdict: verdict.to_string(),
+            message: message.into(),
+            hint: hint.unwrap_or_default().into(),
+            time: time.into(),
+            credential: credential.unwrap_or_default().into(),
+        }
+    }
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -113,19 +132,23 @@ impl StatusBoard {
                             present: prepull.is_some_and(|o| {
                                 matches!(o.action, Action::Present | Action::Pulled)
                             }),
-                            prepull: prepull.map(|o| LatestVerdict {
-                                verdict: o.verdict.to_string(),
-                                message: o.message.clone(),
-                                hint: o.hint.unwrap_or_default().into(),
-                                time: o.time.clone(),
-                                credential: o.credential.clone().unwrap_or_default(),
+                            prepull: prepull.map(|o| {
+                                LatestVerdict::new(
+                                    o.verdict,
+                                    &o.message,
+                                    o.hint,
+                                    &o.time,
+                                    o.credential.as_deref(),
+                                )
                             }),
-                            canary: board.canary.get(&slot).map(|o| LatestVerdict {
-                                verdict: o.verdict.to_string(),
-                                message: o.message.clone(),
-                                hint: o.hint.unwrap_or_default().into(),
-                                time: o.time.clone(),
-                                credential: o.credential.clone().unwrap_or_default(),
+                            canary: board.canary.get(&slot).map(|o| {
+                                LatestVerdict::new(
+                                    o.verdict,
+                                    &o.message,
+                                    o.hint,
+                                    &o.time,
+                                    o.credential.as_deref(),
+                                )
                             }),
                         }
                     })

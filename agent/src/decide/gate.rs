@@ -163,59 +163,57 @@ mod tests {
     #[test]
     fn decision_table() {
         use GateDecision::*;
-        let t = Some(true);
-        let f = Some(false);
+        use TimeoutAction::{Keep, Remove};
+        let (t, f) = (Some(true), Some(false));
+        let images_false = "CriticalImagesReady is False";
+        let creds_unknown = "PullCredentialsValid (gated PullSets) is not known yet";
+        let creds_false = "PullCredentialsValid (gated PullSets) is False";
         for (case, action, i, expected) in [
             (
                 "no taint: nothing to do",
-                TimeoutAction::Remove,
+                Remove,
                 inputs(f, t, t, MIN),
                 Wait,
             ),
             (
                 "node not read yet",
-                TimeoutAction::Remove,
+                Remove,
                 inputs(None, t, t, 20 * MIN),
                 Wait,
             ),
+            ("both true opens", Remove, inputs(t, t, t, MIN), Open),
             (
-                "both true opens",
-                TimeoutAction::Remove,
-                inputs(t, t, t, MIN),
-                Open,
-            ),
-            (
-                "both true opens even after the timeout",
-                TimeoutAction::Keep,
+                "both true opens after the timeout",
+                Keep,
                 inputs(t, t, t, 20 * MIN),
                 Open,
             ),
             (
                 "images missing, within timeout",
-                TimeoutAction::Remove,
+                Remove,
                 inputs(t, f, t, 9 * MIN),
                 Wait,
             ),
             (
                 "credentials unknown, within timeout",
-                TimeoutAction::Remove,
+                Remove,
                 inputs(t, t, None, MIN),
                 Wait,
             ),
             (
                 "timeout removes",
-                TimeoutAction::Remove,
+                Remove,
                 inputs(t, f, None, 10 * MIN),
                 TimedOutRemove {
-                    waiting_for: "CriticalImagesReady is False, PullCredentialsValid (gated PullSets) is not known yet".into(),
+                    waiting_for: format!("{images_false}, {creds_unknown}"),
                 },
             ),
             (
                 "timeout keeps, announced",
-                TimeoutAction::Keep,
+                Keep,
                 inputs(t, t, f, 11 * MIN),
                 TimedOutKeep {
-                    waiting_for: "PullCredentialsValid (gated PullSets) is False".into(),
+                    waiting_for: creds_false.into(),
                 },
             ),
         ] {

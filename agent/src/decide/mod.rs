@@ -10,6 +10,8 @@ pub mod credentials;
 pub mod desired;
 pub mod event_policy;
 pub mod gate;
+pub mod node_report;
 pub mod prepull;
+pub mod retry;
 pub mod runtime;
 pub mod secret_scrub;

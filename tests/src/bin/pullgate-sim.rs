@@ -592,7 +592,7 @@ async fn simulate(
     std::fs::write(&kubeconfig, api.kubeconfig())?;
     let client = pullgate::adapters::kube::source::client(Some(&kubeconfig)).await?;
     let cancel_sources = Default::default();
-    let errors = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let errors = Arc::new(pullgate::adapters::kube::api_errors::ApiErrors::default());
     let mut sources = Vec::new();
     let mut source_tasks = Vec::new();
     for name in names.iter().take(cli.cluster_sources) {

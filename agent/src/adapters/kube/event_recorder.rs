@@ -29,13 +29,9 @@ pub struct EventError {
 }
 
 impl EventError {
-    /// Worth retrying: the API server was away, overloaded or failing. A rejection (`403` without
-    /// the RBAC, `422` invalid) is not: retrying it would hold every later Event back.
-    pub fn retriable(&self) -> bool {
-        match &self.source {
-            kube::Error::Api(status) => status.code == 429 || status.code >= 500,
-            _ => true,
-        }
+    /// Whether it is worth retrying is the kind's call (`ApiErrorKind::is_transient`).
+    pub fn kind(&self) -> crate::decide::retry::ApiErrorKind {
+        crate::adapters::kube::api_errors::kind(&self.source)
     }
 }
 

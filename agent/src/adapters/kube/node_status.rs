@@ -15,6 +15,12 @@ pub struct NodeStatusError {
     source: kube::Error,
 }
 
+impl NodeStatusError {
+    pub fn kind(&self) -> crate::decide::retry::ApiErrorKind {
+        crate::adapters::kube::api_errors::kind(&self.source)
+    }
+}
+
 /// Writes conditions on one Node.
 #[derive(Clone)]
 pub struct NodeStatus {

@@ -4,11 +4,19 @@
 //! `test` that the element there is exactly the taint read, then `remove` it. The API server
 //! applies both to one version of the object, so a concurrent change to the node's other taints
 //! (another controller adding or removing one, which shifts the indexes) makes the `test` fail
-//! instead of removing the wrong taint; the agent then reads the Node again and retries.
+//! instead of removing the wrong taint; the agent then reads the Node again and retries, a few
+//! times with a short jittered backoff (backon), before it gives up ([`TaintError::Contended`]) and
+//! leaves the next try to the reporter's own backoff.
 
+use crate::decide::retry::ApiErrorKind;
+use backon::BackoffBuilder as _;
 use k8s_openapi::api::core::v1::{Node, Taint};
 use kube::api::{Api, Patch, PatchParams};
 use serde_json::json;
+use std::time::Duration;
+
+/// Re-reads of the Node after a failed `test`, before giving up for this round.
+const CONTENDED_TRIES: usize = 5;
 
 #[derive(Debug, thiserror::Error)]
 pub enum TaintError {
@@ -27,6 +35,18 @@ pub enum TaintError {
         key: String,
         effect: String,
     },
+}
+
+impl TaintError {
+    /// A lost race counts as a conflict.
+    pub fn kind(&self) -> ApiErrorKind {
+        match self {
+            Self::Get { source, .. } | Self::Patch { source, .. } => {
+                crate::adapters::kube::api_errors::kind(source)
+            }
+            Self::Contended { .. } => ApiErrorKind::Conflict,
+        }
+    }
 }
 
 /// What happened.
@@ -53,7 +73,13 @@ impl NodeTaints {
     }
 
     pub async fn remove(&self, key: &str, effect: &str) -> Result<Removal, TaintError> {
-        for _ in 0..5 {
+        let mut delays = backon::ExponentialBuilder::default()
+            .with_jitter()
+            .with_min_delay(Duration::from_millis(50))
+            .with_max_delay(Duration::from_millis(800))
+            .with_max_times(CONTENDED_TRIES - 1)
+            .build();
+        loop {
             let node = self
                 .api
                 .get(&self.node)
@@ -92,7 +118,11 @@ impl NodeTaints {
                 Ok(_) => return Ok(Removal::Removed),
                 // A failed `test` (422, or 409 from some servers): the taints changed; read again.
                 Err(kube::Error::Api(status)) if matches!(status.code, 409 | 422) => {
+                    let Some(delay) = delays.next() else {
+                        break;
+                    };
                     tracing::debug!(node = %self.node, "taint moved under a concurrent change; re-reading");
+                    tokio::time::sleep(delay).await;
                 }
                 Err(source) => {
                     return Err(TaintError::Patch {

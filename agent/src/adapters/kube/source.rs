@@ -10,6 +10,7 @@
 use crate::adapters::files::manifests::{
     Loaded, ManifestProblem, secret_object, service_account_object,
 };
+use crate::adapters::kube::api_errors::ApiErrors;
 use crate::decide::credentials::pull_secret_names;
 use crate::model::inventory::{Inventory, ObjectKey, ServiceAccountObject};
 use crate::model::node::{NodeFacts, NodeTaint};
@@ -21,7 +22,6 @@ use kube::runtime::watcher::{self, Event};
 use kube::{Api, Client};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::{Notify, watch};
@@ -69,7 +69,7 @@ struct State {
 }
 
 /// The state, its change signal, and the count of failed requests and broken watches.
-type Shared = Arc<(Mutex<State>, Notify, Arc<AtomicU64>)>;
+type Shared = Arc<(Mutex<State>, Notify, Arc<ApiErrors>)>;
 
 fn with_state(shared: &Shared, f: impl FnOnce(&mut State)) {
     let (lock, notify, _) = &**shared;
@@ -88,7 +88,7 @@ const HOLD_LIMIT: Duration = Duration::from_secs(10);
 pub fn watch_cluster(
     client: Client,
     node_name: String,
-    errors: Arc<AtomicU64>,
+    errors: Arc<ApiErrors>,
     cancel: CancellationToken,
 ) -> (watch::Receiver<Arc<Loaded>>, tokio::task::JoinHandle<()>) {
     let (tx, rx) = watch::channel(Arc::new(Loaded::default()));
@@ -281,7 +281,7 @@ async fn watch_pullsets(client: Client, shared: Shared) {
                 }
             }
             Err(e) => {
-                shared.2.fetch_add(1, Ordering::Relaxed);
+                shared.2.record_watch(&e);
                 tracing::warn!(error = %e, "PullSet watch failed; retrying");
             }
         }
@@ -317,7 +317,7 @@ async fn watch_node(client: Client, node_name: String, shared: Shared) {
             Ok(Event::InitDone) => with_state(&shared, |s| s.node_synced = true),
             Ok(_) => {}
             Err(e) => {
-                shared.2.fetch_add(1, Ordering::Relaxed);
+                shared.2.record_watch(&e);
                 tracing::warn!(node = %node_name, error = %e, "Node watch failed; retrying");
             }
         }
@@ -379,7 +379,7 @@ async fn watch_one(client: Client, kind: char, key: ObjectKey, shared: Shared) {
                                 );
                             });
                         } else {
-                            shared.2.fetch_add(1, Ordering::Relaxed);
+                            shared.2.record_watch(&e);
                             tracing::warn!(object = %key, error = %e, "watch failed; retrying");
                         }
                     }

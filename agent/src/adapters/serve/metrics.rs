@@ -5,13 +5,14 @@
 
 use crate::decide::canary::runner::CanaryOutcome;
 use crate::decide::conditions::{Condition, Status};
+use crate::decide::retry::ApiErrorKind;
 use crate::model::outcome::{Action, Outcome};
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
-use prometheus_client::registry::Registry;
+use prometheus_client::registry::{Metric, Registry};
 use std::sync::atomic::AtomicU64;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -50,6 +51,12 @@ pub struct ConditionLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ApiErrorLabels {
+    /// `403`, `404`, `409`, `410`, `429`, `5xx`, `other` or `transport` (`ApiErrorKind::label`).
+    pub kind: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ReasonLabels {
     pub reason: String,
 }
@@ -75,7 +82,7 @@ pub struct Metrics {
     credential_expiry: Family<ExpiryLabels, Gauge<f64, AtomicU64>>,
     condition: Family<ConditionLabels, Gauge>,
     cri_reconnects: Counter,
-    apiserver_errors: Counter,
+    apiserver_errors: Family<ApiErrorLabels, Counter>,
     events: Family<ReasonLabels, Counter>,
     events_dropped: Counter,
 }
@@ -89,101 +96,87 @@ impl Default for Metrics {
 impl Metrics {
     pub fn new() -> Self {
         let mut registry = Registry::with_prefix("pullgate");
-        let prepull_duration: HistogramFamily<OutcomeLabels> =
-            Family::new_with_constructor(duration_histogram);
-        registry.register(
-            "prepull_duration_seconds",
-            "Time to make one image present (ImageStatus + PullImage), by registry, namespace and verdict",
-            prepull_duration.clone(),
-        );
-        let prepull_outcomes = Family::<OutcomeLabels, Counter>::default();
-        registry.register(
-            "prepull_outcomes",
-            "Pre-pull outcomes (one per image per PullSet per pass), by verdict",
-            prepull_outcomes.clone(),
-        );
-        let images_pulled = Family::<RegistryLabels, Counter>::default();
-        registry.register(
-            "images_pulled",
-            "Images pulled by the pre-pull (absent before)",
-            images_pulled.clone(),
-        );
-        let bytes_pulled = Family::<RegistryLabels, Counter>::default();
-        registry.register(
-            "pulled_bytes",
-            "Bytes of the images the pre-pull pulled (their size as the runtime reports it)",
-            bytes_pulled.clone(),
-        );
-        let canary_duration: HistogramFamily<CanaryLabels> =
-            Family::new_with_constructor(duration_histogram);
-        registry.register(
-            "canary_duration_seconds",
-            "Time of one canary check, by registry, namespace, verdict and path",
-            canary_duration.clone(),
-        );
-        let canary_outcomes = Family::<CanaryLabels, Counter>::default();
-        registry.register(
-            "canary_outcomes",
-            "Canary outcomes, by verdict and path (registry or runtime)",
-            canary_outcomes.clone(),
-        );
-        let canary_bytes = Family::<RegistryLabels, Counter>::default();
-        registry.register(
-            "canary_bytes",
-            "Bytes canaries fetched and verified",
-            canary_bytes.clone(),
-        );
-        let credential_expiry = Family::<ExpiryLabels, Gauge<f64, AtomicU64>>::default();
-        registry.register(
-            "credential_expiry_timestamp_seconds",
-            "When the credential that worked says it expires (Unix time), by its source",
-            credential_expiry.clone(),
-        );
-        let condition = Family::<ConditionLabels, Gauge>::default();
-        registry.register(
-            "node_condition",
-            "1 for the current status of each of pullgate's node conditions, 0 for the others",
-            condition.clone(),
-        );
-        let cri_reconnects = Counter::default();
-        registry.register(
-            "cri_reconnects",
-            "Times the CRI connection was re-established",
-            cri_reconnects.clone(),
-        );
-        let apiserver_errors = Counter::default();
-        registry.register(
-            "apiserver_errors",
-            "Failed API-server requests and broken watches (each retried)",
-            apiserver_errors.clone(),
-        );
-        let events = Family::<ReasonLabels, Counter>::default();
-        registry.register(
-            "events",
-            "Events sent to the API server, by reason",
-            events.clone(),
-        );
-        let events_dropped = Counter::default();
-        registry.register(
-            "events_dropped",
-            "Events not sent: over the per-node budget, or queued too long while the API server was away",
-            events_dropped.clone(),
-        );
+        let r = &mut registry;
         Self {
+            prepull_duration: registered(
+                r,
+                "prepull_duration_seconds",
+                "Time to make one image present (ImageStatus + PullImage), by registry, namespace and verdict",
+                Family::new_with_constructor(duration_histogram),
+            ),
+            prepull_outcomes: registered(
+                r,
+                "prepull_outcomes",
+                "Pre-pull outcomes (one per image per PullSet per pass), by verdict",
+                Family::default(),
+            ),
+            images_pulled: registered(
+                r,
+                "images_pulled",
+                "Images pulled by the pre-pull (absent before)",
+                Family::default(),
+            ),
+            bytes_pulled: registered(
+                r,
+                "pulled_bytes",
+                "Bytes of the images the pre-pull pulled (their size as the runtime reports it)",
+                Family::default(),
+            ),
+            canary_duration: registered(
+                r,
+                "canary_duration_seconds",
+                "Time of one canary check, by registry, namespace, verdict and path",
+                Family::new_with_constructor(duration_histogram),
+            ),
+            canary_outcomes: registered(
+                r,
+                "canary_outcomes",
+                "Canary outcomes, by verdict and path (registry or runtime)",
+                Family::default(),
+            ),
+            canary_bytes: registered(
+                r,
+                "canary_bytes",
+                "Bytes canaries fetched and verified",
+                Family::default(),
+            ),
+            credential_expiry: registered(
+                r,
+                "credential_expiry_timestamp_seconds",
+                "When the credential that worked says it expires (Unix time), by its source",
+                Family::default(),
+            ),
+            condition: registered(
+                r,
+                "node_condition",
+                "1 for the current status of each of pullgate's node conditions, 0 for the others",
+                Family::default(),
+            ),
+            cri_reconnects: registered(
+                r,
+                "cri_reconnects",
+                "Times the CRI connection was re-established",
+                Counter::default(),
+            ),
+            apiserver_errors: registered(
+                r,
+                "apiserver_errors",
+                "Failed API-server requests and broken watches, by kind: the status (403, 404, 409, 410, 429, 5xx, other) or transport",
+                Family::default(),
+            ),
+            events: registered(
+                r,
+                "events",
+                "Events sent to the API server, by reason",
+                Family::default(),
+            ),
+            events_dropped: registered(
+                r,
+                "events_dropped",
+                "Events not sent: over the per-node budget, or queued too long while the API server was away",
+                Counter::default(),
+            ),
             registry,
-            prepull_duration,
-            prepull_outcomes,
-            images_pulled,
-            bytes_pulled,
-            canary_duration,
-            canary_outcomes,
-            canary_bytes,
-            credential_expiry,
-            condition,
-            cri_reconnects,
-            apiserver_errors,
-            events,
-            events_dropped,
         }
     }
 
@@ -260,9 +253,13 @@ impl Metrics {
         catch_up(&self.cri_reconnects, total);
     }
 
-    /// Brings the API-server error counter (kept by the cluster source and reporter) up to `total`.
-    pub fn sync_apiserver_errors(&self, total: u64) {
-        catch_up(&self.apiserver_errors, total);
+    /// Brings the API-server error counter of one kind (kept by the cluster source and the
+    /// reporter) up to `total`.
+    pub fn sync_apiserver_errors(&self, kind: ApiErrorKind, total: u64) {
+        let labels = ApiErrorLabels {
+            kind: kind.label().into(),
+        };
+        catch_up(&self.apiserver_errors.get_or_create(&labels), total);
     }
 
     pub fn event_sent(&self, reason: &str) {
@@ -285,6 +282,12 @@ impl Metrics {
         }
         out
     }
+}
+
+/// Registers `metric` and returns it: the registered clone and the one kept are one metric.
+fn registered<M: Metric + Clone>(registry: &mut Registry, name: &str, help: &str, metric: M) -> M {
+    registry.register(name, help, metric.clone());
+    metric
 }
 
 fn catch_up(counter: &Counter, total: u64) {
@@ -319,6 +322,9 @@ mod tests {
         m.sync_cri_reconnects(5);
         m.sync_cri_reconnects(4);
         m.event_sent("CanaryFailed");
+        m.sync_apiserver_errors(ApiErrorKind::Forbidden, 2);
+        m.sync_apiserver_errors(ApiErrorKind::Server, 0);
+        m.sync_apiserver_errors(ApiErrorKind::Forbidden, 3);
         let text = m.encode();
         assert!(
             text.contains(
@@ -336,6 +342,14 @@ mod tests {
         assert!(text.contains("pullgate_cri_reconnects_total 5"), "{text}");
         assert!(
             text.contains(r#"pullgate_events_total{reason="CanaryFailed"} 1"#),
+            "{text}"
+        );
+        assert!(
+            text.contains(r#"pullgate_apiserver_errors_total{kind="403"} 3"#),
+            "{text}"
+        );
+        assert!(
+            text.contains(r#"pullgate_apiserver_errors_total{kind="5xx"} 0"#),
             "{text}"
         );
         assert!(text.ends_with("# EOF\n"));

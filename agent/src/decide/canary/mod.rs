@@ -3,5 +3,6 @@
 pub mod jitter;
 pub mod rotation;
 pub mod runner;
+pub mod schedule;
 pub mod transition;
 pub mod warning;

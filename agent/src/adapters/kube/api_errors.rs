@@ -1,0 +1,101 @@
+//! What kind of failure an API-server request met, decided once from kube's error (the plain
+//! [`ApiErrorKind`] the decisions and the metrics use), and the per-kind counts behind
+//! `pullgate_apiserver_errors_total{kind}`, kept by the cluster source and the node reporter.
+
+use crate::decide::retry::ApiErrorKind;
+use kube::runtime::watcher;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+/// The kind of a failed request: the status the API server answered with, or `Transport` when
+/// there was none.
+pub fn kind(error: &kube::Error) -> ApiErrorKind {
+    match error {
+        kube::Error::Api(status) => ApiErrorKind::from_status(status.code),
+        _ => ApiErrorKind::Transport,
+    }
+}
+
+/// The kind of a broken watch.
+pub fn watch_kind(error: &watcher::Error) -> ApiErrorKind {
+    match error {
+        watcher::Error::InitialListFailed(e)
+        | watcher::Error::WatchStartFailed(e)
+        | watcher::Error::WatchFailed(e) => kind(e),
+        watcher::Error::WatchError(status) => ApiErrorKind::from_status(status.code),
+        watcher::Error::NoResourceVersion => ApiErrorKind::Other,
+    }
+}
+
+/// Failed API-server requests and broken watches, by kind.
+#[derive(Debug, Default)]
+pub struct ApiErrors {
+    counts: [AtomicU64; ApiErrorKind::ALL.len()],
+}
+
+impl ApiErrors {
+    pub fn record(&self, kind: ApiErrorKind) {
+        if let Some(i) = ApiErrorKind::ALL.iter().position(|k| *k == kind) {
+            self.counts[i].fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Counts a failed request and returns its kind.
+    pub fn record_error(&self, error: &kube::Error) -> ApiErrorKind {
+        let kind = kind(error);
+        self.record(kind);
+        kind
+    }
+
+    /// Counts a broken watch.
+    pub fn record_watch(&self, error: &watcher::Error) {
+        self.record(watch_kind(error));
+    }
+
+    /// Every kind with its count so far (zeros included).
+    pub fn counts(&self) -> impl Iterator<Item = (ApiErrorKind, u64)> + '_ {
+        ApiErrorKind::ALL
+            .into_iter()
+            .zip(&self.counts)
+            .map(|(kind, count)| (kind, count.load(Ordering::Relaxed)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn status(code: u16) -> kube::Error {
+        kube::Error::Api(Box::new(
+            kube::core::Status::failure("injected", "Test").with_code(code),
+        ))
+    }
+
+    #[test]
+    fn kinds_are_decided_from_the_status_or_its_absence() {
+        let errors = ApiErrors::default();
+        for (error, expected) in [
+            (status(403), ApiErrorKind::Forbidden),
+            (status(404), ApiErrorKind::NotFound),
+            (status(409), ApiErrorKind::Conflict),
+            (status(410), ApiErrorKind::Gone),
+            (status(429), ApiErrorKind::TooManyRequests),
+            (status(503), ApiErrorKind::Server),
+            (status(422), ApiErrorKind::Other),
+            (
+                kube::Error::LinesCodecMaxLineLengthExceeded,
+                ApiErrorKind::Transport,
+            ),
+        ] {
+            assert_eq!(errors.record_error(&error), expected, "{error}");
+        }
+        assert_eq!(
+            watch_kind(&watcher::Error::WatchFailed(status(410))),
+            ApiErrorKind::Gone
+        );
+        errors.record(ApiErrorKind::Server);
+        let counts: Vec<(ApiErrorKind, u64)> = errors.counts().collect();
+        assert_eq!(counts.len(), 8);
+        assert!(counts.contains(&(ApiErrorKind::Server, 2)));
+        assert!(counts.contains(&(ApiErrorKind::Forbidden, 1)));
+    }
+}

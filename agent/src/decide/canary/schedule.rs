@@ -1,0 +1,388 @@
+//! When each PullSet's canary runs, and why: the canary scheduler as a plain state machine.
+//!
+//! Inputs ([`Input`]): time passed, the inventory changed, a manual request (the local API's
+//! `TriggerCanary`), a run finished with its outcomes. Outputs ([`Action`]): run this PullSet's
+//! canaries now, the latest verdicts, the next canary times; and [`CanarySchedule::deadline`], when
+//! to come back. The daemon's driver (`daemon::canary_scheduler`) does the I/O.
+//!
+//! Triggers: start-up (every PullSet with `canary`, each delayed by its deterministic offset in the
+//! rotation window); a PullSet that appears later, the same way; rotation (the data of a referenced
+//! Secret or the ServiceAccount's secret list changed, with `onRotation`), within the rotation
+//! window; the PullSet's cron `schedule` (UTC), each node delayed by its offset in the PullSet's
+//! `jitter`; retries of a failed canary, backed off (`retry::Retry`, jittered and capped) until it
+//! succeeds; manual runs, at once. Requests for the same PullSet coalesce: the earliest wins, with
+//! its trigger. At most one run is handed out at a time: runs are sequential, so a node never
+//! stampedes its registries.
+
+use crate::decide::canary::jitter;
+use crate::decide::canary::rotation;
+use crate::decide::canary::runner::Trigger;
+use crate::decide::retry::Retry;
+use crate::model::inventory::{Inventory, ObjectKey};
+use crate::model::node::NodeInfo;
+use crate::model::pullset::{ValidPullSet, cron_expression};
+use crate::model::verdict::Verdict;
+use std::collections::BTreeMap;
+use std::time::{Duration, SystemTime};
+use tokio::time::Instant;
+
+/// The latest verdict of every canaried image, by (PullSet, image).
+pub type Verdicts = BTreeMap<(ObjectKey, String), Verdict>;
+
+/// Settings of the schedule.
+#[derive(Clone, Debug)]
+pub struct ScheduleConfig {
+    /// This node's name: the seed of its jitter offsets.
+    pub node: String,
+    /// Start-up and rotation canaries wait a deterministic offset in `[0, window)`.
+    pub rotation_window: Duration,
+    /// The first retry step of a failed canary; doubles up to `retry_max`.
+    pub retry_min: Duration,
+    pub retry_max: Duration,
+}
+
+/// The two clocks at one moment: the monotonic one for deadlines, the wall clock for cron (whose
+/// ticks are calendar times, UTC).
+#[derive(Clone, Copy, Debug)]
+pub struct Now {
+    pub instant: Instant,
+    pub wall: SystemTime,
+}
+
+impl Now {
+    pub fn current() -> Self {
+        Self {
+            instant: Instant::now(),
+            wall: SystemTime::now(),
+        }
+    }
+}
+
+/// What happened.
+pub enum Input<'a> {
+    /// Time passed (the deadline, or any wake-up).
+    Tick,
+    /// The sources published a new inventory (the first one is the start-up); `node` is this node
+    /// with the labels the source knows.
+    Inventory {
+        inventory: &'a Inventory,
+        node: &'a NodeInfo,
+    },
+    /// Run now: one PullSet, or every one canaried here.
+    Manual(Option<ObjectKey>),
+    /// The run handed out by [`Action::Run`] finished: each image's verdict.
+    Finished {
+        key: &'a ObjectKey,
+        verdicts: &'a [(String, Verdict)],
+    },
+}
+
+/// What the driver does.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Action {
+    /// Run this PullSet's canaries now, then report [`Input::Finished`]. Never more than one
+    /// at a time.
+    Run { key: ObjectKey, trigger: Trigger },
+    /// A manual request waits for this PullSet's next run (or its [`Action::Dropped`]).
+    Awaiting(ObjectKey),
+    /// A queued run was dropped: the PullSet is no longer canaried here.
+    Dropped(ObjectKey),
+    /// The latest verdicts changed (after a run, or when PullSets stopped being canaried here;
+    /// also empty when there is nothing to canary, so the credentials condition is not Unknown
+    /// forever).
+    Verdicts(Verdicts),
+    /// When each scheduled PullSet's next canary is due (its cron tick plus this node's jitter).
+    NextCanaries(BTreeMap<ObjectKey, SystemTime>),
+}
+
+/// A PullSet's cron schedule, with its next tick.
+#[derive(Debug)]
+struct Cron {
+    expression: String,
+    pattern: croner::Cron,
+    /// The next tick (wall clock) and when it is due (monotonic); `None`: never again.
+    next: Option<(SystemTime, Instant)>,
+}
+
+impl Cron {
+    fn parse(expression: String) -> Option<Self> {
+        let parsed = croner::parser::CronParser::builder()
+            .seconds(croner::parser::Seconds::Required)
+            .dom_and_dow(true)
+            .build()
+            .parse(&expression);
+        match parsed {
+            Ok(pattern) => Some(Self {
+                expression,
+                pattern,
+                next: None,
+            }),
+            Err(e) => {
+                tracing::warn!(%expression, error = %e, "cannot schedule canary");
+                None
+            }
+        }
+    }
+
+    /// Finds the first tick after `now.wall`.
+    fn advance(&mut self, now: Now) {
+        let after = chrono::DateTime::<chrono::Utc>::from(now.wall);
+        self.next = self
+            .pattern
+            .find_next_occurrence(&after, false)
+            .ok()
+            .map(|tick| {
+                let tick = SystemTime::from(tick);
+                let wait = tick.duration_since(now.wall).unwrap_or_default();
+                (tick, now.instant + wait)
+            });
+    }
+}
+
+/// The schedule's state.
+#[derive(Debug)]
+pub struct CanarySchedule {
+    config: ScheduleConfig,
+    /// The inventory was seen at least once.
+    started: bool,
+    /// PullSets with canaries selected for this node, with their `jitter` window.
+    canaried: BTreeMap<ObjectKey, Duration>,
+    fingerprints: BTreeMap<ObjectKey, [u8; 32]>,
+    crons: BTreeMap<ObjectKey, Cron>,
+    /// One queued run per PullSet: when, and why.
+    pending: BTreeMap<ObjectKey, (Instant, Trigger)>,
+    retries: BTreeMap<ObjectKey, Retry>,
+    verdicts: Verdicts,
+    published_next: Option<BTreeMap<ObjectKey, SystemTime>>,
+}
+
+impl CanarySchedule {
+    pub fn new(config: ScheduleConfig) -> Self {
+        Self {
+            config,
+            started: false,
+            canaried: BTreeMap::new(),
+            fingerprints: BTreeMap::new(),
+            crons: BTreeMap::new(),
+            pending: BTreeMap::new(),
+            retries: BTreeMap::new(),
+            verdicts: BTreeMap::new(),
+            published_next: None,
+        }
+    }
+
+    /// When to come back with [`Input::Tick`]: the earliest queued run or cron tick.
+    pub fn deadline(&self) -> Option<Instant> {
+        let runs = self.pending.values().map(|(at, _)| *at);
+        let ticks = self.crons.values().filter_map(|c| c.next.map(|(_, at)| at));
+        runs.chain(ticks).min()
+    }
+
+    /// When each scheduled PullSet's next canary is due (its cron tick plus this node's jitter).
+    pub fn next_canaries(&self) -> BTreeMap<ObjectKey, SystemTime> {
+        self.crons
+            .iter()
+            .filter_map(|(key, cron)| {
+                let (tick, _) = cron.next?;
+                Some((key.clone(), tick + self.schedule_offset(key)))
+            })
+            .collect()
+    }
+
+    pub fn handle(&mut self, input: Input<'_>, now: Now) -> Vec<Action> {
+        let mut actions = Vec::new();
+        match input {
+            Input::Tick => self.tick(now, &mut actions),
+            Input::Inventory { inventory, node } => {
+                self.inventory(inventory, node, now, &mut actions);
+            }
+            Input::Manual(pullset) => {
+                let keys = match pullset {
+                    Some(key) => vec![key],
+                    None => self.canaried.keys().cloned().collect(),
+                };
+                for key in keys {
+                    self.enqueue(key.clone(), Trigger::Manual, now.instant);
+                    actions.push(Action::Awaiting(key));
+                }
+            }
+            Input::Finished { key, verdicts } => self.finished(key, verdicts, now, &mut actions),
+        }
+        self.publish_next(&mut actions);
+        actions
+    }
+
+    fn offset(&self, key: &ObjectKey, window: Duration) -> Duration {
+        jitter::offset(&self.config.node, key, window)
+    }
+
+    fn schedule_offset(&self, key: &ObjectKey) -> Duration {
+        let window = self.canaried.get(key).copied().unwrap_or_default();
+        self.offset(key, window)
+    }
+
+    fn tick(&mut self, now: Now, actions: &mut Vec<Action>) {
+        let fired: Vec<ObjectKey> = self
+            .crons
+            .iter()
+            .filter(|(_, c)| c.next.is_some_and(|(_, at)| at <= now.instant))
+            .map(|(k, _)| k.clone())
+            .collect();
+        for key in fired {
+            let delay = self.schedule_offset(&key);
+            self.enqueue(key.clone(), Trigger::Schedule, now.instant + delay);
+            if let Some(cron) = self.crons.get_mut(&key) {
+                cron.advance(now);
+            }
+        }
+        while let Some((key, trigger)) = self.take_due(now.instant) {
+            if self.canaried.contains_key(&key) {
+                actions.push(Action::Run { key, trigger });
+                return;
+            }
+            actions.push(Action::Dropped(key));
+        }
+    }
+
+    /// The earliest queued run that is due, removed from the queue.
+    fn take_due(&mut self, now: Instant) -> Option<(ObjectKey, Trigger)> {
+        let (key, _) = self
+            .pending
+            .iter()
+            .filter(|(_, (at, _))| *at <= now)
+            .min_by_key(|(_, (at, _))| *at)?;
+        let key = key.clone();
+        let (_, trigger) = self.pending.remove(&key)?;
+        Some((key, trigger))
+    }
+
+    fn inventory(
+        &mut self,
+        inventory: &Inventory,
+        node: &NodeInfo,
+        now: Now,
+        actions: &mut Vec<Action>,
+    ) {
+        let first = !self.started;
+        self.started = true;
+        let selected = |s: &&ValidPullSet| node.matches(&s.spec.node_selector);
+        self.canaried = inventory
+            .pullsets
+            .values()
+            .filter(selected)
+            .filter_map(|s| {
+                let canary = s.spec.canary.as_ref()?;
+                let window = canary
+                    .jitter
+                    .as_deref()
+                    .and_then(|j| humantime::parse_duration(j).ok())
+                    .unwrap_or_default();
+                Some((s.key.clone(), window))
+            })
+            .collect();
+        let new = rotation::fingerprints(inventory);
+        let window = self.config.rotation_window;
+        for key in rotation::rotated(&self.fingerprints, &new) {
+            if let Some(set) = inventory.pullsets.get(&key)
+                && set.spec.canary.as_ref().is_some_and(|c| c.on_rotation)
+                && node.matches(&set.spec.node_selector)
+            {
+                tracing::info!(pullset = %key, "credentials changed; re-validating");
+                let at = now.instant + self.offset(&key, window);
+                self.enqueue(key, Trigger::Rotation, at);
+            }
+        }
+        // New here (all of them at start-up): a start-up canary, spread over the window.
+        let fresh: Vec<ObjectKey> = self
+            .canaried
+            .keys()
+            .filter(|k| first || !self.fingerprints.contains_key(*k))
+            .cloned()
+            .collect();
+        for key in fresh {
+            let at = now.instant + self.offset(&key, window);
+            self.enqueue(key, Trigger::Startup, at);
+        }
+        self.fingerprints = new;
+        let canaried = &self.canaried;
+        self.retries.retain(|k, _| canaried.contains_key(k));
+        let before = self.verdicts.len();
+        self.verdicts.retain(|(k, _), _| canaried.contains_key(k));
+        if self.verdicts.len() != before || self.canaried.is_empty() {
+            actions.push(Action::Verdicts(self.verdicts.clone()));
+        }
+        self.sync_crons(inventory, node, now);
+    }
+
+    /// One cron per selected PullSet with a schedule; a changed schedule starts again.
+    fn sync_crons(&mut self, inventory: &Inventory, node: &NodeInfo, now: Now) {
+        let wanted: BTreeMap<ObjectKey, String> = inventory
+            .pullsets
+            .values()
+            .filter(|s| node.matches(&s.spec.node_selector))
+            .filter_map(|s| {
+                let schedule = s.spec.canary.as_ref()?.schedule.as_ref()?;
+                Some((s.key.clone(), cron_expression(schedule).ok()?))
+            })
+            .collect();
+        self.crons
+            .retain(|k, c| wanted.get(k).is_some_and(|e| *e == c.expression));
+        for (key, expression) in wanted {
+            if self.crons.contains_key(&key) {
+                continue;
+            }
+            if let Some(mut cron) = Cron::parse(expression) {
+                cron.advance(now);
+                self.crons.insert(key, cron);
+            }
+        }
+    }
+
+    fn finished(
+        &mut self,
+        key: &ObjectKey,
+        verdicts: &[(String, Verdict)],
+        now: Now,
+        actions: &mut Vec<Action>,
+    ) {
+        for (image, verdict) in verdicts {
+            self.verdicts.insert((key.clone(), image.clone()), *verdict);
+        }
+        actions.push(Action::Verdicts(self.verdicts.clone()));
+        if verdicts.iter().all(|(_, v)| v.is_ok()) {
+            self.retries.remove(key);
+            return;
+        }
+        let (min, max) = (self.config.retry_min, self.config.retry_max);
+        let delay = self
+            .retries
+            .entry(key.clone())
+            .or_insert_with(|| Retry::new(min, max))
+            .failed(now.instant);
+        self.enqueue(key.clone(), Trigger::Retry, now.instant + delay);
+    }
+
+    /// Queues a run; an earlier request for the same PullSet wins.
+    fn enqueue(&mut self, key: ObjectKey, trigger: Trigger, at: Instant) {
+        match self.pending.get(&key) {
+            Some((queued, _)) if *queued <= at => {}
+            _ => {
+                self.pending.insert(key, (at, trigger));
+            }
+        }
+    }
+
+    fn publish_next(&mut self, actions: &mut Vec<Action>) {
+        if !self.started {
+            return;
+        }
+        let next = self.next_canaries();
+        if self.published_next.as_ref() != Some(&next) {
+            self.published_next = Some(next.clone());
+            actions.push(Action::NextCanaries(next));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

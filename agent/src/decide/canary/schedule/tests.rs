@@ -1,0 +1,344 @@
+use super::*;
+use crate::model::inventory::{KEY_DOCKERCONFIGJSON, SecretObject, TYPE_DOCKERCONFIGJSON};
+use crate::model::pullset::{PullSetSpec, validate};
+use std::time::UNIX_EPOCH;
+
+const S: Duration = Duration::from_secs(1);
+const NODE: &str = "node-a";
+
+/// Both clocks, the wall clock following tokio's paused one from a whole minute (UTC).
+struct Clock {
+    start: Instant,
+    wall: SystemTime,
+}
+
+impl Clock {
+    fn new() -> Self {
+        Self {
+            start: Instant::now(),
+            wall: UNIX_EPOCH + Duration::from_secs(28_333_333 * 60),
+        }
+    }
+    fn now(&self) -> Now {
+        Now {
+            instant: Instant::now(),
+            wall: self.wall + self.start.elapsed(),
+        }
+    }
+}
+
+fn config(rotation_window: Duration) -> ScheduleConfig {
+    ScheduleConfig {
+        node: NODE.into(),
+        rotation_window,
+        retry_min: 16 * S,
+        retry_max: 120 * S,
+    }
+}
+
+/// PullSets in `ns` by (name, YAML spec), reading secret `regcred` with `password`.
+fn inventory(sets: &[(&str, &str)], password: &str) -> Inventory {
+    let mut inv = Inventory::default();
+    for (name, yaml) in sets {
+        let spec: PullSetSpec = serde_yaml::from_str(yaml).unwrap();
+        let set = validate(ObjectKey::new("ns", *name), spec).unwrap();
+        inv.pullsets.insert(set.key.clone(), set);
+    }
+    let regcred = ObjectKey::new("ns", "regcred");
+    let data = BTreeMap::from([(
+        KEY_DOCKERCONFIGJSON.to_string(),
+        password.as_bytes().to_vec().into(),
+    )]);
+    let type_ = TYPE_DOCKERCONFIGJSON.into();
+    let secret = SecretObject {
+        key: regcred.clone(),
+        type_,
+        data,
+    };
+    inv.secrets.insert(regcred, secret);
+    inv
+}
+
+const CANARY: &str = "imagePullSecrets: [{name: regcred}]\nimages: [{image: r.io/a:1}]\ncanary: {}";
+
+fn node() -> NodeInfo {
+    NodeInfo {
+        name: NODE.into(),
+        labels: BTreeMap::new(),
+    }
+}
+
+fn key(name: &str) -> ObjectKey {
+    ObjectKey::new("ns", name)
+}
+
+fn runs(actions: &[Action]) -> Vec<(String, Trigger)> {
+    actions
+        .iter()
+        .filter_map(|a| match a {
+            Action::Run { key, trigger } => Some((key.name.clone(), *trigger)),
+            _ => None,
+        })
+        .collect()
+}
+
+/// Feeds an inventory.
+fn load(s: &mut CanarySchedule, inv: &Inventory, clock: &Clock) -> Vec<Action> {
+    s.handle(
+        Input::Inventory {
+            inventory: inv,
+            node: &node(),
+        },
+        clock.now(),
+    )
+}
+
+/// Advances paused time to the schedule's deadline and ticks.
+async fn to_deadline(s: &mut CanarySchedule, clock: &Clock) -> Vec<Action> {
+    let deadline = s.deadline().expect("something is scheduled");
+    tokio::time::advance(deadline.saturating_duration_since(Instant::now())).await;
+    s.handle(Input::Tick, clock.now())
+}
+
+fn finish(s: &mut CanarySchedule, name: &str, verdict: Verdict, clock: &Clock) -> Vec<Action> {
+    s.handle(
+        Input::Finished {
+            key: &key(name),
+            verdicts: &[("r.io/a:1".into(), verdict)],
+        },
+        clock.now(),
+    )
+}
+
+#[tokio::test(start_paused = true)]
+async fn start_up_canaries_each_wait_their_offset_in_the_rotation_window_and_run_one_at_a_time() {
+    let clock = Clock::new();
+    let window = 10 * S;
+    let mut s = CanarySchedule::new(config(window));
+    let inv = inventory(
+        &[
+            ("a", CANARY),
+            ("b", CANARY),
+            ("no-canary", "images: [{image: r.io/a:1}]"),
+            (
+                "elsewhere",
+                "nodeSelector: {pool: gpu}\nimages: [{image: r.io/a:1}]\ncanary: {}",
+            ),
+        ],
+        "v1",
+    );
+    let first = load(&mut s, &inv, &clock);
+    assert!(runs(&first).is_empty(), "{first:?}");
+    assert!(
+        !first.iter().any(|a| matches!(a, Action::Verdicts(_))),
+        "verdicts wait for a run while there is something to canary"
+    );
+    let mut expected: Vec<(Duration, &str)> = ["a", "b"]
+        .into_iter()
+        .map(|n| (jitter::offset(NODE, &key(n), window), n))
+        .collect();
+    expected.sort();
+    for (offset, name) in expected {
+        let actions = to_deadline(&mut s, &clock).await;
+        assert_eq!(runs(&actions), [(name.to_string(), Trigger::Startup)]);
+        assert_eq!(clock.start.elapsed(), offset, "{name}");
+        let done = finish(&mut s, name, Verdict::Ok, &clock);
+        assert!(done.iter().any(
+            |a| matches!(a, Action::Verdicts(v) if v.contains_key(&(key(name), "r.io/a:1".into())))
+        ));
+    }
+    assert_eq!(s.deadline(), None, "nothing else to do");
+
+    // Nothing to canary here: the (empty) verdicts are published at once.
+    let mut empty = CanarySchedule::new(config(window));
+    let actions = load(&mut empty, &inventory(&[], "v1"), &clock);
+    assert!(
+        actions.contains(&Action::Verdicts(BTreeMap::new())),
+        "{actions:?}"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_cron_tick_runs_after_this_nodes_jitter_and_the_next_time_is_published() {
+    let clock = Clock::new();
+    let mut s = CanarySchedule::new(config(Duration::ZERO));
+    let spec = "imagePullSecrets: [{name: regcred}]\nimages: [{image: r.io/a:1}]\ncanary: {schedule: '*/30 * * * * *', jitter: 8s}";
+    let inv = inventory(&[("cron", spec)], "v1");
+    let actions = load(&mut s, &inv, &clock);
+    let offset = jitter::offset(NODE, &key("cron"), 8 * S);
+    let tick = clock.wall + 30 * S;
+    assert!(
+        actions.contains(&Action::NextCanaries([(key("cron"), tick + offset)].into())),
+        "{actions:?}"
+    );
+    // The start-up canary (no rotation window: at once).
+    let startup = s.handle(Input::Tick, clock.now());
+    assert_eq!(runs(&startup), [("cron".to_string(), Trigger::Startup)]);
+    finish(&mut s, "cron", Verdict::Ok, &clock);
+
+    // The tick: queued with this node's offset; the next tick is published.
+    let at_tick = to_deadline(&mut s, &clock).await;
+    assert_eq!(clock.start.elapsed(), 30 * S);
+    assert!(runs(&at_tick).is_empty() || offset.is_zero());
+    assert!(
+        at_tick.contains(&Action::NextCanaries(
+            [(key("cron"), tick + 30 * S + offset)].into()
+        )),
+        "{at_tick:?}"
+    );
+    if !offset.is_zero() {
+        let run = to_deadline(&mut s, &clock).await;
+        assert_eq!(runs(&run), [("cron".to_string(), Trigger::Schedule)]);
+        assert_eq!(clock.start.elapsed(), 30 * S + offset);
+    }
+    finish(&mut s, "cron", Verdict::Ok, &clock);
+    // And again at the next tick.
+    let next = to_deadline(&mut s, &clock).await;
+    assert_eq!(clock.start.elapsed(), 60 * S);
+    assert!(
+        s.next_canaries()[&key("cron")] == tick + 60 * S + offset,
+        "{next:?}"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_rotation_revalidates_within_the_window_unless_on_rotation_is_off() {
+    let clock = Clock::new();
+    let window = 4 * S;
+    let mut s = CanarySchedule::new(config(window));
+    let off = "imagePullSecrets: [{name: regcred}]\nimages: [{image: r.io/a:1}]\ncanary: {onRotation: false}";
+    let sets = [("on", CANARY), ("off", off)];
+    load(&mut s, &inventory(&sets, "v1"), &clock);
+    for _ in 0..2 {
+        let run = to_deadline(&mut s, &clock).await;
+        let (name, trigger) = runs(&run).remove(0);
+        assert_eq!(trigger, Trigger::Startup);
+        finish(&mut s, &name, Verdict::Ok, &clock);
+    }
+    // Unchanged credentials: nothing.
+    tokio::time::advance(60 * S).await;
+    load(&mut s, &inventory(&sets, "v1"), &clock);
+    assert_eq!(s.deadline(), None);
+
+    let rotated_at = Instant::now();
+    load(&mut s, &inventory(&sets, "v2"), &clock);
+    let run = to_deadline(&mut s, &clock).await;
+    assert_eq!(runs(&run), [("on".to_string(), Trigger::Rotation)]);
+    assert_eq!(
+        rotated_at.elapsed(),
+        jitter::offset(NODE, &key("on"), window)
+    );
+    finish(&mut s, "on", Verdict::Ok, &clock);
+    assert_eq!(s.deadline(), None, "`off` is not re-validated");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_failing_canary_is_retried_with_a_jittered_capped_backoff_until_it_succeeds() {
+    let clock = Clock::new();
+    let mut s = CanarySchedule::new(config(Duration::ZERO));
+    load(&mut s, &inventory(&[("a", CANARY)], "v1"), &clock);
+    let run = s.handle(Input::Tick, clock.now());
+    assert_eq!(runs(&run), [("a".to_string(), Trigger::Startup)]);
+    // Steps of 16 s doubling to the 120 s cap; each delay in [step/2, step).
+    for step in [16, 32, 64, 120, 120] {
+        let failed_at = Instant::now();
+        let done = finish(&mut s, "a", Verdict::Unauthorized, &clock);
+        assert!(done.contains(&Action::Verdicts(
+            [((key("a"), "r.io/a:1".to_string()), Verdict::Unauthorized)].into()
+        )));
+        let retry = to_deadline(&mut s, &clock).await;
+        assert_eq!(runs(&retry), [("a".to_string(), Trigger::Retry)]);
+        let waited = failed_at.elapsed();
+        let step = step * S;
+        assert!(
+            waited >= step / 2 && waited < step,
+            "{waited:?} for {step:?}"
+        );
+    }
+    finish(&mut s, "a", Verdict::Ok, &clock);
+    assert_eq!(s.deadline(), None, "no retry after a success");
+    // A later failure starts from the first step again.
+    s.handle(Input::Manual(Some(key("a"))), clock.now());
+    s.handle(Input::Tick, clock.now());
+    let failed_at = Instant::now();
+    finish(&mut s, "a", Verdict::Network, &clock);
+    to_deadline(&mut s, &clock).await;
+    assert!(failed_at.elapsed() < 16 * S);
+}
+
+#[tokio::test(start_paused = true)]
+async fn manual_runs_start_at_once_and_requests_for_a_pullset_coalesce_to_the_earliest() {
+    let clock = Clock::new();
+    let window = 60 * S;
+    let mut s = CanarySchedule::new(config(window));
+    let sets = [("a", CANARY), ("b", CANARY)];
+    load(&mut s, &inventory(&sets, "v1"), &clock);
+    let startup_due = s.deadline().unwrap();
+
+    // Every canaried PullSet, now, one at a time; each start-up request is absorbed.
+    let actions = s.handle(Input::Manual(None), clock.now());
+    assert_eq!(
+        actions,
+        [Action::Awaiting(key("a")), Action::Awaiting(key("b"))]
+    );
+    for name in ["a", "b"] {
+        let run = s.handle(Input::Tick, clock.now());
+        assert_eq!(runs(&run), [(name.to_string(), Trigger::Manual)]);
+        finish(&mut s, name, Verdict::Ok, &clock);
+    }
+    assert!(startup_due > Instant::now());
+    assert_eq!(
+        s.deadline(),
+        None,
+        "the start-up requests coalesced into the manual runs"
+    );
+
+    // A later request does not postpone an earlier one; an earlier one replaces a later one.
+    tokio::time::advance(5 * S).await;
+    let now = Instant::now();
+    s.enqueue(key("a"), Trigger::Schedule, now + 30 * S);
+    s.enqueue(key("a"), Trigger::Retry, now + 40 * S);
+    s.enqueue(key("a"), Trigger::Rotation, now + 2 * S);
+    assert_eq!(s.deadline(), Some(now + 2 * S));
+    let run = to_deadline(&mut s, &clock).await;
+    assert_eq!(runs(&run), [("a".to_string(), Trigger::Rotation)]);
+    finish(&mut s, "a", Verdict::Ok, &clock);
+    assert_eq!(s.deadline(), None, "one run answered all three requests");
+
+    // A PullSet not canaried here: the request is dropped, its caller's stream ends.
+    let gone = s.handle(Input::Manual(Some(key("gone"))), clock.now());
+    assert_eq!(gone, [Action::Awaiting(key("gone"))]);
+    let tick = s.handle(Input::Tick, clock.now());
+    assert_eq!(tick, [Action::Dropped(key("gone"))]);
+}
+
+#[tokio::test(start_paused = true)]
+async fn pullsets_that_stop_being_canaried_here_leave_the_verdicts_and_the_schedule() {
+    let clock = Clock::new();
+    let mut s = CanarySchedule::new(config(Duration::ZERO));
+    let spec = "imagePullSecrets: [{name: regcred}]\nimages: [{image: r.io/a:1}]\ncanary: {schedule: '0 * * * *'}";
+    load(
+        &mut s,
+        &inventory(&[("a", spec), ("b", CANARY)], "v1"),
+        &clock,
+    );
+    for _ in 0..2 {
+        let run = s.handle(Input::Tick, clock.now());
+        let (name, _) = runs(&run).remove(0);
+        finish(&mut s, &name, Verdict::Ok, &clock);
+    }
+    assert_eq!(s.next_canaries().len(), 1);
+    let actions = load(&mut s, &inventory(&[("b", CANARY)], "v1"), &clock);
+    assert!(actions.contains(&Action::Verdicts(
+        [((key("b"), "r.io/a:1".to_string()), Verdict::Ok)].into()
+    )));
+    assert!(actions.contains(&Action::NextCanaries(BTreeMap::new())));
+    // A PullSet that appears later gets its start-up canary.
+    load(
+        &mut s,
+        &inventory(&[("b", CANARY), ("c", CANARY)], "v1"),
+        &clock,
+    );
+    let run = s.handle(Input::Tick, clock.now());
+    assert_eq!(runs(&run), [("c".to_string(), Trigger::Startup)]);
+}
