@@ -256,3 +256,16 @@ impl<P: RegistryProbe + 'static> Driver<P> {
         ran
     }
 }
+
+impl crate::adapters::serve::local_api::Canaries for CanaryControl {
+    fn run_now(
+        &self,
+        pullset: Option<ObjectKey>,
+    ) -> Option<mpsc::UnboundedReceiver<CanaryOutcome>> {
+        CanaryControl::run_now(self, pullset)
+    }
+
+    fn next_canaries(&self) -> BTreeMap<ObjectKey, SystemTime> {
+        CanaryControl::next_canaries(self)
+    }
+}

@@ -4,5 +4,4 @@
 pub mod canary_scheduler;
 pub mod node_reporter;
 pub mod run;
-pub mod status_board;
 pub mod telemetry;

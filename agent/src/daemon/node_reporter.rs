@@ -17,7 +17,6 @@ use crate::adapters::kube::node_status::NodeStatus;
 use crate::adapters::kube::node_taint::{NodeTaints, Removal};
 use crate::adapters::serve::json_lines::JsonLines;
 use crate::adapters::serve::metrics::Metrics;
-use crate::daemon::status_board::StatusBoard;
 use crate::decide::canary::runner::CanaryOutcome;
 use crate::decide::conditions::Condition;
 use crate::decide::event_policy::{EventIntent, Regarding};
@@ -25,6 +24,7 @@ use crate::decide::gate::gated_canaries;
 use crate::decide::node_report::{
     NodeReport, NodeReportConfig, Reply, Step, TAINT_EFFECT, TaintRemoval,
 };
+use crate::decide::status_board::StatusBoard;
 use crate::model::inventory::ObjectKey;
 use crate::model::node::NodeInfo;
 use crate::model::outcome::Outcome;

@@ -5,7 +5,7 @@ use crate::adapters::files::manifests::Loaded;
 use crate::adapters::files::watch::{WatchConfig, WatchError, watch_dir};
 use crate::adapters::serve::http::{Readiness, Refresh};
 use crate::adapters::serve::json_lines::JsonLines;
-use crate::adapters::serve::local_api::ApiState;
+use crate::adapters::serve::local_api::{ApiState, Canaries};
 use crate::adapters::serve::metrics::Metrics;
 use crate::cli::RunArgs;
 use crate::daemon::canary_scheduler::CanaryControl;
@@ -256,7 +256,7 @@ pub async fn run(args: RunArgs) -> Result<RunOutcome, RunError> {
                 board: out.board.clone(),
                 sources: sources.clone(),
                 node: node.clone(),
-                canaries: canary_control,
+                canaries: canary_control.map(|c| Arc::new(c) as Arc<dyn Canaries>),
                 json: out.json.clone(),
             },
             cancel.clone(),

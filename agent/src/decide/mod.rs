@@ -15,3 +15,4 @@ pub mod prepull;
 pub mod retry;
 pub mod runtime;
 pub mod secret_scrub;
+pub mod status_board;

@@ -4,9 +4,8 @@
 
 use crate::adapters::files::manifests::Loaded;
 use crate::adapters::serve::json_lines::JsonLines;
-use crate::daemon::canary_scheduler::CanaryControl;
-use crate::daemon::status_board::{LatestVerdict, Status, StatusBoard};
 use crate::decide::canary::runner::CanaryOutcome;
+use crate::decide::status_board::{LatestVerdict, Status, StatusBoard};
 use crate::model::inventory::ObjectKey;
 use crate::model::node::NodeInfo;
 use futures::{Stream, StreamExt as _};
@@ -45,13 +44,26 @@ pub enum LocalApiError {
     Call(#[from] tonic::Status),
 }
 
+/// What `TriggerCanary` and `GetStatus` need of the canary scheduler; the daemon's handle to its
+/// scheduler implements it.
+pub trait Canaries: Send + Sync {
+    /// Asks for a manual run (one PullSet, or every one); `None` when the scheduler has stopped.
+    /// The results arrive on the receiver, which closes when the run is done.
+    fn run_now(
+        &self,
+        pullset: Option<ObjectKey>,
+    ) -> Option<tokio::sync::mpsc::UnboundedReceiver<CanaryOutcome>>;
+    /// When each scheduled PullSet's next canary is due.
+    fn next_canaries(&self) -> std::collections::BTreeMap<ObjectKey, std::time::SystemTime>;
+}
+
 /// What the API serves from.
 pub struct ApiState {
     pub board: Arc<StatusBoard>,
     pub sources: watch::Receiver<Arc<Loaded>>,
     pub node: NodeInfo,
     /// `None` with `--once` (no canary service).
-    pub canaries: Option<CanaryControl>,
+    pub canaries: Option<Arc<dyn Canaries>>,
     pub json: Arc<JsonLines>,
 }
 
@@ -70,7 +82,7 @@ impl Agent for Service {
         let next = state
             .canaries
             .as_ref()
-            .map(CanaryControl::next_canaries)
+            .map(|c| c.next_canaries())
             .unwrap_or_default();
         let status = state.board.snapshot(&loaded, &state.node, &next);
         Ok(tonic::Response::new(to_proto(status)))
