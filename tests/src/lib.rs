@@ -1,17 +1,33 @@
 //! pullgate's real test environment: a real containerd and a real registry started per test on free
 //! ports and temp dirs, OCI images built in code, and a runner for the `pullgate` binary.
 //!
-//! Used by the integration tests in `tests/tests/`, and by `cargo xtask demo` / `bench` through the
-//! `pullgate-testenv` binary. Every process is owned by a guard that stops it on drop.
+//! Used by the integration tests in `tests/tests/`, and by `cargo xtask demo` / `bench` / `soak`
+//! through the `pullgate-env`, `pullgate-soak` and `pullgate-sim` binaries. Every process is owned
+//! by a guard that stops it on drop. This is the one support module: a helper two test files (or a
+//! test and a benchmark) need lives here, not in either of them.
+//!
+//! - [`agent`]: the `pullgate` binary, run once or as a daemon, its JSON lines, waits on them;
+//! - [`containerd`], [`registry`], [`images`], [`manifests`]: the real runtime and registry, images
+//!   built in code, the YAML the agent reads;
+//! - [`apiserver`], [`cluster`]: the in-repo test API server, and cluster mode set up around it;
+//! - [`proxy`], [`cri_counter`]: a counting (and misbehaving) registry proxy, a counting CRI proxy;
+//! - [`procfs`], [`http`]: a process seen from `/proc`, raw HTTP on loopback;
+//! - [`process`], [`server_thread`]: process guards, prerequisite checks, waits with deadlines,
+//!   servers on a runtime of their own.
 
 pub mod agent;
 pub mod apiserver;
+pub mod cluster;
 pub mod containerd;
+pub mod cri_counter;
+pub mod http;
 pub mod images;
 pub mod manifests;
+pub mod procfs;
 pub mod process;
 pub mod proxy;
 pub mod registry;
+pub mod server_thread;
 
 pub use agent::{Agent, AgentRun, RunningAgent};
 pub use containerd::Containerd;
@@ -48,6 +64,12 @@ impl TestEnv {
             containerd,
             manifests,
         })
+    }
+
+    /// [`TestEnv::start`] for a test: a missing prerequisite panics with the command that
+    /// installs it.
+    pub fn started() -> Self {
+        Self::start().unwrap_or_else(|e| panic!("test environment: {e:#}"))
     }
 
     /// Builds and pushes an image with the right credentials.
