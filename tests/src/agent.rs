@@ -69,6 +69,16 @@ pub fn pullgate_binary() -> Result<PathBuf> {
         .map_err(anyhow::Error::msg)
 }
 
+/// The cap on the agent's peak resident memory (`VmHWM`, debug build) in the reliability tests:
+/// generous (the agent idles around 35-55 MiB here; the DaemonSet's limit is 128 MiB), yet far
+/// below what an unbounded read of an endless manifest or several copies of a 50 MiB Secret cost.
+pub const MEMORY_CAP_KIB: u64 = 200 * 1024;
+
+/// A `kind: condition` record of this type and status.
+pub fn is_condition(line: &Value, type_: &str, status: &str) -> bool {
+    line["kind"] == "condition" && line["type"] == type_ && line["status"] == status
+}
+
 /// How to run the agent.
 #[derive(Clone, Debug)]
 pub struct Agent {

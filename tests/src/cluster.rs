@@ -61,7 +61,13 @@ impl Cluster {
 
     /// Waits until the Node's condition `type_` has `status`; panics with the Node and the
     /// agent's stderr otherwise.
-    pub fn wait_condition(&self, type_: &str, status: &str, timeout: Duration, agent: &RunningAgent) {
+    pub fn wait_condition(
+        &self,
+        type_: &str,
+        status: &str,
+        timeout: Duration,
+        agent: &RunningAgent,
+    ) {
         self.api
             .wait(&format!("{type_}={status}"), timeout, |_| {
                 self.condition(type_).filter(|(s, _)| s == status)
