@@ -3,13 +3,14 @@
 
 use pullgate::decide::runtime::ImageRuntime as _;
 use pullgate_testenv::manifests::pullset;
+use pullgate_testenv::process::wait_until;
 use pullgate_testenv::{ImageSpec, PASSWORD, TestEnv, block_on};
 use std::time::Duration;
 
 const MIB: usize = 1024 * 1024;
 
 fn env() -> TestEnv {
-    TestEnv::start().unwrap_or_else(|e| panic!("test environment: {e:#}"))
+    TestEnv::started()
 }
 
 #[test]
@@ -38,7 +39,18 @@ fn a_containerd_restart_in_the_middle_of_a_pass_is_survived() {
         })
         .unwrap();
     env.containerd.stop();
-    std::thread::sleep(Duration::from_millis(1500));
+    // Started again once the agent has felt the outage (the same lines are asserted below).
+    let felt = || {
+        let stderr = agent.stderr();
+        stderr.contains("CRI unreachable; reconnecting")
+            || stderr.contains("transient failure; retrying")
+    };
+    wait_until(
+        "the agent to feel the runtime gone",
+        Duration::from_secs(60),
+        felt,
+    )
+    .unwrap_or_else(|e| panic!("{e}\nstderr:\n{}", agent.stderr()));
     env.containerd.start_again().unwrap();
 
     let code = agent.wait_exit(Duration::from_secs(240)).unwrap();

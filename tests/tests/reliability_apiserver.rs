@@ -47,8 +47,9 @@ fn an_api_server_storm_of_500s_cut_watches_and_410s_is_ridden_out() {
 
     // The storm: bursts of 500s, the server going away (every watch cut) and coming back with
     // its history compacted after a change, so that resuming watches get `410 Gone`. Each step
-    // waits until the agent has felt it: the 500s all answered, a watch failure logged while the
-    // server is away, requests from the agent again once it is back.
+    // waits until the agent has felt it: its requests answered with the 500s (the rest of the
+    // burst meets it after the restart), a watch failure logged while the server is away,
+    // requests from the agent again once it is back.
     let watch_failures = || agent.stderr().matches("watch failed; retrying").count();
     let or_stderr = |e: anyhow::Error| -> ! { panic!("{e}\nstderr:\n{}", agent.stderr()) };
     for round in 0..4 {
@@ -56,9 +57,9 @@ fn an_api_server_storm_of_500s_cut_watches_and_410s_is_ridden_out() {
         cluster
             .api
             .wait(
-                &format!("round {round}: the 30 injected 500s answered"),
-                Duration::from_secs(90),
-                |api| (api.pending_failures() == 0).then_some(()),
+                &format!("round {round}: the agent answered with injected 500s"),
+                Duration::from_secs(60),
+                |api| (api.pending_failures() < 30).then_some(()),
             )
             .unwrap_or_else(|e| or_stderr(e));
         let failures = watch_failures();
