@@ -93,6 +93,30 @@ impl TestEnv {
         self.write_manifest("secret.yaml", &secret)
     }
 
+    /// Writes `set.yaml`: one PullSet of `images` with these pull secrets.
+    pub fn write_pullset(
+        &self,
+        namespace: &str,
+        name: &str,
+        images: &[&str],
+        secrets: &[&str],
+    ) -> Result<()> {
+        let set = manifests::pullset(namespace, name, images, secrets);
+        self.write_manifest("set.yaml", &set)
+    }
+
+    /// The start of a canary test: `team/app:v1` pushed, pull Secret `team/regcred`, and in
+    /// `set.yaml` PullSet `team/critical` of that image with this `canary`
+    /// ([`manifests::canaried_pullset`]).
+    pub fn seed_canaried(&self, canary: &str) -> Result<PushedImage> {
+        let image = self.push(&ImageSpec::new("team/app", "v1"))?;
+        self.write_regcred("team")?;
+        let set =
+            manifests::canaried_pullset("team", "critical", &image.by_tag, &["regcred"], canary);
+        self.write_manifest("set.yaml", &set)?;
+        Ok(image)
+    }
+
     /// An agent runner pointed at this environment.
     pub fn agent(&self) -> Agent {
         Agent::new(self.manifests.path(), &self.containerd.endpoint())

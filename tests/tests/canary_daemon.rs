@@ -3,8 +3,8 @@
 
 #![allow(clippy::unwrap_used)] // test fixtures: a failed set-up step should panic with its error
 
-use pullgate_testenv::manifests::{canaried_pullset, pull_secret};
-use pullgate_testenv::{ImageSpec, PASSWORD, TestEnv, USER};
+use pullgate_testenv::manifests::pull_secret;
+use pullgate_testenv::{PASSWORD, TestEnv, USER};
 use serde_json::Value;
 use std::time::Duration;
 
@@ -13,20 +13,10 @@ const ROTATED: &str = "pg-Rotated-Passw0rd-4c5d";
 #[test]
 fn rotation_is_caught_with_the_image_cached_and_the_fix_is_seen_by_a_rotation_canary() {
     let mut env = TestEnv::started();
-    let image = env.push(&ImageSpec::new("team/app", "v1")).unwrap();
+    let image = env
+        .seed_canaried("schedule: '*/2 * * * * *', jitter: 0s, depth: manifest")
+        .unwrap();
     let host = env.registry.host();
-    env.write_regcred("team").unwrap();
-    env.write_manifest(
-        "set.yaml",
-        &canaried_pullset(
-            "team",
-            "critical",
-            &image.by_tag,
-            &["regcred"],
-            "schedule: '*/2 * * * * *', jitter: 0s, depth: manifest",
-        ),
-    )
-    .unwrap();
     // Not for this node (its labels do not match): never canaried here.
     env.write_manifest(
         "elsewhere.yaml",

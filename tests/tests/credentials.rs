@@ -140,11 +140,8 @@ fn the_more_specific_wrong_key_is_tried_first_and_reported() {
         .join("---\n"),
     )
     .unwrap();
-    env.write_manifest(
-        "set.yaml",
-        &pullset("team", "s", &[&image.by_tag], &["host-right", "app-wrong"]),
-    )
-    .unwrap();
+    env.write_pullset("team", "s", &[&image.by_tag], &["host-right", "app-wrong"])
+        .unwrap();
     let run = env.agent().run_once(ONCE).unwrap();
     run.assert_code(0);
     let o = run.prepull(&image.by_tag);

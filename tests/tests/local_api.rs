@@ -6,9 +6,8 @@
 
 use pullgate::adapters::serve::local_api::pb::{self, agent_client::AgentClient};
 use pullgate_testenv::agent::pullgate_binary;
-use pullgate_testenv::manifests::canaried_pullset;
 use pullgate_testenv::process::output_within;
-use pullgate_testenv::{ImageSpec, PASSWORD, TestEnv, USER, block_on};
+use pullgate_testenv::{PASSWORD, TestEnv, USER, block_on};
 use std::os::unix::fs::{FileTypeExt as _, PermissionsExt as _};
 use std::path::Path;
 use std::process::Command;
@@ -54,20 +53,10 @@ async fn watch(socket: &Path) -> tonic::Streaming<pb::Record> {
 #[test]
 fn status_canary_and_watch_through_the_local_socket() {
     let mut env = TestEnv::started();
-    let image = env.push(&ImageSpec::new("team/app", "v1")).unwrap();
+    let image = env
+        .seed_canaried("schedule: '0 0 * * *', jitter: 0s, depth: manifest")
+        .unwrap();
     let host = env.registry.host();
-    env.write_regcred("team").unwrap();
-    env.write_manifest(
-        "set.yaml",
-        &canaried_pullset(
-            "team",
-            "critical",
-            &image.by_tag,
-            &["regcred"],
-            "schedule: '0 0 * * *', jitter: 0s, depth: manifest",
-        ),
-    )
-    .unwrap();
     let dir = tempfile::tempdir().unwrap();
     let socket = dir.path().join("run/pullgate/agent.sock");
     let agent = env

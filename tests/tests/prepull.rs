@@ -19,11 +19,8 @@ fn private_images_are_pulled_by_tag_and_by_digest() {
         .unwrap();
     let b = env.push(&ImageSpec::new("team/app-b", "v2")).unwrap();
     env.write_regcred("team").unwrap();
-    env.write_manifest(
-        "set.yaml",
-        &pullset("team", "critical", &[&a.by_tag, &b.by_digest], &["regcred"]),
-    )
-    .unwrap();
+    env.write_pullset("team", "critical", &[&a.by_tag, &b.by_digest], &["regcred"])
+        .unwrap();
 
     let run = env.agent().run_once(ONCE).unwrap();
     run.assert_code(0);
@@ -114,11 +111,8 @@ fn a_stopped_registry_is_a_network_failure() {
     let mut env = env();
     let a = env.push(&ImageSpec::new("team/app", "v1")).unwrap();
     env.write_regcred("team").unwrap();
-    env.write_manifest(
-        "set.yaml",
-        &pullset("team", "s", &[&a.by_tag], &["regcred"]),
-    )
-    .unwrap();
+    env.write_pullset("team", "s", &[&a.by_tag], &["regcred"])
+        .unwrap();
     env.registry.stop();
 
     let run = env

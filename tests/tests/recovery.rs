@@ -2,7 +2,6 @@
 //! and picks up edited manifests without a restart. Real containerd, real registry.
 
 use pullgate::decide::runtime::ImageRuntime as _;
-use pullgate_testenv::manifests::pullset;
 use pullgate_testenv::process::wait_until;
 use pullgate_testenv::{ImageSpec, PASSWORD, TestEnv, block_on};
 use std::time::Duration;
@@ -24,7 +23,7 @@ fn a_containerd_restart_in_the_middle_of_a_pass_is_survived() {
         .collect();
     let refs: Vec<&str> = images.iter().map(|i| i.by_tag.as_str()).collect();
     env.write_regcred("big").unwrap();
-    env.write_manifest("set.yaml", &pullset("big", "all", &refs, &["regcred"]))
+    env.write_pullset("big", "all", &refs, &["regcred"])
         .unwrap();
 
     let mut agent = env
@@ -90,8 +89,7 @@ fn a_containerd_restart_in_the_middle_of_a_pass_is_survived() {
 fn an_unreachable_runtime_is_a_clear_runtime_error_not_a_crash() {
     let env = env();
     let a = env.push(&ImageSpec::new("team/app", "v1")).unwrap();
-    env.write_manifest("set.yaml", &pullset("team", "s", &[&a.by_tag], &[]))
-        .unwrap();
+    env.write_pullset("team", "s", &[&a.by_tag], &[]).unwrap();
     let missing = format!(
         "unix://{}/nothing-here.sock",
         env.manifests.path().display()
@@ -115,11 +113,8 @@ fn an_image_removed_behind_the_agents_back_is_pulled_again() {
     let env = env();
     let a = env.push(&ImageSpec::new("team/app", "v1")).unwrap();
     env.write_regcred("team").unwrap();
-    env.write_manifest(
-        "set.yaml",
-        &pullset("team", "s", &[&a.by_tag], &["regcred"]),
-    )
-    .unwrap();
+    env.write_pullset("team", "s", &[&a.by_tag], &["regcred"])
+        .unwrap();
     let agent = env
         .agent()
         .args(&["--recheck-interval", "1s"])
@@ -157,11 +152,8 @@ fn an_edited_manifest_takes_effect_without_a_restart() {
     let a = env.push(&ImageSpec::new("team/first", "v1")).unwrap();
     let b = env.push(&ImageSpec::new("team/second", "v1")).unwrap();
     env.write_regcred("team").unwrap();
-    env.write_manifest(
-        "set.yaml",
-        &pullset("team", "s", &[&a.by_tag], &["regcred"]),
-    )
-    .unwrap();
+    env.write_pullset("team", "s", &[&a.by_tag], &["regcred"])
+        .unwrap();
     let agent = env
         .agent()
         .args(&["--recheck-interval", "1h"])
@@ -173,11 +165,8 @@ fn an_edited_manifest_takes_effect_without_a_restart() {
         })
         .unwrap();
 
-    env.write_manifest(
-        "set.yaml",
-        &pullset("team", "s", &[&a.by_tag, &b.by_tag], &["regcred"]),
-    )
-    .unwrap();
+    env.write_pullset("team", "s", &[&a.by_tag, &b.by_tag], &["regcred"])
+        .unwrap();
     agent
         .wait_for("the added image", Duration::from_secs(60), 1, |l| {
             l["image"] == b.by_tag.as_str() && l["verdict"] == "Ok"

@@ -195,11 +195,8 @@ fn a_50_mib_pull_secret_file_is_refused_by_name_in_bounded_memory() {
     )
     .unwrap();
     drop((config, padding));
-    env.write_manifest(
-        "set.yaml",
-        &pullset("team", "huge", &[&image.by_tag], &["huge"]),
-    )
-    .unwrap();
+    env.write_pullset("team", "huge", &[&image.by_tag], &["huge"])
+        .unwrap();
     let agent = env
         .agent()
         .args(&["--recheck-interval", "1h"])
@@ -324,14 +321,7 @@ fn a_10000_layer_manifest_is_checked_blob_by_blob_in_bounded_memory() {
         .unwrap();
     let agent = env
         .agent()
-        .args(&[
-            "--insecure-registry",
-            &env.registry.host(),
-            "--rotation-jitter",
-            "0s",
-            "--recheck-interval",
-            "1h",
-        ])
+        .canary_defaults(&env.registry.host())
         .spawn()
         .unwrap();
     agent
@@ -451,14 +441,7 @@ fn a_manifest_over_4_mib_is_a_clear_error_not_an_oom() {
     .unwrap();
     let agent = env
         .agent()
-        .args(&[
-            "--insecure-registry",
-            &format!("{},{bad_host}", env.registry.host()),
-            "--rotation-jitter",
-            "0s",
-            "--recheck-interval",
-            "1h",
-        ])
+        .canary_defaults(&format!("{},{bad_host}", env.registry.host()))
         .spawn()
         .unwrap();
     agent

@@ -125,14 +125,7 @@ fn a_registry_stopped_mid_full_canary_is_network_and_the_retry_is_ok() {
     .unwrap();
     let agent = env
         .agent()
-        .args(&[
-            "--insecure-registry",
-            &throttle.host(),
-            "--rotation-jitter",
-            "0s",
-            "--recheck-interval",
-            "1h",
-        ])
+        .canary_defaults(&throttle.host())
         .spawn()
         .unwrap();
 

@@ -11,7 +11,6 @@
 
 use pullgate::decide::runtime::ImageRuntime as _;
 use pullgate_testenv::agent::{MEMORY_CAP_KIB, is_condition};
-use pullgate_testenv::manifests::pullset;
 use pullgate_testenv::{ImageSpec, PASSWORD, TestEnv, block_on};
 use serde_json::Value;
 use std::time::Duration;
@@ -21,11 +20,8 @@ fn containerd_killed_under_the_daemon_is_reported_then_recovered_by_itself() {
     let mut env = TestEnv::started();
     let image = env.push(&ImageSpec::new("team/app", "v1")).unwrap();
     env.write_regcred("team").unwrap();
-    env.write_manifest(
-        "set.yaml",
-        &pullset("team", "critical", &[&image.by_tag], &["regcred"]),
-    )
-    .unwrap();
+    env.write_pullset("team", "critical", &[&image.by_tag], &["regcred"])
+        .unwrap();
     let agent = env
         .agent()
         .args(&[
