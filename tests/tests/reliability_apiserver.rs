@@ -3,7 +3,7 @@
 //! read. The agent stays up, stays bounded in memory (a generous cap on the process's `VmHWM`, a
 //! resource bound, never a timing), and loses no edit.
 //!
-//! Covered elsewhere: the API server away for a while (`cluster_node.rs`).
+//! Covered elsewhere: the API server away for a while (`cluster_node_apiserver.rs`).
 
 #![allow(clippy::unwrap_used)] // test fixtures: a failed set-up step should panic with its error
 
