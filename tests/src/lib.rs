@@ -122,6 +122,15 @@ impl TestEnv {
         Agent::new(self.manifests.path(), &self.containerd.endpoint())
     }
 
+    /// `pullgate run` as a daemon against this environment, with `args` (panics when it cannot
+    /// be started).
+    pub fn daemon(&self, args: &[&str]) -> RunningAgent {
+        self.agent()
+            .args(args)
+            .spawn()
+            .unwrap_or_else(|e| panic!("spawn pullgate: {e:#}"))
+    }
+
     /// Fails when any of `secrets` occurs in the given outputs or in containerd's or the
     /// registry's log.
     pub fn assert_no_leak(&self, outputs: &[&str], secrets: &[&str]) {

@@ -115,11 +115,7 @@ fn an_image_removed_behind_the_agents_back_is_pulled_again() {
     env.write_regcred("team").unwrap();
     env.write_pullset("team", "s", &[&a.by_tag], &["regcred"])
         .unwrap();
-    let agent = env
-        .agent()
-        .args(&["--recheck-interval", "1s"])
-        .spawn()
-        .unwrap();
+    let agent = env.daemon(&["--recheck-interval", "1s"]);
     let pulled = |l: &serde_json::Value| {
         l["image"] == a.by_tag.as_str() && l["action"] == "pulled" && l["verdict"] == "Ok"
     };
@@ -154,11 +150,7 @@ fn an_edited_manifest_takes_effect_without_a_restart() {
     env.write_regcred("team").unwrap();
     env.write_pullset("team", "s", &[&a.by_tag], &["regcred"])
         .unwrap();
-    let agent = env
-        .agent()
-        .args(&["--recheck-interval", "1h"])
-        .spawn()
-        .unwrap();
+    let agent = env.daemon(&["--recheck-interval", "1h"]);
     agent
         .wait_for("first image", Duration::from_secs(60), 1, |l| {
             l["image"] == a.by_tag.as_str() && l["verdict"] == "Ok"

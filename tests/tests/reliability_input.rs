@@ -90,11 +90,7 @@ fn a_thousand_pullsets_with_every_tenth_malformed() {
         ));
     }
     env.write_manifest("sets.yaml", &yaml).unwrap();
-    let agent = env
-        .agent()
-        .args(&["--recheck-interval", "1h"])
-        .spawn()
-        .unwrap();
+    let agent = env.daemon(&["--recheck-interval", "1h"]);
     let ok = |l: &Value| l["kind"] == "prepull" && l["verdict"] == "Ok";
     agent
         .wait_for("900 Ok outcomes", Duration::from_secs(120), 900, ok)
@@ -197,11 +193,7 @@ fn a_50_mib_pull_secret_file_is_refused_by_name_in_bounded_memory() {
     drop((config, padding));
     env.write_pullset("team", "huge", &[&image.by_tag], &["huge"])
         .unwrap();
-    let agent = env
-        .agent()
-        .args(&["--recheck-interval", "1h"])
-        .spawn()
-        .unwrap();
+    let agent = env.daemon(&["--recheck-interval", "1h"]);
     agent
         .wait_for("the pre-pull", Duration::from_secs(120), 1, |l| {
             l["kind"] == "prepull"

@@ -242,24 +242,20 @@ fn a_trickling_registry_gets_verdicts_on_both_paths_and_recovery_when_it_heals()
     )
     .unwrap();
     proxy.set_mode(Mode::Trickle);
-    let agent = env
-        .agent()
-        .args(&[
-            "--insecure-registry",
-            &proxy.host(),
-            "--registry-timeout",
-            "3s",
-            "--pull-timeout",
-            "8s",
-            "--pull-attempts",
-            "1",
-            "--rotation-jitter",
-            "0s",
-            "--recheck-interval",
-            "2s",
-        ])
-        .spawn()
-        .unwrap();
+    let agent = env.daemon(&[
+        "--insecure-registry",
+        &proxy.host(),
+        "--registry-timeout",
+        "3s",
+        "--pull-timeout",
+        "8s",
+        "--pull-attempts",
+        "1",
+        "--rotation-jitter",
+        "0s",
+        "--recheck-interval",
+        "2s",
+    ]);
 
     // The canary: the manifest request is cut at --registry-timeout, a Network verdict.
     agent

@@ -22,20 +22,16 @@ fn containerd_killed_under_the_daemon_is_reported_then_recovered_by_itself() {
     env.write_regcred("team").unwrap();
     env.write_pullset("team", "critical", &[&image.by_tag], &["regcred"])
         .unwrap();
-    let agent = env
-        .agent()
-        .args(&[
-            "--recheck-interval",
-            "2s",
-            "--cri-reconnect-budget",
-            "1s",
-            "--cri-timeout",
-            "3s",
-            "--pull-attempts",
-            "2",
-        ])
-        .spawn()
-        .unwrap();
+    let agent = env.daemon(&[
+        "--recheck-interval",
+        "2s",
+        "--cri-reconnect-budget",
+        "1s",
+        "--cri-timeout",
+        "3s",
+        "--pull-attempts",
+        "2",
+    ]);
     let of_image = |verdict: &'static str| {
         let image = image.by_tag.clone();
         move |l: &Value| {
