@@ -175,6 +175,15 @@ fn a_node_never_floods_the_api_server_and_its_probes_tell_ready_from_alive() {
             (http::status(port, "/healthz") == Some(200)).then_some(())
         })
         .unwrap_or_else(|e| panic!("{e}\nstderr:\n{}", agent.stderr()));
+    // The failures are lifted only once the agent has met some of them.
+    cluster
+        .api
+        .wait(
+            "a request of the agent failed",
+            Duration::from_secs(30),
+            |api| (api.pending_failures() < u32::MAX).then_some(()),
+        )
+        .unwrap_or_else(|e| panic!("{e}\nstderr:\n{}", agent.stderr()));
     assert_eq!(http::status(port, "/readyz"), Some(503));
     cluster.api.fail_next(0);
     cluster
@@ -198,8 +207,9 @@ fn a_node_never_floods_the_api_server_and_its_probes_tell_ready_from_alive() {
         r#"pullgate_prepull_outcomes_total{{registry="{host}",namespace="team",verdict="NotFound"}}"#
     );
     const SENT: &str = r#"pullgate_events_total{reason="PrePullFailed"}"#;
-    // The agent has settled once its metrics account for every failure: each one's Event sent
-    // (after the API server took it) or dropped (over the budget).
+    // The agent has settled once its metrics account for every failure of the passes it has
+    // finished (each pass fails once per PullSet): each one's Event sent (after the API server
+    // took it) or dropped (over the budget).
     let metrics = scrape_until(
         port,
         "every failure's Event sent or dropped",
@@ -208,7 +218,7 @@ fn a_node_never_floods_the_api_server_and_its_probes_tell_ready_from_alive() {
             let failures = metric(metrics, &not_found).unwrap_or(0);
             let sent = metric(metrics, SENT).unwrap_or(0);
             let dropped = metric(metrics, "pullgate_events_dropped_total").unwrap_or(0);
-            failures >= sets as u64 && sent + dropped >= failures
+            failures >= sets as u64 && failures % sets as u64 == 0 && sent + dropped >= failures
         },
     )
     .unwrap_or_else(|e| panic!("{e}\nstderr:\n{}", agent.stderr()));
