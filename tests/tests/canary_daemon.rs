@@ -88,7 +88,7 @@ fn rotation_is_caught_with_the_image_cached_and_the_fix_is_seen_by_a_rotation_ca
         .into_iter()
         .find(|l| condition("PullCredentialsValid", "False")(l))
         .unwrap();
-    assert_eq!(invalid["reason"], "Unauthorized");
+    assert_eq!(invalid["reason"], "Unauthorized", "{invalid}");
 
     // The Secret is fixed: a canary triggered by the rotation itself reports Ok (how soon is
     // measured by `cargo xtask bench canary`, not here).

@@ -218,7 +218,9 @@ fn a_node_never_floods_the_api_server_and_its_probes_tell_ready_from_alive() {
             let failures = metric(metrics, &not_found).unwrap_or(0);
             let sent = metric(metrics, SENT).unwrap_or(0);
             let dropped = metric(metrics, "pullgate_events_dropped_total").unwrap_or(0);
-            failures >= sets as u64 && failures % sets as u64 == 0 && sent + dropped >= failures
+            failures >= sets as u64
+                && failures.is_multiple_of(sets as u64)
+                && sent + dropped >= failures
         },
     )
     .unwrap_or_else(|e| panic!("{e}\nstderr:\n{}", agent.stderr()));
