@@ -69,6 +69,16 @@ pub fn pullgate_binary() -> Result<PathBuf> {
         .map_err(anyhow::Error::msg)
 }
 
+/// The cap on the agent's peak resident memory (`VmHWM`, debug build) in the reliability tests:
+/// generous (the agent idles around 35-55 MiB here; the DaemonSet's limit is 128 MiB), yet far
+/// below what an unbounded read of an endless manifest or several copies of a 50 MiB Secret cost.
+pub const MEMORY_CAP_KIB: u64 = 200 * 1024;
+
+/// A `kind: condition` record of this type and status.
+pub fn is_condition(line: &Value, type_: &str, status: &str) -> bool {
+    line["kind"] == "condition" && line["type"] == type_ && line["status"] == status
+}
+
 /// How to run the agent.
 #[derive(Clone, Debug)]
 pub struct Agent {
@@ -100,6 +110,18 @@ impl AgentRun {
             .iter()
             .filter(|l| l["kind"] == "prepull" && l["image"] == image)
             .collect()
+    }
+
+    /// Panics, with the output, unless the run exited with `code`.
+    pub fn assert_code(&self, code: i32) -> &Self {
+        assert_eq!(
+            self.code,
+            Some(code),
+            "stdout:\n{}\nstderr:\n{}",
+            self.stdout,
+            self.stderr
+        );
+        self
     }
 
     /// The single pre-pull record for `image` (panics with the output otherwise).
@@ -151,6 +173,19 @@ impl Agent {
     pub fn args(mut self, args: &[&str]) -> Self {
         self.args.extend(args.iter().map(|a| a.to_string()));
         self
+    }
+
+    /// The flags of a test about canaries: `registry` over plain HTTP, rotation canaries at once
+    /// (no jitter), and one pre-pull pass an hour, so that no re-check pass runs meanwhile.
+    pub fn canary_defaults(self, registry: &str) -> Self {
+        self.args(&[
+            "--insecure-registry",
+            registry,
+            "--rotation-jitter",
+            "0s",
+            "--recheck-interval",
+            "1h",
+        ])
     }
 
     fn command(&self, once: bool) -> Result<Command> {
@@ -307,6 +342,49 @@ impl RunningAgent {
             self.stdout(),
             self.stderr()
         )
+    }
+
+    /// How many records so far satisfy `predicate`.
+    pub fn count(&self, predicate: impl Fn(&Value) -> bool) -> usize {
+        self.lines().iter().filter(|l| predicate(l)).count()
+    }
+
+    /// The first record that satisfies `predicate` (panics with the output when there is none).
+    pub fn first(&self, predicate: impl Fn(&Value) -> bool) -> Value {
+        self.lines()
+            .into_iter()
+            .find(|l| predicate(l))
+            .unwrap_or_else(|| panic!("no such line\nstdout:\n{}", self.stdout()))
+    }
+
+    /// The latest record that satisfies `predicate` (panics with the output when there is none).
+    pub fn last(&self, predicate: impl Fn(&Value) -> bool) -> Value {
+        self.lines()
+            .into_iter()
+            .rev()
+            .find(|l| predicate(l))
+            .unwrap_or_else(|| panic!("no such line\nstdout:\n{}", self.stdout()))
+    }
+
+    /// Panics, with its stderr, unless the process is still up (not exited, not a zombie).
+    pub fn assert_alive(&self, what: &str) {
+        assert!(
+            crate::procfs::alive(self.pid()),
+            "{what}: the agent died\nstderr:\n{}",
+            self.stderr()
+        );
+    }
+
+    /// The agent is up and its peak resident memory (`VmHWM`) is under `cap_kib`: a resource
+    /// bound, never a timing. Prints the peak for the record.
+    pub fn assert_up_and_bounded(&self, cap_kib: u64, what: &str) {
+        self.assert_alive(what);
+        let peak = crate::procfs::peak_kib(self.pid()).unwrap_or_else(|e| panic!("{what}: {e}"));
+        eprintln!("{what}: agent VmHWM {} MiB", peak / 1024);
+        assert!(
+            peak < cap_kib,
+            "{what}: agent peak memory {peak} KiB over the {cap_kib} KiB cap"
+        );
     }
 
     /// Waits up to `timeout` for the process to exit by itself; its exit code.

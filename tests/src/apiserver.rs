@@ -32,6 +32,8 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::{Arc, Mutex};
 use tokio::sync::broadcast;
 
+use crate::server_thread::ServerThread;
+
 /// How many past events a watch can resume from.
 const HISTORY: usize = 1000;
 
@@ -71,8 +73,19 @@ pub struct ApiState {
 pub struct ApiServer {
     pub state: ApiState,
     addr: std::net::SocketAddr,
-    shutdown: Option<tokio::sync::oneshot::Sender<()>>,
-    thread: Option<std::thread::JoinHandle<()>>,
+    server: Option<ServerThread>,
+}
+
+/// A kubeconfig file pointing at an [`ApiServer`], in a temp dir removed on drop.
+pub struct KubeconfigFile {
+    dir: tempfile::TempDir,
+}
+
+impl KubeconfigFile {
+    /// The file, for `pullgate run --kubeconfig`.
+    pub fn path(&self) -> std::path::PathBuf {
+        self.dir.path().join("kubeconfig")
+    }
 }
 
 impl ApiServer {
@@ -88,8 +101,7 @@ impl ApiServer {
         let mut server = Self {
             state,
             addr,
-            shutdown: None,
-            thread: None,
+            server: None,
         };
         server.serve(listener)?;
         Ok(server)
@@ -97,42 +109,26 @@ impl ApiServer {
 
     fn serve(&mut self, listener: std::net::TcpListener) -> anyhow::Result<()> {
         listener.set_nonblocking(true)?;
-        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
         let app_state = self.state.clone();
-        let thread = std::thread::spawn(move || {
-            let Ok(runtime) = tokio::runtime::Builder::new_multi_thread()
-                .worker_threads(2)
-                .enable_all()
-                .build()
-            else {
+        self.server = Some(ServerThread::spawn(move |stop| async move {
+            let Ok(listener) = tokio::net::TcpListener::from_std(listener) else {
                 return;
             };
-            runtime.block_on(async move {
-                let Ok(listener) = tokio::net::TcpListener::from_std(listener) else {
-                    return;
-                };
-                let app = axum::Router::new().fallback(handle).with_state(app_state);
-                // Not a graceful shutdown: open watches end with the server, as when an API
-                // server goes away.
-                tokio::select! {
-                    _ = axum::serve(listener, app) => {}
-                    _ = rx => {}
-                }
-            });
-            // Dropping the runtime closes every open connection.
-        });
-        self.shutdown = Some(tx);
-        self.thread = Some(thread);
+            let app = axum::Router::new().fallback(handle).with_state(app_state);
+            // Not a graceful shutdown: open watches end with the server (its runtime is dropped),
+            // as when an API server goes away.
+            tokio::select! {
+                _ = axum::serve(listener, app) => {}
+                _ = stop => {}
+            }
+        }));
         Ok(())
     }
 
     /// Stops serving (connections refused, open watches cut), keeping every object.
     pub fn stop(&mut self) {
-        if let Some(tx) = self.shutdown.take() {
-            let _ = tx.send(());
-        }
-        if let Some(thread) = self.thread.take() {
-            let _ = thread.join();
+        if let Some(mut server) = self.server.take() {
+            server.stop();
         }
     }
 
@@ -154,6 +150,15 @@ impl ApiServer {
             "apiVersion: v1\nkind: Config\nclusters:\n- name: test\n  cluster:\n    server: {}\ncontexts:\n- name: test\n  context:\n    cluster: test\n    user: test\ncurrent-context: test\nusers:\n- name: test\n  user: {{}}\n",
             self.url()
         )
+    }
+
+    /// Writes [`ApiServer::kubeconfig`] to a file of its own.
+    pub fn kubeconfig_file(&self) -> anyhow::Result<KubeconfigFile> {
+        let dir = tempfile::Builder::new()
+            .prefix("pullgate-kubeconfig-")
+            .tempdir()?;
+        std::fs::write(dir.path().join("kubeconfig"), self.kubeconfig())?;
+        Ok(KubeconfigFile { dir })
     }
 
     /// Creates or replaces an object (its `apiVersion` and `kind` pick the collection).
@@ -202,6 +207,11 @@ impl ApiServer {
     /// The next `n` requests get `500`.
     pub fn fail_next(&self, n: u32) {
         self.state.lock().fail_next = n;
+    }
+
+    /// How many of the injected `500`s are still to be answered.
+    pub fn pending_failures(&self) -> u32 {
+        self.state.lock().fail_next
     }
 
     /// Forgets the watch history: resuming from an old resourceVersion then gets `410 Gone`.

@@ -1,18 +1,34 @@
 //! pullgate's real test environment: a real containerd and a real registry started per test on free
 //! ports and temp dirs, OCI images built in code, and a runner for the `pullgate` binary.
 //!
-//! Used by the integration tests in `tests/tests/`, and by `cargo xtask demo` / `bench` through the
-//! `pullgate-testenv` binary. Every process is owned by a guard that stops it on drop.
+//! Used by the integration tests in `tests/tests/`, and by `cargo xtask demo` / `bench` / `soak`
+//! through the `pullgate-env`, `pullgate-soak` and `pullgate-sim` binaries. Every process is owned
+//! by a guard that stops it on drop. This is the one support module: a helper two test files (or a
+//! test and a benchmark) need lives here, not in either of them.
+//!
+//! - [`agent`]: the `pullgate` binary, run once or as a daemon, its JSON lines, waits on them;
+//! - [`containerd`], [`registry`], [`images`], [`manifests`]: the real runtime and registry, images
+//!   built in code, the YAML the agent reads;
+//! - [`apiserver`], [`cluster`]: the in-repo test API server, and cluster mode set up around it;
+//! - [`proxy`], [`cri_counter`]: a counting (and misbehaving) registry proxy, a counting CRI proxy;
+//! - [`procfs`], [`http`]: a process seen from `/proc`, raw HTTP on loopback;
+//! - [`process`], [`server_thread`]: process guards, prerequisite checks, waits with deadlines,
+//!   servers on a runtime of their own.
 
 pub mod agent;
 pub mod apiserver;
+pub mod cluster;
 pub mod containerd;
+pub mod cri_counter;
+pub mod http;
 pub mod images;
 pub mod kustomize;
 pub mod manifests;
 pub mod process;
+pub mod procfs;
 pub mod proxy;
 pub mod registry;
+pub mod server_thread;
 
 pub use agent::{Agent, AgentRun, RunningAgent};
 pub use containerd::Containerd;
@@ -51,6 +67,12 @@ impl TestEnv {
         })
     }
 
+    /// [`TestEnv::start`] for a test: a missing prerequisite panics with the command that
+    /// installs it.
+    pub fn started() -> Self {
+        Self::start().unwrap_or_else(|e| panic!("test environment: {e:#}"))
+    }
+
     /// Builds and pushes an image with the right credentials.
     pub fn push(&self, spec: &ImageSpec) -> Result<PushedImage> {
         block_on(images::push(&self.registry.host(), USER, PASSWORD, spec))
@@ -72,9 +94,42 @@ impl TestEnv {
         self.write_manifest("secret.yaml", &secret)
     }
 
+    /// Writes `set.yaml`: one PullSet of `images` with these pull secrets.
+    pub fn write_pullset(
+        &self,
+        namespace: &str,
+        name: &str,
+        images: &[&str],
+        secrets: &[&str],
+    ) -> Result<()> {
+        let set = manifests::pullset(namespace, name, images, secrets);
+        self.write_manifest("set.yaml", &set)
+    }
+
+    /// The start of a canary test: `team/app:v1` pushed, pull Secret `team/regcred`, and in
+    /// `set.yaml` PullSet `team/critical` of that image with this `canary`
+    /// ([`manifests::canaried_pullset`]).
+    pub fn seed_canaried(&self, canary: &str) -> Result<PushedImage> {
+        let image = self.push(&ImageSpec::new("team/app", "v1"))?;
+        self.write_regcred("team")?;
+        let set =
+            manifests::canaried_pullset("team", "critical", &image.by_tag, &["regcred"], canary);
+        self.write_manifest("set.yaml", &set)?;
+        Ok(image)
+    }
+
     /// An agent runner pointed at this environment.
     pub fn agent(&self) -> Agent {
         Agent::new(self.manifests.path(), &self.containerd.endpoint())
+    }
+
+    /// `pullgate run` as a daemon against this environment, with `args` (panics when it cannot
+    /// be started).
+    pub fn daemon(&self, args: &[&str]) -> RunningAgent {
+        self.agent()
+            .args(args)
+            .spawn()
+            .unwrap_or_else(|e| panic!("spawn pullgate: {e:#}"))
     }
 
     /// Fails when any of `secrets` occurs in the given outputs or in containerd's or the

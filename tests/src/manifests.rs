@@ -29,3 +29,19 @@ pub fn pullset(namespace: &str, name: &str, images: &[&str], secrets: &[&str]) -
     }
     yaml
 }
+
+/// A PullSet of one image with a canary: `canary` is the YAML flow map's content
+/// (`schedule: '0 0 * * *', jitter: 0s, depth: manifest`).
+pub fn canaried_pullset(
+    namespace: &str,
+    name: &str,
+    image: &str,
+    secrets: &[&str],
+    canary: &str,
+) -> String {
+    let secrets: Vec<String> = secrets.iter().map(|s| format!("{{name: {s}}}")).collect();
+    format!(
+        "apiVersion: pullgate.io/v1alpha1\nkind: PullSet\nmetadata: {{name: {name}, namespace: {namespace}}}\nspec:\n  imagePullSecrets: [{}]\n  images: [{{image: '{image}'}}]\n  canary: {{{canary}}}\n",
+        secrets.join(", ")
+    )
+}

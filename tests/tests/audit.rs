@@ -95,13 +95,11 @@ impl Run {
 }
 
 fn audit(api: &ApiServer, extra: &[&str]) -> Run {
-    let dir = tempfile::tempdir().unwrap();
-    let kubeconfig = dir.path().join("kubeconfig");
-    std::fs::write(&kubeconfig, api.kubeconfig()).unwrap();
+    let kubeconfig = api.kubeconfig_file().unwrap();
     let out = Command::new(pullgate_binary().unwrap())
         .arg("audit")
         .arg("--kubeconfig")
-        .arg(&kubeconfig)
+        .arg(kubeconfig.path())
         .args(extra)
         .env("RUST_LOG", "debug")
         .output()

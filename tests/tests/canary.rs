@@ -7,6 +7,7 @@
 use pullgate::decide::runtime::ImageRuntime as _;
 use pullgate_testenv::agent::pullgate_binary;
 use pullgate_testenv::manifests::{pull_secret, pullset};
+use pullgate_testenv::process::output_within;
 use pullgate_testenv::{ImageSpec, PASSWORD, TestEnv, USER, WRONG_PASSWORD, block_on};
 use serde_json::Value;
 use std::path::Path;
@@ -14,7 +15,7 @@ use std::process::Command;
 use std::time::Duration;
 
 fn env() -> TestEnv {
-    TestEnv::start().unwrap_or_else(|e| panic!("test environment: {e:#}"))
+    TestEnv::started()
 }
 
 struct Checked {
@@ -37,7 +38,8 @@ fn check_with(
     cwd: &Path,
     extra: &[&str],
 ) -> Checked {
-    let out = Command::new(pullgate_binary().unwrap())
+    let mut command = Command::new(pullgate_binary().unwrap());
+    command
         .current_dir(cwd)
         .env("TMPDIR", cwd)
         .arg("check")
@@ -45,9 +47,8 @@ fn check_with(
         .args(["--json", "--depth", depth, "-n", "team", "--pullset", set])
         .args(extra)
         .args(["--insecure-registry", &env.registry.host(), "--manifests"])
-        .arg(env.manifests.path())
-        .output()
-        .unwrap();
+        .arg(env.manifests.path());
+    let out = output_within(command, Duration::from_secs(120)).unwrap_or_else(|e| panic!("{e:#}"));
     let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
     Checked {
         code: out.status.code(),
@@ -336,8 +337,11 @@ fn a_misbehaving_registry_gets_a_verdict_not_a_hang() {
     env.write_manifest("p.yaml", &pullset("team", "good", &[&via], &["right"]))
         .unwrap();
     let scratch = tempfile::tempdir().unwrap();
+    // A verdict, not a hang: each check has a deadline (how long it takes is the benchmarks'
+    // business; the bound the agent promises is --registry-timeout, checked in the messages).
     let run = |depth: &str| {
-        let out = Command::new(pullgate_binary().unwrap())
+        let mut command = Command::new(pullgate_binary().unwrap());
+        command
             .current_dir(scratch.path())
             .args([
                 "check",
@@ -357,9 +361,9 @@ fn a_misbehaving_registry_gets_a_verdict_not_a_hang() {
                 "2s",
                 "--manifests",
             ])
-            .arg(env.manifests.path())
-            .output()
-            .unwrap();
+            .arg(env.manifests.path());
+        let out = output_within(command, Duration::from_secs(60))
+            .unwrap_or_else(|e| panic!("depth {depth}: {e:#}"));
         let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
         serde_json::from_str::<Value>(stdout.lines().next().unwrap_or("null")).unwrap()
     };
@@ -393,7 +397,6 @@ fn a_misbehaving_registry_gets_a_verdict_not_a_hang() {
         (Mode::TrickleBlobs, "full", "Network", "timed out after 2s"),
     ] {
         proxy.set_mode(mode);
-        let started = std::time::Instant::now();
         let o = run(depth);
         assert_eq!(o["verdict"], verdict, "{mode:?}: {o}");
         assert!(
@@ -406,10 +409,5 @@ fn a_misbehaving_registry_gets_a_verdict_not_a_hang() {
                 "{o}"
             );
         }
-        assert!(
-            started.elapsed() < Duration::from_secs(20),
-            "{mode:?} took {:?}",
-            started.elapsed()
-        );
     }
 }

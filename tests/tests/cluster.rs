@@ -4,29 +4,22 @@
 
 #![allow(clippy::unwrap_used)] // test fixtures: a failed set-up step should panic with its error
 
-use base64::Engine as _;
-use pullgate_testenv::apiserver::ApiServer;
+use pullgate_testenv::apiserver::{ApiServer, objects};
 use pullgate_testenv::{Agent, ImageSpec, PASSWORD, TestEnv, USER};
 use serde_json::json;
 use std::time::Duration;
 
 fn pull_secret(namespace: &str, name: &str, host: &str) -> serde_json::Value {
-    let auth = base64::engine::general_purpose::STANDARD.encode(format!("{USER}:{PASSWORD}"));
-    let config = json!({"auths": {host: {"auth": auth}}}).to_string();
-    json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": name, "namespace": namespace},
-           "type": "kubernetes.io/dockerconfigjson",
-           "data": {".dockerconfigjson": base64::engine::general_purpose::STANDARD.encode(config)}})
+    objects::pull_secret(namespace, name, host, USER, PASSWORD)
 }
 
 fn pullset(namespace: &str, name: &str, image: &str, spec: serde_json::Value) -> serde_json::Value {
-    let mut spec = spec;
-    spec["images"] = json!([{"image": image}]);
-    json!({"apiVersion": "pullgate.io/v1alpha1", "kind": "PullSet", "metadata": {"name": name, "namespace": namespace}, "spec": spec})
+    objects::pullset(namespace, name, &[image], spec)
 }
 
 #[test]
 fn pullsets_from_the_api_server_are_pre_pulled_with_least_privilege() {
-    let env = TestEnv::start().unwrap_or_else(|e| panic!("test environment: {e:#}"));
+    let env = TestEnv::started();
     let host = env.registry.host();
     let app = env.push(&ImageSpec::new("team/app", "v1")).unwrap();
     let gpu = env.push(&ImageSpec::new("ml/driver", "v1")).unwrap();
@@ -61,10 +54,8 @@ fn pullsets_from_the_api_server_are_pre_pulled_with_least_privilege() {
     ));
     api.forbid_namespace("locked");
 
-    let dir = tempfile::tempdir().unwrap();
-    let kubeconfig = dir.path().join("kubeconfig");
-    std::fs::write(&kubeconfig, api.kubeconfig()).unwrap();
-    let run = Agent::cluster(&kubeconfig, &env.containerd.endpoint())
+    let kubeconfig = api.kubeconfig_file().unwrap();
+    let run = Agent::cluster(&kubeconfig.path(), &env.containerd.endpoint())
         .run_once(Duration::from_secs(120))
         .unwrap();
 

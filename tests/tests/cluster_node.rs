@@ -7,90 +7,25 @@
 //! - A rotated registry password is a `CanaryFailed` Event on the PullSet and
 //!   `PullCredentialsValid=False` on the Node although the image is cached; the Secret updated
 //!   through the API is `CanaryRecovered` and True again.
-//! - The API server away for 30 s: pre-pulls go on, and the latest state is written when it is back.
 //! - No password anywhere: stdout, stderr, Events, the Node.
+//!
+//! The node against an API server that is away or failing: `cluster_node_apiserver.rs`.
 
 #![allow(clippy::unwrap_used)] // test fixtures: a failed set-up step should panic with its error
 
 use pullgate_testenv::apiserver::{ApiServer, objects};
-use pullgate_testenv::{Agent, ImageSpec, PASSWORD, RunningAgent, TestEnv, USER};
-use serde_json::{Value, json};
-use std::path::PathBuf;
-use std::time::{Duration, Instant};
+use pullgate_testenv::cluster::{Cluster, NODE};
+use pullgate_testenv::{ImageSpec, PASSWORD, USER};
+use serde_json::json;
+use std::time::Duration;
 
-const NODE: &str = "test-node";
 const TAINT: &str = "pullgate.io/not-ready";
 const OTHER_TAINT: &str = "example.com/dedicated";
 const ROTATED: &str = "pg-Rotated-Passw0rd-7e1f";
 
-struct Cluster {
-    env: TestEnv,
-    api: ApiServer,
-    _dir: tempfile::TempDir,
-    kubeconfig: PathBuf,
-}
-
-impl Cluster {
-    fn start(taints: &[(&str, &str)]) -> Self {
-        let env = TestEnv::start().unwrap_or_else(|e| panic!("test environment: {e:#}"));
-        let api = ApiServer::start().unwrap();
-        api.apply(objects::node(NODE, taints));
-        let dir = tempfile::tempdir().unwrap();
-        let kubeconfig = dir.path().join("kubeconfig");
-        std::fs::write(&kubeconfig, api.kubeconfig()).unwrap();
-        Self {
-            env,
-            api,
-            _dir: dir,
-            kubeconfig,
-        }
-    }
-
-    fn secret(&self, password: &str) -> Value {
-        objects::pull_secret("team", "regcred", &self.env.registry.host(), USER, password)
-    }
-
-    fn agent(&self, args: &[&str]) -> RunningAgent {
-        Agent::cluster(&self.kubeconfig, &self.env.containerd.endpoint())
-            .args(&["--insecure-registry", &self.env.registry.host()])
-            .args(args)
-            .spawn()
-            .unwrap()
-    }
-
-    fn condition(&self, type_: &str) -> Option<(String, String)> {
-        let c = self.api.node_condition(NODE, type_)?;
-        Some((c["status"].as_str()?.into(), c["reason"].as_str()?.into()))
-    }
-
-    fn wait_condition(&self, type_: &str, status: &str, timeout: Duration, agent: &RunningAgent) {
-        self.api
-            .wait(&format!("{type_}={status}"), timeout, |_| {
-                self.condition(type_).filter(|(s, _)| s == status)
-            })
-            .unwrap_or_else(|e| {
-                panic!(
-                    "{e}\nnode: {}\nstderr:\n{}",
-                    self.api.get("v1", "nodes", "", NODE).unwrap(),
-                    agent.stderr()
-                )
-            });
-    }
-
-    fn wait_event(&self, reason: &str, timeout: Duration, agent: &RunningAgent) -> Value {
-        self.api
-            .wait(&format!("a {reason} Event"), timeout, |api| {
-                api.events(reason).into_iter().next()
-            })
-            .unwrap_or_else(|e| panic!("{e}\nstderr:\n{}", agent.stderr()))
-    }
-
-    /// No password in anything the agent wrote or the API server holds.
-    fn assert_no_leak(&self, stdout: &str, stderr: &str) {
-        let dump = self.api.dump();
-        self.env
-            .assert_no_leak(&[stdout, stderr, &dump], &[PASSWORD, ROTATED]);
-    }
+/// No password in anything the agent wrote, the API server holds, or the runtime and registry logged.
+fn assert_no_leak(cluster: &Cluster, stdout: &str, stderr: &str) {
+    cluster.assert_no_leak(&[stdout, stderr], &[PASSWORD, ROTATED]);
 }
 
 fn taints_of(api: &ApiServer) -> Vec<String> {
@@ -185,7 +120,7 @@ fn a_node_that_joins_tainted_gets_its_images_and_loses_only_its_taint() {
         "{pulled}"
     );
     let (stdout, stderr) = agent.finish();
-    cluster.assert_no_leak(&stdout, &stderr);
+    assert_no_leak(&cluster, &stdout, &stderr);
 }
 
 #[test]
@@ -208,29 +143,42 @@ fn the_gate_timeout_removes_the_taint_anyway_or_keeps_it_when_told() {
             action,
             "--pull-attempts",
             "1",
+            "--recheck-interval",
+            "1s",
         ]);
         let event = cluster.wait_event("GateTimedOut", Duration::from_secs(60), &agent);
         assert_eq!(event["type"], "Warning", "{event}");
         assert_eq!(event["regarding"]["kind"], "Node");
         let note = event["note"].as_str().unwrap();
         assert!(note.contains("CriticalImagesReady is False"), "{note}");
-        let started = Instant::now();
         if removed {
             assert!(note.starts_with("removed taint"), "{note}");
             cluster
                 .api
-                .wait("the taint removed", Duration::from_secs(10), |api| {
+                .wait("the taint removed", Duration::from_secs(30), |api| {
                     taints_of(api).is_empty().then_some(())
                 })
                 .unwrap();
         } else {
             assert!(note.starts_with("kept taint"), "{note}");
-            // Kept: still there a while later, and the timeout is announced once.
-            std::thread::sleep(Duration::from_secs(3));
+            // Kept: still there after two more passes have failed, and the timeout is announced
+            // once (one decision in the agent's lines, one Event on the API server).
+            let failures = |l: &serde_json::Value| l["kind"] == "prepull" && l["verdict"] != "Ok";
+            let seen = agent.count(failures);
+            agent
+                .wait_for(
+                    "two more failed passes",
+                    Duration::from_secs(60),
+                    seen + 2,
+                    failures,
+                )
+                .unwrap();
             assert_eq!(taints_of(&cluster.api), [TAINT], "{action}");
+            let decided =
+                |l: &serde_json::Value| l["kind"] == "event" && l["reason"] == "GateTimedOut";
+            assert_eq!(agent.count(decided), 1, "{}", agent.stdout());
             assert_eq!(cluster.api.events("GateTimedOut").len(), 1);
         }
-        assert!(started.elapsed() < Duration::from_secs(30));
         assert_eq!(
             cluster.condition("CriticalImagesReady").map(|c| c.0),
             Some("False".into())
@@ -238,7 +186,7 @@ fn the_gate_timeout_removes_the_taint_anyway_or_keeps_it_when_told() {
         let failed = cluster.wait_event("PrePullFailed", Duration::from_secs(10), &agent);
         assert_eq!(failed["regarding"]["name"], "critical");
         let (stdout, stderr) = agent.finish();
-        cluster.assert_no_leak(&stdout, &stderr);
+        assert_no_leak(&cluster, &stdout, &stderr);
     }
 }
 
@@ -270,14 +218,12 @@ fn a_rotated_password_is_an_event_on_the_pullset_and_a_condition_on_the_node() {
 
     // The registry's password rotates; the Secret is not updated; the image stays cached.
     cluster.env.registry.set_password(USER, ROTATED).unwrap();
-    let rotated_at = Instant::now();
     cluster.wait_condition(
         "PullCredentialsValid",
         "False",
-        Duration::from_secs(15),
+        Duration::from_secs(60),
         &agent,
     );
-    let caught = rotated_at.elapsed();
     assert_eq!(
         cluster.condition("PullCredentialsValid"),
         Some(("False".into(), "Unauthorized".into()))
@@ -316,194 +262,6 @@ fn a_rotated_password_is_an_event_on_the_pullset_and_a_condition_on_the_node() {
     let recovered = cluster.wait_event("CanaryRecovered", Duration::from_secs(10), &agent);
     assert_eq!(recovered["type"], "Normal");
     assert_eq!(recovered["regarding"]["name"], "critical");
-    eprintln!("rotation caught on the Node in {caught:?}");
     let (stdout, stderr) = agent.finish();
-    cluster.assert_no_leak(&stdout, &stderr);
-}
-
-#[test]
-fn with_the_api_server_away_pre_pulls_go_on_and_the_latest_state_is_written_when_it_is_back() {
-    let mut cluster = Cluster::start(&[]);
-    let app = cluster.env.push(&ImageSpec::new("team/app", "v1")).unwrap();
-    let later = ImageSpec::new("team/later", "v1");
-    let later_ref = format!("{}/team/later:v1", cluster.env.registry.host());
-    cluster.api.apply(cluster.secret(PASSWORD));
-    cluster.api.apply(objects::pullset(
-        "team",
-        "critical",
-        &[&app.by_tag, &later_ref],
-        json!({"gate": true, "imagePullSecrets": [{"name": "regcred"}]}),
-    ));
-    let agent = cluster.agent(&["--recheck-interval", "2s", "--pull-attempts", "1"]);
-    cluster.wait_condition(
-        "CriticalImagesReady",
-        "False",
-        Duration::from_secs(60),
-        &agent,
-    );
-    assert_eq!(
-        cluster.condition("CriticalImagesReady").map(|c| c.1),
-        Some("NotFound".into())
-    );
-
-    // The API server goes away for 30 s. Meanwhile the missing image appears in the registry.
-    cluster.api.stop();
-    let away = Instant::now();
-    cluster.env.push(&later).unwrap();
-    agent
-        .wait_for(
-            "the image pulled while the API server is away",
-            Duration::from_secs(25),
-            1,
-            |l| l["kind"] == "prepull" && l["image"] == later_ref.as_str() && l["verdict"] == "Ok",
-        )
-        .unwrap();
-    assert!(
-        away.elapsed() < Duration::from_secs(30),
-        "the pre-pull happened after the outage"
-    );
-    std::thread::sleep(Duration::from_secs(30).saturating_sub(away.elapsed()));
-    assert_eq!(
-        cluster.condition("CriticalImagesReady").map(|c| c.0),
-        Some("False".into()),
-        "nothing can be written while the server is away"
-    );
-    cluster.api.restart().unwrap();
-
-    // Back: the latest state is written, and the Events held back are sent.
-    cluster.wait_condition(
-        "CriticalImagesReady",
-        "True",
-        Duration::from_secs(45),
-        &agent,
-    );
-    let pulled = cluster.wait_event("PrePulled", Duration::from_secs(30), &agent);
-    assert_eq!(pulled["regarding"]["name"], "critical");
-    cluster
-        .api
-        .wait(
-            "the PrePulled Event of the image pulled while away",
-            Duration::from_secs(30),
-            |api| {
-                api.events("PrePulled")
-                    .into_iter()
-                    .find(|e| e["note"].as_str().is_some_and(|n| n.contains(&later_ref)))
-            },
-        )
-        .unwrap();
-    let (stdout, stderr) = agent.finish();
-    cluster.assert_no_leak(&stdout, &stderr);
-}
-
-/// `GET path` on 127.0.0.1:port: the status code and the body.
-fn http_get(port: u16, path: &str) -> Option<(u16, String)> {
-    use std::io::{Read as _, Write as _};
-    let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
-    stream.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
-    write!(
-        stream,
-        "GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"
-    )
-    .ok()?;
-    let mut response = String::new();
-    stream.read_to_string(&mut response).ok()?;
-    let status = response.split_whitespace().nth(1)?.parse().ok()?;
-    let body = response.split_once("\r\n\r\n")?.1.to_string();
-    Some((status, body))
-}
-
-fn http_status(port: u16, path: &str) -> Option<u16> {
-    http_get(port, path).map(|(status, _)| status)
-}
-
-#[test]
-fn a_node_never_floods_the_api_server_and_its_probes_tell_ready_from_alive() {
-    let cluster = Cluster::start(&[]);
-    cluster.api.apply(cluster.secret(PASSWORD));
-    let sets = 12;
-    for i in 0..sets {
-        let missing = format!("{}/team/missing-{i}:v1", cluster.env.registry.host());
-        cluster.api.apply(objects::pullset(
-            "team",
-            &format!("set-{i}"),
-            &[&missing],
-            json!({"imagePullSecrets": [{"name": "regcred"}]}),
-        ));
-    }
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    // The API server fails every request at first: alive, not ready.
-    cluster.api.fail_next(u32::MAX);
-    let agent = cluster.agent(&[
-        "--metrics-addr",
-        &format!("127.0.0.1:{port}"),
-        "--event-burst",
-        "4",
-        "--event-refill",
-        "1h",
-        "--pull-attempts",
-        "1",
-    ]);
-    cluster
-        .api
-        .wait("/healthz", Duration::from_secs(30), |_| {
-            (http_status(port, "/healthz") == Some(200)).then_some(())
-        })
-        .unwrap_or_else(|e| panic!("{e}\nstderr:\n{}", agent.stderr()));
-    assert_eq!(http_status(port, "/readyz"), Some(503));
-    cluster.api.fail_next(0);
-    cluster
-        .api
-        .wait("/readyz", Duration::from_secs(60), |_| {
-            (http_status(port, "/readyz") == Some(200)).then_some(())
-        })
-        .unwrap_or_else(|e| panic!("{e}\nstderr:\n{}", agent.stderr()));
-
-    // Every failure is a JSON line; only the budget's worth reaches the API server.
-    agent
-        .wait_for(
-            "every failure reported",
-            Duration::from_secs(30),
-            sets,
-            |l| l["kind"] == "event" && l["reason"] == "PrePullFailed",
-        )
-        .unwrap();
-    std::thread::sleep(Duration::from_secs(3));
-    let events = cluster.api.events("PrePullFailed");
-    assert_eq!(events.len(), 4, "{events:?}");
-
-    // The same story in the metrics (every pass counts; a PullSet gates by default).
-    let (status, metrics) = http_get(port, "/metrics").unwrap();
-    assert_eq!(status, 200);
-    let value = |prefix: &str| -> u64 {
-        metrics
-            .lines()
-            .find_map(|l| l.strip_prefix(prefix)?.trim().parse().ok())
-            .unwrap_or_else(|| panic!("no {prefix} in\n{metrics}"))
-    };
-    let host = cluster.env.registry.host();
-    let failures = value(&format!(
-        r#"pullgate_prepull_outcomes_total{{registry="{host}",namespace="team",verdict="NotFound"}}"#
-    ));
-    assert!(
-        failures >= sets as u64 && failures % sets as u64 == 0,
-        "{failures}"
-    );
-    assert_eq!(value(r#"pullgate_events_total{reason="PrePullFailed"}"#), 4);
-    // Every failure is an Event decided; all but the budget's four were dropped.
-    assert_eq!(value("pullgate_events_dropped_total"), failures - 4);
-    assert_eq!(
-        value(r#"pullgate_node_condition{condition="CriticalImagesReady",status="False"}"#),
-        1
-    );
-    assert!(
-        value(r#"pullgate_apiserver_errors_total{kind="5xx"}"#) > 0,
-        "the failed requests at start are counted, by kind"
-    );
-    assert!(!metrics.contains(PASSWORD));
-    let (stdout, stderr) = agent.finish();
-    cluster.assert_no_leak(&stdout, &stderr);
+    assert_no_leak(&cluster, &stdout, &stderr);
 }

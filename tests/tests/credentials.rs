@@ -10,7 +10,7 @@ const ONCE: Duration = Duration::from_secs(120);
 
 #[test]
 fn the_kubelets_pick_among_key_spellings_is_the_one_that_succeeds() {
-    let env = TestEnv::start().unwrap_or_else(|e| panic!("test environment: {e:#}"));
+    let env = TestEnv::started();
     let image = env.push(&ImageSpec::new("team/app", "v1")).unwrap();
     let other = env.push(&ImageSpec::new("ops/tool", "v1")).unwrap();
     let host = env.registry.host();
@@ -67,13 +67,7 @@ fn the_kubelets_pick_among_key_spellings_is_the_one_that_succeeds() {
     .unwrap();
 
     let run = env.agent().run_once(ONCE).unwrap();
-    assert_eq!(
-        run.code,
-        Some(0),
-        "stdout:\n{}\nstderr:\n{}",
-        run.stdout,
-        run.stderr
-    );
+    run.assert_code(0);
     let picked = run.prepull(&image.by_tag);
     assert_eq!(
         picked["credential"],
@@ -128,7 +122,7 @@ fn the_kubelets_pick_among_key_spellings_is_the_one_that_succeeds() {
 
 #[test]
 fn the_more_specific_wrong_key_is_tried_first_and_reported() {
-    let env = TestEnv::start().unwrap_or_else(|e| panic!("test environment: {e:#}"));
+    let env = TestEnv::started();
     let image = env.push(&ImageSpec::new("team/app", "v1")).unwrap();
     let host = env.registry.host();
     env.write_manifest(
@@ -146,19 +140,10 @@ fn the_more_specific_wrong_key_is_tried_first_and_reported() {
         .join("---\n"),
     )
     .unwrap();
-    env.write_manifest(
-        "set.yaml",
-        &pullset("team", "s", &[&image.by_tag], &["host-right", "app-wrong"]),
-    )
-    .unwrap();
+    env.write_pullset("team", "s", &[&image.by_tag], &["host-right", "app-wrong"])
+        .unwrap();
     let run = env.agent().run_once(ONCE).unwrap();
-    assert_eq!(
-        run.code,
-        Some(0),
-        "stdout:\n{}\nstderr:\n{}",
-        run.stdout,
-        run.stderr
-    );
+    run.assert_code(0);
     let o = run.prepull(&image.by_tag);
     assert_eq!(
         o["credential"],

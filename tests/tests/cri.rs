@@ -6,7 +6,7 @@ use secrecy::SecretString;
 
 #[test]
 fn every_cri_call_works_against_containerd() {
-    let env = TestEnv::start().unwrap_or_else(|e| panic!("test environment: {e:#}"));
+    let env = TestEnv::started();
     let image = env
         .push(&ImageSpec::new("cri/app", "v1").with_layers(&[200_000]))
         .unwrap();

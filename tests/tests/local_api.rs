@@ -4,9 +4,10 @@
 
 #![allow(clippy::unwrap_used)] // test fixtures: a failed set-up step should panic with its error
 
-use pullgate::adapters::serve::local_api::Client;
+use pullgate::adapters::serve::local_api::pb::{self, agent_client::AgentClient};
 use pullgate_testenv::agent::pullgate_binary;
-use pullgate_testenv::{ImageSpec, PASSWORD, TestEnv, USER, block_on};
+use pullgate_testenv::process::output_within;
+use pullgate_testenv::{PASSWORD, TestEnv, USER, block_on};
 use std::os::unix::fs::{FileTypeExt as _, PermissionsExt as _};
 use std::path::Path;
 use std::process::Command;
@@ -14,13 +15,13 @@ use std::time::Duration;
 
 const ROTATED: &str = "pg-Rotated-Passw0rd-91aa";
 
+/// How long any one CLI call, or any wait on the local API, may take before the test fails.
+const DEADLINE: Duration = Duration::from_secs(60);
+
 fn cli(args: &[&str], socket: &Path) -> (Option<i32>, String, String) {
-    let out = Command::new(pullgate_binary().unwrap())
-        .args(args)
-        .arg("--api-socket")
-        .arg(socket)
-        .output()
-        .unwrap();
+    let mut command = Command::new(pullgate_binary().unwrap());
+    command.args(args).arg("--api-socket").arg(socket);
+    let out = output_within(command, DEADLINE).unwrap_or_else(|e| panic!("{e:#}"));
     (
         out.status.code(),
         String::from_utf8_lossy(&out.stdout).into_owned(),
@@ -28,20 +29,34 @@ fn cli(args: &[&str], socket: &Path) -> (Option<i32>, String, String) {
     )
 }
 
+/// A `Watch` on the agent's socket, returned once the agent has answered it: its subscription to
+/// the records is in place (it subscribes before it answers), so nothing after this is missed.
+async fn watch(socket: &Path) -> tonic::Streaming<pb::Record> {
+    let socket = socket.to_path_buf();
+    let channel = tonic::transport::Endpoint::from_static("http://pullgate.invalid")
+        .connect_with_connector(tower::service_fn(move |_: tonic::transport::Uri| {
+            let socket = socket.clone();
+            async move {
+                let stream = tokio::net::UnixStream::connect(socket).await?;
+                Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(stream))
+            }
+        }))
+        .await
+        .unwrap();
+    AgentClient::new(channel)
+        .watch(pb::WatchRequest {})
+        .await
+        .unwrap()
+        .into_inner()
+}
+
 #[test]
 fn status_canary_and_watch_through_the_local_socket() {
-    let mut env = TestEnv::start().unwrap_or_else(|e| panic!("test environment: {e:#}"));
-    let image = env.push(&ImageSpec::new("team/app", "v1")).unwrap();
+    let mut env = TestEnv::started();
+    let image = env
+        .seed_canaried("schedule: '0 0 * * *', jitter: 0s, depth: manifest")
+        .unwrap();
     let host = env.registry.host();
-    env.write_regcred("team").unwrap();
-    env.write_manifest(
-        "set.yaml",
-        &format!(
-            "apiVersion: pullgate.io/v1alpha1\nkind: PullSet\nmetadata: {{name: critical, namespace: team}}\nspec:\n  imagePullSecrets: [{{name: regcred}}]\n  images: [{{image: '{}'}}]\n  canary: {{schedule: '0 0 * * *', jitter: 0s, depth: manifest}}\n",
-            image.by_tag
-        ),
-    )
-    .unwrap();
     let dir = tempfile::tempdir().unwrap();
     let socket = dir.path().join("run/pullgate/agent.sock");
     let agent = env
@@ -93,32 +108,35 @@ fn status_canary_and_watch_through_the_local_socket() {
     assert_eq!(code, Some(0));
     assert!(table.contains("team/critical (gate)"), "{table}");
 
-    // `Watch` sees what happens next; `canary` runs now and streams the result.
-    let (tx, rx) = std::sync::mpsc::channel();
-    let watch_socket = socket.clone();
-    let watcher = std::thread::spawn(move || {
-        block_on(async move {
-            let mut client = Client::connect(&watch_socket).await.unwrap();
-            let _ = tx.send(());
-            let mut kinds = Vec::new();
-            client
-                .watch(|r| {
-                    let manual = r.kind == "canary" && r.json.contains("\"trigger\":\"manual\"");
-                    kinds.push(r.kind);
-                    !manual
-                })
-                .await
-                .unwrap();
-            kinds
+    // `Watch` sees what happens next; `canary` runs now and streams the result. The watch is
+    // established (answered) before the canary is triggered; every wait has a deadline.
+    let kinds = block_on(async {
+        let mut records = tokio::time::timeout(DEADLINE, watch(&socket))
+            .await
+            .expect("the agent did not answer Watch within the deadline");
+        let trigger = {
+            let socket = socket.clone();
+            tokio::task::spawn_blocking(move || cli(&["canary", "team/critical"], &socket))
+        };
+        let (code, stdout, stderr) = trigger.await.unwrap();
+        assert_eq!(code, Some(0), "{stdout}\n{stderr}");
+        assert!(stdout.starts_with("✓ team/critical"), "{stdout}");
+        assert!(stdout.contains(&format!("credential: secret team/regcred key {host}")));
+        let mut kinds = Vec::new();
+        tokio::time::timeout(DEADLINE, async {
+            while let Some(r) = records.message().await.unwrap() {
+                let manual = r.kind == "canary" && r.json.contains("\"trigger\":\"manual\"");
+                kinds.push(r.kind);
+                if manual {
+                    return;
+                }
+            }
+            panic!("the Watch ended before the manual canary: {kinds:?}");
         })
+        .await
+        .unwrap_or_else(|_| panic!("the Watch did not deliver the manual canary: {kinds:?}"));
+        kinds
     });
-    rx.recv_timeout(Duration::from_secs(10)).unwrap();
-    std::thread::sleep(Duration::from_millis(200));
-    let (code, stdout, stderr) = cli(&["canary", "team/critical"], &socket);
-    assert_eq!(code, Some(0), "{stdout}\n{stderr}");
-    assert!(stdout.starts_with("✓ team/critical"), "{stdout}");
-    assert!(stdout.contains(&format!("credential: secret team/regcred key {host}")));
-    let kinds = watcher.join().unwrap();
     assert!(kinds.contains(&"canary".to_string()), "{kinds:?}");
 
     // The password rotates: the manual canary says so, and exits 1.

@@ -8,7 +8,7 @@ use std::time::Duration;
 const ONCE: Duration = Duration::from_secs(120);
 
 fn env() -> TestEnv {
-    TestEnv::start().unwrap_or_else(|e| panic!("test environment: {e:#}"))
+    TestEnv::started()
 }
 
 #[test]
@@ -19,20 +19,11 @@ fn private_images_are_pulled_by_tag_and_by_digest() {
         .unwrap();
     let b = env.push(&ImageSpec::new("team/app-b", "v2")).unwrap();
     env.write_regcred("team").unwrap();
-    env.write_manifest(
-        "set.yaml",
-        &pullset("team", "critical", &[&a.by_tag, &b.by_digest], &["regcred"]),
-    )
-    .unwrap();
+    env.write_pullset("team", "critical", &[&a.by_tag, &b.by_digest], &["regcred"])
+        .unwrap();
 
     let run = env.agent().run_once(ONCE).unwrap();
-    assert_eq!(
-        run.code,
-        Some(0),
-        "stdout:\n{}\nstderr:\n{}",
-        run.stdout,
-        run.stderr
-    );
+    run.assert_code(0);
 
     let oa = run.prepull(&a.by_tag);
     assert_eq!(oa["verdict"], "Ok");
@@ -100,13 +91,7 @@ fn a_wrong_password_is_unauthorized_and_an_absent_tag_is_not_found() {
     .unwrap();
 
     let run = env.agent().run_once(ONCE).unwrap();
-    assert_eq!(
-        run.code,
-        Some(1),
-        "stdout:\n{}\nstderr:\n{}",
-        run.stdout,
-        run.stderr
-    );
+    run.assert_code(1);
     let unauthorized = run.prepull(&a.by_tag);
     assert_eq!(unauthorized["verdict"], "Unauthorized", "{unauthorized}");
     assert!(unauthorized["hint"].as_str().unwrap().contains("password"));
@@ -126,11 +111,8 @@ fn a_stopped_registry_is_a_network_failure() {
     let mut env = env();
     let a = env.push(&ImageSpec::new("team/app", "v1")).unwrap();
     env.write_regcred("team").unwrap();
-    env.write_manifest(
-        "set.yaml",
-        &pullset("team", "s", &[&a.by_tag], &["regcred"]),
-    )
-    .unwrap();
+    env.write_pullset("team", "s", &[&a.by_tag], &["regcred"])
+        .unwrap();
     env.registry.stop();
 
     let run = env

@@ -2,14 +2,14 @@
 //! and picks up edited manifests without a restart. Real containerd, real registry.
 
 use pullgate::decide::runtime::ImageRuntime as _;
-use pullgate_testenv::manifests::pullset;
+use pullgate_testenv::process::wait_until;
 use pullgate_testenv::{ImageSpec, PASSWORD, TestEnv, block_on};
 use std::time::Duration;
 
 const MIB: usize = 1024 * 1024;
 
 fn env() -> TestEnv {
-    TestEnv::start().unwrap_or_else(|e| panic!("test environment: {e:#}"))
+    TestEnv::started()
 }
 
 #[test]
@@ -23,7 +23,7 @@ fn a_containerd_restart_in_the_middle_of_a_pass_is_survived() {
         .collect();
     let refs: Vec<&str> = images.iter().map(|i| i.by_tag.as_str()).collect();
     env.write_regcred("big").unwrap();
-    env.write_manifest("set.yaml", &pullset("big", "all", &refs, &["regcred"]))
+    env.write_pullset("big", "all", &refs, &["regcred"])
         .unwrap();
 
     let mut agent = env
@@ -38,7 +38,18 @@ fn a_containerd_restart_in_the_middle_of_a_pass_is_survived() {
         })
         .unwrap();
     env.containerd.stop();
-    std::thread::sleep(Duration::from_millis(1500));
+    // Started again once the agent has felt the outage (the same lines are asserted below).
+    let felt = || {
+        let stderr = agent.stderr();
+        stderr.contains("CRI unreachable; reconnecting")
+            || stderr.contains("transient failure; retrying")
+    };
+    wait_until(
+        "the agent to feel the runtime gone",
+        Duration::from_secs(60),
+        felt,
+    )
+    .unwrap_or_else(|e| panic!("{e}\nstderr:\n{}", agent.stderr()));
     env.containerd.start_again().unwrap();
 
     let code = agent.wait_exit(Duration::from_secs(240)).unwrap();
@@ -78,8 +89,7 @@ fn a_containerd_restart_in_the_middle_of_a_pass_is_survived() {
 fn an_unreachable_runtime_is_a_clear_runtime_error_not_a_crash() {
     let env = env();
     let a = env.push(&ImageSpec::new("team/app", "v1")).unwrap();
-    env.write_manifest("set.yaml", &pullset("team", "s", &[&a.by_tag], &[]))
-        .unwrap();
+    env.write_pullset("team", "s", &[&a.by_tag], &[]).unwrap();
     let missing = format!(
         "unix://{}/nothing-here.sock",
         env.manifests.path().display()
@@ -103,16 +113,9 @@ fn an_image_removed_behind_the_agents_back_is_pulled_again() {
     let env = env();
     let a = env.push(&ImageSpec::new("team/app", "v1")).unwrap();
     env.write_regcred("team").unwrap();
-    env.write_manifest(
-        "set.yaml",
-        &pullset("team", "s", &[&a.by_tag], &["regcred"]),
-    )
-    .unwrap();
-    let agent = env
-        .agent()
-        .args(&["--recheck-interval", "1s"])
-        .spawn()
+    env.write_pullset("team", "s", &[&a.by_tag], &["regcred"])
         .unwrap();
+    let agent = env.daemon(&["--recheck-interval", "1s"]);
     let pulled = |l: &serde_json::Value| {
         l["image"] == a.by_tag.as_str() && l["action"] == "pulled" && l["verdict"] == "Ok"
     };
@@ -145,27 +148,17 @@ fn an_edited_manifest_takes_effect_without_a_restart() {
     let a = env.push(&ImageSpec::new("team/first", "v1")).unwrap();
     let b = env.push(&ImageSpec::new("team/second", "v1")).unwrap();
     env.write_regcred("team").unwrap();
-    env.write_manifest(
-        "set.yaml",
-        &pullset("team", "s", &[&a.by_tag], &["regcred"]),
-    )
-    .unwrap();
-    let agent = env
-        .agent()
-        .args(&["--recheck-interval", "1h"])
-        .spawn()
+    env.write_pullset("team", "s", &[&a.by_tag], &["regcred"])
         .unwrap();
+    let agent = env.daemon(&["--recheck-interval", "1h"]);
     agent
         .wait_for("first image", Duration::from_secs(60), 1, |l| {
             l["image"] == a.by_tag.as_str() && l["verdict"] == "Ok"
         })
         .unwrap();
 
-    env.write_manifest(
-        "set.yaml",
-        &pullset("team", "s", &[&a.by_tag, &b.by_tag], &["regcred"]),
-    )
-    .unwrap();
+    env.write_pullset("team", "s", &[&a.by_tag, &b.by_tag], &["regcred"])
+        .unwrap();
     agent
         .wait_for("the added image", Duration::from_secs(60), 1, |l| {
             l["image"] == b.by_tag.as_str() && l["verdict"] == "Ok"

@@ -327,14 +327,8 @@ async fn raw_get(host: &str, path: &str, basic: Option<&str>) -> Result<u16> {
 
 /// CPU seconds (user + system) used by a process (`self`, or a PID) so far.
 fn cpu_seconds(pid: &str) -> f64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    let rest: Vec<&str> = stat
-        .rsplit_once(')')
-        .map(|(_, r)| r.split_whitespace().collect())
-        .unwrap_or_default();
-    let tick = |i: usize| -> u64 { rest.get(i).and_then(|v| v.parse().ok()).unwrap_or(0) };
-    // utime and stime are fields 14 and 15 (11 and 12 after the command name), in 1/100 s.
-    (tick(11) + tick(12)) as f64 / 100.0
+    // utime and stime in 1/100 s.
+    pullgate_testenv::procfs::cpu_ticks(pid) as f64 / 100.0
 }
 
 /// The PID of the registry this process started (a child named `docker-registry`).

@@ -26,9 +26,10 @@ use pullgate_testenv::agent::pullgate_binary;
 use pullgate_testenv::images::ImageSpec;
 use pullgate_testenv::manifests::{pull_secret, pullset};
 use pullgate_testenv::process::free_port;
-use pullgate_testenv::{PASSWORD, TestEnv, USER};
+use pullgate_testenv::procfs::{self, mib};
+use pullgate_testenv::{PASSWORD, TestEnv, USER, http};
 use std::collections::BTreeMap;
-use std::io::{Read as _, Write as _};
+use std::io::Read as _;
 use std::path::Path;
 use std::process::{Child, Command, ExitCode, Stdio};
 use std::time::{Duration, Instant};
@@ -365,18 +366,7 @@ fn secret_matches(env: &TestEnv, host: &str, password: &str) -> Result<bool> {
 /// `GET /metrics`, and `pullgate status --json` through the local API; true when both answered
 /// (`status` exits 1 when something is not `Ok`, which is an answer; 2 when it could not ask).
 fn exercise_endpoints(binary: &Path, socket: &Path, port: u16) -> bool {
-    let metrics = (|| -> Result<bool> {
-        let mut stream = std::net::TcpStream::connect(("127.0.0.1", port))?;
-        stream.set_read_timeout(Some(Duration::from_secs(5)))?;
-        write!(
-            stream,
-            "GET /metrics HTTP/1.0\r\nHost: 127.0.0.1:{port}\r\n\r\n"
-        )?;
-        let mut response = String::new();
-        stream.read_to_string(&mut response)?;
-        Ok(response.starts_with("HTTP/1.1 200") || response.starts_with("HTTP/1.0 200"))
-    })()
-    .unwrap_or(false);
+    let metrics = http::status(port, "/metrics") == Some(200);
     let status = Command::new(binary)
         .arg("status")
         .arg("--api-socket")
@@ -390,24 +380,12 @@ fn exercise_endpoints(binary: &Path, socket: &Path, port: u16) -> bool {
 }
 
 fn sample(pid: u32, at: Duration) -> Result<Sample> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .with_context(|| format!("read /proc/{pid}/status (did the agent exit?)"))?;
-    let field = |name: &str| -> u64 {
-        status
-            .lines()
-            .find_map(|l| l.strip_prefix(name))
-            .and_then(|v| v.split_whitespace().next())
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(0)
-    };
-    let fds = std::fs::read_dir(format!("/proc/{pid}/fd"))
-        .with_context(|| format!("list /proc/{pid}/fd"))?
-        .count();
+    let s = procfs::sample(pid)?;
     Ok(Sample {
         at,
-        rss_kib: field("VmRSS:"),
-        fds,
-        threads: field("Threads:"),
+        rss_kib: s.rss_kib,
+        fds: s.fds,
+        threads: s.threads,
     })
 }
 
@@ -523,8 +501,4 @@ fn print_report(
 fn clock(d: Duration) -> String {
     let s = d.as_secs();
     format!("{:02}:{:02}", s / 60, s % 60)
-}
-
-fn mib(kib: u64) -> f64 {
-    kib as f64 / 1024.0
 }

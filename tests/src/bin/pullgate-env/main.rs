@@ -1,0 +1,109 @@
+//! Driver for `cargo xtask demo` and `cargo xtask bench`: starts the real environment, seeds it, runs
+//! pullgate against it, and tears everything down (guards stop the processes even on error).
+//!
+//! One module per subcommand: `demo`, and `bench_prepull`, `bench_canary`, `bench_reconcile`,
+//! `bench_idle`, `bench_api`; what two benchmarks share is in `bench`, what tests share too is in
+//! the `pullgate_testenv` library.
+
+mod bench;
+mod bench_api;
+mod bench_canary;
+mod bench_idle;
+mod bench_prepull;
+mod bench_reconcile;
+mod demo;
+
+use anyhow::Result;
+use clap::{Parser, Subcommand};
+use std::path::PathBuf;
+
+#[derive(Parser)]
+struct Cli {
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Seed a local registry and containerd, run `pullgate run --once --manifests DIR`.
+    Demo {
+        /// The demo manifests.
+        #[arg(long, default_value = "examples/demo")]
+        manifests: PathBuf,
+    },
+    /// Canary benchmark: Secret edit → canary report latency, and registry requests per depth.
+    BenchCanary {
+        /// Rotations to time.
+        #[arg(long, default_value_t = 20)]
+        rotations: usize,
+    },
+    /// Pre-pull benchmark: pullgate vs serial CRI pulls vs raw concurrent CRI pulls.
+    BenchPrepull {
+        #[arg(long, default_value_t = 8)]
+        images: usize,
+        /// Size of each image in MiB (two layers of half that each).
+        #[arg(long, default_value_t = 20)]
+        size_mib: usize,
+        /// Runs per method; medians are reported.
+        #[arg(long, default_value_t = 5)]
+        runs: usize,
+    },
+    /// Reconcile benchmark: `run --once` over N images that are all present; CRI calls per pass.
+    BenchReconcile {
+        #[arg(long, default_value_t = 2000)]
+        images: usize,
+        /// Timed passes per method; medians are reported.
+        #[arg(long, default_value_t = 5)]
+        runs: usize,
+    },
+    /// Idle benchmark: RSS and CPU of the daemon at steady state (everything present).
+    BenchIdle {
+        #[arg(long, default_value_t = 100)]
+        pullsets: usize,
+        #[arg(long, default_value_t = 500)]
+        images: usize,
+        #[arg(long, default_value_t = 200)]
+        secrets: usize,
+        /// Sampling window after the first pass.
+        #[arg(long, default_value_t = 60)]
+        seconds: u64,
+        /// Give every PullSet a canary on this cron schedule (e.g. `0 3 * * *`); none by default.
+        #[arg(long)]
+        canary_schedule: Option<String>,
+    },
+    /// API-server benchmark: requests per node per hour at steady state, in cluster mode.
+    BenchApi {
+        /// Window counted after the initial sync and first pass.
+        #[arg(long, default_value_t = 12.0)]
+        minutes: f64,
+        #[arg(long, default_value_t = 10)]
+        pullsets: usize,
+    },
+}
+
+fn main() -> Result<()> {
+    match Cli::parse().command {
+        Cmd::Demo { manifests } => demo::demo(&manifests),
+        Cmd::BenchPrepull {
+            images,
+            size_mib,
+            runs,
+        } => bench_prepull::bench_prepull(images, size_mib, runs),
+        Cmd::BenchCanary { rotations } => bench_canary::bench_canary(rotations),
+        Cmd::BenchReconcile { images, runs } => bench_reconcile::bench_reconcile(images, runs),
+        Cmd::BenchIdle {
+            pullsets,
+            images,
+            secrets,
+            seconds,
+            canary_schedule,
+        } => bench_idle::bench_idle(
+            pullsets,
+            images,
+            secrets,
+            seconds,
+            canary_schedule.as_deref(),
+        ),
+        Cmd::BenchApi { minutes, pullsets } => bench_api::bench_api(minutes, pullsets),
+    }
+}
