@@ -4,12 +4,12 @@
 //! the canaries it hands out (one at a time) with the runner, and passes outcomes to the sink and
 //! to manual callers, and the next canary times to [`CanaryControl`].
 
-use crate::adapters::files::manifests::Loaded;
 use crate::decide::canary::runner::{CanaryOutcome, CanaryRunner, RegistryProbe};
 use crate::decide::canary::schedule::{Action, CanarySchedule, Input, Now, ScheduleConfig};
 use crate::decide::credentials::CredentialResolver;
 use crate::model::inventory::ObjectKey;
 use crate::model::node::NodeInfo;
+use crate::model::snapshot::Snapshot;
 use crate::model::verdict::Verdict;
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
@@ -106,7 +106,7 @@ pub trait CanarySink: Send + Sync {
 pub async fn run<P: RegistryProbe + 'static>(
     runner: Arc<CanaryRunner<P>>,
     resolver: Arc<dyn CredentialResolver>,
-    mut sources: watch::Receiver<Arc<Loaded>>,
+    mut sources: watch::Receiver<Arc<Snapshot>>,
     sink: Arc<dyn CanarySink>,
     config: ServiceConfig,
     control: ControlEnd,
@@ -178,7 +178,7 @@ struct Driver<P> {
     sink: Arc<dyn CanarySink>,
     next: Arc<Mutex<BTreeMap<ObjectKey, SystemTime>>>,
     node: NodeInfo,
-    loaded: Arc<Loaded>,
+    loaded: Arc<Snapshot>,
     /// Manual callers waiting for a PullSet's next run.
     replies: HashMap<ObjectKey, Vec<mpsc::UnboundedSender<CanaryOutcome>>>,
 }

@@ -10,7 +10,7 @@
 //! passing of time, does the writes (`node_status`, `node_taint`, `event_recorder`), counts each
 //! failure by kind, and answers it with the result.
 
-use crate::adapters::files::manifests::Loaded;
+use crate::adapters::kube::NodeWriters;
 use crate::adapters::kube::api_errors::ApiErrors;
 use crate::adapters::kube::event_recorder::EventRecorder;
 use crate::adapters::kube::node_status::NodeStatus;
@@ -28,6 +28,7 @@ use crate::decide::status_board::StatusBoard;
 use crate::model::inventory::ObjectKey;
 use crate::model::node::NodeInfo;
 use crate::model::outcome::Outcome;
+use crate::model::snapshot::Snapshot;
 use crate::model::verdict::Verdict;
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -121,17 +122,17 @@ impl Reports {
 pub fn run_cluster(
     out: Outputs,
     api_errors: Arc<ApiErrors>,
-    client: kube::Client,
+    writers: NodeWriters,
     node: NodeInfo,
     config: NodeReportConfig,
-    sources: watch::Receiver<Arc<Loaded>>,
+    sources: watch::Receiver<Arc<Snapshot>>,
 ) -> (Reports, tokio::task::JoinHandle<()>) {
     let (tx, rx) = mpsc::unbounded_channel();
     let task = tokio::spawn(
         ClusterTask {
-            status: NodeStatus::new(client.clone(), node.name.clone()),
-            taints: NodeTaints::new(client.clone(), node.name.clone()),
-            events: EventRecorder::new(client, &node.name),
+            status: writers.status,
+            taints: writers.taints,
+            events: writers.events,
             taint_key: config.taint_key.clone(),
             report: NodeReport::new(config, Instant::now()),
             node,
@@ -166,7 +167,7 @@ impl ClusterTask {
     async fn run(
         mut self,
         mut rx: mpsc::UnboundedReceiver<Msg>,
-        mut sources: watch::Receiver<Arc<Loaded>>,
+        mut sources: watch::Receiver<Arc<Snapshot>>,
     ) {
         let mut sources_open = true;
         let mut loaded = sources.borrow_and_update().clone();
@@ -208,7 +209,7 @@ impl ClusterTask {
     }
 
     /// What the sources say about the Node and the gated PullSets.
-    fn observe(&mut self, loaded: &Loaded) {
+    fn observe(&mut self, loaded: &Snapshot) {
         let node = loaded.node(&self.node);
         let tainted = loaded
             .node_facts
@@ -219,7 +220,7 @@ impl ClusterTask {
     }
 
     /// Carries out what the reporter asks for now, one request at a time.
-    async fn drive(&mut self, loaded: &Loaded) {
+    async fn drive(&mut self, loaded: &Snapshot) {
         while let Some(step) = self.report.poll(Instant::now()) {
             let reply = match step {
                 Step::WriteConditions(all) => {

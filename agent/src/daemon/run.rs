@@ -1,7 +1,6 @@
 //! `pullgate run`: wires sources → desired state → pre-pull → reporters, and owns the loop.
 
 use crate::adapters::cri::{CriClient, CriTimeouts};
-use crate::adapters::files::manifests::Loaded;
 use crate::adapters::files::watch::{WatchConfig, WatchError, watch_dir};
 use crate::adapters::serve::http::{Readiness, Refresh};
 use crate::adapters::serve::json_lines::JsonLines;
@@ -21,6 +20,7 @@ use crate::decide::prepull::{PassSummary, PrePullConfig, PrePuller, RetryPolicy}
 use crate::model::inventory::ObjectKey;
 use crate::model::node::NodeInfo;
 use crate::model::outcome::{SourceProblem, now_rfc3339};
+use crate::model::snapshot::Snapshot;
 use crate::model::verdict::Verdict;
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
@@ -179,7 +179,7 @@ pub async fn run(args: RunArgs) -> Result<RunOutcome, RunError> {
             let (reports, reports_task) = crate::daemon::node_reporter::run_cluster(
                 out.clone(),
                 api_errors.clone(),
-                client,
+                crate::adapters::kube::NodeWriters::new(client, &node.name),
                 node.clone(),
                 NodeReportConfig {
                     node: node.name.clone(),
@@ -371,7 +371,7 @@ async fn pass<R: crate::decide::runtime::ImageRuntime>(
     engine: &PrePuller<R>,
     resolver: &dyn CredentialResolver,
     node: &NodeInfo,
-    loaded: &Loaded,
+    loaded: &Snapshot,
     cancel: &CancellationToken,
     images_ready: &mut Tracker,
     reports: &Reports,
@@ -422,7 +422,7 @@ async fn pass<R: crate::decide::runtime::ImageRuntime>(
     summary
 }
 
-fn report_source(reporter: &JsonLines, node: &NodeInfo, loaded: &Loaded) {
+fn report_source(reporter: &JsonLines, node: &NodeInfo, loaded: &Snapshot) {
     for warning in &loaded.warnings {
         tracing::warn!("{warning}");
     }

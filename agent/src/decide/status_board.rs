@@ -2,12 +2,12 @@
 //! pre-pull and canary outcome of every image of every PullSet, the conditions, and the problems.
 //! Plain data: the API adapter turns a [`Status`] into protobuf.
 
-use crate::adapters::files::manifests::Loaded;
 use crate::decide::canary::runner::CanaryOutcome;
 use crate::decide::conditions::Condition;
 use crate::model::inventory::ObjectKey;
 use crate::model::node::NodeInfo;
 use crate::model::outcome::{Action, Outcome};
+use crate::model::snapshot::Snapshot;
 use crate::model::verdict::Verdict;
 use std::collections::BTreeMap;
 use std::sync::Mutex;
@@ -104,7 +104,7 @@ impl StatusBoard {
     /// The PullSets selected for `node` now, each image with its latest outcomes.
     pub fn snapshot(
         &self,
-        loaded: &Loaded,
+        loaded: &Snapshot,
         node: &NodeInfo,
         next_canaries: &BTreeMap<ObjectKey, SystemTime>,
     ) -> Status {

@@ -58,3 +58,37 @@ pub struct Inventory {
     /// Objects the source may not read (RBAC), with why: resolution reports `Forbidden`.
     pub forbidden: BTreeMap<ObjectKey, String>,
 }
+
+/// A Kubernetes Secret as the library type: `stringData` merged over `data`, as the API server
+/// does on write; the bytes wrapped at once.
+pub fn secret_object(key: ObjectKey, secret: k8s_openapi::api::core::v1::Secret) -> SecretObject {
+    let type_ = secret.type_.unwrap_or_else(|| "Opaque".to_string());
+    let mut data: BTreeMap<String, secrecy::SecretSlice<u8>> = secret
+        .data
+        .unwrap_or_default()
+        .into_iter()
+        .map(|(k, v)| (k, v.0.into()))
+        .collect();
+    for (k, v) in secret.string_data.unwrap_or_default() {
+        data.insert(k, v.into_bytes().into());
+    }
+    SecretObject { key, type_, data }
+}
+
+/// A Kubernetes ServiceAccount as the library type: its pull secrets' names, in order.
+pub fn service_account_object(
+    key: ObjectKey,
+    sa: k8s_openapi::api::core::v1::ServiceAccount,
+) -> ServiceAccountObject {
+    let image_pull_secrets = sa
+        .image_pull_secrets
+        .unwrap_or_default()
+        .into_iter()
+        .map(|r| r.name)
+        .filter(|n| !n.is_empty())
+        .collect();
+    ServiceAccountObject {
+        key,
+        image_pull_secrets,
+    }
+}

@@ -7,4 +7,5 @@ pub mod inventory;
 pub mod node;
 pub mod outcome;
 pub mod pullset;
+pub mod snapshot;
 pub mod verdict;

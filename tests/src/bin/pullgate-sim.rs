@@ -18,7 +18,7 @@
 //! (`pullgate_testenv::apiserver`) through a handful (`--cluster-sources`, default 8) of real
 //! cluster sources (`pullgate::adapters::kube::source::watch_cluster`, kube's client and watchers, each for
 //! a Node of its own); agent `i` subscribes to source `i mod K`'s `tokio::sync::watch` channel of
-//! `Arc<Loaded>`, the very channel an agent's canary service reads. Thousands of kube watchers in
+//! `Arc<Snapshot>`, the very channel an agent's canary service reads. Thousands of kube watchers in
 //! one process would measure the test API server (one store lock, two worker threads) and kube's
 //! client rather than pullgate's spreading of canaries; in a real cluster each node's watches go to
 //! a scaled API server. Every change (a schedule, a jitter, the rotated Secret) is written to the
@@ -34,7 +34,6 @@
 
 use anyhow::{Context as _, Result, bail, ensure};
 use clap::Parser;
-use pullgate::adapters::files::manifests::Loaded;
 use pullgate::adapters::registry::{RegistryClient, RegistryConfig};
 use pullgate::daemon::canary_scheduler::{CanaryControl, CanarySink, ServiceConfig};
 use pullgate::decide::canary::jitter;
@@ -42,6 +41,7 @@ use pullgate::decide::canary::runner::{CanaryOutcome, CanaryRunner, Trigger};
 use pullgate::decide::credentials::{CredentialResolver, KubeletResolver};
 use pullgate::model::inventory::ObjectKey;
 use pullgate::model::node::NodeInfo;
+use pullgate::model::snapshot::Snapshot;
 use pullgate::model::verdict::Verdict;
 use pullgate_testenv::apiserver::{ApiServer, objects};
 use pullgate_testenv::images::{self, ImageSpec};
@@ -476,7 +476,7 @@ struct Fleet {
 impl Fleet {
     fn start(
         names: &[String],
-        sources: &[watch::Receiver<Arc<Loaded>>],
+        sources: &[watch::Receiver<Arc<Snapshot>>],
         probe: &RegistryClient,
         sink: &Arc<CountingSink>,
         rotation_window: Duration,

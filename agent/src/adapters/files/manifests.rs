@@ -2,81 +2,20 @@
 //! directory. The only module that parses Kubernetes objects from files (with k8s-openapi's types,
 //! converted to [`crate::model::inventory`] types at once).
 //!
-//! A broken file, document or object becomes a [`ManifestProblem`] naming the file, the document
+//! A broken file, document or object becomes a [`SnapshotProblem`] naming the file, the document
 //! index and the field; it is skipped and everything else is still loaded. Secret data never appears
 //! in a problem: serde messages that could quote a value are cut to their category.
 
 use crate::model::inventory::{
-    Inventory, ObjectKey, SecretObject, ServiceAccountObject, TYPE_DOCKERCFG, TYPE_DOCKERCONFIGJSON,
+    ObjectKey, TYPE_DOCKERCFG, TYPE_DOCKERCONFIGJSON, secret_object, service_account_object,
 };
 use crate::model::pullset::{self, PullSetSpec};
+use crate::model::snapshot::{Snapshot, SnapshotProblem};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-
-/// Something wrong in the manifest directory.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ManifestProblem {
-    pub file: PathBuf,
-    /// 0-based document index inside a multi-document file.
-    pub document: Option<usize>,
-    /// `Kind namespace/name`.
-    pub object: Option<String>,
-    pub field: Option<String>,
-    pub message: String,
-}
-
-impl std::fmt::Display for ManifestProblem {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let mut parts = Vec::new();
-        if !self.file.as_os_str().is_empty() {
-            parts.push(self.file.display().to_string());
-        }
-        if let Some(d) = self.document {
-            parts.push(format!("document {d}"));
-        }
-        if let Some(o) = &self.object {
-            parts.push(o.clone());
-        }
-        if let Some(field) = &self.field {
-            parts.push(format!("field {field}"));
-        }
-        write!(f, "{}", parts.join(" "))?;
-        write!(f, ": {}", self.message)
-    }
-}
-
-/// What one read of the directory produced.
-#[derive(Debug, Clone, Default)]
-pub struct Loaded {
-    pub inventory: Inventory,
-    pub problems: Vec<ManifestProblem>,
-    /// Accepted-with-a-warning notes (tags without digests…), with their object.
-    pub warnings: Vec<String>,
-    /// sha256 over every file's path and content: equal fingerprints, equal inventories.
-    pub fingerprint: String,
-    /// The node's labels, when the source knows them (cluster mode: from the Node object).
-    pub node_labels: Option<BTreeMap<String, String>>,
-    /// The Node's taints (cluster mode).
-    pub node_facts: Option<crate::model::node::NodeFacts>,
-    /// Everything referenced has been read at least once (a directory is read whole).
-    pub synced: bool,
-}
-
-impl Loaded {
-    /// The node as this source sees it: its labels from the source when it has them.
-    pub fn node(&self, base: &crate::model::node::NodeInfo) -> crate::model::node::NodeInfo {
-        match &self.node_labels {
-            Some(labels) => crate::model::node::NodeInfo {
-                name: base.name.clone(),
-                labels: labels.clone(),
-            },
-            None => base.clone(),
-        }
-    }
-}
 
 #[derive(Debug, thiserror::Error)]
 pub enum ManifestError {
@@ -93,14 +32,14 @@ const PULLSET_API_VERSION: &str = "pullgate.io/v1alpha1";
 /// Files larger than this are reported and skipped, not parsed.
 pub const MAX_FILE_BYTES: u64 = 16 * 1024 * 1024;
 
-pub fn load_dir(dir: &Path) -> Result<Loaded, ManifestError> {
+pub fn load_dir(dir: &Path) -> Result<Snapshot, ManifestError> {
     let mut files = Vec::new();
     collect_files(dir, &mut files).map_err(|source| ManifestError::Directory {
         path: dir.to_path_buf(),
         source,
     })?;
     files.sort();
-    let mut loaded = Loaded::default();
+    let mut loaded = Snapshot::default();
     let mut hasher = Sha256::new();
     let mut origin: BTreeMap<String, PathBuf> = BTreeMap::new();
     for file in files {
@@ -177,7 +116,12 @@ fn collect_files(dir: &Path, out: &mut Vec<PathBuf>) -> std::io::Result<()> {
     Ok(())
 }
 
-fn load_text(file: &Path, text: &str, loaded: &mut Loaded, origin: &mut BTreeMap<String, PathBuf>) {
+fn load_text(
+    file: &Path,
+    text: &str,
+    loaded: &mut Snapshot,
+    origin: &mut BTreeMap<String, PathBuf>,
+) {
     for (index, document) in serde_yaml::Deserializer::from_str(text).enumerate() {
         let value = match serde_yaml::Value::deserialize(document) {
             Ok(v) => v,
@@ -205,10 +149,10 @@ fn load_text(file: &Path, text: &str, loaded: &mut Loaded, origin: &mut BTreeMap
 fn load_object(
     value: serde_yaml::Value,
     index: usize,
-    loaded: &mut Loaded,
+    loaded: &mut Snapshot,
     origin: &mut BTreeMap<String, PathBuf>,
     file: &Path,
-) -> Result<(), ManifestProblem> {
+) -> Result<(), SnapshotProblem> {
     let api_version = value
         .get("apiVersion")
         .and_then(|v| v.as_str())
@@ -247,7 +191,7 @@ fn load_object(
         .unwrap_or("default")
         .to_string();
     let object = name_of(&meta_ns, &meta_name);
-    let fail = |field: Option<String>, message: String| ManifestProblem {
+    let fail = |field: Option<String>, message: String| SnapshotProblem {
         file: file.to_path_buf(),
         document: Some(index),
         object: Some(object.clone()),
@@ -317,40 +261,6 @@ fn load_object(
         }
     }
     Ok(())
-}
-
-/// A Kubernetes Secret as the library type: `stringData` merged over `data`, as the API server
-/// does on write; the bytes wrapped at once.
-pub fn secret_object(key: ObjectKey, secret: k8s_openapi::api::core::v1::Secret) -> SecretObject {
-    let type_ = secret.type_.unwrap_or_else(|| "Opaque".to_string());
-    let mut data: BTreeMap<String, secrecy::SecretSlice<u8>> = secret
-        .data
-        .unwrap_or_default()
-        .into_iter()
-        .map(|(k, v)| (k, v.0.into()))
-        .collect();
-    for (k, v) in secret.string_data.unwrap_or_default() {
-        data.insert(k, v.into_bytes().into());
-    }
-    SecretObject { key, type_, data }
-}
-
-/// A Kubernetes ServiceAccount as the library type: its pull secrets' names, in order.
-pub fn service_account_object(
-    key: ObjectKey,
-    sa: k8s_openapi::api::core::v1::ServiceAccount,
-) -> ServiceAccountObject {
-    let image_pull_secrets = sa
-        .image_pull_secrets
-        .unwrap_or_default()
-        .into_iter()
-        .map(|r| r.name)
-        .filter(|n| !n.is_empty())
-        .collect();
-    ServiceAccountObject {
-        key,
-        image_pull_secrets,
-    }
 }
 
 #[derive(Deserialize)]
@@ -450,8 +360,8 @@ fn problem(
     object: Option<String>,
     field: Option<&str>,
     message: String,
-) -> ManifestProblem {
-    ManifestProblem {
+) -> SnapshotProblem {
+    SnapshotProblem {
         file: file.to_path_buf(),
         document,
         object,

@@ -1,10 +1,11 @@
-//! Watches the manifest directory and publishes a fresh [`Loaded`] whenever its content changes.
+//! Watches the manifest directory and publishes a fresh [`Snapshot`] whenever its content changes.
 //!
 //! inotify (through `notify`) wakes the reload, debounced; a periodic rescan catches what inotify
 //! cannot see (an exhausted watch limit, a directory mounted over). A reload whose fingerprint is
 //! unchanged publishes nothing.
 
-use super::manifests::{Loaded, ManifestError, load_dir};
+use super::manifests::{ManifestError, load_dir};
+use crate::model::snapshot::Snapshot;
 use notify::{RecursiveMode, Watcher as _};
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -44,7 +45,7 @@ pub fn watch_dir(
     dir: PathBuf,
     config: WatchConfig,
     cancel: CancellationToken,
-) -> Result<(watch::Receiver<Arc<Loaded>>, tokio::task::JoinHandle<()>), WatchError> {
+) -> Result<(watch::Receiver<Arc<Snapshot>>, tokio::task::JoinHandle<()>), WatchError> {
     let first = load_dir(&dir)?;
     let (tx, rx) = watch::channel(Arc::new(first));
     let (event_tx, mut event_rx) = mpsc::channel::<()>(1);

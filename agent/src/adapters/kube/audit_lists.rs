@@ -12,11 +12,11 @@
 //! errors log the response body: a Secret list's body must never reach a log. An object that
 //! cannot be read is skipped with a note (for a Secret: the category of the error only).
 
-use crate::adapters::files::manifests::{secret_object, service_account_object};
 use crate::decide::audit::analysis::{
     AgeBasis, AuditInput, DataChanged, Workload, is_audited, referenced_secrets,
 };
 use crate::model::inventory::{Inventory, ObjectKey};
+use crate::model::inventory::{secret_object, service_account_object};
 use crate::model::pullset::{self, PullSet};
 use k8s_openapi::api::core::v1::{Secret, ServiceAccount};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};

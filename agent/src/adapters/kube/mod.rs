@@ -7,3 +7,21 @@ pub mod event_recorder;
 pub mod node_status;
 pub mod node_taint;
 pub mod source;
+
+/// Everything that writes about this Node: its conditions, its taint, its Events.
+pub struct NodeWriters {
+    pub status: node_status::NodeStatus,
+    pub taints: node_taint::NodeTaints,
+    pub events: event_recorder::EventRecorder,
+}
+
+impl NodeWriters {
+    /// The writers for `node`, sharing one client.
+    pub fn new(client: kube::Client, node: &str) -> Self {
+        Self {
+            status: node_status::NodeStatus::new(client.clone(), node.to_string()),
+            taints: node_taint::NodeTaints::new(client.clone(), node.to_string()),
+            events: event_recorder::EventRecorder::new(client, node),
+        }
+    }
+}

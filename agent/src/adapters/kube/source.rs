@@ -7,14 +7,13 @@
 //! resourceVersion and re-list on `410 Gone`, with backoff on errors. A `403` is reported as a
 //! problem naming the namespace and the permission it lacks; every other namespace keeps working.
 
-use crate::adapters::files::manifests::{
-    Loaded, ManifestProblem, secret_object, service_account_object,
-};
 use crate::adapters::kube::api_errors::ApiErrors;
 use crate::decide::credentials::pull_secret_names;
 use crate::model::inventory::{Inventory, ObjectKey, ServiceAccountObject};
+use crate::model::inventory::{secret_object, service_account_object};
 use crate::model::node::{NodeFacts, NodeTaint};
 use crate::model::pullset::{self, PullSet};
+use crate::model::snapshot::{Snapshot, SnapshotProblem};
 use futures::StreamExt as _;
 use k8s_openapi::api::core::v1::{Node, Secret, ServiceAccount};
 use kube::runtime::WatchStreamExt as _;
@@ -64,7 +63,7 @@ struct State {
     /// Referenced objects read (or found unreadable) at least once.
     objects_synced: BTreeSet<(char, ObjectKey)>,
     /// Per watched object: why it cannot be read.
-    problems: BTreeMap<String, ManifestProblem>,
+    problems: BTreeMap<String, SnapshotProblem>,
     generation: u64,
 }
 
@@ -84,14 +83,14 @@ fn with_state(shared: &Shared, f: impl FnOnce(&mut State)) {
 /// How long a change waits for the objects it newly references before it is published anyway.
 const HOLD_LIMIT: Duration = Duration::from_secs(10);
 
-/// Starts the watches; publishes a fresh [`Loaded`] (with the node's labels) on every change.
+/// Starts the watches; publishes a fresh [`Snapshot`] (with the node's labels) on every change.
 pub fn watch_cluster(
     client: Client,
     node_name: String,
     errors: Arc<ApiErrors>,
     cancel: CancellationToken,
-) -> (watch::Receiver<Arc<Loaded>>, tokio::task::JoinHandle<()>) {
-    let (tx, rx) = watch::channel(Arc::new(Loaded::default()));
+) -> (watch::Receiver<Arc<Snapshot>>, tokio::task::JoinHandle<()>) {
+    let (tx, rx) = watch::channel(Arc::new(Snapshot::default()));
     let shared: Shared = Arc::new((Mutex::new(State::default()), Notify::new(), errors));
     let task = tokio::spawn(async move {
         let tasks = vec![
@@ -202,8 +201,8 @@ fn references(inventory: &Inventory) -> BTreeSet<(char, ObjectKey)> {
     out
 }
 
-fn build(state: &State) -> Loaded {
-    let mut loaded = Loaded::default();
+fn build(state: &State) -> Snapshot {
+    let mut loaded = Snapshot::default();
     for (key, set) in &state.pullsets {
         match pullset::validate(key.clone(), set.spec.clone()) {
             Ok(mut valid) => {
@@ -215,7 +214,7 @@ fn build(state: &State) -> Loaded {
             }
             Err(errors) => loaded
                 .problems
-                .extend(errors.into_iter().map(|e| ManifestProblem {
+                .extend(errors.into_iter().map(|e| SnapshotProblem {
                     file: PathBuf::new(),
                     document: None,
                     object: Some(format!("PullSet {key}")),
@@ -369,7 +368,7 @@ async fn watch_one(client: Client, kind: char, key: ObjectKey, shared: Shared) {
                                 s.objects_synced.insert((kind, key.clone()));
                                 s.problems.insert(
                                     problem_key(kind, &key),
-                                    ManifestProblem {
+                                    SnapshotProblem {
                                         file: PathBuf::new(),
                                         document: None,
                                         object: Some(format!("{} {key}", if kind == 's' { "Secret" } else { "ServiceAccount" })),

@@ -2,12 +2,12 @@
 //! (`--api-socket`, mode 0600: root on the node, nobody else), and its client for the CLI
 //! (`pullgate status`, `pullgate canary`). The only module that knows the generated types.
 
-use crate::adapters::files::manifests::Loaded;
 use crate::adapters::serve::json_lines::JsonLines;
 use crate::decide::canary::runner::CanaryOutcome;
 use crate::decide::status_board::{LatestVerdict, Status, StatusBoard};
 use crate::model::inventory::ObjectKey;
 use crate::model::node::NodeInfo;
+use crate::model::snapshot::Snapshot;
 use futures::{Stream, StreamExt as _};
 use std::path::{Path, PathBuf};
 use std::pin::Pin;
@@ -60,7 +60,7 @@ pub trait Canaries: Send + Sync {
 /// What the API serves from.
 pub struct ApiState {
     pub board: Arc<StatusBoard>,
-    pub sources: watch::Receiver<Arc<Loaded>>,
+    pub sources: watch::Receiver<Arc<Snapshot>>,
     pub node: NodeInfo,
     /// `None` with `--once` (no canary service).
     pub canaries: Option<Arc<dyn Canaries>>,
