@@ -4,7 +4,7 @@
 
 #![allow(clippy::unwrap_used)] // test fixtures: a failed set-up step should panic with its error
 
-use pullgate::adapters::serve::local_api::pb::{self, agent_client::AgentClient};
+use pullgate::adapters::serve::local_api::{Client, pb};
 use pullgate_testenv::agent::pullgate_binary;
 use pullgate_testenv::process::output_within;
 use pullgate_testenv::{PASSWORD, TestEnv, USER, block_on};
@@ -32,22 +32,8 @@ fn cli(args: &[&str], socket: &Path) -> (Option<i32>, String, String) {
 /// A `Watch` on the agent's socket, returned once the agent has answered it: its subscription to
 /// the records is in place (it subscribes before it answers), so nothing after this is missed.
 async fn watch(socket: &Path) -> tonic::Streaming<pb::Record> {
-    let socket = socket.to_path_buf();
-    let channel = tonic::transport::Endpoint::from_static("http://pullgate.invalid")
-        .connect_with_connector(tower::service_fn(move |_: tonic::transport::Uri| {
-            let socket = socket.clone();
-            async move {
-                let stream = tokio::net::UnixStream::connect(socket).await?;
-                Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(stream))
-            }
-        }))
-        .await
-        .unwrap();
-    AgentClient::new(channel)
-        .watch(pb::WatchRequest {})
-        .await
-        .unwrap()
-        .into_inner()
+    let mut client = Client::connect(socket).await.unwrap();
+    client.watch().await.unwrap()
 }
 
 #[test]

@@ -262,18 +262,10 @@ impl Client {
 }
 
 impl Client {
-    /// Follows the agent's records; `each` returns `false` to stop.
-    pub async fn watch(
-        &mut self,
-        mut each: impl FnMut(pb::Record) -> bool,
-    ) -> Result<(), LocalApiError> {
-        let mut stream = self.inner.watch(pb::WatchRequest {}).await?.into_inner();
-        while let Some(record) = stream.message().await? {
-            if !each(record) {
-                break;
-            }
-        }
-        Ok(())
+    /// Follows the agent's records. Returns once the agent has answered the `Watch`: it subscribes
+    /// before it answers, so no record after this call returns is missed.
+    pub async fn watch(&mut self) -> Result<tonic::Streaming<pb::Record>, LocalApiError> {
+        Ok(self.inner.watch(pb::WatchRequest {}).await?.into_inner())
     }
 }
 
