@@ -225,6 +225,12 @@ pub fn validate(key: ObjectKey, spec: PullSetSpec) -> Result<ValidPullSet, Vec<F
 /// A canary schedule as the scheduler takes it: standard 5-field cron (`0 */6 * * *`) gets a
 /// leading seconds field of `0`; 6 fields (with seconds) are taken as they are.
 pub fn cron_expression(schedule: &str) -> Result<String, String> {
+    cron_schedule(schedule).map(|(expression, _)| expression)
+}
+
+/// [`cron_expression`] and its parsed pattern: the one cron parser of validation and the
+/// scheduler (seconds required, day-of-month and day-of-week both, as cron does).
+pub fn cron_schedule(schedule: &str) -> Result<(String, croner::Cron), String> {
     let fields = schedule.split_whitespace().count();
     let expression = match fields {
         5 => format!("0 {}", schedule.trim()),
@@ -240,7 +246,7 @@ pub fn cron_expression(schedule: &str) -> Result<String, String> {
         .dom_and_dow(true)
         .build()
         .parse(&expression)
-        .map(|_| expression)
+        .map(|pattern| (expression, pattern))
         .map_err(|e| format!("`{schedule}` is not a valid cron schedule: {e}"))
 }
 

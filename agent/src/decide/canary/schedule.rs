@@ -20,7 +20,7 @@ use crate::decide::canary::runner::Trigger;
 use crate::decide::retry::Retry;
 use crate::model::inventory::{Inventory, ObjectKey};
 use crate::model::node::NodeInfo;
-use crate::model::pullset::{ValidPullSet, cron_expression};
+use crate::model::pullset::{ValidPullSet, cron_schedule};
 use crate::model::verdict::Verdict;
 use std::collections::BTreeMap;
 use std::time::{Duration, SystemTime};
@@ -105,20 +105,16 @@ struct Cron {
 }
 
 impl Cron {
-    fn parse(expression: String) -> Option<Self> {
-        let parsed = croner::parser::CronParser::builder()
-            .seconds(croner::parser::Seconds::Required)
-            .dom_and_dow(true)
-            .build()
-            .parse(&expression);
-        match parsed {
-            Ok(pattern) => Some(Self {
+    /// `None` (with a warning) for a schedule validation would have refused.
+    fn parse(schedule: &str) -> Option<Self> {
+        match cron_schedule(schedule) {
+            Ok((expression, pattern)) => Some(Self {
                 expression,
                 pattern,
                 next: None,
             }),
             Err(e) => {
-                tracing::warn!(%expression, error = %e, "cannot schedule canary");
+                tracing::warn!(error = %e, "cannot schedule canary");
                 None
             }
         }
@@ -316,25 +312,23 @@ impl CanarySchedule {
 
     /// One cron per selected PullSet with a schedule; a changed schedule starts again.
     fn sync_crons(&mut self, inventory: &Inventory, node: &NodeInfo, now: Now) {
-        let wanted: BTreeMap<ObjectKey, String> = inventory
+        let wanted: BTreeMap<ObjectKey, Cron> = inventory
             .pullsets
             .values()
             .filter(|s| node.matches(&s.spec.node_selector))
             .filter_map(|s| {
                 let schedule = s.spec.canary.as_ref()?.schedule.as_ref()?;
-                Some((s.key.clone(), cron_expression(schedule).ok()?))
+                Some((s.key.clone(), Cron::parse(schedule)?))
             })
             .collect();
         self.crons
-            .retain(|k, c| wanted.get(k).is_some_and(|e| *e == c.expression));
-        for (key, expression) in wanted {
-            if self.crons.contains_key(&key) {
-                continue;
-            }
-            if let Some(mut cron) = Cron::parse(expression) {
+            .retain(|k, c| wanted.get(k).is_some_and(|w| w.expression == c.expression));
+        for (key, cron) in wanted {
+            self.crons.entry(key).or_insert_with(|| {
+                let mut cron = cron;
                 cron.advance(now);
-                self.crons.insert(key, cron);
-            }
+                cron
+            });
         }
     }
 
