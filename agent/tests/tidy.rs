@@ -3,7 +3,7 @@
 //! the name, when code moves against it.
 //!
 //! - `model/` and `decide/` are pure: they name no adapter crate, nothing of `adapters/`,
-//!   `daemon/`, `commands/` or `cli`, and run no process.
+//!   `daemon/`, `commands/` or `cli`, touch no file or socket, and run no process.
 //! - Each adapter crate is known by its own adapter module(s) only.
 //! - Only the credential-plugin adapter runs processes.
 //! - `daemon/` does not depend on `commands/`, nor `adapters/` on `daemon/` or `commands/`.
@@ -25,6 +25,9 @@ const ADAPTER_CRATES: &[(&str, &[&str])] = &[
 
 /// Folders whose code decides and holds data only.
 const PURE: &[&str] = &["model/", "decide/"];
+
+/// Files and sockets: the adapters' business, never a pure folder's.
+const IO: &[&str] = &["std::fs", "tokio::fs", "std::net", "tokio::net"];
 
 /// Ways to start a process.
 const PROCESS: &[&str] = &[
@@ -106,6 +109,15 @@ fn the_folders_hold_the_architecture() {
                         "{at}: names `{krate}` ({why}; only {} may)",
                         homes.join(", ")
                     ));
+                }
+            }
+            if PURE.iter().any(|p| rel.starts_with(p)) {
+                for io in IO {
+                    if line.contains(io) {
+                        broken.push(format!(
+                            "{at}: does I/O (`{io}`) in a pure folder; an adapter behind a trait may"
+                        ));
+                    }
                 }
             }
             for p in PROCESS {

@@ -354,7 +354,10 @@ pub fn kubelet_resolver(args: &NodeCredentialArgs) -> Result<KubeletResolver, Pl
         None => None,
     };
     Ok(KubeletResolver::new(
-        node_docker_config.clone().map(NodeDockerConfig::new),
+        node_docker_config.clone().map(|path| {
+            Arc::new(crate::adapters::files::docker_config::NodeDockerConfigFile::new(path))
+                as Arc<dyn NodeDockerConfig>
+        }),
         plugins,
     ))
 }

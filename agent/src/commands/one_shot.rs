@@ -86,7 +86,8 @@ pub async fn resolve_selection(
         pullset,
     } = selection;
     let Some(dir) = manifests else {
-        return Ok(resolve_docker_config_files(docker_configs, resolver, image).await);
+        let files = crate::adapters::files::docker_config::read_all(docker_configs);
+        return Ok(resolve_docker_config_files(&files, resolver, image).await);
     };
     let namespace = namespace.as_deref().ok_or(OneShotError::NoNamespace)?;
     let loaded = load_dir(dir)?;

@@ -27,7 +27,7 @@ use crate::model::verdict::Verdict;
 use futures::future::BoxFuture;
 use secrecy::{ExposeSecret, SecretString};
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::SystemTime;
 
 /// A credential in a keyring, with where it came from.
@@ -64,52 +64,24 @@ impl Filed {
 }
 
 /// A file's entries, or why it could not be used.
-type ParsedFile = Arc<Result<Vec<DockerConfigEntry>, String>>;
+pub type ParsedFile = Arc<Result<Vec<DockerConfigEntry>, String>>;
 
-/// A Docker config file on the node (`--node-docker-config`), re-read when it changes.
-pub struct NodeDockerConfig {
-    path: PathBuf,
-    cache: Mutex<Option<(Option<SystemTime>, ParsedFile)>>,
+/// The node's Docker config file (`--node-docker-config`), as the resolver reads it; the file
+/// adapter (`adapters::files::docker_config`) implements it, re-reading the file when it changes.
+pub trait NodeDockerConfig: Send + Sync {
+    /// The file, to name it in findings and candidates.
+    fn path(&self) -> &Path;
+    /// Its entries, or why it cannot be used (the kubelet logs that and goes on without it).
+    fn entries(&self) -> ParsedFile;
 }
 
-impl NodeDockerConfig {
-    pub fn new(path: PathBuf) -> Self {
-        Self {
-            path,
-            cache: Mutex::new(None),
-        }
-    }
-
-    pub fn path(&self) -> &Path {
-        &self.path
-    }
-
-    /// The file's entries: `config.json` format (`{"auths": …}`) or a legacy bare map. A missing or
-    /// broken file gives an error message (the kubelet logs it and goes on without it).
-    fn entries(&self) -> ParsedFile {
-        let mtime = std::fs::metadata(&self.path)
-            .and_then(|m| m.modified())
-            .ok();
-        let mut cache = self
-            .cache
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        if let Some((seen, entries)) = cache.as_ref()
-            && *seen == mtime
-            && mtime.is_some()
-        {
-            return entries.clone();
-        }
-        let entries = Arc::new(read_docker_config_file(&self.path));
-        *cache = Some((mtime, entries.clone()));
-        entries
-    }
-}
-
-/// Reads a Docker config file in either format.
-pub fn read_docker_config_file(path: &Path) -> Result<Vec<DockerConfigEntry>, String> {
-    let bytes = std::fs::read(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
-    let has_auths = serde_json::from_slice::<serde_json::Value>(&bytes)
+/// A Docker config file's bytes in either format the kubelet reads: `config.json` (`{"auths": …}`)
+/// or a legacy bare map; errors name the file.
+pub fn parse_docker_config_file(
+    path: &Path,
+    bytes: &[u8],
+) -> Result<Vec<DockerConfigEntry>, String> {
+    let has_auths = serde_json::from_slice::<serde_json::Value>(bytes)
         .ok()
         .and_then(|v| {
             v.as_object()
@@ -121,19 +93,19 @@ pub fn read_docker_config_file(path: &Path) -> Result<Vec<DockerConfigEntry>, St
     } else {
         DockerConfigFormat::Cfg
     };
-    dockerconfig::parse(format, &bytes).map_err(|e| format!("{}: {e}", path.display()))
+    dockerconfig::parse(format, bytes).map_err(|e| format!("{}: {e}", path.display()))
 }
 
 /// The kubelet-compatible resolver.
 #[derive(Default)]
 pub struct KubeletResolver {
-    node_config: Option<NodeDockerConfig>,
+    node_config: Option<Arc<dyn NodeDockerConfig>>,
     plugins: Option<Arc<dyn CredentialPlugins>>,
 }
 
 impl KubeletResolver {
     pub fn new(
-        node_config: Option<NodeDockerConfig>,
+        node_config: Option<Arc<dyn NodeDockerConfig>>,
         plugins: Option<Arc<dyn CredentialPlugins>>,
     ) -> Self {
         Self {
@@ -299,16 +271,17 @@ fn finish(
 }
 
 /// What the kubelet would pick from these Docker config files alone (one keyring, files in the
-/// given order), then the node's credentials — for `pullgate auth resolve --docker-config`.
+/// given order, each as read), then the node's credentials — for `pullgate auth resolve
+/// --docker-config`.
 pub async fn resolve_docker_config_files(
-    files: &[PathBuf],
+    files: &[(PathBuf, Result<Vec<DockerConfigEntry>, String>)],
     node: &KubeletResolver,
     image: &ImageRef,
 ) -> Resolution {
     let mut resolution = Resolution::default();
     let mut given = Keyring::default();
-    for path in files {
-        match read_docker_config_file(path) {
+    for (path, read) in files {
+        match read.clone() {
             Ok(entries) => {
                 for entry in entries {
                     let source = CredentialSource::DockerConfig {
@@ -333,7 +306,7 @@ pub async fn resolve_docker_config_files(
     let (node_ring, plugin_ring) = node
         .node_keyrings(&image.name(), &mut resolution.findings)
         .await;
-    let files: Vec<String> = files.iter().map(|p| p.display().to_string()).collect();
+    let files: Vec<String> = files.iter().map(|(p, _)| p.display().to_string()).collect();
     finish(
         &mut resolution,
         &[&given, &node_ring, &plugin_ring],

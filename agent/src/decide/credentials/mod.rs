@@ -14,7 +14,7 @@ mod kubelet;
 pub mod pull_secret;
 
 pub use kubelet::{
-    KubeletResolver, NodeDockerConfig, pull_secret_names, read_docker_config_file,
+    KubeletResolver, NodeDockerConfig, ParsedFile, parse_docker_config_file, pull_secret_names,
     resolve_docker_config_files,
 };
 

@@ -398,19 +398,42 @@ fn findings_name_the_secret_key_and_reason() {
     );
 }
 
+/// The node's Docker config as the file adapter gives it: parsed from its current bytes (`None`:
+/// the file is missing).
+struct NodeFile {
+    path: std::path::PathBuf,
+    bytes: std::sync::Mutex<Option<Vec<u8>>>,
+}
+
+impl NodeFile {
+    fn set(&self, bytes: Option<&[u8]>) {
+        *self.bytes.lock().unwrap() = bytes.map(<[u8]>::to_vec);
+    }
+}
+
+impl NodeDockerConfig for NodeFile {
+    fn path(&self) -> &Path {
+        &self.path
+    }
+
+    fn entries(&self) -> ParsedFile {
+        Arc::new(match self.bytes.lock().unwrap().as_deref() {
+            Some(bytes) => parse_docker_config_file(&self.path, bytes),
+            None => Err(format!("cannot read {}: not found", self.path.display())),
+        })
+    }
+}
+
 #[test]
 fn node_config_comes_after_pull_secrets() {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("config.json");
-    std::fs::write(
-        &path,
-        dockerconfig(&[
+    let file = Arc::new(NodeFile {
+        path: "/etc/pullgate/config.json".into(),
+        bytes: std::sync::Mutex::new(Some(dockerconfig(&[
             ("reg.io:5000", "node", "pwN"),
             ("reg.io:5000/team", "node-team", "pwM"),
-        ]),
-    )
-    .unwrap();
-    let resolver = KubeletResolver::new(Some(NodeDockerConfig::new(path.clone())), None);
+        ]))),
+    });
+    let resolver = KubeletResolver::new(Some(file.clone()), None);
     let r = resolve(
         &resolver,
         "imagePullSecrets: [{name: good}]",
@@ -421,21 +444,12 @@ fn node_config_comes_after_pull_secrets() {
     assert_eq!(got, ["alice", "node-team", "node"]);
     assert_eq!(
         r.candidates[1].source.to_string(),
-        format!("file {} key reg.io:5000/team", path.display())
+        "file /etc/pullgate/config.json key reg.io:5000/team"
     );
     // A legacy bare map is read too, and edits are picked up.
-    std::fs::write(
-        &path,
+    file.set(Some(
         br#"{"reg.io:5000":{"username":"legacy-node","password":"p"}}"#,
-    )
-    .unwrap();
-    let later = std::time::SystemTime::now() + std::time::Duration::from_secs(5);
-    std::fs::File::options()
-        .write(true)
-        .open(&path)
-        .unwrap()
-        .set_modified(later)
-        .unwrap();
+    ));
     let r = resolve(&resolver, "serviceAccountName: empty-sa", "reg.io:5000/a:1");
     assert_eq!(
         r.candidates
@@ -445,7 +459,7 @@ fn node_config_comes_after_pull_secrets() {
         ["legacy-node"]
     );
     // A missing file is no credential, not an error.
-    std::fs::remove_file(&path).unwrap();
+    file.set(None);
     let r = resolve(&resolver, "serviceAccountName: empty-sa", "reg.io:5000/a:1");
     assert!(r.candidates.is_empty());
 }
