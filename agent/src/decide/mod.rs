@@ -1,7 +1,9 @@
-//! Decisions: pure rules over the model, tested with data tables. Nothing here names an adapter
-//! crate or runs a process (the tidy test in `tests/tests/tidy.rs` holds that); the world is
-//! reached only through the traits declared here (`runtime::ImageRuntime`,
-//! `runtime::RegistryMirrors`, `canary::runner::RegistryProbe`, `credentials::CredentialResolver`).
+//! Decisions: pure rules over the model, tested with data tables, and the agent's loops as state
+//! machines tested under paused time. Nothing here names an adapter crate, touches a file or a
+//! socket, or runs a process (`agent/tests/tidy.rs` holds that); the world is reached only through
+//! the traits declared here (`runtime::ImageRuntime`, `runtime::RegistryMirrors`,
+//! `canary::runner::RegistryProbe`, `credentials::CredentialResolver`,
+//! `credentials::CredentialPlugins`, `credentials::NodeDockerConfig`).
 
 pub mod audit;
 pub mod canary;
