@@ -39,13 +39,6 @@ impl ApiErrors {
         }
     }
 
-    /// Counts a failed request and returns its kind.
-    pub fn record_error(&self, error: &kube::Error) -> ApiErrorKind {
-        let kind = kind(error);
-        self.record(kind);
-        kind
-    }
-
     /// Counts a broken watch.
     pub fn record_watch(&self, error: &watcher::Error) {
         self.record(watch_kind(error));
@@ -86,7 +79,8 @@ mod tests {
                 ApiErrorKind::Transport,
             ),
         ] {
-            assert_eq!(errors.record_error(&error), expected, "{error}");
+            assert_eq!(kind(&error), expected, "{error}");
+            errors.record(kind(&error));
         }
         assert_eq!(
             watch_kind(&watcher::Error::WatchFailed(status(410))),
