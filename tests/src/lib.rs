@@ -29,6 +29,7 @@ pub mod procfs;
 pub mod proxy;
 pub mod registry;
 pub mod server_thread;
+pub mod tls;
 
 pub use agent::{Agent, AgentRun, RunningAgent};
 pub use containerd::Containerd;

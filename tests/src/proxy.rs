@@ -14,6 +14,12 @@ use std::time::Duration;
 pub enum Mode {
     Pass,
     TooManyRequests,
+    /// `403 Forbidden` with distribution's `DENIED` error body.
+    Forbidden,
+    /// `503 Service Unavailable`, as a registry behind a load balancer with no backend.
+    Unavailable,
+    /// The connection reset (TCP RST) once the request is read, as a middlebox that drops it.
+    Reset,
     RedirectLoop,
     /// Headers at once, then one byte every half second.
     Trickle,
@@ -150,6 +156,28 @@ fn handle(
             )?;
             return Ok(());
         }
+        Mode::Forbidden if injected => {
+            let body = r#"{"errors":[{"code":"DENIED","message":"requested access to the resource is denied"}]}"#;
+            write!(
+                client,
+                "HTTP/1.1 403 Forbidden\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                body.len()
+            )?;
+            return Ok(());
+        }
+        Mode::Unavailable if injected => {
+            let body = "no healthy upstream";
+            write!(
+                client,
+                "HTTP/1.1 503 Service Unavailable\r\nContent-Type: text/plain\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                body.len()
+            )?;
+            return Ok(());
+        }
+        Mode::Reset if injected => {
+            reset_on_close(&client);
+            return Ok(());
+        }
         Mode::RedirectLoop if injected => {
             write!(
                 client,
@@ -192,4 +220,25 @@ fn handle(
     }
     client.write_all(&response)?;
     Ok(())
+}
+
+/// Makes closing `stream` send a TCP RST instead of a FIN (`SO_LINGER` with a zero timeout).
+fn reset_on_close(stream: &TcpStream) {
+    use std::os::fd::AsRawFd as _;
+    let linger = libc::linger {
+        l_onoff: 1,
+        l_linger: 0,
+    };
+    #[allow(unsafe_code)]
+    // SAFETY: setsockopt(2) on a socket `stream` keeps open for the call, reading a local
+    // `linger` of exactly the length passed.
+    unsafe {
+        libc::setsockopt(
+            stream.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_LINGER,
+            std::ptr::from_ref(&linger).cast(),
+            libc::socklen_t::try_from(std::mem::size_of::<libc::linger>()).unwrap_or(8),
+        );
+    }
 }

