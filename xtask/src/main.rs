@@ -42,7 +42,10 @@ commands:
   soak [--minutes M]   the agent under steady churn for M minutes (default 30; not in CI): RSS and
                        open file descriptors sampled, fails when either grows
   fuzz [SECONDS]       coverage-guided fuzzing (cargo fuzz, nightly) of the Docker config, image
-                       reference and keyring parsers, SECONDS per target (default 60)";
+                       reference and keyring parsers, SECONDS per target (default 60)
+
+PULLGATE_TEST_CONTAINERD=1.6|1.7|2.1 picks the containerd that demo, bench, sim, soak and the
+integration tests start (default: the system's, Debian bookworm's 1.6)";
 
 /// Debian packages and a binary each provides.
 const PACKAGES: &[(&str, &str)] = &[

@@ -36,14 +36,21 @@ struct HostsFile {
     host: BTreeMap<String, toml::Value>,
 }
 
-/// The hosts other than `registry` itself that the runtime tries for `registry`, from
-/// `DIR/<registry>/hosts.toml` or else `DIR/_default/hosts.toml`. Unreadable files count as none.
+/// The hosts other than `registry` itself that the runtime tries for `registry`, from the
+/// directory containerd picks (the same in 1.6, 1.7 and 2.x, `remotes/docker/config`'s
+/// `hostPaths`): the first of `DIR/<host>_<port>_`, `DIR/<host>:<port>` and `DIR/_default` that
+/// exists, whether or not it holds a `hosts.toml` (a directory of certificates only routes
+/// nothing). Unreadable or malformed files count as none, as containerd falls back to plain
+/// certificates then.
 pub fn mirrors(config_dir: &Path, registry: &str) -> Vec<String> {
-    let file = [registry, "_default"]
-        .iter()
-        .map(|d| config_dir.join(d).join("hosts.toml"))
-        .find(|p| p.is_file());
-    let Some(text) = file.and_then(|p| std::fs::read_to_string(p).ok()) else {
+    let Some(dir) = host_paths(registry)
+        .into_iter()
+        .map(|name| config_dir.join(name))
+        .find(|dir| dir.exists())
+    else {
+        return Vec::new();
+    };
+    let Ok(text) = std::fs::read_to_string(dir.join("hosts.toml")) else {
         return Vec::new();
     };
     let Ok(hosts) = toml::from_str::<HostsFile>(&text) else {
@@ -58,6 +65,18 @@ pub fn mirrors(config_dir: &Path, registry: &str) -> Vec<String> {
             h != registry && Some(h.as_str()) != server_host.as_deref().filter(|s| *s == registry)
         })
         .collect()
+}
+
+/// containerd's candidate directory names for `host`, in its order: `:port` spelled `_port_`
+/// first, then the host as given, then `_default`.
+fn host_paths(host: &str) -> Vec<String> {
+    let mut paths = Vec::with_capacity(3);
+    if let Some(idx) = host.rfind(':').filter(|&i| i > 0) {
+        paths.push(format!("{}_{}_", &host[..idx], &host[idx + 1..]));
+    }
+    paths.push(host.to_string());
+    paths.push("_default".to_string());
+    paths
 }
 
 fn host_of(url: &str) -> String {
@@ -94,6 +113,24 @@ mod tests {
         write("broken.io", "not = [toml");
         assert!(mirrors(dir.path(), "broken.io").is_empty());
         assert!(mirrors(Path::new("/nonexistent"), "x.io").is_empty());
+        // containerd's `_port_` spelling comes first; a directory without hosts.toml (only
+        // certificates) is still the one picked, and routes nothing.
+        write(
+            "spelled.io_5000_",
+            "[host.\"https://spelled-mirror.local\"]\n",
+        );
+        write("spelled.io:5000", "[host.\"https://colon-mirror.local\"]\n");
+        assert_eq!(
+            mirrors(dir.path(), "spelled.io:5000"),
+            ["spelled-mirror.local"]
+        );
+        std::fs::create_dir_all(dir.path().join("certs-only.io")).unwrap();
+        std::fs::write(dir.path().join("certs-only.io/ca.crt"), "").unwrap();
+        assert!(mirrors(dir.path(), "certs-only.io").is_empty());
+        assert_eq!(
+            host_paths("[::1]:5000"),
+            ["[::1]_5000_", "[::1]:5000", "_default"]
+        );
         let shared = HostsDir::shared(Some(dir.path().into())).unwrap();
         assert_eq!(shared.mirrors("other.io"), ["peer-cache.local"]);
         assert!(HostsDir::shared(None).is_none());

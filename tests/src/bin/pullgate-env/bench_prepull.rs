@@ -156,7 +156,15 @@ pub fn bench_prepull(count: usize, size_mib: usize, runs: usize) -> Result<()> {
     let [mut p, mut s, mut c] = times;
     let (p, s, c) = (median(&mut p), median(&mut s), median(&mut c));
     let ms = |d: Duration| d.as_secs_f64() * 1000.0;
-    println!("prepull benchmark: {count} images x {size_mib} MiB, {runs} runs each, medians");
+    println!(
+        "prepull benchmark: containerd {} ({}), {count} images x {size_mib} MiB, {runs} runs each, medians",
+        containerd.version(),
+        if containerd.release().is_v2() {
+            "CRI pulls through the transfer service"
+        } else {
+            "CRI pulls itself"
+        }
+    );
     println!(
         "  (a) serial CRI PullImage (kubelet default)   {:>8.0} ms",
         ms(s)
