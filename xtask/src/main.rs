@@ -295,7 +295,8 @@ fn ci() -> Result<()> {
     // so that a run names all the versions that broke.
     let mut failed = Vec::new();
     for line in RUNTIMES {
-        let name = format!("integration tests against containerd {line} ({TEST_CONTAINERD_ENV}={line})");
+        let name =
+            format!("integration tests against containerd {line} ({TEST_CONTAINERD_ENV}={line})");
         eprintln!("xtask ci: {name}");
         let step_started = Instant::now();
         let status = Command::new(cargo_bin())
