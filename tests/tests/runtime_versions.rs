@@ -345,6 +345,13 @@ fn every_pull_failure_gets_its_verdict_from_this_release_s_words() {
     let mut wrong_answers = Vec::new();
     for (case, failure) in CASES.iter().zip(&failures) {
         let message = failure.to_string();
+        for secret in [PASSWORD, WRONG_PASSWORD] {
+            assert!(
+                !message.contains(secret),
+                "{}: a password in {message}",
+                case.name
+            );
+        }
         let phrases = says(case, release);
         eprintln!(
             "{} | {} | {:?} | {message}",
@@ -368,6 +375,11 @@ fn every_pull_failure_gets_its_verdict_from_this_release_s_words() {
             ));
         }
     }
+    let log = containerd.log();
+    assert!(
+        !log.contains(PASSWORD) && !log.contains(WRONG_PASSWORD),
+        "a password in containerd's log"
+    );
     assert!(
         wrong_answers.is_empty(),
         "containerd {} (PULLGATE_TEST_CONTAINERD={}):\n{}",
