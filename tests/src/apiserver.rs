@@ -17,11 +17,15 @@
 //! - errors as `Status` objects: `404 NotFound`, `403 Forbidden` for the Secrets and
 //!   ServiceAccounts of namespaces the test leaves without pullgate's RoleBinding, `500` injected
 //!   for the next N requests;
-//! - going away and coming back on the same port with the same objects (`stop`, `restart`).
+//! - going away and coming back on the same port with the same objects (`stop`, `restart`);
+//! - the one field validation pullgate's writes can trip: an `events.k8s.io/v1` Event whose `note`
+//!   is over 1,024 bytes gets `422 Invalid`, on create and patch (`validate`, ported from the real
+//!   server).
 //!
 //! What it does not do: authentication and RBAC beyond the injected 403s, admission, defaulting,
-//! validation against schemas, label selectors, pagination (`limit`/`continue` are ignored: one
-//! page), server-side apply, `$patch` directives of strategic merge, bookmarks, protobuf.
+//! any other validation (schemas included), label selectors, pagination (`limit`/`continue` are
+//! ignored: one page), server-side apply, `$patch` directives of strategic merge, bookmarks,
+//! protobuf.
 
 use axum::body::{Body, Bytes};
 use axum::extract::{Query, State};
@@ -521,6 +525,9 @@ async fn handle(
                 );
             }
             object["apiVersion"] = json!(api);
+            if let Some(invalid) = validate(&api, &plural, &name, &object) {
+                return invalid;
+            }
             let stored = state.put(object);
             ok_json(StatusCode::CREATED, &stored)
         }
@@ -582,6 +589,9 @@ async fn handle(
             } else if !current["status"].is_null() {
                 patched["status"] = current["status"].clone();
             }
+            if let Some(invalid) = validate(&api, &plural, &name, &patched) {
+                return invalid;
+            }
             let stored = state.put(patched);
             ok_json(StatusCode::OK, &stored)
         }
@@ -598,6 +608,29 @@ async fn handle(
             format!("{method} not supported here"),
         ),
     }
+}
+
+/// The API server's limit on an Event's `note`, in bytes (Go's `len`): `NoteLengthLimit = 1024`
+/// in Kubernetes' `pkg/apis/core/validation/events.go`, which `ValidateEventCreate` and
+/// `ValidateEventUpdate` apply to events.k8s.io/v1 Events (`field.TooLong` on `note`).
+pub const EVENT_NOTE_LIMIT_BYTES: usize = 1024;
+
+/// The validation ported from the real API server, for what pullgate writes: `422 Invalid` in the
+/// shape kube-rs reads, naming the object and the field.
+fn validate(api: &str, plural: &str, name: &str, object: &Value) -> Option<Response> {
+    if api != "events.k8s.io/v1" || plural != "events" {
+        return None;
+    }
+    let note = object["note"].as_str().unwrap_or("");
+    (note.len() > EVENT_NOTE_LIMIT_BYTES).then(|| {
+        status(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "Invalid",
+            format!(
+                "Event.events.k8s.io \"{name}\" is invalid: note: Too long: may not be more than {EVENT_NOTE_LIMIT_BYTES} bytes"
+            ),
+        )
+    })
 }
 
 fn lookup(

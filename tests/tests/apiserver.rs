@@ -1,6 +1,6 @@
 //! The test API server answers kube-rs's real client code: list, watch with resourceVersion (and
 //! 410 Gone after compaction), get, strategic-merge patch of node status, JSON patch with a failing
-//! `test`, event creation, injected 403s and 500s.
+//! `test`, event creation (and the API server's limit on an Event's note), injected 403s and 500s.
 
 #![allow(clippy::unwrap_used)] // test fixtures: a failed set-up step should panic with its error
 
@@ -110,6 +110,26 @@ fn kube_rs_talks_to_the_test_api_server() {
             .unwrap();
         events.create(&PostParams::default(), &event).await.unwrap();
         assert_eq!(server.list("events.k8s.io/v1", "events").len(), 1);
+        // As the real server, a note over 1,024 bytes is refused (and one at the limit is not).
+        let event_with_note = |note: String| -> k8s_openapi::api::events::v1::Event {
+            serde_json::from_value(json!({"metadata": {"generateName": "pullset."},
+                "reason": "PrePullFailed", "action": "PrePull", "type": "Warning", "note": note,
+                "reportingController": "pullgate.io/agent", "reportingInstance": "n1", "eventTime": "2026-11-23T00:00:00.000000Z"}))
+            .unwrap()
+        };
+        let err = events
+            .create(&PostParams::default(), &event_with_note("é".repeat(513)))
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(&err, kube::Error::Api(s) if s.code == 422 && s.message.contains("note")),
+            "{err:?}"
+        );
+        events
+            .create(&PostParams::default(), &event_with_note("é".repeat(512)))
+            .await
+            .unwrap();
+        assert_eq!(server.list("events.k8s.io/v1", "events").len(), 2);
 
         // Get by name; 403 for a forbidden namespace; 500 injected; 410 after compaction.
         let secrets: Api<Secret> = Api::namespaced(client.clone(), "team");

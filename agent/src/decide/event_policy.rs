@@ -98,7 +98,8 @@ pub struct EventIntent {
     #[serde(rename = "type")]
     pub severity: Severity,
     pub action: &'static str,
-    /// Short, useful, never a credential (at most 1 kB on the API server).
+    /// Short, useful, never a credential; at most [`NOTE_LIMIT_BYTES`], whatever is appended
+    /// (see [`EventIntent::append_to_note`]).
     pub note: String,
     /// Repeats share this key (the recorder aggregates them into one Event's series).
     #[serde(skip)]
@@ -114,22 +115,55 @@ impl EventIntent {
             reason,
             severity: reason.severity(),
             action: reason.action(),
-            note: truncate(note, 1000),
+            note: fit_note(note, ""),
             aggregation,
         }
     }
+
+    /// Appends `suffix` (such as the budget's drop count) to the note, keeping the note within
+    /// [`NOTE_LIMIT_BYTES`]: the suffix is kept whole and the body before it is shortened.
+    pub fn append_to_note(&mut self, suffix: &str) {
+        self.note = fit_note(std::mem::take(&mut self.note), suffix);
+    }
 }
 
-fn truncate(mut s: String, max: usize) -> String {
-    if s.len() > max {
-        let mut cut = max - 3;
-        while !s.is_char_boundary(cut) {
-            cut -= 1;
-        }
-        s.truncate(cut);
-        s.push_str("...");
+/// The API server's limit on an Event's `note` (events.k8s.io/v1; `message` in core/v1), in
+/// bytes: `NoteLengthLimit = 1024` in Kubernetes' `pkg/apis/core/validation/events.go`, checked
+/// with Go's `len` (bytes, not characters). A longer note is refused with `422 Invalid`, and the
+/// Event is lost.
+pub const NOTE_LIMIT_BYTES: usize = 1024;
+
+/// What replaces the end of a shortened body.
+const ELLIPSIS: &str = "...";
+
+/// The one rule for note length: `body` + `suffix` if that fits in [`NOTE_LIMIT_BYTES`]; otherwise
+/// `body` cut at a UTF-8 character boundary, then [`ELLIPSIS`], then `suffix` whole. A suffix too
+/// long to fit with an ellipsis is itself cut at a character boundary (never the case for ours).
+fn fit_note(mut body: String, suffix: &str) -> String {
+    if body.len() + suffix.len() <= NOTE_LIMIT_BYTES {
+        body.push_str(suffix);
+        return body;
     }
-    s
+    let Some(room) = NOTE_LIMIT_BYTES.checked_sub(suffix.len() + ELLIPSIS.len()) else {
+        return floor_at_char(suffix, NOTE_LIMIT_BYTES).to_string();
+    };
+    let cut = floor_at_char(&body, room).len();
+    body.truncate(cut);
+    body.push_str(ELLIPSIS);
+    body.push_str(suffix);
+    body
+}
+
+/// The longest prefix of `s` of at most `max` bytes that ends at a character boundary.
+fn floor_at_char(s: &str, max: usize) -> &str {
+    if s.len() <= max {
+        return s;
+    }
+    let mut cut = max;
+    while !s.is_char_boundary(cut) {
+        cut -= 1;
+    }
+    &s[..cut]
 }
 
 /// The [`Failed`] an outcome tells: pre-pull and canary outcomes name these fields alike.
@@ -423,7 +457,64 @@ mod tests {
     fn notes_are_bounded() {
         let long = "é".repeat(2000);
         let e = EventIntent::new(Regarding::Node("n1".into()), Reason::GateTimedOut, long, "");
-        assert!(e.note.len() <= 1000);
+        assert!(e.note.len() <= NOTE_LIMIT_BYTES);
         assert!(e.note.ends_with("..."));
+        // A note that fits is left alone.
+        let e = EventIntent::new(
+            Regarding::Node("n1".into()),
+            Reason::GateTimedOut,
+            "x".repeat(NOTE_LIMIT_BYTES),
+            "",
+        );
+        assert_eq!(e.note, "x".repeat(NOTE_LIMIT_BYTES));
+    }
+
+    #[test]
+    fn a_suffix_keeps_the_note_within_the_api_servers_limit() {
+        let suffix = " (7 earlier events not sent: per-node event budget)";
+        // 5,000 bytes of two-, three- and four-byte characters: every cut lands mid-character
+        // for one of them.
+        for body in ["é".repeat(2500), "€".repeat(1667), "🦀".repeat(1250)] {
+            assert!(body.len() >= 5000);
+            let mut e = EventIntent::new(
+                Regarding::Node("n1".into()),
+                Reason::GateTimedOut,
+                body.clone(),
+                "",
+            );
+            e.append_to_note(suffix);
+            assert!(e.note.len() <= NOTE_LIMIT_BYTES, "{} bytes", e.note.len());
+            assert!(e.note.ends_with(&format!("...{suffix}")), "{}", e.note);
+            let kept = &e.note[..e.note.len() - suffix.len() - 3];
+            assert!(body.starts_with(kept));
+            // Nothing wasted beyond one character's width.
+            assert!(e.note.len() > NOTE_LIMIT_BYTES - 4);
+        }
+        // A short note just gains the suffix.
+        let mut e = EventIntent::new(
+            Regarding::Node("n1".into()),
+            Reason::GateTimedOut,
+            "short".into(),
+            "",
+        );
+        e.append_to_note(suffix);
+        assert_eq!(e.note, format!("short{suffix}"));
+        // A note exactly at the limit, then a suffix: the body gives way.
+        let mut e = EventIntent::new(
+            Regarding::Node("n1".into()),
+            Reason::GateTimedOut,
+            "é".repeat(NOTE_LIMIT_BYTES / 2),
+            "",
+        );
+        e.append_to_note(suffix);
+        assert!(e.note.len() <= NOTE_LIMIT_BYTES);
+        assert!(e.note.ends_with(suffix));
+    }
+
+    #[test]
+    fn an_oversized_suffix_is_cut_at_a_character_boundary() {
+        let note = fit_note("body".into(), &"é".repeat(NOTE_LIMIT_BYTES));
+        assert!(note.len() <= NOTE_LIMIT_BYTES);
+        assert!(note.chars().all(|c| c == 'é'));
     }
 }

@@ -371,10 +371,9 @@ impl NodeReport {
                 }
             };
             if dropped > 0 {
-                event.note = format!(
-                    "{} ({dropped} earlier events not sent: per-node event budget)",
-                    event.note
-                );
+                event.append_to_note(&format!(
+                    " ({dropped} earlier events not sent: per-node event budget)"
+                ));
             }
             self.in_flight = Some(InFlight::Event(event.clone()));
             return Some(Step::PublishEvent(event));

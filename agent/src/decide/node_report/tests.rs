@@ -275,3 +275,29 @@ async fn events_wait_while_the_api_server_is_away_and_pass_the_budget() {
     assert_eq!(drain(&mut r, rejected).len(), 2);
     assert_eq!(r.deadline(Instant::now()), None);
 }
+
+#[tokio::test(start_paused = true)]
+async fn the_event_that_reports_drops_fits_the_api_servers_note_limit() {
+    use crate::decide::event_policy::NOTE_LIMIT_BYTES;
+    let mut r = NodeReport::new(config(TimeoutAction::Remove), Instant::now());
+    for n in 0..PENDING_EVENTS + 2 {
+        r.event(EventIntent::new(
+            Regarding::PullSet(ObjectKey::new("ns", "critical")),
+            Reason::PrePullFailed,
+            "é".repeat(2500),
+            &n.to_string(),
+        ));
+    }
+    let steps = drain(&mut r, all_ok);
+    let Some(Step::PublishEvent(e)) = steps.iter().find(|s| matches!(s, Step::PublishEvent(_)))
+    else {
+        panic!("nothing published: {steps:?}");
+    };
+    assert!(e.note.len() <= NOTE_LIMIT_BYTES, "{} bytes", e.note.len());
+    assert!(
+        e.note
+            .ends_with("... (2 earlier events not sent: per-node event budget)"),
+        "{}",
+        e.note
+    );
+}

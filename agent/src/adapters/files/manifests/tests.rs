@@ -244,3 +244,111 @@ fn fingerprint_follows_content() {
 fn a_missing_directory_is_an_error() {
     assert!(load_dir(Path::new("/nonexistent/pullgate")).is_err());
 }
+
+/// One document: a `len`-byte anchored scalar referenced `refs` times.
+fn alias_bomb(name: &str, len: usize, refs: usize) -> String {
+    format!(
+        "apiVersion: v1\nkind: ConfigMap\nmetadata: {{name: {name}}}\ndata:\n  big: &big \"{}\"\n  refs: [{}]\n",
+        "x".repeat(len),
+        vec!["*big"; refs].join(", ")
+    )
+}
+
+#[test]
+fn an_alias_bomb_is_refused_and_the_rest_loads() {
+    let dir = tempfile::tempdir().unwrap();
+    write(
+        dir.path(),
+        "good.yaml",
+        "apiVersion: pullgate.io/v1alpha1\nkind: PullSet\nmetadata: {name: good}\nspec:\n  images: [{image: reg.io/app:1}]\n",
+    );
+    // 1 MiB referenced 1,000 times: about 1 GiB if expanded, from a 1 MiB file.
+    let bomb = alias_bomb("bomb", 1024 * 1024, 1000);
+    write(
+        dir.path(),
+        "bomb.yaml",
+        &format!(
+            "apiVersion: v1\nkind: ServiceAccount\nmetadata: {{name: before}}\n---\n{bomb}---\napiVersion: pullgate.io/v1alpha1\nkind: PullSet\nmetadata: {{name: after}}\nspec:\n  images: [{{image: reg.io/app:2}}]\n"
+        ),
+    );
+    let loaded = load_dir(dir.path()).unwrap();
+    assert_eq!(loaded.problems.len(), 1, "{:?}", loaded.problems);
+    let p = &loaded.problems[0];
+    assert_eq!(p.file, dir.path().join("bomb.yaml"));
+    assert_eq!(p.document, Some(1));
+    assert!(
+        p.message.contains("expands to more than 16 MiB"),
+        "{}",
+        p.message
+    );
+    // The good file, and the bomb file's other documents, still load.
+    assert!(
+        loaded
+            .inventory
+            .pullsets
+            .contains_key(&ObjectKey::new("default", "good"))
+    );
+    assert!(
+        loaded
+            .inventory
+            .pullsets
+            .contains_key(&ObjectKey::new("default", "after"))
+    );
+    assert!(
+        loaded
+            .inventory
+            .service_accounts
+            .contains_key(&ObjectKey::new("default", "before"))
+    );
+}
+
+#[test]
+fn many_documents_under_the_document_bound_are_refused_past_the_file_bound() {
+    let dir = tempfile::tempdir().unwrap();
+    // Each document expands to about 14 MiB: under the document bound; the fifth passes the
+    // file's 64 MiB.
+    let documents: Vec<String> = (0..6)
+        .map(|i| alias_bomb(&format!("m{i}"), 64 * 1024, 220))
+        .collect();
+    write(dir.path(), "many.yaml", &documents.join("---\n"));
+    let loaded = load_dir(dir.path()).unwrap();
+    assert_eq!(loaded.problems.len(), 1, "{:?}", loaded.problems);
+    let p = &loaded.problems[0];
+    assert_eq!(p.file, dir.path().join("many.yaml"));
+    assert_eq!(p.document, Some(4));
+    assert!(
+        p.message
+            .contains("more than 64 MiB in memory (YAML aliases repeat what they name); this document and the rest of the file are skipped"),
+        "{}",
+        p.message
+    );
+}
+
+#[test]
+fn small_aliases_and_tags_still_work() {
+    let dir = tempfile::tempdir().unwrap();
+    write(
+        dir.path(),
+        "a.yaml",
+        "apiVersion: pullgate.io/v1alpha1\nkind: PullSet\nmetadata: {name: &n app, labels: {app: *n}}\nspec:\n  images: [{image: &img reg.io/app:1}, {image: reg.io/other:1}]\n---\napiVersion: v1\nkind: Secret\nmetadata: {name: s}\ntype: kubernetes.io/dockerconfigjson\ndata: {.dockerconfigjson: !!str e30=}\n---\nkey: dup\nkey: dup\n",
+    );
+    let loaded = load_dir(dir.path()).unwrap();
+    let set = &loaded.inventory.pullsets[&ObjectKey::new("default", "app")];
+    assert_eq!(set.images.len(), 2);
+    assert!(
+        loaded
+            .inventory
+            .secrets
+            .contains_key(&ObjectKey::new("default", "s"))
+    );
+    // Duplicate keys are still refused, as serde_yaml's own `Value` refuses them.
+    assert_eq!(loaded.problems.len(), 1, "{:?}", loaded.problems);
+    assert_eq!(loaded.problems[0].document, Some(2));
+    assert!(
+        loaded.problems[0]
+            .message
+            .contains("duplicate entry with key \"key\""),
+        "{}",
+        loaded.problems[0].message
+    );
+}
