@@ -1,10 +1,17 @@
 //! Stable, deterministic smoke fuzzing of every parser that reads user input (runs in CI; the
 //! coverage-guided targets in `agent/fuzz/` go further with `cargo xtask fuzz`). Random strings over
 //! the characters the grammars care about: nothing may panic, and printed references re-parse.
+//! Credential expiry (a JWT `exp`, an ECR `expiration`) gets random numbers of every size and sign,
+//! and whatever time comes out must be writable as RFC 3339.
 
 use crate::decide::credentials::dockerconfig::{DockerConfigFormat, parse};
+use crate::decide::credentials::expiry::expires_at;
 use crate::decide::credentials::keyring::{Keyring, glob_match, normalize_key, urls_match};
 use crate::model::image_ref::ImageRef;
+use crate::model::time::{
+    from_unix_seconds, from_unix_seconds_f64, rfc3339_millis, rfc3339_seconds,
+};
+use base64::Engine as _;
 
 const ALPHABET: &[u8] = b"abcAZ019.:/@*?[]^\\-_%{}\",=+ \nxyzv12sha256:";
 
@@ -16,6 +23,26 @@ impl XorShift {
         self.0 ^= self.0 >> 7;
         self.0 ^= self.0 << 17;
         self.0
+    }
+
+    /// A JSON-ish number: any sign, any length, fractions and exponents (and sometimes junk).
+    fn number(&mut self) -> String {
+        const DIGITS: &[u8] = b"0123456789";
+        let mut out = String::new();
+        if self.next().is_multiple_of(3) {
+            out.push('-');
+        }
+        for _ in 0..=(self.next() % 24) {
+            out.push(DIGITS[(self.next() % 10) as usize] as char);
+        }
+        match self.next() % 6 {
+            0 => out.push_str(&format!(".{}", self.next() % 1000)),
+            1 => out.push_str(&format!("e{}", self.next() % 400)),
+            2 => out.push_str(&format!("e-{}", self.next() % 400)),
+            3 => out.push_str(&self.string(4)),
+            _ => {}
+        }
+        out
     }
 
     fn string(&mut self, max: usize) -> String {
@@ -59,5 +86,68 @@ fn parsers_never_panic_on_random_input() {
     assert!(
         parsed_images > 100,
         "only {parsed_images} random references parsed"
+    );
+}
+
+#[test]
+fn expiry_never_panics_on_random_numbers() {
+    let b64url = |s: &str| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(s);
+    let b64 = |s: &str| base64::engine::general_purpose::STANDARD.encode(s);
+    let mut rng = XorShift(0xD1B5_4A32_D192_ED03);
+    let mut with_expiry = 0;
+    let edges = [
+        "253402300799",
+        "253402300800",
+        "568971849600",
+        "18446744073709551615",
+        "18446744073709551616",
+        "9223372036854775807",
+        "-9223372036854775808",
+        "1e30",
+        "-1e30",
+        "1e308",
+        "-1",
+        "0",
+    ];
+    for i in 0..20_000 {
+        let exp = edges
+            .get(i)
+            .map_or_else(|| rng.number(), |e| (*e).to_string());
+        let jwt = format!(
+            "{}.{}.sig",
+            b64url(r#"{"alg":"RS256"}"#),
+            b64url(&format!(r#"{{"exp":{exp},"sub":"x"}}"#))
+        );
+        let ecr = b64(&format!(
+            r#"{{"payload":"p","datakey":"d","version":"2","type":"DATA_KEY","expiration":{exp}}}"#
+        ));
+        for secrets in [
+            vec![jwt.as_str()],
+            vec![ecr.as_str()],
+            vec![jwt.as_str(), ecr.as_str()],
+        ] {
+            if let Some(t) = expires_at(secrets) {
+                with_expiry += 1;
+                let _ = (rfc3339_seconds(t), rfc3339_millis(t));
+            }
+        }
+        let n = rng.next();
+        for secs in [
+            i128::from(n),
+            -i128::from(n),
+            i128::from(n as i64),
+            i128::from(n) << 64,
+        ] {
+            if let Some(t) = from_unix_seconds(secs) {
+                let _ = (rfc3339_seconds(t), rfc3339_millis(t));
+            }
+        }
+        if let Some(t) = from_unix_seconds_f64(f64::from_bits(n)) {
+            let _ = (rfc3339_seconds(t), rfc3339_millis(t));
+        }
+    }
+    assert!(
+        with_expiry > 10_000,
+        "only {with_expiry} random expiries parsed"
     );
 }

@@ -7,6 +7,7 @@
 //! - Each adapter crate is known by its own adapter module(s) only.
 //! - Only the credential-plugin adapter runs processes.
 //! - `daemon/` does not depend on `commands/`, nor `adapters/` on `daemon/` or `commands/`.
+//! - Some rules have one home: code elsewhere does not call what only that home may.
 
 use std::path::{Path, PathBuf};
 
@@ -22,6 +23,13 @@ const ADAPTER_CRATES: &[(&str, &[&str])] = &[
     ("clap", &["cli.rs", "main.rs"]),
     ("notify", &["adapters/files/watch.rs"]),
 ];
+
+/// Calls that only one file may make, and why: the rule lives there.
+const ONE_HOME: &[(&str, &str, &str)] = &[(
+    "humantime::format_rfc3339",
+    "model/time.rs",
+    "it panics before 1970 and after 9999; use model::time::rfc3339_seconds or rfc3339_millis",
+)];
 
 /// Folders whose code decides and holds data only.
 const PURE: &[&str] = &["model/", "decide/"];
@@ -118,6 +126,11 @@ fn the_folders_hold_the_architecture() {
                             "{at}: does I/O (`{io}`) in a pure folder; an adapter behind a trait may"
                         ));
                     }
+                }
+            }
+            for (call, home, why) in ONE_HOME {
+                if line.contains(call) && rel != *home {
+                    broken.push(format!("{at}: calls `{call}`; only {home} may ({why})"));
                 }
             }
             for p in PROCESS {

@@ -42,7 +42,8 @@ commands:
   soak [--minutes M]   the agent under steady churn for M minutes (default 30; not in CI): RSS and
                        open file descriptors sampled, fails when either grows
   fuzz [SECONDS]       coverage-guided fuzzing (cargo fuzz, nightly) of the Docker config, image
-                       reference and keyring parsers, SECONDS per target (default 60)
+                       reference, keyring and credential-expiry parsers, SECONDS per target
+                       (default 60)
 
 PULLGATE_TEST_CONTAINERD=1.6|1.7|2.1 picks the containerd that demo, bench, sim, soak and the
 integration tests start (default: the system's, Debian bookworm's 1.6)";
@@ -372,7 +373,7 @@ fn fuzz(seconds: u64) -> Result<()> {
         eprintln!("xtask fuzz: installing cargo-fuzz");
         cargo(&["install", "cargo-fuzz", "--locked"])?;
     }
-    for target in ["dockerconfig", "image_ref", "keyring"] {
+    for target in ["dockerconfig", "image_ref", "keyring", "expiry"] {
         eprintln!("xtask fuzz: {target} for {seconds}s");
         run(Command::new("cargo").current_dir("agent").args([
             "+nightly",

@@ -2,10 +2,12 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use pullgate::image_ref::ImageRef;
+use pullgate::model::image_ref::ImageRef;
 
 fuzz_target!(|data: &[u8]| {
-    let Ok(text) = std::str::from_utf8(data) else { return };
+    let Ok(text) = std::str::from_utf8(data) else {
+        return;
+    };
     if let Ok(image) = ImageRef::parse(text) {
         let again = ImageRef::parse(&image.pull_reference()).expect("a printed reference parses");
         assert_eq!(again.name(), image.name());

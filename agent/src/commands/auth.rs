@@ -7,6 +7,7 @@ use crate::commands::one_shot::{OneShotError, resolve_selection};
 use crate::commands::table::columns;
 use crate::decide::credentials::Resolution;
 use crate::model::image_ref::{ImageRef, ImageRefError};
+use crate::model::time::rfc3339_seconds;
 use secrecy::ExposeSecret as _;
 use serde::Serialize;
 use sha2::{Digest as _, Sha256};
@@ -89,9 +90,7 @@ fn report(image: &ImageRef, resolution: &Resolution) -> Report {
                 key: c.source.key().to_string(),
                 username: c.username.clone(),
                 password_sha256: hex::encode(Sha256::digest(c.password.expose_secret().as_bytes())),
-                expires_at: c
-                    .expires_at
-                    .map(|t| humantime::format_rfc3339_seconds(t).to_string()),
+                expires_at: c.expires_at.map(rfc3339_seconds),
             })
             .collect(),
         verdicts: resolution
@@ -150,4 +149,54 @@ fn table(r: &Report) -> String {
         out.push_str(&format!("{:<24}{}\n", v.verdict.as_str(), v.message));
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::decide::credentials::{Candidate, CredentialSource};
+    use crate::model::inventory::ObjectKey;
+    use crate::model::time::{AFTER_9999, BEFORE_1970, from_unix_seconds};
+    use secrecy::SecretString;
+
+    /// A crafted `exp` (issue #13): the report and the table say the expiry is out of range, and
+    /// neither panics nor shows the password.
+    #[test]
+    fn out_of_range_expiry_is_reported() {
+        let image = ImageRef::parse("r.io/app:1").unwrap_or_else(|e| panic!("{e}"));
+        let candidate = |secs: i128| Candidate {
+            source: CredentialSource::PullSecret {
+                secret: ObjectKey::new("ns", "regcred"),
+                key: "r.io".into(),
+            },
+            username: "u".into(),
+            password: SecretString::from("hunter2-password".to_string()),
+            expires_at: from_unix_seconds(secs),
+        };
+        let resolution = Resolution {
+            candidates: vec![
+                candidate(568_971_849_600),
+                candidate(i128::from(u64::MAX)),
+                candidate(-1),
+            ],
+            findings: vec![],
+            blocked: None,
+        };
+        let r = report(&image, &resolution);
+        let expires: Vec<Option<&str>> = r
+            .candidates
+            .iter()
+            .map(|c| c.expires_at.as_deref())
+            .collect();
+        assert_eq!(
+            expires,
+            [Some(AFTER_9999), Some(AFTER_9999), Some(BEFORE_1970)]
+        );
+        let text = table(&r);
+        let json = serde_json::to_string(&r).unwrap_or_default();
+        for out in [&text, &json] {
+            assert!(out.contains(AFTER_9999), "{out}");
+            assert!(!out.contains("hunter2-password"), "{out}");
+        }
+    }
 }

@@ -414,7 +414,7 @@ mod tests {
             expiring[0].note,
             format!(
                 "a on node n1: ExpiringSoon: the credential expires at {}",
-                humantime::format_rfc3339_seconds(at)
+                crate::model::time::rfc3339_seconds(at)
             )
         );
         // Other warnings are no Event of their own.

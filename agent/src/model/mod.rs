@@ -1,6 +1,6 @@
 //! What pullgate talks about: plain data types, no I/O. Image references, the PullSet and its
 //! validation, the objects sources produce and the snapshot the daemon passes around, node
-//! identity, verdicts and the report records.
+//! identity, verdicts, the report records, and wall-clock times (RFC 3339, epoch seconds).
 
 pub mod image_ref;
 pub mod inventory;
@@ -8,4 +8,5 @@ pub mod node;
 pub mod outcome;
 pub mod pullset;
 pub mod snapshot;
+pub mod time;
 pub mod verdict;

@@ -80,5 +80,5 @@ pub struct SourceProblem {
 
 /// Now, as RFC 3339 with milliseconds.
 pub fn now_rfc3339() -> String {
-    humantime::format_rfc3339_millis(SystemTime::now()).to_string()
+    crate::model::time::rfc3339_millis(SystemTime::now())
 }

@@ -24,7 +24,7 @@ use kube::api::ListParams;
 use kube::{Client, Resource as _};
 use serde::Deserialize;
 use serde_json::Value;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::SystemTime;
 
 /// Objects per page.
 const PAGE: u32 = 500;
@@ -263,8 +263,7 @@ fn key_of(item: &Value) -> Option<ObjectKey> {
 }
 
 fn system_time(t: &Time) -> Option<SystemTime> {
-    let secs = u64::try_from(t.0.as_second()).ok()?;
-    UNIX_EPOCH.checked_add(Duration::from_secs(secs))
+    crate::model::time::from_unix_seconds(i128::from(t.0.as_second()))
 }
 
 /// When the data last changed: the latest time of a managed-fields entry that owns `data` or

@@ -304,7 +304,7 @@ fn to_proto(status: Status) -> pb::GetStatusResponse {
                 canary: s.canary,
                 next_canary_time: s
                     .next_canary
-                    .map(|t| humantime::format_rfc3339_seconds(t).to_string())
+                    .map(crate::model::time::rfc3339_seconds)
                     .unwrap_or_default(),
                 images: s
                     .images

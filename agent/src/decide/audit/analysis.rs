@@ -23,6 +23,7 @@ use crate::model::inventory::{
     Inventory, KEY_DOCKERCFG, KEY_DOCKERCONFIGJSON, ObjectKey, SecretObject, TYPE_DOCKERCFG,
     TYPE_DOCKERCONFIGJSON,
 };
+use crate::model::time::rfc3339_seconds;
 use crate::model::verdict::Verdict;
 use secrecy::ExposeSecret as _;
 use serde::Serialize;
@@ -396,10 +397,6 @@ fn shape(secret: &SecretObject) -> Shape {
 
 const HINT_MIGRATE: &str = "recreate it as type kubernetes.io/dockerconfigjson with a .dockerconfigjson key (`kubectl create secret docker-registry`)";
 
-fn rfc3339(t: SystemTime) -> String {
-    humantime::format_rfc3339_seconds(t).to_string()
-}
-
 /// `3d`, `5h`, `12m`: the largest whole unit.
 fn short(d: Duration) -> String {
     let s = d.as_secs();
@@ -471,7 +468,7 @@ fn judge_entry(
                 format!(
                     "the credential for `{}` in {object} expired at {} ({} ago)",
                     entry.key,
-                    rfc3339(at),
+                    rfc3339_seconds(at),
                     short(options.now.duration_since(at).unwrap_or_default())
                 ),
                 "every pull with it fails now: refresh the token (or let a credential provider or refresher own this Secret)",
@@ -481,7 +478,7 @@ fn judge_entry(
                 format!(
                     "the credential for `{}` in {object} expires at {} (in {})",
                     entry.key,
-                    rfc3339(at),
+                    rfc3339_seconds(at),
                     short(left)
                 ),
                 "rotate it before it expires, or make sure whatever refreshes it is running",
@@ -506,7 +503,7 @@ fn judge_entry(
             registry,
             username: entry.username.clone(),
             fingerprint: fingerprint.clone(),
-            expires_at: expires_at.map(rfc3339),
+            expires_at: expires_at.map(rfc3339_seconds),
         },
         fingerprint,
     }
@@ -660,7 +657,7 @@ pub fn build(input: &AuditInput, options: &Options, key: &FingerprintKey) -> Rep
                     format!(
                         "{object}: data unchanged for {} (since {}, per {})",
                         short(age),
-                        rfc3339(changed.at),
+                        rfc3339_seconds(changed.at),
                         changed.basis.as_str()
                     ),
                     "rotate the credential at the registry and update the Secret",
@@ -681,7 +678,7 @@ pub fn build(input: &AuditInput, options: &Options, key: &FingerprintKey) -> Rep
                 registries,
                 users: secret_users.clone(),
                 data_changed: changed.map(|c| DataChangedReport {
-                    at: rfc3339(c.at),
+                    at: rfc3339_seconds(c.at),
                     basis: c.basis,
                 }),
                 findings: Vec::new(),
@@ -774,7 +771,7 @@ pub fn build(input: &AuditInput, options: &Options, key: &FingerprintKey) -> Rep
         })
         .collect();
     Report {
-        generated_at: rfc3339(options.now),
+        generated_at: rfc3339_seconds(options.now),
         fingerprints: FINGERPRINT_NOTE,
         expiry_warning: as_flag(options.expiry_warning),
         max_age: as_flag(options.max_age),

@@ -13,6 +13,7 @@ use crate::model::image_ref::ImageRef;
 use crate::model::inventory::Inventory;
 use crate::model::outcome::now_rfc3339;
 use crate::model::pullset::{CanaryDepth, ValidPullSet};
+use crate::model::time::rfc3339_seconds;
 use crate::model::verdict::Verdict;
 use futures::future::BoxFuture;
 use serde::Serialize;
@@ -350,8 +351,7 @@ impl<P: RegistryProbe> CanaryRunner<P> {
                             Some((report.bytes as u128 * 1000 / elapsed.as_millis()) as u64);
                     }
                     if let Some(expires) = candidate.and_then(|c| c.expires_at) {
-                        outcome.expires_at =
-                            Some(humantime::format_rfc3339_seconds(expires).to_string());
+                        outcome.expires_at = Some(rfc3339_seconds(expires));
                         if expired {
                             outcome.warnings.push(CanaryWarning::ExpiryPassed);
                         } else if expires.duration_since(now).unwrap_or_default()

@@ -3,6 +3,7 @@
 //! `pullgate check` and Events. Never carries a credential: candidates are named by source, and
 //! messages are scrubbed before they get here.
 
+use crate::model::time::rfc3339_seconds;
 use crate::model::verdict::Verdict;
 use serde::Serialize;
 use std::fmt;
@@ -48,7 +49,7 @@ impl fmt::Display for CanaryWarning {
             Self::ExpiringSoon { at } => write!(
                 f,
                 "ExpiringSoon: the credential expires at {}",
-                humantime::format_rfc3339_seconds(*at)
+                rfc3339_seconds(*at)
             ),
             Self::ExpiryPassed => f.write_str(
                 "ExpiringSoon: the credential's own expiry has passed, yet the registry accepted it",

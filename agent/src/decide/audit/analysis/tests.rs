@@ -628,3 +628,71 @@ fn missing_secrets_are_rows_of_their_namespace() {
         report.findings[0]
     );
 }
+
+/// One crafted Secret must not break the audit of the cluster (issue #13): tokens whose `exp` lies
+/// past year 9999 (or overflows, or is negative) are reported, never a panic, and the other
+/// Secrets are audited as usual.
+#[test]
+fn out_of_range_expiry_is_reported_not_a_panic() {
+    use crate::model::time::{AFTER_9999, BEFORE_1970};
+    let token = |exp: &str| {
+        format!(
+            "{}.{}.c2lnbmF0dXJl",
+            b64url(r#"{"alg":"RS256","typ":"JWT"}"#),
+            b64url(&format!(r#"{{"exp":{exp}}}"#))
+        )
+    };
+    let (year_10000, year_20000, huge, negative) = (
+        token("253402300800"),
+        token("568971849600"),
+        token(&u64::MAX.to_string()),
+        token("-1"),
+    );
+    let report = c()
+        .pull_secret("team", "a", &[("a.io", "u", &year_10000)])
+        .pull_secret("team", "b", &[("b.io", "u", &year_20000)])
+        .pull_secret("team", "c", &[("c.io", "u", &huge)])
+        .pull_secret("team", "d", &[("d.io", "u", &negative)])
+        .pull_secret("team", "e", &[("e.io", "u", &jwt(3_600))])
+        .sa("team", "default", &["a", "b", "c", "d", "e"])
+        .report();
+    let expires: Vec<(&str, Option<&str>)> = report.namespaces[0]
+        .secrets
+        .iter()
+        .map(|s| (s.name.as_str(), s.registries[0].expires_at.as_deref()))
+        .collect();
+    assert_eq!(
+        expires,
+        [
+            ("a", Some(AFTER_9999)),
+            ("b", Some(AFTER_9999)),
+            ("c", Some(AFTER_9999)),
+            ("d", Some(BEFORE_1970)),
+            ("e", Some("2030-03-17T18:46:40Z")),
+        ]
+    );
+    // Far future: not expiring. Before 1970: expired. The ordinary one: as usual.
+    let kinds: Vec<(&str, &[FindingKind])> = report.namespaces[0]
+        .secrets
+        .iter()
+        .map(|s| (s.name.as_str(), s.findings.as_slice()))
+        .collect();
+    assert_eq!(
+        kinds,
+        [
+            ("a", &[][..]),
+            ("b", &[][..]),
+            ("c", &[][..]),
+            ("d", &[FindingKind::Expired][..]),
+            ("e", &[FindingKind::ExpiresSoon][..]),
+        ]
+    );
+    let expired = report
+        .findings
+        .iter()
+        .find(|f| f.kind == FindingKind::Expired)
+        .map(|f| f.message.as_str())
+        .unwrap_or_default();
+    assert!(expired.contains(BEFORE_1970), "{expired}");
+    assert!(serde_json::to_string(&report).is_ok());
+}

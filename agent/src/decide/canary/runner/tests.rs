@@ -217,6 +217,60 @@ fn expiring_soon_is_a_warning_on_success() {
     assert!(o.warnings.is_empty(), "{:?}", o.warnings);
 }
 
+/// A credential whose own `exp` lies past year 9999 (issue #13): the canary completes, the expiry
+/// is written as out of range, and a far-future expiry is simply not expiring. One before 1970 is
+/// expired.
+#[test]
+fn out_of_range_expiry_is_not_a_panic() {
+    use crate::decide::credentials::expiry::expires_at;
+    use crate::model::time::{AFTER_9999, BEFORE_1970};
+    use base64::Engine as _;
+    let token = |exp: &str| {
+        let b64 = |s: &str| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(s);
+        format!(
+            "{}.{}.sig",
+            b64(r#"{"alg":"RS256"}"#),
+            b64(&format!(r#"{{"exp":{exp}}}"#))
+        )
+    };
+    let with_exp = |exp: &str| Candidate {
+        expires_at: expires_at([token(exp).as_str()]),
+        ..candidate("s", "pw")
+    };
+    // Year 20000, year 10000, u64::MAX, 1e30.
+    for exp in [
+        "568971849600",
+        "253402300800",
+        &u64::MAX.to_string(),
+        "1e30",
+    ] {
+        let o = run(&[], resolution(vec![with_exp(exp)], vec![]));
+        assert_eq!(o.verdict, Verdict::Ok, "{exp}");
+        assert_eq!(o.expires_at.as_deref(), Some(AFTER_9999), "{exp}");
+        assert!(o.warnings.is_empty(), "{exp}: {:?}", o.warnings);
+        let o = run(
+            &[("pw", Verdict::Unauthorized)],
+            resolution(vec![with_exp(exp)], vec![]),
+        );
+        assert_eq!(o.verdict, Verdict::Unauthorized, "{exp}");
+    }
+    let o = run(&[], resolution(vec![with_exp("-1")], vec![]));
+    assert_eq!(o.verdict, Verdict::Ok);
+    assert_eq!(o.expires_at.as_deref(), Some(BEFORE_1970));
+    assert_eq!(o.warnings, [CanaryWarning::ExpiryPassed]);
+    let o = run(
+        &[("pw", Verdict::Unauthorized)],
+        resolution(vec![with_exp("-1")], vec![]),
+    );
+    assert_eq!(o.verdict, Verdict::Expired);
+    // The warning text is safe too.
+    let far = expires_at([token("568971849600").as_str()]).unwrap_or(SystemTime::UNIX_EPOCH);
+    assert_eq!(
+        CanaryWarning::ExpiringSoon { at: far }.to_string(),
+        format!("ExpiringSoon: the credential expires at {AFTER_9999}")
+    );
+}
+
 #[test]
 fn a_blocked_resolution_probes_nothing() {
     let blocked = Finding {
