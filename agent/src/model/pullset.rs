@@ -11,6 +11,14 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::fmt;
+use std::time::Duration;
+
+/// The longest `spec.canary.jitter` accepted: one day. The jitter spreads a fleet's scheduled
+/// canaries over a window after each cron tick; a day spreads any fleet, while a longer window
+/// would delay a node's canary past its next daily ticks and past the point where a credential
+/// about to expire is caught in time. The scheduler clamps any window that did not pass
+/// validation to this same bound.
+pub const MAX_CANARY_JITTER: Duration = Duration::from_secs(24 * 60 * 60);
 
 /// What a PullSet asks of every node it selects.
 #[derive(CustomResource, Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
@@ -200,13 +208,21 @@ pub fn validate(key: ObjectKey, spec: PullSetSpec) -> Result<ValidPullSet, Vec<F
     {
         errors.push(err("spec.canary.schedule".into(), message));
     }
-    if let Some(jitter) = spec.canary.as_ref().and_then(|c| c.jitter.as_ref())
-        && humantime::parse_duration(jitter).is_err()
-    {
-        errors.push(err(
-            "spec.canary.jitter".into(),
-            format!("`{jitter}` is not a duration (e.g. `10m`, `30s`)"),
-        ));
+    if let Some(jitter) = spec.canary.as_ref().and_then(|c| c.jitter.as_ref()) {
+        match humantime::parse_duration(jitter) {
+            Err(_) => errors.push(err(
+                "spec.canary.jitter".into(),
+                format!("`{jitter}` is not a duration (e.g. `10m`, `30s`)"),
+            )),
+            Ok(window) if window > MAX_CANARY_JITTER => errors.push(err(
+                "spec.canary.jitter".into(),
+                format!(
+                    "`{jitter}` is longer than {}h, the longest jitter allowed",
+                    MAX_CANARY_JITTER.as_secs() / 3600
+                ),
+            )),
+            Ok(_) => {}
+        }
     }
 
     if errors.is_empty() {
@@ -381,5 +397,38 @@ mod tests {
 
         let empty = validate(key(), spec("images: []")).unwrap_err();
         assert_eq!(empty[0].field, "spec.images");
+    }
+
+    #[test]
+    fn the_canary_jitter_is_bounded_to_a_day() {
+        for (jitter, accepted) in [
+            ("0s", true),
+            ("10m", true),
+            ("23h 59m 59s", true),
+            ("24h", true),
+            ("1day", true),
+            ("24h 1ns", false),
+            ("25h", false),
+            ("2days", false),
+            ("800days", false),
+            ("10000years", false),
+            ("18446744073709551615s", false),
+        ] {
+            let yaml = format!("images: [{{image: reg.io/a:1}}]\ncanary: {{jitter: '{jitter}'}}");
+            match validate(key(), spec(&yaml)) {
+                Ok(_) => assert!(accepted, "`{jitter}` was accepted"),
+                Err(errs) => {
+                    assert!(!accepted, "`{jitter}` was rejected: {errs:?}");
+                    assert_eq!(errs.len(), 1, "{errs:?}");
+                    assert_eq!(errs[0].field, "spec.canary.jitter");
+                    assert_eq!(
+                        errs[0].to_string(),
+                        format!(
+                            "PullSet payments/critical: spec.canary.jitter: `{jitter}` is longer than 24h, the longest jitter allowed"
+                        )
+                    );
+                }
+            }
+        }
     }
 }

@@ -6,7 +6,9 @@ use crate::model::inventory::ObjectKey;
 use sha2::{Digest as _, Sha256};
 use std::time::Duration;
 
-/// An offset in `[0, window)`, uniform over node names, stable for the same inputs.
+/// An offset in `[0, window)`, uniform over node names, stable for the same inputs. Total: a window
+/// longer than `u64::MAX` nanoseconds (about 584 years) spreads over that much, so no window
+/// overflows the arithmetic.
 pub fn offset(node: &str, pullset: &ObjectKey, window: Duration) -> Duration {
     if window.is_zero() {
         return Duration::ZERO;
@@ -21,8 +23,10 @@ pub fn offset(node: &str, pullset: &ObjectKey, window: Duration) -> Duration {
     let mut first = [0u8; 8];
     first.copy_from_slice(&digest[..8]);
     let x = u128::from(u64::from_be_bytes(first));
-    // x / 2^64 of the window, in nanoseconds (no float rounding, never equal to the window).
-    let nanos = (x * window.as_nanos()) >> 64;
+    // x / 2^64 of the window, in nanoseconds (no float rounding, never equal to the window); both
+    // factors below 2^64, so the product fits in a u128.
+    let window_nanos = window.as_nanos().min(u128::from(u64::MAX));
+    let nanos = (x * window_nanos) >> 64;
     Duration::from_nanos(u64::try_from(nanos).unwrap_or(u64::MAX))
 }
 
@@ -67,4 +71,22 @@ mod tests {
     }
 
     const PINNED_NODE_1_MS: u128 = 51_074;
+
+    #[test]
+    fn any_window_gives_an_offset_within_it() {
+        let set = ObjectKey::new("payments", "critical");
+        let ten_thousand_years = Duration::from_secs(10_000 * 365 * 24 * 3600);
+        for window in [
+            Duration::from_nanos(1),
+            Duration::from_nanos(u64::MAX),
+            Duration::from_nanos(u64::MAX) + Duration::from_nanos(1),
+            ten_thousand_years,
+            Duration::MAX,
+        ] {
+            for node in ["node-1", "node-2", "ip-10-0-0-1.ec2.internal"] {
+                let o = offset(node, &set, window);
+                assert!(o < window, "{node}: {o:?} for {window:?}");
+            }
+        }
+    }
 }

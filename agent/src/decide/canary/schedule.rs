@@ -12,7 +12,8 @@
 //! `jitter`; retries of a failed canary, backed off (`retry::Retry`, jittered and capped) until it
 //! succeeds; manual runs, at once. Requests for the same PullSet coalesce: the earliest wins, with
 //! its trigger. At most one run is handed out at a time: runs are sequential, so a node never
-//! stampedes its registries.
+//! stampedes its registries. No duration panics it: a `jitter` window is clamped to
+//! [`MAX_CANARY_JITTER`] (validation refuses more), every wait to [`MAX_DELAY`].
 
 use crate::decide::canary::jitter;
 use crate::decide::canary::rotation;
@@ -20,11 +21,24 @@ use crate::decide::canary::runner::Trigger;
 use crate::decide::retry::Retry;
 use crate::model::inventory::{Inventory, ObjectKey};
 use crate::model::node::NodeInfo;
-use crate::model::pullset::{ValidPullSet, cron_schedule};
+use crate::model::pullset::{MAX_CANARY_JITTER, ValidPullSet, cron_schedule};
 use crate::model::verdict::Verdict;
 use std::collections::BTreeMap;
 use std::time::{Duration, SystemTime};
 use tokio::time::Instant;
+
+/// The longest wait the schedule ever sets: a year. Every delay it makes from valid input is far
+/// shorter (a jitter is at most [`MAX_CANARY_JITTER`], a retry at most `retry_max`), and a year is
+/// far within what the monotonic clock and tokio's timers hold (a `DelayQueue` about two years),
+/// so whatever a PullSet or a flag says, no deadline overflows and no timer panics. A cron tick
+/// further away is looked at again when the year is up.
+pub const MAX_DELAY: Duration = Duration::from_secs(365 * 24 * 60 * 60);
+
+/// `at + delay`, the delay clamped to [`MAX_DELAY`]; never panics (at the end of the monotonic
+/// clock, which no host reaches, it is `at`).
+fn later(at: Instant, delay: Duration) -> Instant {
+    at.checked_add(delay.min(MAX_DELAY)).unwrap_or(at)
+}
 
 /// The latest verdict of every canaried image, by (PullSet, image).
 pub type Verdicts = BTreeMap<(ObjectKey, String), Verdict>;
@@ -102,6 +116,8 @@ struct Cron {
     pattern: croner::Cron,
     /// The next tick (wall clock) and when it is due (monotonic); `None`: never again.
     next: Option<(SystemTime, Instant)>,
+    /// The tick is more than [`MAX_DELAY`] away: when due, look again rather than run.
+    beyond: bool,
 }
 
 impl Cron {
@@ -112,6 +128,7 @@ impl Cron {
                 expression,
                 pattern,
                 next: None,
+                beyond: false,
             }),
             Err(e) => {
                 tracing::warn!(error = %e, "cannot schedule canary");
@@ -123,15 +140,19 @@ impl Cron {
     /// Finds the first tick after `now.wall`.
     fn advance(&mut self, now: Now) {
         let after = chrono::DateTime::<chrono::Utc>::from(now.wall);
-        self.next = self
-            .pattern
-            .find_next_occurrence(&after, false)
-            .ok()
-            .map(|tick| {
-                let tick = SystemTime::from(tick);
-                let wait = tick.duration_since(now.wall).unwrap_or_default();
-                (tick, now.instant + wait)
-            });
+        let next = self.pattern.find_next_occurrence(&after, false).ok();
+        let wait = next.map(|tick| {
+            let tick = SystemTime::from(tick);
+            (tick, tick.duration_since(now.wall).unwrap_or_default())
+        });
+        self.beyond = wait.is_some_and(|(_, wait)| wait > MAX_DELAY);
+        self.next = wait.map(|(tick, wait)| (tick, later(now.instant, wait)));
+    }
+
+    /// The tick is due: `false` when only the [`MAX_DELAY`] clamp is up and the tick still ahead.
+    fn fires(&self, now: Now) -> bool {
+        self.next
+            .is_some_and(|(tick, at)| at <= now.instant && !(self.beyond && tick > now.wall))
     }
 }
 
@@ -180,7 +201,8 @@ impl CanarySchedule {
             .iter()
             .filter_map(|(key, cron)| {
                 let (tick, _) = cron.next?;
-                Some((key.clone(), tick + self.schedule_offset(key)))
+                let offset = self.schedule_offset(key);
+                Some((key.clone(), tick.checked_add(offset).unwrap_or(tick)))
             })
             .collect()
     }
@@ -208,8 +230,9 @@ impl CanarySchedule {
         actions
     }
 
+    /// This node's offset in `window`, the window clamped to [`MAX_DELAY`].
     fn offset(&self, key: &ObjectKey, window: Duration) -> Duration {
-        jitter::offset(&self.config.node, key, window)
+        jitter::offset(&self.config.node, key, window.min(MAX_DELAY))
     }
 
     fn schedule_offset(&self, key: &ObjectKey) -> Duration {
@@ -218,15 +241,17 @@ impl CanarySchedule {
     }
 
     fn tick(&mut self, now: Now, actions: &mut Vec<Action>) {
-        let fired: Vec<ObjectKey> = self
+        let due: Vec<(ObjectKey, bool)> = self
             .crons
             .iter()
             .filter(|(_, c)| c.next.is_some_and(|(_, at)| at <= now.instant))
-            .map(|(k, _)| k.clone())
+            .map(|(k, c)| (k.clone(), c.fires(now)))
             .collect();
-        for key in fired {
-            let delay = self.schedule_offset(&key);
-            self.enqueue(key.clone(), Trigger::Schedule, now.instant + delay);
+        for (key, fires) in due {
+            if fires {
+                let delay = self.schedule_offset(&key);
+                self.enqueue(key.clone(), Trigger::Schedule, later(now.instant, delay));
+            }
             if let Some(cron) = self.crons.get_mut(&key) {
                 cron.advance(now);
             }
@@ -273,7 +298,10 @@ impl CanarySchedule {
                     .as_deref()
                     .and_then(|j| humantime::parse_duration(j).ok())
                     .unwrap_or_default();
-                Some((s.key.clone(), window))
+                if window > MAX_CANARY_JITTER {
+                    tracing::warn!(pullset = %s.key, ?window, "spec.canary.jitter over the bound; clamped");
+                }
+                Some((s.key.clone(), window.min(MAX_CANARY_JITTER)))
             })
             .collect();
         let new = rotation::fingerprints(inventory);
@@ -284,7 +312,7 @@ impl CanarySchedule {
                 && node.matches(&set.spec.node_selector)
             {
                 tracing::info!(pullset = %key, "credentials changed; re-validating");
-                let at = now.instant + self.offset(&key, window);
+                let at = later(now.instant, self.offset(&key, window));
                 self.enqueue(key, Trigger::Rotation, at);
             }
         }
@@ -296,7 +324,7 @@ impl CanarySchedule {
             .cloned()
             .collect();
         for key in fresh {
-            let at = now.instant + self.offset(&key, window);
+            let at = later(now.instant, self.offset(&key, window));
             self.enqueue(key, Trigger::Startup, at);
         }
         self.fingerprints = new;
@@ -347,13 +375,15 @@ impl CanarySchedule {
             self.retries.remove(key);
             return;
         }
-        let (min, max) = (self.config.retry_min, self.config.retry_max);
+        // Clamped before `Retry` adds its delay to the clock.
+        let min = self.config.retry_min.min(MAX_DELAY);
+        let max = self.config.retry_max.min(MAX_DELAY);
         let delay = self
             .retries
             .entry(key.clone())
             .or_insert_with(|| Retry::new(min, max))
             .failed(now.instant);
-        self.enqueue(key.clone(), Trigger::Retry, now.instant + delay);
+        self.enqueue(key.clone(), Trigger::Retry, later(now.instant, delay));
     }
 
     /// Queues a run; an earlier request for the same PullSet wins.

@@ -342,3 +342,117 @@ async fn pullsets_that_stop_being_canaried_here_leave_the_verdicts_and_the_sched
     let run = s.handle(Input::Tick, clock.now());
     assert_eq!(runs(&run), [("c".to_string(), Trigger::Startup)]);
 }
+
+/// `inventory`, with each PullSet's `spec.canary.jitter` then set to `jitter` unvalidated, as a
+/// path that skipped validation would hand it over.
+fn with_jitter(sets: &[(&str, &str)], jitter: &str) -> Inventory {
+    let mut inv = inventory(sets, "v1");
+    for set in inv.pullsets.values_mut() {
+        if let Some(canary) = set.spec.canary.as_mut() {
+            canary.jitter = Some(jitter.into());
+        }
+    }
+    inv
+}
+
+const TEN_THOUSAND_YEARS: &str = "10000years";
+
+#[tokio::test(start_paused = true)]
+async fn a_jitter_beyond_the_bound_never_panics_and_spreads_over_at_most_a_day() {
+    // The longest humantime reads, about `Duration::MAX`.
+    for jitter in [TEN_THOUSAND_YEARS, "18446744073709551615s"] {
+        let window = humantime::parse_duration(jitter).unwrap();
+        assert!(window > MAX_DELAY, "{jitter}");
+        let clock = Clock::new();
+        let mut s = CanarySchedule::new(config(Duration::ZERO));
+        // Daily at midnight UTC: the offset, under a day, runs before the next tick.
+        let spec = "imagePullSecrets: [{name: regcred}]\nimages: [{image: r.io/a:1}]\ncanary: {schedule: '0 0 * * *'}";
+        let actions = load(&mut s, &with_jitter(&[("cron", spec)], jitter), &clock);
+        let offset = jitter::offset(NODE, &key("cron"), MAX_CANARY_JITTER);
+        assert!(offset < MAX_CANARY_JITTER);
+        let since_midnight = clock.wall.duration_since(UNIX_EPOCH).unwrap().as_secs() % 86_400;
+        let to_tick = Duration::from_secs(86_400 - since_midnight);
+        let tick = clock.wall + to_tick;
+        assert!(
+            actions.contains(&Action::NextCanaries([(key("cron"), tick + offset)].into())),
+            "{jitter}: {actions:?}"
+        );
+        let startup = s.handle(Input::Tick, clock.now());
+        assert_eq!(runs(&startup), [("cron".to_string(), Trigger::Startup)]);
+        finish(&mut s, "cron", Verdict::Ok, &clock);
+
+        // The tick queues the run at this node's offset in the clamped window, and it runs then.
+        to_deadline(&mut s, &clock).await;
+        assert_eq!(clock.start.elapsed(), to_tick, "{jitter}");
+        let run = to_deadline(&mut s, &clock).await;
+        assert_eq!(runs(&run), [("cron".to_string(), Trigger::Schedule)]);
+        assert_eq!(clock.start.elapsed(), to_tick + offset, "{jitter}");
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn delays_beyond_any_bound_in_the_config_never_panic_and_wait_at_most_max_delay() {
+    let clock = Clock::new();
+    let mut s = CanarySchedule::new(ScheduleConfig {
+        node: NODE.into(),
+        rotation_window: Duration::MAX,
+        retry_min: Duration::MAX,
+        retry_max: Duration::MAX,
+    });
+    load(&mut s, &inventory(&[("a", CANARY)], "v1"), &clock);
+    let offset = jitter::offset(NODE, &key("a"), MAX_DELAY);
+    assert_eq!(s.deadline(), Some(clock.start + offset));
+    let run = to_deadline(&mut s, &clock).await;
+    assert_eq!(runs(&run), [("a".to_string(), Trigger::Startup)]);
+
+    // A failure: the retry waits at most the clamp, and runs.
+    let failed_at = Instant::now();
+    finish(&mut s, "a", Verdict::Unauthorized, &clock);
+    let due = s.deadline().expect("a retry is queued");
+    assert!(due > failed_at && due <= failed_at + MAX_DELAY, "{due:?}");
+    let retry = to_deadline(&mut s, &clock).await;
+    assert_eq!(runs(&retry), [("a".to_string(), Trigger::Retry)]);
+    finish(&mut s, "a", Verdict::Ok, &clock);
+
+    // A rotation: this node's offset in the clamped window.
+    let rotated_at = Instant::now();
+    load(&mut s, &inventory(&[("a", CANARY)], "v2"), &clock);
+    assert_eq!(s.deadline(), Some(rotated_at + offset));
+    let run = to_deadline(&mut s, &clock).await;
+    assert_eq!(runs(&run), [("a".to_string(), Trigger::Rotation)]);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_cron_tick_beyond_max_delay_is_looked_at_again_and_runs_on_time() {
+    // 2024-03-01T00:00:00Z: the next 29 February is four years away.
+    let clock = Clock {
+        start: Instant::now(),
+        wall: UNIX_EPOCH + Duration::from_secs(1_709_251_200),
+    };
+    let tick = UNIX_EPOCH + Duration::from_secs(1_835_395_200); // 2028-02-29T00:00:00Z
+    let mut s = CanarySchedule::new(config(Duration::ZERO));
+    let spec = "imagePullSecrets: [{name: regcred}]\nimages: [{image: r.io/a:1}]\ncanary: {schedule: '0 0 29 2 *'}";
+    load(&mut s, &inventory(&[("leap", spec)], "v1"), &clock);
+    let startup = s.handle(Input::Tick, clock.now());
+    assert_eq!(runs(&startup), [("leap".to_string(), Trigger::Startup)]);
+    finish(&mut s, "leap", Verdict::Ok, &clock);
+
+    let wait = tick.duration_since(clock.wall).unwrap();
+    let mut looks = 0;
+    loop {
+        let now = Instant::now();
+        let due = s.deadline().expect("the cron is scheduled");
+        assert!(due <= now + MAX_DELAY, "never further than the clamp");
+        assert_eq!(s.next_canaries()[&key("leap")], tick);
+        let actions = to_deadline(&mut s, &clock).await;
+        if clock.start.elapsed() < wait {
+            assert!(runs(&actions).is_empty(), "early: {actions:?}");
+            looks += 1;
+            continue;
+        }
+        assert_eq!(clock.start.elapsed(), wait, "on time");
+        assert_eq!(runs(&actions), [("leap".to_string(), Trigger::Schedule)]);
+        break;
+    }
+    assert_eq!(looks, 3, "once a year until the tick is within one");
+}
