@@ -21,6 +21,8 @@ const ADAPTER_CRATES: &[(&str, &[&str])] = &[
     ("prometheus_client", &["adapters/serve/metrics.rs"]),
     ("clap", &["cli.rs", "main.rs"]),
     ("notify", &["adapters/files/watch.rs"]),
+    // The one signal std and tokio cannot send: SIGKILL to a plugin's process group.
+    ("libc", &["adapters/credential_plugin.rs"]),
 ];
 
 /// Folders whose code decides and holds data only.
