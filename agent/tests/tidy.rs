@@ -22,6 +22,8 @@ const ADAPTER_CRATES: &[(&str, &[&str])] = &[
     ("prometheus_client", &["adapters/serve/metrics.rs"]),
     ("clap", &["cli.rs", "main.rs"]),
     ("notify", &["adapters/files/watch.rs"]),
+    // The one signal std and tokio cannot send: SIGKILL to a plugin's process group.
+    ("libc", &["adapters/credential_plugin.rs"]),
 ];
 
 /// Calls that only one file may make, and why: the rule lives there.

@@ -4,8 +4,10 @@
 #![allow(clippy::unwrap_used)] // test fixtures: a failed set-up step should panic with its error
 
 use pullgate::adapters::credential_plugin::{CredentialProviders, PluginError, load_config};
+use pullgate_testenv::agent::MEMORY_CAP_KIB;
 use pullgate_testenv::manifests::pullset;
-use pullgate_testenv::{ImageSpec, PASSWORD, TestEnv, USER, block_on};
+use pullgate_testenv::process::wait_until;
+use pullgate_testenv::{ImageSpec, PASSWORD, TestEnv, USER, block_on, procfs};
 use std::os::unix::fs::PermissionsExt as _;
 use std::path::Path;
 use std::time::Duration;
@@ -24,6 +26,9 @@ case "$MODE" in
   wrongapi) printf '{"apiVersion":"credentialprovider.kubelet.k8s.io/v1alpha1","kind":"CredentialProviderResponse","cacheKeyType":"Image","auth":{}}' ;;
   badtype)  printf '{"apiVersion":"%s","kind":"CredentialProviderResponse","cacheKeyType":"Forever","auth":{}}' "$API" ;;
   fail)     echo "token service unavailable" >&2; exit 3 ;;
+  flood)    echo $$ > "$PIDFILE"; echo "stderr-marker-7q" >&2; head -c 52428800 /dev/zero; sleep 1000 ;;
+  errflood) echo $$ > "$PIDFILE"; head -c 52428800 /dev/zero >&2; sleep 1000 ;;
+  orphan)   sleep 1000 & echo $! > "$PIDFILE"; sleep 1000 ;;
 esac
 "#;
     let path = bin_dir.join(name);
@@ -41,6 +46,17 @@ impl Fixture {
         std::fs::create_dir(dir.path().join("bin")).unwrap();
         install_plugin(&dir.path().join("bin"), "fake-provider");
         Self { dir }
+    }
+
+    fn pid_file(&self) -> String {
+        self.dir.path().join("plugin.pid").display().to_string()
+    }
+
+    /// The pid the plugin wrote to $PIDFILE.
+    fn written_pid(&self) -> u32 {
+        let text = std::fs::read_to_string(self.pid_file())
+            .unwrap_or_else(|e| panic!("the plugin wrote no pid file: {e}"));
+        text.trim().parse().unwrap()
     }
 
     fn log(&self) -> String {
@@ -192,7 +208,7 @@ fn failures_are_clear_and_yield_no_credentials() {
         (
             "fail",
             |e| matches!(e, PluginError::Exit { .. }),
-            "token service unavailable",
+            "exited with exit status: 3",
         ),
     ];
     for (mode, is_expected, text) in cases {
@@ -210,7 +226,86 @@ fn failures_are_clear_and_yield_no_credentials() {
             message.contains(text) && message.contains("fake-provider"),
             "{mode}: {message}"
         );
+        // The plugin's stderr goes to the agent's log, never into the error (which reaches the
+        // PullSet's outcome).
+        assert!(!message.contains("token service"), "{mode}: {message}");
     }
+}
+
+/// A plugin that writes 50 MiB to stdout (or stderr) and then hangs is killed as soon as it
+/// passes 1 MiB, long before its timeout, and the error names the plugin and the stream only.
+#[test]
+fn a_plugin_writing_too_much_is_killed_with_a_clear_error() {
+    for (mode, stream) in [("flood", "stdout"), ("errflood", "stderr")] {
+        let f = Fixture::new();
+        let pid_file = f.pid_file();
+        let providers = f.providers(
+            &f.config(
+                "'*.example.com'",
+                "1h",
+                &[("MODE", mode), ("PIDFILE", &pid_file)],
+            ),
+            // Far longer than the test waits: only the size bound can end the plugin.
+            Duration::from_secs(600),
+        );
+        let (creds, errors) = block_on(providers.provide("registry.example.com/a"));
+        assert!(creds.is_empty(), "{mode}");
+        assert_eq!(errors.len(), 1, "{mode}");
+        assert!(
+            matches!(errors[0], PluginError::TooMuchOutput { .. }),
+            "{mode}: {:?}",
+            errors[0]
+        );
+        let message = errors[0].to_string();
+        assert!(
+            message.contains(&format!(
+                "plugin fake-provider wrote more than 1 MiB to {stream}"
+            )),
+            "{mode}: {message}"
+        );
+        assert!(
+            message.len() < 300 && !message.contains('\0'),
+            "{mode}: {message}"
+        );
+        let plugin = f.written_pid();
+        wait_until(
+            "the flooding plugin to be gone",
+            Duration::from_secs(30),
+            || !procfs::alive(plugin),
+        )
+        .unwrap();
+    }
+}
+
+/// A plugin that starts a grandchild (holding its stdout) and outlives its timeout: the whole
+/// process group is killed, so the grandchild does not outlive the plugin.
+#[test]
+fn a_timed_out_plugin_takes_its_grandchildren_with_it() {
+    let f = Fixture::new();
+    let pid_file = f.pid_file();
+    let providers = f.providers(
+        &f.config(
+            "'*.example.com'",
+            "1h",
+            &[("MODE", "orphan"), ("PIDFILE", &pid_file)],
+        ),
+        Duration::from_secs(5),
+    );
+    let (creds, errors) = block_on(providers.provide("registry.example.com/a"));
+    assert!(creds.is_empty());
+    assert_eq!(errors.len(), 1);
+    assert!(
+        matches!(errors[0], PluginError::Timeout { .. }),
+        "{:?}",
+        errors[0]
+    );
+    let grandchild = f.written_pid();
+    wait_until(
+        "the plugin's grandchild to be gone",
+        Duration::from_secs(30),
+        || !procfs::alive(grandchild),
+    )
+    .unwrap();
 }
 
 #[test]
@@ -272,4 +367,62 @@ fn plugin_credentials_pull_from_a_real_registry() {
     let o = run.prepull(&image.by_tag);
     assert_eq!(o["credential"], format!("plugin fake-provider key {host}"));
     env.assert_no_leak(&[&run.stdout, &run.stderr], &[PASSWORD]);
+}
+
+/// Through the real agent: a plugin that floods stdout fails the pull's plugin step with the size
+/// error (not the timeout), the agent's memory stays bounded, and what the plugin wrote to stderr
+/// is in the agent's log only, never in the outcome on stdout.
+#[test]
+fn a_flooding_plugin_leaves_the_agent_bounded_and_its_stderr_in_the_log() {
+    let env = TestEnv::start().unwrap_or_else(|e| panic!("test environment: {e:#}"));
+    let image = env.push(&ImageSpec::new("plugin/flood", "v1")).unwrap();
+    let f = Fixture::new();
+    let host = env.registry.host();
+    let pid_file = f.pid_file();
+    let config = f.config(
+        &format!("'{host}'"),
+        "1h",
+        &[("MODE", "flood"), ("PIDFILE", &pid_file)],
+    );
+    env.write_manifest("set.yaml", &pullset("team", "s", &[&image.by_tag], &[]))
+        .unwrap();
+    let bin_dir = f.dir.path().join("bin");
+    let agent = env.daemon(&[
+        "--recheck-interval",
+        "1h",
+        "--image-credential-provider-config",
+        config.to_str().unwrap(),
+        "--image-credential-provider-bin-dir",
+        bin_dir.to_str().unwrap(),
+        // Longer than the wait below: only the size bound can end the plugin in time.
+        "--credential-provider-timeout",
+        "10m",
+    ]);
+    agent
+        .wait_for("the pre-pull", Duration::from_secs(120), 1, |l| {
+            l["kind"] == "prepull"
+        })
+        .unwrap();
+    agent.assert_up_and_bounded(MEMORY_CAP_KIB, "a plugin writing 50 MiB to stdout");
+    let plugin = f.written_pid();
+    wait_until(
+        "the flooding plugin to be gone",
+        Duration::from_secs(30),
+        || !procfs::alive(plugin),
+    )
+    .unwrap();
+    let (stdout, stderr) = agent.finish();
+    assert!(
+        stdout.contains("plugin fake-provider wrote more than 1 MiB to stdout"),
+        "stdout:\n{stdout}\nstderr:\n{stderr}"
+    );
+    assert!(
+        !stdout.contains("stderr-marker-7q"),
+        "the plugin's stderr reached the outcome:\n{stdout}"
+    );
+    // Scrubbed of the provider's env values (a secret may hide there): the marker holds none.
+    assert!(
+        stderr.contains("stderr-marker-7q"),
+        "the plugin's stderr is not in the agent's log:\n{stderr}"
+    );
 }

@@ -14,6 +14,16 @@
 //! [`CredentialProviders`] implements the resolver's [`CredentialPlugins`] trait; [`kubelet_resolver`]
 //! builds the node's resolver (its Docker config file and these plugins) from the flags, for
 //! `pullgate run` and the one-shot commands alike. This is the only module that runs a process.
+//!
+//! Bounds on a plugin (see [`run_plugin`]): stdout and stderr are read as they come, at most
+//! [`OUTPUT_CAP`] bytes each; a plugin that writes more is killed and its error says which stream,
+//! never what it wrote. Each plugin runs in its own process group; when it times out or writes too
+//! much, the whole group gets `SIGKILL` before the plugin is reaped (so the group's id is still
+//! the plugin's), then the plugin is reaped: no grandchild it started survives it, even one still
+//! holding its stdout (one that left the group with `setsid`/`setpgid` is its own business, as is
+//! one a plugin that exited by itself left behind, as with the kubelet). A plugin's stderr goes to
+//! the agent's log only, as a short excerpt scrubbed of the provider's configured `env` values and
+//! of the passwords it answered; never into an error, which ends up in the PullSet's outcome.
 
 use crate::cli::NodeCredentialArgs;
 use crate::decide::credentials::keyring::{SchemelessUrl, urls_match};
@@ -28,7 +38,7 @@ use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use tokio::io::AsyncWriteExt as _;
+use tokio::io::{AsyncRead, AsyncReadExt as _, AsyncWriteExt as _};
 
 const CONFIG_GROUP: &str = "kubelet.config.k8s.io";
 const PLUGIN_API_VERSIONS: [&str; 3] = [
@@ -37,6 +47,10 @@ const PLUGIN_API_VERSIONS: [&str; 3] = [
     "credentialprovider.kubelet.k8s.io/v1alpha1",
 ];
 const GLOBAL_CACHE_KEY: &str = "<global>";
+/// The most a plugin may write to stdout, and to stderr (a credential response is a few KiB).
+pub const OUTPUT_CAP: usize = 1 << 20;
+/// The most of a plugin's stderr that goes into the agent's log, in characters.
+const STDERR_EXCERPT_CHARS: usize = 300;
 
 #[derive(Debug, thiserror::Error)]
 pub enum PluginError {
@@ -66,12 +80,23 @@ pub enum PluginError {
         image: String,
         after: Duration,
     },
-    #[error("credential provider {name} for image {image}: exited with {status}: {stderr}")]
+    /// What the plugin wrote to stderr is in the agent's log, not here: this message reaches the
+    /// PullSet's outcome.
+    #[error(
+        "credential provider {name} for image {image}: exited with {status} (its stderr, if any, is in the agent's log)"
+    )]
     Exit {
         name: String,
         image: String,
         status: String,
-        stderr: String,
+    },
+    #[error(
+        "credential provider {name} for image {image}: plugin {name} wrote more than 1 MiB to {stream}; killed"
+    )]
+    TooMuchOutput {
+        name: String,
+        image: String,
+        stream: &'static str,
     },
     #[error(
         "credential provider {name} for image {image}: error decoding the response from stdout"
@@ -497,49 +522,64 @@ impl CredentialProviders {
             "apiVersion": provider.api_version,
             "image": image,
         });
-        let mut child = tokio::process::Command::new(&path)
+        let mut command = tokio::process::Command::new(&path);
+        command
             .args(&provider.args)
-            .envs(provider.env.iter().map(|(k, v)| (k, v)))
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .kill_on_drop(true)
-            .spawn()
-            .map_err(|source| PluginError::Spawn {
+            .envs(provider.env.iter().map(|(k, v)| (k, v)));
+        let output = run_plugin(command, format!("{request}\n").into_bytes(), self.timeout).await;
+        let (stderr, result) = match output {
+            Ok(output) => (output.stderr.clone(), Ok(output)),
+            Err(RunFailure { stderr, kind }) => (stderr, Err(kind)),
+        };
+        // The configured env may hold a secret the plugin echoes; its answer's passwords too.
+        let answered: Vec<String> = result
+            .as_ref()
+            .ok()
+            .and_then(|o| serde_json::from_slice::<serde_json::Value>(&o.stdout).ok())
+            .and_then(|v| v.get("auth")?.as_object().cloned())
+            .into_iter()
+            .flatten()
+            .filter_map(|(_, a)| Some(a.get("password")?.as_str()?.to_string()))
+            .collect();
+        let secrets: Vec<SecretString> = provider
+            .env
+            .iter()
+            .map(|(_, v)| v.clone())
+            .chain(answered)
+            .map(SecretString::from)
+            .collect();
+        let excerpt = stderr_excerpt(&stderr, &secrets);
+        let failed = !result.as_ref().is_ok_and(|o| o.status.success());
+        if !excerpt.is_empty() {
+            if failed {
+                tracing::warn!(provider = %provider.name, %image, stderr = %excerpt, "credential provider plugin stderr");
+            } else {
+                tracing::debug!(provider = %provider.name, %image, stderr = %excerpt, "credential provider plugin stderr");
+            }
+        }
+        let output = result.map_err(|kind| match kind {
+            RunFailureKind::Spawn(source) => PluginError::Spawn {
                 name: provider.name.clone(),
                 image: image.to_string(),
                 path: path.clone(),
                 source,
-            })?;
-        if let Some(mut stdin) = child.stdin.take() {
-            // A plugin that does not read its stdin is its own business; its answer still counts.
-            let _ = stdin.write_all(format!("{request}\n").as_bytes()).await;
-        }
-        let output = match tokio::time::timeout(self.timeout, child.wait_with_output()).await {
-            Ok(Ok(output)) => output,
-            Ok(Err(source)) => {
-                return Err(PluginError::Spawn {
-                    name: provider.name.clone(),
-                    image: image.to_string(),
-                    path,
-                    source,
-                });
-            }
-            Err(_) => {
-                return Err(PluginError::Timeout {
-                    name: provider.name.clone(),
-                    image: image.to_string(),
-                    after: self.timeout,
-                });
-            }
-        };
+            },
+            RunFailureKind::Timeout => PluginError::Timeout {
+                name: provider.name.clone(),
+                image: image.to_string(),
+                after: self.timeout,
+            },
+            RunFailureKind::TooMuchOutput(stream) => PluginError::TooMuchOutput {
+                name: provider.name.clone(),
+                image: image.to_string(),
+                stream,
+            },
+        })?;
         if !output.status.success() {
-            let stderr = String::from_utf8_lossy(&output.stderr);
             return Err(PluginError::Exit {
                 name: provider.name.clone(),
                 image: image.to_string(),
                 status: output.status.to_string(),
-                stderr: stderr.trim().chars().take(300).collect(),
             });
         }
         let value: serde_json::Value =
@@ -575,6 +615,157 @@ impl CredentialProviders {
     }
 }
 
+/// What a plugin run produced.
+struct PluginOutput {
+    status: std::process::ExitStatus,
+    stdout: Vec<u8>,
+    stderr: Vec<u8>,
+}
+
+/// A plugin run that did not finish on its own, with what the plugin wrote to stderr by then.
+struct RunFailure {
+    stderr: Vec<u8>,
+    kind: RunFailureKind,
+}
+
+enum RunFailureKind {
+    /// Could not start, feed or wait for the process.
+    Spawn(std::io::Error),
+    Timeout,
+    /// `stdout` or `stderr`: more than [`OUTPUT_CAP`] bytes.
+    TooMuchOutput(&'static str),
+}
+
+/// Runs a plugin in its own process group: writes `stdin`, reads stdout and stderr up to
+/// [`OUTPUT_CAP`] each, and waits for it to exit, all within `timeout`. When it times out or writes
+/// too much (or this future is dropped), its process group is killed while the plugin is not yet
+/// reaped, then the plugin is reaped.
+async fn run_plugin(
+    mut command: tokio::process::Command,
+    stdin: Vec<u8>,
+    timeout: Duration,
+) -> Result<PluginOutput, RunFailure> {
+    let mut child = command
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .process_group(0)
+        .kill_on_drop(true)
+        .spawn()
+        .map_err(|e| RunFailure {
+            stderr: Vec::new(),
+            kind: RunFailureKind::Spawn(e),
+        })?;
+    // Its own group's id is its pid (`process_group(0)`); `id()` is `Some` until it is reaped.
+    let mut group = GroupKill(child.id().and_then(|id| libc::pid_t::try_from(id).ok()));
+    let stdin_pipe = child.stdin.take();
+    let stdout_pipe = child.stdout.take();
+    let stderr_pipe = child.stderr.take();
+    let mut stdout = Vec::new();
+    let mut stderr = Vec::new();
+    let talk = async {
+        if let Some(mut pipe) = stdin_pipe {
+            // A plugin that does not read its stdin is its own business; its answer still counts.
+            let _ = pipe.write_all(&stdin).await;
+            // Dropped here: the plugin sees the end of its input.
+        }
+        // To the end of both pipes first: a grandchild still holding one keeps the plugin
+        // unfinished (and killable as a group) until the deadline.
+        tokio::try_join!(
+            read_capped(stdout_pipe, "stdout", &mut stdout),
+            read_capped(stderr_pipe, "stderr", &mut stderr),
+        )?;
+        child.wait().await.map_err(RunFailureKind::Spawn)
+    };
+    let outcome = match tokio::time::timeout(timeout, talk).await {
+        Ok(Ok(status)) => {
+            // Reaped: its pid, hence the group's id, may be reused now. Nothing more to kill.
+            group.0 = None;
+            Ok(status)
+        }
+        Ok(Err(kind)) => Err(kind),
+        Err(_) => Err(RunFailureKind::Timeout),
+    };
+    let status = match outcome {
+        Ok(status) => status,
+        Err(kind) => {
+            // Not reaped yet (its `wait` did not complete), so the group's id is still its own.
+            group.kill();
+            // In case the plugin left its own group.
+            let _ = child.start_kill();
+            let _ = child.wait().await;
+            group.0 = None;
+            return Err(RunFailure { stderr, kind });
+        }
+    };
+    Ok(PluginOutput {
+        status,
+        stdout,
+        stderr,
+    })
+}
+
+/// Reads `pipe` to its end into `buf`, as it comes, but never more than [`OUTPUT_CAP`] bytes.
+async fn read_capped(
+    pipe: Option<impl AsyncRead + Unpin>,
+    stream: &'static str,
+    buf: &mut Vec<u8>,
+) -> Result<(), RunFailureKind> {
+    let Some(pipe) = pipe else { return Ok(()) };
+    // One byte over the cap tells an overflow from an answer of exactly the cap.
+    pipe.take(OUTPUT_CAP as u64 + 1)
+        .read_to_end(buf)
+        .await
+        .map_err(RunFailureKind::Spawn)?;
+    if buf.len() > OUTPUT_CAP {
+        buf.truncate(OUTPUT_CAP);
+        return Err(RunFailureKind::TooMuchOutput(stream));
+    }
+    Ok(())
+}
+
+/// Kills the process group of a plugin that is not reaped yet, when asked or when dropped (the
+/// plugin's future cancelled); `None` once the plugin is reaped, as its pid may then be reused.
+struct GroupKill(Option<libc::pid_t>);
+
+impl GroupKill {
+    fn kill(&self) {
+        let Some(pgid) = self.0.filter(|p| *p > 1) else {
+            return;
+        };
+        // std and tokio can signal one process, not a group. ESRCH (no member left) is fine.
+        #[allow(unsafe_code)]
+        // SAFETY: kill(2) touches no memory; -pgid names the group of our child, which is not
+        // reaped yet (so no other group can have that id) and is never 0 or 1 (filtered above).
+        unsafe {
+            libc::kill(-pgid, libc::SIGKILL);
+        }
+    }
+}
+
+impl Drop for GroupKill {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// A short, single-line excerpt of a plugin's stderr for the agent's log: lossy UTF-8, control
+/// characters as spaces, at most [`STDERR_EXCERPT_CHARS`] characters, every `secrets` value (of 4
+/// characters or more) replaced. Empty when the plugin wrote nothing but whitespace.
+fn stderr_excerpt(stderr: &[u8], secrets: &[SecretString]) -> String {
+    // Scrubbed before it is cut, so that no secret survives in part at the cut.
+    let text: String = String::from_utf8_lossy(stderr)
+        .chars()
+        .map(|c| if c.is_control() { ' ' } else { c })
+        .collect();
+    let scrubbed = crate::decide::secret_scrub::scrub(text.trim(), secrets);
+    let mut excerpt: String = scrubbed.chars().take(STDERR_EXCERPT_CHARS).collect();
+    if excerpt.len() < scrubbed.len() {
+        excerpt.push('…');
+    }
+    excerpt
+}
+
 impl CredentialPlugins for CredentialProviders {
     fn credentials<'a>(&'a self, repository: &'a str) -> BoxFuture<'a, PluginAnswer> {
         Box::pin(async move {
@@ -608,6 +799,41 @@ mod tests {
         ] {
             assert_eq!(parse_go_duration(input), expected, "{input}");
         }
+    }
+
+    #[test]
+    fn stderr_excerpts_are_short_single_line_and_scrubbed() {
+        let secrets = [
+            SecretString::from("env-Token-1234"),
+            SecretString::from("abc"),
+        ];
+        let long = "x".repeat(1000);
+        for (input, expected) in [
+            ("", String::new()),
+            ("  \n\t ", String::new()),
+            (
+                "token env-Token-1234 refused\nretry\x1b[31m",
+                "token [REDACTED] refused retry [31m".to_string(),
+            ),
+            (
+                "abc is too short to scrub",
+                "abc is too short to scrub".into(),
+            ),
+            (long.as_str(), format!("{}…", "x".repeat(300))),
+        ] {
+            assert_eq!(
+                stderr_excerpt(input.as_bytes(), &secrets),
+                expected,
+                "{input:?}"
+            );
+        }
+        // Invalid UTF-8 and a secret at the cut: lossy, and no part of the secret survives.
+        let mut bytes = vec![0xff];
+        bytes.extend("y".repeat(295).bytes());
+        bytes.extend(b"env-Token-1234");
+        let excerpt = stderr_excerpt(&bytes, &secrets);
+        assert!(excerpt.starts_with('\u{fffd}'), "{excerpt}");
+        assert!(!excerpt.contains("env-T"), "{excerpt}");
     }
 
     fn write(dir: &Path, name: &str, text: &str) -> PathBuf {
