@@ -330,27 +330,31 @@ fn unmount_below(dir: &Path) {
     }
 }
 
-/// Version 2, for 1.6 and 1.7: one CRI plugin holding images, runtime and registry.
-fn config_v2(root: &Path, options: &Options) -> String {
+/// What every release line's configuration starts with: root, state and sockets under `root`,
+/// every snapshotter but `native` disabled (with `more_disabled`, plugins only newer lines
+/// have), no tracing, no debug or metrics listener.
+fn common_config(root: &Path, more_disabled: &[&str]) -> String {
     let r = root.display();
-    let sandbox = options
-        .sandbox_image
-        .as_ref()
-        .map(|image| format!("  sandbox_image = \"{image}\"\n"))
-        .unwrap_or_default();
+    let disabled: String = [
+        "io.containerd.snapshotter.v1.aufs",
+        "io.containerd.snapshotter.v1.btrfs",
+        "io.containerd.snapshotter.v1.devmapper",
+        "io.containerd.snapshotter.v1.zfs",
+        "io.containerd.snapshotter.v1.overlayfs",
+    ]
+    .iter()
+    .chain(more_disabled)
+    .chain(&[
+        "io.containerd.internal.v1.tracing",
+        "io.containerd.tracing.processor.v1.otlp",
+    ])
+    .map(|plugin| format!("  \"{plugin}\",\n"))
+    .collect();
     format!(
-        r#"version = 2
-root = "{r}/root"
+        r#"root = "{r}/root"
 state = "{r}/state"
 disabled_plugins = [
-  "io.containerd.snapshotter.v1.aufs",
-  "io.containerd.snapshotter.v1.btrfs",
-  "io.containerd.snapshotter.v1.devmapper",
-  "io.containerd.snapshotter.v1.zfs",
-  "io.containerd.snapshotter.v1.overlayfs",
-  "io.containerd.internal.v1.tracing",
-  "io.containerd.tracing.processor.v1.otlp",
-]
+{disabled}]
 
 [grpc]
   address = "{r}/containerd.sock"
@@ -367,7 +371,22 @@ disabled_plugins = [
 
 [plugins."io.containerd.internal.v1.opt"]
   path = "{r}/opt"
+"#
+    )
+}
 
+/// Version 2, for 1.6 and 1.7: one CRI plugin holding images, runtime and registry.
+fn config_v2(root: &Path, options: &Options) -> String {
+    let r = root.display();
+    let common = common_config(root, &[]);
+    let sandbox = options
+        .sandbox_image
+        .as_ref()
+        .map(|image| format!("  sandbox_image = \"{image}\"\n"))
+        .unwrap_or_default();
+    format!(
+        r#"version = 2
+{common}
 [plugins."io.containerd.grpc.v1.cri"]
   stream_server_address = "127.0.0.1"
   stream_server_port = "0"
@@ -389,6 +408,7 @@ disabled_plugins = [
 /// pull fails with `unable to initialize unpacker: no unpack platforms defined`.
 fn config_v3(root: &Path, options: &Options) -> String {
     let r = root.display();
+    let common = common_config(root, &["io.containerd.snapshotter.v1.erofs"]);
     let sandbox = options
         .sandbox_image
         .as_ref()
@@ -405,35 +425,7 @@ fn config_v3(root: &Path, options: &Options) -> String {
     };
     format!(
         r#"version = 3
-root = "{r}/root"
-state = "{r}/state"
-disabled_plugins = [
-  "io.containerd.snapshotter.v1.aufs",
-  "io.containerd.snapshotter.v1.btrfs",
-  "io.containerd.snapshotter.v1.devmapper",
-  "io.containerd.snapshotter.v1.zfs",
-  "io.containerd.snapshotter.v1.overlayfs",
-  "io.containerd.snapshotter.v1.erofs",
-  "io.containerd.internal.v1.tracing",
-  "io.containerd.tracing.processor.v1.otlp",
-]
-
-[grpc]
-  address = "{r}/containerd.sock"
-
-[ttrpc]
-  address = "{r}/containerd.sock.ttrpc"
-
-[debug]
-  address = ""
-  level = "info"
-
-[metrics]
-  address = ""
-
-[plugins."io.containerd.internal.v1.opt"]
-  path = "{r}/opt"
-
+{common}
 [plugins."io.containerd.cri.v1.images"]
   snapshotter = "native"
   [plugins."io.containerd.cri.v1.images".registry]

@@ -4,6 +4,7 @@
 //! untouched), unpacked with `dpkg-deb -x` into [`CACHE`], never installed over the system's.
 //! Keep in step with `tests/src/containerd.rs`, which looks for them there.
 
+use crate::run;
 use anyhow::{Context as _, Result, bail};
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -193,14 +194,4 @@ fn find_deb(dir: &Path, package_version: &str) -> Result<PathBuf> {
         "apt-get download left no containerd_{package_version}*.deb in {}",
         dir.display()
     )
-}
-
-fn run(command: &mut Command) -> Result<()> {
-    let status = command
-        .status()
-        .with_context(|| format!("cannot run {command:?}"))?;
-    if !status.success() {
-        bail!("{command:?} exited with {status}");
-    }
-    Ok(())
 }
