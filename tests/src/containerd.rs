@@ -282,7 +282,7 @@ impl Containerd {
         wait_until("containerd socket", Duration::from_secs(30), || {
             socket.exists()
         })
-        .with_context(|| format!("containerd {} log:\n{}", self.version, self.log()))?;
+        .map_err(|e| self.not_ready(e))?;
         // The CRI plugin serves a little after the socket appears. Checked from a thread of its own
         // so that this works from inside or outside an async runtime.
         let ready = std::thread::scope(|scope| {
@@ -301,7 +301,21 @@ impl Containerd {
                 .join()
                 .unwrap_or_else(|_| Err(anyhow::anyhow!("CRI readiness check panicked")))
         });
-        ready.with_context(|| format!("containerd {} log:\n{}", self.version, self.log()))
+        ready.map_err(|e| self.not_ready(e))
+    }
+
+    /// Why containerd did not come up, first, then the end of its log (the cause sits there, and
+    /// a whole log would push the reason out of a truncated CI report).
+    fn not_ready(&self, e: anyhow::Error) -> anyhow::Error {
+        let log = self.log();
+        let lines: Vec<&str> = log.lines().collect();
+        let tail = lines[lines.len().saturating_sub(40)..].join("\n");
+        anyhow::anyhow!(
+            "containerd {} did not become ready: {e:#}\nthe last {} lines of its log ({}):\n{tail}",
+            self.version,
+            lines.len().min(40),
+            self.dir.path().join("containerd.log").display()
+        )
     }
 }
 
@@ -347,6 +361,9 @@ fn common_config(root: &Path, more_disabled: &[&str]) -> String {
     .chain(&[
         "io.containerd.internal.v1.tracing",
         "io.containerd.tracing.processor.v1.otlp",
+        // NRI listens on the machine-wide /var/run/nri/nri.sock (enabled by default from 2.0):
+        // instances started side by side by parallel tests would race for it.
+        "io.containerd.nri.v1.nri",
     ])
     .map(|plugin| format!("  \"{plugin}\",\n"))
     .collect();
