@@ -356,7 +356,7 @@ impl CanarySink for ReportingCanarySink {
             .map(|((k, image), _)| format!("{k} {image}"))
             .collect();
         let mut state = self.lock();
-        state.1.retain(|k| verdicts.keys().any(|(key, _)| key == k));
+        state.1.retain(|slot| verdicts.contains_key(slot));
         let changed = state.0.observe(&all, &failing);
         drop(state);
         if let Some(condition) = changed {
