@@ -278,6 +278,7 @@ impl Containerd {
             command,
             &root.join("containerd.log"),
         )?);
+        let started = std::time::Instant::now();
         let socket = self.socket();
         wait_until("containerd socket", Duration::from_secs(30), || {
             socket.exists()
@@ -301,20 +302,33 @@ impl Containerd {
                 .join()
                 .unwrap_or_else(|_| Err(anyhow::anyhow!("CRI readiness check panicked")))
         });
-        ready.map_err(|e| self.not_ready(e))
+        ready.map_err(|e| self.not_ready(e))?;
+        // A slow start is a clue when a later step times out: say so, with the log's end.
+        let took = started.elapsed();
+        if took > Duration::from_secs(10) {
+            eprintln!(
+                "testenv: containerd {} took {took:?} to serve CRI; its log ends:\n{}",
+                self.version,
+                self.log_tail(40)
+            );
+        }
+        Ok(())
+    }
+
+    /// The last `n` lines of containerd's log.
+    fn log_tail(&self, n: usize) -> String {
+        let log = self.log();
+        let lines: Vec<&str> = log.lines().collect();
+        lines[lines.len().saturating_sub(n)..].join("\n")
     }
 
     /// Why containerd did not come up, first, then the end of its log (the cause sits there, and
     /// a whole log would push the reason out of a truncated CI report).
     fn not_ready(&self, e: anyhow::Error) -> anyhow::Error {
-        let log = self.log();
-        let lines: Vec<&str> = log.lines().collect();
-        let tail = lines[lines.len().saturating_sub(40)..].join("\n");
         anyhow::anyhow!(
-            "containerd {} did not become ready: {e:#}\nthe last {} lines of its log ({}):\n{tail}",
+            "containerd {} did not become ready: {e:#}\nits log ends:\n{}",
             self.version,
-            lines.len().min(40),
-            self.dir.path().join("containerd.log").display()
+            self.log_tail(40)
         )
     }
 }

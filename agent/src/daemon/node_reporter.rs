@@ -86,6 +86,13 @@ impl Reports {
         self.out.board.canary(outcome);
     }
 
+    /// Forgets what belongs to PullSet images not in `live` (gone, or no longer selected here):
+    /// the board's outcomes and the metric series.
+    pub fn retain(&self, live: &std::collections::BTreeSet<(ObjectKey, String)>) {
+        self.out.board.retain(live);
+        self.out.metrics.retain(live);
+    }
+
     pub fn condition(&self, condition: Condition) {
         self.out.json.emit(&condition);
         self.out.metrics.condition(&condition);

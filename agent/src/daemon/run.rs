@@ -356,7 +356,7 @@ impl CanarySink for ReportingCanarySink {
             .map(|((k, image), _)| format!("{k} {image}"))
             .collect();
         let mut state = self.lock();
-        state.1.retain(|k| verdicts.keys().any(|(key, _)| key == k));
+        state.1.retain(|slot| verdicts.contains_key(slot));
         let changed = state.0.observe(&all, &failing);
         drop(state);
         if let Some(condition) = changed {
@@ -375,6 +375,9 @@ async fn pass<R: crate::decide::runtime::ImageRuntime>(
     images_ready: &mut Tracker,
     reports: &Reports,
 ) -> PassSummary {
+    // Every pass (on each change of the sources and every recheck): what is gone is forgotten,
+    // including a canary outcome that landed after its PullSet was deleted.
+    reports.retain(&loaded.selected_images(node));
     let node = &loaded.node(node);
     let desired = prepull_images(&loaded.inventory, node, resolver).await;
     tracing::debug!(images = desired.len(), "pre-pull pass");

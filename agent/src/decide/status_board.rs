@@ -9,7 +9,7 @@ use crate::model::node::NodeInfo;
 use crate::model::outcome::{Action, Outcome};
 use crate::model::snapshot::Snapshot;
 use crate::model::verdict::Verdict;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Mutex;
 use std::time::SystemTime;
 
@@ -97,6 +97,15 @@ impl StatusBoard {
         self.lock().canary.insert(key, o.clone());
     }
 
+    /// Forgets every outcome whose PullSet image is not in `live` (deleted, no longer selected
+    /// here, or removed from its PullSet): a PullSet created again under the same name starts
+    /// clean, and the board holds no more than the sources name.
+    pub fn retain(&self, live: &BTreeSet<(ObjectKey, String)>) {
+        let mut board = self.lock();
+        board.prepull.retain(|slot, _| live.contains(slot));
+        board.canary.retain(|slot, _| live.contains(slot));
+    }
+
     pub fn condition(&self, c: &Condition) {
         self.lock().conditions.insert(c.type_, c.clone());
     }
@@ -161,5 +170,53 @@ impl StatusBoard {
             pullsets,
             problems: loaded.problems.iter().map(ToString::to_string).collect(),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::outcome::OutcomeKind;
+
+    fn prepull(pullset: &str, image: &str) -> Outcome {
+        Outcome {
+            kind: OutcomeKind::Prepull,
+            time: String::new(),
+            node: "n".into(),
+            namespace: "team".into(),
+            pullset: pullset.into(),
+            image: image.into(),
+            verdict: Verdict::Unauthorized,
+            message: String::new(),
+            hint: None,
+            duration_ms: 0,
+            action: Action::Failed,
+            attempts: 1,
+            credential: None,
+            image_ref: None,
+            repo_digest: None,
+            size_bytes: None,
+            warnings: vec![],
+        }
+    }
+
+    #[test]
+    fn what_is_gone_is_forgotten() {
+        let board = StatusBoard::default();
+        for (set, image) in [("s", "r.io/a:1"), ("s", "r.io/b:1"), ("t", "r.io/a:1")] {
+            board.prepull(&prepull(set, image));
+            let mut c = crate::decide::canary::runner::tests::outcome(image, Verdict::Ok, vec![]);
+            c.namespace = "team".into();
+            c.pullset = set.into();
+            board.canary(&c);
+        }
+        // PullSet t deleted, image b removed from s.
+        let live: BTreeSet<(ObjectKey, String)> =
+            [(ObjectKey::new("team", "s"), "r.io/a:1".to_string())].into();
+        board.retain(&live);
+        let b = board.lock();
+        let keys = |m: Vec<&(ObjectKey, String)>| m.into_iter().cloned().collect::<BTreeSet<_>>();
+        assert_eq!(keys(b.prepull.keys().collect()), live);
+        assert_eq!(keys(b.canary.keys().collect()), live);
     }
 }

@@ -3,8 +3,8 @@
 //! source knows them, and whether everything referenced has been read. Sources publish it; the
 //! pre-pull loop, the canary scheduler, the node reporter and the local API read it.
 
-use crate::model::inventory::Inventory;
-use std::collections::BTreeMap;
+use crate::model::inventory::{Inventory, ObjectKey};
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
 
 /// Something wrong in what a source read: a file, document or object of a manifest directory, or
@@ -67,5 +67,21 @@ impl Snapshot {
             },
             None => base.clone(),
         }
+    }
+
+    /// Every image of every PullSet selected for `base` now, as `(PullSet, image)` slots: what
+    /// a per-image record (the status board, metric series, canary verdicts) may keep. Anything
+    /// else belongs to a PullSet or image that is gone, and is forgotten.
+    pub fn selected_images(
+        &self,
+        base: &crate::model::node::NodeInfo,
+    ) -> BTreeSet<(ObjectKey, String)> {
+        let node = self.node(base);
+        self.inventory
+            .pullsets
+            .values()
+            .filter(|s| node.matches(&s.spec.node_selector))
+            .flat_map(|s| s.images.iter().map(|i| (s.key.clone(), i.to_string())))
+            .collect()
     }
 }

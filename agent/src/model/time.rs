@@ -38,6 +38,21 @@ fn written(t: SystemTime, format: fn(SystemTime) -> humantime::Rfc3339Timestamp)
     }
 }
 
+/// Seconds since the epoch of a time as [`rfc3339_seconds`] or [`rfc3339_millis`] wrote it, for a
+/// gauge: [`AFTER_9999`] reads as the first second after 9999 (a lower bound: "not before"),
+/// [`BEFORE_1970`] as 0. `None` for any other text.
+pub fn unix_seconds_of(written: &str) -> Option<f64> {
+    match written {
+        AFTER_9999 => Some(YEAR_10000 as f64),
+        BEFORE_1970 => Some(0.0),
+        text => humantime::parse_rfc3339(text)
+            .ok()?
+            .duration_since(UNIX_EPOCH)
+            .ok()
+            .map(|d| d.as_secs_f64()),
+    }
+}
+
 /// Whole seconds since the epoch (negative: before it), clamped to ±[`CLAMP_SECONDS`]. `None` only
 /// where the platform's `SystemTime` cannot hold the clamped time (never on Linux).
 pub fn from_unix_seconds(secs: i128) -> Option<SystemTime> {
@@ -111,6 +126,20 @@ mod tests {
             assert_eq!(rfc3339_seconds(t), seconds, "{t:?}");
             assert_eq!(rfc3339_millis(t), millis, "{t:?}");
         }
+    }
+
+    #[test]
+    fn written_times_read_back_for_gauges() {
+        for (t, expected) in [
+            (at(1_700_000_000), Some(1_700_000_000.0)),
+            (at(YEAR_10000 - 1), Some((YEAR_10000 - 1) as f64)),
+            (at(CLAMP_SECONDS), Some(YEAR_10000 as f64)),
+            (UNIX_EPOCH - Duration::from_secs(5), Some(0.0)),
+        ] {
+            assert_eq!(unix_seconds_of(&rfc3339_seconds(t)), expected, "{t:?}");
+        }
+        assert_eq!(unix_seconds_of("soon"), None);
+        assert_eq!(unix_seconds_of(""), None);
     }
 
     #[test]

@@ -6,6 +6,7 @@
 use crate::decide::canary::runner::CanaryOutcome;
 use crate::decide::conditions::{Condition, Status};
 use crate::decide::retry::ApiErrorKind;
+use crate::model::inventory::ObjectKey;
 use crate::model::outcome::{Action, Outcome};
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -13,6 +14,8 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::{Metric, Registry};
+use std::collections::{BTreeSet, HashMap, HashSet};
+use std::sync::Mutex;
 use std::sync::atomic::AtomicU64;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -85,6 +88,18 @@ pub struct Metrics {
     apiserver_errors: Family<ApiErrorLabels, Counter>,
     events: Family<ReasonLabels, Counter>,
     events_dropped: Counter,
+    /// The label sets created per namespace and per PullSet image, so that the series of what is
+    /// gone can be removed ([`Metrics::retain`]).
+    series: Mutex<Series>,
+}
+
+/// What the families hold that belongs to a namespace or a PullSet image.
+#[derive(Default)]
+struct Series {
+    outcomes: HashSet<OutcomeLabels>,
+    canaries: HashSet<CanaryLabels>,
+    /// The expiry series each PullSet image last set.
+    expiry: HashMap<(ObjectKey, String), ExpiryLabels>,
 }
 
 impl Default for Metrics {
@@ -177,6 +192,55 @@ impl Metrics {
                 Counter::default(),
             ),
             registry,
+            series: Mutex::default(),
+        }
+    }
+
+    fn series(&self) -> std::sync::MutexGuard<'_, Series> {
+        self.series
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Removes every series of what is gone: the expiry gauge of each PullSet image not in
+    /// `live`, and the outcome counters and histograms of namespaces with no PullSet image in
+    /// `live`. Nothing stale stays exported (a gauge of a deleted PullSet would be believed).
+    pub fn retain(&self, live: &BTreeSet<(ObjectKey, String)>) {
+        let namespaces: HashSet<&str> = live.iter().map(|(k, _)| k.namespace.as_str()).collect();
+        let mut series = self.series();
+        series.outcomes.retain(|labels| {
+            let keep = namespaces.contains(labels.namespace.as_str());
+            if !keep {
+                self.prepull_outcomes.remove(labels);
+                self.prepull_duration.remove(labels);
+            }
+            keep
+        });
+        series.canaries.retain(|labels| {
+            let keep = namespaces.contains(labels.namespace.as_str());
+            if !keep {
+                self.canary_outcomes.remove(labels);
+                self.canary_duration.remove(labels);
+            }
+            keep
+        });
+        let gone: Vec<(ObjectKey, String)> = series
+            .expiry
+            .keys()
+            .filter(|slot| !live.contains(*slot))
+            .cloned()
+            .collect();
+        for slot in gone {
+            self.forget_expiry(&mut series, &slot);
+        }
+    }
+
+    /// Drops `slot`'s expiry series unless another PullSet image sets the same one.
+    fn forget_expiry(&self, series: &mut Series, slot: &(ObjectKey, String)) {
+        if let Some(labels) = series.expiry.remove(slot)
+            && !series.expiry.values().any(|l| *l == labels)
+        {
+            self.credential_expiry.remove(&labels);
         }
     }
 
@@ -190,6 +254,7 @@ impl Metrics {
             .get_or_create(&labels)
             .observe(o.duration_ms as f64 / 1000.0);
         self.prepull_outcomes.get_or_create(&labels).inc();
+        self.series().outcomes.insert(labels.clone());
         if o.action == Action::Pulled {
             let registry = RegistryLabels {
                 registry: labels.registry,
@@ -217,23 +282,36 @@ impl Metrics {
             .get_or_create(&labels)
             .observe(o.duration_ms as f64 / 1000.0);
         self.canary_outcomes.get_or_create(&labels).inc();
+        self.series().canaries.insert(labels.clone());
         self.canary_bytes
             .get_or_create(&RegistryLabels {
                 registry: registry.clone(),
             })
             .inc_by(o.bytes);
-        if let (Some(expires), Some(credential)) = (&o.expires_at, &o.credential)
-            && let Ok(t) = humantime::parse_rfc3339(expires)
-            && let Ok(since_epoch) = t.duration_since(std::time::UNIX_EPOCH)
-        {
-            self.credential_expiry
-                .get_or_create(&ExpiryLabels {
+        // One expiry series per PullSet image: the one its latest canary saw. A rotated
+        // credential (a new label) or an outcome without an expiry removes the old series.
+        let slot = (ObjectKey::new(&o.namespace, &o.pullset), o.image.clone());
+        let mut series = self.series();
+        match (
+            o.expires_at
+                .as_deref()
+                .and_then(crate::model::time::unix_seconds_of),
+            &o.credential,
+        ) {
+            (Some(seconds), Some(credential)) => {
+                let labels = ExpiryLabels {
                     namespace: o.namespace.clone(),
                     pullset: o.pullset.clone(),
                     registry,
                     credential: credential.clone(),
-                })
-                .set(since_epoch.as_secs_f64());
+                };
+                if series.expiry.get(&slot) != Some(&labels) {
+                    self.forget_expiry(&mut series, &slot);
+                    series.expiry.insert(slot, labels.clone());
+                }
+                self.credential_expiry.get_or_create(&labels).set(seconds);
+            }
+            _ => self.forget_expiry(&mut series, &slot),
         }
     }
 
@@ -390,6 +468,105 @@ mod tests {
         ] {
             assert!(text.contains(line), "{line} not in\n{text}");
         }
+    }
+
+    fn canary(
+        pullset: &str,
+        image: &str,
+        credential: &str,
+        expires: Option<&str>,
+    ) -> CanaryOutcome {
+        let mut o = crate::decide::canary::runner::tests::outcome(image, Verdict::Ok, vec![]);
+        o.namespace = "team".into();
+        o.pullset = pullset.into();
+        o.credential = Some(credential.into());
+        o.expires_at = expires.map(Into::into);
+        o
+    }
+
+    fn live(slots: &[(&str, &str, &str)]) -> BTreeSet<(ObjectKey, String)> {
+        slots
+            .iter()
+            .map(|(ns, name, image)| (ObjectKey::new(*ns, *name), image.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn series_of_what_is_gone_are_removed() {
+        let m = Metrics::new();
+        let a = "r.example.com/a:1";
+        let b = "r.example.com/b:1";
+        m.canary(&canary(
+            "s",
+            a,
+            "secret team/x key r",
+            Some("2030-01-01T00:00:00Z"),
+        ));
+        m.canary(&canary(
+            "t",
+            b,
+            "secret team/y key r",
+            Some("2031-01-01T00:00:00Z"),
+        ));
+        let text = m.encode();
+        assert!(
+            text.contains(r#"pullset="s""#) && text.contains(r#"pullset="t""#),
+            "{text}"
+        );
+
+        // PullSet t is deleted: its gauge goes, s's stays, the namespace's counters stay.
+        m.retain(&live(&[("team", "s", a)]));
+        let text = m.encode();
+        assert!(!text.contains(r#"pullset="t""#), "{text}");
+        assert!(
+            text.contains(r#"credential="secret team/x key r"} 1893456000"#),
+            "{text}"
+        );
+        assert!(
+            text.contains(
+                r#"pullgate_canary_outcomes_total{registry="r.example.com",namespace="team""#
+            ),
+            "{text}"
+        );
+
+        // A rotated credential replaces the series; an outcome without an expiry removes it.
+        m.canary(&canary(
+            "s",
+            a,
+            "secret team/z key r",
+            Some("2032-01-01T00:00:00Z"),
+        ));
+        let text = m.encode();
+        assert!(!text.contains("secret team/x key r"), "{text}");
+        assert!(text.contains("secret team/z key r"), "{text}");
+        m.canary(&canary("s", a, "secret team/z key r", None));
+        assert!(
+            !m.encode()
+                .contains("pullgate_credential_expiry_timestamp_seconds{"),
+            "{}",
+            m.encode()
+        );
+
+        // The last PullSet of the namespace is gone: its counters and histograms go too.
+        m.retain(&live(&[("other", "o", a)]));
+        let text = m.encode();
+        assert!(!text.contains(r#"namespace="team""#), "{text}");
+    }
+
+    #[test]
+    fn an_expiry_after_9999_is_exported_as_a_lower_bound() {
+        let m = Metrics::new();
+        m.canary(&canary(
+            "s",
+            "r.example.com/a:1",
+            "secret team/x key r",
+            Some(crate::model::time::AFTER_9999),
+        ));
+        let text = m.encode();
+        assert!(
+            text.contains(r#"credential="secret team/x key r"} 253402300800"#),
+            "{text}"
+        );
     }
 
     #[test]

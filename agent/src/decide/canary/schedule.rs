@@ -23,7 +23,7 @@ use crate::model::inventory::{Inventory, ObjectKey};
 use crate::model::node::NodeInfo;
 use crate::model::pullset::{MAX_CANARY_JITTER, ValidPullSet, cron_schedule};
 use crate::model::verdict::Verdict;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, SystemTime};
 use tokio::time::Instant;
 
@@ -330,8 +330,16 @@ impl CanarySchedule {
         self.fingerprints = new;
         let canaried = &self.canaried;
         self.retries.retain(|k, _| canaried.contains_key(k));
+        // Only the images the canaried PullSets name now: a verdict of an image removed from its
+        // PullSet would hold `PullCredentialsValid` (and the gate) at its last value forever.
+        let live: BTreeSet<(ObjectKey, String)> = inventory
+            .pullsets
+            .values()
+            .filter(|s| canaried.contains_key(&s.key))
+            .flat_map(|s| s.images.iter().map(|i| (s.key.clone(), i.to_string())))
+            .collect();
         let before = self.verdicts.len();
-        self.verdicts.retain(|(k, _), _| canaried.contains_key(k));
+        self.verdicts.retain(|slot, _| live.contains(slot));
         if self.verdicts.len() != before || self.canaried.is_empty() {
             actions.push(Action::Verdicts(self.verdicts.clone()));
         }

@@ -58,9 +58,9 @@ impl Transitions {
         }
     }
 
-    /// Forgets PullSets that are gone (a new one with the same name starts clean).
-    pub fn retain(&mut self, keep: impl Fn(&ObjectKey) -> bool) {
-        self.last.retain(|(k, _), _| keep(k));
+    /// Forgets PullSet images that are gone (a PullSet or image added again starts clean).
+    pub fn retain(&mut self, keep: impl Fn(&(ObjectKey, String)) -> bool) {
+        self.last.retain(|slot, _| keep(slot));
     }
 }
 

@@ -456,3 +456,26 @@ async fn a_cron_tick_beyond_max_delay_is_looked_at_again_and_runs_on_time() {
     }
     assert_eq!(looks, 3, "once a year until the tick is within one");
 }
+
+#[tokio::test(start_paused = true)]
+async fn an_image_removed_from_its_pullset_takes_its_verdict_with_it() {
+    let clock = Clock::new();
+    let mut s = CanarySchedule::new(config(Duration::ZERO));
+    let two = "imagePullSecrets: [{name: regcred}]\nimages: [{image: r.io/a:1}, {image: r.io/b:1}]\ncanary: {}";
+    load(&mut s, &inventory(&[("a", two)], "v1"), &clock);
+    to_deadline(&mut s, &clock).await;
+    s.handle(
+        Input::Finished {
+            key: &key("a"),
+            verdicts: &[
+                ("r.io/a:1".into(), Verdict::Ok),
+                ("r.io/b:1".into(), Verdict::Unauthorized),
+            ],
+        },
+        clock.now(),
+    );
+    // The failing image leaves the PullSet: its Unauthorized must not stay among the verdicts.
+    let actions = load(&mut s, &inventory(&[("a", CANARY)], "v1"), &clock);
+    let expected = BTreeMap::from([((key("a"), "r.io/a:1".to_string()), Verdict::Ok)]);
+    assert!(actions.contains(&Action::Verdicts(expected)), "{actions:?}");
+}
