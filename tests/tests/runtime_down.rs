@@ -58,6 +58,7 @@ fn a_stopped_containerd_costs_each_pass_one_reconnect_budget() {
         .unwrap();
 
     env.containerd.stop();
+    let stopped = std::time::Instant::now();
     let before = agent.lines().len();
     // Every image reported RuntimeError by a pass that ended within the bound (before the fix,
     // 15 of the 30 were reported within it).
@@ -81,6 +82,10 @@ fn a_stopped_containerd_costs_each_pass_one_reconnect_budget() {
             agent.stdout()
         )
     });
+    eprintln!(
+        "every image reported {:?} after the stop",
+        stopped.elapsed()
+    );
     // ...each with the note that its pass stopped early (the next pass, at the latest).
     wait_until(
         "every image reported as stopped early",
