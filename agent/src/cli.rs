@@ -328,6 +328,13 @@ pub struct RunArgs {
     pub metrics_addr: ListenAddr,
     #[command(flatten)]
     pub api: ApiSocketArg,
+    /// `GET /healthz` fails (503, naming the task) when the pre-pull loop, the canary scheduler or
+    /// the node reporter has ended or gone longer than its own bound without progress. Each bound
+    /// derives from that loop's flags (pre-pull: --pull-timeout + --cri-reconnect-budget +
+    /// --retry-max-delay; canary: the longer of --registry-timeout and --pull-timeout, +
+    /// --cri-reconnect-budget; node reporter: --condition-heartbeat); this grace is added to each.
+    #[arg(long, env = "PULLGATE_WATCHDOG_GRACE", default_value = "5m")]
+    pub watchdog_grace: humantime::Duration,
 }
 
 /// The agent's local API socket.

@@ -17,6 +17,8 @@
 //! - errors as `Status` objects: `404 NotFound`, `403 Forbidden` for the Secrets and
 //!   ServiceAccounts of namespaces the test leaves without pullgate's RoleBinding, `500` injected
 //!   for the next N requests;
+//! - writes that hang: with [`ApiServer::hang_writes`], every write (anything but `GET`) is
+//!   accepted and never answered, as an API server stuck behind a dead etcd;
 //! - going away and coming back on the same port with the same objects (`stop`, `restart`);
 //! - the one field validation pullgate's writes can trip: an `events.k8s.io/v1` Event whose `note`
 //!   is over 1,024 bytes gets `422 Invalid`, on create and patch (`validate`, ported from the real
@@ -63,6 +65,7 @@ struct Store {
     history: Vec<Event>,
     forbidden: BTreeSet<String>,
     fail_next: u32,
+    hang_writes: bool,
     requests: Vec<String>,
 }
 
@@ -211,6 +214,11 @@ impl ApiServer {
     /// The next `n` requests get `500`.
     pub fn fail_next(&self, n: u32) {
         self.state.lock().fail_next = n;
+    }
+
+    /// From now on (`true`), every write is accepted and never answered; reads still are.
+    pub fn hang_writes(&self, on: bool) {
+        self.state.lock().hang_writes = on;
     }
 
     /// How many of the injected `500`s are still to be answered.
@@ -422,6 +430,18 @@ async fn handle(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
+    let hang = {
+        let store = state.lock();
+        store.hang_writes && method != Method::GET
+    };
+    if hang {
+        state
+            .lock()
+            .requests
+            .push(format!("{method} {uri} (never answered)"));
+        // Held until the server stops (its runtime is dropped with the connection).
+        std::future::pending::<()>().await;
+    }
     {
         let mut store = state.lock();
         store.requests.push(format!("{method} {uri}"));

@@ -2,8 +2,10 @@
 //! decides which PullSet to check, when, and why. This module only does the I/O: it feeds the
 //! schedule the sources' changes, the local API's manual requests and the passing of time, runs
 //! the canaries it hands out (one at a time) with the runner, and passes outcomes to the sink and
-//! to manual callers, and the next canary times to [`CanaryControl`].
+//! to manual callers, and the next canary times to [`CanaryControl`]. It beats the watchdog at
+//! each iteration, after each canary run and while it waits (however far the next cron time).
 
+use crate::daemon::watchdog::Beat;
 use crate::decide::canary::runner::{CanaryOutcome, CanaryRunner, RegistryProbe};
 use crate::decide::canary::schedule::{Action, CanarySchedule, Input, Now, ScheduleConfig};
 use crate::decide::credentials::CredentialResolver;
@@ -106,12 +108,38 @@ pub trait CanarySink: Send + Sync {
 pub async fn run<P: RegistryProbe + 'static>(
     runner: Arc<CanaryRunner<P>>,
     resolver: Arc<dyn CredentialResolver>,
-    mut sources: watch::Receiver<Arc<Snapshot>>,
+    sources: watch::Receiver<Arc<Snapshot>>,
     sink: Arc<dyn CanarySink>,
     config: ServiceConfig,
     control: ControlEnd,
     cancel: CancellationToken,
 ) {
+    run_watched(
+        runner,
+        resolver,
+        sources,
+        sink,
+        config,
+        control,
+        cancel,
+        Beat::none(),
+    )
+    .await;
+}
+
+/// [`run`], beating through `beat`.
+#[allow(clippy::too_many_arguments)]
+pub async fn run_watched<P: RegistryProbe + 'static>(
+    runner: Arc<CanaryRunner<P>>,
+    resolver: Arc<dyn CredentialResolver>,
+    mut sources: watch::Receiver<Arc<Snapshot>>,
+    sink: Arc<dyn CanarySink>,
+    config: ServiceConfig,
+    control: ControlEnd,
+    cancel: CancellationToken,
+    beat: Beat,
+) {
+    let mut ticker = beat.ticker();
     let ControlEnd {
         manual: mut manual_rx,
         next,
@@ -130,10 +158,12 @@ pub async fn run<P: RegistryProbe + 'static>(
         node: config.node,
         loaded: sources.borrow_and_update().clone(),
         replies: HashMap::new(),
+        beat: beat.clone(),
     };
     let start = driver.inventory_changed(&mut schedule);
     driver.act(&mut schedule, start).await;
     loop {
+        beat.beat();
         let due = schedule.handle(Input::Tick, Now::current());
         if driver.act(&mut schedule, due).await {
             // A run took time: look again before waiting.
@@ -142,6 +172,8 @@ pub async fn run<P: RegistryProbe + 'static>(
         let deadline = schedule.deadline();
         let actions = tokio::select! {
             () = cancel.cancelled() => break,
+            // A wait, however long, is cut into beats.
+            _ = ticker.tick() => Vec::new(),
             changed = sources.changed() => {
                 if changed.is_err() {
                     break;
@@ -181,6 +213,7 @@ struct Driver<P> {
     loaded: Arc<Snapshot>,
     /// Manual callers waiting for a PullSet's next run.
     replies: HashMap<ObjectKey, Vec<mpsc::UnboundedSender<CanaryOutcome>>>,
+    beat: Beat,
 }
 
 impl<P: RegistryProbe + 'static> Driver<P> {
@@ -224,6 +257,7 @@ impl<P: RegistryProbe + 'static> Driver<P> {
                             trigger,
                         )
                         .await;
+                    self.beat.beat();
                     for o in &outcomes {
                         self.sink.outcome(o);
                         for reply in &waiting {

@@ -5,3 +5,4 @@ pub mod canary_scheduler;
 pub mod node_reporter;
 pub mod run;
 pub mod telemetry;
+pub mod watchdog;

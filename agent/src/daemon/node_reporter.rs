@@ -8,7 +8,8 @@
 //! state; Events through the per-node budget, queued while the API server is away; the gate and
 //! its taint removal); the driver feeds it the reports, the sources' view of the Node and the
 //! passing of time, does the writes (`node_status`, `node_taint`, `event_recorder`), counts each
-//! failure by kind, and answers it with the result.
+//! failure by kind, and answers it with the result. It beats the watchdog at each iteration, after
+//! each answered write and while it waits, so a write that never returns shows on `/healthz`.
 
 use crate::adapters::kube::NodeWriters;
 use crate::adapters::kube::api_errors::ApiErrors;
@@ -17,6 +18,7 @@ use crate::adapters::kube::node_status::NodeStatus;
 use crate::adapters::kube::node_taint::{NodeTaints, Removal};
 use crate::adapters::serve::json_lines::JsonLines;
 use crate::adapters::serve::metrics::Metrics;
+use crate::daemon::watchdog::{Beat, EndGuard};
 use crate::decide::canary::runner::CanaryOutcome;
 use crate::decide::conditions::Condition;
 use crate::decide::event_policy::{EventIntent, Regarding};
@@ -125,7 +127,7 @@ impl Reports {
 }
 
 /// Starts the cluster task for `node` (`config.node` is its name); it ends (after a last flush)
-/// when every [`Reports`] clone is dropped.
+/// when every [`Reports`] clone is dropped. It beats through `beat`.
 pub fn run_cluster(
     out: Outputs,
     api_errors: Arc<ApiErrors>,
@@ -133,6 +135,7 @@ pub fn run_cluster(
     node: NodeInfo,
     config: NodeReportConfig,
     sources: watch::Receiver<Arc<Snapshot>>,
+    beat: Beat,
 ) -> (Reports, tokio::task::JoinHandle<()>) {
     let (tx, rx) = mpsc::unbounded_channel();
     let task = tokio::spawn(
@@ -146,6 +149,7 @@ pub fn run_cluster(
             json: out.json.clone(),
             metrics: out.metrics.clone(),
             api_errors,
+            beat,
         }
         .run(rx, sources),
     );
@@ -168,6 +172,7 @@ struct ClusterTask {
     json: Arc<JsonLines>,
     metrics: Arc<Metrics>,
     api_errors: Arc<ApiErrors>,
+    beat: Beat,
 }
 
 impl ClusterTask {
@@ -176,13 +181,17 @@ impl ClusterTask {
         mut rx: mpsc::UnboundedReceiver<Msg>,
         mut sources: watch::Receiver<Arc<Snapshot>>,
     ) {
+        let _ended = EndGuard(self.beat.clone());
+        let mut ticker = self.beat.ticker();
         let mut sources_open = true;
         let mut loaded = sources.borrow_and_update().clone();
         self.observe(&loaded);
         loop {
+            self.beat.beat();
             self.drive(&loaded).await;
             let deadline = self.report.deadline(Instant::now());
             tokio::select! {
+                _ = ticker.tick() => {}
                 msg = rx.recv() => match msg {
                     Some(msg) => {
                         self.absorb(msg);
@@ -282,6 +291,7 @@ impl ClusterTask {
                     continue;
                 }
             };
+            self.beat.beat();
             self.report.reply(reply, Instant::now());
         }
     }

@@ -9,6 +9,7 @@ use crate::adapters::serve::metrics::Metrics;
 use crate::cli::RunArgs;
 use crate::daemon::canary_scheduler::{CanaryControl, CanarySink, ServiceConfig};
 use crate::daemon::node_reporter::{Outputs, Reports};
+use crate::daemon::watchdog::{Beat, Beating, EndGuard, Heartbeats, TaskPanicked};
 use crate::decide::canary::runner::{CanaryOutcome, CanaryRunner};
 use crate::decide::canary::transition::Transitions;
 use crate::decide::conditions::Tracker;
@@ -16,6 +17,7 @@ use crate::decide::credentials::{CredentialResolver, KubeletResolver};
 use crate::decide::desired::prepull_images;
 use crate::decide::node_report::NodeReportConfig;
 use crate::decide::prepull::{PassSummary, PrePullConfig, PrePuller, RetryPolicy};
+use crate::decide::watchdog::{Bounds, Task};
 use crate::model::inventory::ObjectKey;
 use crate::model::node::NodeInfo;
 use crate::model::outcome::{SourceProblem, now_rfc3339};
@@ -44,6 +46,8 @@ pub enum RunError {
     Http(#[from] crate::adapters::serve::http::HttpError),
     #[error(transparent)]
     LocalApi(#[from] crate::adapters::serve::local_api::LocalApiError),
+    #[error(transparent)]
+    Panicked(#[from] TaskPanicked),
 }
 
 /// How a run ended.
@@ -72,6 +76,7 @@ pub async fn run(args: RunArgs) -> Result<RunOutcome, RunError> {
         cluster,
         metrics_addr,
         api,
+        watchdog_grace,
     } = args;
     let node_name = crate::model::node::node_name(node.node_name, |var| std::env::var(var).ok())
         .ok_or(RunError::NoNodeName)?;
@@ -95,6 +100,10 @@ pub async fn run(args: RunArgs) -> Result<RunOutcome, RunError> {
     let metrics = out.metrics.clone();
     let api_errors = Arc::new(crate::adapters::kube::api_errors::ApiErrors::default());
     let readiness = Readiness::default();
+    let heartbeats = Heartbeats::default();
+    let bounds = Bounds {
+        grace: *watchdog_grace,
+    };
     let http_task = match metrics_addr.0 {
         Some(addr) => {
             let (cri, api) = (client.clone(), api_errors.clone());
@@ -110,6 +119,10 @@ pub async fn run(args: RunArgs) -> Result<RunOutcome, RunError> {
                     readiness.clone(),
                     metrics.clone(),
                     refresh,
+                    {
+                        let heartbeats = heartbeats.clone();
+                        Arc::new(move || heartbeats.check())
+                    },
                     cancel.clone(),
                 )
                 .await?,
@@ -175,6 +188,10 @@ pub async fn run(args: RunArgs) -> Result<RunOutcome, RunError> {
                 }
             }
             // Conditions, Events and the gate: written in order by one task.
+            let beat = heartbeats.watch(
+                Task::NodeReporter,
+                bounds.node_reporter(*cluster.condition_heartbeat),
+            );
             let (reports, reports_task) = crate::daemon::node_reporter::run_cluster(
                 out.clone(),
                 api_errors.clone(),
@@ -190,12 +207,24 @@ pub async fn run(args: RunArgs) -> Result<RunOutcome, RunError> {
                     event_refill: *cluster.event_refill,
                 },
                 rx.clone(),
+                beat,
             );
             (rx, task, reports, Some(reports_task))
         }
     };
+    let prepull_beat = heartbeats.watch(
+        Task::Prepull,
+        bounds.prepull(
+            (*cri.pull_timeout).max(*cri.cri_timeout),
+            *cri.cri_reconnect_budget,
+            *prepull.retry_max_delay,
+        ),
+    );
     let engine = PrePuller::new(
-        Arc::new(client.clone()),
+        Arc::new(Beating {
+            inner: client.clone(),
+            beat: prepull_beat.clone(),
+        }),
         PrePullConfig {
             max_parallel: usize::from(prepull.max_parallel_pulls),
             retry: RetryPolicy {
@@ -214,14 +243,29 @@ pub async fn run(args: RunArgs) -> Result<RunOutcome, RunError> {
 
     // Canaries run beside the pre-pull loop (not in a one-shot bootstrap pass).
     let mut canary_control = None;
-    let canary_task = if once {
+    let mut canary_task = if once {
         None
     } else {
+        let beat = heartbeats.watch(
+            Task::CanaryScheduler,
+            bounds.canary(
+                *registry.registry_timeout,
+                *cri.pull_timeout,
+                *cri.cri_reconnect_budget,
+            ),
+        );
         let runner = Arc::new(CanaryRunner {
-            probe: crate::adapters::registry::RegistryClient::from_args(&registry)?,
+            probe: Beating {
+                inner: crate::adapters::registry::RegistryClient::from_args(&registry)?,
+                beat: beat.clone(),
+            },
             node: node.name.clone(),
             expiry_warning: *registry.expiry_warning,
-            runtime: Some(Arc::new(client.clone()) as Arc<dyn crate::decide::runtime::ImageRuntime>),
+            runtime: Some(Arc::new(Beating {
+                inner: client.clone(),
+                beat: beat.clone(),
+            })
+                as Arc<dyn crate::decide::runtime::ImageRuntime>),
             mirrors: crate::adapters::containerd_config::HostsDir::shared(
                 registry.runtime_registry_config.clone(),
             ),
@@ -237,15 +281,23 @@ pub async fn run(args: RunArgs) -> Result<RunOutcome, RunError> {
         };
         let (control, control_end) = CanaryControl::new();
         canary_control = Some(control);
-        Some(tokio::spawn(crate::daemon::canary_scheduler::run(
+        let scheduler = crate::daemon::canary_scheduler::run_watched(
             runner,
-            resolver.clone(),
+            Arc::new(Beating {
+                inner: resolver.clone(),
+                beat: beat.clone(),
+            }),
             sources.clone(),
             sink,
             config,
             control_end,
             cancel.clone(),
-        )))
+            beat.clone(),
+        );
+        Some(tokio::spawn(async move {
+            let _ended = EndGuard(beat);
+            scheduler.await;
+        }))
     };
 
     let api_task = match &api.path.0 {
@@ -265,47 +317,67 @@ pub async fn run(args: RunArgs) -> Result<RunOutcome, RunError> {
 
     let mut loaded = sources.borrow_and_update().clone();
     report_source(reports.json(), &node, &loaded);
-    let result = loop {
-        let summary = pass(
-            &engine,
-            resolver.as_ref(),
-            &node,
-            &loaded,
-            &cancel,
-            &mut images_ready,
-            &reports,
-        )
-        .await;
-        readiness.set_runtime_reachable(client.version().await.is_ok());
-        readiness.set_first_pass_done();
-        if once {
-            let ok = summary.failures == 0 && loaded.problems.is_empty();
-            tracing::info!(
-                outcomes = summary.outcomes,
-                failures = summary.failures,
-                manifest_problems = loaded.problems.len(),
-                "pass complete"
-            );
-            break if ok {
-                RunOutcome::AllOk
-            } else {
-                RunOutcome::SomeFailed
-            };
-        }
-        tokio::select! {
-            () = cancel.cancelled() => break RunOutcome::Stopped,
-            () = tokio::time::sleep(recheck) => {}
-            changed = sources.changed() => {
-                if changed.is_err() {
-                    break RunOutcome::Stopped;
+    let prepull_resolver = Beating {
+        inner: resolver.clone(),
+        beat: prepull_beat.clone(),
+    };
+    let mut source_task = Some(source_task);
+    let mut reports_task = reports_task;
+    let prepull_loop = crate::daemon::watchdog::catch_panic("prepull", async {
+        loop {
+            prepull_beat.beat();
+            let summary = pass(
+                &engine,
+                &prepull_resolver,
+                &node,
+                &loaded,
+                &cancel,
+                &mut images_ready,
+                &reports,
+            )
+            .await;
+            readiness.set_runtime_reachable(client.version().await.is_ok());
+            readiness.set_first_pass_done();
+            prepull_beat.beat();
+            if once {
+                let ok = summary.failures == 0 && loaded.problems.is_empty();
+                tracing::info!(
+                    outcomes = summary.outcomes,
+                    failures = summary.failures,
+                    manifest_problems = loaded.problems.len(),
+                    "pass complete"
+                );
+                break if ok {
+                    RunOutcome::AllOk
+                } else {
+                    RunOutcome::SomeFailed
+                };
+            }
+            match wait_for_next_pass(&prepull_beat, recheck, &cancel, &mut sources).await {
+                Wake::Stop => break RunOutcome::Stopped,
+                Wake::Due => {}
+                Wake::Changed => {
+                    loaded = sources.borrow_and_update().clone();
+                    report_source(reports.json(), &node, &loaded);
                 }
-                loaded = sources.borrow_and_update().clone();
-                report_source(reports.json(), &node, &loaded);
             }
         }
+    });
+    // The loop, beside the spawned tasks it needs: a panic in any ends the agent, loudly.
+    let result = tokio::select! {
+        result = prepull_loop => result,
+        panicked = panicked("canary-scheduler", &mut canary_task) => Err(panicked),
+        panicked = panicked("node-reporter", &mut reports_task) => Err(panicked),
+        panicked = panicked("sources", &mut source_task) => Err(panicked),
     };
     cancel.cancel();
-    let _ = tokio::time::timeout(Duration::from_secs(5), source_task).await;
+    let result = match result {
+        Ok(outcome) => outcome,
+        Err(panicked) => return Err(panicked.into()),
+    };
+    if let Some(task) = source_task {
+        let _ = tokio::time::timeout(Duration::from_secs(5), task).await;
+    }
     if let Some(task) = canary_task {
         let _ = tokio::time::timeout(Duration::from_secs(5), task).await;
     }
@@ -321,6 +393,54 @@ pub async fn run(args: RunArgs) -> Result<RunOutcome, RunError> {
         let _ = tokio::time::timeout(Duration::from_secs(2), task).await;
     }
     Ok(result)
+}
+
+/// Why the pre-pull loop woke.
+enum Wake {
+    Stop,
+    Due,
+    Changed,
+}
+
+/// Waits until the next pass is due (`recheck` from now) or the sources change, beating while it
+/// waits.
+async fn wait_for_next_pass(
+    beat: &Beat,
+    recheck: Duration,
+    cancel: &CancellationToken,
+    sources: &mut tokio::sync::watch::Receiver<Arc<Snapshot>>,
+) -> Wake {
+    let due = tokio::time::sleep(recheck);
+    tokio::pin!(due);
+    let mut ticker = beat.ticker();
+    loop {
+        beat.beat();
+        tokio::select! {
+            () = cancel.cancelled() => return Wake::Stop,
+            () = &mut due => return Wake::Due,
+            changed = sources.changed() => {
+                return if changed.is_err() { Wake::Stop } else { Wake::Changed };
+            }
+            _ = ticker.tick() => {}
+        }
+    }
+}
+
+/// Resolves when the spawned task `task` panics (logged, naming it); pending otherwise, and once it
+/// has returned the handle is spent (`None`), never polled again.
+async fn panicked(
+    task: &'static str,
+    handle: &mut Option<tokio::task::JoinHandle<()>>,
+) -> TaskPanicked {
+    if let Some(h) = handle.as_mut() {
+        let result = crate::daemon::watchdog::supervise(task, h).await;
+        *handle = None;
+        if let Err(panicked) = result {
+            return panicked;
+        }
+        tracing::debug!(task, "task returned");
+    }
+    std::future::pending().await
 }
 
 /// Canary outcomes as JSON lines and Events, and `PullCredentialsValid` transitions.

@@ -18,3 +18,4 @@ pub mod retry;
 pub mod runtime;
 pub mod secret_scrub;
 pub mod status_board;
+pub mod watchdog;

@@ -1,12 +1,16 @@
 //! The agent's HTTP endpoints on `--metrics-addr` (axum):
 //!
 //! - `GET /metrics`: Prometheus text (see `metrics`).
-//! - `GET /healthz`: 200 while the process serves (liveness).
+//! - `GET /healthz` (liveness): 200 while the pre-pull loop, the canary scheduler and the node
+//!   reporter make progress, 503 when one has ended or gone past its own bound without a beat
+//!   (`decide::watchdog`); the body is JSON: `status`, the first `unhealthy` task and why, and
+//!   every watched task with its last beat.
 //! - `GET /readyz`: 200 when the sources are synced, the first pre-pull pass finished and the
 //!   runtime answered its last check; 503 with the reason before (readiness: a rolling update
 //!   waits for it before moving on to the next nodes).
 
 use crate::adapters::serve::metrics::Metrics;
+use crate::decide::watchdog::Health;
 use axum::Router;
 use axum::http::StatusCode;
 use axum::http::header::CONTENT_TYPE;
@@ -54,19 +58,38 @@ impl Readiness {
 /// Called before `/metrics` is encoded, to bring counters kept elsewhere up to date.
 pub type Refresh = Arc<dyn Fn(&Metrics) + Send + Sync>;
 
+/// What `/healthz` answers: the watchdog's verdict now.
+pub type Liveness = Arc<dyn Fn() -> Health + Send + Sync>;
+
 /// Binds now (a taken port is a start-up error), serves until `cancel`.
 pub async fn serve(
     addr: SocketAddr,
     readiness: Readiness,
     metrics: Arc<Metrics>,
     refresh: Refresh,
+    liveness: Liveness,
     cancel: CancellationToken,
 ) -> Result<tokio::task::JoinHandle<()>, HttpError> {
     let listener = tokio::net::TcpListener::bind(addr)
         .await
         .map_err(|source| HttpError { addr, source })?;
     let app = Router::new()
-        .route("/healthz", get(|| async { "ok\n" }))
+        .route(
+            "/healthz",
+            get(move || {
+                let health = liveness();
+                async move {
+                    let code = if health.is_healthy() {
+                        StatusCode::OK
+                    } else {
+                        StatusCode::SERVICE_UNAVAILABLE
+                    };
+                    let body = serde_json::to_string(&health)
+                        .unwrap_or_else(|_| format!("{{\"status\":\"{}\"}}", health.status));
+                    (code, [(CONTENT_TYPE, "application/json")], body + "\n")
+                }
+            }),
+        )
         .route(
             "/readyz",
             get(move || {

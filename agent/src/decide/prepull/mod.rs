@@ -5,6 +5,11 @@
 //! many PullSets list it; its candidates are tried in order (any failure moves on to the next, as the
 //! kubelet does), transient failures are retried with capped, jittered exponential backoff. Every
 //! owning PullSet gets an [`Outcome`].
+//!
+//! A runtime found unreachable (a call spent the CRI adapter's whole reconnect budget) ends the
+//! pass early: no further call is made in it, every image not yet settled is reported once as a
+//! `RuntimeError` saying the pass stopped early, and the next pass tries again. One reconnect
+//! budget per pass, not one (times the retries) per image.
 
 use crate::decide::credentials::Candidate;
 use crate::decide::desired::{DesiredImage, Owner};
@@ -15,7 +20,7 @@ use crate::model::verdict::Verdict;
 use futures::StreamExt as _;
 use secrecy::SecretString;
 use std::collections::{HashMap, HashSet};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
 
@@ -64,6 +69,8 @@ pub struct PrePullConfig {
 pub struct PassSummary {
     pub outcomes: usize,
     pub failures: usize,
+    /// The runtime was found unreachable and the pass stopped early.
+    pub runtime_down: bool,
 }
 
 /// The engine, generic over the runtime it drives.
@@ -83,6 +90,23 @@ struct Success {
 struct Failure {
     verdict: Verdict,
     message: String,
+    /// The runtime is unreachable (this call found it so, or an earlier one in the pass did).
+    runtime_down: bool,
+}
+
+/// What one pass has learnt about the runtime, shared by its images: set once, by the first call
+/// that found the runtime unreachable, to that failure's message.
+type RuntimeDown = OnceLock<String>;
+
+/// The failure of a call not made because the runtime is known to be down in this pass.
+fn stopped_early(down: &str) -> Failure {
+    Failure {
+        verdict: Verdict::RuntimeError,
+        message: format!(
+            "not attempted: the pass stopped early because the container runtime is unreachable ({down}); the next pass retries"
+        ),
+        runtime_down: true,
+    }
 }
 
 /// One way to pull: a candidate credential, or anonymous. Labelled by source, never by value.
@@ -120,8 +144,13 @@ impl<R: ImageRuntime> PrePuller<R> {
         cancel: &CancellationToken,
         sink: &(dyn Fn(Outcome) + Send + Sync),
     ) -> PassSummary {
+        let down = RuntimeDown::new();
         let index = match self.runtime.list_images().await {
             Ok(images) => PresentIndex::new(images),
+            Err(e @ RuntimeFailure::Unreachable { .. }) => {
+                let _ = down.set(e.to_string());
+                PresentIndex::default()
+            }
             Err(e) => {
                 tracing::warn!(error = %e, "ListImages failed; checking images one by one");
                 PresentIndex::default()
@@ -130,9 +159,9 @@ impl<R: ImageRuntime> PrePuller<R> {
         let mut summary = PassSummary::default();
         let mut results = futures::stream::iter(desired)
             .map(|d| {
-                let index = &index;
+                let (index, down) = (&index, &down);
                 async move {
-                    let r = self.ensure(d, index, cancel).await;
+                    let r = self.ensure(d, index, down, cancel).await;
                     (d, r)
                 }
             })
@@ -146,6 +175,10 @@ impl<R: ImageRuntime> PrePuller<R> {
                 sink(outcome);
             }
         }
+        if let Some(cause) = down.get() {
+            summary.runtime_down = true;
+            tracing::warn!(error = %cause, images = desired.len(), "the container runtime is unreachable: the pass stopped early; the next pass retries");
+        }
         summary
     }
 
@@ -153,6 +186,7 @@ impl<R: ImageRuntime> PrePuller<R> {
         &self,
         desired: &DesiredImage,
         index: &PresentIndex,
+        down: &RuntimeDown,
         cancel: &CancellationToken,
     ) -> ImageResult {
         let start = Instant::now();
@@ -175,7 +209,7 @@ impl<R: ImageRuntime> PrePuller<R> {
 
         // Confirm absence (the listing may be stale or the name spelled differently).
         let status = self
-            .with_retries(cancel, &mut attempts, &[], || {
+            .with_retries(cancel, down, &mut attempts, &[], || {
                 self.runtime.image_status(&reference)
             })
             .await;
@@ -200,7 +234,7 @@ impl<R: ImageRuntime> PrePuller<R> {
         let mut failed = Vec::new();
         for attempt in &plan {
             let pulled = self
-                .with_retries(cancel, &mut attempts, &passwords, || {
+                .with_retries(cancel, down, &mut attempts, &passwords, || {
                     let auth = attempt.candidate.as_ref().map(|c| PullAuth {
                         username: &c.username,
                         password: &c.password,
@@ -210,13 +244,14 @@ impl<R: ImageRuntime> PrePuller<R> {
                 .await;
             match pulled {
                 Ok(image_id) => {
-                    let present = match self.runtime.image_status(&reference).await {
-                        Ok(Some(p)) => p,
-                        _ => PresentImage {
-                            id: image_id,
-                            ..PresentImage::default()
-                        },
+                    let status = match down.get() {
+                        Some(_) => None,
+                        None => self.runtime.image_status(&reference).await.ok().flatten(),
                     };
+                    let present = status.unwrap_or_else(|| PresentImage {
+                        id: image_id,
+                        ..PresentImage::default()
+                    });
                     return ImageResult {
                         result: Ok(Success {
                             action: Action::Pulled,
@@ -231,8 +266,10 @@ impl<R: ImageRuntime> PrePuller<R> {
                 Err(mut failure) => {
                     failure.message = scrub(&failure.message, &passwords);
                     tracing::debug!(image = %reference, credential = %attempt.label, verdict = %failure.verdict, "pull attempt failed");
+                    // A runtime that is down says nothing of the next credential: stop here.
+                    let stop = failure.runtime_down || cancel.is_cancelled();
                     failed.push((attempt.label.clone(), failure));
-                    if cancel.is_cancelled() {
+                    if stop {
                         break;
                     }
                 }
@@ -242,10 +279,12 @@ impl<R: ImageRuntime> PrePuller<R> {
             || Failure {
                 verdict: Verdict::RuntimeError,
                 message: "no pull was attempted".into(),
+                runtime_down: false,
             },
             |(_, f)| Failure {
                 verdict: f.verdict,
                 message: f.message.clone(),
+                runtime_down: f.runtime_down,
             },
         );
         ImageResult {
@@ -256,10 +295,13 @@ impl<R: ImageRuntime> PrePuller<R> {
         }
     }
 
-    /// Runs `call`, retrying transient failures with the policy's backoff.
+    /// Runs `call`, retrying transient failures with the policy's backoff. Nothing is called once
+    /// the runtime is known to be down in this pass; a call that finds it unreachable says so to
+    /// the whole pass and is not retried (the adapter already spent its reconnect budget).
     async fn with_retries<T, F, Fut>(
         &self,
         cancel: &CancellationToken,
+        down: &RuntimeDown,
         attempts: &mut u32,
         secrets: &[SecretString],
         mut call: F,
@@ -270,9 +312,22 @@ impl<R: ImageRuntime> PrePuller<R> {
     {
         let mut delays = self.config.retry.delays();
         loop {
+            if let Some(cause) = down.get() {
+                return Err(stopped_early(cause));
+            }
             *attempts += 1;
             let failure = match call().await {
                 Ok(v) => return Ok(v),
+                Err(e @ RuntimeFailure::Unreachable { .. }) => {
+                    let cause = e.to_string();
+                    let failure = Failure {
+                        verdict: e.verdict(),
+                        message: format!("{cause}; the pass stopped early, the next pass retries"),
+                        runtime_down: true,
+                    };
+                    let _ = down.set(cause);
+                    return Err(failure);
+                }
                 Err(e) => to_failure(e),
             };
             if !failure.verdict.is_transient() || cancel.is_cancelled() {
@@ -407,6 +462,7 @@ impl<R: ImageRuntime> PrePuller<R> {
 fn to_failure(e: RuntimeFailure) -> Failure {
     Failure {
         verdict: e.verdict(),
+        runtime_down: matches!(e, RuntimeFailure::Unreachable { .. }),
         message: e.to_string(),
     }
 }

@@ -362,3 +362,98 @@ async fn a_blocked_owner_attempts_nothing_and_gets_its_verdict() {
         by["broken"].warnings
     );
 }
+
+const BUDGET: Duration = Duration::from_secs(30);
+
+fn many(n: usize, candidates: fn() -> Vec<Candidate>) -> Vec<DesiredImage> {
+    (0..n)
+        .map(|i| desired(&format!("r.io/img{i}:1"), vec![("s", candidates(), vec![])]))
+        .collect()
+}
+
+fn assert_all_stopped_early(out: &[Outcome], n: usize) {
+    assert_eq!(out.len(), n, "every image reported once: {out:#?}");
+    let images: HashSet<_> = out.iter().map(|o| o.image.as_str()).collect();
+    assert_eq!(images.len(), n, "each image once: {out:#?}");
+    for o in out {
+        assert_eq!(
+            (o.verdict, o.action),
+            (Verdict::RuntimeError, Action::Failed)
+        );
+        assert!(o.verdict.is_transient());
+        assert!(
+            o.message
+                .contains("cannot reach CRI at unix:///run/fake.sock")
+                && o.message.contains("the pass stopped early")
+                && o.message.contains("the next pass retries"),
+            "{}",
+            o.message
+        );
+        assert!(o.hint.is_some());
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_runtime_down_at_list_images_costs_one_budget_per_pass() {
+    let rt = Arc::new(FakeRuntime::default());
+    rt.go_down_after(0, BUDGET);
+    let started = tokio::time::Instant::now();
+    let out = run(rt.clone(), many(10, Vec::new)).await;
+    // ListImages found it unreachable: nothing else is called in this pass.
+    assert_eq!(rt.calls(), 1);
+    assert_all_stopped_early(&out, 10);
+    assert!(out.iter().all(|o| o.attempts == 0), "{out:#?}");
+    assert!(
+        out.iter().all(|o| o.message.starts_with("not attempted")),
+        "{out:#?}"
+    );
+    // One reconnect budget, not one per image and retry (paused time: exact).
+    assert!(started.elapsed() < 2 * BUDGET, "{:?}", started.elapsed());
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_runtime_lost_mid_pass_stops_the_pass_and_the_next_pass_retries() {
+    let rt = Arc::new(FakeRuntime::default());
+    // ListImages answers; every later call finds the runtime gone.
+    rt.go_down_after(1, BUDGET);
+    let out = run(
+        rt.clone(),
+        many(10, || vec![candidate("a", "pw-a"), candidate("b", "pw-b")]),
+    )
+    .await;
+    // The calls in flight when it went (at most one per parallel slot) and none after.
+    let max_parallel = fast().max_parallel;
+    assert!(
+        rt.calls() <= 1 + max_parallel,
+        "{} calls after the runtime went down",
+        rt.calls()
+    );
+    assert_all_stopped_early(&out, 10);
+    assert!(rt.pulls.lock().unwrap().is_empty());
+
+    // It comes back: the next pass pulls everything.
+    rt.come_back();
+    let out = run(rt.clone(), many(10, || vec![candidate("a", "pw-a")])).await;
+    assert_eq!(out.len(), 10);
+    assert!(
+        out.iter()
+            .all(|o| (o.verdict, o.action) == (Verdict::Ok, Action::Pulled)),
+        "{out:#?}"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_runtime_lost_during_a_pull_tries_no_other_credential() {
+    let rt = Arc::new(FakeRuntime::default());
+    let two = || vec![candidate("a", "pw-a"), candidate("b", "pw-b")];
+    // ListImages and the first image's ImageStatus answer; its pull finds the runtime gone.
+    rt.go_down_after(2, BUDGET);
+    let out = run(rt.clone(), many(4, two)).await;
+    // At most one call in flight per slot when it went; the second candidate is never tried.
+    assert!(
+        rt.calls() <= 2 + fast().max_parallel,
+        "{} calls",
+        rt.calls()
+    );
+    assert_all_stopped_early(&out, 4);
+}

@@ -1,6 +1,8 @@
 //! The one in-memory [`ImageRuntime`] the unit tests drive (the pre-pull engine's and the runtime
 //! canary's): scripted answers per image and password, what was pulled, and how many pulls were in
-//! flight at once. No socket; a pull takes 5 ms of tokio time (run the tests with paused time).
+//! flight at once; and a runtime that goes away: after a given number of calls, every call spends a
+//! reconnect budget of tokio time and fails as unreachable. No socket; a pull takes 5 ms of tokio
+//! time (run the tests with paused time).
 
 use super::{ImageRuntime, PresentImage, PullAuth, RuntimeFailure};
 use crate::decide::credentials::{Candidate, CredentialSource};
@@ -22,6 +24,10 @@ pub struct FakeRuntime {
     pub pulls: Mutex<Vec<(String, String)>>,
     in_flight: AtomicUsize,
     max_in_flight: AtomicUsize,
+    /// Every call (`ListImages`, `ImageStatus`, `PullImage`), counted as it starts.
+    calls: AtomicUsize,
+    /// From this call on (counted from 0), every call fails unreachable after this budget.
+    down: Mutex<Option<(usize, Duration)>>,
 }
 
 impl FakeRuntime {
@@ -46,6 +52,38 @@ impl FakeRuntime {
     /// The passwords pulls were made with, in order.
     pub fn passwords_tried(&self) -> Vec<String> {
         lock(&self.pulls).iter().map(|(_, p)| p.clone()).collect()
+    }
+
+    /// From the `after`-th call on (0: the next one), every call waits `budget` (the CRI adapter's
+    /// reconnect budget) and fails as unreachable, until [`FakeRuntime::come_back`].
+    pub fn go_down_after(&self, after: usize, budget: Duration) {
+        *lock(&self.down) = Some((self.calls() + after, budget));
+    }
+
+    /// The runtime answers again.
+    pub fn come_back(&self) {
+        *lock(&self.down) = None;
+    }
+
+    /// How many calls were made (of any kind).
+    pub fn calls(&self) -> usize {
+        self.calls.load(Ordering::SeqCst)
+    }
+
+    /// Counts a call; when the runtime is down, waits its reconnect budget and fails.
+    async fn call(&self) -> Result<(), RuntimeFailure> {
+        let n = self.calls.fetch_add(1, Ordering::SeqCst);
+        let down = *lock(&self.down);
+        match down {
+            Some((after, budget)) if n >= after => {
+                tokio::time::sleep(budget).await;
+                Err(RuntimeFailure::Unreachable {
+                    endpoint: "unix:///run/fake.sock".into(),
+                    cause: "transport error: connection refused".into(),
+                })
+            }
+            _ => Ok(()),
+        }
     }
 
     /// The most pulls that were in flight at once.
@@ -81,14 +119,20 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 
 impl ImageRuntime for FakeRuntime {
     fn list_images(&self) -> BoxFuture<'_, Result<Vec<PresentImage>, RuntimeFailure>> {
-        Box::pin(async move { Ok(lock(&self.present).values().cloned().collect()) })
+        Box::pin(async move {
+            self.call().await?;
+            Ok(lock(&self.present).values().cloned().collect())
+        })
     }
 
     fn image_status<'a>(
         &'a self,
         image: &'a str,
     ) -> BoxFuture<'a, Result<Option<PresentImage>, RuntimeFailure>> {
-        Box::pin(async move { Ok(lock(&self.present).get(image).cloned()) })
+        Box::pin(async move {
+            self.call().await?;
+            Ok(lock(&self.present).get(image).cloned())
+        })
     }
 
     fn pull_image<'a>(
@@ -98,6 +142,7 @@ impl ImageRuntime for FakeRuntime {
     ) -> BoxFuture<'a, Result<String, RuntimeFailure>> {
         let password = auth.map_or(String::new(), |a| a.password.expose_secret().to_string());
         Box::pin(async move {
+            self.call().await?;
             let n = self.in_flight.fetch_add(1, Ordering::SeqCst) + 1;
             self.max_in_flight.fetch_max(n, Ordering::SeqCst);
             tokio::time::sleep(Duration::from_millis(5)).await;
