@@ -155,6 +155,24 @@ fn a_node_reporter_stuck_on_a_write_fails_healthz_naming_it() {
         "no write reached the hanging API server"
     );
 
+    // The API server answers again: the hung write gives up after its own deadline, the retry
+    // goes through, and the node reporter is healthy again (without a write deadline it would
+    // wait for the lost answer forever).
+    cluster.api.hang_writes(false);
+    wait_healthz(
+        port,
+        "/healthz 200 again once writes are answered",
+        200,
+        &agent,
+        |b| running(b, "node-reporter"),
+    );
+    assert!(
+        agent
+            .stderr()
+            .contains("no answer from the API server within 30s"),
+        "the hung write did not time out"
+    );
+
     let (stdout, stderr) = agent.finish();
     assert!(!stderr.contains("panicked"), "{stderr}");
     cluster.assert_no_leak(&[&stdout, &stderr], &[PASSWORD]);

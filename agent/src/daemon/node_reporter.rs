@@ -26,6 +26,7 @@ use crate::decide::gate::gated_canaries;
 use crate::decide::node_report::{
     NodeReport, NodeReportConfig, Reply, Step, TAINT_EFFECT, TaintRemoval,
 };
+use crate::decide::retry::ApiErrorKind;
 use crate::decide::status_board::StatusBoard;
 use crate::model::inventory::ObjectKey;
 use crate::model::node::NodeInfo;
@@ -240,21 +241,31 @@ impl ClusterTask {
         while let Some(step) = self.report.poll(Instant::now()) {
             let reply = match step {
                 Step::WriteConditions(all) => {
-                    Reply::Conditions(match self.status.publish(&all).await {
-                        Ok(()) => Ok(()),
-                        Err(e) => {
+                    Reply::Conditions(match bounded(self.status.publish(&all)).await {
+                        Ok(Ok(())) => Ok(()),
+                        Ok(Err(e)) => {
                             tracing::warn!(error = %e, "node conditions not written; retrying with backoff");
                             Err(self.failed(e.kind()))
+                        }
+                        Err(elapsed) => {
+                            tracing::warn!(
+                                "node conditions not written: {elapsed}; retrying with backoff"
+                            );
+                            Err(self.failed(ApiErrorKind::Transport))
                         }
                     })
                 }
                 Step::RemoveTaint => Reply::Taint(
-                    match self.taints.remove(&self.taint_key, TAINT_EFFECT).await {
-                        Ok(Removal::Removed) => Ok(TaintRemoval::Removed),
-                        Ok(Removal::Absent) => Ok(TaintRemoval::Absent),
-                        Err(e) => {
+                    match bounded(self.taints.remove(&self.taint_key, TAINT_EFFECT)).await {
+                        Ok(Ok(Removal::Removed)) => Ok(TaintRemoval::Removed),
+                        Ok(Ok(Removal::Absent)) => Ok(TaintRemoval::Absent),
+                        Ok(Err(e)) => {
                             tracing::warn!(error = %e, "taint not removed; retrying with backoff");
                             Err(self.failed(e.kind()))
+                        }
+                        Err(elapsed) => {
+                            tracing::warn!("taint not removed: {elapsed}; retrying with backoff");
+                            Err(self.failed(ApiErrorKind::Transport))
                         }
                     },
                 ),
@@ -267,12 +278,16 @@ impl ClusterTask {
                             .get(key)
                             .and_then(|s| s.uid.clone()),
                     };
-                    Reply::Event(match self.events.publish(&event, uid).await {
-                        Ok(()) => {
+                    Reply::Event(match bounded(self.events.publish(&event, uid)).await {
+                        Ok(Ok(())) => {
                             self.metrics.event_sent(event.reason.as_str());
                             Ok(())
                         }
-                        Err(e) => {
+                        Err(elapsed) => {
+                            tracing::warn!("event not published: {elapsed}; retrying with backoff");
+                            Err(self.failed(ApiErrorKind::Transport))
+                        }
+                        Ok(Err(e)) => {
                             if e.kind().is_transient() {
                                 tracing::warn!(error = %e, "event not published; retrying with backoff");
                             } else {
@@ -304,6 +319,23 @@ impl ClusterTask {
         kind
     }
 }
+
+/// How long one write to the API server may take: a server that accepts the request and never
+/// answers (kube-rs sets no read timeout of its own) costs this, then the write is retried with
+/// backoff like any transport failure, instead of freezing every condition, Event and the gate.
+pub const WRITE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// Runs one write under [`WRITE_TIMEOUT`].
+async fn bounded<T>(write: impl std::future::Future<Output = T>) -> Result<T, WriteTimedOut> {
+    tokio::time::timeout(WRITE_TIMEOUT, write)
+        .await
+        .map_err(|_| WriteTimedOut)
+}
+
+/// A write that got no answer within [`WRITE_TIMEOUT`].
+#[derive(Debug, thiserror::Error)]
+#[error("no answer from the API server within {WRITE_TIMEOUT:?}")]
+struct WriteTimedOut;
 
 async fn sleep_until(deadline: Option<Instant>) {
     match deadline {
