@@ -111,6 +111,17 @@ pub struct AuditArgs {
     /// Flag Secrets whose data was not changed for this long (creation time when unknown).
     #[arg(long, default_value = "2160h")]
     pub max_age: humantime::Duration,
+    /// Key the credential fingerprints (HMAC-SHA256) with these UTF-8 bytes, so that outputs made
+    /// with the same key can be compared; without it, a key is drawn for this run and the
+    /// fingerprints compare within this output only.
+    #[arg(
+        long,
+        env = "PULLGATE_FINGERPRINT_KEY",
+        hide_env_values = true,
+        value_name = "KEY",
+        value_parser = parse_fingerprint_key
+    )]
+    pub fingerprint_key: Option<secrecy::SecretString>,
     /// Print JSON instead of tables.
     #[arg(long)]
     pub json: bool,
@@ -136,9 +147,29 @@ pub struct ResolveArgs {
     pub selection: CredentialSelection,
     #[command(flatten)]
     pub node_credentials: NodeCredentialArgs,
+    /// Key the credential fingerprints (HMAC-SHA256) with these UTF-8 bytes, so that outputs made
+    /// with the same key can be compared; without it, a key is drawn for this run and the
+    /// fingerprints compare within this output only.
+    #[arg(
+        long,
+        env = "PULLGATE_FINGERPRINT_KEY",
+        hide_env_values = true,
+        value_name = "KEY",
+        value_parser = parse_fingerprint_key
+    )]
+    pub fingerprint_key: Option<secrecy::SecretString>,
     /// Print JSON instead of a table.
     #[arg(long)]
     pub json: bool,
+}
+
+/// `--fingerprint-key`: any non-empty text (never echoed in an error).
+fn parse_fingerprint_key(s: &str) -> Result<secrecy::SecretString, String> {
+    if s.is_empty() {
+        Err("the fingerprint key is empty".into())
+    } else {
+        Ok(secrecy::SecretString::from(s))
+    }
 }
 
 /// Whose credentials: Docker config files, or a pod's / PullSet's in a manifest directory.

@@ -141,19 +141,35 @@ impl TestEnv {
     }
 
     /// Fails when any of `secrets` occurs in the given outputs or in containerd's or the
-    /// registry's log.
+    /// registry's log, as written or as the `Authorization: Basic` value (and Docker config `auth`
+    /// field) `base64(USER:secret)` carries it.
     pub fn assert_no_leak(&self, outputs: &[&str], secrets: &[&str]) {
         let logs = [self.containerd.log(), self.registry.log()];
         let sources = outputs.iter().map(|o| ("agent output", *o)).chain([
             ("containerd log", logs[0].as_str()),
             ("registry log", logs[1].as_str()),
         ]);
+        let forms: Vec<(&str, String)> = secrets
+            .iter()
+            .flat_map(|s| {
+                [
+                    ("password", s.to_string()),
+                    ("basic auth", basic_auth(USER, s)),
+                ]
+            })
+            .collect();
         for (what, text) in sources {
-            for secret in secrets {
-                assert!(!text.contains(secret), "a password leaked into the {what}");
+            for (form, secret) in &forms {
+                assert!(!text.contains(secret), "a {form} leaked into the {what}");
             }
         }
     }
+}
+
+/// `base64(user:password)`: an `Authorization: Basic` value, a Docker config `auth` field.
+pub fn basic_auth(user: &str, password: &str) -> String {
+    use base64::Engine as _;
+    base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}"))
 }
 
 /// Runs a future to completion on a private runtime in its own thread (callable from anywhere).

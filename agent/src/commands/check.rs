@@ -71,12 +71,18 @@ pub async fn check(args: CheckArgs) -> Result<bool, CheckError> {
                     .await,
             );
         }
-        for outcome in outcomes {
+        for mut outcome in outcomes {
             all_ok &= outcome.verdict.is_ok();
+            // The message quotes the registry or runtime: no control character reaches the
+            // terminal, in text or (once a reader decodes it) in JSON.
+            outcome.message = crate::model::printable::printable_text(&outcome.message);
             if json {
                 println!("{}", serde_json::to_string(&outcome).unwrap_or_default());
             } else {
-                print!("{}", human(&outcome));
+                print!(
+                    "{}",
+                    crate::model::printable::printable_text(&human(&outcome))
+                );
             }
         }
     }

@@ -15,6 +15,7 @@ use crate::commands::one_shot::{self, OneShotError, Puller, pullset_for};
 use crate::decide::canary::runner::{CanaryOutcome, CanaryRunner, Trigger};
 use crate::decide::credentials::keyring::Keyring;
 use crate::decide::credentials::pull_secret::{KeyRead, read_pull_secret};
+use crate::decide::credentials::shown_key::shown;
 use crate::decide::credentials::{CredentialResolver as _, Resolution, pull_secret_names};
 use crate::decide::runtime::ImageRuntime;
 use crate::model::image_ref::ImageRef;
@@ -130,7 +131,10 @@ pub async fn diagnose(args: DiagnoseArgs) -> Result<bool, DiagnoseError> {
             serde_json::to_string_pretty(&diagnosis).unwrap_or_default()
         );
     } else {
-        print!("{}", render(&diagnosis, &describe));
+        print!(
+            "{}",
+            crate::model::printable::printable_text(&render(&diagnosis, &describe))
+        );
     }
     Ok(ok)
 }
@@ -274,22 +278,23 @@ fn secret_step(inventory: &Inventory, key: &ObjectKey, image: &ImageRef) -> Step
             return fail(format!("SecretMalformed: {data_key}: {e}"));
         }
     };
-    let keys: Vec<&str> = entries.iter().map(|e| e.key.as_str()).collect();
-    let registry = &image.registry;
     let mut ring = Keyring::default();
-    for key in &keys {
-        ring.add(key, ());
+    for entry in &entries {
+        ring.add(&entry.key, ());
     }
+    // Keys as `shown_key` shows them: no userinfo, nothing of an unparseable key.
+    let keys: Vec<String> = entries.iter().map(|e| shown(&e.key)).collect();
+    let registry = &image.registry;
     let matching: Vec<String> = ring
         .lookup(&image.name())
         .into_iter()
-        .map(|f| f.key.clone())
+        .map(|f| shown(&f.key))
         .collect();
     if matching.is_empty() {
         let near: Vec<String> = ring
             .near_misses(&image.name())
             .into_iter()
-            .map(|(f, why)| format!("`{}` ({why})", f.key))
+            .map(|(f, why)| format!("`{}` ({why})", shown(&f.key)))
             .collect();
         let near = if near.is_empty() {
             String::new()
@@ -450,7 +455,13 @@ pub fn conclude(steps: &[Step], resolution: &Resolution) -> Conclusion {
         .into_iter()
         .filter(|v| !v.is_ok())
         .find(|v| failed.detail.starts_with(v.as_str()))
-        .or_else(|| resolution.findings.first().map(|f| f.verdict))
+        .or_else(|| {
+            resolution
+                .findings
+                .iter()
+                .map(|f| f.verdict)
+                .find(|v| !v.is_ok())
+        })
         .unwrap_or(Verdict::RuntimeError);
     Conclusion {
         verdict,

@@ -40,7 +40,10 @@ pub async fn status(args: StatusArgs) -> Result<bool, StatusCmdError> {
             serde_json::to_string_pretty(&status).unwrap_or_default()
         );
     } else {
-        print!("{}", render_status(&status));
+        print!(
+            "{}",
+            crate::model::printable::printable_text(&render_status(&status))
+        );
     }
     Ok(healthy)
 }
@@ -148,8 +151,8 @@ pub async fn canary(args: CanaryArgs) -> Result<bool, StatusCmdError> {
                 println!("{}", serde_json::to_string(&r).unwrap_or_default());
             } else {
                 let mark = if v.verdict == "Ok" { "✓" } else { "✗" };
-                println!(
-                    "{mark} {}/{} {}  {} ({} {}, {} ms)  {}",
+                let mut text = format!(
+                    "{mark} {}/{} {}  {} ({} {}, {} ms)  {}\n",
                     r.namespace,
                     r.pullset,
                     r.image,
@@ -160,11 +163,13 @@ pub async fn canary(args: CanaryArgs) -> Result<bool, StatusCmdError> {
                     v.message
                 );
                 if !v.credential.is_empty() {
-                    println!("    credential: {}", v.credential);
+                    text.push_str(&format!("    credential: {}\n", v.credential));
                 }
                 if v.verdict != "Ok" && !v.hint.is_empty() {
-                    println!("    hint: {}", v.hint);
+                    text.push_str(&format!("    hint: {}\n", v.hint));
                 }
+                // What the daemon relays came from registries and runtimes: printed escaped.
+                print!("{}", crate::model::printable::printable_text(&text));
             }
         })
         .await?;

@@ -107,6 +107,7 @@ impl Tracker {
             }
             (Status::False, worst.as_str().to_string(), message)
         };
+        let message = crate::model::printable::printable_text(&message);
         if status == self.current.status && reason == self.current.reason {
             self.current.message = message;
             return None;

@@ -115,7 +115,8 @@ impl EventIntent {
             reason,
             severity: reason.severity(),
             action: reason.action(),
-            note: fit_note(note, ""),
+            // Notes quote registries and runtimes: no control character in an Event.
+            note: fit_note(crate::model::printable::printable_text(&note), ""),
             aggregation,
         }
     }

@@ -37,9 +37,10 @@ pub async fn audit(args: AuditArgs) -> Result<bool, AuditError> {
         kubeconfig,
         expiry_warning,
         max_age,
+        fingerprint_key: given,
         json,
     } = args;
-    let key = random_key().map_err(AuditError::Random)?;
+    let key = fingerprint_key(given).map_err(AuditError::Random)?;
     let client = client(kubeconfig.as_deref()).await?;
     let input = cluster::load(&client).await?;
     let options = analysis::Options {
@@ -55,12 +56,26 @@ pub async fn audit(args: AuditArgs) -> Result<bool, AuditError> {
             serde_json::to_string_pretty(&report).unwrap_or_default()
         );
     } else {
-        print!("{}", render::table(&report));
+        print!(
+            "{}",
+            crate::model::printable::printable_text(&render::table(&report))
+        );
     }
     Ok(report.findings.is_empty())
 }
 
-/// The run's fingerprint key: 32 bytes from the kernel's CSPRNG.
+/// The fingerprint key of `audit` and `auth resolve`: the operator's `--fingerprint-key`, else
+/// one drawn for this run.
+pub fn fingerprint_key(
+    given: Option<secrecy::SecretString>,
+) -> std::io::Result<fingerprint::FingerprintKey> {
+    match given {
+        Some(key) => Ok(fingerprint::FingerprintKey::given(&key)),
+        None => random_key(),
+    }
+}
+
+/// A key drawn for this run: 32 bytes from the kernel's CSPRNG.
 fn random_key() -> std::io::Result<fingerprint::FingerprintKey> {
     let mut bytes = [0u8; 32];
     std::fs::File::open("/dev/urandom")?.read_exact(&mut bytes)?;

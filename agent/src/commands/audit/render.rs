@@ -176,15 +176,19 @@ mod tests {
         );
         assert!(lines[2].contains("ServiceAccount default"), "{text}");
         assert!(lines[2].ends_with("Malformed"), "{text}");
-        // The second entry: registry cells only.
+        // The second entry: registry cells only; an unparseable key is never echoed.
         assert!(
-            lines[3].starts_with(&format!("{:27}r.io:bad (ignored: not a URL)", "")),
+            lines[3].starts_with(&format!(
+                "{:27}<unparseable key, 8 bytes> (ignored: not a URL)",
+                ""
+            )),
             "{text}"
         );
         assert!(
-            text.contains("FINDINGS (1)\nMalformed    registry key `r.io:bad`"),
+            text.contains("FINDINGS (1)\nMalformed    registry key `<unparseable key, 8 bytes>`"),
             "{text}"
         );
         assert!(!text.contains("p1") && !text.contains("p2"), "{text}");
+        assert!(!text.contains("r.io:bad"), "{text}");
     }
 }

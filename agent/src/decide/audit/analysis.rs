@@ -18,6 +18,7 @@
 use super::fingerprint::FingerprintKey;
 use crate::decide::credentials::dockerconfig::{DockerConfigEntry, DockerConfigFormat};
 use crate::decide::credentials::pull_secret::{KeyRead, kubelet_format, read_data_key};
+use crate::decide::credentials::shown_key::{shown_key, stripped_warning};
 use crate::decide::credentials::{expiry, keyring, pull_secret_names};
 use crate::model::inventory::{
     Inventory, KEY_DOCKERCFG, KEY_DOCKERCONFIGJSON, ObjectKey, SecretObject, TYPE_DOCKERCFG,
@@ -203,8 +204,10 @@ impl fmt::Display for User {
 pub struct Report {
     /// RFC 3339.
     pub generated_at: String,
-    /// How to read the fingerprints.
-    pub fingerprints: &'static str,
+    /// How to read the fingerprints: with which key, over what.
+    pub fingerprints: String,
+    /// The fingerprint key was drawn for this run: fingerprints compare within this report only.
+    pub fingerprint_key_per_run: bool,
     pub expiry_warning: String,
     pub max_age: String,
     pub namespaces: Vec<NamespaceReport>,
@@ -215,7 +218,8 @@ pub struct Report {
     pub notes: Vec<String>,
 }
 
-pub const FINGERPRINT_NOTE: &str = "HMAC-SHA256 over (registry, username, password, identity token) with a key drawn for this run and never shown: equal fingerprints mean the same credential within this report; they cannot be compared across runs";
+/// What a `Reused` fingerprint is computed over; [`FingerprintKey::note`] says how to compare them.
+pub const FINGERPRINT_FIELDS: &str = "over (registry, username, password, identity token)";
 
 #[derive(Clone, Debug, Serialize)]
 pub struct NamespaceReport {
@@ -433,6 +437,19 @@ fn judge_entry(
 ) -> Judged {
     let registry = keyring::normalize_key(&entry.key);
     let object = format!("Secret {secret}");
+    // Shown as `shown_key` shows keys: no userinfo, nothing of an unparseable key.
+    let shown = shown_key(&entry.key);
+    if shown.stripped {
+        findings.push(Finding {
+            kind: FindingKind::Malformed,
+            objects: vec![object.clone()],
+            namespaces: vec![secret.namespace.clone()],
+            registry: registry.clone(),
+            fingerprint: None,
+            message: stripped_warning(&shown, &object),
+            hint: "write the key as host[:port][/path]; credentials belong in `auth` (and rotate one that was written in the key)".into(),
+        });
+    }
     if registry.is_none() {
         findings.push(Finding {
             kind: FindingKind::Malformed,
@@ -442,7 +459,7 @@ fn judge_entry(
             fingerprint: None,
             message: format!(
                 "registry key `{}` in {object} is not a valid URL; the kubelet ignores it",
-                entry.key
+                shown.text
             ),
             hint: "write the key as host[:port][/path] (`registry.example.com:5000`)".into(),
         });
@@ -467,7 +484,7 @@ fn judge_entry(
                 FindingKind::Expired,
                 format!(
                     "the credential for `{}` in {object} expired at {} ({} ago)",
-                    entry.key,
+                    shown.text,
                     rfc3339_seconds(at),
                     short(options.now.duration_since(at).unwrap_or_default())
                 ),
@@ -477,7 +494,7 @@ fn judge_entry(
                 FindingKind::ExpiresSoon,
                 format!(
                     "the credential for `{}` in {object} expires at {} (in {})",
-                    entry.key,
+                    shown.text,
                     rfc3339_seconds(at),
                     short(left)
                 ),
@@ -490,7 +507,7 @@ fn judge_entry(
                 kind,
                 objects: vec![object.clone()],
                 namespaces: vec![secret.namespace.clone()],
-                registry: Some(registry.clone().unwrap_or_else(|| entry.key.clone())),
+                registry: Some(registry.clone().unwrap_or_else(|| shown.text.clone())),
                 fingerprint: None,
                 message,
                 hint: hint.into(),
@@ -499,7 +516,7 @@ fn judge_entry(
     }
     Judged {
         entry: RegistryEntry {
-            key: entry.key.clone(),
+            key: shown.text.clone(),
             registry,
             username: entry.username.clone(),
             fingerprint: fingerprint.clone(),
@@ -624,12 +641,12 @@ pub fn build(input: &AuditInput, options: &Options, key: &FingerprintKey) -> Rep
                             if let Some(fp) = judged.fingerprint {
                                 copies.entry(fp).or_default().push((
                                     k.clone(),
-                                    entry.key.clone(),
+                                    judged.entry.key.clone(),
                                     judged
                                         .entry
                                         .registry
                                         .clone()
-                                        .unwrap_or_else(|| entry.key.clone()),
+                                        .unwrap_or_else(|| judged.entry.key.clone()),
                                 ));
                             }
                             registries.push(judged.entry);
@@ -772,7 +789,8 @@ pub fn build(input: &AuditInput, options: &Options, key: &FingerprintKey) -> Rep
         .collect();
     Report {
         generated_at: rfc3339_seconds(options.now),
-        fingerprints: FINGERPRINT_NOTE,
+        fingerprints: format!("{}; {FINGERPRINT_FIELDS}", key.note()),
+        fingerprint_key_per_run: key.is_per_run(),
         expiry_warning: as_flag(options.expiry_warning),
         max_age: as_flag(options.max_age),
         namespaces,

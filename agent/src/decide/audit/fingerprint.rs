@@ -1,16 +1,21 @@
-//! Keyed fingerprints of credentials: HMAC-SHA256 (the `hmac` crate) with a key drawn for
-//! one run. Two equal fingerprints in one report mean the same credential; a fingerprint says
-//! nothing about the credential to anyone without the key, and the key never leaves the process,
-//! so fingerprints of two runs cannot be compared (nor brute-forced offline, as a plain hash of a
+//! Keyed fingerprints of credentials: HMAC-SHA256 (the `hmac` crate), the one home of the
+//! fingerprints `pullgate audit` (`Reused`) and `pullgate auth resolve` (`password_hmac_sha256`)
+//! print. The key is the operator's `--fingerprint-key` (`PULLGATE_FINGERPRINT_KEY`), so that runs
+//! with the same key can be compared, or else drawn for one run and never shown, so that
+//! fingerprints compare within one output only. Either way a fingerprint says nothing about the
+//! credential to anyone without the key (nor can it be brute-forced offline, as a plain hash of a
 //! short password could be).
 
 use hmac::{Hmac, Mac as _};
-use secrecy::{ExposeSecret as _, SecretBox};
+use secrecy::{ExposeSecret as _, SecretBox, SecretString};
 use sha2::Sha256;
 use std::fmt;
 
-/// The per-run key. `Debug` prints no byte of it; it is zeroed when dropped.
-pub struct FingerprintKey(SecretBox<[u8; 32]>);
+/// The key. `Debug` prints no byte of it; it is zeroed when dropped.
+pub struct FingerprintKey {
+    bytes: SecretBox<Vec<u8>>,
+    per_run: bool,
+}
 
 impl fmt::Debug for FingerprintKey {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -18,10 +23,50 @@ impl fmt::Debug for FingerprintKey {
     }
 }
 
+/// How to read fingerprints made with a key drawn for one run.
+pub const PER_RUN_NOTE: &str = "HMAC-SHA256 with a key drawn for this run and never shown: equal fingerprints mean the same credential within this output only; they cannot be compared across runs (pass --fingerprint-key or PULLGATE_FINGERPRINT_KEY for that)";
+/// How to read fingerprints made with the operator's key.
+pub const GIVEN_NOTE: &str = "HMAC-SHA256 keyed with --fingerprint-key (PULLGATE_FINGERPRINT_KEY): equal fingerprints mean the same credential, in this output and in any other made with the same key";
+
 impl FingerprintKey {
-    /// A key from its bytes (`pullgate audit` draws them from the kernel's CSPRNG per run).
+    /// A key drawn for one run (`pullgate audit` and `auth resolve` draw 32 bytes from the
+    /// kernel's CSPRNG).
     pub fn from_bytes(bytes: [u8; 32]) -> Self {
-        Self(SecretBox::new(Box::new(bytes)))
+        Self {
+            bytes: SecretBox::new(Box::new(bytes.to_vec())),
+            per_run: true,
+        }
+    }
+
+    /// The operator's key: the UTF-8 bytes of `--fingerprint-key`.
+    pub fn given(key: &SecretString) -> Self {
+        Self {
+            bytes: SecretBox::new(Box::new(key.expose_secret().as_bytes().to_vec())),
+            per_run: false,
+        }
+    }
+
+    /// Drawn for this run (fingerprints compare within one output only).
+    pub fn is_per_run(&self) -> bool {
+        self.per_run
+    }
+
+    /// How to read the fingerprints this key makes: [`PER_RUN_NOTE`] or [`GIVEN_NOTE`].
+    pub fn note(&self) -> &'static str {
+        if self.per_run {
+            PER_RUN_NOTE
+        } else {
+            GIVEN_NOTE
+        }
+    }
+
+    /// Lowercase hex HMAC-SHA256 of `secret`'s bytes: `auth resolve`'s `password_hmac_sha256`
+    /// (what `openssl dgst -sha256 -hmac KEY` prints for the same bytes).
+    pub fn of_secret(&self, secret: &SecretString) -> String {
+        hex::encode(hmac_sha256(
+            self.bytes.expose_secret(),
+            &[secret.expose_secret().as_bytes()],
+        ))
     }
 
     /// Hex HMAC-SHA256 of the fields, each prefixed with its length (so that `("ab", "c")` and
@@ -36,7 +81,7 @@ impl FingerprintKey {
             .zip(&lengths)
             .flat_map(|(field, len)| [len.as_slice(), field])
             .collect();
-        hex::encode(hmac_sha256(self.0.expose_secret(), &parts))
+        hex::encode(hmac_sha256(self.bytes.expose_secret(), &parts))
     }
 }
 
@@ -98,5 +143,36 @@ mod tests {
         let plain = hex::encode(<Sha256 as sha2::Digest>::digest(b"password"));
         assert_ne!(a.fingerprint(&fields), plain);
         assert_eq!(format!("{a:?}"), "FingerprintKey([REDACTED])");
+    }
+
+    /// `password_hmac_sha256`: the plain HMAC of the password's bytes keyed with the UTF-8 bytes of
+    /// the given key, as `printf %s PASSWORD | openssl dgst -sha256 -hmac KEY` computes it (RFC
+    /// 4231 case 2, and a vector computed with openssl).
+    #[test]
+    fn given_key_vectors() {
+        for (key, password, expected) in [
+            (
+                "Jefe",
+                "what do ya want for nothing?",
+                "5bdcc146bf60754e6a042426089575c75a003f089d2739839dec58b964ec3843",
+            ),
+            (
+                "team-fingerprint-key",
+                "pg-Secret-Passw0rd-7f3a9c",
+                // printf %s pg-Secret-Passw0rd-7f3a9c | openssl dgst -sha256 -hmac team-fingerprint-key
+                "2d44d08686cbc950b73c22857fc5182e4d81e90f902486f957d6dbf93233446d",
+            ),
+        ] {
+            let key = FingerprintKey::given(&SecretString::from(key));
+            assert!(!key.is_per_run());
+            assert_eq!(key.note(), GIVEN_NOTE);
+            let fp = key.of_secret(&SecretString::from(password));
+            assert_eq!(fp, expected);
+            let plain = hex::encode(<Sha256 as sha2::Digest>::digest(password.as_bytes()));
+            assert_ne!(fp, plain);
+        }
+        let drawn = FingerprintKey::from_bytes([3; 32]);
+        assert!(drawn.is_per_run());
+        assert_eq!(drawn.note(), PER_RUN_NOTE);
     }
 }

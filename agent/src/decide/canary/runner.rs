@@ -319,7 +319,7 @@ impl<P: RegistryProbe> CanaryRunner<P> {
         } else {
             resolution.candidates.iter().map(Some).collect()
         };
-        let passwords = resolution.candidates.iter().map(|c| &c.password);
+        let passwords = resolution.candidates.iter().flat_map(|c| c.secrets());
         let passwords: Vec<_> = passwords.collect();
         let mut failures: Vec<(String, ProbeFailure)> = Vec::new();
         let now = SystemTime::now();

@@ -9,6 +9,7 @@
 //! (pullgate reads `identitytoken` only to learn a credential's expiry). Errors name the key, never a
 //! value.
 
+use super::shown_key::shown;
 use base64::Engine as _;
 use base64::engine::{DecodePaddingMode, GeneralPurpose, GeneralPurposeConfig};
 use secrecy::SecretString;
@@ -21,8 +22,10 @@ pub struct DockerConfigEntry {
     pub key: String,
     pub username: String,
     pub password: SecretString,
-    /// Read for its expiry only; never sent.
+    /// Read for its expiry, and to scrub it from messages; never sent.
     pub identity_token: Option<SecretString>,
+    /// `registrytoken`: read only to scrub it from messages; never sent.
+    pub registry_token: Option<SecretString>,
 }
 
 /// The two formats a pull secret can carry.
@@ -40,11 +43,15 @@ pub enum DockerConfigError {
     NotJson(String),
     #[error("not a JSON object of registry entries")]
     NotAnObject,
-    #[error("entry `{key}`: field `{field}` is not a string")]
+    // Keys are shown as `shown_key` shows them: never userinfo, nothing of an unparseable key.
+    #[error("entry `{}`: field `{field}` is not a string", shown(key))]
     NotAString { key: String, field: &'static str },
-    #[error("entry `{key}`: `auth` is not valid base64")]
+    #[error("entry `{}`: `auth` is not valid base64", shown(key))]
     AuthNotBase64 { key: String },
-    #[error("entry `{key}`: decoded `auth` is not formatted as base64(username:password)")]
+    #[error(
+        "entry `{}`: decoded `auth` is not formatted as base64(username:password)",
+        shown(key)
+    )]
     AuthNoColon { key: String },
 }
 
@@ -136,10 +143,12 @@ fn decode_entry(key: &str, entry: &Value) -> Result<DockerConfigEntry, DockerCon
     let mut password = string_field(map, key, "password")?;
     let auth = string_field(map, key, "auth")?;
     // Read for expiry only; the kubelet ignores it, and a wrong type is not worth failing for.
-    let identity_token = match field(map, "identitytoken") {
+    let token = |name: &str| match field(map, name) {
         Some(Value::String(t)) if !t.is_empty() => Some(SecretString::from(t.clone())),
         _ => None,
     };
+    let identity_token = token("identitytoken");
+    let registry_token = token("registrytoken");
     // `email` must still be a string for Go to accept the entry.
     string_field(map, key, "email")?;
     if !auth.is_empty() {
@@ -150,6 +159,7 @@ fn decode_entry(key: &str, entry: &Value) -> Result<DockerConfigEntry, DockerCon
         username,
         password: SecretString::from(password),
         identity_token,
+        registry_token,
     })
 }
 

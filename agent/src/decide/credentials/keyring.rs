@@ -301,6 +301,11 @@ impl<T> Keyring<T> {
         self.by_key.is_empty()
     }
 
+    /// Every credential filed, in normalised-key order.
+    pub fn entries(&self) -> impl Iterator<Item = &Filed<T>> {
+        self.by_key.values().flatten()
+    }
+
     /// Every credential that applies to `image` (`registry/repository`), in the kubelet's order.
     pub fn lookup(&self, image: &str) -> Vec<&Filed<T>> {
         let found: Vec<&Filed<T>> = self

@@ -17,6 +17,7 @@ use super::dockerconfig::{self, DockerConfigEntry, DockerConfigFormat};
 use super::expiry::expires_at;
 use super::keyring::Keyring;
 use super::pull_secret::{KeyRead, read_pull_secret};
+use super::shown_key::{shown, shown_key, stripped_warning};
 use super::{
     Candidate, CredentialPlugins, CredentialResolver, CredentialSource, Finding, Resolution,
 };
@@ -36,6 +37,7 @@ struct Filed {
     source: CredentialSource,
     username: String,
     password: SecretString,
+    tokens: Vec<SecretString>,
     expires_at: Option<SystemTime>,
 }
 
@@ -49,6 +51,11 @@ impl Filed {
             source,
             username: entry.username,
             password: entry.password,
+            tokens: entry
+                .identity_token
+                .into_iter()
+                .chain(entry.registry_token)
+                .collect(),
             expires_at,
         }
     }
@@ -58,6 +65,7 @@ impl Filed {
             source: self.source.clone(),
             username: self.username.clone(),
             password: self.password.clone(),
+            tokens: self.tokens.clone(),
             expires_at: self.expires_at,
         }
     }
@@ -149,7 +157,9 @@ impl KubeletResolver {
                     Filed {
                         source,
                         username: c.username,
+                        // The plugin's token: sent as the password, scrubbed as one.
                         password: c.password,
+                        tokens: Vec::new(),
                         expires_at,
                     },
                 );
@@ -203,6 +213,9 @@ impl KubeletResolver {
         let (node, plugins) = self
             .node_keyrings(&repository, &mut resolution.findings)
             .await;
+        for keyring in [&pod, &node, &plugins] {
+            note_stripped_keys(keyring, &mut resolution.findings);
+        }
 
         let no_credentials = if secret_names.is_empty() {
             format!(
@@ -251,7 +264,13 @@ fn finish(
     let near: Vec<String> = keyrings
         .iter()
         .flat_map(|k| k.near_misses(&repository))
-        .map(|(f, reason)| format!("`{}` in {} ({reason})", f.key, f.value.source.origin()))
+        .map(|(f, reason)| {
+            format!(
+                "`{}` in {} ({reason})",
+                shown(&f.key),
+                f.value.source.origin()
+            )
+        })
         .collect();
     resolution.findings.push(if near.is_empty() {
         Finding {
@@ -306,6 +325,9 @@ pub async fn resolve_docker_config_files(
     let (node_ring, plugin_ring) = node
         .node_keyrings(&image.name(), &mut resolution.findings)
         .await;
+    for keyring in [&given, &node_ring, &plugin_ring] {
+        note_stripped_keys(keyring, &mut resolution.findings);
+    }
     let files: Vec<String> = files.iter().map(|(p, _)| p.display().to_string()).collect();
     finish(
         &mut resolution,
@@ -380,9 +402,24 @@ fn note_ignored_keys<T>(keyring: &Keyring<T>, what: &str, findings: &mut Vec<Fin
         findings.push(Finding {
             verdict: Verdict::SecretMalformed,
             message: format!(
-                "registry key `{key}` in {what} is not a valid URL; the kubelet ignores it"
+                "registry key `{}` in {what} is not a valid URL; the kubelet ignores it",
+                shown(key)
             ),
         });
+    }
+}
+
+/// A note (verdict `Ok`: nothing fails because of it) for every key whose shown form dropped
+/// userinfo, a query or a fragment; the note names the key as shown, never what was dropped.
+fn note_stripped_keys(keyring: &Keyring<Filed>, findings: &mut Vec<Finding>) {
+    for filed in keyring.entries() {
+        let shown = shown_key(&filed.key);
+        if shown.stripped {
+            findings.push(Finding {
+                verdict: Verdict::Ok,
+                message: stripped_warning(&shown, &filed.value.source.origin()),
+            });
+        }
     }
 }
 

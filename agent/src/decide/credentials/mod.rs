@@ -12,6 +12,7 @@ pub mod expiry;
 pub mod keyring;
 mod kubelet;
 pub mod pull_secret;
+pub mod shown_key;
 
 pub use kubelet::{
     KubeletResolver, NodeDockerConfig, ParsedFile, parse_docker_config_file, pull_secret_names,
@@ -40,13 +41,19 @@ pub enum CredentialSource {
 }
 
 impl CredentialSource {
-    /// The registry key as written.
+    /// The registry key as written: for matching, never for display (see [`Self::shown_key`]).
     pub fn key(&self) -> &str {
         match self {
             CredentialSource::PullSecret { key, .. }
             | CredentialSource::DockerConfig { key, .. }
             | CredentialSource::Plugin { key, .. } => key,
         }
+    }
+
+    /// The key as it may be shown ([`shown_key::shown_key`]): no userinfo, query or fragment, and
+    /// nothing of a key that does not parse.
+    pub fn shown_key(&self) -> shown_key::ShownKey {
+        shown_key::shown_key(self.key())
     }
 
     /// The source without the key: `secret ns/name`, `file PATH`, `plugin NAME`.
@@ -61,7 +68,7 @@ impl CredentialSource {
 
 impl fmt::Display for CredentialSource {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{} key {}", self.origin(), self.key())
+        write!(f, "{} key {}", self.origin(), self.shown_key().text)
     }
 }
 
@@ -72,8 +79,20 @@ pub struct Candidate {
     pub username: String,
     /// Redacted in `Debug`; exposed only to the adapter that sends it to a runtime or registry.
     pub password: SecretString,
+    /// Other secrets its source holds that are never sent (a Docker config entry's
+    /// `identitytoken` and `registrytoken`): kept only to scrub them from messages.
+    pub tokens: Vec<SecretString>,
     /// When the credential itself says it expires (a JWT's `exp`, an ECR token's expiration).
     pub expires_at: Option<SystemTime>,
+}
+
+impl Candidate {
+    /// Every secret of this credential, for [`crate::decide::secret_scrub::scrub`]: the password
+    /// (a plugin's token too) and the tokens. `scrub` also removes their base64 forms, so the
+    /// `auth` field and an `Authorization: Basic` header are covered.
+    pub fn secrets(&self) -> impl Iterator<Item = &SecretString> {
+        std::iter::once(&self.password).chain(&self.tokens)
+    }
 }
 
 /// Something resolution noticed that explains a failure if the pull then fails.
@@ -193,6 +212,7 @@ mod tests {
             },
             username: "u".into(),
             password: SecretString::from("p"),
+            tokens: vec![],
             expires_at: None,
         };
         let cases: Vec<(Vec<Finding>, bool, Verdict, Verdict)> = vec![

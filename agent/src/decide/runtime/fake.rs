@@ -109,6 +109,7 @@ pub fn candidate(secret: &str, password: &str) -> Candidate {
         },
         username: "u".into(),
         password: SecretString::from(password.to_string()),
+        tokens: vec![],
         expires_at: None,
     }
 }

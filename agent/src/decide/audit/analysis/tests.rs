@@ -543,6 +543,24 @@ fn registries_and_fingerprints() {
         other.namespaces[0].secrets[0].registries[0].fingerprint,
         report.namespaces[0].secrets[0].registries[0].fingerprint
     );
+    assert!(report.fingerprint_key_per_run);
+    assert!(report.fingerprints.contains("within this output only"));
+    // The operator's --fingerprint-key: the same fingerprints on every run, and the report says
+    // they compare across runs.
+    let given = || FingerprintKey::given(&secrecy::SecretString::from("audit-key"));
+    let (a, b) = (
+        build(&cluster.input, &options(), &given()),
+        build(&cluster.input, &options(), &given()),
+    );
+    let fp = |r: &Report| r.namespaces[0].secrets[0].registries[0].fingerprint.clone();
+    assert_eq!(fp(&a), fp(&b));
+    assert_ne!(fp(&a), fp(&report));
+    assert!(!a.fingerprint_key_per_run);
+    assert!(
+        a.fingerprints.contains("--fingerprint-key"),
+        "{}",
+        a.fingerprints
+    );
 }
 
 #[test]

@@ -2,6 +2,7 @@
 //! sources, near misses, blocked pulls. (Plugins are driven through their real exec path in
 //! tests/tests/credential_plugins.rs.)
 
+use super::super::PluginCredential;
 use super::*;
 use crate::model::inventory::{
     KEY_DOCKERCFG, KEY_DOCKERCONFIGJSON, SecretObject, ServiceAccountObject,
@@ -479,5 +480,101 @@ fn expiry_is_read_from_the_credential() {
     assert_eq!(
         r.candidates[0].expires_at,
         Some(std::time::UNIX_EPOCH + std::time::Duration::from_secs(1_900_000_000))
+    );
+}
+
+/// Plugins answering from a table, for the secret-set tests.
+struct FixedPlugins(Vec<PluginCredential>);
+
+impl CredentialPlugins for FixedPlugins {
+    fn credentials<'a>(&'a self, _: &'a str) -> BoxFuture<'a, super::super::PluginAnswer> {
+        Box::pin(async move {
+            super::super::PluginAnswer {
+                credentials: self.0.clone(),
+                failures: vec![],
+            }
+        })
+    }
+}
+
+/// A key with userinfo (`https://user:TOKEN@reg.io`), in a pull secret, the node's file and a
+/// plugin's answer: it matches as the kubelet matches it (the host), its label and every finding
+/// show it without the userinfo, and a note (verdict `Ok`) says that the key carries some.
+#[test]
+fn keys_with_userinfo_are_shown_without_it() {
+    let token = "tok-Userinfo-9c8b7a";
+    let key = format!("https://robot:{token}@reg.io:5000");
+    let mut inventory = inventory();
+    let s = json_secret("userinfo", &[(key.as_str(), "alice", "pw1")]);
+    inventory.secrets.insert(s.key.clone(), s);
+    let file = Arc::new(NodeFile {
+        path: "/etc/pullgate/config.json".into(),
+        bytes: std::sync::Mutex::new(Some(dockerconfig(&[(key.as_str(), "node", "pwN")]))),
+    });
+    let plugins = Arc::new(FixedPlugins(vec![PluginCredential {
+        provider: "ecr".into(),
+        key: format!("{token}@reg.io:5000"),
+        username: "AWS".into(),
+        password: SecretString::from("plugin-Token-5e4d3c"),
+    }]));
+    let resolver = KubeletResolver::new(Some(file), Some(plugins));
+    let set = pullset("imagePullSecrets: [{name: userinfo}]", "reg.io:5000/a:1");
+    let image = ImageRef::parse("reg.io:5000/a:1").unwrap();
+    let r = futures::executor::block_on(resolver.resolve(&inventory, &set, &image));
+    let labels: Vec<String> = r.candidates.iter().map(|c| c.source.to_string()).collect();
+    assert_eq!(
+        labels,
+        [
+            "secret ns/userinfo key https://reg.io:5000",
+            "file /etc/pullgate/config.json key https://reg.io:5000",
+            "plugin ecr key reg.io:5000",
+        ]
+    );
+    let notes: Vec<&Finding> = r.findings.iter().collect();
+    assert_eq!(notes.len(), 3, "{notes:?}");
+    for note in &notes {
+        assert_eq!(note.verdict, Verdict::Ok, "{note:?}");
+        assert!(note.message.contains("carries userinfo"), "{note:?}");
+    }
+    assert!(
+        notes[0]
+            .message
+            .contains("`https://reg.io:5000` in secret ns/userinfo")
+    );
+    // Nothing shows the token: labels, findings, the explanation of a failure.
+    let (_, explained) = r.explain_failure(Verdict::Unauthorized, "401");
+    let shown = format!("{labels:?} {:?} {explained}", r.findings);
+    assert!(!shown.contains(token), "{shown}");
+    // The plugin's token is the candidate's password: in its secret set, scrubbed.
+    let plugin = &r.candidates[2];
+    let message =
+        crate::decide::secret_scrub::scrub("registry echoed plugin-Token-5e4d3c", plugin.secrets());
+    assert_eq!(message, "registry echoed [REDACTED]");
+}
+
+/// An entry's `identitytoken` and `registrytoken` are never sent, but are in its candidate's
+/// secret set, so a message that quotes them is scrubbed.
+#[test]
+fn identity_and_registry_tokens_are_in_the_secret_set() {
+    let mut inventory = inventory();
+    let s = secret(
+        "tokens",
+        TYPE_DOCKERCONFIGJSON,
+        KEY_DOCKERCONFIGJSON,
+        br#"{"auths":{"reg.io:5000":{"username":"u","password":"pw-Tokens-1","identitytoken":"idtok-Secret-77","registrytoken":"regtok-Secret-88"}}}"#.to_vec(),
+    );
+    inventory.secrets.insert(s.key.clone(), s);
+    let set = pullset("imagePullSecrets: [{name: tokens}]", "reg.io:5000/a:1");
+    let image = ImageRef::parse("reg.io:5000/a:1").unwrap();
+    let r =
+        futures::executor::block_on(KubeletResolver::default().resolve(&inventory, &set, &image));
+    let c = &r.candidates[0];
+    let message = format!(
+        "echo pw-Tokens-1 idtok-Secret-77 regtok-Secret-88 {}",
+        base64::engine::general_purpose::STANDARD.encode("u:pw-Tokens-1")
+    );
+    assert_eq!(
+        crate::decide::secret_scrub::scrub(&message, c.secrets()),
+        "echo [REDACTED] [REDACTED] [REDACTED] dTp[REDACTED]Q=="
     );
 }
