@@ -229,7 +229,8 @@ impl<R: ImageRuntime> PrePuller<R> {
         let plan = attempts_for(desired);
         let passwords: Vec<SecretString> = plan
             .iter()
-            .filter_map(|a| a.candidate.as_ref().map(|c| c.password.clone()))
+            .filter_map(|a| a.candidate.as_ref())
+            .flat_map(|c| c.secrets().cloned())
             .collect();
         let mut failed = Vec::new();
         for attempt in &plan {
