@@ -445,6 +445,13 @@ fn a_token_realm_answering_50_mib_leaves_the_daemon_bounded_and_the_messages_sho
         );
     }
     agent.assert_up_and_bounded(MEMORY_CAP_KIB, "a 50 MiB token realm");
+    // The figure the README quotes (a bound is asserted above, never this number).
+    if let Ok(peak) = pullgate_testenv::procfs::peak_kib(agent.pid()) {
+        eprintln!(
+            "agent peak RSS: {:.0} MiB",
+            pullgate_testenv::procfs::mib(peak)
+        );
+    }
     let (stdout, stderr) = agent.finish();
     assert!(
         !stderr.contains("aaaaaaaaaaaaaaaa"),
