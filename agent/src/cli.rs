@@ -269,6 +269,25 @@ pub struct RegistryArgs {
     /// A `full` canary's blob download gets this plus the blob's size at 256 KiB/s.
     #[arg(long, env = "PULLGATE_REGISTRY_TIMEOUT", default_value = "60s")]
     pub registry_timeout: humantime::Duration,
+    /// Longest time for one registry-direct canary probe (one credential), from the `/v2/` ping
+    /// and the token service to the last blob: a registry or token realm that never answers ends
+    /// the canary here with a `Network` verdict naming the registry. A `full` canary of large
+    /// images on a slow link needs this above its byte budget's download time.
+    #[arg(long, env = "PULLGATE_CANARY_TIMEOUT", default_value = "10m")]
+    pub canary_timeout: humantime::Duration,
+    /// The most bytes one `full` canary probe downloads (manifests included; `512MiB`, `1GiB`…).
+    /// A blob larger than what is left is checked by `HEAD` only, with a `NotDownloaded` warning.
+    #[arg(
+        long,
+        env = "PULLGATE_MAX_CANARY_BYTES",
+        default_value = "1GiB",
+        value_name = "BYTES"
+    )]
+    pub max_canary_bytes: crate::adapters::registry::ByteCount,
+    /// PEM certificates the registry-direct canary trusts besides the built-in (Mozilla) roots:
+    /// a registry with a private CA.
+    #[arg(long, env = "PULLGATE_REGISTRY_CA_FILE", value_name = "FILE")]
+    pub registry_ca_file: Option<PathBuf>,
 }
 
 /// The node's own credentials, configured with the kubelet's flags.

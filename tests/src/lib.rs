@@ -11,6 +11,8 @@
 //!   built in code, the YAML the agent reads;
 //! - [`apiserver`], [`cluster`]: the in-repo test API server, and cluster mode set up around it;
 //! - [`proxy`], [`cri_counter`]: a counting (and misbehaving) registry proxy, a counting CRI proxy;
+//! - [`hostile_server`]: a scripted registry or token realm (HTTP or HTTPS) that never answers,
+//!   answers too much, or points elsewhere;
 //! - [`procfs`], [`http`]: a process seen from `/proc`, raw HTTP on loopback;
 //! - [`process`], [`server_thread`]: process guards, prerequisite checks, waits with deadlines,
 //!   servers on a runtime of their own;
@@ -21,6 +23,7 @@ pub mod apiserver;
 pub mod cluster;
 pub mod containerd;
 pub mod cri_counter;
+pub mod hostile_server;
 pub mod http;
 pub mod images;
 pub mod kustomize;

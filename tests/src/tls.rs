@@ -46,7 +46,8 @@ impl TestCa {
         })
     }
 
-    fn server_config(&self) -> Result<Arc<rustls::ServerConfig>> {
+    /// A rustls server configuration presenting the server certificate.
+    pub fn server_config(&self) -> Result<Arc<rustls::ServerConfig>> {
         let provider = Arc::new(rustls::crypto::ring::default_provider());
         let config = rustls::ServerConfig::builder_with_provider(provider)
             .with_safe_default_protocol_versions()?

@@ -27,6 +27,8 @@ pub struct ProbeReport {
     pub blobs: usize,
     pub bytes: u64,
     pub requests: u32,
+    /// What the probe warns about besides its verdict (a blob over the byte budget).
+    pub warnings: Vec<CanaryWarning>,
 }
 
 /// Why a probe failed, already classified.
@@ -337,10 +339,24 @@ impl<P: RegistryProbe> CanaryRunner<P> {
                         CanaryDepth::Blobs => {
                             format!("manifest and {} blob(s) reachable", report.blobs)
                         }
-                        CanaryDepth::Full => format!(
-                            "{} blob(s) downloaded and verified ({} bytes)",
-                            report.blobs, report.bytes
-                        ),
+                        CanaryDepth::Full => {
+                            let head_only = report
+                                .warnings
+                                .iter()
+                                .filter(|w| matches!(w, CanaryWarning::NotDownloaded { .. }))
+                                .count();
+                            let mut m = format!(
+                                "{} blob(s) downloaded and verified ({} bytes)",
+                                report.blobs - head_only.min(report.blobs),
+                                report.bytes
+                            );
+                            if head_only > 0 {
+                                m.push_str(&format!(
+                                    ", {head_only} over the byte budget checked by HEAD only"
+                                ));
+                            }
+                            m
+                        }
                     };
                     outcome.bytes = report.bytes;
                     outcome.requests += report.requests;
@@ -363,6 +379,7 @@ impl<P: RegistryProbe> CanaryRunner<P> {
                         }
                     }
                     outcome.warnings.extend(credential_failing(&failures));
+                    outcome.warnings.extend(report.warnings);
                     outcome.duration_ms = millis(elapsed);
                     return outcome;
                 }

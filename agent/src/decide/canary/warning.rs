@@ -29,6 +29,18 @@ pub enum CanaryWarning {
         registry: String,
         mirrors: Vec<String>,
     },
+    /// A `full` canary's blob declares more bytes than are left of the canary's byte budget
+    /// (`--max-canary-bytes`): checked by `HEAD` only, not downloaded.
+    NotDownloaded {
+        /// The blob's digest.
+        blob: String,
+        /// Its declared size.
+        size: u64,
+        /// What was left of the budget.
+        left: u64,
+        /// The budget.
+        budget: u64,
+    },
 }
 
 impl CanaryWarning {
@@ -58,6 +70,15 @@ impl fmt::Display for CanaryWarning {
                 f,
                 "MirrorInPath: the runtime routes {registry} through {}; a mirror may serve cached content without checking credentials, so only the registry-direct canary proves them",
                 mirrors.join(", ")
+            ),
+            Self::NotDownloaded {
+                blob,
+                size,
+                left,
+                budget,
+            } => write!(
+                f,
+                "NotDownloaded: blob {blob} declares {size} bytes, more than the {left} left of the canary's {budget}-byte budget (--max-canary-bytes): checked by HEAD only, not downloaded"
             ),
         }
     }
@@ -104,6 +125,16 @@ mod tests {
                     mirrors: vec!["cache.local:5000".into(), "peer.local".into()],
                 },
                 "MirrorInPath: the runtime routes r.io through cache.local:5000, peer.local; a mirror may serve cached content without checking credentials, so only the registry-direct canary proves them",
+                false,
+            ),
+            (
+                CanaryWarning::NotDownloaded {
+                    blob: "sha256:ab".into(),
+                    size: 1 << 50,
+                    left: (1 << 30) - 1000,
+                    budget: 1 << 30,
+                },
+                "NotDownloaded: blob sha256:ab declares 1125899906842624 bytes, more than the 1073740824 left of the canary's 1073741824-byte budget (--max-canary-bytes): checked by HEAD only, not downloaded",
                 false,
             ),
         ];

@@ -31,6 +31,7 @@ impl RegistryProbe for Scripted {
                     blobs: 2,
                     bytes: 10,
                     requests: 4,
+                    ..ProbeReport::default()
                 }),
                 v => Err(ProbeFailure {
                     verdict: v,

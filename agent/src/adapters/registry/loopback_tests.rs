@@ -1,0 +1,368 @@
+//! The registry adapter against scripted loopback servers: a registry or token realm that never
+//! answers, answers too much, or names a realm it should not; the byte budget of `full` depth.
+//! Real sockets, short deadlines; every wait is bounded by the adapter's own deadlines, and the
+//! tests assert what ended the probe, never how long it took.
+
+#![allow(clippy::unwrap_used)] // test fixtures
+
+use super::*;
+use secrecy::SecretString;
+use sha2::{Digest as _, Sha256};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+
+/// What the scripted server does with one request.
+enum Reply {
+    /// Accepts, reads the request, never answers (keeps the connection open).
+    Never,
+    /// These bytes, then closes.
+    Raw(Vec<u8>),
+}
+
+fn response(status: &str, headers: &[(&str, &str)], body: &[u8]) -> Reply {
+    let mut out = format!("HTTP/1.1 {status}\r\nContent-Length: {}\r\n", body.len());
+    for (k, v) in headers {
+        out.push_str(&format!("{k}: {v}\r\n"));
+    }
+    out.push_str("Connection: close\r\n\r\n");
+    let mut bytes = out.into_bytes();
+    bytes.extend_from_slice(body);
+    Reply::Raw(bytes)
+}
+
+type Handler = dyn Fn(&str, &str, &str) -> Reply + Send + Sync;
+
+struct Server {
+    port: u16,
+    requests: Arc<AtomicUsize>,
+}
+
+impl Server {
+    fn host(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+}
+
+/// Serves `handler(method, path, head)` on 127.0.0.1 until the test's runtime ends.
+async fn serve(handler: impl Fn(&str, &str, &str) -> Reply + Send + Sync + 'static) -> Server {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let requests = Arc::new(AtomicUsize::new(0));
+    let handler: Arc<Handler> = Arc::new(handler);
+    let count = requests.clone();
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            let (handler, count) = (handler.clone(), count.clone());
+            tokio::spawn(async move {
+                let mut head = Vec::new();
+                let mut byte = [0u8; 1];
+                while !head.ends_with(b"\r\n\r\n") {
+                    match stream.read(&mut byte).await {
+                        Ok(1) => head.push(byte[0]),
+                        _ => return,
+                    }
+                }
+                count.fetch_add(1, Ordering::SeqCst);
+                let head = String::from_utf8_lossy(&head).into_owned();
+                let mut words = head.split_whitespace();
+                let method = words.next().unwrap_or("").to_string();
+                let path = words.next().unwrap_or("").to_string();
+                match handler(&method, &path, &head) {
+                    Reply::Never => {
+                        // Hold the connection until the client gives up.
+                        let _ = stream.read(&mut byte).await;
+                    }
+                    Reply::Raw(bytes) => {
+                        let _ = stream.write_all(&bytes).await;
+                        let _ = stream.shutdown().await;
+                    }
+                }
+            });
+        }
+    });
+    Server { port, requests }
+}
+
+/// A client that reaches `plain_http` (`host:port`) over plain HTTP.
+fn client(plain_http: &str, request_timeout: Duration, canary_timeout: Duration) -> RegistryClient {
+    RegistryClient::new(RegistryConfig {
+        plain_http: vec![plain_http.to_string()],
+        request_timeout,
+        read_timeout: Duration::from_secs(30),
+        canary_timeout,
+        ..RegistryConfig::default()
+    })
+    .unwrap()
+}
+
+fn image(host: &str) -> ImageRef {
+    ImageRef::parse(&format!("{host}/team/app:v1")).unwrap()
+}
+
+const PASSWORD: &str = "unit-Passw0rd-91f2";
+
+async fn probe(
+    client: &RegistryClient,
+    host: &str,
+    depth: CanaryDepth,
+) -> Result<Probe, RegistryError> {
+    let password = SecretString::from(PASSWORD);
+    let auth = ProbeAuth {
+        username: "u",
+        password: &password,
+    };
+    client.probe(&image(host), Some(auth), depth).await
+}
+
+const SHORT: Duration = Duration::from_millis(300);
+const LONG: Duration = Duration::from_secs(60);
+
+#[tokio::test]
+async fn a_ping_that_never_answers_times_out_naming_the_registry() {
+    let server = serve(|_, _, _| Reply::Never).await;
+    let host = server.host();
+    let err = probe(&client(&host, SHORT, LONG), &host, CanaryDepth::Manifest)
+        .await
+        .unwrap_err();
+    assert_eq!(err.verdict(), Verdict::Network, "{err}");
+    assert_eq!(
+        err.to_string(),
+        format!("registry {host}: /v2/: timed out after 300ms (a slow or stalled registry)")
+    );
+}
+
+#[tokio::test]
+async fn the_canary_deadline_bounds_the_whole_probe_and_says_where_it_stopped() {
+    // Each request would be allowed a minute: the canary's own deadline ends it.
+    let server = serve(|_, _, _| Reply::Never).await;
+    let host = server.host();
+    let err = probe(&client(&host, LONG, SHORT), &host, CanaryDepth::Manifest)
+        .await
+        .unwrap_err();
+    assert_eq!(err.verdict(), Verdict::Network, "{err}");
+    assert_eq!(
+        err.to_string(),
+        format!(
+            "registry {host}: the canary did not finish within 300ms (stopped during the /v2/ ping; see --canary-timeout)"
+        )
+    );
+}
+
+/// A registry on `host` whose `/v2/` challenge sends clients to `realm`, which `token` answers.
+async fn token_registry(
+    realm: impl Fn(&str) -> String + Send + Sync + 'static,
+    token: impl Fn(&str) -> Reply + Send + Sync + 'static,
+) -> (Server, Server) {
+    let realm_server = serve(move |_, path, head| token(&format!("{path}\n{head}"))).await;
+    let realm_url = realm(&realm_server.host());
+    let registry = serve(move |_, path, head| {
+        if path == "/v2/" {
+            let challenge = format!(r#"Bearer realm="{realm_url}",service="test""#);
+            return response("401 Unauthorized", &[("WWW-Authenticate", &challenge)], b"");
+        }
+        if head
+            .to_ascii_lowercase()
+            .contains("authorization: bearer tok-3e1b")
+        {
+            response(
+                "404 Not Found",
+                &[],
+                br#"{"errors":[{"code":"MANIFEST_UNKNOWN","message":"echo tok-3e1b-secret"}]}"#,
+            )
+        } else {
+            response("401 Unauthorized", &[], b"")
+        }
+    })
+    .await;
+    (registry, realm_server)
+}
+
+#[tokio::test]
+async fn a_token_realm_that_never_answers_times_out_naming_it() {
+    let (registry, _realm) =
+        token_registry(|h| format!("http://{h}/token"), |_| Reply::Never).await;
+    let host = registry.host();
+    let err = probe(&client(&host, SHORT, LONG), &host, CanaryDepth::Manifest)
+        .await
+        .unwrap_err();
+    assert_eq!(err.verdict(), Verdict::Network, "{err}");
+    assert!(
+        err.to_string().starts_with(&format!(
+            "token service http://{}/token: timed out after 300ms",
+            _realm.host()
+        )),
+        "{err}"
+    );
+}
+
+#[tokio::test]
+async fn the_token_is_sent_as_bearer_and_scrubbed_from_what_the_registry_echoes() {
+    let (registry, realm) = token_registry(
+        |h| format!("http://{h}/token"),
+        |request| {
+            // The credential goes to the realm as Basic auth, with the pull scope.
+            if request.contains("scope=repository%3Ateam%2Fapp%3Apull")
+                && request.contains("service=test")
+                && request
+                    .to_ascii_lowercase()
+                    .contains("authorization: basic ")
+            {
+                response(
+                    "200 OK",
+                    &[],
+                    br#"{"token":"tok-3e1b-secret","expires_in":60}"#,
+                )
+            } else {
+                response("400 Bad Request", &[], b"")
+            }
+        },
+    )
+    .await;
+    let host = registry.host();
+    let err = probe(&client(&host, LONG, LONG), &host, CanaryDepth::Manifest)
+        .await
+        .unwrap_err();
+    assert_eq!(err.verdict(), Verdict::NotFound, "{err}");
+    assert_eq!(
+        err.to_string(),
+        "manifest v1: HTTP 404 MANIFEST_UNKNOWN: echo [REDACTED]"
+    );
+    assert_eq!(realm.requests.load(Ordering::SeqCst), 1);
+}
+
+#[tokio::test]
+async fn what_a_token_realm_sends_is_bounded_and_never_shown() {
+    let marker = "MARKER-internal-9d2c";
+    let big = vec![b'a'; 50 << 20];
+    for (status, body, verdict, expected) in [
+        (
+            "200 OK",
+            big.clone(),
+            Verdict::RuntimeError,
+            "token service http://H/token: larger than the 1048576-byte limit".to_string(),
+        ),
+        (
+            "401 Unauthorized",
+            big,
+            Verdict::Unauthorized,
+            "token service http://H/token: HTTP 401: Unauthorized".to_string(),
+        ),
+        (
+            "401 Unauthorized",
+            format!("<html>{marker}</html>").into_bytes(),
+            Verdict::Unauthorized,
+            "token service http://H/token: HTTP 401: Unauthorized".to_string(),
+        ),
+        (
+            "200 OK",
+            format!(r#"{{"detail":"{marker}"}}"#).into_bytes(),
+            Verdict::Unauthorized,
+            "authentication failed: token service http://H/token: the answer holds no token"
+                .to_string(),
+        ),
+        (
+            "200 OK",
+            format!("not json {marker}").into_bytes(),
+            Verdict::Unauthorized,
+            "authentication failed: token service http://H/token: the answer is not a token (JSON with `token` or `access_token`)".to_string(),
+        ),
+        (
+            "403 Forbidden",
+            format!(
+                r#"{{"errors":[{{"code":"DENIED","message":"no pull access {}{marker}"}}]}}"#,
+                "x".repeat(300)
+            )
+            .into_bytes(),
+            Verdict::Unauthorized,
+            format!("token service http://H/token: HTTP 403 DENIED: no pull access {}…", "x".repeat(185)),
+        ),
+    ] {
+        let body = Arc::new(body);
+        let (registry, realm) = token_registry(|h| format!("http://{h}/token"), move |_| {
+            response(status, &[], &body)
+        })
+        .await;
+        let host = registry.host();
+        let err = probe(&client(&host, LONG, LONG), &host, CanaryDepth::Manifest)
+            .await
+            .unwrap_err();
+        let text = err.to_string().replace(&realm.host(), "H");
+        assert_eq!((err.verdict(), text.as_str()), (verdict, expected.as_str()));
+        assert!(!text.contains(marker) && !text.contains(PASSWORD));
+    }
+}
+
+/// A registry (plain HTTP, no auth) serving one image whose layer declares `layer_size` bytes; the
+/// config blob is real. `HEAD` of the layer answers 200; `GET` of it never ends.
+async fn huge_layer_registry(layer_size: u64) -> (Server, String) {
+    let config = br#"{"architecture":"amd64","os":"linux"}"#.to_vec();
+    let config_digest = format!("sha256:{}", hex::encode(Sha256::digest(&config)));
+    let layer_digest = format!("sha256:{}", "ab".repeat(32));
+    let manifest = format!(
+        r#"{{"schemaVersion":2,"mediaType":"application/vnd.oci.image.manifest.v1+json","config":{{"mediaType":"application/vnd.oci.image.config.v1+json","digest":"{config_digest}","size":{}}},"layers":[{{"mediaType":"application/vnd.oci.image.layer.v1.tar+gzip","digest":"{layer_digest}","size":{layer_size}}}]}}"#,
+        config.len()
+    );
+    let layer = layer_digest.clone();
+    let server = serve(move |method, path, _| {
+        if path == "/v2/" {
+            response("200 OK", &[], b"{}")
+        } else if path.ends_with("/manifests/v1") {
+            response("200 OK", &[], manifest.as_bytes())
+        } else if path.ends_with(&config_digest) {
+            response("200 OK", &[], &config)
+        } else if path.ends_with(&layer) && method == "HEAD" {
+            Reply::Raw(
+                b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\nConnection: close\r\n\r\n".to_vec(),
+            )
+        } else {
+            Reply::Never
+        }
+    })
+    .await;
+    (server, layer_digest)
+}
+
+#[tokio::test]
+async fn full_depth_checks_a_blob_over_the_byte_budget_by_head_only_with_a_warning() {
+    let petabyte = 1u64 << 50;
+    let (server, layer) = huge_layer_registry(petabyte).await;
+    let host = server.host();
+    let probe = probe(&client(&host, LONG, LONG), &host, CanaryDepth::Full)
+        .await
+        .unwrap();
+    assert_eq!(probe.blobs, 2, "{probe:?}");
+    let [
+        CanaryWarning::NotDownloaded {
+            blob,
+            size,
+            left,
+            budget,
+        },
+    ] = &probe.warnings[..]
+    else {
+        panic!("{probe:?}");
+    };
+    assert_eq!((blob, *size, *budget), (&layer, petabyte, MAX_CANARY_BYTES));
+    assert_eq!(*left, MAX_CANARY_BYTES - probe.bytes);
+}
+
+#[test]
+fn byte_counts() {
+    for (text, want) in [
+        ("0", Some(0)),
+        ("1073741824", Some(1 << 30)),
+        ("1GiB", Some(1 << 30)),
+        ("512MiB", Some(512 << 20)),
+        ("512 MiB", Some(512 << 20)),
+        ("2T", Some(2 << 40)),
+        ("64KiB", Some(64 << 10)),
+        ("1.5GiB", None),
+        ("GiB", None),
+        ("-1", None),
+        ("1PiB", None),
+        ("99999999999TiB", None),
+    ] {
+        assert_eq!(text.parse::<ByteCount>().ok().map(|b| b.0), want, "{text}");
+    }
+}

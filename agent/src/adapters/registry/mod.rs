@@ -1,0 +1,645 @@
+//! Registry-direct adapter: the only module that knows `reqwest`.
+//!
+//! A canary talks to the registry as a clean-cache pull would, never touching the node's image
+//! store: [`auth`] runs the authentication (Basic, or the distribution token flow with the
+//! registry's token service), then [`session`] makes the requests, with limits a daemon needs: a
+//! manifest larger than 4 MiB, a token answer larger than 1 MiB, a redirect loop, a stalled or slow
+//! server, a plain-HTTP token realm for an HTTPS registry are errors with a verdict, not hangs,
+//! unbounded memory or a request sent; and every probe has one overall deadline
+//! (`--canary-timeout`). What a registry or a realm sends back is shown only as its distribution
+//! error code and a short cleaned message ([`body`]).
+//!
+//! Depths: `manifest` resolves the reference and fetches the manifest (for an index, the node's
+//! platform's); `blobs` also sends `HEAD` for the config and every layer; `full` downloads every
+//! blob, streaming, and verifies size and sha256 — nothing is written to disk — within a byte
+//! budget per probe (`--max-canary-bytes`): a blob over what is left of it is checked by `HEAD`
+//! only, with a warning.
+
+mod auth;
+mod body;
+#[cfg(test)]
+mod loopback_tests;
+mod session;
+
+use crate::decide::canary::warning::CanaryWarning;
+use crate::model::image_ref::ImageRef;
+use crate::model::pullset::CanaryDepth;
+use crate::model::verdict::Verdict;
+use secrecy::SecretString;
+use serde::Deserialize;
+use session::Session;
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+use std::time::Duration;
+
+const MANIFEST_TYPES: &str = "application/vnd.oci.image.index.v1+json, application/vnd.oci.image.manifest.v1+json, application/vnd.docker.distribution.manifest.list.v2+json, application/vnd.docker.distribution.manifest.v2+json";
+
+/// An `os/architecture[/variant]` platform.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Platform {
+    pub os: String,
+    pub architecture: String,
+    pub variant: Option<String>,
+}
+
+impl Platform {
+    /// The platform of this host, in OCI names.
+    pub fn host() -> Self {
+        let architecture = match std::env::consts::ARCH {
+            "x86_64" => "amd64",
+            "aarch64" => "arm64",
+            "x86" => "386",
+            other => other,
+        };
+        Self {
+            os: std::env::consts::OS.to_string(),
+            architecture: architecture.to_string(),
+            variant: None,
+        }
+    }
+}
+
+impl FromStr for Platform {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let parts: Vec<&str> = s.split('/').collect();
+        match parts.as_slice() {
+            [os, arch] if !os.is_empty() && !arch.is_empty() => Ok(Self {
+                os: os.to_string(),
+                architecture: arch.to_string(),
+                variant: None,
+            }),
+            [os, arch, variant] if !os.is_empty() && !arch.is_empty() && !variant.is_empty() => {
+                Ok(Self {
+                    os: os.to_string(),
+                    architecture: arch.to_string(),
+                    variant: Some(variant.to_string()),
+                })
+            }
+            _ => Err(format!(
+                "invalid platform `{s}`: expected os/arch[/variant], e.g. linux/amd64"
+            )),
+        }
+    }
+}
+
+impl fmt::Display for Platform {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.os, self.architecture)?;
+        if let Some(v) = &self.variant {
+            write!(f, "/{v}")?;
+        }
+        Ok(())
+    }
+}
+
+/// The default of [`RegistryConfig::min_blob_rate`]: 256 KiB/s (a 1 GiB layer may take 68 min).
+pub const MIN_BLOB_RATE: u64 = 256 * 1024;
+
+/// How long a blob of `size` bytes may take to download: `base`, plus its size at `rate`.
+pub fn blob_deadline(base: Duration, size: u64, rate: u64) -> Duration {
+    base.saturating_add(Duration::from_secs(size / rate.max(1)))
+}
+
+/// The default of [`RegistryConfig::canary_timeout`] (`--canary-timeout`).
+pub const CANARY_TIMEOUT: Duration = Duration::from_secs(10 * 60);
+/// The default of [`RegistryConfig::max_canary_bytes`] (`--max-canary-bytes`): 1 GiB.
+pub const MAX_CANARY_BYTES: u64 = 1 << 30;
+
+/// A number of bytes, as flags spell it: `1073741824`, `512MiB`, `1GiB`, `2TiB` (also `KiB`; `k`,
+/// `M`, `G`, `T` and `KB`, `MB`, `GB`, `TB` as their binary units, which is what they mean for
+/// image sizes here).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ByteCount(pub u64);
+
+impl FromStr for ByteCount {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let t = s.trim();
+        let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+        let (digits, unit) = t.split_at(split);
+        let shift = match unit.trim() {
+            "" | "B" => 0,
+            "k" | "K" | "KB" | "KiB" => 10,
+            "M" | "MB" | "MiB" => 20,
+            "G" | "GB" | "GiB" => 30,
+            "T" | "TB" | "TiB" => 40,
+            _ => {
+                return Err(format!(
+                    "invalid size `{s}`: expected bytes, or a number with KiB, MiB, GiB or TiB"
+                ));
+            }
+        };
+        let n: u64 = digits.parse().map_err(|_| {
+            format!("invalid size `{s}`: expected bytes, or a number with KiB, MiB, GiB or TiB")
+        })?;
+        n.checked_mul(1u64 << shift)
+            .map(ByteCount)
+            .ok_or_else(|| format!("invalid size `{s}`: too large"))
+    }
+}
+
+/// Limits and transport settings.
+#[derive(Clone, Debug)]
+pub struct RegistryConfig {
+    /// Registries (`host[:port]`) reached over plain HTTP.
+    pub plain_http: Vec<String>,
+    pub max_manifest_bytes: usize,
+    /// Longest wait for any read (a stalled server fails after this).
+    pub read_timeout: Duration,
+    /// Longest time for a whole manifest or `HEAD` request (a trickling server fails after this).
+    pub request_timeout: Duration,
+    /// The slowest average rate a `full` canary accepts for a blob: each download must end within
+    /// `request_timeout` plus the blob's size at this rate (a registry that trickles fails after it).
+    pub min_blob_rate: u64,
+    pub connect_timeout: Duration,
+    pub max_redirects: usize,
+    pub platform: Platform,
+    /// The deadline of one probe, from its first request to its last byte: a registry or token
+    /// service that never answers, or a manifest of very many blobs, ends there.
+    pub canary_timeout: Duration,
+    /// The most bytes one `full` probe downloads (manifests included); a blob over what is left is
+    /// checked by `HEAD` only.
+    pub max_canary_bytes: u64,
+    /// PEM certificates trusted besides the built-in roots (`--registry-ca-file`).
+    pub extra_roots: Vec<reqwest::Certificate>,
+}
+
+impl Default for RegistryConfig {
+    fn default() -> Self {
+        Self {
+            plain_http: Vec::new(),
+            max_manifest_bytes: 4 << 20,
+            read_timeout: Duration::from_secs(30),
+            request_timeout: Duration::from_secs(60),
+            min_blob_rate: MIN_BLOB_RATE,
+            connect_timeout: Duration::from_secs(10),
+            max_redirects: 5,
+            platform: Platform::host(),
+            canary_timeout: CANARY_TIMEOUT,
+            max_canary_bytes: MAX_CANARY_BYTES,
+            extra_roots: Vec::new(),
+        }
+    }
+}
+
+/// What a successful probe saw.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Probe {
+    /// Digest of the manifest for this node's platform.
+    pub manifest_digest: String,
+    /// Config and layers checked (`blobs`, `full`).
+    pub blobs: usize,
+    /// Bytes downloaded and verified (`full`), plus manifests.
+    pub bytes: u64,
+    /// HTTP requests sent to the registry (the auth flow's included).
+    pub requests: u32,
+    /// What the canary should say besides its verdict (a blob over the byte budget).
+    pub warnings: Vec<CanaryWarning>,
+}
+
+/// Why a probe failed; never carries a credential.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RegistryError {
+    #[error("{what}: HTTP {status}{}: {message}", code.as_ref().map(|c| format!(" {c}")).unwrap_or_default())]
+    Status {
+        what: String,
+        status: u16,
+        code: Option<String>,
+        message: String,
+    },
+    #[error("authentication failed: {0}")]
+    Auth(String),
+    #[error("{what}: {cause}")]
+    Transport { what: String, cause: String },
+    #[error("{what}: larger than the {limit}-byte limit")]
+    TooLarge { what: String, limit: usize },
+    #[error("{what}: more than {limit} redirects (a redirect loop?)")]
+    Redirects { what: String, limit: usize },
+    #[error("{what}: digest mismatch: expected {expected}, got {actual}")]
+    DigestMismatch {
+        what: String,
+        expected: String,
+        actual: String,
+    },
+    #[error("{what}: size mismatch: expected {expected} bytes, got {actual}")]
+    SizeMismatch {
+        what: String,
+        expected: u64,
+        actual: u64,
+    },
+    #[error("{what}: {message}")]
+    BadManifest { what: String, message: String },
+    #[error("the index has no manifest for platform {platform}")]
+    NoPlatform { platform: String },
+    #[error(
+        "registry {registry} is reached over HTTPS but names a plain-HTTP token realm ({realm}): refused, no request sent to it"
+    )]
+    InsecureRealm { registry: String, realm: String },
+    #[error(
+        "registry {registry}: the canary did not finish within {} (stopped during {during}; see --canary-timeout)",
+        humantime::format_duration(*limit)
+    )]
+    CanaryTimeout {
+        registry: String,
+        limit: Duration,
+        during: String,
+    },
+    #[error("--registry-ca-file {}: {cause}", path.display())]
+    CaFile { path: PathBuf, cause: String },
+}
+
+impl RegistryError {
+    /// The verdict this failure means.
+    pub fn verdict(&self) -> Verdict {
+        match self {
+            RegistryError::Status { status, code, .. } => classify_status(*status, code.as_deref()),
+            RegistryError::Auth(_) => Verdict::Unauthorized,
+            RegistryError::Transport { .. }
+            | RegistryError::Redirects { .. }
+            | RegistryError::CanaryTimeout { .. } => Verdict::Network,
+            RegistryError::DigestMismatch { .. } | RegistryError::SizeMismatch { .. } => {
+                Verdict::DigestMismatch
+            }
+            RegistryError::NoPlatform { .. } => Verdict::NotFound,
+            RegistryError::TooLarge { .. }
+            | RegistryError::BadManifest { .. }
+            | RegistryError::InsecureRealm { .. }
+            | RegistryError::CaFile { .. } => Verdict::RuntimeError,
+        }
+    }
+}
+
+/// A registry's answer, by HTTP status and distribution error code.
+pub fn classify_status(status: u16, code: Option<&str>) -> Verdict {
+    match (status, code) {
+        (_, Some("TOOMANYREQUESTS")) | (429, _) => Verdict::RateLimited,
+        (_, Some("UNAUTHORIZED" | "DENIED")) | (401 | 403, _) => Verdict::Unauthorized,
+        (_, Some("MANIFEST_UNKNOWN" | "NAME_UNKNOWN" | "BLOB_UNKNOWN")) | (404, _) => {
+            Verdict::NotFound
+        }
+        (500..=599, _) => Verdict::Network,
+        _ => Verdict::RuntimeError,
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct Manifest {
+    #[serde(default)]
+    schema_version: Option<u32>,
+    #[serde(default)]
+    manifests: Option<Vec<IndexEntry>>,
+    #[serde(default)]
+    config: Option<Descriptor>,
+    #[serde(default)]
+    layers: Option<Vec<Descriptor>>,
+}
+
+#[derive(Deserialize)]
+struct IndexEntry {
+    digest: String,
+    #[serde(default)]
+    platform: Option<IndexPlatform>,
+}
+
+#[derive(Deserialize)]
+struct IndexPlatform {
+    #[serde(default)]
+    os: String,
+    #[serde(default)]
+    architecture: String,
+    #[serde(default)]
+    variant: Option<String>,
+}
+
+#[derive(Deserialize, Clone)]
+struct Descriptor {
+    digest: String,
+    size: u64,
+}
+
+/// Probes registries directly.
+#[derive(Clone)]
+pub struct RegistryClient {
+    config: RegistryConfig,
+    http: reqwest::Client,
+}
+
+/// A credential for one probe.
+pub struct ProbeAuth<'a> {
+    pub username: &'a str,
+    pub password: &'a SecretString,
+}
+
+impl RegistryClient {
+    pub fn new(config: RegistryConfig) -> Result<Self, RegistryError> {
+        let max_redirects = config.max_redirects;
+        let mut builder = reqwest::Client::builder()
+            .redirect(reqwest::redirect::Policy::custom(move |attempt| {
+                // Never from HTTPS down to plain HTTP: the next hop could keep the credential
+                // (reqwest keeps `Authorization` when host and port stay the same).
+                let downgrade = attempt.url().scheme() == "http"
+                    && attempt.previous().iter().any(|u| u.scheme() == "https");
+                if downgrade {
+                    let to = body::clean_message(&format!(
+                        "{}{}",
+                        attempt.url().host_str().unwrap_or(""),
+                        attempt.url().path()
+                    ));
+                    attempt.error(body::Downgrade(to))
+                } else if attempt.previous().len() > max_redirects {
+                    attempt.error("too many redirects")
+                } else {
+                    attempt.follow()
+                }
+            }))
+            .connect_timeout(config.connect_timeout)
+            .read_timeout(config.read_timeout)
+            .user_agent(concat!("pullgate/", env!("CARGO_PKG_VERSION")));
+        for root in &config.extra_roots {
+            builder = builder.add_root_certificate(root.clone());
+        }
+        let http = builder.build().map_err(|e| RegistryError::Transport {
+            what: "HTTP client".into(),
+            cause: e.to_string(),
+        })?;
+        Ok(Self { config, http })
+    }
+
+    /// The client the registry flags describe (`--insecure-registry`, `--platform`,
+    /// `--registry-timeout`, `--canary-timeout`, `--max-canary-bytes`, `--registry-ca-file`), for
+    /// `pullgate run` and the one-shot commands alike.
+    pub fn from_args(args: &crate::cli::RegistryArgs) -> Result<Self, RegistryError> {
+        let extra_roots = match &args.registry_ca_file {
+            Some(path) => read_roots(path)?,
+            None => Vec::new(),
+        };
+        Self::new(RegistryConfig {
+            plain_http: args.insecure_registries.clone(),
+            platform: args.platform.clone().unwrap_or_else(Platform::host),
+            request_timeout: *args.registry_timeout,
+            canary_timeout: *args.canary_timeout,
+            max_canary_bytes: args.max_canary_bytes.0,
+            extra_roots,
+            ..RegistryConfig::default()
+        })
+    }
+
+    fn plain_http(&self, registry: &str) -> bool {
+        self.config.plain_http.iter().any(|h| h == registry)
+    }
+
+    /// Probes `image` at `depth` with `auth` (or anonymously), within the canary's deadline: past
+    /// it, the probe stops and says what it was doing.
+    pub async fn probe(
+        &self,
+        image: &ImageRef,
+        auth: Option<ProbeAuth<'_>>,
+        depth: CanaryDepth,
+    ) -> Result<Probe, RegistryError> {
+        let registry = image.registry.as_str();
+        // Docker Hub is served by registry-1.docker.io.
+        let host = if registry == crate::model::image_ref::DOCKER_HUB {
+            "registry-1.docker.io"
+        } else {
+            registry
+        };
+        let plain_http = self.plain_http(registry);
+        let origin = format!("{}://{host}", if plain_http { "http" } else { "https" });
+        let mut session = Session {
+            client: self,
+            registry: registry.to_string(),
+            base: format!("{origin}/v2/{}", image.repository),
+            origin,
+            plain_http,
+            authorization: None,
+            token: None,
+            stage: "the start".into(),
+            probe: Probe::default(),
+        };
+        let limit = self.config.canary_timeout;
+        let result = tokio::time::timeout(limit, session.run(image, auth, depth)).await;
+        match result {
+            Ok(Ok(())) => Ok(session.probe),
+            Ok(Err(e)) => Err(e),
+            Err(_) => Err(RegistryError::CanaryTimeout {
+                registry: registry.to_string(),
+                limit,
+                during: session.stage,
+            }),
+        }
+    }
+}
+
+impl Session<'_> {
+    async fn run(
+        &mut self,
+        image: &ImageRef,
+        auth: Option<ProbeAuth<'_>>,
+        depth: CanaryDepth,
+    ) -> Result<(), RegistryError> {
+        self.authenticate(&image.repository, auth).await?;
+
+        let reference = match (&image.digest, &image.tag) {
+            (Some(d), _) => d.clone(),
+            (None, Some(t)) => t.clone(),
+            (None, None) => "latest".into(),
+        };
+        let (bytes, digest) = self.manifest(&reference, image.digest.as_deref()).await?;
+        let mut manifest = parse_manifest(&reference, &bytes)?;
+        let mut manifest_digest = digest;
+        if let Some(entries) = &manifest.manifests {
+            let platform = &self.client.config.platform;
+            let chosen = entries
+                .iter()
+                .find(|e| {
+                    e.platform.as_ref().is_some_and(|p| {
+                        p.os == platform.os
+                            && p.architecture == platform.architecture
+                            && (platform.variant.is_none() || p.variant == platform.variant)
+                    })
+                })
+                .ok_or_else(|| RegistryError::NoPlatform {
+                    platform: platform.to_string(),
+                })?;
+            let chosen_digest = chosen.digest.clone();
+            let (bytes, _) = self.manifest(&chosen_digest, Some(&chosen_digest)).await?;
+            manifest = parse_manifest(&chosen_digest, &bytes)?;
+            manifest_digest = chosen_digest;
+        }
+        if manifest.schema_version == Some(1) {
+            return Err(RegistryError::BadManifest {
+                what: format!("manifest {reference}"),
+                message: "schema 1 manifests are not supported by current runtimes".into(),
+            });
+        }
+        let (Some(config), Some(layers)) = (manifest.config, manifest.layers) else {
+            return Err(RegistryError::BadManifest {
+                what: format!("manifest {manifest_digest}"),
+                message: "no config or layers".into(),
+            });
+        };
+        self.probe.manifest_digest = manifest_digest;
+        let blobs: Vec<Descriptor> = std::iter::once(config).chain(layers).collect();
+        match depth {
+            CanaryDepth::Manifest => {}
+            CanaryDepth::Blobs => {
+                for blob in &blobs {
+                    self.head_blob(blob).await?;
+                }
+            }
+            CanaryDepth::Full => self.download_blobs(&blobs).await?,
+        }
+        Ok(())
+    }
+}
+
+fn parse_manifest(reference: &str, bytes: &[u8]) -> Result<Manifest, RegistryError> {
+    serde_json::from_slice(bytes).map_err(|e| RegistryError::BadManifest {
+        what: format!("manifest {reference}"),
+        message: body::clean_message(&format!("not a manifest: {e}")),
+    })
+}
+
+/// The certificates of a PEM file (`--registry-ca-file`).
+fn read_roots(path: &Path) -> Result<Vec<reqwest::Certificate>, RegistryError> {
+    let err = |cause: String| RegistryError::CaFile {
+        path: path.to_path_buf(),
+        cause,
+    };
+    let pem = std::fs::read(path).map_err(|e| err(e.to_string()))?;
+    let roots = reqwest::Certificate::from_pem_bundle(&pem)
+        .map_err(|_| err("not a PEM certificate bundle".into()))?;
+    if roots.is_empty() {
+        return Err(err("holds no certificate".into()));
+    }
+    Ok(roots)
+}
+
+impl crate::decide::canary::runner::RegistryProbe for RegistryClient {
+    fn probe<'a>(
+        &'a self,
+        image: &'a ImageRef,
+        candidate: Option<&'a crate::decide::credentials::Candidate>,
+        depth: CanaryDepth,
+    ) -> futures::future::BoxFuture<
+        'a,
+        Result<
+            crate::decide::canary::runner::ProbeReport,
+            crate::decide::canary::runner::ProbeFailure,
+        >,
+    > {
+        Box::pin(async move {
+            let auth = candidate.map(|c| ProbeAuth {
+                username: &c.username,
+                password: &c.password,
+            });
+            RegistryClient::probe(self, image, auth, depth)
+                .await
+                .map(|p| crate::decide::canary::runner::ProbeReport {
+                    manifest_digest: p.manifest_digest,
+                    blobs: p.blobs,
+                    bytes: p.bytes,
+                    requests: p.requests,
+                    warnings: p.warnings,
+                })
+                .map_err(|e| crate::decide::canary::runner::ProbeFailure {
+                    verdict: e.verdict(),
+                    message: e.to_string(),
+                })
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn blob_deadlines_grow_with_size() {
+        let base = Duration::from_secs(60);
+        for (size, rate, want) in [
+            (0, MIN_BLOB_RATE, 60),
+            (1_000, MIN_BLOB_RATE, 60),
+            (256 * 1024 * 10, MIN_BLOB_RATE, 70),
+            (1 << 30, MIN_BLOB_RATE, 60 + 4096),
+            (1_000, 0, 1_060),
+            (u64::MAX, 1, u64::MAX),
+        ] {
+            let got = blob_deadline(base, size, rate);
+            assert_eq!(got.as_secs(), want, "size {size} at {rate} B/s");
+        }
+    }
+
+    #[test]
+    fn status_classification() {
+        for (status, code, expected) in [
+            (401, None, Verdict::Unauthorized),
+            (403, Some("DENIED"), Verdict::Unauthorized),
+            (400, Some("UNAUTHORIZED"), Verdict::Unauthorized),
+            (404, Some("MANIFEST_UNKNOWN"), Verdict::NotFound),
+            (404, Some("NAME_UNKNOWN"), Verdict::NotFound),
+            (404, None, Verdict::NotFound),
+            (400, Some("BLOB_UNKNOWN"), Verdict::NotFound),
+            (429, None, Verdict::RateLimited),
+            (503, Some("TOOMANYREQUESTS"), Verdict::RateLimited),
+            (500, None, Verdict::Network),
+            (502, None, Verdict::Network),
+            (418, None, Verdict::RuntimeError),
+        ] {
+            assert_eq!(classify_status(status, code), expected, "{status} {code:?}");
+        }
+    }
+
+    #[test]
+    fn platforms() {
+        assert_eq!(
+            "linux/arm64/v8"
+                .parse::<Platform>()
+                .unwrap()
+                .variant
+                .as_deref(),
+            Some("v8")
+        );
+        assert_eq!(
+            "linux/amd64".parse::<Platform>().unwrap().to_string(),
+            "linux/amd64"
+        );
+        assert!("linux".parse::<Platform>().is_err());
+        assert!("linux//".parse::<Platform>().is_err());
+    }
+
+    #[test]
+    fn errors_map_to_verdicts() {
+        let t = |what: &str| what.to_string();
+        assert_eq!(RegistryError::Auth(t("x")).verdict(), Verdict::Unauthorized);
+        assert_eq!(
+            RegistryError::Redirects {
+                what: t("m"),
+                limit: 5
+            }
+            .verdict(),
+            Verdict::Network
+        );
+        assert_eq!(
+            RegistryError::DigestMismatch {
+                what: t("b"),
+                expected: t("a"),
+                actual: t("b")
+            }
+            .verdict(),
+            Verdict::DigestMismatch
+        );
+        assert_eq!(
+            RegistryError::NoPlatform {
+                platform: t("linux/s390x")
+            }
+            .verdict(),
+            Verdict::NotFound
+        );
+    }
+}
