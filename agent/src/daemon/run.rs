@@ -248,8 +248,10 @@ pub async fn run(args: RunArgs) -> Result<RunOutcome, RunError> {
     } else {
         let beat = heartbeats.watch(
             Task::CanaryScheduler,
+            // A probe (one credential tried) beats when it ends: it may last its whole
+            // `--canary-timeout` (a `full` canary downloading its budget).
             bounds.canary(
-                *registry.registry_timeout,
+                (*registry.registry_timeout).max(*registry.canary_timeout),
                 *cri.pull_timeout,
                 *cri.cri_reconnect_budget,
             ),

@@ -67,8 +67,8 @@ impl Bounds {
     }
 
     /// The canary scheduler beats after every registry probe and runtime call of a canary: the
-    /// longest is a registry request's timeout or a runtime pull's deadline, plus the reconnect
-    /// budget.
+    /// longest is a registry probe's deadline (`--canary-timeout`, the caller passes the longer of
+    /// it and `--registry-timeout`) or a runtime pull's deadline, plus the reconnect budget.
     pub fn canary(
         &self,
         registry_timeout: Duration,
