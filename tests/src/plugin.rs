@@ -23,7 +23,7 @@ pub const PROVIDER: &str = "fake-provider";
 /// - `orphan`: a grandchild holding its stdout (pid in `$PIDFILE`), and hangs;
 /// - `orphan-exit`: a grandchild whose parent (a subshell) exits at once, so it is an orphan while
 ///   the plugin hangs (the grandchild's pid in `$PIDFILE`);
-/// - `leftover`: a grandchild that outlives the plugin by 2 s (pid in `$PIDFILE`), then answers
+/// - `leftover`: a grandchild that outlives the plugin by 5 s (pid in `$PIDFILE`), then answers
 ///   as `ok`.
 const SCRIPT: &str = r#"#!/bin/sh
 request=$(cat)
@@ -43,7 +43,7 @@ case "$MODE" in
   errflood) echo $$ > "$PIDFILE"; head -c 52428800 /dev/zero >&2; sleep 1000 ;;
   orphan)   sleep 1000 & echo $! > "$PIDFILE"; sleep 1000 ;;
   orphan-exit) ( sleep 100000 </dev/null >/dev/null 2>&1 & echo $! > "$PIDFILE.tmp"; mv "$PIDFILE.tmp" "$PIDFILE" ); sleep 100000 ;;
-  leftover) ( sleep 2 </dev/null >/dev/null 2>&1 & echo $! > "$PIDFILE.tmp"; mv "$PIDFILE.tmp" "$PIDFILE" ); answer ;;
+  leftover) ( sleep 5 </dev/null >/dev/null 2>&1 & echo $! > "$PIDFILE.tmp"; mv "$PIDFILE.tmp" "$PIDFILE" ); answer ;;
 esac
 "#;
 

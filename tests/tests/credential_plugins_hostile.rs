@@ -140,7 +140,7 @@ fn an_orphan_of_a_timed_out_plugin_is_reaped_by_the_agent() {
     let mut args = f.agent_args(&config);
     args.extend([
         "--credential-provider-timeout".into(),
-        "5s".into(),
+        "10s".into(),
         "--recheck-interval".into(),
         "1h".into(),
     ]);
@@ -154,10 +154,11 @@ fn an_orphan_of_a_timed_out_plugin_is_reaped_by_the_agent() {
     )
     .unwrap();
     let orphan = f.written_pid();
+    // It lives until the plugin's timeout (10 s), far longer than this takes.
     wait_until(
         "the orphan to be reparented to the agent",
         Duration::from_secs(30),
-        || procfs::parent(orphan) == Some(me) || !procfs::exists(orphan),
+        || procfs::parent(orphan) == Some(me),
     )
     .unwrap_or_else(|e| {
         panic!(
@@ -171,7 +172,7 @@ fn an_orphan_of_a_timed_out_plugin_is_reaped_by_the_agent() {
         })
         .unwrap();
     assert!(
-        agent.stdout().contains("timed out after 5s"),
+        agent.stdout().contains("timed out after 10s"),
         "{}",
         agent.stdout()
     );
@@ -194,7 +195,7 @@ fn an_orphan_of_a_timed_out_plugin_is_reaped_by_the_agent() {
     agent.assert_alive("after reaping");
 }
 
-/// A plugin that answers at once but leaves a grandchild that exits 2 s later: it comes to the
+/// A plugin that answers at once but leaves a grandchild that exits 5 s later: it comes to the
 /// agent and is reaped when it exits, not left a zombie.
 #[test]
 fn a_leftover_of_an_answering_plugin_is_reaped_when_it_exits() {
@@ -221,6 +222,18 @@ fn a_leftover_of_an_answering_plugin_is_reaped_when_it_exits() {
     )
     .unwrap();
     let leftover = f.written_pid();
+    // It lives 5 s, far longer than this takes.
+    wait_until(
+        "the leftover to be reparented to the agent",
+        Duration::from_secs(30),
+        || procfs::parent(leftover) == Some(me),
+    )
+    .unwrap_or_else(|e| {
+        panic!(
+            "{e:#}: the leftover's parent is {:?}, not the agent {me}",
+            procfs::parent(leftover)
+        )
+    });
     wait_until("the leftover to be reaped", Duration::from_secs(60), || {
         !procfs::exists(leftover)
     })
