@@ -28,6 +28,7 @@ pub mod http;
 pub mod images;
 pub mod kustomize;
 pub mod manifests;
+pub mod plugin;
 pub mod process;
 pub mod procfs;
 pub mod proxy;

@@ -58,6 +58,31 @@ pub fn alive(pid: u32) -> bool {
     status_field(pid, "State").is_some_and(|s| !s.starts_with('Z') && !s.starts_with('X'))
 }
 
+/// The parent of a process (`PPid`), while it exists (a zombie included).
+pub fn parent(pid: u32) -> Option<u32> {
+    number(status_field(pid, "PPid").as_deref()).and_then(|p| u32::try_from(p).ok())
+}
+
+/// True while `/proc/PID` exists: running, or a zombie no one has reaped.
+pub fn exists(pid: u32) -> bool {
+    std::path::Path::new(&format!("/proc/{pid}")).exists()
+}
+
+/// The zombie children of `parent`: exited, and not reaped by it.
+pub fn zombie_children(parent: u32) -> Vec<u32> {
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    entries
+        .filter_map(Result::ok)
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|&pid| {
+            self::parent(pid) == Some(parent)
+                && status_field(pid, "State").is_some_and(|s| s.starts_with('Z'))
+        })
+        .collect()
+}
+
 /// Peak resident memory of the process so far (`VmHWM`), in KiB.
 pub fn peak_kib(pid: u32) -> Result<u64> {
     number(status_field(pid, "VmHWM").as_deref())

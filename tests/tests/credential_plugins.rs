@@ -6,112 +6,19 @@
 use pullgate::adapters::credential_plugin::{CredentialProviders, PluginError, load_config};
 use pullgate_testenv::agent::MEMORY_CAP_KIB;
 use pullgate_testenv::manifests::pullset;
+use pullgate_testenv::plugin::{API, Fixture};
 use pullgate_testenv::process::wait_until;
 use pullgate_testenv::{ImageSpec, PASSWORD, TestEnv, USER, block_on, procfs};
-use std::os::unix::fs::PermissionsExt as _;
-use std::path::Path;
 use std::time::Duration;
 
-const API: &str = "credentialprovider.kubelet.k8s.io/v1";
-
-/// A plugin that logs each request to $LOG and answers according to $MODE.
-fn install_plugin(bin_dir: &Path, name: &str) {
-    let script = r#"#!/bin/sh
-request=$(cat)
-echo "$request" >> "$LOG"
-case "$MODE" in
-  ok)       printf '{"apiVersion":"%s","kind":"CredentialProviderResponse","cacheKeyType":"%s","cacheDuration":"%s","auth":{"%s":{"username":"%s","password":"%s"}}}' "$API" "$CACHE_KEY_TYPE" "$CACHE_DURATION" "$KEY" "$PLUGIN_USER" "$PLUGIN_PASSWORD" ;;
-  slow)     sleep 30 ;;
-  badjson)  echo 'this is not json' ;;
-  wrongapi) printf '{"apiVersion":"credentialprovider.kubelet.k8s.io/v1alpha1","kind":"CredentialProviderResponse","cacheKeyType":"Image","auth":{}}' ;;
-  badtype)  printf '{"apiVersion":"%s","kind":"CredentialProviderResponse","cacheKeyType":"Forever","auth":{}}' "$API" ;;
-  fail)     echo "token service unavailable" >&2; exit 3 ;;
-  flood)    echo $$ > "$PIDFILE"; echo "stderr-marker-7q" >&2; head -c 52428800 /dev/zero; sleep 1000 ;;
-  errflood) echo $$ > "$PIDFILE"; head -c 52428800 /dev/zero >&2; sleep 1000 ;;
-  orphan)   sleep 1000 & echo $! > "$PIDFILE"; sleep 1000 ;;
-esac
-"#;
-    let path = bin_dir.join(name);
-    std::fs::write(&path, script).unwrap();
-    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
-}
-
-struct Fixture {
-    dir: tempfile::TempDir,
-}
-
-impl Fixture {
-    fn new() -> Self {
-        let dir = tempfile::tempdir().unwrap();
-        std::fs::create_dir(dir.path().join("bin")).unwrap();
-        install_plugin(&dir.path().join("bin"), "fake-provider");
-        Self { dir }
-    }
-
-    fn pid_file(&self) -> String {
-        self.dir.path().join("plugin.pid").display().to_string()
-    }
-
-    /// The pid the plugin wrote to $PIDFILE.
-    fn written_pid(&self) -> u32 {
-        let text = std::fs::read_to_string(self.pid_file())
-            .unwrap_or_else(|e| panic!("the plugin wrote no pid file: {e}"));
-        text.trim().parse().unwrap()
-    }
-
-    fn log(&self) -> String {
-        self.dir.path().join("requests.log").display().to_string()
-    }
-
-    fn requests(&self) -> Vec<serde_json::Value> {
-        std::fs::read_to_string(self.log())
-            .unwrap_or_default()
-            .lines()
-            .map(|l| serde_json::from_str(l).unwrap())
-            .collect()
-    }
-
-    /// Writes a CredentialProviderConfig with the given env and returns its path.
-    fn config(
-        &self,
-        match_images: &str,
-        default_cache: &str,
-        env: &[(&str, &str)],
-    ) -> std::path::PathBuf {
-        let mut env_yaml = format!(
-            "      - {{name: LOG, value: '{}'}}\n      - {{name: API, value: '{API}'}}\n",
-            self.log()
-        );
-        for (k, v) in env {
-            env_yaml.push_str(&format!("      - {{name: {k}, value: '{v}'}}\n"));
-        }
-        let yaml = format!(
-            "apiVersion: kubelet.config.k8s.io/v1\nkind: CredentialProviderConfig\nproviders:\n  - name: fake-provider\n    matchImages: [{match_images}]\n    defaultCacheDuration: {default_cache}\n    apiVersion: {API}\n    args: [get-credentials]\n    env:\n{env_yaml}"
-        );
-        let path = self.dir.path().join("config.yaml");
-        std::fs::write(&path, yaml).unwrap();
-        path
-    }
-
-    fn providers(&self, config: &Path, timeout: Duration) -> CredentialProviders {
-        CredentialProviders::new(
-            load_config(config).unwrap(),
-            &self.dir.path().join("bin"),
-            timeout,
-        )
-        .unwrap()
-    }
-}
-
 fn ok_env<'a>(cache_key_type: &'a str, cache_duration: &'a str) -> Vec<(&'a str, &'a str)> {
-    vec![
-        ("MODE", "ok"),
-        ("CACHE_KEY_TYPE", cache_key_type),
-        ("CACHE_DURATION", cache_duration),
-        ("KEY", "*.example.com"),
-        ("PLUGIN_USER", "AWS"),
-        ("PLUGIN_PASSWORD", "plugin-Secret-77aa"),
-    ]
+    pullgate_testenv::plugin::ok_env(
+        cache_key_type,
+        cache_duration,
+        "*.example.com",
+        "AWS",
+        "plugin-Secret-77aa",
+    )
 }
 
 #[test]

@@ -87,6 +87,10 @@ pub async fn run(args: RunArgs) -> Result<RunOutcome, RunError> {
 
     let cancel = CancellationToken::new();
     spawn_signal_handler(cancel.clone());
+    // Orphans of credential plugins come to the agent (PID 1 in its container) and are reaped.
+    if let Err(e) = crate::adapters::credential_plugin::reaper::start(cancel.clone()) {
+        tracing::warn!(error = %e, "what credential plugins leave behind may stay as zombies");
+    }
 
     let client = CriClient::new(
         cri.cri_endpoint.clone(),
@@ -236,7 +240,7 @@ pub async fn run(args: RunArgs) -> Result<RunOutcome, RunError> {
         node.name.clone(),
     );
     let resolver: Arc<KubeletResolver> = Arc::new(
-        crate::adapters::credential_plugin::kubelet_resolver(&credentials)?,
+        crate::adapters::credential_plugin::kubelet_resolver_until(&credentials, cancel.clone())?,
     );
     let recheck: Duration = *prepull.recheck_interval;
     let mut images_ready = Tracker::new("CriticalImagesReady");
