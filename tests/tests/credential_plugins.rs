@@ -323,10 +323,30 @@ fn a_flooding_plugin_leaves_the_agent_bounded_and_its_stderr_in_the_log() {
         stdout.contains("plugin fake-provider wrote more than 1 MiB to stdout"),
         "stdout:\n{stdout}\nstderr:\n{stderr}"
     );
+    // The plugin is the node's configuration: its stderr is told on the Node (an Event), never
+    // in an outcome or an Event of the tenant's PullSet.
+    let lines: Vec<serde_json::Value> = stdout
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect();
+    let quoting: Vec<&serde_json::Value> = lines
+        .iter()
+        .filter(|l| l.to_string().contains("stderr-marker-7q"))
+        .collect();
     assert!(
-        !stdout.contains("stderr-marker-7q"),
-        "the plugin's stderr reached the outcome:\n{stdout}"
+        !quoting.is_empty(),
+        "no Node Event tells the plugin's stderr:\n{stdout}"
     );
+    for line in quoting {
+        assert_eq!(line["kind"], "event", "the plugin's stderr reached {line}");
+        assert_eq!(line["reason"], "CredentialPluginFailed", "{line}");
+        assert!(
+            line["regarding"]
+                .as_str()
+                .is_some_and(|r| r.starts_with("Node ")),
+            "the plugin's stderr reached an Event not on the Node: {line}"
+        );
+    }
     // Scrubbed of the provider's env values (a secret may hide there): the marker holds none.
     assert!(
         stderr.contains("stderr-marker-7q"),

@@ -125,6 +125,36 @@ impl Reports {
             let _ = tx.send(msg);
         }
     }
+
+    /// A handle for what may outlive the loops (the credential resolver): it reports as this one
+    /// does, but does not keep the cluster task from ending.
+    pub fn downgrade(&self) -> WeakReports {
+        WeakReports {
+            out: self.out.clone(),
+            cluster: self.cluster.as_ref().map(mpsc::UnboundedSender::downgrade),
+        }
+    }
+}
+
+/// [`Reports`] that lets the cluster task end once every [`Reports`] is dropped.
+#[derive(Clone)]
+pub struct WeakReports {
+    out: Outputs,
+    cluster: Option<mpsc::WeakUnboundedSender<Msg>>,
+}
+
+impl WeakReports {
+    /// An Event: a JSON line, and the cluster task while it runs.
+    pub fn event(&self, event: EventIntent) {
+        self.out.json.emit(&event);
+        if let Some(tx) = self
+            .cluster
+            .as_ref()
+            .and_then(mpsc::WeakUnboundedSender::upgrade)
+        {
+            let _ = tx.send(Msg::Event(event));
+        }
+    }
 }
 
 /// Starts the cluster task for `node` (`config.node` is its name); it ends (after a last flush)

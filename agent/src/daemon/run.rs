@@ -239,8 +239,23 @@ pub async fn run(args: RunArgs) -> Result<RunOutcome, RunError> {
         },
         node.name.clone(),
     );
+    // A failed plugin run is an Event on the Node (the resolver outlives the reporter's senders,
+    // so it holds a weak handle: it never keeps the reporter from its last flush).
+    let plugin_failures: crate::decide::credentials::PluginFailureSink = {
+        let reports = reports.downgrade();
+        let node = node.name.clone();
+        Arc::new(move |failure| {
+            reports.event(crate::decide::event_policy::for_plugin_failure(
+                &node, &failure,
+            ));
+        })
+    };
     let resolver: Arc<KubeletResolver> = Arc::new(
-        crate::adapters::credential_plugin::kubelet_resolver_until(&credentials, cancel.clone())?,
+        crate::adapters::credential_plugin::kubelet_resolver_reporting(
+            &credentials,
+            cancel.clone(),
+            Some(plugin_failures),
+        )?,
     );
     let recheck: Duration = *prepull.recheck_interval;
     let mut images_ready = Tracker::new("CriticalImagesReady");

@@ -56,6 +56,7 @@ pub enum Reason {
     CredentialExpiringSoon,
     GateOpened,
     GateTimedOut,
+    CredentialPluginFailed,
 }
 
 impl Reason {
@@ -68,6 +69,7 @@ impl Reason {
             Self::CredentialExpiringSoon => "CredentialExpiringSoon",
             Self::GateOpened => "GateOpened",
             Self::GateTimedOut => "GateTimedOut",
+            Self::CredentialPluginFailed => "CredentialPluginFailed",
         }
     }
 
@@ -77,6 +79,7 @@ impl Reason {
             Self::PrePulled | Self::PrePullFailed => "PrePull",
             Self::CanaryFailed | Self::CanaryRecovered | Self::CredentialExpiringSoon => "Canary",
             Self::GateOpened | Self::GateTimedOut => "RemoveTaint",
+            Self::CredentialPluginFailed => "ResolveCredentials",
         }
     }
 
@@ -201,6 +204,24 @@ pub fn for_prepull(outcome: &Outcome) -> Option<EventIntent> {
             failed!(outcome),
         )),
     }
+}
+
+/// A credential-provider plugin failed: an Event on the Node (the plugin is the node's
+/// configuration, never a tenant's), aggregated per provider, with its stderr excerpt.
+pub fn for_plugin_failure(
+    node: &str,
+    failure: &crate::decide::credentials::PluginFailure,
+) -> EventIntent {
+    let mut note = format!("{} on node {node}", failure.error);
+    if !failure.stderr.is_empty() {
+        note.push_str(&format!("; stderr: {}", failure.stderr));
+    }
+    EventIntent::new(
+        Regarding::Node(node.to_string()),
+        Reason::CredentialPluginFailed,
+        note,
+        &failure.provider,
+    )
 }
 
 /// A failed image, as a failure Event tells it.
@@ -517,5 +538,38 @@ mod tests {
         let note = fit_note("body".into(), &"é".repeat(NOTE_LIMIT_BYTES));
         assert!(note.len() <= NOTE_LIMIT_BYTES);
         assert!(note.chars().all(|c| c == 'é'));
+    }
+
+    #[test]
+    fn a_plugin_failure_is_an_event_on_the_node_per_provider() {
+        let failure = crate::decide::credentials::PluginFailure {
+            provider: "ecr".into(),
+            error: "credential provider plugin ecr exited with exit status: 3".into(),
+            stderr: "token service unavailable".into(),
+        };
+        let e = for_plugin_failure("n1", &failure);
+        assert_eq!(e.regarding, Regarding::Node("n1".into()));
+        assert_eq!(e.reason, Reason::CredentialPluginFailed);
+        assert_eq!(e.severity, Severity::Warning);
+        assert_eq!(
+            e.note,
+            "credential provider plugin ecr exited with exit status: 3 on node n1; stderr: token service unavailable"
+        );
+        let other = for_plugin_failure(
+            "n1",
+            &crate::decide::credentials::PluginFailure {
+                provider: "gcr".into(),
+                ..failure.clone()
+            },
+        );
+        assert_ne!(e.aggregation, other.aggregation, "one series per provider");
+        let silent = for_plugin_failure(
+            "n1",
+            &crate::decide::credentials::PluginFailure {
+                stderr: String::new(),
+                ..failure
+            },
+        );
+        assert!(!silent.note.contains("stderr"), "{}", silent.note);
     }
 }

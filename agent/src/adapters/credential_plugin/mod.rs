@@ -48,6 +48,7 @@ use crate::cli::NodeCredentialArgs;
 use crate::decide::credentials::keyring::urls_match;
 use crate::decide::credentials::{
     CredentialPlugins, KubeletResolver, NodeDockerConfig, PluginAnswer, PluginCredential,
+    PluginFailure, PluginFailureSink,
 };
 use cache::{Cache, Lookup, Scope};
 use exec::{RunFailure, RunFailureKind, run_plugin, stderr_excerpt};
@@ -184,6 +185,16 @@ pub fn kubelet_resolver_until(
     args: &NodeCredentialArgs,
     cancel: CancellationToken,
 ) -> Result<KubeletResolver, PluginError> {
+    kubelet_resolver_reporting(args, cancel, None)
+}
+
+/// [`kubelet_resolver_until`] that also tells `failures` of every plugin run that failed (the
+/// daemon turns them into Events on the Node).
+pub fn kubelet_resolver_reporting(
+    args: &NodeCredentialArgs,
+    cancel: CancellationToken,
+    failures: Option<PluginFailureSink>,
+) -> Result<KubeletResolver, PluginError> {
     let NodeCredentialArgs {
         node_docker_config,
         image_credential_provider_config,
@@ -200,7 +211,8 @@ pub fn kubelet_resolver_until(
                 bin_dir,
                 **credential_provider_timeout,
             )?
-            .with_cancel(cancel);
+            .with_cancel(cancel)
+            .with_failures(failures);
             Some(Arc::new(providers) as Arc<dyn CredentialPlugins>)
         }
         None => None,
@@ -224,6 +236,8 @@ pub struct CredentialProviders {
     running: HashMap<String, tokio::sync::Mutex<()>>,
     /// Ends every wait for a plugin, and the plugin.
     cancel: CancellationToken,
+    /// Told of every plugin run that failed (not of cached failures, nor of cancellations).
+    failures: Option<PluginFailureSink>,
 }
 
 impl CredentialProviders {
@@ -254,7 +268,14 @@ impl CredentialProviders {
             cache: std::sync::Mutex::new(Cache::default()),
             running,
             cancel: CancellationToken::new(),
+            failures: None,
         })
+    }
+
+    /// Every plugin run that fails is also told to `failures`, with its scrubbed stderr excerpt.
+    pub fn with_failures(mut self, failures: Option<PluginFailureSink>) -> Self {
+        self.failures = failures;
+        self
     }
 
     /// Once `cancel` is cancelled, no plugin is started and every wait for one ends at once, its
@@ -448,11 +469,32 @@ impl CredentialProviders {
                 tracing::debug!(provider = %provider.name, %image, stderr = %excerpt, "credential provider plugin stderr");
             }
         }
+        let answer = self.interpret(provider, image, &path, result);
+        if let (Err(e), Some(failures)) = (&answer, &self.failures)
+            && !matches!(e, PluginError::Cancelled { .. })
+        {
+            failures(PluginFailure {
+                provider: provider.name.clone(),
+                error: e.to_string(),
+                stderr: excerpt,
+            });
+        }
+        answer
+    }
+
+    /// What one plugin run's result means: its response, or the error that names what failed.
+    fn interpret(
+        &self,
+        provider: &ProviderConfig,
+        image: &str,
+        path: &Path,
+        result: Result<exec::PluginOutput, RunFailureKind>,
+    ) -> Result<Response, PluginError> {
         let output = result.map_err(|kind| match kind {
             RunFailureKind::Spawn(source) => PluginError::Spawn {
                 name: provider.name.clone(),
                 image: image.to_string(),
-                path: path.clone(),
+                path: path.to_path_buf(),
                 source,
             },
             RunFailureKind::Timeout => PluginError::Timeout {

@@ -154,6 +154,22 @@ impl Resolution {
     }
 }
 
+/// A credential-provider plugin run that failed, for the Node's Events: the plugin is the node's
+/// configuration, so its failure (and what it wrote to stderr, scrubbed and cut short) is told on
+/// the Node, never in a tenant's namespace.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PluginFailure {
+    /// The provider's name in the kubelet's configuration.
+    pub provider: String,
+    /// What failed, as the plugin adapter words it (never a credential).
+    pub error: String,
+    /// The scrubbed, single-line excerpt of the plugin's stderr (empty when it wrote none).
+    pub stderr: String,
+}
+
+/// Where plugin failures are reported (the daemon's Events); one-shot commands have none.
+pub type PluginFailureSink = std::sync::Arc<dyn Fn(PluginFailure) + Send + Sync>;
+
 /// A credential a credential-provider plugin returned, filed under its `auth` key.
 #[derive(Clone, Debug)]
 pub struct PluginCredential {
