@@ -357,6 +357,9 @@ pub async fn run(args: RunArgs) -> Result<RunOutcome, RunError> {
                 &reports,
             )
             .await;
+            if summary.cancelled {
+                break RunOutcome::Stopped;
+            }
             readiness.set_runtime_reachable(client.version().await.is_ok());
             readiness.set_first_pass_done();
             prepull_beat.beat();

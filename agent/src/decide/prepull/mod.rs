@@ -71,6 +71,8 @@ pub struct PassSummary {
     pub failures: usize,
     /// The runtime was found unreachable and the pass stopped early.
     pub runtime_down: bool,
+    /// The agent is shutting down: the pass stopped without reporting every image.
+    pub cancelled: bool,
 }
 
 /// The engine, generic over the runtime it drives.
@@ -166,7 +168,19 @@ impl<R: ImageRuntime> PrePuller<R> {
                 }
             })
             .buffer_unordered(self.config.max_parallel);
-        while let Some((desired, result)) = results.next().await {
+        loop {
+            // Shutting down: no image is started and those in flight are dropped (their calls
+            // cancelled); what has no outcome yet is left to the next start.
+            let next = tokio::select! {
+                biased;
+                () = cancel.cancelled() => {
+                    summary.cancelled = true;
+                    tracing::info!("shutting down: the pre-pull pass stops");
+                    break;
+                }
+                next = results.next() => next,
+            };
+            let Some((desired, result)) = next else { break };
             for outcome in self.outcomes(desired, &result) {
                 summary.outcomes += 1;
                 if !outcome.verdict.is_ok() {

@@ -457,3 +457,29 @@ async fn a_runtime_lost_during_a_pull_tries_no_other_credential() {
     );
     assert_all_stopped_early(&out, 4);
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_cancelled_pass_starts_nothing_more_and_ends_at_once() {
+    let rt = Arc::new(FakeRuntime::default());
+    let engine = PrePuller::new(rt.clone(), fast(), "node-1");
+    let cancel = CancellationToken::new();
+    let out = Mutex::new(Vec::new());
+    let images = many(50, Vec::new);
+    let stop = cancel.clone();
+    let sink = |o| {
+        out.lock().unwrap().push(o);
+        // Shutdown arrives once the first image is reported.
+        stop.cancel();
+    };
+    let summary = engine.pass(&images, &cancel, &sink).await;
+    assert!(summary.cancelled);
+    let reported = out.into_inner().unwrap().len();
+    // The first outcome, and at most what was already running beside it.
+    assert!(reported <= fast().max_parallel, "{reported} reported");
+    // ListImages, then at most the images in flight (status and pull each).
+    assert!(
+        rt.calls() <= 1 + 2 * (fast().max_parallel + 1),
+        "{} calls",
+        rt.calls()
+    );
+}
