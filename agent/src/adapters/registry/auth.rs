@@ -37,7 +37,11 @@ impl Challenge {
 }
 
 /// The challenges of one `WWW-Authenticate` value (RFC 9110 §11.6.1: `scheme k=v, k="v", scheme2
-/// …`). Lenient: what it cannot read ends the list, and never panics.
+/// …`). Lenient: what it cannot read ends the list, and never panics. By hand, not `http-auth`
+/// (checked): that crate refuses a whole header over one value outside RFC `tchar`s (an unquoted
+/// `scope=repository:a/b:pull`), which would turn a registry's Bearer challenge into a Basic
+/// attempt and a false alarm; partial reading keeps what the registry did say, as docker's own
+/// client does.
 pub fn parse_challenges(header: &str) -> Vec<Challenge> {
     let mut out: Vec<Challenge> = Vec::new();
     let mut rest = header;
