@@ -84,6 +84,20 @@ fn a_node_that_joins_tainted_gets_its_images_and_loses_only_its_taint() {
         .filter(|r| r.starts_with("PATCH /api/v1/nodes/test-node") && !r.contains("/status"))
         .collect();
     assert_eq!(patches.len(), 1, "{patches:?}");
+    // Every write about the Node names pullgate as its field manager.
+    let node_patches: Vec<String> = cluster
+        .api
+        .requests()
+        .into_iter()
+        .filter(|r| r.starts_with("PATCH /api/v1/nodes/"))
+        .collect();
+    assert!(
+        !node_patches.is_empty()
+            && node_patches
+                .iter()
+                .all(|r| r.contains("fieldManager=pullgate")),
+        "{node_patches:?}"
+    );
 
     // Heartbeats refresh lastHeartbeatTime; lastTransitionTime stays at the flip.
     let first = cluster
@@ -119,6 +133,35 @@ fn a_node_that_joins_tainted_gets_its_images_and_loses_only_its_taint() {
         pulled["note"].as_str().unwrap().contains(&image.by_tag),
         "{pulled}"
     );
+    let (stdout, stderr) = agent.finish();
+    assert_no_leak(&cluster, &stdout, &stderr);
+}
+
+#[test]
+fn a_taint_with_fields_the_agent_does_not_know_is_still_removed() {
+    let cluster = Cluster::start(&[]);
+    // As a newer API server may write it: a field this agent's Kubernetes types do not have.
+    let mut node = objects::node(NODE, &[]);
+    node["spec"]["taints"] = json!([{"key": TAINT, "effect": "NoSchedule",
+        "timeAdded": "2026-01-01T00:00:00Z", "futureField": "from a newer server"}]);
+    cluster.api.apply(node);
+    let image = cluster.env.push(&ImageSpec::new("team/app", "v1")).unwrap();
+    cluster.api.apply(cluster.secret(PASSWORD));
+    cluster.api.apply(objects::pullset(
+        "team",
+        "critical",
+        &[&image.by_tag],
+        json!({"gate": true, "imagePullSecrets": [{"name": "regcred"}]}),
+    ));
+    let agent = cluster.agent(&["--condition-heartbeat", "1s"]);
+    // The patch tests only the key and effect: a test of the whole element as read (without
+    // `futureField`) would fail on every try, and the node would stay tainted.
+    cluster
+        .api
+        .wait("the taint removed", Duration::from_secs(90), |api| {
+            (!taints_of(api).contains(&TAINT.to_string())).then_some(())
+        })
+        .unwrap_or_else(|e| panic!("{e}\nstderr:\n{}", agent.stderr()));
     let (stdout, stderr) = agent.finish();
     assert_no_leak(&cluster, &stdout, &stderr);
 }

@@ -86,6 +86,23 @@ mod tests {
             watch_kind(&watcher::Error::WatchFailed(status(410))),
             ApiErrorKind::Gone
         );
+        // A 410 whose message holds "403" (a resource version) is Gone, never Forbidden; a 403
+        // is Forbidden however the watch broke.
+        let gone = kube::Error::Api(Box::new(
+            kube::core::Status::failure("too old resource version: 14031234 (14039999)", "Expired")
+                .with_code(410),
+        ));
+        assert_eq!(
+            watch_kind(&watcher::Error::InitialListFailed(gone)),
+            ApiErrorKind::Gone
+        );
+        for broken in [
+            watcher::Error::InitialListFailed(status(403)),
+            watcher::Error::WatchStartFailed(status(403)),
+            watcher::Error::WatchFailed(status(403)),
+        ] {
+            assert_eq!(watch_kind(&broken), ApiErrorKind::Forbidden, "{broken}");
+        }
         errors.record(ApiErrorKind::Server);
         let counts: Vec<(ApiErrorKind, u64)> = errors.counts().collect();
         assert_eq!(counts.len(), 8);

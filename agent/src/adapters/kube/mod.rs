@@ -8,6 +8,18 @@ pub mod node_status;
 pub mod node_taint;
 pub mod source;
 
+/// The field manager of every write (`managedFields[].manager`): the Node's conditions and the
+/// taint removal are owned by `pullgate`, not by an empty manager.
+pub const FIELD_MANAGER: &str = "pullgate";
+
+/// Patch parameters naming [`FIELD_MANAGER`].
+pub fn patch_params() -> kube::api::PatchParams {
+    kube::api::PatchParams {
+        field_manager: Some(FIELD_MANAGER.into()),
+        ..Default::default()
+    }
+}
+
 /// Everything that writes about this Node: its conditions, its taint, its Events.
 pub struct NodeWriters {
     pub status: node_status::NodeStatus,

@@ -5,7 +5,7 @@
 
 use crate::decide::conditions::{Condition, Status};
 use k8s_openapi::api::core::v1::Node;
-use kube::api::{Api, Patch, PatchParams};
+use kube::api::{Api, Patch};
 use serde_json::json;
 
 #[derive(Debug, thiserror::Error)]
@@ -62,7 +62,7 @@ impl NodeStatus {
         self.api
             .patch_status(
                 &self.node,
-                &PatchParams::default(),
+                &super::patch_params(),
                 &Patch::Strategic(&patch),
             )
             .await

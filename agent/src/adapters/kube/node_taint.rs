@@ -1,7 +1,8 @@
 //! Removes pullgate's own start-up taint from this Node, and nothing else.
 //!
-//! The patch is a JSON patch of two operations on the index where the taint was read:
-//! `test` that the element there is exactly the taint read, then `remove` it. The API server
+//! The patch is a JSON patch on the index where the taint was read: `test` that the element
+//! there has our key and effect (what identifies a taint; not its other fields, which a newer
+//! server may add to), then `remove` it. The API server
 //! applies both to one version of the object, so a concurrent change to the node's other taints
 //! (another controller adding or removing one, which shifts the indexes) makes the `test` fail
 //! instead of removing the wrong taint; the agent then reads the Node again and retries, a few
@@ -11,7 +12,7 @@
 use crate::decide::retry::ApiErrorKind;
 use backon::BackoffBuilder as _;
 use k8s_openapi::api::core::v1::{Node, Taint};
-use kube::api::{Api, Patch, PatchParams};
+use kube::api::{Api, Patch};
 use serde_json::json;
 use std::time::Duration;
 
@@ -96,8 +97,12 @@ impl NodeTaints {
                 return Ok(Removal::Absent);
             };
             let path = format!("/spec/taints/{index}");
+            // `test` only what identifies the taint (its key and effect): a field a newer API
+            // server adds to taints (or `timeAdded` written differently) must not make the test
+            // fail for ever.
             let patch: json_patch::Patch = serde_json::from_value(json!([
-                {"op": "test", "path": path, "value": taints[index]},
+                {"op": "test", "path": format!("{path}/key"), "value": key},
+                {"op": "test", "path": format!("{path}/effect"), "value": effect},
                 {"op": "remove", "path": path},
             ]))
             .map_err(|e| TaintError::Patch {
@@ -110,7 +115,7 @@ impl NodeTaints {
                 .api
                 .patch(
                     &self.node,
-                    &PatchParams::default(),
+                    &super::patch_params(),
                     &Patch::Json::<()>(patch),
                 )
                 .await

@@ -357,8 +357,10 @@ async fn watch_one(client: Client, kind: char, key: ObjectKey, shared: Shared) {
                     }),
                     Ok(_) => {}
                     Err(e) => {
-                        let forbidden = matches!(&e, watcher::Error::InitialListFailed(kube::Error::Api(s)) | watcher::Error::WatchFailed(kube::Error::Api(s)) if s.code == 403)
-                            || e.to_string().contains("403");
+                        // By the status code only: a 410's message may hold a resource
+                        // version such as `14031234`.
+                        let forbidden = crate::adapters::kube::api_errors::watch_kind(&e)
+                            == crate::decide::retry::ApiErrorKind::Forbidden;
                         if forbidden {
                             let message = format!(
                                 "Forbidden: pullgate may not read {resource} in namespace {}: grant it {verb_hint} (manifests/namespace-access, applied in that namespace)",
