@@ -111,17 +111,8 @@ pub struct AuditArgs {
     /// Flag Secrets whose data was not changed for this long (creation time when unknown).
     #[arg(long, default_value = "2160h")]
     pub max_age: humantime::Duration,
-    /// Key the credential fingerprints (HMAC-SHA256) with these UTF-8 bytes, so that outputs made
-    /// with the same key can be compared; without it, a key is drawn for this run and the
-    /// fingerprints compare within this output only.
-    #[arg(
-        long,
-        env = "PULLGATE_FINGERPRINT_KEY",
-        hide_env_values = true,
-        value_name = "KEY",
-        value_parser = parse_fingerprint_key
-    )]
-    pub fingerprint_key: Option<secrecy::SecretString>,
+    #[command(flatten)]
+    pub fingerprint: FingerprintArgs,
     /// Print JSON instead of tables.
     #[arg(long)]
     pub json: bool,
@@ -147,6 +138,16 @@ pub struct ResolveArgs {
     pub selection: CredentialSelection,
     #[command(flatten)]
     pub node_credentials: NodeCredentialArgs,
+    #[command(flatten)]
+    pub fingerprint: FingerprintArgs,
+    /// Print JSON instead of a table.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// The key of the credential fingerprints `audit` and `auth resolve` print.
+#[derive(Debug, Args)]
+pub struct FingerprintArgs {
     /// Key the credential fingerprints (HMAC-SHA256) with these UTF-8 bytes, so that outputs made
     /// with the same key can be compared; without it, a key is drawn for this run and the
     /// fingerprints compare within this output only.
@@ -158,9 +159,6 @@ pub struct ResolveArgs {
         value_parser = parse_fingerprint_key
     )]
     pub fingerprint_key: Option<secrecy::SecretString>,
-    /// Print JSON instead of a table.
-    #[arg(long)]
-    pub json: bool,
 }
 
 /// `--fingerprint-key`: any non-empty text (never echoed in an error).

@@ -69,11 +69,11 @@ pub async fn resolve(args: ResolveArgs) -> Result<bool, AuthError> {
         image,
         selection,
         node_credentials,
-        fingerprint_key,
+        fingerprint,
         json,
     } = args;
-    let key =
-        crate::commands::audit::fingerprint_key(fingerprint_key).map_err(AuthError::Random)?;
+    let key = crate::commands::audit::fingerprint_key(fingerprint.fingerprint_key)
+        .map_err(AuthError::Random)?;
     let image = ImageRef::parse(&image)?;
     let resolver = kubelet_resolver(&node_credentials)?;
     let resolution = resolve_selection(&selection, &resolver, &image).await?;

@@ -341,7 +341,7 @@ impl Budget {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::decide::canary::runner::tests::outcome;
     use crate::decide::canary::transition::Transitions;
@@ -349,7 +349,8 @@ mod tests {
     use crate::model::outcome::OutcomeKind;
     use std::time::SystemTime;
 
-    fn prepull(action: Action, verdict: Verdict) -> Outcome {
+    /// A pre-pull outcome of `payments/critical` for the unit tests.
+    pub(crate) fn prepull(action: Action, verdict: Verdict) -> Outcome {
         Outcome {
             kind: OutcomeKind::Prepull,
             time: String::new(),

@@ -176,28 +176,14 @@ impl StatusBoard {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::outcome::OutcomeKind;
 
     fn prepull(pullset: &str, image: &str) -> Outcome {
-        Outcome {
-            kind: OutcomeKind::Prepull,
-            time: String::new(),
-            node: "n".into(),
-            namespace: "team".into(),
-            pullset: pullset.into(),
-            image: image.into(),
-            verdict: Verdict::Unauthorized,
-            message: String::new(),
-            hint: None,
-            duration_ms: 0,
-            action: Action::Failed,
-            attempts: 1,
-            credential: None,
-            image_ref: None,
-            repo_digest: None,
-            size_bytes: None,
-            warnings: vec![],
-        }
+        let mut o =
+            crate::decide::event_policy::tests::prepull(Action::Failed, Verdict::Unauthorized);
+        o.namespace = "team".into();
+        o.pullset = pullset.into();
+        o.image = image.into();
+        o
     }
 
     #[test]

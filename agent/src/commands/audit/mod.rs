@@ -37,10 +37,10 @@ pub async fn audit(args: AuditArgs) -> Result<bool, AuditError> {
         kubeconfig,
         expiry_warning,
         max_age,
-        fingerprint_key: given,
+        fingerprint,
         json,
     } = args;
-    let key = fingerprint_key(given).map_err(AuditError::Random)?;
+    let key = fingerprint_key(fingerprint.fingerprint_key).map_err(AuditError::Random)?;
     let client = client(kubeconfig.as_deref()).await?;
     let input = cluster::load(&client).await?;
     let options = analysis::Options {
