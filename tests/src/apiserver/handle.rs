@@ -1,0 +1,286 @@
+//! Routing and the request handler: list, get, create, patch, delete, and the injected failures.
+
+use axum::body::Bytes;
+use axum::extract::{Query, State};
+use axum::http::{HeaderMap, Method, StatusCode, Uri};
+use axum::response::Response;
+use serde_json::{Value, json};
+use std::collections::HashMap;
+
+use super::patch::strategic_merge;
+use super::validate::validate;
+use super::watch::watch;
+use super::{ApiState, Collection, lookup, ok_json, status};
+
+/// `/api/v1/...` or `/apis/group/version/...` → (api, namespace, plural, name, subresource).
+fn route(
+    path: &str,
+) -> Option<(
+    String,
+    Option<String>,
+    String,
+    Option<String>,
+    Option<String>,
+)> {
+    let parts: Vec<&str> = path.trim_matches('/').split('/').collect();
+    let (api, rest) = match parts.as_slice() {
+        ["api", version, rest @ ..] => (version.to_string(), rest),
+        ["apis", group, version, rest @ ..] => (format!("{group}/{version}"), rest),
+        _ => return None,
+    };
+    let (namespace, rest) = match rest {
+        ["namespaces", ns, rest @ ..] if !rest.is_empty() => (Some(ns.to_string()), rest),
+        rest => (None, rest),
+    };
+    match rest {
+        [plural] => Some((api, namespace, plural.to_string(), None, None)),
+        [plural, name] => Some((
+            api,
+            namespace,
+            plural.to_string(),
+            Some(name.to_string()),
+            None,
+        )),
+        [plural, name, sub] => Some((
+            api,
+            namespace,
+            plural.to_string(),
+            Some(name.to_string()),
+            Some(sub.to_string()),
+        )),
+        _ => None,
+    }
+}
+
+fn field_selector(query: &HashMap<String, String>) -> (Option<String>, Option<String>) {
+    let mut name = None;
+    let mut namespace = None;
+    for term in query
+        .get("fieldSelector")
+        .map(String::as_str)
+        .unwrap_or("")
+        .split(',')
+    {
+        if let Some(v) = term.strip_prefix("metadata.name=") {
+            name = Some(v.to_string());
+        } else if let Some(v) = term.strip_prefix("metadata.namespace=") {
+            namespace = Some(v.to_string());
+        }
+    }
+    (name, namespace)
+}
+
+pub(super) fn matches(object: &Value, namespace: &Option<String>, name: &Option<String>) -> bool {
+    let ns = object["metadata"]["namespace"].as_str().unwrap_or("");
+    let n = object["metadata"]["name"].as_str().unwrap_or("");
+    namespace.as_deref().is_none_or(|want| want == ns)
+        && name.as_deref().is_none_or(|want| want == n)
+}
+
+pub(super) async fn handle(
+    State(state): State<ApiState>,
+    method: Method,
+    uri: Uri,
+    Query(query): Query<HashMap<String, String>>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let hang = {
+        let store = state.lock();
+        store.hang_writes && method != Method::GET
+    };
+    if hang {
+        state
+            .lock()
+            .requests
+            .push(format!("{method} {uri} (never answered)"));
+        // Held until the server stops (its runtime is dropped with the connection).
+        std::future::pending::<()>().await;
+    }
+    {
+        let mut store = state.lock();
+        store.requests.push(format!("{method} {uri}"));
+        if store.fail_next > 0 {
+            store.fail_next -= 1;
+            return status(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "InternalError",
+                "injected failure".into(),
+            );
+        }
+    }
+    let Some((api, namespace, plural, name, sub)) = route(uri.path()) else {
+        return status(
+            StatusCode::NOT_FOUND,
+            "NotFound",
+            format!("no route for {}", uri.path()),
+        );
+    };
+    if let Some(ns) = &namespace
+        && matches!(plural.as_str(), "secrets" | "serviceaccounts")
+        && state.lock().forbidden.contains(ns)
+    {
+        return status(
+            StatusCode::FORBIDDEN,
+            "Forbidden",
+            format!(
+                "{plural} is forbidden: User \"system:serviceaccount:pullgate:pullgate\" cannot {} resource \"{plural}\" in API group \"\" in the namespace \"{ns}\"",
+                method.as_str().to_lowercase()
+            ),
+        );
+    }
+    let collection = Collection {
+        api: api.clone(),
+        plural: plural.clone(),
+    };
+    match (method, name) {
+        (Method::GET, None) => {
+            let (by_name, by_ns) = field_selector(&query);
+            let namespace = namespace.or(by_ns);
+            if query.get("watch").is_some_and(|w| w == "true" || w == "1") {
+                return watch(state, collection, namespace, by_name, &query);
+            }
+            let store = state.lock();
+            let items: Vec<Value> = store
+                .objects
+                .get(&collection)
+                .map(|c| {
+                    c.values()
+                        .filter(|o| matches(o, &namespace, &by_name))
+                        .cloned()
+                        .collect()
+                })
+                .unwrap_or_default();
+            let kind = items
+                .first()
+                .and_then(|o| o["kind"].as_str())
+                .map(|k| format!("{k}List"))
+                .unwrap_or_else(|| "List".into());
+            ok_json(
+                StatusCode::OK,
+                &json!({"apiVersion": api, "kind": kind, "metadata": {"resourceVersion": store.rv.to_string()}, "items": items}),
+            )
+        }
+        (Method::GET, Some(name)) => match lookup(&state, &collection, &namespace, &name) {
+            Some(object) => ok_json(StatusCode::OK, &object),
+            None => status(
+                StatusCode::NOT_FOUND,
+                "NotFound",
+                format!("{plural} \"{name}\" not found"),
+            ),
+        },
+        (Method::POST, None) => {
+            let Ok(mut object) = serde_json::from_slice::<Value>(&body) else {
+                return status(
+                    StatusCode::BAD_REQUEST,
+                    "BadRequest",
+                    "body is not JSON".into(),
+                );
+            };
+            if let Some(ns) = &namespace {
+                object["metadata"]["namespace"] = json!(ns);
+            }
+            if object["metadata"]["name"].is_null() {
+                let prefix = object["metadata"]["generateName"]
+                    .as_str()
+                    .unwrap_or("obj-")
+                    .to_string();
+                let n = state.lock().rv + 1;
+                object["metadata"]["name"] = json!(format!("{prefix}{n:05x}"));
+            }
+            let name = object["metadata"]["name"]
+                .as_str()
+                .unwrap_or("")
+                .to_string();
+            if lookup(&state, &collection, &namespace, &name).is_some() {
+                return status(
+                    StatusCode::CONFLICT,
+                    "AlreadyExists",
+                    format!("{plural} \"{name}\" already exists"),
+                );
+            }
+            object["apiVersion"] = json!(api);
+            if let Some(invalid) = validate(&api, &plural, &name, &object) {
+                return invalid;
+            }
+            let stored = state.put(object);
+            ok_json(StatusCode::CREATED, &stored)
+        }
+        (Method::PATCH, Some(name)) => {
+            let Some(current) = lookup(&state, &collection, &namespace, &name) else {
+                return status(
+                    StatusCode::NOT_FOUND,
+                    "NotFound",
+                    format!("{plural} \"{name}\" not found"),
+                );
+            };
+            let Ok(patch) = serde_json::from_slice::<Value>(&body) else {
+                return status(
+                    StatusCode::BAD_REQUEST,
+                    "BadRequest",
+                    "patch is not JSON".into(),
+                );
+            };
+            let content_type = headers
+                .get("content-type")
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or("");
+            let mut patched = current.clone();
+            let scope_status = sub.as_deref() == Some("status");
+            match content_type {
+                "application/json-patch+json" => {
+                    let Ok(ops) = serde_json::from_value::<json_patch::Patch>(patch) else {
+                        return status(
+                            StatusCode::BAD_REQUEST,
+                            "BadRequest",
+                            "invalid JSON patch".into(),
+                        );
+                    };
+                    if let Err(e) = json_patch::patch(&mut patched, &ops) {
+                        return status(
+                            StatusCode::UNPROCESSABLE_ENTITY,
+                            "Invalid",
+                            format!("the JSON patch failed: {e}"),
+                        );
+                    }
+                }
+                "application/merge-patch+json" => json_patch::merge(&mut patched, &patch),
+                "application/strategic-merge-patch+json" => {
+                    strategic_merge(&mut patched, &patch, "")
+                }
+                other => {
+                    return status(
+                        StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                        "UnsupportedMediaType",
+                        format!("content type {other}"),
+                    );
+                }
+            }
+            // The status subresource changes only status; the main resource never does.
+            if scope_status {
+                let new_status = patched["status"].clone();
+                patched = current.clone();
+                patched["status"] = new_status;
+            } else if !current["status"].is_null() {
+                patched["status"] = current["status"].clone();
+            }
+            if let Some(invalid) = validate(&api, &plural, &name, &patched) {
+                return invalid;
+            }
+            let stored = state.put(patched);
+            ok_json(StatusCode::OK, &stored)
+        }
+        (Method::DELETE, Some(name)) => {
+            state.delete(&api, &plural, namespace.as_deref().unwrap_or(""), &name);
+            ok_json(
+                StatusCode::OK,
+                &json!({"kind": "Status", "apiVersion": "v1", "status": "Success"}),
+            )
+        }
+        (method, _) => status(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "MethodNotAllowed",
+            format!("{method} not supported here"),
+        ),
+    }
+}

@@ -1,0 +1,434 @@
+//! An in-repo test API server that speaks the real Kubernetes HTTP wire protocol, so that kube-rs's
+//! real client code (list, watch with resourceVersion, get, patch, create) runs end to end. No real
+//! API server can be installed on these machines; this is the one stand-in the project allows.
+//!
+//! What it does, faithfully:
+//! - one global, monotonically increasing `resourceVersion`, stamped on every write;
+//! - list (`GET` a collection, cluster-wide or in a namespace) with `fieldSelector=metadata.name=X`
+//!   and `metadata.namespace=Y`, returning a `*List` with the collection's `resourceVersion`;
+//! - watch (`?watch=true&resourceVersion=RV`): the events after RV, then live ones, as JSON lines
+//!   (`{"type":"ADDED|MODIFIED|DELETED","object":…}`), ended after `timeoutSeconds`; an RV older
+//!   than the retained history gets an `ERROR` event with a `410 Gone` `Status`, as the real server
+//!   does after compaction;
+//! - get, create (`POST`, `201`, `409 AlreadyExists`), and patch: strategic merge (maps merged,
+//!   `status.conditions` merged by `type`, other lists replaced), JSON merge patch, JSON patch
+//!   (RFC 6902, `test` included, so a failed precondition is a `422`), on the object or its
+//!   `/status` subresource;
+//! - errors as `Status` objects: `404 NotFound`, `403 Forbidden` for the Secrets and
+//!   ServiceAccounts of namespaces the test leaves without pullgate's RoleBinding, `500` injected
+//!   for the next N requests;
+//! - writes that hang: with [`ApiServer::hang_writes`], every write (anything but `GET`) is
+//!   accepted and never answered, as an API server stuck behind a dead etcd;
+//! - going away and coming back on the same port with the same objects (`stop`, `restart`);
+//! - the one field validation pullgate's writes can trip: an `events.k8s.io/v1` Event whose `note`
+//!   is over 1,024 bytes gets `422 Invalid`, on create and patch (`validate`, ported from the real
+//!   server).
+//!
+//! What it does not do: authentication and RBAC beyond the injected 403s, admission, defaulting,
+//! any other validation (schemas included), label selectors, pagination (`limit`/`continue` are
+//! ignored: one page), server-side apply, `$patch` directives of strategic merge, bookmarks,
+//! protobuf.
+
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use serde_json::{Value, json};
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::{Arc, Mutex};
+use tokio::sync::broadcast;
+
+use crate::server_thread::ServerThread;
+
+mod handle;
+pub mod objects;
+mod patch;
+mod validate;
+mod watch;
+
+pub use validate::EVENT_NOTE_LIMIT_BYTES;
+
+/// How many past events a watch can resume from.
+const HISTORY: usize = 1000;
+
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub(crate) struct Collection {
+    /// `v1` or `group/version`.
+    api: String,
+    plural: String,
+}
+
+#[derive(Clone)]
+pub(crate) struct Event {
+    rv: u64,
+    collection: Collection,
+    kind: &'static str,
+    object: Value,
+}
+
+#[derive(Default)]
+pub(crate) struct Store {
+    rv: u64,
+    objects: BTreeMap<Collection, BTreeMap<(String, String), Value>>,
+    history: Vec<Event>,
+    forbidden: BTreeSet<String>,
+    fail_next: u32,
+    hang_writes: bool,
+    requests: Vec<String>,
+}
+
+/// Shared state of a running server.
+#[derive(Clone)]
+pub struct ApiState {
+    store: Arc<Mutex<Store>>,
+    events: broadcast::Sender<Event>,
+}
+
+/// A running test API server on 127.0.0.1; stopped when dropped.
+pub struct ApiServer {
+    pub state: ApiState,
+    addr: std::net::SocketAddr,
+    server: Option<ServerThread>,
+}
+
+/// A kubeconfig file pointing at an [`ApiServer`], in a temp dir removed on drop.
+pub struct KubeconfigFile {
+    dir: tempfile::TempDir,
+}
+
+impl KubeconfigFile {
+    /// The file, for `pullgate run --kubeconfig`.
+    pub fn path(&self) -> std::path::PathBuf {
+        self.dir.path().join("kubeconfig")
+    }
+}
+
+impl ApiServer {
+    /// Starts the server on a free loopback port, in a thread with its own runtime.
+    pub fn start() -> anyhow::Result<Self> {
+        let (events, _) = broadcast::channel(4096);
+        let state = ApiState {
+            store: Arc::new(Mutex::new(Store::default())),
+            events,
+        };
+        let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
+        let addr = listener.local_addr()?;
+        let mut server = Self {
+            state,
+            addr,
+            server: None,
+        };
+        server.serve(listener)?;
+        Ok(server)
+    }
+
+    fn serve(&mut self, listener: std::net::TcpListener) -> anyhow::Result<()> {
+        listener.set_nonblocking(true)?;
+        let app_state = self.state.clone();
+        self.server = Some(ServerThread::spawn(move |stop| async move {
+            let Ok(listener) = tokio::net::TcpListener::from_std(listener) else {
+                return;
+            };
+            let app = axum::Router::new()
+                .fallback(handle::handle)
+                .with_state(app_state);
+            // Not a graceful shutdown: open watches end with the server (its runtime is dropped),
+            // as when an API server goes away.
+            tokio::select! {
+                _ = axum::serve(listener, app) => {}
+                _ = stop => {}
+            }
+        }));
+        Ok(())
+    }
+
+    /// Stops serving (connections refused, open watches cut), keeping every object.
+    pub fn stop(&mut self) {
+        if let Some(mut server) = self.server.take() {
+            server.stop();
+        }
+    }
+
+    /// Serves again on the same port, with the objects and history it had.
+    pub fn restart(&mut self) -> anyhow::Result<()> {
+        self.stop();
+        let listener = std::net::TcpListener::bind(self.addr)?;
+        self.serve(listener)
+    }
+
+    /// `http://127.0.0.1:PORT`.
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// A kubeconfig file content pointing at this server (no auth).
+    pub fn kubeconfig(&self) -> String {
+        format!(
+            "apiVersion: v1\nkind: Config\nclusters:\n- name: test\n  cluster:\n    server: {}\ncontexts:\n- name: test\n  context:\n    cluster: test\n    user: test\ncurrent-context: test\nusers:\n- name: test\n  user: {{}}\n",
+            self.url()
+        )
+    }
+
+    /// Writes [`ApiServer::kubeconfig`] to a file of its own.
+    pub fn kubeconfig_file(&self) -> anyhow::Result<KubeconfigFile> {
+        let dir = tempfile::Builder::new()
+            .prefix("pullgate-kubeconfig-")
+            .tempdir()?;
+        std::fs::write(dir.path().join("kubeconfig"), self.kubeconfig())?;
+        Ok(KubeconfigFile { dir })
+    }
+
+    /// Creates or replaces an object (its `apiVersion` and `kind` pick the collection).
+    pub fn apply(&self, object: Value) {
+        self.state.put(object);
+    }
+
+    /// Deletes an object.
+    pub fn delete(&self, api: &str, plural: &str, namespace: &str, name: &str) {
+        self.state.delete(api, plural, namespace, name);
+    }
+
+    /// Gets an object.
+    pub fn get(&self, api: &str, plural: &str, namespace: &str, name: &str) -> Option<Value> {
+        let store = self.state.lock();
+        store
+            .objects
+            .get(&Collection {
+                api: api.into(),
+                plural: plural.into(),
+            })
+            .and_then(|c| c.get(&(namespace.to_string(), name.to_string())))
+            .cloned()
+    }
+
+    /// Every object of a collection.
+    pub fn list(&self, api: &str, plural: &str) -> Vec<Value> {
+        let store = self.state.lock();
+        store
+            .objects
+            .get(&Collection {
+                api: api.into(),
+                plural: plural.into(),
+            })
+            .map(|c| c.values().cloned().collect())
+            .unwrap_or_default()
+    }
+
+    /// Models a namespace without pullgate's opt-in RoleBinding: requests for Secrets and
+    /// ServiceAccounts there get `403 Forbidden` from now on (Events and PullSets, granted by the
+    /// ClusterRole, still work).
+    pub fn forbid_namespace(&self, namespace: &str) {
+        self.state.lock().forbidden.insert(namespace.to_string());
+    }
+
+    /// The next `n` requests get `500`.
+    pub fn fail_next(&self, n: u32) {
+        self.state.lock().fail_next = n;
+    }
+
+    /// From now on (`true`), every write is accepted and never answered; reads still are.
+    pub fn hang_writes(&self, on: bool) {
+        self.state.lock().hang_writes = on;
+    }
+
+    /// How many of the injected `500`s are still to be answered.
+    pub fn pending_failures(&self) -> u32 {
+        self.state.lock().fail_next
+    }
+
+    /// Forgets the watch history: resuming from an old resourceVersion then gets `410 Gone`.
+    pub fn compact(&self) {
+        self.state.lock().history.clear();
+    }
+
+    /// `METHOD path?query` of every request so far.
+    pub fn requests(&self) -> Vec<String> {
+        self.state.lock().requests.clone()
+    }
+}
+
+impl Drop for ApiServer {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+impl ApiState {
+    pub(crate) fn lock(&self) -> std::sync::MutexGuard<'_, Store> {
+        self.store
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    fn record(&self, store: &mut Store, collection: Collection, kind: &'static str, object: Value) {
+        let event = Event {
+            rv: store.rv,
+            collection,
+            kind,
+            object,
+        };
+        store.history.push(event.clone());
+        if store.history.len() > HISTORY {
+            store.history.remove(0);
+        }
+        let _ = self.events.send(event);
+    }
+
+    pub(crate) fn put(&self, mut object: Value) -> Value {
+        let api = object["apiVersion"].as_str().unwrap_or("v1").to_string();
+        let plural = plural_of(object["kind"].as_str().unwrap_or(""));
+        let namespace = object["metadata"]["namespace"]
+            .as_str()
+            .unwrap_or("")
+            .to_string();
+        let name = object["metadata"]["name"]
+            .as_str()
+            .unwrap_or("")
+            .to_string();
+        let mut store = self.lock();
+        store.rv += 1;
+        object["metadata"]["resourceVersion"] = json!(store.rv.to_string());
+        let collection = Collection { api, plural };
+        if object["metadata"]["uid"].is_null() {
+            // An update keeps the object's identity; a new object gets one.
+            let existing = store
+                .objects
+                .get(&collection)
+                .and_then(|c| c.get(&(namespace.clone(), name.clone())))
+                .map(|o| o["metadata"]["uid"].clone());
+            object["metadata"]["uid"] =
+                existing.unwrap_or_else(|| json!(format!("uid-{}", store.rv)));
+        }
+        let existed = store
+            .objects
+            .entry(collection.clone())
+            .or_default()
+            .insert((namespace, name), object.clone())
+            .is_some();
+        self.record(
+            &mut store,
+            collection,
+            if existed { "MODIFIED" } else { "ADDED" },
+            object.clone(),
+        );
+        object
+    }
+
+    pub(crate) fn delete(&self, api: &str, plural: &str, namespace: &str, name: &str) {
+        let collection = Collection {
+            api: api.into(),
+            plural: plural.into(),
+        };
+        let mut store = self.lock();
+        let removed = store
+            .objects
+            .get_mut(&collection)
+            .and_then(|c| c.remove(&(namespace.to_string(), name.to_string())));
+        if let Some(mut object) = removed {
+            store.rv += 1;
+            object["metadata"]["resourceVersion"] = json!(store.rv.to_string());
+            self.record(&mut store, collection, "DELETED", object);
+        }
+    }
+}
+
+/// The plural the real API uses for the kinds pullgate touches (and a naive default).
+fn plural_of(kind: &str) -> String {
+    match kind {
+        "PullSet" => "pullsets".into(),
+        "Secret" => "secrets".into(),
+        "ServiceAccount" => "serviceaccounts".into(),
+        "Node" => "nodes".into(),
+        "Event" => "events".into(),
+        "Namespace" => "namespaces".into(),
+        other => format!("{}s", other.to_ascii_lowercase()),
+    }
+}
+
+pub(crate) fn status(code: StatusCode, reason: &str, message: String) -> Response {
+    let body = json!({
+        "kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
+        "message": message, "reason": reason, "code": code.as_u16(),
+    });
+    (
+        code,
+        [("content-type", "application/json")],
+        body.to_string(),
+    )
+        .into_response()
+}
+
+pub(crate) fn ok_json(code: StatusCode, value: &Value) -> Response {
+    (
+        code,
+        [("content-type", "application/json")],
+        value.to_string(),
+    )
+        .into_response()
+}
+
+pub(crate) fn lookup(
+    state: &ApiState,
+    collection: &Collection,
+    namespace: &Option<String>,
+    name: &str,
+) -> Option<Value> {
+    state
+        .lock()
+        .objects
+        .get(collection)
+        .and_then(|c| c.get(&(namespace.clone().unwrap_or_default(), name.to_string())))
+        .cloned()
+}
+
+impl ApiServer {
+    /// The Node's condition of this type.
+    pub fn node_condition(&self, node: &str, type_: &str) -> Option<Value> {
+        self.get("v1", "nodes", "", node)?["status"]["conditions"]
+            .as_array()?
+            .iter()
+            .find(|c| c["type"] == type_)
+            .cloned()
+    }
+
+    /// The Node's taint keys, in order.
+    pub fn node_taints(&self, node: &str) -> Vec<String> {
+        self.get("v1", "nodes", "", node)
+            .and_then(|n| n["spec"]["taints"].as_array().cloned())
+            .unwrap_or_default()
+            .iter()
+            .filter_map(|t| t["key"].as_str().map(String::from))
+            .collect()
+    }
+
+    /// `events.k8s.io/v1` Events with this reason.
+    pub fn events(&self, reason: &str) -> Vec<Value> {
+        self.list("events.k8s.io/v1", "events")
+            .into_iter()
+            .filter(|e| e["reason"] == reason)
+            .collect()
+    }
+
+    /// Everything stored, as text (to check that no password is in it).
+    pub fn dump(&self) -> String {
+        let store = self.state.lock();
+        serde_json::to_string(&store.objects.values().collect::<Vec<_>>()).unwrap_or_default()
+    }
+
+    /// Polls `check` every 100 ms until it returns `Some`, or fails after `timeout` naming `what`.
+    pub fn wait<T>(
+        &self,
+        what: &str,
+        timeout: std::time::Duration,
+        mut check: impl FnMut(&Self) -> Option<T>,
+    ) -> anyhow::Result<T> {
+        let deadline = std::time::Instant::now() + timeout;
+        loop {
+            if let Some(v) = check(self) {
+                return Ok(v);
+            }
+            if std::time::Instant::now() >= deadline {
+                anyhow::bail!("timed out after {timeout:?} waiting for {what}");
+            }
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+    }
+}
