@@ -445,6 +445,18 @@ pub struct ClusterArgs {
     /// At the gate timeout: `remove` the taint anyway, or `keep` it until the gate opens.
     #[arg(long, env = "PULLGATE_GATE_TIMEOUT_ACTION", value_enum, default_value_t = GateTimeoutAction::Remove)]
     pub gate_timeout_action: GateTimeoutAction,
+    /// The namespaces whose `gate: true` PullSets hold the taint, by exact name, comma-separated
+    /// (empty: none). A `gate: true` PullSet elsewhere is pre-pulled and canaried but does not
+    /// hold the taint; it gets a `GateNotAllowed` Event. Whoever may create PullSets in a listed
+    /// namespace can keep new nodes tainted until the gate timeout.
+    #[arg(
+        long,
+        env = "PULLGATE_GATE_NAMESPACES",
+        value_name = "NAMESPACES",
+        value_delimiter = ',',
+        default_value = "kube-system"
+    )]
+    pub gate_namespaces: Vec<String>,
     /// Re-write the node conditions (a fresh `lastHeartbeatTime`) at least this often.
     #[arg(long, env = "PULLGATE_CONDITION_HEARTBEAT", default_value = "10m")]
     pub condition_heartbeat: humantime::Duration,

@@ -44,10 +44,17 @@ impl Cluster {
         objects::pull_secret("team", "regcred", &self.env.registry.host(), USER, password)
     }
 
-    /// `pullgate run` in cluster mode, the test registry over plain HTTP, with `args`.
+    /// `pullgate run` in cluster mode, the test registry over plain HTTP, with `args`. The
+    /// namespace of the tests' PullSets, `team`, may gate unless `args` name `--gate-namespaces`.
     pub fn agent(&self, args: &[&str]) -> RunningAgent {
+        let gate: &[&str] = if args.contains(&"--gate-namespaces") {
+            &[]
+        } else {
+            &["--gate-namespaces", "team"]
+        };
         Agent::cluster(&self.kubeconfig(), &self.env.containerd.endpoint())
             .args(&["--insecure-registry", &self.env.registry.host()])
+            .args(gate)
             .args(args)
             .spawn()
             .unwrap_or_else(|e| panic!("spawn pullgate: {e:#}"))

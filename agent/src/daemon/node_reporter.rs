@@ -22,7 +22,7 @@ use crate::daemon::watchdog::{Beat, EndGuard};
 use crate::decide::canary::runner::CanaryOutcome;
 use crate::decide::conditions::Condition;
 use crate::decide::event_policy::{EventIntent, Regarding};
-use crate::decide::gate::gated_canaries;
+use crate::decide::gate::{GateNamespaces, gated_canaries, not_allowed};
 use crate::decide::node_report::{
     NodeReport, NodeReportConfig, Reply, Step, TAINT_EFFECT, TaintRemoval,
 };
@@ -175,6 +175,7 @@ pub fn run_cluster(
             taints: writers.taints,
             events: writers.events,
             taint_key: config.taint_key.clone(),
+            gate_namespaces: config.gate_namespaces.clone(),
             report: NodeReport::new(config, Instant::now()),
             node,
             json: out.json.clone(),
@@ -200,6 +201,7 @@ struct ClusterTask {
     report: NodeReport,
     node: NodeInfo,
     taint_key: String,
+    gate_namespaces: GateNamespaces,
     json: Arc<JsonLines>,
     metrics: Arc<Metrics>,
     api_errors: Arc<ApiErrors>,
@@ -262,8 +264,11 @@ impl ClusterTask {
             .node_facts
             .as_ref()
             .map(|f| f.has_taint(&self.taint_key, TAINT_EFFECT));
+        let allowed = &self.gate_namespaces;
         self.report
-            .node(tainted, gated_canaries(&loaded.inventory, &node));
+            .node(tainted, gated_canaries(&loaded.inventory, &node, allowed));
+        self.report
+            .gate_not_allowed(not_allowed(&loaded.inventory, &node, allowed));
     }
 
     /// Carries out what the reporter asks for now, one request at a time.

@@ -150,6 +150,14 @@ pub async fn run(args: RunArgs) -> Result<RunOutcome, RunError> {
         }
     }
 
+    // Standalone, the manifests directory is the node admin's: every namespace may gate.
+    let gate_namespaces = if manifests.is_some() {
+        crate::decide::gate::GateNamespaces::Any
+    } else {
+        crate::decide::gate::GateNamespaces::only(
+            cluster.gate_namespaces.iter().map(String::as_str),
+        )
+    };
     let (mut sources, source_task, reports, reports_task) = match manifests {
         Some(dir) => {
             let (rx, task) = watch_dir(dir, WatchConfig::default(), cancel.clone())?;
@@ -206,6 +214,7 @@ pub async fn run(args: RunArgs) -> Result<RunOutcome, RunError> {
                     taint_key: cluster.taint_key,
                     gate_timeout: *cluster.gate_timeout,
                     gate_timeout_action: cluster.gate_timeout_action.into(),
+                    gate_namespaces: gate_namespaces.clone(),
                     heartbeat: *cluster.condition_heartbeat,
                     event_burst: cluster.event_burst,
                     event_refill: *cluster.event_refill,
@@ -354,6 +363,7 @@ pub async fn run(args: RunArgs) -> Result<RunOutcome, RunError> {
                 &loaded,
                 &cancel,
                 &mut images_ready,
+                &gate_namespaces,
                 &reports,
             )
             .await;
@@ -517,6 +527,7 @@ async fn pass<R: crate::decide::runtime::ImageRuntime>(
     loaded: &Snapshot,
     cancel: &CancellationToken,
     images_ready: &mut Tracker,
+    gate_namespaces: &crate::decide::gate::GateNamespaces,
     reports: &Reports,
 ) -> PassSummary {
     // Every pass (on each change of the sources and every recheck): what is gone is forgotten,
@@ -533,7 +544,7 @@ async fn pass<R: crate::decide::runtime::ImageRuntime>(
                 .inventory
                 .pullsets
                 .get(&key)
-                .is_some_and(|s| s.spec.gate)
+                .is_some_and(|s| gate_namespaces.counts(s))
             {
                 gated
                     .lock()

@@ -56,6 +56,8 @@ pub enum Reason {
     CredentialExpiringSoon,
     GateOpened,
     GateTimedOut,
+    /// A `gate: true` PullSet outside `--gate-namespaces`: it does not hold the taint.
+    GateNotAllowed,
     CredentialPluginFailed,
 }
 
@@ -69,6 +71,7 @@ impl Reason {
             Self::CredentialExpiringSoon => "CredentialExpiringSoon",
             Self::GateOpened => "GateOpened",
             Self::GateTimedOut => "GateTimedOut",
+            Self::GateNotAllowed => "GateNotAllowed",
             Self::CredentialPluginFailed => "CredentialPluginFailed",
         }
     }
@@ -79,6 +82,7 @@ impl Reason {
             Self::PrePulled | Self::PrePullFailed => "PrePull",
             Self::CanaryFailed | Self::CanaryRecovered | Self::CredentialExpiringSoon => "Canary",
             Self::GateOpened | Self::GateTimedOut => "RemoveTaint",
+            Self::GateNotAllowed => "Gate",
             Self::CredentialPluginFailed => "ResolveCredentials",
         }
     }
@@ -168,6 +172,20 @@ fn floor_at_char(s: &str, max: usize) -> &str {
         cut -= 1;
     }
     &s[..cut]
+}
+
+/// The Event on a `gate: true` PullSet whose namespace may not gate (`gate::not_allowed`): said
+/// to its owners, naming neither the allowed namespaces nor any other PullSet.
+pub fn for_gate_not_allowed(pullset: &ObjectKey, node: &str) -> EventIntent {
+    EventIntent::new(
+        Regarding::PullSet(pullset.clone()),
+        Reason::GateNotAllowed,
+        format!(
+            "gate: true is not counted on node {node}: namespace {} is not one a cluster admin allowed to hold the readiness taint (pullgate run --gate-namespaces); its images are still pre-pulled and its canaries still run",
+            pullset.namespace
+        ),
+        node,
+    )
 }
 
 /// The [`Failed`] an outcome tells: pre-pull and canary outcomes name these fields alike.

@@ -9,23 +9,123 @@
 //! After the gate timeout (counted from the agent's start) the taint is removed anyway with a
 //! `GateTimedOut` event, so a broken registry cannot freeze an autoscaler — unless the action is
 //! `Keep`, in which case the event is emitted once and the taint stays until the gate opens.
+//!
+//! Who may hold the taint: only PullSets from the namespaces a cluster admin allowed
+//! ([`GateNamespaces`], `--gate-namespaces`). Whoever may create a PullSet in a namespace (a
+//! tenant) must not be able to keep every new node tainted; a `gate: true` PullSet elsewhere is
+//! reported (a `GateNotAllowed` Event on it, the gate's Events on the Node) and does not count.
 //! Plain decisions: no clock, no client; the caller passes the elapsed time.
 
 use crate::model::inventory::{Inventory, ObjectKey};
 use crate::model::node::NodeInfo;
+use crate::model::pullset::ValidPullSet;
 use crate::model::verdict::Verdict;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
-/// The (PullSet, image) pairs whose canaries the gate waits for: every image of every `gate: true`
-/// PullSet with canaries selected for this node.
-pub fn gated_canaries(inventory: &Inventory, node: &NodeInfo) -> Vec<(ObjectKey, String)> {
+/// The namespaces whose `gate: true` PullSets hold the taint: names, exactly (no globs).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum GateNamespaces {
+    /// Every namespace: standalone mode, where the manifests directory is the node admin's.
+    Any,
+    /// Only these (`--gate-namespaces`; empty: no PullSet gates).
+    Only(BTreeSet<String>),
+}
+
+impl GateNamespaces {
+    /// From `--gate-namespaces`: a comma-separated list; blanks around names and empty entries
+    /// are ignored.
+    pub fn only<'a>(names: impl IntoIterator<Item = &'a str>) -> Self {
+        Self::Only(
+            names
+                .into_iter()
+                .map(str::trim)
+                .filter(|n| !n.is_empty())
+                .map(String::from)
+                .collect(),
+        )
+    }
+
+    pub fn allows(&self, namespace: &str) -> bool {
+        match self {
+            Self::Any => true,
+            Self::Only(names) => names.contains(namespace),
+        }
+    }
+
+    /// Whether this PullSet counts toward the gate: `gate: true` in an allowed namespace (the
+    /// caller has checked that it selects this node).
+    pub fn counts(&self, pullset: &ValidPullSet) -> bool {
+        pullset.spec.gate && self.allows(&pullset.key.namespace)
+    }
+}
+
+impl std::fmt::Display for GateNamespaces {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Any => f.write_str("any namespace"),
+            Self::Only(names) if names.is_empty() => f.write_str("no namespace"),
+            Self::Only(names) => {
+                let names: Vec<&str> = names.iter().map(String::as_str).collect();
+                f.write_str(&names.join(","))
+            }
+        }
+    }
+}
+
+/// The (PullSet, image) pairs whose canaries the gate waits for: every image of every PullSet
+/// that counts toward the gate ([`GateNamespaces::counts`]) with canaries selected for this node.
+pub fn gated_canaries(
+    inventory: &Inventory,
+    node: &NodeInfo,
+    allowed: &GateNamespaces,
+) -> Vec<(ObjectKey, String)> {
     inventory
         .pullsets
         .values()
-        .filter(|s| s.spec.gate && s.spec.canary.is_some() && node.matches(&s.spec.node_selector))
+        .filter(|s| {
+            allowed.counts(s) && s.spec.canary.is_some() && node.matches(&s.spec.node_selector)
+        })
         .flat_map(|s| s.images.iter().map(|i| (s.key.clone(), i.to_string())))
         .collect()
+}
+
+/// The `gate: true` PullSets selected for this node whose namespace may not gate: reported, not
+/// waited for.
+pub fn not_allowed(
+    inventory: &Inventory,
+    node: &NodeInfo,
+    allowed: &GateNamespaces,
+) -> BTreeSet<ObjectKey> {
+    inventory
+        .pullsets
+        .values()
+        .filter(|s| s.spec.gate && !allowed.counts(s) && node.matches(&s.spec.node_selector))
+        .map(|s| s.key.clone())
+        .collect()
+}
+
+/// What the gate's Events on the Node add about the PullSets that were not counted (empty when
+/// none): at most three names, then how many more.
+pub fn not_counted_note(not_allowed: &BTreeSet<ObjectKey>, allowed: &GateNamespaces) -> String {
+    if not_allowed.is_empty() {
+        return String::new();
+    }
+    let shown: Vec<String> = not_allowed
+        .iter()
+        .take(3)
+        .map(ToString::to_string)
+        .collect();
+    let more = not_allowed.len().saturating_sub(3);
+    let more = if more > 0 {
+        format!(" and {more} more")
+    } else {
+        String::new()
+    };
+    format!(
+        "; not counted (gate: true outside --gate-namespaces {allowed}): {}{more}",
+        shown.join(", ")
+    )
 }
 
 /// `Some(false)` when a gated canary failed, `None` while one has not run, else `Some(true)`
@@ -259,6 +359,118 @@ mod tests {
             ),
             Some(true)
         );
+    }
+
+    fn gating_inventory() -> Inventory {
+        use crate::model::pullset::{PullSetSpec, validate};
+        let mut inv = Inventory::default();
+        // (namespace, name, spec)
+        for (ns, name, yaml) in [
+            (
+                "kube-system",
+                "critical",
+                "gate: true\ncanary: {onRotation: true}",
+            ),
+            (
+                "kube-system",
+                "plain",
+                "gate: false\ncanary: {onRotation: true}",
+            ),
+            ("tenant", "hog", "gate: true\ncanary: {onRotation: true}"),
+            ("tenant", "no-canary", "gate: true"),
+            (
+                "tenant",
+                "elsewhere",
+                "gate: true\nnodeSelector: {pool: gpu}",
+            ),
+            ("team", "quiet", "gate: false"),
+        ] {
+            let spec: PullSetSpec = serde_yaml::from_str(&format!(
+                "{yaml}\nimages: [{{image: 'r.example/{name}@sha256:{}'}}]",
+                "a".repeat(64)
+            ))
+            .unwrap();
+            let key = ObjectKey::new(ns, name);
+            inv.pullsets
+                .insert(key.clone(), validate(key, spec).unwrap());
+        }
+        inv
+    }
+
+    #[test]
+    fn only_pullsets_from_allowed_namespaces_hold_the_gate() {
+        let inv = gating_inventory();
+        let node = NodeInfo {
+            name: "n1".into(),
+            labels: BTreeMap::from([("pool".to_string(), "cpu".to_string())]),
+        };
+        let names = |keys: Vec<ObjectKey>| keys.iter().map(ToString::to_string).collect::<Vec<_>>();
+        // (case, allowed, gated canaries, not allowed)
+        for (case, allowed, canaries, refused) in [
+            (
+                "the default install: kube-system only",
+                GateNamespaces::only("kube-system,pullgate-system".split(',')),
+                vec!["kube-system/critical"],
+                vec!["tenant/hog", "tenant/no-canary"],
+            ),
+            (
+                "tenant allowed too (blanks and empty entries ignored)",
+                GateNamespaces::only(" kube-system , tenant,,".split(',')),
+                vec!["kube-system/critical", "tenant/hog"],
+                vec![],
+            ),
+            (
+                "nothing allowed: nothing gates",
+                GateNamespaces::only("".split(',')),
+                vec![],
+                vec!["kube-system/critical", "tenant/hog", "tenant/no-canary"],
+            ),
+            (
+                "exact names, no prefix match",
+                GateNamespaces::only(["kube"]),
+                vec![],
+                vec!["kube-system/critical", "tenant/hog", "tenant/no-canary"],
+            ),
+            (
+                "standalone: any namespace",
+                GateNamespaces::Any,
+                vec!["kube-system/critical", "tenant/hog"],
+                vec![],
+            ),
+        ] {
+            let gated: Vec<ObjectKey> = gated_canaries(&inv, &node, &allowed)
+                .into_iter()
+                .map(|(k, _)| k)
+                .collect();
+            assert_eq!(names(gated), canaries, "{case}: gated canaries");
+            let out: Vec<ObjectKey> = not_allowed(&inv, &node, &allowed).into_iter().collect();
+            assert_eq!(names(out), refused, "{case}: not allowed");
+            for s in inv.pullsets.values() {
+                assert_eq!(
+                    allowed.counts(s),
+                    s.spec.gate && allowed.allows(&s.key.namespace),
+                    "{case}: {}",
+                    s.key
+                );
+            }
+        }
+        let hog = GateNamespaces::only(["kube-system"]);
+        assert!(!hog.counts(&inv.pullsets[&ObjectKey::new("tenant", "hog")]));
+        assert!(hog.counts(&inv.pullsets[&ObjectKey::new("kube-system", "critical")]));
+    }
+
+    #[test]
+    fn the_note_names_at_most_three_pullsets_not_counted() {
+        let allowed = GateNamespaces::only(["kube-system"]);
+        assert_eq!(not_counted_note(&BTreeSet::new(), &allowed), "");
+        let keys: BTreeSet<ObjectKey> = (1..=5)
+            .map(|i| ObjectKey::new("tenant", format!("p{i}")))
+            .collect();
+        assert_eq!(
+            not_counted_note(&keys, &allowed),
+            "; not counted (gate: true outside --gate-namespaces kube-system): tenant/p1, tenant/p2, tenant/p3 and 2 more"
+        );
+        assert_eq!(GateNamespaces::only([""]).to_string(), "no namespace");
     }
 
     #[test]

@@ -17,14 +17,20 @@
 //!   removed when it opens (or times out with `remove`). A failed removal backs off (1 s doubling
 //!   to 5 min, jittered; 403 and 404 straight to the cap) instead of a GET and a PATCH every
 //!   second; after a try that worked, the taint is looked at again after a second at the soonest.
+//!   Only PullSets from `--gate-namespaces` count (`gate::GateNamespaces`); each `gate: true`
+//!   PullSet from another namespace gets one `GateNotAllowed` Event when it is first seen (again
+//!   only after it stopped being one), and the gate's Events on the Node name what was not counted.
 
 use crate::decide::conditions::Condition;
 use crate::decide::event_policy::{Admit, Budget, EventIntent, Reason, Regarding};
-use crate::decide::gate::{Gate, GateDecision, GateInputs, TimeoutAction, credentials_valid};
+use crate::decide::gate::{
+    Gate, GateDecision, GateInputs, GateNamespaces, TimeoutAction, credentials_valid,
+    not_counted_note,
+};
 use crate::decide::retry::{ApiErrorKind, Retry};
 use crate::model::inventory::ObjectKey;
 use crate::model::verdict::Verdict;
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::time::Duration;
 use tokio::time::Instant;
 
@@ -46,6 +52,8 @@ pub struct NodeReportConfig {
     pub taint_key: String,
     pub gate_timeout: Duration,
     pub gate_timeout_action: TimeoutAction,
+    /// The namespaces whose PullSets hold the taint.
+    pub gate_namespaces: GateNamespaces,
     pub heartbeat: Duration,
     pub event_burst: u32,
     pub event_refill: Duration,
@@ -104,6 +112,8 @@ pub struct NodeReport {
     gate: Gate,
     tainted: Option<bool>,
     gated: Vec<(ObjectKey, String)>,
+    /// `gate: true` PullSets here whose namespace may not gate (each told once).
+    not_allowed: BTreeSet<ObjectKey>,
     images_ready: Option<bool>,
     canary_verdicts: BTreeMap<(ObjectKey, String), Verdict>,
     taint_retry: Retry,
@@ -131,6 +141,7 @@ impl NodeReport {
             gate: Gate::new(config.gate_timeout, config.gate_timeout_action),
             tainted: None,
             gated: Vec::new(),
+            not_allowed: BTreeSet::new(),
             images_ready: None,
             canary_verdicts: BTreeMap::new(),
             taint_retry: Retry::new(TAINT_RETRY.0, TAINT_RETRY.1),
@@ -176,6 +187,18 @@ impl NodeReport {
     pub fn node(&mut self, tainted: Option<bool>, gated: Vec<(ObjectKey, String)>) {
         self.tainted = tainted;
         self.gated = gated;
+    }
+
+    /// The `gate: true` PullSets selected here whose namespace may not gate (`gate::not_allowed`):
+    /// a `GateNotAllowed` Event on each that was not one before; the rest are already told.
+    pub fn gate_not_allowed(&mut self, not_allowed: BTreeSet<ObjectKey>) {
+        let new: Vec<ObjectKey> = not_allowed.difference(&self.not_allowed).cloned().collect();
+        for key in &new {
+            tracing::warn!(pullset = %key, allowed = %self.config.gate_namespaces, "gate: true outside --gate-namespaces; not counted");
+            let event = crate::decide::event_policy::for_gate_not_allowed(key, &self.config.node);
+            self.event(event);
+        }
+        self.not_allowed = not_allowed;
     }
 
     /// Before the last round at shutdown: the latest conditions and what Events the budget allows
@@ -320,11 +343,12 @@ impl NodeReport {
         }
         let taint = self.taint();
         let elapsed = humantime::format_duration(Duration::from_secs(inputs.elapsed.as_secs()));
+        let not_counted = not_counted_note(&self.not_allowed, &self.config.gate_namespaces);
         let (reason, note) = match self.gate.decide(&inputs) {
             GateDecision::Wait => return false,
             GateDecision::TimedOutKeep { waiting_for } => {
                 let note = format!(
-                    "kept taint {taint} after {elapsed} (--gate-timeout-action keep): {waiting_for}"
+                    "kept taint {taint} after {elapsed} (--gate-timeout-action keep): {waiting_for}{not_counted}"
                 );
                 tracing::warn!("{note}");
                 let regarding = Regarding::Node(self.config.node.clone());
@@ -339,13 +363,13 @@ impl NodeReport {
             GateDecision::Open => (
                 Reason::GateOpened,
                 format!(
-                    "removed taint {taint} after {elapsed}: CriticalImagesReady and PullCredentialsValid are True for the gated PullSets"
+                    "removed taint {taint} after {elapsed}: CriticalImagesReady and PullCredentialsValid are True for the gated PullSets{not_counted}"
                 ),
             ),
             GateDecision::TimedOutRemove { waiting_for } => (
                 Reason::GateTimedOut,
                 format!(
-                    "removed taint {taint} at the gate timeout ({elapsed}) although {waiting_for}"
+                    "removed taint {taint} at the gate timeout ({elapsed}) although {waiting_for}{not_counted}"
                 ),
             ),
         };

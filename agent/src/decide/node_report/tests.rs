@@ -9,6 +9,7 @@ fn config(action: TimeoutAction) -> NodeReportConfig {
         taint_key: "pullgate.io/not-ready".into(),
         gate_timeout: 600 * S,
         gate_timeout_action: action,
+        gate_namespaces: GateNamespaces::only(["ns"]),
         heartbeat: 60 * S,
         event_burst: 3,
         event_refill: 3600 * S,
@@ -299,5 +300,73 @@ async fn the_event_that_reports_drops_fits_the_api_servers_note_limit() {
             .ends_with("... (2 earlier events not sent: per-node event budget)"),
         "{}",
         e.note
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_gating_pullset_outside_the_gate_namespaces_is_told_once_and_named_when_the_gate_opens() {
+    let mut r = NodeReport::new(config(TimeoutAction::Remove), Instant::now());
+    // What `gate::not_allowed` found: the gated set of `ns` is satisfied, `tenant/hog` does not
+    // count (the config allows `ns` only).
+    let hog = ObjectKey::new("tenant", "hog");
+    r.node(Some(true), Vec::new());
+    r.gate_not_allowed([hog.clone()].into());
+    r.images_ready(true);
+    let steps = drain(&mut r, all_ok);
+    let published: Vec<&EventIntent> = steps
+        .iter()
+        .filter_map(|s| match s {
+            Step::PublishEvent(e) => Some(e),
+            _ => None,
+        })
+        .collect();
+    let told: Vec<&&EventIntent> = published
+        .iter()
+        .filter(|e| e.reason == Reason::GateNotAllowed)
+        .collect();
+    assert_eq!(told.len(), 1, "{steps:?}");
+    assert_eq!(told[0].regarding, Regarding::PullSet(hog.clone()));
+    assert!(
+        told[0].note.contains("namespace tenant"),
+        "{}",
+        told[0].note
+    );
+    assert!(
+        told[0].note.contains("--gate-namespaces"),
+        "{}",
+        told[0].note
+    );
+    let opened = published
+        .iter()
+        .find(|e| e.reason == Reason::GateOpened)
+        .unwrap_or_else(|| panic!("the taint stays: {steps:?}"));
+    assert!(
+        opened
+            .note
+            .ends_with("; not counted (gate: true outside --gate-namespaces ns): tenant/hog"),
+        "{}",
+        opened.note
+    );
+
+    // Seen again on every pass: not told again.
+    r.gate_not_allowed([hog.clone()].into());
+    r.node(Some(false), Vec::new());
+    let again = drain(&mut r, all_ok);
+    assert!(
+        again
+            .iter()
+            .all(|s| !matches!(s, Step::PublishEvent(e) if e.reason == Reason::GateNotAllowed)),
+        "{again:?}"
+    );
+    // Gone (allowed, or no longer gate: true), then back: told again.
+    r.gate_not_allowed(BTreeSet::new());
+    r.gate_not_allowed([hog].into());
+    let back = drain(&mut r, all_ok);
+    assert_eq!(
+        back.iter()
+            .filter(|s| matches!(s, Step::PublishEvent(e) if e.reason == Reason::GateNotAllowed))
+            .count(),
+        1,
+        "{back:?}"
     );
 }
