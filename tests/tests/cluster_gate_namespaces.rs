@@ -3,6 +3,8 @@
 //! told so (a `GateNotAllowed` Event on it) and the `GateOpened` Event on the Node names it. With
 //! its namespace allowed, the same PullSet holds the taint.
 
+#![allow(clippy::unwrap_used)] // test fixtures: a failed set-up step should panic with its error
+
 use pullgate_testenv::apiserver::objects;
 use pullgate_testenv::cluster::{Cluster, NODE};
 use pullgate_testenv::{ImageSpec, PASSWORD};

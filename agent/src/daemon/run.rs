@@ -267,7 +267,10 @@ pub async fn run(args: RunArgs) -> Result<RunOutcome, RunError> {
         )?,
     );
     let recheck: Duration = *prepull.recheck_interval;
-    let mut images_ready = Tracker::new("CriticalImagesReady");
+    let mut images_ready = ImagesReady {
+        tracker: Tracker::new("CriticalImagesReady"),
+        gate_namespaces: gate_namespaces.clone(),
+    };
 
     // Canaries run beside the pre-pull loop (not in a one-shot bootstrap pass).
     let mut canary_control = None;
@@ -363,7 +366,6 @@ pub async fn run(args: RunArgs) -> Result<RunOutcome, RunError> {
                 &loaded,
                 &cancel,
                 &mut images_ready,
-                &gate_namespaces,
                 &reports,
             )
             .await;
@@ -520,14 +522,19 @@ impl CanarySink for ReportingCanarySink {
     }
 }
 
+/// `CriticalImagesReady`: the images of the PullSets that count toward the gate.
+struct ImagesReady {
+    tracker: Tracker,
+    gate_namespaces: crate::decide::gate::GateNamespaces,
+}
+
 async fn pass<R: crate::decide::runtime::ImageRuntime>(
     engine: &PrePuller<R>,
     resolver: &dyn CredentialResolver,
     node: &NodeInfo,
     loaded: &Snapshot,
     cancel: &CancellationToken,
-    images_ready: &mut Tracker,
-    gate_namespaces: &crate::decide::gate::GateNamespaces,
+    images_ready: &mut ImagesReady,
     reports: &Reports,
 ) -> PassSummary {
     // Every pass (on each change of the sources and every recheck): what is gone is forgotten,
@@ -544,7 +551,7 @@ async fn pass<R: crate::decide::runtime::ImageRuntime>(
                 .inventory
                 .pullsets
                 .get(&key)
-                .is_some_and(|s| gate_namespaces.counts(s))
+                .is_some_and(|s| images_ready.gate_namespaces.counts(s))
             {
                 gated
                     .lock()
@@ -571,11 +578,13 @@ async fn pass<R: crate::decide::runtime::ImageRuntime>(
         .filter(|(v, _)| !v.is_ok())
         .map(|(_, l)| l)
         .collect();
-    if let Some(condition) = images_ready.observe(&verdicts, &failing) {
+    if let Some(condition) = images_ready.tracker.observe(&verdicts, &failing) {
         tracing::info!(status = ?condition.status, reason = %condition.reason, "CriticalImagesReady changed");
         reports.condition(condition);
     }
-    reports.images_ready(images_ready.current().status == crate::decide::conditions::Status::True);
+    reports.images_ready(
+        images_ready.tracker.current().status == crate::decide::conditions::Status::True,
+    );
     summary
 }
 
