@@ -363,6 +363,16 @@ pub struct RunArgs {
     /// Rotation and start-up canaries wait a deterministic offset below this (0: at once).
     #[arg(long, env = "PULLGATE_ROTATION_JITTER", default_value = "2s")]
     pub rotation_jitter: humantime::Duration,
+    /// A PullSet's canaries start at most once per this, whatever asks (cron, rotation, retry,
+    /// start-up) but a manual `pullgate canary`; a cron schedule firing more often is refused.
+    /// The first request after a quiet interval runs at once; later ones wait and coalesce.
+    #[arg(
+        long,
+        env = "PULLGATE_MIN_CANARY_INTERVAL",
+        default_value = "5m",
+        overrides_with = "min_canary_interval"
+    )]
+    pub min_canary_interval: humantime::Duration,
     #[command(flatten)]
     pub cluster: ClusterArgs,
     /// Serve `GET /healthz` and `GET /readyz` (the DaemonSet's probes) on this address; port 0

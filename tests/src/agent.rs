@@ -165,6 +165,10 @@ impl Agent {
                 // No shared socket under /run: a test that wants the local API names its own.
                 "--api-socket".into(),
                 "off".into(),
+                // Tests canary every few seconds and rotate at will: no floor, unless a test
+                // names its own (the flag overrides itself).
+                "--min-canary-interval".into(),
+                "0s".into(),
             ],
         }
     }

@@ -30,6 +30,8 @@ pub struct ServiceConfig {
     /// to `retry_max` (see `decide::retry::Retry`).
     pub retry_min: Duration,
     pub retry_max: Duration,
+    /// A PullSet's canaries start at most once per this, manual runs aside.
+    pub min_interval: Duration,
 }
 
 impl Default for ServiceConfig {
@@ -39,6 +41,7 @@ impl Default for ServiceConfig {
             rotation_window: Duration::from_secs(2),
             retry_min: Duration::from_secs(15),
             retry_max: Duration::from_secs(600),
+            min_interval: Duration::from_secs(300),
         }
     }
 }
@@ -149,6 +152,7 @@ pub async fn run_watched<P: RegistryProbe + 'static>(
         rotation_window: config.rotation_window,
         retry_min: config.retry_min,
         retry_max: config.retry_max,
+        min_interval: config.min_interval,
     });
     let mut driver = Driver {
         runner,

@@ -73,6 +73,7 @@ pub async fn run(args: RunArgs) -> Result<RunOutcome, RunError> {
         credentials,
         registry,
         rotation_jitter,
+        min_canary_interval,
         cluster,
         metrics_addr,
         api,
@@ -310,6 +311,7 @@ pub async fn run(args: RunArgs) -> Result<RunOutcome, RunError> {
         let config = ServiceConfig {
             node: node.clone(),
             rotation_window: *rotation_jitter,
+            min_interval: *min_canary_interval,
             ..ServiceConfig::default()
         };
         let (control, control_end) = CanaryControl::new();

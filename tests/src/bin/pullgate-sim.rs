@@ -500,6 +500,8 @@ impl Fleet {
                     labels: BTreeMap::new(),
                 },
                 rotation_window,
+                // The scenarios canary every few seconds on purpose: no floor.
+                min_interval: std::time::Duration::ZERO,
                 ..ServiceConfig::default()
             };
             let (control, control_end) = CanaryControl::new();

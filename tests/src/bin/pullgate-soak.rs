@@ -229,6 +229,8 @@ fn soak(cli: &Cli) -> Result<bool> {
         .args(["--node-name", "soak-node"])
         .args(["--recheck-interval", "10s"])
         .args(["--rotation-jitter", "1s"])
+        // Its PullSets canary every few seconds on purpose: no floor.
+        .args(["--min-canary-interval", "0s"])
         .args(["--insecure-registry", &host])
         .args(["--retry-min-delay", "200ms", "--retry-max-delay", "2s"])
         .args(["--metrics-addr", &format!("127.0.0.1:{metrics_port}")])

@@ -12,7 +12,24 @@
 //! `jitter`; retries of a failed canary, backed off (`retry::Retry`, jittered and capped) until it
 //! succeeds; manual runs, at once. Requests for the same PullSet coalesce: the earliest wins, with
 //! its trigger. At most one run is handed out at a time: runs are sequential, so a node never
-//! stampedes its registries. No duration panics it: a `jitter` window is clamped to
+//! stampedes its registries.
+//!
+//! The floor: a PullSet's canaries start at most once per `min_interval`
+//! (`--min-canary-interval`) whatever asks — cron, rotation, retry, start-up — except a manual
+//! run. A request within the floor of the PullSet's last run is deferred to the floor and
+//! coalesced with the others, so the first rotation after a quiet floor still runs at once, and a
+//! Secret rewritten every second costs one canary per floor. A cron schedule whose ticks come
+//! closer than the floor (`* * * * * *`, or every minute under a 5 min floor) is refused where it
+//! is built, here, with an error naming the PullSet and `spec.canary.schedule` (logged once per
+//! expression); its other triggers still run.
+//!
+//! Fairness: of the runs that are due, the next one comes from the namespace after the last
+//! one served (round-robin over namespaces, in name order), the earliest of that namespace first:
+//! a namespace with many PullSets (or a registry that hangs until the canary timeout) delays
+//! another namespace's canary by at most one run of its own. The queue holds at most one run
+//! per canaried PullSet (requests coalesce), so it is bounded by the inventory.
+//!
+//! No duration panics it: a `jitter` window is clamped to
 //! [`MAX_CANARY_JITTER`] (validation refuses more), every wait to [`MAX_DELAY`].
 
 use crate::decide::canary::jitter;
@@ -53,6 +70,24 @@ pub struct ScheduleConfig {
     /// The first retry step of a failed canary; doubles up to `retry_max`.
     pub retry_min: Duration,
     pub retry_max: Duration,
+    /// The floor: a PullSet's canaries start at most once per this, manual runs aside.
+    pub min_interval: Duration,
+}
+
+/// Why a PullSet's schedule is not followed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ScheduleError {
+    #[error(
+        "PullSet {pullset}: spec.canary.schedule `{schedule}` fires every {}, more often than pullgate run --min-canary-interval {}: refused, its scheduled canaries do not run (rotation, retries and manual runs still do)",
+        humantime::format_duration(*every),
+        humantime::format_duration(*floor)
+    )]
+    TooFrequent {
+        pullset: ObjectKey,
+        schedule: String,
+        every: Duration,
+        floor: Duration,
+    },
 }
 
 /// The two clocks at one moment: the monotonic one for deadlines, the wall clock for cron (whose
@@ -137,6 +172,23 @@ impl Cron {
         }
     }
 
+    /// The shortest gap between the next few ticks after `now` (`None`: fewer than two ticks).
+    fn shortest_gap(&self, now: SystemTime) -> Option<Duration> {
+        let mut after = chrono::DateTime::<chrono::Utc>::from(now);
+        let mut ticks = Vec::new();
+        for _ in 0..8 {
+            let Ok(tick) = self.pattern.find_next_occurrence(&after, false) else {
+                break;
+            };
+            ticks.push(SystemTime::from(tick));
+            after = tick;
+        }
+        ticks
+            .windows(2)
+            .filter_map(|w| w[1].duration_since(w[0]).ok())
+            .min()
+    }
+
     /// Finds the first tick after `now.wall`.
     fn advance(&mut self, now: Now) {
         let after = chrono::DateTime::<chrono::Utc>::from(now.wall);
@@ -169,6 +221,12 @@ pub struct CanarySchedule {
     /// One queued run per PullSet: when, and why.
     pending: BTreeMap<ObjectKey, (Instant, Trigger)>,
     retries: BTreeMap<ObjectKey, Retry>,
+    /// Schedules refused (they fire more often than the floor), each said once.
+    refused: BTreeMap<ObjectKey, String>,
+    /// When each PullSet's last run was handed out: the floor counts from there.
+    last_run: BTreeMap<ObjectKey, Instant>,
+    /// The namespace of the last run handed out: the next comes from the one after it.
+    last_namespace: Option<String>,
     verdicts: Verdicts,
     published_next: Option<BTreeMap<ObjectKey, SystemTime>>,
 }
@@ -183,6 +241,9 @@ impl CanarySchedule {
             crons: BTreeMap::new(),
             pending: BTreeMap::new(),
             retries: BTreeMap::new(),
+            refused: BTreeMap::new(),
+            last_run: BTreeMap::new(),
+            last_namespace: None,
             verdicts: BTreeMap::new(),
             published_next: None,
         }
@@ -258,6 +319,8 @@ impl CanarySchedule {
         }
         while let Some((key, trigger)) = self.take_due(now.instant) {
             if self.canaried.contains_key(&key) {
+                self.last_run.insert(key.clone(), now.instant);
+                self.last_namespace = Some(key.namespace.clone());
                 actions.push(Action::Run { key, trigger });
                 return;
             }
@@ -265,12 +328,18 @@ impl CanarySchedule {
         }
     }
 
-    /// The earliest queued run that is due, removed from the queue.
+    /// The next due run, removed from the queue: from the first namespace after the last one
+    /// served that has a due run (wrapping round), the earliest of that namespace.
     fn take_due(&mut self, now: Instant) -> Option<(ObjectKey, Trigger)> {
-        let (key, _) = self
-            .pending
-            .iter()
-            .filter(|(_, (at, _))| *at <= now)
+        let due = || self.pending.iter().filter(|(_, (at, _))| *at <= now);
+        let after = self.last_namespace.as_deref();
+        let namespace = due()
+            .map(|(k, _)| k.namespace.as_str())
+            .filter(|ns| after.is_some_and(|last| *ns > last))
+            .min()
+            .or_else(|| due().map(|(k, _)| k.namespace.as_str()).min())?;
+        let (key, _) = due()
+            .filter(|(k, _)| k.namespace == namespace)
             .min_by_key(|(_, (at, _))| *at)?;
         let key = key.clone();
         let (_, trigger) = self.pending.remove(&key)?;
@@ -330,6 +399,7 @@ impl CanarySchedule {
         self.fingerprints = new;
         let canaried = &self.canaried;
         self.retries.retain(|k, _| canaried.contains_key(k));
+        self.last_run.retain(|k, _| canaried.contains_key(k));
         // Only the images the canaried PullSets name now: a verdict of an image removed from its
         // PullSet would hold `PullCredentialsValid` (and the gate) at its last value forever.
         let live: BTreeSet<(ObjectKey, String)> = inventory
@@ -359,13 +429,29 @@ impl CanarySchedule {
             .collect();
         self.crons
             .retain(|k, c| wanted.get(k).is_some_and(|w| w.expression == c.expression));
-        for (key, cron) in wanted {
-            self.crons.entry(key).or_insert_with(|| {
-                let mut cron = cron;
-                cron.advance(now);
-                cron
-            });
+        let floor = self.config.min_interval;
+        let mut refused = BTreeMap::new();
+        for (key, mut cron) in wanted {
+            if self.crons.contains_key(&key) {
+                continue;
+            }
+            if let Some(gap) = cron.shortest_gap(now.wall).filter(|gap| *gap < floor) {
+                if self.refused.get(&key) != Some(&cron.expression) {
+                    let error = ScheduleError::TooFrequent {
+                        pullset: key.clone(),
+                        schedule: cron.expression.clone(),
+                        every: gap,
+                        floor,
+                    };
+                    tracing::error!("{error}");
+                }
+                refused.insert(key, cron.expression);
+                continue;
+            }
+            cron.advance(now);
+            self.crons.insert(key, cron);
         }
+        self.refused = refused;
     }
 
     fn finished(
@@ -394,8 +480,15 @@ impl CanarySchedule {
         self.enqueue(key.clone(), Trigger::Retry, later(now.instant, delay));
     }
 
-    /// Queues a run; an earlier request for the same PullSet wins.
+    /// Queues a run, no sooner than the floor after the PullSet's last run unless manual; an
+    /// earlier request for the same PullSet wins.
     fn enqueue(&mut self, key: ObjectKey, trigger: Trigger, at: Instant) {
+        let at = match self.last_run.get(&key) {
+            Some(last) if trigger != Trigger::Manual => {
+                at.max(later(*last, self.config.min_interval))
+            }
+            _ => at,
+        };
         match self.pending.get(&key) {
             Some((queued, _)) if *queued <= at => {}
             _ => {

@@ -33,6 +33,7 @@ fn config(rotation_window: Duration) -> ScheduleConfig {
         rotation_window,
         retry_min: 16 * S,
         retry_max: 120 * S,
+        min_interval: Duration::ZERO,
     }
 }
 
@@ -398,6 +399,7 @@ async fn delays_beyond_any_bound_in_the_config_never_panic_and_wait_at_most_max_
         rotation_window: Duration::MAX,
         retry_min: Duration::MAX,
         retry_max: Duration::MAX,
+        min_interval: Duration::MAX,
     });
     load(&mut s, &inventory(&[("a", CANARY)], "v1"), &clock);
     let offset = jitter::offset(NODE, &key("a"), MAX_DELAY);
@@ -414,10 +416,12 @@ async fn delays_beyond_any_bound_in_the_config_never_panic_and_wait_at_most_max_
     assert_eq!(runs(&retry), [("a".to_string(), Trigger::Retry)]);
     finish(&mut s, "a", Verdict::Ok, &clock);
 
-    // A rotation: this node's offset in the clamped window.
+    // A rotation: this node's offset in the clamped window, but the floor after the retry that
+    // just ran comes later: the floor clamped to MAX_DELAY.
     let rotated_at = Instant::now();
     load(&mut s, &inventory(&[("a", CANARY)], "v2"), &clock);
-    assert_eq!(s.deadline(), Some(rotated_at + offset));
+    assert!(offset < MAX_DELAY);
+    assert_eq!(s.deadline(), Some(rotated_at + MAX_DELAY));
     let run = to_deadline(&mut s, &clock).await;
     assert_eq!(runs(&run), [("a".to_string(), Trigger::Rotation)]);
 }
@@ -478,4 +482,197 @@ async fn an_image_removed_from_its_pullset_takes_its_verdict_with_it() {
     let actions = load(&mut s, &inventory(&[("a", CANARY)], "v1"), &clock);
     let expected = BTreeMap::from([((key("a"), "r.io/a:1".to_string()), Verdict::Ok)]);
     assert!(actions.contains(&Action::Verdicts(expected)), "{actions:?}");
+}
+
+/// Five minutes, the default `--min-canary-interval`.
+const FLOOR: Duration = Duration::from_secs(300);
+
+fn floored(rotation_window: Duration) -> ScheduleConfig {
+    ScheduleConfig {
+        min_interval: FLOOR,
+        ..config(rotation_window)
+    }
+}
+
+/// PullSets by (namespace, name, YAML spec), each reading `regcred` of its namespace; the
+/// Secrets by (namespace, password).
+fn inventory_in(sets: &[(&str, String, &str)], passwords: &[(&str, &str)]) -> Inventory {
+    let mut inv = Inventory::default();
+    for (ns, name, yaml) in sets {
+        let spec: PullSetSpec = serde_yaml::from_str(yaml).unwrap();
+        let set = validate(ObjectKey::new(*ns, name.clone()), spec).unwrap();
+        inv.pullsets.insert(set.key.clone(), set);
+    }
+    for (ns, password) in passwords {
+        let regcred = ObjectKey::new(*ns, "regcred");
+        let data = BTreeMap::from([(
+            KEY_DOCKERCONFIGJSON.to_string(),
+            password.as_bytes().to_vec().into(),
+        )]);
+        let secret = SecretObject {
+            key: regcred.clone(),
+            type_: TYPE_DOCKERCONFIGJSON.into(),
+            data,
+        };
+        inv.secrets.insert(regcred, secret);
+    }
+    inv
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_schedule_firing_more_often_than_the_floor_is_refused_naming_the_pullset_and_field() {
+    let clock = Clock::new();
+    // (schedule, followed under a 5 min floor)
+    for (schedule, followed) in [
+        ("* * * * * *", false),
+        ("*/30 * * * * *", false),
+        ("* * * * *", false),
+        ("*/4 * * * *", false),
+        ("*/5 * * * *", true),
+        ("0 */6 * * *", true),
+    ] {
+        let mut s = CanarySchedule::new(floored(Duration::ZERO));
+        let spec = format!(
+            "imagePullSecrets: [{{name: regcred}}]\nimages: [{{image: r.io/a:1}}]\ncanary: {{schedule: '{schedule}'}}"
+        );
+        load(&mut s, &inventory(&[("cron", &spec)], "v1"), &clock);
+        assert_eq!(
+            s.next_canaries().contains_key(&key("cron")),
+            followed,
+            "{schedule}"
+        );
+    }
+    let error = ScheduleError::TooFrequent {
+        pullset: key("cron"),
+        schedule: "* * * * * *".into(),
+        every: S,
+        floor: FLOOR,
+    };
+    assert_eq!(
+        error.to_string(),
+        "PullSet ns/cron: spec.canary.schedule `* * * * * *` fires every 1s, more often than pullgate run --min-canary-interval 5m: refused, its scheduled canaries do not run (rotation, retries and manual runs still do)"
+    );
+    // Without a floor, a per-second schedule is followed (the tests' own setting).
+    let mut s = CanarySchedule::new(config(Duration::ZERO));
+    let spec = "imagePullSecrets: [{name: regcred}]\nimages: [{image: r.io/a:1}]\ncanary: {schedule: '* * * * * *'}";
+    load(&mut s, &inventory(&[("cron", spec)], "v1"), &clock);
+    assert!(s.next_canaries().contains_key(&key("cron")));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_secret_rewritten_every_ten_seconds_costs_one_canary_per_floor_the_first_at_once() {
+    let clock = Clock::new();
+    let mut s = CanarySchedule::new(floored(Duration::ZERO));
+    load(&mut s, &inventory(&[("a", CANARY)], "v0"), &clock);
+    let startup = s.handle(Input::Tick, clock.now());
+    assert_eq!(runs(&startup), [("a".to_string(), Trigger::Startup)]);
+    finish(&mut s, "a", Verdict::Ok, &clock);
+
+    // A quiet floor, then a rotation every 10 s for 15 minutes.
+    tokio::time::advance(FLOOR + S).await;
+    let mut started = Vec::new();
+    for i in 1..=90 {
+        let mut actions = load(
+            &mut s,
+            &inventory(&[("a", CANARY)], &format!("v{i}")),
+            &clock,
+        );
+        actions.extend(s.handle(Input::Tick, clock.now()));
+        for (_, trigger) in runs(&actions) {
+            started.push((clock.start.elapsed(), trigger));
+            finish(&mut s, "a", Verdict::Ok, &clock);
+        }
+        tokio::time::advance(10 * S).await;
+    }
+    let first = FLOOR + S;
+    assert_eq!(
+        started,
+        [
+            (first, Trigger::Rotation),
+            (first + FLOOR, Trigger::Rotation),
+            (first + 2 * FLOOR, Trigger::Rotation),
+        ],
+        "the first at once, then one per floor"
+    );
+    // A failure's retry waits the floor too.
+    let mut s = CanarySchedule::new(floored(Duration::ZERO));
+    load(&mut s, &inventory(&[("a", CANARY)], "v0"), &clock);
+    s.handle(Input::Tick, clock.now());
+    let failed_at = clock.start.elapsed();
+    finish(&mut s, "a", Verdict::Unauthorized, &clock);
+    let retry = to_deadline(&mut s, &clock).await;
+    assert_eq!(runs(&retry), [("a".to_string(), Trigger::Retry)]);
+    assert_eq!(clock.start.elapsed() - failed_at, FLOOR);
+    // A manual run does not wait.
+    finish(&mut s, "a", Verdict::Ok, &clock);
+    s.handle(Input::Manual(Some(key("a"))), clock.now());
+    let manual = s.handle(Input::Tick, clock.now());
+    assert_eq!(runs(&manual), [("a".to_string(), Trigger::Manual)]);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_namespace_with_fifty_due_canaries_does_not_starve_anothers_rotation() {
+    let clock = Clock::new();
+    let mut s = CanarySchedule::new(floored(Duration::ZERO));
+    let beta = ("beta", "b".to_string(), CANARY);
+    load(
+        &mut s,
+        &inventory_in(std::slice::from_ref(&beta), &[("beta", "v0")]),
+        &clock,
+    );
+    assert_eq!(runs(&s.handle(Input::Tick, clock.now())).len(), 1);
+    s.handle(
+        Input::Finished {
+            key: &ObjectKey::new("beta", "b"),
+            verdicts: &[("r.io/a:1".into(), Verdict::Ok)],
+        },
+        clock.now(),
+    );
+    tokio::time::advance(FLOOR + S).await;
+
+    // Fifty new PullSets in alpha (start-up canaries, all due now) as beta's Secret rotates.
+    let mut sets: Vec<(&str, String, &str)> = (0..50)
+        .map(|i| ("alpha", format!("a{i:02}"), CANARY))
+        .collect();
+    sets.push(beta);
+    load(
+        &mut s,
+        &inventory_in(&sets, &[("alpha", "v0"), ("beta", "v1")]),
+        &clock,
+    );
+    let mut order = Vec::new();
+    loop {
+        let actions = s.handle(Input::Tick, clock.now());
+        let Some(Action::Run { key, trigger }) = actions
+            .into_iter()
+            .find(|a| matches!(a, Action::Run { .. }))
+        else {
+            break;
+        };
+        s.handle(
+            Input::Finished {
+                key: &key,
+                verdicts: &[("r.io/a:1".into(), Verdict::Ok)],
+            },
+            clock.now(),
+        );
+        order.push((key, trigger));
+        assert!(order.len() <= 51, "{order:?}");
+    }
+    assert_eq!(order.len(), 51);
+    let beta_at = order
+        .iter()
+        .position(|(k, _)| k.namespace == "beta")
+        .unwrap();
+    assert_eq!(beta_at, 1, "after at most one of alpha's: {order:?}");
+    assert_eq!(order[beta_at].1, Trigger::Rotation);
+    // Alpha's own, earliest first (name order for equal times).
+    let alpha: Vec<&str> = order
+        .iter()
+        .filter(|(k, _)| k.namespace == "alpha")
+        .map(|(k, _)| k.name.as_str())
+        .collect();
+    let mut sorted = alpha.clone();
+    sorted.sort_unstable();
+    assert_eq!(alpha, sorted);
 }
