@@ -5,6 +5,7 @@
 //! to manual callers, and the next canary times to [`CanaryControl`]. It beats the watchdog at
 //! each iteration, after each canary run and while it waits (however far the next cron time).
 
+use crate::adapters::serve::local_api::RunNowRefused;
 use crate::daemon::watchdog::Beat;
 use crate::decide::canary::runner::{CanaryOutcome, CanaryRunner, RegistryProbe};
 use crate::decide::canary::schedule::{Action, CanarySchedule, Input, Now, ScheduleConfig};
@@ -46,6 +47,10 @@ impl Default for ServiceConfig {
     }
 }
 
+/// Manual requests waiting for the service to take them (it takes each at once unless a canary
+/// is running); more are refused with [`RunNowRefused::Busy`].
+pub const MANUAL_REQUESTS: usize = 16;
+
 /// A request to run canaries now (the local API's `TriggerCanary`): one PullSet, or every one
 /// canaried on this node; each outcome is also sent to `reply`, which closes when all are done.
 pub struct ManualRun {
@@ -56,14 +61,14 @@ pub struct ManualRun {
 /// How the rest of the agent reaches a running service: manual runs in, next canary times out.
 #[derive(Clone)]
 pub struct CanaryControl {
-    manual: mpsc::UnboundedSender<ManualRun>,
+    manual: mpsc::Sender<ManualRun>,
     next: Arc<Mutex<BTreeMap<ObjectKey, SystemTime>>>,
 }
 
 impl CanaryControl {
     /// The handle, and what the service itself keeps.
     pub fn new() -> (Self, ControlEnd) {
-        let (manual, rx) = mpsc::unbounded_channel();
+        let (manual, rx) = mpsc::channel(MANUAL_REQUESTS);
         let next = Arc::new(Mutex::new(BTreeMap::new()));
         (
             Self {
@@ -74,15 +79,21 @@ impl CanaryControl {
         )
     }
 
-    /// Runs canaries now; the receiver yields each outcome and ends when the run is done. `None`
-    /// when the service has stopped.
+    /// Runs canaries now; the receiver yields each outcome and ends when the run is done. At
+    /// most [`MANUAL_REQUESTS`] requests wait for the service to take them: more are refused
+    /// (`Busy`), not queued. The reply channel holds at most one outcome per image canaried here.
     pub fn run_now(
         &self,
         pullset: Option<ObjectKey>,
-    ) -> Option<mpsc::UnboundedReceiver<CanaryOutcome>> {
+    ) -> Result<mpsc::UnboundedReceiver<CanaryOutcome>, RunNowRefused> {
         let (reply, rx) = mpsc::unbounded_channel();
-        self.manual.send(ManualRun { pullset, reply }).ok()?;
-        Some(rx)
+        self.manual
+            .try_send(ManualRun { pullset, reply })
+            .map_err(|e| match e {
+                mpsc::error::TrySendError::Full(_) => RunNowRefused::Busy,
+                mpsc::error::TrySendError::Closed(_) => RunNowRefused::Stopped,
+            })?;
+        Ok(rx)
     }
 
     /// When each scheduled PullSet's next canary is due (its cron tick plus this node's jitter).
@@ -96,7 +107,7 @@ impl CanaryControl {
 
 /// The service's end of a [`CanaryControl`].
 pub struct ControlEnd {
-    manual: mpsc::UnboundedReceiver<ManualRun>,
+    manual: mpsc::Receiver<ManualRun>,
     next: Arc<Mutex<BTreeMap<ObjectKey, SystemTime>>>,
 }
 
@@ -299,11 +310,28 @@ impl crate::adapters::serve::local_api::Canaries for CanaryControl {
     fn run_now(
         &self,
         pullset: Option<ObjectKey>,
-    ) -> Option<mpsc::UnboundedReceiver<CanaryOutcome>> {
+    ) -> Result<mpsc::UnboundedReceiver<CanaryOutcome>, RunNowRefused> {
         CanaryControl::run_now(self, pullset)
     }
 
     fn next_canaries(&self) -> BTreeMap<ObjectKey, SystemTime> {
         CanaryControl::next_canaries(self)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn manual_requests_beyond_the_bound_are_refused_not_queued() {
+        let (control, end) = CanaryControl::new();
+        let waiting: Vec<_> = (0..MANUAL_REQUESTS)
+            .map(|_| control.run_now(None).expect("within the bound"))
+            .collect();
+        assert_eq!(control.run_now(None).err(), Some(RunNowRefused::Busy));
+        drop(end);
+        assert_eq!(control.run_now(None).err(), Some(RunNowRefused::Stopped));
+        drop(waiting);
     }
 }

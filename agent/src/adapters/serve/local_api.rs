@@ -47,14 +47,24 @@ pub enum LocalApiError {
 /// What `TriggerCanary` and `GetStatus` need of the canary scheduler; the daemon's handle to its
 /// scheduler implements it.
 pub trait Canaries: Send + Sync {
-    /// Asks for a manual run (one PullSet, or every one); `None` when the scheduler has stopped.
-    /// The results arrive on the receiver, which closes when the run is done.
+    /// Asks for a manual run (one PullSet, or every one). The results arrive on the receiver,
+    /// which closes when the run is done.
     fn run_now(
         &self,
         pullset: Option<ObjectKey>,
-    ) -> Option<tokio::sync::mpsc::UnboundedReceiver<CanaryOutcome>>;
+    ) -> Result<tokio::sync::mpsc::UnboundedReceiver<CanaryOutcome>, RunNowRefused>;
     /// When each scheduled PullSet's next canary is due.
     fn next_canaries(&self) -> std::collections::BTreeMap<ObjectKey, std::time::SystemTime>;
+}
+
+/// Why a manual run was not queued.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum RunNowRefused {
+    #[error("the canary service has stopped")]
+    Stopped,
+    /// The scheduler's queue of manual requests is full (it is bounded).
+    #[error("too many manual canary requests are waiting; try again when they are done")]
+    Busy,
 }
 
 /// What the API serves from.
@@ -132,9 +142,10 @@ impl Agent for Service {
                 ));
             }
         };
-        let Some(rx) = canaries.run_now(pullset) else {
-            return Err(tonic::Status::unavailable("the canary service has stopped"));
-        };
+        let rx = canaries.run_now(pullset).map_err(|refused| match refused {
+            RunNowRefused::Stopped => tonic::Status::unavailable(refused.to_string()),
+            RunNowRefused::Busy => tonic::Status::resource_exhausted(refused.to_string()),
+        })?;
         let stream = tokio_stream::wrappers::UnboundedReceiverStream::new(rx)
             .map(|o| Ok(canary_to_proto(&o)));
         Ok(tonic::Response::new(Box::pin(stream)))
