@@ -64,6 +64,19 @@ fn a_tenants_gating_pullset_outside_the_gate_namespaces_does_not_hold_the_taint(
         })
         .unwrap_or_else(|e| panic!("{e}\nstderr:\n{}", agent.stderr()));
     assert!(cluster.api.events("GateTimedOut").is_empty());
+    // The condition the gate waited for says what it did not count.
+    let ready = cluster
+        .api
+        .node_condition(NODE, "CriticalImagesReady")
+        .unwrap();
+    assert_eq!(ready["status"], "True", "{ready}");
+    let message = ready["message"].as_str().unwrap();
+    assert!(
+        message.ends_with(
+            "; not counted (gate: true outside --gate-namespaces kube-system,team): tenant/hog"
+        ),
+        "{message}"
+    );
     // Told to the tenant on its PullSet, naming no other namespace's objects.
     let told = cluster.wait_event("GateNotAllowed", Duration::from_secs(30), &agent);
     assert_eq!(told["type"], "Warning", "{told}");

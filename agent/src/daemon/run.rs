@@ -580,7 +580,16 @@ async fn pass<R: crate::decide::runtime::ImageRuntime>(
         .filter(|(v, _)| !v.is_ok())
         .map(|(_, l)| l)
         .collect();
-    if let Some(condition) = images_ready.tracker.observe(&verdicts, &failing) {
+    // The gating PullSets that do not count are said in the condition (the Node's readers).
+    let allowed = &images_ready.gate_namespaces;
+    let note = crate::decide::gate::not_counted_note(
+        &crate::decide::gate::not_allowed(&loaded.inventory, node, allowed),
+        allowed,
+    );
+    if let Some(condition) = images_ready
+        .tracker
+        .observe_noting(&verdicts, &failing, &note)
+    {
         tracing::info!(status = ?condition.status, reason = %condition.reason, "CriticalImagesReady changed");
         reports.condition(condition);
     }

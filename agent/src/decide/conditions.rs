@@ -120,6 +120,21 @@ impl Tracker {
         self.current.message = message;
         Some(self.current.clone())
     }
+
+    /// [`observe`](Self::observe), the message ending with `note` (such as
+    /// `gate::not_counted_note`); a changed note is a change too.
+    pub fn observe_noting(
+        &mut self,
+        verdicts: &[Verdict],
+        failing: &[String],
+        note: &str,
+    ) -> Option<Condition> {
+        let before = self.current.message.clone();
+        let changed = self.observe(verdicts, failing);
+        let message = format!("{}{note}", self.current.message);
+        self.current.message = crate::model::printable::printable_text(&message);
+        (changed.is_some() || self.current.message != before).then(|| self.current.clone())
+    }
 }
 
 #[cfg(test)]
@@ -162,5 +177,22 @@ mod tests {
             .expect("reason changed");
         assert_eq!(worse.last_transition_time, down.last_transition_time);
         assert!(t.observe(&[Verdict::Expired], &["a".into()]).is_none());
+        // A note: a change when it appears or goes, not when it stays.
+        let noted = t
+            .observe_noting(&[Verdict::Expired], &["a".into()], "; not counted: x/y")
+            .expect("the note is new");
+        assert!(
+            noted.message.ends_with("a; not counted: x/y"),
+            "{}",
+            noted.message
+        );
+        assert!(
+            t.observe_noting(&[Verdict::Expired], &["a".into()], "; not counted: x/y")
+                .is_none()
+        );
+        let gone = t
+            .observe_noting(&[Verdict::Expired], &["a".into()], "")
+            .expect("the note went");
+        assert!(!gone.message.contains("not counted"), "{}", gone.message);
     }
 }
