@@ -35,8 +35,15 @@ use crate::model::snapshot::Snapshot;
 use crate::model::verdict::Verdict;
 use std::collections::BTreeMap;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
+
+/// Events on their way to the cluster task and not yet taken by it: beyond this, an Event is
+/// dropped and counted (`pullgate_events_dropped_total`), not queued. The other messages are
+/// states sent on change, once per pass or per canary run; the task's own queue
+/// (`node_report::PENDING_EVENTS`) bounds what it keeps after taking them.
+pub const EVENTS_IN_CHANNEL: usize = 1024;
 
 /// Messages to the cluster task.
 #[derive(Debug)]
@@ -60,12 +67,32 @@ pub struct Outputs {
 pub struct Reports {
     out: Outputs,
     cluster: Option<mpsc::UnboundedSender<Msg>>,
+    /// Events in the channel (at most [`EVENTS_IN_CHANNEL`]).
+    queued_events: Arc<AtomicUsize>,
+}
+
+/// Counts an Event into the channel; `false` (and counted as dropped) when it is full.
+fn admit_event(queued: &AtomicUsize, metrics: &Metrics) -> bool {
+    let admitted = queued
+        .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+            (n < EVENTS_IN_CHANNEL).then_some(n + 1)
+        })
+        .is_ok();
+    if !admitted {
+        tracing::debug!("the node reporter is behind; event dropped");
+        metrics.events_dropped(1);
+    }
+    admitted
 }
 
 impl Reports {
     /// Local outputs only (standalone).
     pub fn standalone(out: Outputs) -> Self {
-        Self { out, cluster: None }
+        Self {
+            out,
+            cluster: None,
+            queued_events: Arc::default(),
+        }
     }
 
     pub fn json(&self) -> &JsonLines {
@@ -105,7 +132,9 @@ impl Reports {
 
     pub fn event(&self, event: EventIntent) {
         self.out.json.emit(&event);
-        self.send(Msg::Event(event));
+        if self.cluster.is_some() && admit_event(&self.queued_events, &self.out.metrics) {
+            self.send(Msg::Event(event));
+        }
     }
 
     /// `CriticalImagesReady` after a pass, for the gate.
@@ -132,6 +161,7 @@ impl Reports {
         WeakReports {
             out: self.out.clone(),
             cluster: self.cluster.as_ref().map(mpsc::UnboundedSender::downgrade),
+            queued_events: self.queued_events.clone(),
         }
     }
 }
@@ -141,6 +171,7 @@ impl Reports {
 pub struct WeakReports {
     out: Outputs,
     cluster: Option<mpsc::WeakUnboundedSender<Msg>>,
+    queued_events: Arc<AtomicUsize>,
 }
 
 impl WeakReports {
@@ -151,6 +182,7 @@ impl WeakReports {
             .cluster
             .as_ref()
             .and_then(mpsc::WeakUnboundedSender::upgrade)
+            && admit_event(&self.queued_events, &self.out.metrics)
         {
             let _ = tx.send(Msg::Event(event));
         }
@@ -169,6 +201,7 @@ pub fn run_cluster(
     beat: Beat,
 ) -> (Reports, tokio::task::JoinHandle<()>) {
     let (tx, rx) = mpsc::unbounded_channel();
+    let queued_events = Arc::new(AtomicUsize::new(0));
     let task = tokio::spawn(
         ClusterTask {
             status: writers.status,
@@ -182,6 +215,7 @@ pub fn run_cluster(
             metrics: out.metrics.clone(),
             api_errors,
             beat,
+            queued_events: queued_events.clone(),
         }
         .run(rx, sources),
     );
@@ -189,6 +223,7 @@ pub fn run_cluster(
         Reports {
             out,
             cluster: Some(tx),
+            queued_events,
         },
         task,
     )
@@ -206,6 +241,7 @@ struct ClusterTask {
     metrics: Arc<Metrics>,
     api_errors: Arc<ApiErrors>,
     beat: Beat,
+    queued_events: Arc<AtomicUsize>,
 }
 
 impl ClusterTask {
@@ -251,7 +287,10 @@ impl ClusterTask {
     fn absorb(&mut self, msg: Msg) {
         match msg {
             Msg::Condition(c) => self.report.condition(c),
-            Msg::Event(e) => self.report.event(e),
+            Msg::Event(e) => {
+                self.queued_events.fetch_sub(1, Ordering::AcqRel);
+                self.report.event(e);
+            }
             Msg::ImagesReady(ready) => self.report.images_ready(ready),
             Msg::CanaryVerdicts(v) => self.report.canary_verdicts(v),
         }
@@ -376,5 +415,50 @@ async fn sleep_until(deadline: Option<Instant>) {
     match deadline {
         Some(deadline) => tokio::time::sleep_until(deadline).await,
         None => std::future::pending().await,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::decide::event_policy::Reason;
+
+    #[test]
+    fn events_beyond_the_channels_bound_are_dropped_and_counted_not_queued() {
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        let reports = Reports {
+            out: Outputs::default(),
+            cluster: Some(tx),
+            queued_events: Arc::default(),
+        };
+        let weak = reports.downgrade();
+        let event = || {
+            EventIntent::new(
+                crate::decide::event_policy::Regarding::Node("n1".into()),
+                Reason::GateTimedOut,
+                "note".into(),
+                "",
+            )
+        };
+        for _ in 0..EVENTS_IN_CHANNEL + 5 {
+            reports.event(event());
+        }
+        weak.event(event());
+        let mut queued = 0;
+        while let Ok(msg) = rx.try_recv() {
+            assert!(matches!(msg, Msg::Event(_)));
+            queued += 1;
+        }
+        assert_eq!(queued, EVENTS_IN_CHANNEL);
+        let metrics = reports.out.metrics.encode();
+        assert!(
+            metrics
+                .lines()
+                .any(|l| l.starts_with("pullgate_events_dropped_total 6")),
+            "{metrics}"
+        );
+        // The states still go through.
+        reports.images_ready(true);
+        assert!(matches!(rx.try_recv(), Ok(Msg::ImagesReady(true))));
     }
 }
