@@ -172,3 +172,51 @@ fn kubelet_status_updates_start_no_pass_and_a_label_change_does() {
     let (stdout, stderr) = agent.finish();
     cluster.assert_no_leak(&[&stdout, &stderr], &["wrong-password"]);
 }
+
+#[test]
+fn a_pullset_the_agent_cannot_decode_is_reported_and_the_others_are_kept() {
+    let cluster = Cluster::start(&[]);
+    let (env, api) = (&cluster.env, &cluster.api);
+    let app = env.push(&ImageSpec::new("team/app", "v1")).unwrap();
+    let newer = env.push(&ImageSpec::new("team/newer", "v1")).unwrap();
+    api.apply(cluster.secret(PASSWORD));
+    api.apply(objects::pullset(
+        "team",
+        "critical",
+        &[&app.by_tag],
+        json!({"imagePullSecrets": [{"name": "regcred"}]}),
+    ));
+    // A field of a newer CRD, as during a rollout of a new version.
+    api.apply(objects::pullset(
+        "team",
+        "from-the-future",
+        &[&newer.by_tag],
+        json!({"imagePullSecrets": [{"name": "regcred"}], "priority": "high"}),
+    ));
+    let run = pullgate_testenv::Agent::cluster(&cluster.kubeconfig(), &env.containerd.endpoint())
+        .args(&["--insecure-registry", &env.registry.host()])
+        .run_once(LONG)
+        .unwrap();
+    assert_eq!(
+        run.prepull(&app.by_tag)["verdict"],
+        "Ok",
+        "stdout:\n{}\nstderr:\n{}",
+        run.stdout,
+        run.stderr
+    );
+    assert!(run.prepulls_of(&newer.by_tag).is_empty());
+    let problem = run
+        .lines
+        .iter()
+        .find(|l| l["kind"] == "source" && l["object"] == "PullSet team/from-the-future")
+        .unwrap_or_else(|| panic!("the bad PullSet is not reported:\n{}", run.stdout));
+    assert_eq!(problem["field"], "spec.priority", "{problem}");
+    assert!(
+        problem["message"]
+            .as_str()
+            .unwrap()
+            .contains("unknown field `priority`"),
+        "{problem}"
+    );
+    cluster.assert_no_leak(&[&run.stdout, &run.stderr], &[PASSWORD]);
+}

@@ -13,10 +13,11 @@ use crate::decide::retry::{ApiErrorKind, Retry};
 use crate::model::inventory::{Inventory, ObjectKey, ServiceAccountObject};
 use crate::model::inventory::{secret_object, service_account_object};
 use crate::model::node::{NodeFacts, NodeInfo, NodeTaint};
-use crate::model::pullset::{self, PullSet};
+use crate::model::pullset::{self, PullSet, PullSetSpec};
 use crate::model::snapshot::{Snapshot, SnapshotProblem};
 use futures::StreamExt as _;
 use k8s_openapi::api::core::v1::{Node, Secret, ServiceAccount};
+use kube::api::DynamicObject;
 use kube::runtime::WatchStreamExt as _;
 use kube::runtime::watcher::{self, Event};
 use kube::{Api, Client};
@@ -55,6 +56,8 @@ pub async fn client(kubeconfig: Option<&std::path::Path>) -> Result<Client, Clus
 #[derive(Default)]
 struct State {
     pullsets: BTreeMap<ObjectKey, PullSet>,
+    /// PullSets that could not be decoded, each with why.
+    pullset_problems: BTreeMap<ObjectKey, SnapshotProblem>,
     secrets: BTreeMap<ObjectKey, crate::model::inventory::SecretObject>,
     service_accounts: BTreeMap<ObjectKey, ServiceAccountObject>,
     node_labels: Option<BTreeMap<String, String>>,
@@ -266,6 +269,9 @@ fn build(state: &State) -> Snapshot {
                 })),
         }
     }
+    loaded
+        .problems
+        .extend(state.pullset_problems.values().cloned());
     loaded.inventory.secrets = state.secrets.clone();
     for (key, problem) in &state.problems {
         if let Some(object) = key.strip_prefix("s/").and_then(|k| k.split_once('/')) {
@@ -287,38 +293,91 @@ fn object_key(meta: &kube::api::ObjectMeta) -> Option<ObjectKey> {
     Some(ObjectKey::new(meta.namespace.clone()?, meta.name.clone()?))
 }
 
+/// A PullSet as the API server sent it, decoded on its own: a bad object (a field from a newer
+/// CRD during a rollout, a type the schema let through) is a problem naming the object and the
+/// field (serde's path), and every other PullSet is kept. Watching the typed `PullSet` would fail
+/// the whole list on one such object, and every node would lose every PullSet.
+fn decode_pullset(object: DynamicObject) -> Option<(ObjectKey, Result<PullSet, SnapshotProblem>)> {
+    let key = object_key(&object.metadata)?;
+    let problem = |field: Option<String>, message: String| SnapshotProblem {
+        file: PathBuf::new(),
+        document: None,
+        object: Some(format!("PullSet {key}")),
+        field,
+        message,
+    };
+    let Some(spec) = object.data.get("spec").cloned() else {
+        return Some((
+            key.clone(),
+            Err(problem(Some("spec".into()), "missing".into())),
+        ));
+    };
+    let decoded = match serde_path_to_error::deserialize::<_, PullSetSpec>(spec) {
+        Ok(spec) => Ok(PullSet {
+            metadata: object.metadata,
+            spec,
+        }),
+        Err(e) => {
+            let path = e.path().to_string();
+            let field = if path == "." {
+                "spec".to_string()
+            } else {
+                format!("spec.{path}")
+            };
+            Err(problem(Some(field), e.into_inner().to_string()))
+        }
+    };
+    Some((key, decoded))
+}
+
+/// Takes one decoded PullSet: kept, or its problem recorded (and an older good copy dropped: the
+/// object as it is now is the one that counts).
+fn put_pullset(s: &mut State, key: ObjectKey, decoded: Result<PullSet, SnapshotProblem>) {
+    match decoded {
+        Ok(set) => {
+            s.pullset_problems.remove(&key);
+            s.pullsets.insert(key, set);
+        }
+        Err(problem) => {
+            s.pullsets.remove(&key);
+            s.pullset_problems.insert(key, problem);
+        }
+    }
+}
+
 async fn watch_pullsets(client: Client, shared: Shared) {
-    let api: Api<PullSet> = Api::all(client);
-    let mut buffer: Option<BTreeMap<ObjectKey, PullSet>> = None;
+    let resource = kube::api::ApiResource::erase::<PullSet>(&());
+    let api: Api<DynamicObject> = Api::all_with(client, &resource);
+    let mut buffer: Option<State> = None;
     let mut stream = watcher::watcher(api, watcher::Config::default())
         .default_backoff()
         .boxed();
     while let Some(event) = stream.next().await {
         match event {
-            Ok(Event::Init) => buffer = Some(BTreeMap::new()),
-            Ok(Event::InitApply(set)) => {
-                if let (Some(b), Some(key)) = (buffer.as_mut(), object_key(&set.metadata)) {
-                    b.insert(key, set);
+            Ok(Event::Init) => buffer = Some(State::default()),
+            Ok(Event::InitApply(object)) => {
+                if let (Some(b), Some((key, decoded))) = (buffer.as_mut(), decode_pullset(object)) {
+                    put_pullset(b, key, decoded);
                 }
             }
             Ok(Event::InitDone) => {
-                let sets = buffer.take().unwrap_or_default();
+                let listed = buffer.take().unwrap_or_default();
                 with_state(&shared, |s| {
-                    s.pullsets = sets;
+                    s.pullsets = listed.pullsets;
+                    s.pullset_problems = listed.pullset_problems;
                     s.pullsets_synced = true;
                 });
             }
-            Ok(Event::Apply(set)) => {
-                if let Some(key) = object_key(&set.metadata) {
-                    with_state(&shared, |s| {
-                        s.pullsets.insert(key, set);
-                    });
+            Ok(Event::Apply(object)) => {
+                if let Some((key, decoded)) = decode_pullset(object) {
+                    with_state(&shared, |s| put_pullset(s, key, decoded));
                 }
             }
-            Ok(Event::Delete(set)) => {
-                if let Some(key) = object_key(&set.metadata) {
+            Ok(Event::Delete(object)) => {
+                if let Some(key) = object_key(&object.metadata) {
                     with_state(&shared, |s| {
                         s.pullsets.remove(&key);
+                        s.pullset_problems.remove(&key);
                     });
                 }
             }
@@ -658,6 +717,88 @@ mod tests {
             expected.sort();
             assert_eq!(wanted, expected, "node labels {node:?}");
         }
+    }
+
+    fn dynamic(name: &str, spec: serde_json::Value) -> DynamicObject {
+        serde_json::from_value(serde_json::json!({
+            "apiVersion": "pullgate.io/v1alpha1", "kind": "PullSet",
+            "metadata": {"name": name, "namespace": "team", "uid": format!("uid-{name}")},
+            "spec": spec,
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn pullsets_are_decoded_one_by_one_and_a_bad_one_names_its_field() {
+        let image = serde_json::json!([{"image": "reg.io/a:1"}]);
+        let mut state = State::default();
+        for (name, spec) in [
+            ("good", serde_json::json!({"images": image})),
+            (
+                "newer",
+                serde_json::json!({"images": image, "priority": "high"}),
+            ),
+            (
+                "typo",
+                serde_json::json!({"images": [{"image": "reg.io/a:1", "pullPolicy": "Always"}]}),
+            ),
+            (
+                "wrong-type",
+                serde_json::json!({"images": image, "gate": "yes"}),
+            ),
+        ] {
+            let (key, decoded) = decode_pullset(dynamic(name, spec)).unwrap();
+            put_pullset(&mut state, key, decoded);
+        }
+        let snapshot = build(&state);
+        assert_eq!(
+            snapshot.inventory.pullsets.keys().collect::<Vec<_>>(),
+            [&ObjectKey::new("team", "good")]
+        );
+        assert_eq!(
+            snapshot.inventory.pullsets[&ObjectKey::new("team", "good")]
+                .uid
+                .as_deref(),
+            Some("uid-good")
+        );
+        let problems: Vec<(String, String)> = snapshot
+            .problems
+            .iter()
+            .map(|p| (p.object.clone().unwrap(), p.field.clone().unwrap()))
+            .collect();
+        assert_eq!(
+            problems,
+            [
+                (
+                    "PullSet team/newer".to_string(),
+                    "spec.priority".to_string()
+                ),
+                (
+                    "PullSet team/typo".to_string(),
+                    "spec.images[0].pullPolicy".to_string()
+                ),
+                (
+                    "PullSet team/wrong-type".to_string(),
+                    "spec.gate".to_string()
+                ),
+            ],
+            "{:#?}",
+            snapshot.problems
+        );
+        assert!(
+            snapshot.problems[0]
+                .message
+                .contains("unknown field `priority`"),
+            "{}",
+            snapshot.problems[0]
+        );
+        // Fixed in place: the good copy replaces the problem.
+        let (key, decoded) =
+            decode_pullset(dynamic("newer", serde_json::json!({"images": image}))).unwrap();
+        put_pullset(&mut state, key, decoded);
+        let snapshot = build(&state);
+        assert_eq!(snapshot.inventory.pullsets.len(), 2);
+        assert_eq!(snapshot.problems.len(), 2);
     }
 
     #[test]
