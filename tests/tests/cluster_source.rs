@@ -220,3 +220,50 @@ fn a_pullset_the_agent_cannot_decode_is_reported_and_the_others_are_kept() {
     );
     cluster.assert_no_leak(&[&run.stdout, &run.stderr], &[PASSWORD]);
 }
+
+#[test]
+fn a_forbidden_secret_is_retried_at_the_capped_pace_not_at_full_rate() {
+    let cluster = Cluster::start(&[]);
+    let (env, api) = (&cluster.env, &cluster.api);
+    let host = env.registry.host();
+    let locked = env.push(&ImageSpec::new("locked/app", "v1")).unwrap();
+    api.apply(objects::pull_secret(
+        "locked", "regcred", &host, USER, PASSWORD,
+    ));
+    api.apply(objects::pullset(
+        "locked",
+        "critical",
+        &[&locked.by_tag],
+        json!({"imagePullSecrets": [{"name": "regcred"}]}),
+    ));
+    api.forbid_namespace("locked");
+    let agent = cluster.agent(&["--recheck-interval", "1h"]);
+    agent
+        .wait_for("the Forbidden problem", LONG, 1, |l| {
+            l["kind"] == "source" && l["object"] == "Secret locked/regcred"
+        })
+        .unwrap();
+    let asked = || {
+        api.requests()
+            .iter()
+            .filter(|r| r.contains("/namespaces/locked/secrets"))
+            .count()
+    };
+    let first = asked();
+    // A window of 50 kubelet heartbeats (10 s or more): kube's default backoff would have asked
+    // again at least twice (0.8–1.6 s, then 1.6–3.2 s); the cap waits a minute or more.
+    let kubelet = KubeletSim::start(&api.url(), NODE, Duration::from_millis(200));
+    kubelet.wait_patches(50, LONG);
+    let later = asked();
+    assert!(
+        later <= first + 1,
+        "{} requests for the forbidden Secret in {} heartbeats (first {first}):\n{:#?}",
+        later - first,
+        kubelet.patches(),
+        api.requests()
+    );
+    agent.assert_alive("a forbidden namespace");
+    drop(kubelet);
+    let (stdout, stderr) = agent.finish();
+    cluster.assert_no_leak(&[&stdout, &stderr], &[PASSWORD]);
+}
