@@ -2,10 +2,15 @@
 //! module that knows kube's client and runtime types.
 //!
 //! Least privilege: PullSets in all namespaces; this node only (`metadata.name` field selector);
-//! and only the Secrets and ServiceAccounts that PullSets reference, each watched by name in its
-//! namespace — never a cluster-wide Secret list or watch. kube's watchers resume from the last
-//! resourceVersion and re-list on `410 Gone`, with backoff on errors. A `403` is reported as a
-//! problem naming the namespace and the permission it lacks; every other namespace keeps working.
+//! and only the Secrets and ServiceAccounts that the PullSets selecting this node reference, each
+//! watched by name in its namespace — never a cluster-wide Secret list or watch, nothing of a
+//! PullSet aimed at another node pool, nothing before the Node is read. kube's watchers resume
+//! from the last resourceVersion and re-list on `410 Gone`; a relist replaces what is held
+//! (`InitDone`), so an object deleted while a watch was down is forgotten. PullSets are watched
+//! as `DynamicObject`s and decoded one by one: a bad one is a problem naming its field, the rest
+//! are kept. A Node event counts only when its labels or taints changed. A `403` is reported as a
+//! problem naming the namespace and the permission it lacks, and its by-name watch is retried at
+//! the capped pace of [`WATCH_RETRY`]; every other namespace keeps working.
 
 use crate::adapters::kube::api_errors::ApiErrors;
 use crate::decide::credentials::pull_secret_names;
