@@ -10,6 +10,7 @@
 //! - [`containerd`], [`registry`], [`images`], [`manifests`]: the real runtime and registry, images
 //!   built in code, the YAML the agent reads;
 //! - [`apiserver`], [`cluster`]: the in-repo test API server, and cluster mode set up around it;
+//! - [`kubelet_sim`]: a kubelet that keeps patching the Node's status (heartbeats, images);
 //! - [`proxy`], [`cri_counter`]: a counting (and misbehaving) registry proxy, a counting CRI proxy;
 //! - [`hostile_server`]: a scripted registry or token realm (HTTP or HTTPS) that never answers,
 //!   answers too much, or points elsewhere;
@@ -26,6 +27,7 @@ pub mod cri_counter;
 pub mod hostile_server;
 pub mod http;
 pub mod images;
+pub mod kubelet_sim;
 pub mod kustomize;
 pub mod manifests;
 pub mod plugin;

@@ -20,6 +20,18 @@ use std::time::Duration;
 /// validation to this same bound.
 pub const MAX_CANARY_JITTER: Duration = Duration::from_secs(24 * 60 * 60);
 
+/// The most images one PullSet may list (`spec.images`, `maxItems` in the CRD). A tenant's set
+/// acts on every node it selects: each image is a pull, a disk share, and a canary per run, so
+/// the list is bounded. 256 covers a whole platform's images (a busy node runs far fewer
+/// distinct images) while keeping one object's work per pass, and its size in etcd, small.
+pub const MAX_IMAGES: usize = 256;
+
+/// The most pull Secrets one PullSet may name (`spec.imagePullSecrets`, `maxItems`). Each is a
+/// by-name watch on every selected node (a request stream on the API server per node), and the
+/// kubelet tries them in order for each image; a pod rarely needs more than a few (one per
+/// registry), so 16 leaves room without letting one object open hundreds of watches per node.
+pub const MAX_PULL_SECRETS: usize = 16;
+
 /// What a PullSet asks of every node it selects.
 #[derive(CustomResource, Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
 #[kube(
@@ -41,11 +53,13 @@ pub struct PullSetSpec {
     pub service_account_name: Option<String>,
     /// Pull secrets used instead of the ServiceAccount's when set (the pod rule).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = MAX_PULL_SECRETS))]
     pub image_pull_secrets: Vec<LocalObjectReference>,
     /// Labels a node must carry to act on this set; empty selects every node.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub node_selector: BTreeMap<String, String>,
     /// The images. Digests are preferred; tags are allowed and warned about.
+    #[schemars(length(max = MAX_IMAGES))]
     pub images: Vec<ImageEntry>,
     /// Keep these images present on every selected node.
     #[serde(default = "default_true")]
@@ -168,7 +182,25 @@ pub fn validate(key: ObjectKey, spec: PullSetSpec) -> Result<ValidPullSet, Vec<F
             "must list at least one image".into(),
         ));
     }
-    for (i, entry) in spec.images.iter().enumerate() {
+    if spec.images.len() > MAX_IMAGES {
+        errors.push(err(
+            "spec.images".into(),
+            format!(
+                "lists {} images; at most {MAX_IMAGES} are allowed",
+                spec.images.len()
+            ),
+        ));
+    }
+    if spec.image_pull_secrets.len() > MAX_PULL_SECRETS {
+        errors.push(err(
+            "spec.imagePullSecrets".into(),
+            format!(
+                "names {} Secrets; at most {MAX_PULL_SECRETS} are allowed",
+                spec.image_pull_secrets.len()
+            ),
+        ));
+    }
+    for (i, entry) in spec.images.iter().enumerate().take(MAX_IMAGES) {
         let field = format!("spec.images[{i}].image");
         match ImageRef::parse(&entry.image) {
             Ok(image) => {
@@ -187,7 +219,12 @@ pub fn validate(key: ObjectKey, spec: PullSetSpec) -> Result<ValidPullSet, Vec<F
             Err(e) => errors.push(err(field, image_error_message(&e))),
         }
     }
-    for (i, secret) in spec.image_pull_secrets.iter().enumerate() {
+    for (i, secret) in spec
+        .image_pull_secrets
+        .iter()
+        .enumerate()
+        .take(MAX_PULL_SECRETS)
+    {
         if !is_dns_subdomain(&secret.name) {
             errors.push(err(
                 format!("spec.imagePullSecrets[{i}].name"),
@@ -430,5 +467,56 @@ mod tests {
                 }
             }
         }
+    }
+
+    #[test]
+    fn images_and_pull_secrets_are_bounded() {
+        let images = |n: usize| {
+            (0..n)
+                .map(|i| format!("{{image: reg.io/a:{i}}}"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        let secrets = |n: usize| {
+            (0..n)
+                .map(|i| format!("{{name: s{i}}}"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        for (n_images, n_secrets, expected) in [
+            (MAX_IMAGES, MAX_PULL_SECRETS, vec![]),
+            (
+                MAX_IMAGES + 1,
+                1,
+                vec![
+                    "PullSet payments/critical: spec.images: lists 257 images; at most 256 are allowed",
+                ],
+            ),
+            (
+                1,
+                MAX_PULL_SECRETS + 1,
+                vec![
+                    "PullSet payments/critical: spec.imagePullSecrets: names 17 Secrets; at most 16 are allowed",
+                ],
+            ),
+        ] {
+            let yaml = format!(
+                "images: [{}]\nimagePullSecrets: [{}]",
+                images(n_images),
+                secrets(n_secrets)
+            );
+            let errors: Vec<String> = match validate(key(), spec(&yaml)) {
+                Ok(_) => vec![],
+                Err(errs) => errs.iter().map(ToString::to_string).collect(),
+            };
+            assert_eq!(errors, expected, "{n_images} images, {n_secrets} secrets");
+        }
+        // The CRD carries the same bounds, so the API server refuses such an object first.
+        let crd = crd_yaml();
+        assert!(crd.contains(&format!("maxItems: {MAX_IMAGES}")), "{crd}");
+        assert!(
+            crd.contains(&format!("maxItems: {MAX_PULL_SECRETS}")),
+            "{crd}"
+        );
     }
 }
