@@ -6,6 +6,7 @@ pub mod audit_lists;
 pub mod event_recorder;
 pub mod node_status;
 pub mod node_taint;
+pub mod review;
 pub mod source;
 
 /// The field manager of every write (`managedFields[].manager`): the Node's conditions and the
