@@ -22,6 +22,9 @@ use std::time::{Duration, Instant};
 pub const CACHE_TTL: Duration = Duration::from_secs(120);
 /// How long a refused answer is reused (the kubelet's webhook: 30 s).
 pub const DENIED_TTL: Duration = Duration::from_secs(30);
+/// A review (TokenReview then SubjectAccessReview) not answered within this is a 503: a hung API
+/// server does not hold the scrape, nor one of the server's connection slots.
+pub const REVIEW_DEADLINE: Duration = Duration::from_secs(10);
 /// How many tokens are remembered; past that the oldest answer goes.
 pub const CACHE_ENTRIES: usize = 256;
 
@@ -148,7 +151,11 @@ impl MetricsAuth {
         if let Some(access) = self.cache.get(&token, Instant::now()) {
             return Ok(access);
         }
-        let access = self.reviewer.review(&token).await?;
+        let access = tokio::time::timeout(REVIEW_DEADLINE, self.reviewer.review(&token))
+            .await
+            .map_err(|_| {
+                MetricsAuthError::Review(format!("no answer within {REVIEW_DEADLINE:?}"))
+            })??;
         self.cache.put(&token, access, Instant::now());
         Ok(access)
     }
@@ -253,5 +260,20 @@ mod tests {
         );
         assert!(failing.access(Some("Bearer t")).await.is_err());
         assert!(failing.cache.is_empty());
+    }
+
+    struct Hung;
+
+    impl Reviewer for Hung {
+        fn review<'a>(&'a self, _: &'a SecretString) -> ReviewFuture<'a> {
+            Box::pin(std::future::pending())
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_review_that_never_answers_is_an_error_at_its_deadline() {
+        let auth = MetricsAuth::new(Box::new(Hung), FingerprintKey::from_bytes([4; 32]));
+        assert!(auth.access(Some("Bearer t")).await.is_err());
+        assert!(auth.cache.is_empty());
     }
 }
