@@ -385,6 +385,8 @@ pub struct RunArgs {
     )]
     pub metrics_addr: ListenAddr,
     #[command(flatten)]
+    pub http: HttpArgs,
+    #[command(flatten)]
     pub api: ApiSocketArg,
     /// `GET /healthz` fails (503, naming the task) when the pre-pull loop, the canary scheduler or
     /// the node reporter has ended or gone longer than its own bound without progress. Each bound
@@ -393,6 +395,31 @@ pub struct RunArgs {
     /// --cri-reconnect-budget; node reporter: --condition-heartbeat); this grace is added to each.
     #[arg(long, env = "PULLGATE_WATCHDOG_GRACE", default_value = "5m")]
     pub watchdog_grace: humantime::Duration,
+}
+
+/// Who may read `/metrics`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum MetricsAuthMode {
+    /// A bearer token the API server authenticates (TokenReview) and authorizes for `get` on
+    /// `/metrics` (SubjectAccessReview).
+    Kubernetes,
+    /// Anyone who reaches the address.
+    None,
+}
+
+/// The HTTP endpoints' access and bounds.
+#[derive(Debug, Args)]
+pub struct HttpArgs {
+    /// Who may read `/metrics`: `kubernetes` (the default in cluster mode) or `none` (the default
+    /// with --manifests, which has no API server to ask). `/healthz` and `/readyz` stay open.
+    #[arg(long, env = "PULLGATE_METRICS_AUTH", value_enum)]
+    pub metrics_auth: Option<MetricsAuthMode>,
+    /// A connection that has not sent a request's headers within this is closed.
+    #[arg(long, env = "PULLGATE_HTTP_HEADER_TIMEOUT", default_value = "10s")]
+    pub http_header_timeout: humantime::Duration,
+    /// HTTP connections served at once; one more is closed unserved.
+    #[arg(long, env = "PULLGATE_HTTP_MAX_CONNECTIONS", default_value_t = 64, value_parser = clap::value_parser!(u16).range(1..))]
+    pub http_max_connections: u16,
 }
 
 /// The agent's local API socket.

@@ -162,6 +162,9 @@ fn a_node_never_floods_the_api_server_and_its_probes_tell_ready_from_alive() {
     let agent = cluster.agent(&[
         "--metrics-addr",
         &format!("127.0.0.1:{port}"),
+        // Scraped without a token (the reviews are `metrics_auth.rs`'s concern).
+        "--metrics-auth",
+        "none",
         "--event-burst",
         "4",
         "--event-refill",

@@ -19,7 +19,7 @@ use k8s_openapi::api::admissionregistration::v1::{
     ValidatingAdmissionPolicy, ValidatingAdmissionPolicyBinding,
 };
 use k8s_openapi::api::apps::v1::DaemonSet;
-use k8s_openapi::api::core::v1::{ConfigMap, Container, Namespace, ServiceAccount};
+use k8s_openapi::api::core::v1::{ConfigMap, Container, Namespace, Secret, ServiceAccount};
 use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding, PolicyRule, Role, RoleBinding};
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
@@ -64,6 +64,9 @@ fn check_typed(obj: &Obj) {
         ("apiextensions.k8s.io/v1", "CustomResourceDefinition") => {
             drop(typed::<CustomResourceDefinition>(obj));
         }
+        ("v1", "Secret") => drop(typed::<Secret>(obj)),
+        // Not a k8s-openapi type: checked field by field in podmonitor_example.
+        ("monitoring.coreos.com/v1", "PodMonitor") => {}
         // Not a k8s-openapi type: checked field by field in node_readiness_rule_example.
         ("readiness.node.x-k8s.io/v1alpha1", "NodeReadinessRule") => {}
         (api_version, kind) => panic!(
@@ -300,6 +303,9 @@ fn check_cluster_rbac(objs: &[Obj], at: &str) {
         ("", "nodes/status", &["patch"]),
         ("events.k8s.io", "events", &["create", "patch"]),
         (group, plural, &["get", "list", "watch"]),
+        // /metrics: the scraper's token reviewed (--metrics-auth kubernetes).
+        ("authentication.k8s.io", "tokenreviews", &["create"]),
+        ("authorization.k8s.io", "subjectaccessreviews", &["create"]),
     ]);
 
     let roles = all_of::<ClusterRole>(objs, "ClusterRole");
@@ -1090,4 +1096,76 @@ fn node_readiness_rule_example() {
                 || v.as_array().is_some_and(|a| !a.is_empty())),
         "{what}: spec.nodeSelector must not be empty (the controller's webhook refuses it)"
     );
+}
+
+#[test]
+fn podmonitor_example() {
+    let m = ManifestFiles::load();
+    let docs: Vec<&Obj> = m
+        .files
+        .iter()
+        .filter(|(f, _)| f.as_str() == format!("{EXAMPLES_DIR}/podmonitor.yaml"))
+        .flat_map(|(_, docs)| docs)
+        .collect();
+    let of = |kind: &str| {
+        docs.iter()
+            .find(|o| o.kind() == kind)
+            .unwrap_or_else(|| panic!("podmonitor.yaml: no {kind}"))
+    };
+    let monitor = of("PodMonitor");
+    let secret = of("Secret");
+    let account = of("ServiceAccount");
+    // The PodMonitor's bearer token is the scraper ServiceAccount's token Secret, beside it.
+    assert_eq!(
+        monitor.str_at("/spec/podMetricsEndpoints/0/authorization/credentials/name"),
+        Some(secret.name())
+    );
+    assert_eq!(
+        monitor.str_at("/spec/podMetricsEndpoints/0/authorization/type"),
+        Some("Bearer")
+    );
+    assert_eq!(
+        monitor.str_at("/spec/podMetricsEndpoints/0/port"),
+        Some("metrics")
+    );
+    assert_eq!(secret.namespace(), monitor.namespace());
+    assert_eq!(
+        secret.str_at("/type"),
+        Some("kubernetes.io/service-account-token")
+    );
+    assert_eq!(
+        secret.str_at("/metadata/annotations/kubernetes.io~1service-account.name"),
+        Some(account.name())
+    );
+    // The scraper may get /metrics, and nothing else.
+    let role: ClusterRole = typed(of("ClusterRole"));
+    let rules = role.rules.unwrap_or_default();
+    assert_eq!(rules.len(), 1);
+    assert_eq!(
+        rules[0].non_resource_urls.as_deref(),
+        Some(&["/metrics".to_string()][..])
+    );
+    assert_eq!(rules[0].verbs, ["get"]);
+    // The agent may review tokens (TokenReview) and access (SubjectAccessReview).
+    let base = m
+        .files
+        .iter()
+        .filter(|(f, _)| f.as_str() == "base/clusterrole.yaml")
+        .flat_map(|(_, docs)| docs)
+        .next()
+        .expect("base/clusterrole.yaml");
+    let agent: ClusterRole = typed(base);
+    for (group, resource) in [
+        ("authentication.k8s.io", "tokenreviews"),
+        ("authorization.k8s.io", "subjectaccessreviews"),
+    ] {
+        assert!(
+            agent.rules.iter().flatten().any(|r| {
+                r.api_groups.iter().flatten().any(|g| g == group)
+                    && r.resources.iter().flatten().any(|x| x == resource)
+                    && r.verbs == ["create"]
+            }),
+            "base/clusterrole.yaml: create on {group} {resource}"
+        );
+    }
 }

@@ -32,6 +32,8 @@ use tokio_util::sync::CancellationToken;
 pub enum RunError {
     #[error(transparent)]
     Cluster(#[from] crate::adapters::kube::source::ClusterError),
+    #[error("cannot draw the /metrics token cache key from /dev/urandom: {0}")]
+    MetricsKey(std::io::Error),
     #[error("the cluster source did not sync within {0:?}")]
     NotSynced(Duration),
     #[error("no node name: pass --node-name or set PULLGATE_NODE_NAME")]
@@ -76,6 +78,7 @@ pub async fn run(args: RunArgs) -> Result<RunOutcome, RunError> {
         min_canary_interval,
         cluster,
         metrics_addr,
+        http,
         api,
         watchdog_grace,
     } = args;
@@ -111,6 +114,30 @@ pub async fn run(args: RunArgs) -> Result<RunOutcome, RunError> {
     };
     let http_task = match metrics_addr.0 {
         Some(addr) => {
+            let mode = http.metrics_auth.unwrap_or(if manifests.is_none() {
+                crate::cli::MetricsAuthMode::Kubernetes
+            } else {
+                crate::cli::MetricsAuthMode::None
+            });
+            let auth = match mode {
+                crate::cli::MetricsAuthMode::None => None,
+                crate::cli::MetricsAuthMode::Kubernetes => {
+                    let client =
+                        crate::adapters::kube::source::client(kubeconfig.as_deref()).await?;
+                    let key = crate::adapters::serve::metrics_auth::draw_key()
+                        .map_err(RunError::MetricsKey)?;
+                    Some(Arc::new(
+                        crate::adapters::serve::metrics_auth::MetricsAuth::new(
+                            Box::new(crate::adapters::kube::review::KubeReviewer::new(client)),
+                            key,
+                        ),
+                    ))
+                }
+            };
+            let limits = crate::adapters::serve::http::HttpLimits {
+                header_timeout: *http.http_header_timeout,
+                max_connections: usize::from(http.http_max_connections),
+            };
             let (cri, api) = (client.clone(), api_errors.clone());
             let refresh: Refresh = Arc::new(move |m: &Metrics| {
                 m.sync_cri_reconnects(cri.reconnects());
@@ -128,6 +155,8 @@ pub async fn run(args: RunArgs) -> Result<RunOutcome, RunError> {
                         let heartbeats = heartbeats.clone();
                         Arc::new(move || heartbeats.check())
                     },
+                    auth,
+                    limits,
                     cancel.clone(),
                 )
                 .await?,

@@ -188,6 +188,44 @@ pub fn for_gate_not_allowed(pullset: &ObjectKey, node: &str) -> EventIntent {
     )
 }
 
+/// The API server's limit on an object name that must be a DNS subdomain (`metadata.name` of an
+/// Event): `DNS1123SubdomainMaxLength = 253` in apimachinery's `pkg/util/validation/validation.go`.
+pub const NAME_LIMIT: usize = 253;
+
+/// The API server's limit on an Event's `reportingInstance`: `ReportingInstanceLengthLimit = 128`
+/// in Kubernetes' `pkg/apis/core/validation/events.go`.
+pub const REPORTING_INSTANCE_LIMIT: usize = 128;
+
+/// The name of a new Event about the object named `regarding`: `<regarding>.<unique in hex>`, as
+/// kube's and client-go's recorders name theirs, with `regarding` cut (at a character boundary,
+/// then of trailing `-` and `.`, so each DNS label still ends alphanumeric) so the whole name fits
+/// [`NAME_LIMIT`]. A name of nothing usable becomes `pullgate`.
+pub fn event_name(regarding: &str, unique: u64) -> String {
+    let suffix = format!(".{unique:x}");
+    let prefix = floor_at_char(regarding, NAME_LIMIT - suffix.len());
+    let prefix = prefix.trim_end_matches(['-', '.']);
+    let prefix = if prefix.is_empty() {
+        "pullgate"
+    } else {
+        prefix
+    };
+    format!("{prefix}{suffix}")
+}
+
+/// The `reportingInstance` for node `node`: the node name when it fits
+/// [`REPORTING_INSTANCE_LIMIT`]; otherwise its start and `-` and 16 hex digits of its SHA-256, so
+/// two long names that share a start stay apart, and the same node always gets the same value.
+/// (A node name is not a secret: a plain hash is enough.)
+pub fn reporting_instance(node: &str) -> String {
+    if node.len() <= REPORTING_INSTANCE_LIMIT {
+        return node.to_string();
+    }
+    let digest = sha2::Digest::finalize(<sha2::Sha256 as sha2::Digest>::new_with_prefix(node));
+    let hash: String = digest[..8].iter().map(|b| format!("{b:02x}")).collect();
+    let start = floor_at_char(node, REPORTING_INSTANCE_LIMIT - 1 - hash.len());
+    format!("{start}-{hash}")
+}
+
 /// The [`Failed`] an outcome tells: pre-pull and canary outcomes name these fields alike.
 macro_rules! failed {
     ($outcome:expr) => {
@@ -388,6 +426,50 @@ pub(crate) mod tests {
             size_bytes: None,
             warnings: vec![],
         }
+    }
+
+    #[test]
+    fn event_names_fit_the_api_servers_limit() {
+        // (regarding name, unique, expected)
+        let long = "a".repeat(250);
+        let dashed = format!("{}-b", "a".repeat(235));
+        let table: &[(&str, u64, String)] = &[
+            ("critical", 0x1f, "critical.1f".into()),
+            (
+                &long,
+                u64::MAX,
+                format!("{}.ffffffffffffffff", "a".repeat(236)),
+            ),
+            // Cut just after a dash: the dash goes too, the label ends alphanumeric.
+            (
+                &dashed,
+                u64::MAX,
+                format!("{}.ffffffffffffffff", "a".repeat(235)),
+            ),
+            ("---", 1, "pullgate.1".into()),
+        ];
+        for (regarding, unique, want) in table {
+            let got = event_name(regarding, *unique);
+            assert_eq!(&got, want, "{regarding}");
+            assert!(got.len() <= NAME_LIMIT, "{} bytes", got.len());
+        }
+    }
+
+    #[test]
+    fn reporting_instance_fits_and_stays_apart() {
+        assert_eq!(reporting_instance("node-1"), "node-1");
+        let exact = "n".repeat(REPORTING_INSTANCE_LIMIT);
+        assert_eq!(reporting_instance(&exact), exact);
+        let a = format!("{}a", "n".repeat(199));
+        let b = format!("{}b", "n".repeat(199));
+        let (ia, ib) = (reporting_instance(&a), reporting_instance(&b));
+        assert_eq!(ia.len(), REPORTING_INSTANCE_LIMIT);
+        assert_ne!(ia, ib);
+        assert_eq!(ia, reporting_instance(&a), "deterministic");
+        assert!(ia.starts_with(&"n".repeat(100)));
+        // Multi-byte characters are cut at a boundary.
+        let wide = "é".repeat(100);
+        assert!(reporting_instance(&wide).len() <= REPORTING_INSTANCE_LIMIT);
     }
 
     #[test]

@@ -8,7 +8,7 @@ use serde_json::{Value, json};
 use std::collections::HashMap;
 
 use super::patch::strategic_merge;
-use super::validate::validate;
+use super::validate::{validate, validate_update};
 use super::watch::watch;
 use super::{ApiState, Collection, lookup, ok_json, status};
 
@@ -85,6 +85,10 @@ pub(super) async fn handle(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
+    // Reviews and request headers (`reviews.rs`): the one hook, before everything else.
+    if let Some(answer) = super::reviews::hook(&state, &method, &uri, &headers, &body) {
+        return answer;
+    }
     let hang = {
         let store = state.lock();
         store.hang_writes && method != Method::GET
@@ -264,7 +268,7 @@ pub(super) async fn handle(
             } else if !current["status"].is_null() {
                 patched["status"] = current["status"].clone();
             }
-            if let Some(invalid) = validate(&api, &plural, &name, &patched) {
+            if let Some(invalid) = validate_update(&api, &plural, &name, &patched, &current) {
                 return invalid;
             }
             let stored = state.put(patched);

@@ -20,11 +20,14 @@
 //! - writes that hang: with [`ApiServer::hang_writes`], every write (anything but `GET`) is
 //!   accepted and never answered, as an API server stuck behind a dead etcd;
 //! - going away and coming back on the same port with the same objects (`stop`, `restart`);
-//! - the one field validation pullgate's writes can trip: an `events.k8s.io/v1` Event whose `note`
-//!   is over 1,024 bytes gets `422 Invalid`, on create and patch (`validate`, ported from the real
-//!   server).
+//! - the real server's validation of `events.k8s.io/v1` Events, on create and on update (a patch
+//!   is validated as the update it makes): name, `reportingController`, `reportingInstance`,
+//!   `action`, `reason`, `note`, `eventTime`, `type`, `series`, the immutable fields
+//!   (`validate`, ported from `pkg/apis/core/validation/events.go`);
+//! - TokenReview and SubjectAccessReview (`reviews`: tokens and `/metrics` readers the test
+//!   registers), and every request's `User-Agent`.
 //!
-//! What it does not do: authentication and RBAC beyond the injected 403s, admission, defaulting,
+//! What it does not do: authentication of its own callers and RBAC beyond the injected 403s, admission, defaulting,
 //! any other validation (schemas included), label selectors, pagination (`limit`/`continue` are
 //! ignored: one page), server-side apply, `$patch` directives of strategic merge, bookmarks,
 //! protobuf.
@@ -41,6 +44,7 @@ use crate::server_thread::ServerThread;
 mod handle;
 pub mod objects;
 mod patch;
+mod reviews;
 mod validate;
 mod watch;
 
@@ -80,6 +84,8 @@ pub(crate) struct Store {
 pub struct ApiState {
     store: Arc<Mutex<Store>>,
     events: broadcast::Sender<Event>,
+    /// Tokens, allowed users and request headers (`reviews`).
+    reviews: Arc<Mutex<reviews::Reviews>>,
 }
 
 /// A running test API server on 127.0.0.1; stopped when dropped.
@@ -108,6 +114,7 @@ impl ApiServer {
         let state = ApiState {
             store: Arc::new(Mutex::new(Store::default())),
             events,
+            reviews: Arc::default(),
         };
         let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
         let addr = listener.local_addr()?;
@@ -239,6 +246,28 @@ impl ApiServer {
         self.state.lock().history.clear();
     }
 
+    /// Registers a bearer token: a TokenReview of it authenticates `user`.
+    pub fn add_token(&self, token: &str, user: &str) {
+        let mut reviews = self.state.reviews();
+        reviews.tokens.insert(token.into(), user.into());
+    }
+
+    /// A SubjectAccessReview of `user` for `get` on `/metrics` is allowed.
+    pub fn allow_metrics(&self, user: &str) {
+        self.state.reviews().metrics_readers.insert(user.into());
+    }
+
+    /// The `User-Agent` of every request so far (empty when none was sent).
+    pub fn user_agents(&self) -> Vec<String> {
+        self.state.reviews().user_agents.clone()
+    }
+
+    /// How many TokenReviews and SubjectAccessReviews were created.
+    pub fn review_counts(&self) -> (usize, usize) {
+        let reviews = self.state.reviews();
+        (reviews.token_reviews, reviews.access_reviews)
+    }
+
     /// `METHOD path?query` of every request so far.
     pub fn requests(&self) -> Vec<String> {
         self.state.lock().requests.clone()
@@ -252,6 +281,12 @@ impl Drop for ApiServer {
 }
 
 impl ApiState {
+    pub(crate) fn reviews(&self) -> std::sync::MutexGuard<'_, reviews::Reviews> {
+        self.reviews
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
     pub(crate) fn lock(&self) -> std::sync::MutexGuard<'_, Store> {
         self.store
             .lock()

@@ -1,24 +1,37 @@
-//! Publishes [`EventIntent`]s as `events.k8s.io/v1` Events with kube's event `Recorder`
-//! (`reportingController` `pullgate.io/agent`, `reportingInstance` the node name).
+//! Publishes [`EventIntent`]s as `events.k8s.io/v1` Events (`reportingController`
+//! `pullgate.io/agent`, `reportingInstance` the node name, shortened by
+//! `event_policy::reporting_instance` when over the server's limit), with its own small recorder
+//! rather than kube's `Recorder`, whose Events a real API server can refuse: it names an Event
+//! `<regarding>.<nanoseconds>` with no bound (a 250-character PullSet name makes a 267-character
+//! name: `422`), passes the reporter's instance whole (a node name over 128 characters: `422`),
+//! sends no field manager, and on a repeat patches only the series, so the note stays the first
+//! one forever.
 //!
-//! kube's Recorder aggregates repeats of one (type, action, reason, regarding object) within six
-//! minutes into one Event whose `series.count` grows (a merge patch, not a new object). pullgate's
-//! repeats are narrower — per image, and per verdict for failures — so it keeps one Recorder per
-//! aggregation key: a different image or verdict is a new Event, a repeat patches the old one.
-//! Node Events live in the `default` namespace and name the Node's UID as its name, as the
-//! kubelet's do (that is what `kubectl describe node` looks for).
+//! Repeats. The note of an events.k8s.io/v1 Event is immutable (`ValidateEventUpdate` in
+//! Kubernetes' `pkg/apis/core/validation/events.go` checks `message` with
+//! `ValidateImmutableField`), so a repeat cannot carry a new note in the old Event. As client-go's
+//! `tools/events` recorder does (its series key includes the note), a repeat with the same note
+//! patches the Event's `series` (count, last observed time); a repeat with a new note is a new
+//! Event, so the newest Event of an aggregation key always carries the current note.
+//! Series are remembered for six minutes after their last observation (kube's and client-go's
+//! cache time). Node Events live in the `default` namespace and name the Node's name as its UID,
+//! as the kubelet's do (that is what `kubectl describe node` looks for).
 
-use crate::decide::event_policy::{EventIntent, Regarding, Severity};
+use crate::decide::event_policy::{self, EventIntent, Regarding, Severity};
 use k8s_openapi::api::core::v1::ObjectReference;
-use kube::runtime::events::{Event, EventType, Recorder, Reporter};
+use k8s_openapi::api::events::v1::{Event, EventSeries};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta};
+use k8s_openapi::jiff::Timestamp;
+use kube::api::{Api, Patch, PostParams};
 use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 pub const REPORTING_CONTROLLER: &str = "pullgate.io/agent";
 
-/// Recorders unused for this long are forgotten (kube's own series cache lasts six minutes).
-const IDLE: Duration = Duration::from_secs(15 * 60);
+/// How long a series is continued after its last observation (kube-runtime's `CACHE_TTL`,
+/// client-go's `maxTriesPerEvent` window: six minutes).
+const SERIES_TTL: Duration = Duration::from_secs(6 * 60);
 
 #[derive(Debug, thiserror::Error)]
 #[error("cannot publish event {reason} on {regarding}: {source}")]
@@ -35,22 +48,34 @@ impl EventError {
     }
 }
 
+/// One Event being continued as a series.
+struct Series {
+    namespace: String,
+    name: String,
+    count: i32,
+    observed: Instant,
+}
+
 pub struct EventRecorder {
     client: kube::Client,
-    reporter: Reporter,
-    recorders: Mutex<HashMap<String, (Recorder, Instant)>>,
+    instance: String,
+    /// By aggregation key and note.
+    series: Mutex<HashMap<(String, String), Series>>,
 }
 
 impl EventRecorder {
     pub fn new(client: kube::Client, node: &str) -> Self {
         Self {
             client,
-            reporter: Reporter {
-                controller: REPORTING_CONTROLLER.into(),
-                instance: Some(node.into()),
-            },
-            recorders: Mutex::new(HashMap::new()),
+            instance: event_policy::reporting_instance(node),
+            series: Mutex::new(HashMap::new()),
         }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<(String, String), Series>> {
+        self.series
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     pub async fn publish(
@@ -58,40 +83,98 @@ impl EventRecorder {
         intent: &EventIntent,
         uid: Option<String>,
     ) -> Result<(), EventError> {
-        let recorder = {
-            let mut map = self
-                .recorders
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let error = |source| EventError {
+            reason: intent.reason.as_str(),
+            regarding: intent.regarding.to_string(),
+            source,
+        };
+        let key = (intent.aggregation.clone(), intent.note.clone());
+        let repeat = {
+            let mut map = self.lock();
             let now = Instant::now();
-            map.retain(|_, (_, used)| now.duration_since(*used) < IDLE);
-            let entry = map.entry(intent.aggregation.clone()).or_insert_with(|| {
-                (
-                    Recorder::new(self.client.clone(), self.reporter.clone()),
-                    now,
-                )
-            });
-            entry.1 = now;
-            entry.0.clone()
+            map.retain(|_, s| now.duration_since(s.observed) < SERIES_TTL);
+            map.get(&key)
+                .map(|s| (s.namespace.clone(), s.name.clone(), s.count + 1))
         };
-        let event = Event {
-            type_: match intent.severity {
-                Severity::Normal => EventType::Normal,
-                Severity::Warning => EventType::Warning,
+        let now = Timestamp::now();
+        if let Some((namespace, name, count)) = repeat {
+            let series = EventSeries {
+                count,
+                last_observed_time: MicroTime(now),
+            };
+            let patch = serde_json::json!({ "series": series });
+            let api: Api<Event> = Api::namespaced(self.client.clone(), &namespace);
+            match api
+                .patch(&name, &super::patch_params(), &Patch::Merge(&patch))
+                .await
+            {
+                Ok(_) => {
+                    if let Some(s) = self.lock().get_mut(&key) {
+                        s.count = count;
+                        s.observed = Instant::now();
+                    }
+                    return Ok(());
+                }
+                // Gone (expired, deleted): start again with a new Event.
+                Err(kube::Error::Api(status)) if status.code == 404 => {
+                    self.lock().remove(&key);
+                }
+                Err(e) => return Err(error(e)),
+            }
+        }
+        let event = self.event(intent, uid, now);
+        let namespace = event.metadata.namespace.clone().unwrap_or_default();
+        let name = event.metadata.name.clone().unwrap_or_default();
+        let api: Api<Event> = Api::namespaced(self.client.clone(), &namespace);
+        let params = PostParams {
+            field_manager: Some(super::FIELD_MANAGER.into()),
+            ..PostParams::default()
+        };
+        api.create(&params, &event).await.map_err(error)?;
+        self.lock().insert(
+            key,
+            Series {
+                namespace,
+                name,
+                count: 1,
+                observed: Instant::now(),
             },
-            reason: intent.reason.as_str().into(),
+        );
+        Ok(())
+    }
+
+    fn event(&self, intent: &EventIntent, uid: Option<String>, now: Timestamp) -> Event {
+        let regarding = reference(&intent.regarding, uid);
+        let regarding_name = regarding.name.clone().unwrap_or_default();
+        // Nanoseconds since the epoch fit in u64 until 2554; a clock before 1970 gives 0.
+        let unique = u64::try_from(now.as_nanosecond()).unwrap_or(0);
+        Event {
+            metadata: ObjectMeta {
+                name: Some(event_policy::event_name(&regarding_name, unique)),
+                namespace: Some(
+                    regarding
+                        .namespace
+                        .clone()
+                        .unwrap_or_else(|| "default".into()),
+                ),
+                ..ObjectMeta::default()
+            },
+            action: Some(intent.action.into()),
+            reason: Some(intent.reason.as_str().into()),
             note: Some(intent.note.clone()),
-            action: intent.action.into(),
-            secondary: None,
-        };
-        recorder
-            .publish(&event, &reference(&intent.regarding, uid))
-            .await
-            .map_err(|source| EventError {
-                reason: intent.reason.as_str(),
-                regarding: intent.regarding.to_string(),
-                source,
-            })
+            type_: Some(
+                match intent.severity {
+                    Severity::Normal => "Normal",
+                    Severity::Warning => "Warning",
+                }
+                .into(),
+            ),
+            event_time: Some(MicroTime(now)),
+            regarding: Some(regarding),
+            reporting_controller: Some(REPORTING_CONTROLLER.into()),
+            reporting_instance: Some(self.instance.clone()),
+            ..Event::default()
+        }
     }
 }
 

@@ -6,11 +6,26 @@ pub mod audit_lists;
 pub mod event_recorder;
 pub mod node_status;
 pub mod node_taint;
+pub mod review;
 pub mod source;
 
 /// The field manager of every write (`managedFields[].manager`): the Node's conditions and the
 /// taint removal are owned by `pullgate`, not by an empty manager.
 pub const FIELD_MANAGER: &str = "pullgate";
+
+/// The `User-Agent` of every request: `pullgate/<version>` (kube-rs sends none of its own, so the
+/// API server's audit log and its `apiserver_request_total` would not say who called).
+pub fn user_agent() -> String {
+    format!("{FIELD_MANAGER}/{}", env!("CARGO_PKG_VERSION"))
+}
+
+/// Names pullgate on every request `config` makes: its [`user_agent`].
+pub fn identify(config: &mut kube::Config) {
+    // A version is ASCII digits, dots and letters: always a valid header value.
+    if let Ok(value) = http::HeaderValue::from_str(&user_agent()) {
+        config.headers.push((http::header::USER_AGENT, value));
+    }
+}
 
 /// Patch parameters naming [`FIELD_MANAGER`].
 pub fn patch_params() -> kube::api::PatchParams {

@@ -43,7 +43,7 @@ pub enum ClusterError {
 
 /// A Kubernetes client from `--kubeconfig`, else in-cluster configuration, else `KUBECONFIG`.
 pub async fn client(kubeconfig: Option<&std::path::Path>) -> Result<Client, ClusterError> {
-    let config = match kubeconfig {
+    let mut config = match kubeconfig {
         Some(path) => {
             let kc = kube::config::Kubeconfig::read_from(path)
                 .map_err(|e| ClusterError::Config(e.to_string()))?;
@@ -55,6 +55,7 @@ pub async fn client(kubeconfig: Option<&std::path::Path>) -> Result<Client, Clus
             .await
             .map_err(|e| ClusterError::Config(e.to_string()))?,
     };
+    super::identify(&mut config);
     Client::try_from(config).map_err(|e| ClusterError::Config(e.to_string()))
 }
 

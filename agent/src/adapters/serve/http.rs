@@ -1,6 +1,9 @@
 //! The agent's HTTP endpoints on `--metrics-addr` (axum):
 //!
-//! - `GET /metrics`: Prometheus text (see `metrics`).
+//! - `GET /metrics`: Prometheus text (see `metrics`). With `--metrics-auth kubernetes` only for a
+//!   bearer token the API server authenticates (TokenReview) and authorizes for `get /metrics`
+//!   (SubjectAccessReview), cached (`metrics_auth`): 401 without a token or with one it does not
+//!   know, 403 when not allowed, 503 when the review could not be made.
 //! - `GET /healthz` (liveness): 200 while the pre-pull loop, the canary scheduler and the node
 //!   reporter make progress, 503 when one has ended or gone past its own bound without a beat
 //!   (`decide::watchdog`); the body is JSON: `status`, the first `unhealthy` task and why, and
@@ -8,12 +11,20 @@
 //! - `GET /readyz`: 200 when the sources are synced, the first pre-pull pass finished and the
 //!   runtime answered its last check; 503 with the reason before (readiness: a rolling update
 //!   waits for it before moving on to the next nodes).
+//!
+//! `/healthz` and `/readyz` stay open (probes carry no token). The server reads a request's
+//! headers within [`HttpLimits::header_timeout`] or closes the connection (a client that never
+//! finishes its headers holds nothing), and serves at most [`HttpLimits::max_connections`]
+//! connections at once: one over that is closed at once, unserved.
 
 use crate::adapters::serve::metrics::Metrics;
+use crate::adapters::serve::metrics_auth::{Access, MetricsAuth};
 use crate::decide::watchdog::Health;
 use axum::Router;
+use axum::http::HeaderMap;
 use axum::http::StatusCode;
-use axum::http::header::CONTENT_TYPE;
+use axum::http::header::{AUTHORIZATION, CONTENT_TYPE, WWW_AUTHENTICATE};
+use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -61,13 +72,55 @@ pub type Refresh = Arc<dyn Fn(&Metrics) + Send + Sync>;
 /// What `/healthz` answers: the watchdog's verdict now.
 pub type Liveness = Arc<dyn Fn() -> Health + Send + Sync>;
 
+/// The server's bounds on its clients.
+#[derive(Clone, Copy, Debug)]
+pub struct HttpLimits {
+    /// A connection that has not sent a request's headers within this is closed.
+    pub header_timeout: std::time::Duration,
+    /// Connections served at once; one more is closed unserved.
+    pub max_connections: usize,
+}
+
+/// Who may read `/metrics`: anyone, or who the API server says.
+pub type MetricsAccess = Option<Arc<MetricsAuth>>;
+
+async fn metrics_access(auth: &MetricsAccess, headers: &HeaderMap) -> Result<(), Response> {
+    let Some(auth) = auth else {
+        return Ok(());
+    };
+    let header = headers.get(AUTHORIZATION).and_then(|v| v.to_str().ok());
+    match auth.access(header).await {
+        Ok(Access::Allowed) => Ok(()),
+        Ok(Access::Unauthenticated) => Err((
+            StatusCode::UNAUTHORIZED,
+            [(WWW_AUTHENTICATE, "Bearer")],
+            "Unauthorized\n",
+        )
+            .into_response()),
+        Ok(Access::Forbidden) => {
+            Err((StatusCode::FORBIDDEN, "Forbidden: get /metrics\n").into_response())
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "a /metrics request could not be reviewed");
+            Err((
+                StatusCode::SERVICE_UNAVAILABLE,
+                "the token could not be reviewed\n",
+            )
+                .into_response())
+        }
+    }
+}
+
 /// Binds now (a taken port is a start-up error), serves until `cancel`.
+#[allow(clippy::too_many_arguments)] // each is one concern of the endpoints, named at the call
 pub async fn serve(
     addr: SocketAddr,
     readiness: Readiness,
     metrics: Arc<Metrics>,
     refresh: Refresh,
     liveness: Liveness,
+    auth: MetricsAccess,
+    limits: HttpLimits,
     cancel: CancellationToken,
 ) -> Result<tokio::task::JoinHandle<()>, HttpError> {
     let listener = tokio::net::TcpListener::bind(addr)
@@ -104,29 +157,86 @@ pub async fn serve(
         )
         .route(
             "/metrics",
-            get(move || {
-                refresh(&metrics);
-                let text = metrics.encode();
+            get(move |headers: HeaderMap| {
+                let (auth, metrics, refresh) = (auth.clone(), metrics.clone(), refresh.clone());
                 async move {
+                    if let Err(refused) = metrics_access(&auth, &headers).await {
+                        return refused;
+                    }
+                    refresh(&metrics);
                     (
                         [(
                             CONTENT_TYPE,
                             "application/openmetrics-text; version=1.0.0; charset=utf-8",
                         )],
-                        text,
+                        metrics.encode(),
                     )
+                        .into_response()
                 }
             }),
         );
     let addr = listener.local_addr().unwrap_or(addr);
     tracing::info!(%addr, "serving /metrics, /healthz and /readyz");
-    Ok(tokio::spawn(async move {
-        let shutdown = async move { cancel.cancelled().await };
-        if let Err(e) = axum::serve(listener, app)
-            .with_graceful_shutdown(shutdown)
-            .await
-        {
-            tracing::error!(error = %e, "HTTP endpoints stopped");
-        }
-    }))
+    Ok(tokio::spawn(accept_loop(listener, app, limits, cancel)))
+}
+
+/// Accepts while a connection slot is free, serves each connection with the header timeout,
+/// stops accepting at `cancel` and lets open connections finish their request.
+async fn accept_loop(
+    listener: tokio::net::TcpListener,
+    app: Router,
+    limits: HttpLimits,
+    cancel: CancellationToken,
+) {
+    use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+    use hyper_util::server::conn::auto::Builder;
+    use hyper_util::service::TowerToHyperService;
+    let slots = Arc::new(tokio::sync::Semaphore::new(limits.max_connections));
+    let mut builder = Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(limits.header_timeout);
+    let builder = Arc::new(builder);
+    loop {
+        let stream = tokio::select! {
+            _ = cancel.cancelled() => return,
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => stream,
+                Err(e) => {
+                    tracing::debug!(error = %e, "HTTP accept failed");
+                    continue;
+                }
+            },
+        };
+        let Ok(slot) = slots.clone().try_acquire_owned() else {
+            tracing::debug!(
+                max = limits.max_connections,
+                "HTTP connection over the cap; closed"
+            );
+            drop(stream);
+            continue;
+        };
+        let (builder, service, cancel) = (
+            builder.clone(),
+            TowerToHyperService::new(app.clone()),
+            cancel.clone(),
+        );
+        tokio::spawn(async move {
+            let _slot = slot;
+            let conn = builder.serve_connection(TokioIo::new(stream), service);
+            tokio::pin!(conn);
+            tokio::select! {
+                result = conn.as_mut() => {
+                    if let Err(e) = result {
+                        tracing::debug!(error = %e, "HTTP connection ended");
+                    }
+                }
+                _ = cancel.cancelled() => {
+                    conn.as_mut().graceful_shutdown();
+                    let _ = conn.await;
+                }
+            }
+        });
+    }
 }

@@ -5,3 +5,4 @@ pub mod http;
 pub mod json_lines;
 pub mod local_api;
 pub mod metrics;
+pub mod metrics_auth;
