@@ -506,7 +506,11 @@ fn an_expired_continue_token_restarts_the_list_once() {
             "{ns}: {report:#}"
         );
     }
-    assert_eq!(report, baseline.json());
+    let without_time = |mut report: Value| {
+        report.as_object_mut().unwrap().remove("generated_at");
+        report
+    };
+    assert_eq!(without_time(report), without_time(baseline.json()));
     // The list was followed page by page and restarted: more than one request carried a token.
     let continued = api
         .requests()
