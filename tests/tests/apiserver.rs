@@ -1,6 +1,7 @@
 //! The test API server answers kube-rs's real client code: list, watch with resourceVersion (and
 //! 410 Gone after compaction), get, strategic-merge patch of node status, JSON patch with a failing
-//! `test`, event creation (and the API server's limit on an Event's note), injected 403s and 500s.
+//! `test`, event creation (and the API server's limit on an Event's note), injected 403s and 500s,
+//! list pages with `limit`/`continue` and an injected expiry of the token.
 
 #![allow(clippy::unwrap_used)] // test fixtures: a failed set-up step should panic with its error
 
@@ -159,5 +160,78 @@ fn kube_rs_talks_to_the_test_api_server() {
             WatchEvent::Error(e) => assert_eq!(e.code, 410),
             other => panic!("expected 410 Gone, got {other:?}"),
         }
+    });
+}
+
+#[test]
+fn lists_are_paged_with_limit_and_an_opaque_continue_token_that_can_expire() {
+    let server = ApiServer::start().unwrap();
+    for name in ["n1", "n2", "n3"] {
+        server.apply(node(name));
+    }
+    pullgate_testenv::block_on(async {
+        let nodes: Api<Node> = Api::all(client(&server).await);
+
+        // Page by page with kube-rs's own limit and continue.
+        let first = nodes.list(&ListParams::default().limit(2)).await.unwrap();
+        let names = |l: &kube::core::ObjectList<Node>| -> Vec<String> {
+            l.items
+                .iter()
+                .map(|n| n.metadata.name.clone().unwrap())
+                .collect()
+        };
+        assert_eq!(names(&first), ["n1", "n2"]);
+        let token = first.metadata.continue_.clone().unwrap();
+        assert!(!token.contains("n2"), "the token is opaque: {token}");
+        let rest = nodes
+            .list(&ListParams::default().limit(2).continue_token(&token))
+            .await
+            .unwrap();
+        assert_eq!(names(&rest), ["n3"]);
+        assert_eq!(rest.metadata.continue_.as_deref().unwrap_or(""), "");
+        // Later pages carry the first page's list resourceVersion.
+        assert_eq!(
+            rest.metadata.resource_version,
+            first.metadata.resource_version
+        );
+
+        // Without limit: one page, no token.
+        let all = nodes.list(&ListParams::default()).await.unwrap();
+        assert_eq!(names(&all), ["n1", "n2", "n3"]);
+        assert_eq!(all.metadata.continue_.as_deref().unwrap_or(""), "");
+
+        // A server-side cap pages even a list that asked for more.
+        server.cap_list_pages(1);
+        let capped = nodes.list(&ListParams::default().limit(500)).await.unwrap();
+        assert_eq!(names(&capped), ["n1"]);
+        assert!(capped.metadata.continue_.is_some());
+
+        // An expired token: 410 Gone, reason Expired, the real server's message; once only.
+        server.expire_continue_tokens(1);
+        let params = ListParams::default().limit(2).continue_token(&token);
+        match nodes.list(&params).await {
+            Err(kube::Error::Api(status)) => {
+                assert_eq!((status.code, status.reason.as_str()), (410, "Expired"));
+                assert!(
+                    status
+                        .message
+                        .starts_with("The provided continue parameter is too old"),
+                    "{}",
+                    status.message
+                );
+            }
+            other => panic!("expected 410 Expired, got {other:?}"),
+        }
+        // A garbled token is a 400, not a panic.
+        match nodes
+            .list(&ListParams::default().continue_token("not-a-token"))
+            .await
+        {
+            Err(kube::Error::Api(status)) => assert_eq!(status.code, 400),
+            other => panic!("expected 400, got {other:?}"),
+        }
+        // The injected expiry is spent: the token works again.
+        let rest = nodes.list(&params).await.unwrap();
+        assert_eq!(names(&rest), ["n3"]);
     });
 }

@@ -466,3 +466,71 @@ fn an_unreachable_api_server_exits_two() {
     assert_eq!(run.code, Some(2), "{}\n{}", run.stdout, run.stderr);
     assert!(run.stderr.contains("cannot list"), "{}", run.stderr);
 }
+
+/// Three namespaces, each with a ServiceAccount naming its pull Secret, listed one item a page.
+fn paged_cluster() -> ApiServer {
+    let api = ApiServer::start().unwrap();
+    for ns in ["team-a", "team-b", "team-c"] {
+        api.apply(objects::pull_secret(
+            ns, "regcred", REGISTRY, "deployer", CLEAN,
+        ));
+        api.apply(service_account(ns, "default", &["regcred"]));
+    }
+    api.cap_list_pages(1);
+    api
+}
+
+#[test]
+fn an_expired_continue_token_restarts_the_list_once() {
+    let api = paged_cluster();
+    let args = ["--json", "--fingerprint-key", "the same key for both runs"];
+    let baseline = audit(&api, &args);
+    assert_ne!(
+        baseline.code,
+        Some(2),
+        "{}\n{}",
+        baseline.stdout,
+        baseline.stderr
+    );
+    api.expire_continue_tokens(1);
+
+    let run = audit(&api, &args);
+    run.assert_no_leak(&[CLEAN]);
+    // The same report as without the expiry: nothing missed, nothing counted twice.
+    assert_eq!(run.code, baseline.code, "{}\n{}", run.stdout, run.stderr);
+    let report = run.json();
+    for ns in ["team-a", "team-b", "team-c"] {
+        assert_eq!(
+            secret_row(&report, ns, "regcred")["users"],
+            json!([{"kind": "ServiceAccount", "name": "default"}]),
+            "{ns}: {report:#}"
+        );
+    }
+    let without_time = |mut report: Value| {
+        report.as_object_mut().unwrap().remove("generated_at");
+        report
+    };
+    assert_eq!(without_time(report), without_time(baseline.json()));
+    // The list was followed page by page and restarted: more than one request carried a token.
+    let continued = api
+        .requests()
+        .iter()
+        .filter(|r| r.contains("/serviceaccounts?") && r.contains("continue="))
+        .count();
+    assert!(continued >= 3, "{:#?}", api.requests());
+}
+
+#[test]
+fn a_continue_token_expired_twice_is_an_error_naming_the_resource() {
+    let api = paged_cluster();
+    api.expire_continue_tokens(2);
+
+    let run = audit(&api, &["--json"]);
+    run.assert_no_leak(&[CLEAN]);
+    assert_eq!(run.code, Some(2), "{}\n{}", run.stdout, run.stderr);
+    assert!(
+        run.stderr.contains("cannot list serviceaccounts") && run.stderr.contains("expired again"),
+        "{}",
+        run.stderr
+    );
+}

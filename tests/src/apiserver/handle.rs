@@ -7,6 +7,7 @@ use axum::response::Response;
 use serde_json::{Value, json};
 use std::collections::HashMap;
 
+use super::list;
 use super::patch::strategic_merge;
 use super::validate::{validate, validate_update};
 use super::watch::watch;
@@ -144,17 +145,39 @@ pub(super) async fn handle(
             if query.get("watch").is_some_and(|w| w == "true" || w == "1") {
                 return watch(state, collection, namespace, by_name, &query);
             }
-            let store = state.lock();
-            let items: Vec<Value> = store
+            let mut store = state.lock();
+            let resume = match list::decode(&query, &mut store.expire_continue) {
+                Ok(resume) => resume,
+                Err(refused) => return refused.response(),
+            };
+            let page = match (list::limit(&query), store.page_cap) {
+                (Some(l), Some(cap)) => Some(l.min(cap)),
+                (l, cap) => l.or(cap),
+            };
+            let start = resume.as_ref().map(|r| {
+                let (ns, n) = r.start.split_once('/').unwrap_or(("", &r.start));
+                (ns.to_string(), n.to_string())
+            });
+            let mut selected = store
                 .objects
                 .get(&collection)
-                .map(|c| {
-                    c.values()
-                        .filter(|o| matches(o, &namespace, &by_name))
-                        .cloned()
-                        .collect()
-                })
-                .unwrap_or_default();
+                .into_iter()
+                .flat_map(|c| c.iter())
+                .filter(|(key, _)| start.as_ref().is_none_or(|s| *key >= s))
+                .filter(|(_, o)| matches(o, &namespace, &by_name));
+            let items: Vec<Value> = selected
+                .by_ref()
+                .take(page.unwrap_or(usize::MAX))
+                .map(|(_, o)| o.clone())
+                .collect();
+            let list_rv = resume.as_ref().map_or(store.rv, |r| r.rv);
+            let next = selected
+                .next()
+                .map(|((ns, n), _)| list::encode(list_rv, &format!("{ns}/{n}")));
+            let mut metadata = json!({"resourceVersion": list_rv.to_string()});
+            if let Some(token) = next {
+                metadata["continue"] = json!(token);
+            }
             let kind = items
                 .first()
                 .and_then(|o| o["kind"].as_str())
@@ -162,7 +185,7 @@ pub(super) async fn handle(
                 .unwrap_or_else(|| "List".into());
             ok_json(
                 StatusCode::OK,
-                &json!({"apiVersion": api, "kind": kind, "metadata": {"resourceVersion": store.rv.to_string()}, "items": items}),
+                &json!({"apiVersion": api, "kind": kind, "metadata": metadata, "items": items}),
             )
         }
         (Method::GET, Some(name)) => match lookup(&state, &collection, &namespace, &name) {

@@ -6,6 +6,12 @@
 //! - one global, monotonically increasing `resourceVersion`, stamped on every write;
 //! - list (`GET` a collection, cluster-wide or in a namespace) with `fieldSelector=metadata.name=X`
 //!   and `metadata.namespace=Y`, returning a `*List` with the collection's `resourceVersion`;
+//! - list pagination (`list`): `limit` and an opaque `continue` token that encodes the list's
+//!   resourceVersion and the next key, as the real one (k8s.io/apiserver pkg/storage/continue.go);
+//!   later pages report the first page's resourceVersion; a garbled token is a `400`; a cap on
+//!   the page size whatever the `limit` ([`ApiServer::cap_list_pages`]: the real server may return
+//!   fewer items than asked); injected expiry of the next N tokens
+//!   ([`ApiServer::expire_continue_tokens`]): `410 Gone`, reason `Expired`, with the real message;
 //! - watch (`?watch=true&resourceVersion=RV`): the events after RV, then live ones, as JSON lines
 //!   (`{"type":"ADDED|MODIFIED|DELETED","object":…}`), ended after `timeoutSeconds`; an RV older
 //!   than the retained history gets an `ERROR` event with a `410 Gone` `Status`, as the real server
@@ -27,10 +33,14 @@
 //! - TokenReview and SubjectAccessReview (`reviews`: tokens and `/metrics` readers the test
 //!   registers), and every request's `User-Agent`.
 //!
-//! What it does not do: authentication of its own callers and RBAC beyond the injected 403s, admission, defaulting,
-//! any other validation (schemas included), label selectors, pagination (`limit`/`continue` are
-//! ignored: one page), server-side apply, `$patch` directives of strategic merge, bookmarks,
-//! protobuf.
+//! What it does not do: authentication of its own callers and RBAC beyond the injected 403s,
+//! admission, defaulting, any other validation (schemas included), label selectors, snapshot reads
+//! for later list pages (they show the objects as they are now, not as of the token's
+//! resourceVersion), token expiry by compaction (only the injected one), `resourceVersionMatch`,
+//! server-side apply, `$patch` directives of strategic merge, watch bookmarks, `Time`/`MicroTime`
+//! truncation, strategic-merge keys beyond `status.conditions` by `type` (and no `415` for strategic
+//! merge on a custom resource), no-op patch detection (every patch is a new resourceVersion),
+//! 429/503 with `Retry-After`, pruning and defaulting from a CRD's schema, protobuf.
 
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
@@ -42,6 +52,7 @@ use tokio::sync::broadcast;
 use crate::server_thread::ServerThread;
 
 mod handle;
+mod list;
 pub mod objects;
 mod patch;
 mod reviews;
@@ -77,6 +88,10 @@ pub(crate) struct Store {
     fail_next: u32,
     hang_writes: bool,
     requests: Vec<String>,
+    /// The most items one list page holds, whatever the request's `limit` (`None`: the limit).
+    page_cap: Option<usize>,
+    /// How many of the next requests carrying a `continue` token get `410 Expired`.
+    expire_continue: u32,
 }
 
 /// Shared state of a running server.
@@ -224,6 +239,18 @@ impl ApiServer {
     /// ClusterRole, still work).
     pub fn forbid_namespace(&self, namespace: &str) {
         self.state.lock().forbidden.insert(namespace.to_string());
+    }
+
+    /// Every list page holds at most `n` items, whatever the request's `limit` (the real server may
+    /// return fewer items than asked for; the client must follow `continue`).
+    pub fn cap_list_pages(&self, n: usize) {
+        self.state.lock().page_cap = Some(n.max(1));
+    }
+
+    /// The next `n` list requests carrying a `continue` token get `410 Gone`, reason `Expired`,
+    /// as the real server answers a token whose resourceVersion has been compacted.
+    pub fn expire_continue_tokens(&self, n: u32) {
+        self.state.lock().expire_continue = n;
     }
 
     /// The next `n` requests get `500`.

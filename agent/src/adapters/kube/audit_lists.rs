@@ -211,42 +211,97 @@ fn classify(resource: &'static str, e: kube::Error) -> Result<(), ListError> {
 
 /// Every item of a collection, page by page, handed to `each` as it arrives. `Ok(false)` when the
 /// collection does not exist (`404`).
+///
+/// A `continue` token the server no longer honours (`410 Gone`, reason `Expired`: its
+/// resourceVersion was compacted) restarts the list from the beginning, once; the items already
+/// handed to `each` (by namespace and name) are skipped the second time, so that nothing is
+/// counted twice and pages are still dropped as they arrive. A second expiry is an error naming
+/// the resource.
 async fn list_pages(
     client: &Client,
     path: &str,
     resource: &'static str,
     mut each: impl FnMut(Value),
 ) -> Result<bool, ListError> {
+    let mut seen = std::collections::BTreeSet::new();
+    let mut restarted = false;
+    loop {
+        let mut once = |item: Value| {
+            if seen.insert(key_of(&item)) || key_of(&item).is_none() {
+                each(item);
+            }
+        };
+        match list_once(client, path, resource, &mut once).await {
+            Err(ListOnce::Expired(message)) if !restarted => {
+                tracing::info!(
+                    resource,
+                    "the list's continue token expired ({message}); listing again from the start"
+                );
+                restarted = true;
+            }
+            Err(ListOnce::Expired(message)) => {
+                return Err(ListError::Failed {
+                    resource,
+                    message: format!(
+                        "the continue token expired again after the list was restarted once ({message})"
+                    ),
+                });
+            }
+            Err(ListOnce::Failed(e)) => return Err(e),
+            Ok(found) => return Ok(found),
+        }
+    }
+}
+
+/// Why one attempt at a paged list ended early.
+enum ListOnce {
+    /// `410 Gone` for a `continue` token: restartable.
+    Expired(String),
+    Failed(ListError),
+}
+
+/// One attempt: every page, each item handed to `each`.
+async fn list_once(
+    client: &Client,
+    path: &str,
+    resource: &'static str,
+    each: &mut impl FnMut(Value),
+) -> Result<bool, ListOnce> {
     let mut params = ListParams::default().limit(PAGE);
     loop {
-        let request =
-            kube::core::Request::new(path)
-                .list(&params)
-                .map_err(|e| ListError::Failed {
-                    resource,
-                    message: e.to_string(),
-                })?;
+        let request = kube::core::Request::new(path)
+            .list(&params)
+            .map_err(|e| ListError::Failed {
+                resource,
+                message: e.to_string(),
+            })
+            .map_err(ListOnce::Failed)?;
         let text = match client.request_text(request).await {
             Ok(text) => text,
+            Err(kube::Error::Api(status))
+                if status.code == 410 && params.continue_token.is_some() =>
+            {
+                return Err(ListOnce::Expired(status.message.clone()));
+            }
             Err(e) => {
-                classify(resource, e)?;
+                classify(resource, e).map_err(ListOnce::Failed)?;
                 return Ok(false);
             }
         };
         // The category and position only: a Secret list's text is credentials.
-        let page: Page = serde_json::from_str(&text).map_err(|e| ListError::Failed {
-            resource,
-            message: format!(
-                "the response is not a list ({:?} error at line {} column {})",
-                e.classify(),
-                e.line(),
-                e.column()
-            ),
-        })?;
+        let page: Page = serde_json::from_str(&text)
+            .map_err(|e| ListError::Failed {
+                resource,
+                message: format!(
+                    "the response is not a list ({:?} error at line {} column {})",
+                    e.classify(),
+                    e.line(),
+                    e.column()
+                ),
+            })
+            .map_err(ListOnce::Failed)?;
         drop(text);
-        for item in page.items {
-            each(item);
-        }
+        page.items.into_iter().for_each(&mut *each);
         match page.metadata.continue_ {
             Some(token) if !token.is_empty() => params = params.continue_token(&token),
             _ => return Ok(true),
