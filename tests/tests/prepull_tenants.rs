@@ -30,11 +30,11 @@ fn two_tenants(env: &TestEnv, image: &str) {
         ]
         .join("---\n"),
     )
-    .unwrap();
+    .expect("the manifests are written");
 }
 
 fn assert_judged_apart(env: &TestEnv, image: &str, alpha_action: &str) {
-    let run = env.agent().run_once(ONCE).unwrap();
+    let run = env.agent().run_once(ONCE).expect("run --once ends");
     run.assert_code(1);
     let outcomes = run.prepulls_of(image);
     let alpha = outcome(&outcomes, "alpha");
