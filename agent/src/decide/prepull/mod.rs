@@ -22,6 +22,10 @@
 //! `RuntimeError` saying the pass stopped early, and the next pass tries again. One reconnect
 //! budget per pass, not one (times the retries) per image.
 
+mod headroom;
+
+pub use headroom::{HeadroomError, MinFreeDisk};
+
 use crate::decide::credentials::Candidate;
 use crate::decide::desired::{DesiredImage, Owner};
 use crate::decide::runtime::{ImageRuntime, PresentImage, PullAuth, RuntimeFailure};
@@ -73,6 +77,8 @@ impl RetryPolicy {
 pub struct PrePullConfig {
     pub max_parallel: usize,
     pub retry: RetryPolicy,
+    /// Free space kept on the image filesystem: no download starts at or below it.
+    pub min_free_disk: MinFreeDisk,
 }
 
 /// Totals of a pass.
@@ -236,7 +242,16 @@ impl<R: ImageRuntime> PrePuller<R> {
                     )
                     .await;
             }
-            Ok(None) => {}
+            Ok(None) => {
+                if let Some(failure) = self.disk_pressure(down).await {
+                    return ImageResult {
+                        result: Err(failure),
+                        tried: Vec::new(),
+                        attempts,
+                        elapsed: start.elapsed(),
+                    };
+                }
+            }
             Err(failure) => {
                 return ImageResult {
                     result: Err(failure),
@@ -249,6 +264,30 @@ impl<R: ImageRuntime> PrePuller<R> {
 
         self.judge_owners(desired, &reference, None, attempts, start, down, cancel)
             .await
+    }
+
+    /// A failure when the image filesystem is at or below the headroom (read before each download,
+    /// as earlier pulls of the pass use space). A filesystem that cannot be read does not stop the
+    /// pull: the headroom is a guard, not a precondition.
+    async fn disk_pressure(&self, down: &RuntimeDown) -> Option<Failure> {
+        if down.get().is_some() {
+            return None;
+        }
+        match self.runtime.image_fs().await {
+            Ok(Some(space)) => self
+                .config
+                .min_free_disk
+                .refuses(space)
+                .map(|message| Failure {
+                    verdict: Verdict::DiskPressure,
+                    message,
+                }),
+            Ok(None) => None,
+            Err(e) => {
+                tracing::debug!(error = %e, "ImageFsInfo failed; pulling without a disk check");
+                None
+            }
+        }
     }
 
     /// Tries each owner's own credentials in owner order until one of its own succeeds, each

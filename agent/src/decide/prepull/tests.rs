@@ -35,6 +35,7 @@ fn fast() -> PrePullConfig {
             min_delay: Duration::from_millis(1),
             max_delay: Duration::from_millis(2),
         },
+        min_free_disk: MinFreeDisk::Percent(20),
     }
 }
 
@@ -567,5 +568,61 @@ async fn a_cancelled_pass_starts_nothing_more_and_ends_at_once() {
         rt.calls() <= 1 + 2 * (fast().max_parallel + 1),
         "{} calls",
         rt.calls()
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn no_download_starts_at_or_below_the_disk_headroom() {
+    let rt = Arc::new(FakeRuntime::default());
+    rt.hold("r.io/present:1", "sha256:p");
+    *rt.image_fs.lock().unwrap() = Some(crate::decide::runtime::ImageFsSpace {
+        free_bytes: 10 << 30,
+        capacity_bytes: 100 << 30,
+    });
+    let out = run(
+        rt.clone(),
+        vec![
+            desired(
+                "r.io/a:1",
+                vec![("s1", vec![candidate("good", "pw")], vec![])],
+            ),
+            desired(
+                "r.io/present:1",
+                vec![("s1", vec![candidate("good", "pw")], vec![])],
+            ),
+        ],
+    )
+    .await;
+    // The absent image is not pulled; the present one is still judged (no download).
+    assert_eq!(
+        *rt.pulls.lock().unwrap(),
+        [("r.io/present:1".to_string(), "pw".to_string())]
+    );
+    let a = out.iter().find(|o| o.image == "r.io/a:1").unwrap();
+    assert_eq!(
+        (a.verdict, a.action),
+        (Verdict::DiskPressure, Action::Failed)
+    );
+    assert!(a.message.contains("--min-free-disk"), "{}", a.message);
+    assert_eq!(a.hint, Some(Verdict::DiskPressure.hint()));
+    let p = out.iter().find(|o| o.image == "r.io/present:1").unwrap();
+    assert_eq!(p.verdict, Verdict::Ok);
+
+    // Space freed: the next pass pulls it.
+    *rt.image_fs.lock().unwrap() = Some(crate::decide::runtime::ImageFsSpace {
+        free_bytes: 50 << 30,
+        capacity_bytes: 100 << 30,
+    });
+    let out = run(
+        rt.clone(),
+        vec![desired(
+            "r.io/a:1",
+            vec![("s1", vec![candidate("good", "pw")], vec![])],
+        )],
+    )
+    .await;
+    assert_eq!(
+        (out[0].verdict, out[0].action),
+        (Verdict::Ok, Action::Pulled)
     );
 }
