@@ -165,6 +165,10 @@ impl Agent {
                 // No shared socket under /run: a test that wants the local API names its own.
                 "--api-socket".into(),
                 "off".into(),
+                // The test machine's disk is not the product's concern: no headroom unless a test
+                // (tests/tests/prepull_disk.rs) names one.
+                "--min-free-disk".into(),
+                "0".into(),
             ],
         }
     }
