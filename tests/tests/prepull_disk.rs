@@ -28,6 +28,22 @@ fn no_image_is_pulled_past_the_disk_headroom() {
         "{o}"
     );
     assert!(o["hint"].as_str().unwrap().contains("free space"), "{o}");
+    let event = run
+        .lines
+        .iter()
+        .find(|l| l["kind"] == "event" && l["reason"] == "PrePullSkippedDiskPressure")
+        .unwrap_or_else(|| panic!("no disk-pressure Event: {}", run.stdout));
+    assert_eq!(event["regarding"], "PullSet team/critical");
+    let gate = run
+        .lines
+        .iter()
+        .find(|l| l["kind"] == "condition")
+        .unwrap_or_else(|| panic!("no condition: {}", run.stdout));
+    assert_eq!(
+        (gate["status"].as_str(), gate["reason"].as_str()),
+        (Some("False"), Some("DiskPressure")),
+        "{gate}"
+    );
     let images = block_on(async { env.containerd.cri().list_images().await }).unwrap();
     assert!(
         !images.iter().any(|i| i.repo_tags.contains(&pushed.by_tag)),
