@@ -540,6 +540,11 @@ pub struct PrePullArgs {
     /// Pulls in flight at once.
     #[arg(long, env = "PULLGATE_MAX_PARALLEL_PULLS", default_value_t = 3, value_parser = clap::value_parser!(u16).range(1..))]
     pub max_parallel_pulls: u16,
+    /// Free space kept on the runtime's image filesystem: no download starts at or below it. A
+    /// share of its capacity (`20%`, the default: five points below the kubelet's 85 % image-GC
+    /// threshold) or a size (`20GiB`); `0` turns the check off.
+    #[arg(long, env = "PULLGATE_MIN_FREE_DISK", default_value = "20%")]
+    pub min_free_disk: crate::decide::prepull::MinFreeDisk,
     /// How often to re-check that every image is still present (the kubelet's image GC may remove one).
     #[arg(long, env = "PULLGATE_RECHECK_INTERVAL", default_value = "5m")]
     pub recheck_interval: humantime::Duration,
@@ -577,6 +582,11 @@ mod tests {
             "unix:///run/containerd/containerd.sock"
         );
         assert_eq!(run.prepull.max_parallel_pulls, 3);
+        assert_eq!(
+            run.prepull.min_free_disk,
+            crate::decide::prepull::MinFreeDisk::Percent(20)
+        );
+        assert!(Cli::try_parse_from(["pullgate", "run", "--min-free-disk", "120%"]).is_err());
         assert_eq!(
             *run.prepull.recheck_interval,
             std::time::Duration::from_secs(300)

@@ -22,8 +22,12 @@ const ADAPTER_CRATES: &[(&str, &[&str])] = &[
     ("clap", &["cli.rs", "main.rs"]),
     ("notify", &["adapters/files/watch.rs"]),
     // What std and tokio cannot do: SIGKILL to a plugin's process group, making the agent a
-    // child subreaper, and reaping the orphans plugins leave behind.
-    ("libc", &["adapters/credential_plugin/"]),
+    // child subreaper, and reaping the orphans plugins leave behind; statvfs of the image
+    // filesystem (the disk headroom).
+    (
+        "libc",
+        &["adapters/credential_plugin/", "adapters/statvfs.rs"],
+    ),
 ];
 
 /// Calls that only one file may make, and why: the rule lives there.

@@ -169,6 +169,10 @@ impl Agent {
                 // names its own (the flag overrides itself).
                 "--min-canary-interval".into(),
                 "0s".into(),
+                // The test machine's disk is not the product's concern: no headroom unless a test
+                // (tests/tests/prepull_disk.rs) names one.
+                "--min-free-disk".into(),
+                "0".into(),
             ],
         }
     }

@@ -9,7 +9,7 @@
 //! runtime's own message. What a rejection means (a verdict) is not decided here but by
 //! `RuntimeFailure::verdict`.
 
-use crate::decide::runtime::{ImageRuntime, PresentImage, PullAuth, RuntimeFailure};
+use crate::decide::runtime::{ImageFsSpace, ImageRuntime, PresentImage, PullAuth, RuntimeFailure};
 use futures::future::BoxFuture;
 use hyper_util::rt::TokioIo;
 use k8s_cri::v1::image_service_client::ImageServiceClient;
@@ -433,6 +433,26 @@ impl ImageRuntime for CriClient {
         auth: Option<PullAuth<'a>>,
     ) -> BoxFuture<'a, std::result::Result<String, RuntimeFailure>> {
         Box::pin(self.pull(image, auth))
+    }
+
+    fn image_fs(&self) -> BoxFuture<'_, std::result::Result<Option<ImageFsSpace>, RuntimeFailure>> {
+        Box::pin(async move {
+            let filesystems = match self.image_fs_info().await {
+                Ok(filesystems) => filesystems,
+                Err(CriError::Call(failure)) => return Err(failure),
+                Err(CriError::InvalidEndpoint(_)) => return Ok(None),
+            };
+            let Some(fs) = filesystems.into_iter().find(|fs| !fs.mountpoint.is_empty()) else {
+                return Ok(None);
+            };
+            let mountpoint = fs.mountpoint.clone();
+            Ok(
+                tokio::task::spawn_blocking(move || crate::adapters::statvfs::space(&mountpoint))
+                    .await
+                    .ok()
+                    .flatten(),
+            )
+        })
     }
 }
 

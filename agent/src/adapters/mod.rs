@@ -9,3 +9,4 @@ pub mod files;
 pub mod kube;
 pub mod registry;
 pub mod serve;
+pub mod statvfs;

@@ -275,6 +275,7 @@ pub async fn run(args: RunArgs) -> Result<RunOutcome, RunError> {
                 min_delay: *prepull.retry_min_delay,
                 max_delay: *prepull.retry_max_delay,
             },
+            min_free_disk: prepull.min_free_disk,
         },
         node.name.clone(),
     );

@@ -149,6 +149,15 @@ impl<R: ImageRuntime> ImageRuntime for Beating<R> {
             self.inner.pull_image(image, auth).await
         })
     }
+
+    fn image_fs(
+        &self,
+    ) -> BoxFuture<'_, Result<Option<crate::decide::runtime::ImageFsSpace>, RuntimeFailure>> {
+        Box::pin(async move {
+            let _beat = self.beat.on_drop();
+            self.inner.image_fs().await
+        })
+    }
 }
 
 impl<P: RegistryProbe> RegistryProbe for Beating<P> {

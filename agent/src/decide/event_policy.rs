@@ -51,6 +51,8 @@ pub enum Severity {
 pub enum Reason {
     PrePulled,
     PrePullFailed,
+    /// A download not started: the image filesystem is at the `--min-free-disk` headroom.
+    PrePullSkippedDiskPressure,
     CanaryFailed,
     CanaryRecovered,
     CredentialExpiringSoon,
@@ -66,6 +68,7 @@ impl Reason {
         match self {
             Self::PrePulled => "PrePulled",
             Self::PrePullFailed => "PrePullFailed",
+            Self::PrePullSkippedDiskPressure => "PrePullSkippedDiskPressure",
             Self::CanaryFailed => "CanaryFailed",
             Self::CanaryRecovered => "CanaryRecovered",
             Self::CredentialExpiringSoon => "CredentialExpiringSoon",
@@ -79,7 +82,7 @@ impl Reason {
     /// The `action` field: what pullgate was doing.
     pub fn action(self) -> &'static str {
         match self {
-            Self::PrePulled | Self::PrePullFailed => "PrePull",
+            Self::PrePulled | Self::PrePullFailed | Self::PrePullSkippedDiskPressure => "PrePull",
             Self::CanaryFailed | Self::CanaryRecovered | Self::CredentialExpiringSoon => "Canary",
             Self::GateOpened | Self::GateTimedOut => "RemoveTaint",
             Self::GateNotAllowed => "Gate",
@@ -240,7 +243,8 @@ macro_rules! failed {
 }
 
 /// The Event for a pre-pull outcome: `PrePulled` when the image was pulled now, `PrePullFailed`
-/// on every failure (aggregated per image and verdict), nothing when it was already present.
+/// on every failure (aggregated per image and verdict), `PrePullSkippedDiskPressure` for a download
+/// refused for space, nothing when it was already present.
 pub fn for_prepull(outcome: &Outcome) -> Option<EventIntent> {
     let regarding = Regarding::PullSet(ObjectKey::new(&outcome.namespace, &outcome.pullset));
     match outcome.action {
@@ -253,6 +257,11 @@ pub fn for_prepull(outcome: &Outcome) -> Option<EventIntent> {
                 outcome.image, outcome.node, outcome.duration_ms
             ),
             &outcome.image,
+        )),
+        Action::Failed if outcome.verdict == Verdict::DiskPressure => Some(failure_event(
+            regarding,
+            Reason::PrePullSkippedDiskPressure,
+            failed!(outcome),
         )),
         Action::Failed => Some(failure_event(
             regarding,
@@ -493,6 +502,15 @@ pub(crate) mod tests {
             failed.note.contains("Unauthorized: boom"),
             "{}",
             failed.note
+        );
+        let disk = for_prepull(&prepull(Action::Failed, Verdict::DiskPressure)).unwrap();
+        assert_eq!(
+            (disk.reason, disk.severity, disk.action),
+            (
+                Reason::PrePullSkippedDiskPressure,
+                Severity::Warning,
+                "PrePull"
+            )
         );
         // Same image, same verdict: one aggregation key; another verdict: another key.
         let again = for_prepull(&prepull(Action::Failed, Verdict::Unauthorized)).unwrap();

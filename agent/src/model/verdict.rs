@@ -23,11 +23,14 @@ pub enum Verdict {
     RuntimeError,
     Expired,
     Forbidden,
+    /// The pull was not started: the image filesystem's free space is at or below the headroom
+    /// (`--min-free-disk`). Retried next pass, not within one.
+    DiskPressure,
 }
 
 impl Verdict {
     /// All verdicts, for exhaustive tables and metric pre-registration.
-    pub const ALL: [Verdict; 15] = [
+    pub const ALL: [Verdict; 16] = [
         Verdict::Ok,
         Verdict::Unauthorized,
         Verdict::NoCredentials,
@@ -43,6 +46,7 @@ impl Verdict {
         Verdict::RuntimeError,
         Verdict::Expired,
         Verdict::Forbidden,
+        Verdict::DiskPressure,
     ];
 
     /// The CamelCase name used in JSON, Events, condition reasons and metric labels (bounded).
@@ -63,6 +67,7 @@ impl Verdict {
             Verdict::RuntimeError => "RuntimeError",
             Verdict::Expired => "Expired",
             Verdict::Forbidden => "Forbidden",
+            Verdict::DiskPressure => "DiskPressure",
         }
     }
 
@@ -123,6 +128,9 @@ impl Verdict {
             }
             Verdict::Forbidden => {
                 "pullgate may not read an object it needs (RBAC): grant get/list/watch on it in that namespace, e.g. by applying manifests/namespace-access there"
+            }
+            Verdict::DiskPressure => {
+                "free space on the node's image filesystem or raise --min-free-disk"
             }
         }
     }

@@ -1,15 +1,30 @@
 //! The pre-pull engine: keeps the desired images present in the runtime.
 //!
 //! One pass: a single `ListImages` to learn what is present, an `ImageStatus` to confirm what looks
-//! absent, then `PullImage` for the rest with bounded parallelism. Each image is pulled once however
-//! many PullSets list it; its candidates are tried in order (any failure moves on to the next, as the
-//! kubelet does), transient failures are retried with capped, jittered exponential backoff. Every
-//! owning PullSet gets an [`Outcome`].
+//! absent, then `PullImage` for the rest with bounded parallelism. Each image is downloaded once
+//! however many PullSets list it, but every owning PullSet is judged by its own credentials only:
+//! its candidates are tried in order (any failure moves on to the next, as the kubelet does) until
+//! one of its own succeeds; once the image is on the node (pulled by anyone, or already present)
+//! that is a cheap re-resolve (`PullImage` of a cached image checks the manifest with the call's
+//! credential). A credential (label) is tried once per image per pass, so owners in one namespace
+//! sharing a Secret cost one call. An owner's [`Outcome`] names only its own credentials and
+//! verdicts, never another namespace's. Transient failures are retried with capped, jittered
+//! exponential backoff.
+//!
+//! A present image is re-resolved too, deliberately: the kubelet with `IfNotPresent` would start a
+//! pod from the cache without asking the registry, but pullgate's answer is the one a pod gets on a
+//! node without the image (DESIGN.md: "expiry masked by the node cache" is the failure it exists
+//! to catch; the kubelet's own KEP-2535 `imagePullCredentialsVerificationPolicy` verifies a cached
+//! image's credentials the same way).
 //!
 //! A runtime found unreachable (a call spent the CRI adapter's whole reconnect budget) ends the
 //! pass early: no further call is made in it, every image not yet settled is reported once as a
 //! `RuntimeError` saying the pass stopped early, and the next pass tries again. One reconnect
 //! budget per pass, not one (times the retries) per image.
+
+mod headroom;
+
+pub use headroom::{HeadroomError, MinFreeDisk};
 
 use crate::decide::credentials::Candidate;
 use crate::decide::desired::{DesiredImage, Owner};
@@ -19,7 +34,7 @@ use crate::model::outcome::{Action, Outcome, OutcomeKind, now_rfc3339};
 use crate::model::verdict::Verdict;
 use futures::StreamExt as _;
 use secrecy::SecretString;
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
@@ -62,6 +77,8 @@ impl RetryPolicy {
 pub struct PrePullConfig {
     pub max_parallel: usize,
     pub retry: RetryPolicy,
+    /// Free space kept on the image filesystem: no download starts at or below it.
+    pub min_free_disk: MinFreeDisk,
 }
 
 /// Totals of a pass.
@@ -85,15 +102,12 @@ pub struct PrePuller<R> {
 struct Success {
     action: Action,
     present: PresentImage,
-    /// The attempt that pulled it; `None` when it was already present.
-    by: Option<String>,
 }
 
+#[derive(Clone)]
 struct Failure {
     verdict: Verdict,
     message: String,
-    /// The runtime is unreachable (this call found it so, or an earlier one in the pass did).
-    runtime_down: bool,
 }
 
 /// What one pass has learnt about the runtime, shared by its images: set once, by the first call
@@ -107,20 +121,14 @@ fn stopped_early(down: &str) -> Failure {
         message: format!(
             "not attempted: the pass stopped early because the container runtime is unreachable ({down}); the next pass retries"
         ),
-        runtime_down: true,
     }
 }
 
-/// One way to pull: a candidate credential, or anonymous. Labelled by source, never by value.
-struct Attempt {
-    label: String,
-    candidate: Option<Candidate>,
-}
-
 struct ImageResult {
+    /// The image is on the node (present or pulled), or the last failure.
     result: Result<Success, Failure>,
-    /// Failures of the attempts made, by label, in order.
-    failed: Vec<(String, Failure)>,
+    /// Every attempt made, by label, in order: each owner is judged by its own.
+    tried: Vec<(String, Result<(), Failure>)>,
     attempts: u32,
     elapsed: Duration,
 }
@@ -207,18 +215,11 @@ impl<R: ImageRuntime> PrePuller<R> {
         let reference = desired.image.pull_reference();
         let mut attempts = 0;
 
-        let present = |present: PresentImage, attempts: u32| ImageResult {
-            result: Ok(Success {
-                action: Action::Present,
-                present,
-                by: None,
-            }),
-            failed: Vec::new(),
-            attempts,
-            elapsed: start.elapsed(),
-        };
         if let Some(found) = index.lookup(&desired.image) {
-            return present(found.clone(), attempts);
+            let found = Some(found.clone());
+            return self
+                .judge_owners(desired, &reference, found, attempts, start, down, cancel)
+                .await;
         }
 
         // Confirm absence (the listing may be stale or the name spelled differently).
@@ -228,83 +229,152 @@ impl<R: ImageRuntime> PrePuller<R> {
             })
             .await;
         match status {
-            Ok(Some(found)) => return present(found, attempts),
-            Ok(None) => {}
+            Ok(Some(found)) => {
+                return self
+                    .judge_owners(
+                        desired,
+                        &reference,
+                        Some(found),
+                        attempts,
+                        start,
+                        down,
+                        cancel,
+                    )
+                    .await;
+            }
+            Ok(None) => {
+                if let Some(failure) = self.disk_pressure(down).await {
+                    return ImageResult {
+                        result: Err(failure),
+                        tried: Vec::new(),
+                        attempts,
+                        elapsed: start.elapsed(),
+                    };
+                }
+            }
             Err(failure) => {
                 return ImageResult {
                     result: Err(failure),
-                    failed: Vec::new(),
+                    tried: Vec::new(),
                     attempts,
                     elapsed: start.elapsed(),
                 };
             }
         }
 
-        let plan = attempts_for(desired);
-        let passwords: Vec<SecretString> = plan
+        self.judge_owners(desired, &reference, None, attempts, start, down, cancel)
+            .await
+    }
+
+    /// A failure when the image filesystem is at or below the headroom (read before each download,
+    /// as earlier pulls of the pass use space). A filesystem that cannot be read does not stop the
+    /// pull: the headroom is a guard, not a precondition.
+    async fn disk_pressure(&self, down: &RuntimeDown) -> Option<Failure> {
+        if down.get().is_some() {
+            return None;
+        }
+        match self.runtime.image_fs().await {
+            Ok(Some(space)) => self
+                .config
+                .min_free_disk
+                .refuses(space)
+                .map(|message| Failure {
+                    verdict: Verdict::DiskPressure,
+                    message,
+                }),
+            Ok(None) => None,
+            Err(e) => {
+                tracing::debug!(error = %e, "ImageFsInfo failed; pulling without a disk check");
+                None
+            }
+        }
+    }
+
+    /// Tries each owner's own credentials in owner order until one of its own succeeds, each
+    /// credential (label) at most once: owners in one namespace sharing a credential cost one call.
+    /// `present` is the image found on the node before any pull: it is still resolved again with
+    /// each owner's credentials (cheap, the layers are there), because a PullSet is judged by what
+    /// its own pods would get on a node without the image, never by the node's cache or by another
+    /// namespace's credential.
+    #[allow(clippy::too_many_arguments)]
+    async fn judge_owners(
+        &self,
+        desired: &DesiredImage,
+        reference: &str,
+        present: Option<PresentImage>,
+        mut attempts: u32,
+        start: Instant,
+        down: &RuntimeDown,
+        cancel: &CancellationToken,
+    ) -> ImageResult {
+        let passwords: Vec<SecretString> = desired
+            .owners
             .iter()
-            .filter_map(|a| a.candidate.as_ref())
+            .flat_map(|o| o.resolution.candidates.iter())
             .flat_map(|c| c.secrets().cloned())
             .collect();
-        let mut failed = Vec::new();
-        for attempt in &plan {
-            let pulled = self
-                .with_retries(cancel, down, &mut attempts, &passwords, || {
-                    let auth = attempt.candidate.as_ref().map(|c| PullAuth {
-                        username: &c.username,
-                        password: &c.password,
-                    });
-                    self.runtime.pull_image(&reference, auth)
-                })
-                .await;
-            match pulled {
-                Ok(image_id) => {
-                    let status = match down.get() {
-                        Some(_) => None,
-                        None => self.runtime.image_status(&reference).await.ok().flatten(),
-                    };
-                    let present = status.unwrap_or_else(|| PresentImage {
-                        id: image_id,
-                        ..PresentImage::default()
-                    });
-                    return ImageResult {
-                        result: Ok(Success {
-                            action: Action::Pulled,
-                            present,
-                            by: Some(attempt.label.clone()),
-                        }),
-                        failed,
-                        attempts,
-                        elapsed: start.elapsed(),
-                    };
+        let mut tried: Vec<(String, Result<(), Failure>)> = Vec::new();
+        let mut pulled: Option<String> = None;
+        for owner in &desired.owners {
+            for (label, candidate) in owner_attempts(owner) {
+                match tried.iter().find(|(l, _)| *l == label) {
+                    Some((_, Ok(()))) => break,
+                    Some((_, Err(_))) => continue,
+                    None => {}
                 }
-                Err(mut failure) => {
-                    failure.message = scrub(&failure.message, &passwords);
-                    tracing::debug!(image = %reference, credential = %attempt.label, verdict = %failure.verdict, "pull attempt failed");
-                    // A runtime that is down says nothing of the next credential: stop here.
-                    let stop = failure.runtime_down || cancel.is_cancelled();
-                    failed.push((attempt.label.clone(), failure));
-                    if stop {
+                let result = self
+                    .with_retries(cancel, down, &mut attempts, &passwords, || {
+                        let auth = candidate.as_ref().map(|c| PullAuth {
+                            username: &c.username,
+                            password: &c.password,
+                        });
+                        self.runtime.pull_image(reference, auth)
+                    })
+                    .await;
+                match result {
+                    Ok(image_id) => {
+                        pulled.get_or_insert(image_id);
+                        tried.push((label, Ok(())));
                         break;
+                    }
+                    Err(mut failure) => {
+                        failure.message = scrub(&failure.message, &passwords);
+                        tracing::debug!(image = %reference, credential = %label, verdict = %failure.verdict, "pull attempt failed");
+                        tried.push((label, Err(failure)));
                     }
                 }
             }
         }
-        let last = failed.last().map_or_else(
-            || Failure {
-                verdict: Verdict::RuntimeError,
-                message: "no pull was attempted".into(),
-                runtime_down: false,
-            },
-            |(_, f)| Failure {
-                verdict: f.verdict,
-                message: f.message.clone(),
-                runtime_down: f.runtime_down,
-            },
-        );
+        let result = match (present, pulled) {
+            (Some(present), _) => Ok(Success {
+                action: Action::Present,
+                present,
+            }),
+            (None, Some(image_id)) => {
+                let status = match down.get() {
+                    Some(_) => None,
+                    None => self.runtime.image_status(reference).await.ok().flatten(),
+                };
+                Ok(Success {
+                    action: Action::Pulled,
+                    present: status.unwrap_or_else(|| PresentImage {
+                        id: image_id,
+                        ..PresentImage::default()
+                    }),
+                })
+            }
+            (None, None) => Err(tried
+                .iter()
+                .rev()
+                .find_map(|(_, r)| r.as_ref().err().cloned())
+                .unwrap_or_else(|| Failure {
+                    verdict: Verdict::RuntimeError,
+                    message: "no pull was attempted".into(),
+                })),
+        };
         ImageResult {
-            result: Err(last),
-            failed,
+            result,
+            tried,
             attempts,
             elapsed: start.elapsed(),
         }
@@ -338,7 +408,6 @@ impl<R: ImageRuntime> PrePuller<R> {
                     let failure = Failure {
                         verdict: e.verdict(),
                         message: format!("{cause}; the pass stopped early, the next pass retries"),
-                        runtime_down: true,
                     };
                     let _ = down.set(cause);
                     return Err(failure);
@@ -360,8 +429,9 @@ impl<R: ImageRuntime> PrePuller<R> {
         }
     }
 
-    /// One outcome per owner, each judged by its own credentials: an owner whose own attempts
-    /// failed gets them as warnings even when another owner's credential pulled the image.
+    /// One outcome per owner, each judged by its own credentials only: Ok when one of its own
+    /// attempts succeeded, else its own last failure. Nothing in an owner's outcome names another
+    /// owner's credential or verdict (another namespace's Secret names are not its business).
     fn outcomes(&self, desired: &DesiredImage, result: &ImageResult) -> Vec<Outcome> {
         let time = now_rfc3339();
         desired
@@ -372,11 +442,22 @@ impl<R: ImageRuntime> PrePuller<R> {
                     .into_iter()
                     .map(|(label, _)| label)
                     .collect();
-                let own_failures: Vec<&(String, Failure)> = result
-                    .failed
+                let own_tries: Vec<&(String, Result<(), Failure>)> = result
+                    .tried
                     .iter()
                     .filter(|(label, _)| own.contains(label))
                     .collect();
+                let success = own_tries.iter().find(|(_, r)| r.is_ok()).map(|(l, _)| l);
+                let own_failures: Vec<(&String, &Failure)> = own_tries
+                    .iter()
+                    .filter_map(|(l, r)| r.as_ref().err().map(|f| (l, f)))
+                    .collect();
+                let warn = |failures: &[(&String, &Failure)]| -> Vec<String> {
+                    failures
+                        .iter()
+                        .map(|(label, f)| format!("{label} failed: {}: {}", f.verdict, f.message))
+                        .collect()
+                };
                 let base = Outcome {
                     kind: OutcomeKind::Prepull,
                     time: time.clone(),
@@ -396,59 +477,49 @@ impl<R: ImageRuntime> PrePuller<R> {
                     size_bytes: None,
                     warnings: Vec::new(),
                 };
-                match &result.result {
-                    Ok(s) => {
-                        let by_own = s.by.as_ref().filter(|label| own.contains(label));
-                        let message = match (s.action, &s.by, by_own) {
-                            (Action::Present, _, _) => "image already present".to_string(),
-                            (_, _, Some(_)) | (_, None, _) => "image pulled".to_string(),
-                            (_, Some(other), None) => {
-                                format!("image pulled with {other}, listed by another PullSet")
+                if let Some(b) = &owner.resolution.blocked {
+                    // The kubelet fails this owner's pull before trying anything, whoever else
+                    // pulled the image.
+                    return Outcome {
+                        verdict: b.verdict,
+                        message: b.message.clone(),
+                        hint: Some(b.verdict.hint()),
+                        ..base
+                    };
+                }
+                match (&result.result, success) {
+                    (Ok(s), Some(label)) => Outcome {
+                        message: match s.action {
+                            Action::Present => {
+                                "image already present; this PullSet's credential resolves it"
+                                    .to_string()
                             }
-                        };
-                        Outcome {
-                            message,
-                            action: s.action,
-                            credential: by_own.cloned(),
-                            image_ref: Some(s.present.id.clone()).filter(|id| !id.is_empty()),
-                            repo_digest: s.present.repo_digest_for(&desired.image.name()),
-                            size_bytes: (s.action == Action::Pulled && s.present.size > 0)
-                                .then_some(s.present.size),
-                            warnings: owner
-                                .resolution
-                                .blocked
-                                .iter()
-                                .map(|b| {
-                                    format!(
-                                        "this PullSet's own pull would fail: {}: {}",
-                                        b.verdict, b.message
-                                    )
-                                })
-                                .chain(own_failures.iter().map(|(label, f)| {
-                                    format!("{label} failed: {}: {}", f.verdict, f.message)
-                                }))
-                                .collect(),
-                            ..base
-                        }
-                    }
-                    Err(_) if owner.resolution.blocked.is_some() => {
-                        let blocked = owner.resolution.blocked.as_ref().map_or_else(
-                            || (Verdict::SecretMalformed, String::new()),
-                            |b| (b.verdict, b.message.clone()),
-                        );
-                        Outcome {
-                            verdict: blocked.0,
-                            message: blocked.1,
-                            hint: Some(blocked.0.hint()),
-                            ..base
-                        }
-                    }
-                    Err(f) => {
-                        // This owner's own last attempt explains its outcome; an earlier failure
-                        // (ImageStatus) applies to every owner.
-                        let (label, failure) = match own_failures.last() {
-                            Some((label, failure)) => (Some(label.clone()), failure),
-                            None => (None, f),
+                            _ => "image pulled".to_string(),
+                        },
+                        action: s.action,
+                        credential: Some((*label).clone()),
+                        image_ref: Some(s.present.id.clone()).filter(|id| !id.is_empty()),
+                        repo_digest: s.present.repo_digest_for(&desired.image.name()),
+                        size_bytes: (s.action == Action::Pulled && s.present.size > 0)
+                            .then_some(s.present.size),
+                        warnings: warn(&own_failures),
+                        ..base
+                    },
+                    (result, _) => {
+                        // This owner's own last attempt explains its outcome; a failure before any
+                        // pull (ImageStatus, a runtime down) applies to every owner.
+                        let shared = result.as_ref().err();
+                        let (label, failure) = match (own_failures.last(), shared) {
+                            (Some((label, failure)), _) => (Some((*label).clone()), *failure),
+                            (None, Some(f)) => (None, f),
+                            (None, None) => {
+                                return Outcome {
+                                    verdict: Verdict::RuntimeError,
+                                    message: "not checked with this PullSet's credentials in this pass; the next pass retries".into(),
+                                    hint: Some(Verdict::RuntimeError.hint()),
+                                    ..base
+                                };
+                            }
                         };
                         let (verdict, message) = owner
                             .resolution
@@ -459,12 +530,7 @@ impl<R: ImageRuntime> PrePuller<R> {
                             message,
                             hint: Some(verdict.hint()),
                             credential: label,
-                            warnings: own_failures[..earlier]
-                                .iter()
-                                .map(|(label, f)| {
-                                    format!("{label} failed: {}: {}", f.verdict, f.message)
-                                })
-                                .collect(),
+                            warnings: warn(&own_failures[..earlier]),
                             ..base
                         }
                     }
@@ -477,26 +543,12 @@ impl<R: ImageRuntime> PrePuller<R> {
 fn to_failure(e: RuntimeFailure) -> Failure {
     Failure {
         verdict: e.verdict(),
-        runtime_down: matches!(e, RuntimeFailure::Unreachable { .. }),
         message: e.to_string(),
     }
 }
 
-/// The pulls to try: each owner's candidates in owner order (anonymous for an owner with none),
-/// each label once. Any failure moves on to the next, as the kubelet moves on to its next credential.
-fn attempts_for(desired: &DesiredImage) -> Vec<Attempt> {
-    let mut seen = HashSet::new();
-    let mut plan = Vec::new();
-    for owner in &desired.owners {
-        for (label, candidate) in owner_attempts(owner) {
-            if seen.insert(label.clone()) {
-                plan.push(Attempt { label, candidate });
-            }
-        }
-    }
-    plan
-}
-
+/// The pulls an owner may be judged by: its candidates in order (anonymous when it has none).
+/// Any failure moves on to the next, as the kubelet moves on to its next credential.
 fn owner_attempts(owner: &Owner) -> Vec<(String, Option<Candidate>)> {
     if owner.resolution.blocked.is_some() {
         // The kubelet fails such a pull before trying anything.

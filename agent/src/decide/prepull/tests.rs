@@ -7,6 +7,7 @@ use crate::decide::desired::Owner;
 use crate::decide::runtime::fake::{FakeRuntime, candidate, rejected};
 use crate::model::image_ref::ImageRef;
 use crate::model::inventory::ObjectKey;
+use std::collections::HashSet;
 use std::sync::Mutex;
 
 fn desired(image: &str, owners: Vec<(&str, Vec<Candidate>, Vec<Finding>)>) -> DesiredImage {
@@ -34,6 +35,7 @@ fn fast() -> PrePullConfig {
             min_delay: Duration::from_millis(1),
             max_delay: Duration::from_millis(2),
         },
+        min_free_disk: MinFreeDisk::Percent(20),
     }
 }
 
@@ -78,7 +80,7 @@ async fn pulls_once_for_several_owners_and_reports_each() {
 }
 
 #[tokio::test(start_paused = true)]
-async fn present_images_are_not_pulled() {
+async fn a_present_image_is_resolved_again_with_the_owner_s_own_credential() {
     let rt = Arc::new(FakeRuntime::default());
     rt.hold("r.io/a:1", "sha256:x");
     let out = run(
@@ -86,10 +88,35 @@ async fn present_images_are_not_pulled() {
         vec![desired("r.io/a:1", vec![("s1", vec![], vec![])])],
     )
     .await;
-    assert!(rt.pulls.lock().unwrap().is_empty());
+    // One cheap re-resolve (anonymous: the owner has no credential); the image keeps its id.
+    assert_eq!(rt.passwords_tried(), [""]);
     assert_eq!(
         (out[0].verdict, out[0].action, out[0].attempts),
-        (Verdict::Ok, Action::Present, 0)
+        (Verdict::Ok, Action::Present, 1)
+    );
+    assert_eq!(out[0].image_ref.as_deref(), Some("sha256:x"));
+    assert_eq!(out[0].credential.as_deref(), Some("anonymous"));
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_node_s_cache_does_not_hide_a_stale_password() {
+    // Digest-pinned and already on the node: the owner is still judged by its own credential.
+    let image = "r.io/a@sha256:0000000000000000000000000000000000000000000000000000000000000000";
+    let rt = Arc::new(FakeRuntime::default());
+    rt.hold(image, "sha256:x");
+    rt.answer(image, "stale", vec![rejected(UNAUTHORIZED)]);
+    let out = run(
+        rt.clone(),
+        vec![desired(
+            image,
+            vec![("b", vec![candidate("old", "stale")], vec![])],
+        )],
+    )
+    .await;
+    assert_eq!(rt.passwords_tried(), ["stale"]);
+    assert_eq!(
+        (out[0].verdict, out[0].action),
+        (Verdict::Unauthorized, Action::Failed)
     );
 }
 
@@ -260,27 +287,90 @@ async fn each_owner_is_judged_by_its_own_credentials() {
     )
     .await;
     let by: HashMap<_, _> = out.iter().map(|o| (o.pullset.as_str(), o)).collect();
-    // The image is present for all three (that is the pre-pull's job)...
-    assert!(
-        out.iter()
-            .all(|o| o.verdict == Verdict::Ok && o.action == Action::Pulled)
+    // The image was pulled once by `healthy`; `broken` fails by its own credential even so.
+    assert_eq!(
+        (by["healthy"].verdict, by["healthy"].action),
+        (Verdict::Ok, Action::Pulled)
     );
-    // ...but only `healthy` pulled it with its own credential, and `broken` is told its failed.
     assert_eq!(
         by["healthy"].credential.as_deref(),
         Some("secret ns/new key r.io")
     );
-    assert_eq!(by["broken"].credential, None);
-    assert!(
-        by["broken"].message.contains("secret ns/new"),
-        "{}",
-        by["broken"].message
+    assert_eq!(
+        (by["broken"].verdict, by["broken"].credential.as_deref()),
+        (Verdict::Unauthorized, Some("secret ns/old key r.io"))
     );
-    assert_eq!(by["broken"].warnings.len(), 1);
-    assert!(by["broken"].warnings[0].starts_with("secret ns/old key r.io failed: Unauthorized"));
+    // `no-secret` is judged by an anonymous pull of its own (cheap: the image is there).
+    assert_eq!(
+        (
+            by["no-secret"].verdict,
+            by["no-secret"].credential.as_deref()
+        ),
+        (Verdict::Ok, Some("anonymous"))
+    );
+    // Nobody is told of another owner's credential or verdict.
+    for o in &out {
+        let text = format!("{} {:?} {:?}", o.message, o.warnings, o.hint);
+        for other in out.iter().filter(|x| x.pullset != o.pullset) {
+            if let Some(c) = other
+                .credential
+                .as_ref()
+                .filter(|c| o.credential.as_ref() != Some(*c))
+            {
+                assert!(
+                    !text.contains(c.as_str()),
+                    "{} leaks {c}: {text}",
+                    o.pullset
+                );
+            }
+        }
+    }
     assert!(by["healthy"].warnings.is_empty() && by["no-secret"].warnings.is_empty());
-    // `no-secret`'s anonymous attempt was never needed.
-    assert_eq!(rt.passwords_tried(), ["stale", "fresh"]);
+    assert_eq!(rt.passwords_tried(), ["stale", "fresh", ""]);
+}
+
+#[tokio::test(start_paused = true)]
+async fn owners_sharing_a_credential_cost_one_pull_and_other_namespaces_are_not_named() {
+    let rt = Arc::new(FakeRuntime::default());
+    rt.answer("r.io/a:1", "stale", vec![rejected(UNAUTHORIZED)]);
+    let owner = |ns: &str, name: &str, secret: &str, pw: &str| {
+        let mut c = candidate(secret, pw);
+        c.source = crate::decide::credentials::CredentialSource::PullSecret {
+            secret: ObjectKey::new(ns, secret),
+            key: "r.io".into(),
+        };
+        Owner {
+            pullset: ObjectKey::new(ns, name),
+            resolution: Resolution {
+                candidates: vec![c],
+                findings: vec![],
+                blocked: None,
+            },
+        }
+    };
+    let image = DesiredImage {
+        image: ImageRef::parse("r.io/a:1").unwrap(),
+        owners: vec![
+            owner("alpha", "a", "alpha-cred", "good"),
+            owner("alpha", "a2", "alpha-cred", "good"),
+            owner("beta", "b", "beta-cred", "stale"),
+        ],
+    };
+    let out = run(rt.clone(), vec![image]).await;
+    // alpha's two PullSets share one pull; beta gets its own check.
+    assert_eq!(rt.passwords_tried(), ["good", "stale"]);
+    let b = out.iter().find(|o| o.namespace == "beta").unwrap();
+    assert_eq!(b.verdict, Verdict::Unauthorized);
+    let text = format!(
+        "{} {:?} {:?} {:?}",
+        b.message, b.warnings, b.credential, b.hint
+    );
+    assert!(!text.contains("alpha"), "{text}");
+    for a in out.iter().filter(|o| o.namespace == "alpha") {
+        assert_eq!((a.verdict, a.action), (Verdict::Ok, Action::Pulled));
+        let text = format!("{} {:?} {:?}", a.message, a.warnings, a.credential);
+        assert!(!text.contains("beta"), "{text}");
+    }
 }
 
 #[tokio::test(start_paused = true)]
@@ -343,7 +433,7 @@ async fn a_blocked_owner_attempts_nothing_and_gets_its_verdict() {
     assert_eq!(out[0].verdict, Verdict::SecretMalformed);
     assert!(out[0].message.contains("ns/broken"));
 
-    // Pulled by another PullSet: present for everyone, with the blocked owner warned.
+    // Pulled by another PullSet: the blocked owner still gets its own verdict.
     let mut shared = blocked;
     shared.owners.push(Owner {
         pullset: ObjectKey::new("ns", "healthy"),
@@ -355,12 +445,9 @@ async fn a_blocked_owner_attempts_nothing_and_gets_its_verdict() {
     });
     let out = run(rt.clone(), vec![shared]).await;
     let by: HashMap<_, _> = out.iter().map(|o| (o.pullset.as_str(), o)).collect();
-    assert_eq!(by["broken"].verdict, Verdict::Ok);
-    assert!(
-        by["broken"].warnings[0].contains("SecretMalformed"),
-        "{:?}",
-        by["broken"].warnings
-    );
+    assert_eq!(by["broken"].verdict, Verdict::SecretMalformed);
+    assert!(!by["broken"].message.contains("ns/good"));
+    assert_eq!(by["healthy"].verdict, Verdict::Ok);
 }
 
 const BUDGET: Duration = Duration::from_secs(30);
@@ -481,5 +568,61 @@ async fn a_cancelled_pass_starts_nothing_more_and_ends_at_once() {
         rt.calls() <= 1 + 2 * (fast().max_parallel + 1),
         "{} calls",
         rt.calls()
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn no_download_starts_at_or_below_the_disk_headroom() {
+    let rt = Arc::new(FakeRuntime::default());
+    rt.hold("r.io/present:1", "sha256:p");
+    *rt.image_fs.lock().unwrap() = Some(crate::decide::runtime::ImageFsSpace {
+        free_bytes: 10 << 30,
+        capacity_bytes: 100 << 30,
+    });
+    let out = run(
+        rt.clone(),
+        vec![
+            desired(
+                "r.io/a:1",
+                vec![("s1", vec![candidate("good", "pw")], vec![])],
+            ),
+            desired(
+                "r.io/present:1",
+                vec![("s1", vec![candidate("good", "pw")], vec![])],
+            ),
+        ],
+    )
+    .await;
+    // The absent image is not pulled; the present one is still judged (no download).
+    assert_eq!(
+        *rt.pulls.lock().unwrap(),
+        [("r.io/present:1".to_string(), "pw".to_string())]
+    );
+    let a = out.iter().find(|o| o.image == "r.io/a:1").unwrap();
+    assert_eq!(
+        (a.verdict, a.action),
+        (Verdict::DiskPressure, Action::Failed)
+    );
+    assert!(a.message.contains("--min-free-disk"), "{}", a.message);
+    assert_eq!(a.hint, Some(Verdict::DiskPressure.hint()));
+    let p = out.iter().find(|o| o.image == "r.io/present:1").unwrap();
+    assert_eq!(p.verdict, Verdict::Ok);
+
+    // Space freed: the next pass pulls it.
+    *rt.image_fs.lock().unwrap() = Some(crate::decide::runtime::ImageFsSpace {
+        free_bytes: 50 << 30,
+        capacity_bytes: 100 << 30,
+    });
+    let out = run(
+        rt.clone(),
+        vec![desired(
+            "r.io/a:1",
+            vec![("s1", vec![candidate("good", "pw")], vec![])],
+        )],
+    )
+    .await;
+    assert_eq!(
+        (out[0].verdict, out[0].action),
+        (Verdict::Ok, Action::Pulled)
     );
 }

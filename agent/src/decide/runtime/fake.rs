@@ -4,7 +4,7 @@
 //! reconnect budget of tokio time and fails as unreachable. No socket; a pull takes 5 ms of tokio
 //! time (run the tests with paused time).
 
-use super::{ImageRuntime, PresentImage, PullAuth, RuntimeFailure};
+use super::{ImageFsSpace, ImageRuntime, PresentImage, PullAuth, RuntimeFailure};
 use crate::decide::credentials::{Candidate, CredentialSource};
 use crate::model::inventory::ObjectKey;
 use futures::future::BoxFuture;
@@ -28,6 +28,8 @@ pub struct FakeRuntime {
     calls: AtomicUsize,
     /// From this call on (counted from 0), every call fails unreachable after this budget.
     down: Mutex<Option<(usize, Duration)>>,
+    /// What `ImageFsInfo` reports (`None`: cannot be told).
+    pub image_fs: Mutex<Option<ImageFsSpace>>,
 }
 
 impl FakeRuntime {
@@ -170,5 +172,10 @@ impl ImageRuntime for FakeRuntime {
             );
             Ok(id)
         })
+    }
+
+    /// Not counted as a call (the scripted outages count the calls that pull).
+    fn image_fs(&self) -> BoxFuture<'_, Result<Option<ImageFsSpace>, RuntimeFailure>> {
+        Box::pin(async move { Ok(*lock(&self.image_fs)) })
     }
 }

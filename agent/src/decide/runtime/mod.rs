@@ -30,6 +30,15 @@ impl PresentImage {
     }
 }
 
+/// Space on the runtime's image filesystem: `ImageFsInfo` names it, the file system's own
+/// counters (statvfs) give its size.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ImageFsSpace {
+    /// Bytes an unprivileged writer may still use.
+    pub free_bytes: u64,
+    pub capacity_bytes: u64,
+}
+
 /// Credentials for one pull, borrowed from a resolved candidate.
 #[derive(Debug)]
 pub struct PullAuth<'a> {
@@ -86,6 +95,8 @@ pub trait ImageRuntime: Send + Sync + 'static {
         image: &'a str,
         auth: Option<PullAuth<'a>>,
     ) -> BoxFuture<'a, Result<String, RuntimeFailure>>;
+    /// The space on the image filesystem the runtime pulls into; `None` when it cannot be told.
+    fn image_fs(&self) -> BoxFuture<'_, Result<Option<ImageFsSpace>, RuntimeFailure>>;
 }
 
 /// The runtime's registry routing, as its configuration says (containerd's `hosts.toml`;
