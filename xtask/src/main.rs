@@ -33,7 +33,7 @@ commands:
                        CRI calls per pass counted on the wire (one ListImages, no ImageStatus)
   bench idle [--pullsets P] [--images N] [--secrets S] [--seconds T] [--canary-schedule CRON]
                        the daemon at steady state (default 100 / 500 / 200, 60 s): RSS and CPU
-  bench api [--minutes M] [--pullsets P]
+  bench api [--minutes M] [--pullsets P] [--other-pool-pullsets O]
                        cluster mode against the test API server: requests per node per hour at
                        steady state (default window 12 min: two watch renewals, one heartbeat)
   sim [--nodes N]      fleet simulation: N agents' canary services in one process against the test

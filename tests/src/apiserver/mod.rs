@@ -472,7 +472,10 @@ impl ApiServer {
     /// Everything stored, as text (to check that no password is in it).
     pub fn dump(&self) -> String {
         let store = self.state.lock();
-        serde_json::to_string(&store.objects.values().collect::<Vec<_>>()).unwrap_or_default()
+        // The collections are keyed by (namespace, name) tuples, which JSON cannot key a map by:
+        // dump the objects themselves, so the text holds every stored byte.
+        let objects: Vec<&Value> = store.objects.values().flat_map(|c| c.values()).collect();
+        serde_json::to_string(&objects).expect("stored objects are JSON values")
     }
 
     /// Polls `check` every 100 ms until it returns `Some`, or fails after `timeout` naming `what`.

@@ -67,7 +67,7 @@ impl ApiRequest {
     }
 }
 
-pub fn bench_api(minutes: f64, pullsets: usize) -> Result<()> {
+pub fn bench_api(minutes: f64, pullsets: usize, other_pool_pullsets: usize) -> Result<()> {
     use pullgate_testenv::apiserver::{ApiServer, objects};
     use serde_json::json;
     const NODE: &str = "test-node";
@@ -120,14 +120,32 @@ pub fn bench_api(minutes: f64, pullsets: usize) -> Result<()> {
         api.apply(objects::pullset(&ns, &format!("set-{i:02}"), &refs, spec));
     }
 
+    // PullSets aimed at another node pool, each in its own namespace with its own Secret: this
+    // node must neither watch nor read anything of theirs.
+    for i in 0..other_pool_pullsets {
+        let ns = format!("elsewhere{i}");
+        api.apply(objects::pull_secret(
+            &ns,
+            "other-pool-cred",
+            &host,
+            BENCH_USER,
+            BENCH_PASSWORD,
+        ));
+        let refs = [pool[i % pool.len()].by_tag.as_str()];
+        let spec = json!({"nodeSelector": {"pool": "other"},
+            "imagePullSecrets": [{"name": "other-pool-cred"}],
+            "canary": {"schedule": "0 3 * * *", "depth": "manifest"}});
+        api.apply(objects::pullset(&ns, &format!("other-{i:02}"), &refs, spec));
+    }
+
     eprintln!(
-        "bench api: `pullgate run` in cluster mode (default heartbeat 10m, recheck 5m), {pullsets} PullSets in {} namespaces",
+        "bench api: `pullgate run` in cluster mode (default heartbeat 10m, recheck 5m), {pullsets} PullSets in {} namespaces, {other_pool_pullsets} aimed at another node pool",
         namespaces.len()
     );
     pullgate_binary()?;
     let started = Instant::now();
     let agent = pullgate_testenv::Agent::cluster(&kubeconfig, &containerd.endpoint())
-        .args(&["--insecure-registry", &host])
+        .args(&["--insecure-registry", &host, "--gate-namespaces", "team0"])
         .spawn()?;
     let mut timeline: Vec<ApiRequest> = Vec::new();
     let poll = |timeline: &mut Vec<ApiRequest>| {
@@ -192,6 +210,15 @@ pub fn bench_api(minutes: f64, pullsets: usize) -> Result<()> {
         "the bench password leaked"
     );
 
+    let other_pool_requests = timeline
+        .iter()
+        .filter(|r| r.line.contains("elsewhere") || r.line.contains("other-pool-cred"))
+        .count();
+    ensure!(
+        other_pool_requests == 0,
+        "{other_pool_requests} requests named the other pool's namespaces or Secrets"
+    );
+
     let in_window = &timeline[initial..];
     let per_hour = |n: usize| n as f64 * 3600.0 / elapsed.as_secs_f64();
     let mut by_category: std::collections::BTreeMap<&str, usize> = Default::default();
@@ -241,6 +268,9 @@ pub fn bench_api(minutes: f64, pullsets: usize) -> Result<()> {
         settled.as_secs_f64(),
         elapsed.as_secs_f64() / 60.0,
         total_run.as_secs_f64() / 60.0
+    );
+    println!(
+        "({other_pool_pullsets} PullSets aimed at another node pool, each with its own Secret: {other_pool_requests} requests named them, over the whole run)"
     );
     println!();
     println!("| requests at steady state | in the window | per hour (extrapolated) |");

@@ -78,6 +78,10 @@ enum Cmd {
         minutes: f64,
         #[arg(long, default_value_t = 10)]
         pullsets: usize,
+        /// PullSets aimed at another node pool (`nodeSelector` this node does not match), each
+        /// with its own Secret: they must not change the figures.
+        #[arg(long, default_value_t = 10)]
+        other_pool_pullsets: usize,
     },
 }
 
@@ -104,6 +108,10 @@ fn main() -> Result<()> {
             seconds,
             canary_schedule.as_deref(),
         ),
-        Cmd::BenchApi { minutes, pullsets } => bench_api::bench_api(minutes, pullsets),
+        Cmd::BenchApi {
+            minutes,
+            pullsets,
+            other_pool_pullsets,
+        } => bench_api::bench_api(minutes, pullsets, other_pool_pullsets),
     }
 }
