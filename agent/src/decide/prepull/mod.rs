@@ -33,7 +33,7 @@ use crate::decide::secret_scrub::scrub;
 use crate::model::outcome::{Action, Outcome, OutcomeKind, now_rfc3339};
 use crate::model::verdict::Verdict;
 use futures::StreamExt as _;
-use secrecy::SecretString;
+use secrecy::{ExposeSecret as _, SecretString};
 use std::collections::HashMap;
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
@@ -97,6 +97,38 @@ pub struct PrePuller<R> {
     runtime: Arc<R>,
     config: PrePullConfig,
     node: String,
+    /// Owners' credentials that the runtime accepted for an image on the node, so that later passes
+    /// do not ask the registry again (see [`Judged`]).
+    judged: std::sync::Mutex<HashMap<(String, String), Judged>>,
+}
+
+/// How long an owner's credential that re-resolved an image on the node is taken as good without
+/// asking again. Every pass (each `--recheck-interval`, each source change) would otherwise send
+/// one manifest request per image and credential to the registry from every node, which registries
+/// count as pulls (Docker Hub's rate limit). The canaries, not the pre-pull, watch a credential the
+/// registry revokes behind an unchanged Secret; a changed Secret is a different credential and is
+/// asked at once; a failure is never remembered (it is tried again on the next pass).
+pub const REJUDGE_AFTER: Duration = Duration::from_secs(3600);
+
+/// A credential the runtime accepted for an image: which image (its id), with what credential
+/// (compared in memory, never hashed or shown), when.
+struct Judged {
+    image_id: String,
+    username: String,
+    password: SecretString,
+    at: tokio::time::Instant,
+}
+
+impl Judged {
+    fn still_holds(&self, image_id: &str, candidate: Option<&Candidate>) -> bool {
+        let (username, password) = candidate.map_or(("", ""), |c| {
+            (c.username.as_str(), c.password.expose_secret())
+        });
+        self.image_id == image_id
+            && self.username == username
+            && self.password.expose_secret() == password
+            && self.at.elapsed() < REJUDGE_AFTER
+    }
 }
 
 struct Success {
@@ -144,7 +176,14 @@ impl<R: ImageRuntime> PrePuller<R> {
                 ..config
             },
             node: node.into(),
+            judged: std::sync::Mutex::default(),
         }
+    }
+
+    fn judged(&self) -> std::sync::MutexGuard<'_, HashMap<(String, String), Judged>> {
+        self.judged
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     /// Runs one pass over `desired`, handing each outcome to `sink` as soon as it is known.
@@ -155,6 +194,13 @@ impl<R: ImageRuntime> PrePuller<R> {
         sink: &(dyn Fn(Outcome) + Send + Sync),
     ) -> PassSummary {
         let down = RuntimeDown::new();
+        {
+            // What the sources no longer name is forgotten.
+            let named: std::collections::HashSet<String> =
+                desired.iter().map(|d| d.image.pull_reference()).collect();
+            self.judged()
+                .retain(|(reference, _), _| named.contains(reference));
+        }
         let index = match self.runtime.list_images().await {
             Ok(images) => PresentIndex::new(images),
             Err(e @ RuntimeFailure::Unreachable { .. }) => {
@@ -322,6 +368,16 @@ impl<R: ImageRuntime> PrePuller<R> {
                     Some((_, Err(_))) => continue,
                     None => {}
                 }
+                let memo = (reference.to_string(), label.clone());
+                if let Some(present) = &present
+                    && self
+                        .judged()
+                        .get(&memo)
+                        .is_some_and(|j| j.still_holds(&present.id, candidate.as_ref()))
+                {
+                    tried.push((label, Ok(())));
+                    break;
+                }
                 let result = self
                     .with_retries(cancel, down, &mut attempts, &passwords, || {
                         let auth = candidate.as_ref().map(|c| PullAuth {
@@ -333,11 +389,28 @@ impl<R: ImageRuntime> PrePuller<R> {
                     .await;
                 match result {
                     Ok(image_id) => {
+                        // The id the runtime now holds under this reference (a moved tag is a
+                        // new id, and a new judgement).
+                        self.judged().insert(
+                            memo,
+                            Judged {
+                                image_id: image_id.clone(),
+                                username: candidate
+                                    .as_ref()
+                                    .map(|c| c.username.clone())
+                                    .unwrap_or_default(),
+                                password: candidate
+                                    .as_ref()
+                                    .map_or_else(|| SecretString::from(""), |c| c.password.clone()),
+                                at: tokio::time::Instant::now(),
+                            },
+                        );
                         pulled.get_or_insert(image_id);
                         tried.push((label, Ok(())));
                         break;
                     }
                     Err(mut failure) => {
+                        self.judged().remove(&memo);
                         failure.message = scrub(&failure.message, &passwords);
                         tracing::debug!(image = %reference, credential = %label, verdict = %failure.verdict, "pull attempt failed");
                         tried.push((label, Err(failure)));

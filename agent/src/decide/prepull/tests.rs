@@ -626,3 +626,72 @@ async fn no_download_starts_at_or_below_the_disk_headroom() {
         (Verdict::Ok, Action::Pulled)
     );
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_credential_that_re_resolved_a_present_image_is_not_asked_again_until_it_changes_or_an_hour_passes()
+ {
+    let image = "r.io/a:1";
+    let rt = Arc::new(FakeRuntime::default());
+    rt.hold(image, "sha256:x");
+    let engine = PrePuller::new(rt.clone(), fast(), "node-1");
+    let pass = |desired: Vec<DesiredImage>| {
+        let engine = &engine;
+        async move {
+            let out = Mutex::new(Vec::new());
+            engine
+                .pass(&desired, &CancellationToken::new(), &|o| {
+                    out.lock().unwrap().push(o)
+                })
+                .await;
+            out.into_inner().unwrap()
+        }
+    };
+    let with = |password: &str| {
+        vec![desired(
+            image,
+            vec![("s1", vec![candidate("cred", password)], vec![])],
+        )]
+    };
+    for _ in 0..3 {
+        let out = pass(with("pw")).await;
+        assert_eq!(
+            (out[0].verdict, out[0].action),
+            (Verdict::Ok, Action::Present)
+        );
+        assert_eq!(
+            out[0].credential.as_deref(),
+            Some("secret ns/cred key r.io")
+        );
+    }
+    assert_eq!(
+        rt.passwords_tried(),
+        ["pw"],
+        "asked once, not once per pass"
+    );
+    // A changed Secret is another credential: asked at once, and its failure is never remembered.
+    rt.answer(
+        image,
+        "rotated",
+        vec![rejected(UNAUTHORIZED), rejected(UNAUTHORIZED)],
+    );
+    assert_eq!(
+        pass(with("rotated")).await[0].verdict,
+        Verdict::Unauthorized
+    );
+    assert_eq!(
+        pass(with("rotated")).await[0].verdict,
+        Verdict::Unauthorized
+    );
+    assert_eq!(rt.passwords_tried(), ["pw", "rotated", "rotated"]);
+    // The first credential was forgotten when it failed to hold... it is asked again, then kept
+    // for an hour, then asked again.
+    pass(with("pw")).await;
+    pass(with("pw")).await;
+    assert_eq!(rt.passwords_tried().len(), 4);
+    tokio::time::advance(REJUDGE_AFTER).await;
+    pass(with("pw")).await;
+    assert_eq!(
+        rt.passwords_tried(),
+        ["pw", "rotated", "rotated", "pw", "pw"]
+    );
+}
