@@ -428,13 +428,15 @@ mod tests {
             ("fieldSelector", "metadata.name=regcred"),
             ("watch", "true"),
         ]);
-        let cases: &[(
+        // method, api, name, query → (verb, group, name)
+        type Case = (
             Method,
-            &str,
-            Option<&str>,
+            &'static str,
+            Option<&'static str>,
             HashMap<String, String>,
-            (&str, &str, &str),
-        )] = &[
+            (&'static str, &'static str, &'static str),
+        );
+        let cases: &[Case] = &[
             (
                 Method::GET,
                 "v1",
