@@ -375,6 +375,36 @@ fn check_cluster_rbac(objs: &[Obj], at: &str) {
     );
 }
 
+/// How namespace-access/role.yaml names what nobody has replaced yet.
+const PLACEHOLDER_PREFIX: &str = "replace-with-";
+
+/// Whether a rendered Role must still carry the placeholder names (the bare directory) or must
+/// have replaced every one of them (a namespace's overlay).
+#[derive(Clone, Copy)]
+enum Placeholders {
+    Only,
+    Replaced,
+}
+
+/// Secrets and ServiceAccounts are read by name only: every rule that grants them, whatever its
+/// verbs, lists `resourceNames` (a rule without them is every object of the namespace).
+fn assert_reads_only_by_name(rules: &[PolicyRule], what: &str) {
+    for (i, rule) in rules.iter().enumerate() {
+        let sensitive = rule
+            .resources
+            .iter()
+            .flatten()
+            .any(|r| matches!(r.as_str(), "secrets" | "serviceaccounts" | "*"));
+        let names = rule.resource_names.as_deref().unwrap_or_default();
+        assert!(
+            !sensitive || !names.is_empty(),
+            "{what}: rules[{i}] grants {:?} {:?} without resourceNames; name the objects (see manifests/README.md, \"Grant a namespace\")",
+            rule.verbs,
+            rule.resources.as_deref().unwrap_or_default()
+        );
+    }
+}
+
 /// The per-namespace grant: Secrets and ServiceAccounts, read only, bound to the agent's
 /// ServiceAccount in its own namespace. `namespace` is where the rendering must put them.
 fn check_namespace_access(
@@ -382,7 +412,7 @@ fn check_namespace_access(
     at: &str,
     agent: &(String, String),
     namespace: Option<&str>,
-    names_required: bool,
+    placeholders: Placeholders,
 ) {
     let expected = triples(&[
         ("", "secrets", &["get", "list", "watch"]),
@@ -406,13 +436,22 @@ fn check_namespace_access(
         "{}: must grant exactly get/list/watch on secrets and serviceaccounts",
         role_obj.what()
     );
+    assert_reads_only_by_name(rules, &role_obj.what());
     for (i, rule) in rules.iter().enumerate() {
         let names = rule.resource_names.as_deref().unwrap_or_default();
-        assert!(
-            !names_required || !names.is_empty(),
-            "{}: rules[{i}] should name the objects (resourceNames)",
-            role_obj.what()
-        );
+        let placeholder = names.iter().any(|n| n.starts_with(PLACEHOLDER_PREFIX));
+        match placeholders {
+            Placeholders::Only => assert!(
+                names.iter().all(|n| n.starts_with(PLACEHOLDER_PREFIX)),
+                "{}: rules[{i}] of the unpatched Role must name only placeholders ({PLACEHOLDER_PREFIX}…), so that it grants nothing usable: {names:?}",
+                role_obj.what()
+            ),
+            Placeholders::Replaced => assert!(
+                !placeholder,
+                "{}: rules[{i}] still names a placeholder; replace it with the objects this namespace's PullSets use: {names:?}",
+                role_obj.what()
+            ),
+        }
     }
 
     let bindings: Vec<_> = all_of::<RoleBinding>(objs, "RoleBinding")
@@ -924,7 +963,7 @@ fn secret_access_is_per_namespace_and_opt_in() {
             o.what()
         );
     }
-    check_namespace_access(&bare, "namespace-access", &agent, None, false);
+    check_namespace_access(&bare, "namespace-access", &agent, None, Placeholders::Only);
 
     // Re-namespaced, the Role and RoleBinding move, the subject stays in pullgate's namespace.
     let team = render("overlays/example/team-payments");
@@ -933,7 +972,7 @@ fn secret_access_is_per_namespace_and_opt_in() {
         "overlays/example/team-payments",
         &agent,
         Some("team-payments"),
-        true,
+        Placeholders::Replaced,
     );
     let example = render("overlays/example");
     check_namespace_access(
@@ -941,8 +980,25 @@ fn secret_access_is_per_namespace_and_opt_in() {
         "overlays/example",
         &agent,
         Some("team-payments"),
-        true,
+        Placeholders::Replaced,
     );
+}
+
+#[test]
+fn no_role_reads_secrets_or_serviceaccounts_without_resource_names() {
+    let m = ManifestFiles::load();
+    for obj in m.files.values().flatten().filter(|o| o.kind() == "Role") {
+        let role: Role = typed(obj);
+        assert_reads_only_by_name(role.rules.as_deref().unwrap_or_default(), &obj.what());
+    }
+    for dir in m.kustomization_dirs() {
+        for (obj, role) in all_of::<Role>(&render(&dir), "Role") {
+            assert_reads_only_by_name(
+                role.rules.as_deref().unwrap_or_default(),
+                &format!("{dir}: {}", obj.what()),
+            );
+        }
+    }
 }
 
 #[test]

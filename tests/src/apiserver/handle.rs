@@ -121,6 +121,19 @@ pub(super) async fn handle(
             format!("no route for {}", uri.path()),
         );
     };
+    // RBAC, when enforced (`rbac.rs`).
+    let attributes = super::rbac::Attributes::of(
+        &method,
+        &api,
+        namespace.as_deref(),
+        &plural,
+        name.as_deref(),
+        sub.as_deref(),
+        &query,
+    );
+    if let Some(denied) = super::rbac::hook(&mut state.lock(), &attributes) {
+        return denied;
+    }
     if let Some(ns) = &namespace
         && matches!(plural.as_str(), "secrets" | "serviceaccounts")
         && state.lock().forbidden.contains(ns)

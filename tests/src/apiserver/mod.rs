@@ -21,8 +21,13 @@
 //!   (RFC 6902, `test` included, so a failed precondition is a `422`), on the object or its
 //!   `/status` subresource;
 //! - errors as `Status` objects: `404 NotFound`, `403 Forbidden` for the Secrets and
-//!   ServiceAccounts of namespaces the test leaves without pullgate's RoleBinding, `500` injected
-//!   for the next N requests;
+//!   ServiceAccounts of namespaces the test leaves without pullgate's RoleBinding
+//!   ([`ApiServer::forbid_namespace`]), `500` injected for the next N requests;
+//! - RBAC, opt-in ([`ApiServer::enforce_rbac`]): every request made as pullgate's ServiceAccount
+//!   and authorized by the stored Roles, ClusterRoles and their bindings by verb, API group,
+//!   resource and subresource and `resourceNames` (a `metadata.name=` field selector names a
+//!   list or watch), a denial a `403` with the real message, recorded (`rbac`, ported from
+//!   kubernetes' RBAC authorizer and k8s.io/apiserver's request info);
 //! - writes that hang: with [`ApiServer::hang_writes`], every write (anything but `GET`) is
 //!   accepted and never answered, as an API server stuck behind a dead etcd;
 //! - going away and coming back on the same port with the same objects (`stop`, `restart`);
@@ -33,8 +38,8 @@
 //! - TokenReview and SubjectAccessReview (`reviews`: tokens and `/metrics` readers the test
 //!   registers), and every request's `User-Agent`.
 //!
-//! What it does not do: authentication of its own callers and RBAC beyond the injected 403s,
-//! admission, defaulting, any other validation (schemas included), label selectors, snapshot reads
+//! What it does not do: authentication of its own callers (with RBAC enforced, every caller is
+//! pullgate's ServiceAccount), aggregated ClusterRoles, authorization of the reviews, admission, defaulting, any other validation (schemas included), label selectors, snapshot reads
 //! for later list pages (they show the objects as they are now, not as of the token's
 //! resourceVersion), token expiry by compaction (only the injected one), `resourceVersionMatch`,
 //! server-side apply, `$patch` directives of strategic merge, watch bookmarks, `Time`/`MicroTime`
@@ -55,10 +60,12 @@ mod handle;
 mod list;
 pub mod objects;
 mod patch;
+mod rbac;
 mod reviews;
 mod validate;
 mod watch;
 
+pub use rbac::AGENT_USER;
 pub use validate::EVENT_NOTE_LIMIT_BYTES;
 
 /// How many past events a watch can resume from.
@@ -92,6 +99,8 @@ pub(crate) struct Store {
     page_cap: Option<usize>,
     /// How many of the next requests carrying a `continue` token get `410 Expired`.
     expire_continue: u32,
+    /// RBAC, when enforced, and its denials (`rbac`).
+    rbac: rbac::Rbac,
 }
 
 /// Shared state of a running server.
