@@ -107,7 +107,8 @@ fn kube_rs_talks_to_the_test_api_server() {
             Api::namespaced(client.clone(), "team");
         let event = serde_json::from_value(json!({"metadata": {"generateName": "pullset."},
             "reason": "PrePulled", "action": "PrePull", "type": "Normal", "note": "ok",
-            "reportingController": "pullgate.io/agent", "reportingInstance": "n1", "eventTime": "2026-11-23T00:00:00.000000Z"}))
+            "reportingController": "pullgate.io/agent", "reportingInstance": "n1", "eventTime": "2026-11-23T00:00:00.000000Z",
+                "regarding": {"apiVersion": "pullgate.io/v1alpha1", "kind": "PullSet", "namespace": "team", "name": "pullset"}}))
             .unwrap();
         events.create(&PostParams::default(), &event).await.unwrap();
         assert_eq!(server.list("events.k8s.io/v1", "events").len(), 1);
@@ -115,7 +116,8 @@ fn kube_rs_talks_to_the_test_api_server() {
         let event_with_note = |note: String| -> k8s_openapi::api::events::v1::Event {
             serde_json::from_value(json!({"metadata": {"generateName": "pullset."},
                 "reason": "PrePullFailed", "action": "PrePull", "type": "Warning", "note": note,
-                "reportingController": "pullgate.io/agent", "reportingInstance": "n1", "eventTime": "2026-11-23T00:00:00.000000Z"}))
+                "reportingController": "pullgate.io/agent", "reportingInstance": "n1", "eventTime": "2026-11-23T00:00:00.000000Z",
+                "regarding": {"apiVersion": "pullgate.io/v1alpha1", "kind": "PullSet", "namespace": "team", "name": "pullset"}}))
             .unwrap()
         };
         let err = events

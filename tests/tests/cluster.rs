@@ -55,7 +55,9 @@ fn pullsets_from_the_api_server_are_pre_pulled_with_least_privilege() {
     api.forbid_namespace("locked");
 
     let kubeconfig = api.kubeconfig_file().unwrap();
+    // Both namespaces may gate (the node's condition below counts their PullSets).
     let run = Agent::cluster(&kubeconfig.path(), &env.containerd.endpoint())
+        .args(&["--gate-namespaces", "team,locked"])
         .run_once(Duration::from_secs(120))
         .unwrap();
 
