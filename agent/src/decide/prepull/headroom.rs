@@ -76,6 +76,11 @@ impl fmt::Display for MinFreeDisk {
 }
 
 impl MinFreeDisk {
+    /// Whether any space is kept (`0` and `0%` turn the check off).
+    pub fn is_enabled(self) -> bool {
+        !matches!(self, Self::Percent(0) | Self::Bytes(0))
+    }
+
     /// The free bytes to keep on a filesystem of this size.
     pub fn bytes(self, space: ImageFsSpace) -> u64 {
         match self {

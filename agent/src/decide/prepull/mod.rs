@@ -100,6 +100,8 @@ pub struct PrePuller<R> {
     /// Owners' credentials that the runtime accepted for an image on the node, so that later passes
     /// do not ask the registry again (see [`Judged`]).
     judged: std::sync::Mutex<HashMap<(String, String), Judged>>,
+    /// Whether the warning that the image filesystem cannot be sized was logged (once).
+    unsized_fs_said: std::sync::atomic::AtomicBool,
 }
 
 /// How long an owner's credential that re-resolved an image on the node is taken as good without
@@ -177,6 +179,7 @@ impl<R: ImageRuntime> PrePuller<R> {
             },
             node: node.into(),
             judged: std::sync::Mutex::default(),
+            unsized_fs_said: std::sync::atomic::AtomicBool::new(false),
         }
     }
 
@@ -328,7 +331,18 @@ impl<R: ImageRuntime> PrePuller<R> {
                     verdict: Verdict::DiskPressure,
                     message,
                 }),
-            Ok(None) => None,
+            Ok(None) => {
+                if self.config.min_free_disk.is_enabled()
+                    && !self
+                        .unsized_fs_said
+                        .swap(true, std::sync::atomic::Ordering::Relaxed)
+                {
+                    tracing::warn!(
+                        "the image filesystem's size cannot be read (the runtime names no mountpoint, or the agent cannot see it): --min-free-disk is not enforced"
+                    );
+                }
+                None
+            }
             Err(e) => {
                 tracing::debug!(error = %e, "ImageFsInfo failed; pulling without a disk check");
                 None
