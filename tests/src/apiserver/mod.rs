@@ -56,6 +56,8 @@ mod list;
 pub mod objects;
 mod patch;
 mod reviews;
+mod throttle;
+mod times;
 mod validate;
 mod watch;
 
@@ -92,6 +94,10 @@ pub(crate) struct Store {
     page_cap: Option<usize>,
     /// How many of the next requests carrying a `continue` token get `410 Expired`.
     expire_continue: u32,
+    /// The injected `429`/`503` answers still to be given.
+    throttle: Option<throttle::Throttle>,
+    /// How often a watch asking for bookmarks gets one (`None`: [`watch::BOOKMARK_INTERVAL`]).
+    bookmark_interval: Option<std::time::Duration>,
 }
 
 /// Shared state of a running server.
@@ -253,6 +259,27 @@ impl ApiServer {
         self.state.lock().expire_continue = n;
     }
 
+    /// The next `n` requests get `code` (`429 Too Many Requests` or `503 Service Unavailable`)
+    /// with `Retry-After: retry_after_secs`, as the real server's max-in-flight and
+    /// priority-and-fairness filters answer (see `throttle`).
+    pub fn throttle_next(&self, n: u32, code: u16, retry_after_secs: u64) {
+        self.state.lock().throttle = Some(throttle::Throttle {
+            remaining: n,
+            code,
+            retry_after_secs,
+        });
+    }
+
+    /// How many of the injected `429`/`503`s are still to be answered.
+    pub fn pending_throttles(&self) -> u32 {
+        self.state.lock().throttle.as_ref().map_or(0, |t| t.remaining)
+    }
+
+    /// Watches that ask for bookmarks (`allowWatchBookmarks=true`) get one this often.
+    pub fn bookmark_every(&self, interval: std::time::Duration) {
+        self.state.lock().bookmark_interval = Some(interval);
+    }
+
     /// The next `n` requests get `500`.
     pub fn fail_next(&self, n: u32) {
         self.state.lock().fail_next = n;
@@ -334,7 +361,7 @@ impl ApiState {
         let _ = self.events.send(event);
     }
 
-    pub(crate) fn put(&self, mut object: Value) -> Value {
+    pub(crate) fn put(&self, object: Value) -> Value {
         let api = object["apiVersion"].as_str().unwrap_or("v1").to_string();
         let plural = plural_of(object["kind"].as_str().unwrap_or(""));
         let namespace = object["metadata"]["namespace"]
@@ -345,10 +372,22 @@ impl ApiState {
             .as_str()
             .unwrap_or("")
             .to_string();
+        let mut object = times::normalised(object);
         let mut store = self.lock();
+        let collection = Collection { api, plural };
+        let stored = store
+            .objects
+            .get(&collection)
+            .and_then(|c| c.get(&(namespace.clone(), name.clone())));
+        if object["metadata"]["creationTimestamp"].is_null() {
+            // A new object is stamped now; an update keeps the stored stamp.
+            object["metadata"]["creationTimestamp"] = stored
+                .map(|o| o["metadata"]["creationTimestamp"].clone())
+                .filter(|t| !t.is_null())
+                .unwrap_or_else(|| json!(times::now_seconds()));
+        }
         store.rv += 1;
         object["metadata"]["resourceVersion"] = json!(store.rv.to_string());
-        let collection = Collection { api, plural };
         if object["metadata"]["uid"].is_null() {
             // An update keeps the object's identity; a new object gets one.
             let existing = store
@@ -402,6 +441,26 @@ fn plural_of(kind: &str) -> String {
         "Event" => "events".into(),
         "Namespace" => "namespaces".into(),
         other => format!("{}s", other.to_ascii_lowercase()),
+    }
+}
+
+/// The kind of a collection's objects (the inverse of [`plural_of`]).
+fn kind_of(plural: &str) -> String {
+    match plural {
+        "pullsets" => "PullSet".into(),
+        "secrets" => "Secret".into(),
+        "serviceaccounts" => "ServiceAccount".into(),
+        "nodes" => "Node".into(),
+        "events" => "Event".into(),
+        "namespaces" => "Namespace".into(),
+        other => {
+            let singular = other.strip_suffix('s').unwrap_or(other);
+            let mut chars = singular.chars();
+            chars
+                .next()
+                .map(|c| c.to_ascii_uppercase().to_string() + chars.as_str())
+                .unwrap_or_default()
+        }
     }
 }
 
