@@ -285,7 +285,10 @@ fn a_no_op_patch_is_no_write_no_new_resource_version_and_no_watch_event() {
         assert_ne!(changed.metadata.resource_version.as_deref(), Some(&*rv));
         match next_change(&mut stream).await {
             WatchEvent::Modified(n) => {
-                assert_eq!(n.metadata.resource_version, changed.metadata.resource_version)
+                assert_eq!(
+                    n.metadata.resource_version,
+                    changed.metadata.resource_version
+                )
             }
             other => panic!("unexpected {other:?}"),
         }
@@ -305,7 +308,10 @@ fn raw_get(server: &ApiServer, path: &str) -> (String, serde_json::Value) {
     let mut answer = String::new();
     stream.read_to_string(&mut answer).unwrap();
     let (head, body) = answer.split_once("\r\n\r\n").unwrap();
-    (head.to_ascii_lowercase(), serde_json::from_str(body).unwrap())
+    (
+        head.to_ascii_lowercase(),
+        serde_json::from_str(body).unwrap(),
+    )
 }
 
 #[test]
@@ -317,7 +323,11 @@ fn throttled_requests_get_429_or_503_with_retry_after_as_the_real_server_answers
     assert!(head.starts_with("http/1.1 429"), "{head}");
     assert!(head.contains("\r\nretry-after: 3"), "{head}");
     assert_eq!(
-        (&body["reason"], &body["code"], &body["details"]["retryAfterSeconds"]),
+        (
+            &body["reason"],
+            &body["code"],
+            &body["details"]["retryAfterSeconds"]
+        ),
         (&json!("TooManyRequests"), &json!(429), &json!(3))
     );
     // Only the next one: the one after is answered.
@@ -325,18 +335,26 @@ fn throttled_requests_get_429_or_503_with_retry_after_as_the_real_server_answers
     assert!(head.starts_with("http/1.1 200"), "{head}");
     assert_eq!(body["metadata"]["name"], "n1");
 
-    // kube-rs's client retries a 503 a few times itself; it still sees one as the real server's.
-    server.throttle_next(1000, 503, 0);
+    server.throttle_next(1, 503, 1);
     pullgate_testenv::block_on(async {
-        let nodes: Api<Node> = Api::all(client(&server).await);
+        // kube-rs retries a 503 itself by default (with Retry-After): without, it sees the Status.
+        let kubeconfig = kube::config::Kubeconfig::from_yaml(&server.kubeconfig()).unwrap();
+        let mut config = kube::Config::from_custom_kubeconfig(kubeconfig, &Default::default())
+            .await
+            .unwrap();
+        config.default_retry = false;
+        let nodes: Api<Node> = Api::all(kube::Client::try_from(config).unwrap());
         let err = nodes.get("n1").await.unwrap_err();
         assert!(
             matches!(&err, kube::Error::Api(s) if s.code == 503 && s.reason == "ServiceUnavailable"),
             "{err:?}"
         );
-        assert!(server.pending_throttles() < 1000);
-        server.throttle_next(0, 503, 0);
         nodes.get("n1").await.unwrap();
+        // With its retries (the default), the throttled requests are retried to an answer.
+        server.throttle_next(2, 429, 0);
+        let nodes: Api<Node> = Api::all(client(&server).await);
+        nodes.get("n1").await.unwrap();
+        assert_eq!(server.pending_throttles(), 0);
     });
 }
 
@@ -369,7 +387,10 @@ fn times_are_stored_truncated_as_time_and_micro_time_and_creation_is_stamped() {
         let stored = server.node_condition("n1", "CriticalImagesReady").unwrap();
         assert_eq!(
             (&stored["lastHeartbeatTime"], &stored["lastTransitionTime"]),
-            (&json!("2026-11-23T00:00:01Z"), &json!("2026-11-23T00:00:02Z"))
+            (
+                &json!("2026-11-23T00:00:01Z"),
+                &json!("2026-11-23T00:00:02Z")
+            )
         );
         assert!(is_time(
             &server.get("v1", "nodes", "", "n1").unwrap()["metadata"]["creationTimestamp"],
@@ -390,16 +411,16 @@ fn times_are_stored_truncated_as_time_and_micro_time_and_creation_is_stamped() {
             .get("events.k8s.io/v1", "events", "team", "pullset.1")
             .unwrap();
         assert_eq!(
-            (
-                &stored["eventTime"],
-                &stored["series"]["lastObservedTime"]
-            ),
+            (&stored["eventTime"], &stored["series"]["lastObservedTime"]),
             (
                 &json!("2026-11-23T00:00:00.123456Z"),
                 &json!("2026-11-23T00:00:03.100000Z")
             )
         );
-        assert!(is_time(&stored["metadata"]["creationTimestamp"], 0), "{stored}");
+        assert!(
+            is_time(&stored["metadata"]["creationTimestamp"], 0),
+            "{stored}"
+        );
     });
 }
 
@@ -427,7 +448,10 @@ fn strategic_merge_uses_each_lists_real_merge_key_and_the_patch_directives() {
             .await
             .unwrap();
         let meta = &patched.metadata;
-        assert_eq!(meta.finalizers.as_deref(), Some(&["a".into(), "b".into()][..]));
+        assert_eq!(
+            meta.finalizers.as_deref(),
+            Some(&["a".into(), "b".into()][..])
+        );
         let owners: Vec<&str> = meta
             .owner_references
             .iter()
@@ -528,7 +552,11 @@ fn a_strategic_merge_patch_of_a_custom_resource_is_415_as_the_real_server_answer
             Api::namespaced_with(client(&server).await, "team", &resource);
         let patch = json!({"metadata": {"labels": {"a": "b"}}});
         let err = sets
-            .patch("critical", &PatchParams::default(), &Patch::Strategic(&patch))
+            .patch(
+                "critical",
+                &PatchParams::default(),
+                &Patch::Strategic(&patch),
+            )
             .await
             .unwrap_err();
         assert!(
@@ -601,14 +629,19 @@ fn watch_bookmarks_carry_the_current_resource_version_so_a_watcher_resumes_past_
             .as_str()
             .unwrap()
             .to_string();
-        until(&server, "a watch resumed from the bookmark's resourceVersion", |s| {
-            node_watches(s).iter().any(|r| resumes_from(r, &rv))
-        })
+        until(
+            &server,
+            "a watch resumed from the bookmark's resourceVersion",
+            |s| node_watches(s).iter().any(|r| resumes_from(r, &rv)),
+        )
         .await;
         // Compaction now: the bookmark's resourceVersion is still good, the node's is not.
         server.compact();
         let seen = node_watches(&server).len();
-        until(&server, "two more watches", |s| node_watches(s).len() >= seen + 2).await;
+        until(&server, "two more watches", |s| {
+            node_watches(s).len() >= seen + 2
+        })
+        .await;
         assert_eq!(node_lists(&server), 1, "{:?}", server.requests());
         watching.abort();
     });

@@ -272,7 +272,11 @@ impl ApiServer {
 
     /// How many of the injected `429`/`503`s are still to be answered.
     pub fn pending_throttles(&self) -> u32 {
-        self.state.lock().throttle.as_ref().map_or(0, |t| t.remaining)
+        self.state
+            .lock()
+            .throttle
+            .as_ref()
+            .map_or(0, |t| t.remaining)
     }
 
     /// Watches that ask for bookmarks (`allowWatchBookmarks=true`) get one this often.

@@ -42,10 +42,7 @@ pub(super) fn watch(
     let bookmarks = query
         .get("allowWatchBookmarks")
         .is_some_and(|b| b == "true" || b == "1");
-    let interval = state
-        .lock()
-        .bookmark_interval
-        .unwrap_or(BOOKMARK_INTERVAL);
+    let interval = state.lock().bookmark_interval.unwrap_or(BOOKMARK_INTERVAL);
     let mut live = state.events.subscribe();
     let (backlog, gone) = {
         let store = state.lock();
@@ -115,7 +112,10 @@ pub(super) fn watch(
                 loop {
                     match live.try_recv() {
                         Ok(e) => {
-                            if e.rv > last && e.collection == collection && matches(&e.object, &namespace, &name) {
+                            if e.rv > last
+                                && e.collection == collection
+                                && matches(&e.object, &namespace, &name)
+                            {
                                 if tx.send(Ok(line(e.kind, &e.object))).await.is_err() {
                                     return;
                                 }
@@ -127,7 +127,11 @@ pub(super) fn watch(
                     }
                 }
                 last = last.max(current);
-                if tx.send(Ok(line("BOOKMARK", &bookmark(&collection, last)))).await.is_err() {
+                if tx
+                    .send(Ok(line("BOOKMARK", &bookmark(&collection, last))))
+                    .await
+                    .is_err()
+                {
                     return;
                 }
             }
