@@ -15,11 +15,26 @@
 //! - watch (`?watch=true&resourceVersion=RV`): the events after RV, then live ones, as JSON lines
 //!   (`{"type":"ADDED|MODIFIED|DELETED","object":…}`), ended after `timeoutSeconds`; an RV older
 //!   than the retained history gets an `ERROR` event with a `410 Gone` `Status`, as the real server
-//!   does after compaction;
-//! - get, create (`POST`, `201`, `409 AlreadyExists`), and patch: strategic merge (maps merged,
-//!   `status.conditions` merged by `type`, other lists replaced), JSON merge patch, JSON patch
-//!   (RFC 6902, `test` included, so a failed precondition is a `422`), on the object or its
-//!   `/status` subresource;
+//!   does after compaction; with `allowWatchBookmarks=true`, `BOOKMARK` events (an object of the
+//!   watched kind with only `metadata.resourceVersion`, the current one) every
+//!   [`ApiServer::bookmark_every`] (default 1 s) and once shortly before the timeout, as the real
+//!   watch cache (`watch`), so a client resumes past compaction without a relist;
+//! - get, create (`POST`, `201`, `409 AlreadyExists`, `metadata.creationTimestamp` stamped), and
+//!   patch: strategic merge with the real merge keys of the types pullgate touches
+//!   (`status.conditions` and `status.addresses` by `type`, `metadata.ownerReferences` by `uid`,
+//!   `metadata.finalizers` as a set, every other list, `spec.taints` and `status.images` included,
+//!   replaced) and the `$patch: delete` / `$patch: replace` directives (`patch`), JSON merge patch,
+//!   JSON patch (RFC 6902, `test` included, so a failed precondition is a `422`), on the object or
+//!   its `/status` subresource; a strategic merge patch of a custom resource (`pullgate.io`) is a
+//!   `415 UnsupportedMediaType` with the real message naming the accepted types;
+//! - a no-op patch (the result equals the stored object) is not written: no new resourceVersion,
+//!   no watch event, the stored object answered, as the real `GuaranteedUpdate`;
+//! - times stored as the real server serialises them (`times`): `metav1.Time` fields
+//!   (`metadata.creationTimestamp`, Node conditions' `lastHeartbeatTime`/`lastTransitionTime`)
+//!   truncated to seconds, `MicroTime` (an Event's `eventTime`, `series.lastObservedTime`) to
+//!   microseconds, both in UTC with `Z`;
+//! - injected `429 Too Many Requests` / `503 Service Unavailable` with `Retry-After` and
+//!   `details.retryAfterSeconds` for the next N requests ([`ApiServer::throttle_next`], `throttle`);
 //! - errors as `Status` objects: `404 NotFound`, `403 Forbidden` for the Secrets and
 //!   ServiceAccounts of namespaces the test leaves without pullgate's RoleBinding, `500` injected
 //!   for the next N requests;
@@ -37,10 +52,10 @@
 //! admission, defaulting, any other validation (schemas included), label selectors, snapshot reads
 //! for later list pages (they show the objects as they are now, not as of the token's
 //! resourceVersion), token expiry by compaction (only the injected one), `resourceVersionMatch`,
-//! server-side apply, `$patch` directives of strategic merge, watch bookmarks, `Time`/`MicroTime`
-//! truncation, strategic-merge keys beyond `status.conditions` by `type` (and no `415` for strategic
-//! merge on a custom resource), no-op patch detection (every patch is a new resourceVersion),
-//! 429/503 with `Retry-After`, pruning and defaulting from a CRD's schema, protobuf.
+//! server-side apply, `sendInitialEvents` (and its `k8s.io/initial-events-end` bookmark),
+//! strategic-merge `$retainKeys`/`$setElementOrder`/`$deleteFromPrimitiveList`, merge keys of types
+//! pullgate does not touch, time truncation of fields other than those listed, pruning and
+//! defaulting from a CRD's schema, protobuf.
 
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};

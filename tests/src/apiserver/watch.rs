@@ -115,10 +115,9 @@ pub(super) fn watch(
                             if e.rv > last
                                 && e.collection == collection
                                 && matches(&e.object, &namespace, &name)
+                                && tx.send(Ok(line(e.kind, &e.object))).await.is_err()
                             {
-                                if tx.send(Ok(line(e.kind, &e.object))).await.is_err() {
-                                    return;
-                                }
+                                return;
                             }
                             last = last.max(e.rv);
                         }
