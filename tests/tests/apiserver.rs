@@ -1,7 +1,10 @@
 //! The test API server answers kube-rs's real client code: list, watch with resourceVersion (and
 //! 410 Gone after compaction), get, strategic-merge patch of node status, JSON patch with a failing
 //! `test`, event creation (and the API server's limit on an Event's note), injected 403s and 500s,
-//! list pages with `limit`/`continue` and an injected expiry of the token.
+//! list pages with `limit`/`continue` and an injected expiry of the token; no-op patches that are
+//! no write; injected 429/503 with `Retry-After`; `Time`/`MicroTime` truncation and
+//! `creationTimestamp`; strategic merge by each list's real merge key, with `$patch` directives,
+//! and `415` for a custom resource; watch bookmarks a watcher resumes from past compaction.
 
 #![allow(clippy::unwrap_used)] // test fixtures: a failed set-up step should panic with its error
 
