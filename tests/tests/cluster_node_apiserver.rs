@@ -254,3 +254,56 @@ fn a_node_never_floods_the_api_server_and_its_probes_tell_ready_from_alive() {
     let (stdout, stderr) = agent.finish();
     assert_no_leak(&cluster, &stdout, &stderr);
 }
+
+#[test]
+fn a_throttling_api_server_is_retried_until_the_gate_opens() {
+    let cluster = Cluster::start(&[("pullgate.io/not-ready", "NoSchedule")]);
+    let image = cluster.env.push(&ImageSpec::new("team/app", "v1")).unwrap();
+    cluster.api.apply(cluster.secret(PASSWORD));
+    cluster.api.apply(objects::pullset(
+        "team",
+        "critical",
+        &[&image.by_tag],
+        json!({"gate": true, "imagePullSecrets": [{"name": "regcred"}]}),
+    ));
+    // The first 20 requests are refused as an overloaded server refuses them: 429s, then 503s.
+    cluster.api.throttle_next(10, 429, 1);
+    let agent = cluster.agent(&["--rotation-jitter", "0s"]);
+    cluster
+        .api
+        .wait("the 429s answered", Duration::from_secs(60), |api| {
+            (api.pending_throttles() == 0).then_some(())
+        })
+        .unwrap_or_else(|e| panic!("{e}\nstderr:\n{}", agent.stderr()));
+    cluster.api.throttle_next(10, 503, 1);
+    cluster
+        .api
+        .wait("the 503s answered", Duration::from_secs(60), |api| {
+            (api.pending_throttles() == 0).then_some(())
+        })
+        .unwrap_or_else(|e| panic!("{e}\nstderr:\n{}", agent.stderr()));
+    // The steady state all the same: both conditions written, the taint lifted.
+    cluster.wait_condition(
+        "CriticalImagesReady",
+        "True",
+        Duration::from_secs(90),
+        &agent,
+    );
+    cluster.wait_condition(
+        "PullCredentialsValid",
+        "True",
+        Duration::from_secs(90),
+        &agent,
+    );
+    cluster
+        .api
+        .wait("the taint lifted", Duration::from_secs(90), |api| {
+            (!api
+                .node_taints(pullgate_testenv::cluster::NODE)
+                .contains(&"pullgate.io/not-ready".to_string()))
+            .then_some(())
+        })
+        .unwrap_or_else(|e| panic!("{e}\nstderr:\n{}", agent.stderr()));
+    let (stdout, stderr) = agent.finish();
+    assert_no_leak(&cluster, &stdout, &stderr);
+}

@@ -78,6 +78,41 @@ pub(super) fn matches(object: &Value, namespace: &Option<String>, name: &Option<
         && name.as_deref().is_none_or(|want| want == n)
 }
 
+/// The patch types the real server accepts for a custom resource (apiextensions-apiserver
+/// `pkg/apiserver/customresource_handler.go`: no strategic merge, which needs Go struct tags).
+const CUSTOM_RESOURCE_PATCH_TYPES: &[&str] = &[
+    "application/json-patch+json",
+    "application/merge-patch+json",
+    "application/apply-patch+yaml",
+];
+
+/// The patch types the real server accepts for a built-in resource.
+const BUILT_IN_PATCH_TYPES: &[&str] = &[
+    "application/json-patch+json",
+    "application/merge-patch+json",
+    "application/strategic-merge-patch+json",
+    "application/apply-patch+yaml",
+];
+
+/// Custom resources are those of a group served by a CRD: here, pullgate's own.
+fn is_custom_resource(api: &str) -> bool {
+    api.starts_with("pullgate.io/")
+}
+
+/// `415`, as the real server's `negotiation.NewUnsupportedMediaTypeError`
+/// (k8s.io/apiserver pkg/endpoints/handlers/negotiation/errors.go), which the patch handler
+/// (`handlers/patch.go`) returns for a content type the resource does not accept.
+fn unsupported_media_type(accepted: &[&str]) -> Response {
+    status(
+        StatusCode::UNSUPPORTED_MEDIA_TYPE,
+        "UnsupportedMediaType",
+        format!(
+            "the body of the request was in an unknown format - accepted media types include: {}",
+            accepted.join(", ")
+        ),
+    )
+}
+
 pub(super) async fn handle(
     State(state): State<ApiState>,
     method: Method,
@@ -112,6 +147,12 @@ pub(super) async fn handle(
                 "InternalError",
                 "injected failure".into(),
             );
+        }
+        if let Some(throttle) = store.throttle.as_mut()
+            && throttle.remaining > 0
+        {
+            throttle.remaining -= 1;
+            return throttle.response();
         }
     }
     let Some((api, namespace, plural, name, sub)) = route(uri.path()) else {
@@ -285,16 +326,14 @@ pub(super) async fn handle(
                     }
                 }
                 "application/merge-patch+json" => json_patch::merge(&mut patched, &patch),
-                "application/strategic-merge-patch+json" => {
-                    strategic_merge(&mut patched, &patch, "")
+                "application/strategic-merge-patch+json" if is_custom_resource(&api) => {
+                    return unsupported_media_type(CUSTOM_RESOURCE_PATCH_TYPES);
                 }
-                other => {
-                    return status(
-                        StatusCode::UNSUPPORTED_MEDIA_TYPE,
-                        "UnsupportedMediaType",
-                        format!("content type {other}"),
-                    );
+                "application/strategic-merge-patch+json" => strategic_merge(&mut patched, &patch),
+                _ if is_custom_resource(&api) => {
+                    return unsupported_media_type(CUSTOM_RESOURCE_PATCH_TYPES);
                 }
+                _ => return unsupported_media_type(BUILT_IN_PATCH_TYPES),
             }
             // The status subresource changes only status; the main resource never does.
             if scope_status {
@@ -306,6 +345,12 @@ pub(super) async fn handle(
             }
             if let Some(invalid) = validate_update(&api, &plural, &name, &patched, &current) {
                 return invalid;
+            }
+            // As the real server's `GuaranteedUpdate` (k8s.io/apiserver pkg/storage/etcd3/store.go):
+            // an update that leaves the object as stored (after the server's own normalisation of
+            // times) is not written, keeps its resourceVersion and sends no watch event.
+            if super::times::normalised(patched.clone()) == current {
+                return ok_json(StatusCode::OK, &current);
             }
             let stored = state.put(patched);
             ok_json(StatusCode::OK, &stored)

@@ -15,11 +15,26 @@
 //! - watch (`?watch=true&resourceVersion=RV`): the events after RV, then live ones, as JSON lines
 //!   (`{"type":"ADDED|MODIFIED|DELETED","object":…}`), ended after `timeoutSeconds`; an RV older
 //!   than the retained history gets an `ERROR` event with a `410 Gone` `Status`, as the real server
-//!   does after compaction;
-//! - get, create (`POST`, `201`, `409 AlreadyExists`), and patch: strategic merge (maps merged,
-//!   `status.conditions` merged by `type`, other lists replaced), JSON merge patch, JSON patch
-//!   (RFC 6902, `test` included, so a failed precondition is a `422`), on the object or its
-//!   `/status` subresource;
+//!   does after compaction; with `allowWatchBookmarks=true`, `BOOKMARK` events (an object of the
+//!   watched kind with only `metadata.resourceVersion`, the current one) every
+//!   [`ApiServer::bookmark_every`] (default 1 s) and once shortly before the timeout, as the real
+//!   watch cache (`watch`), so a client resumes past compaction without a relist;
+//! - get, create (`POST`, `201`, `409 AlreadyExists`, `metadata.creationTimestamp` stamped), and
+//!   patch: strategic merge with the real merge keys of the types pullgate touches
+//!   (`status.conditions` and `status.addresses` by `type`, `metadata.ownerReferences` by `uid`,
+//!   `metadata.finalizers` as a set, every other list, `spec.taints` and `status.images` included,
+//!   replaced) and the `$patch: delete` / `$patch: replace` directives (`patch`), JSON merge patch,
+//!   JSON patch (RFC 6902, `test` included, so a failed precondition is a `422`), on the object or
+//!   its `/status` subresource; a strategic merge patch of a custom resource (`pullgate.io`) is a
+//!   `415 UnsupportedMediaType` with the real message naming the accepted types;
+//! - a no-op patch (the result equals the stored object) is not written: no new resourceVersion,
+//!   no watch event, the stored object answered, as the real `GuaranteedUpdate`;
+//! - times stored as the real server serialises them (`times`): `metav1.Time` fields
+//!   (`metadata.creationTimestamp`, Node conditions' `lastHeartbeatTime`/`lastTransitionTime`)
+//!   truncated to seconds, `MicroTime` (an Event's `eventTime`, `series.lastObservedTime`) to
+//!   microseconds, both in UTC with `Z`;
+//! - injected `429 Too Many Requests` / `503 Service Unavailable` with `Retry-After` and
+//!   `details.retryAfterSeconds` for the next N requests ([`ApiServer::throttle_next`], `throttle`);
 //! - errors as `Status` objects: `404 NotFound`, `403 Forbidden` for the Secrets and
 //!   ServiceAccounts of namespaces the test leaves without pullgate's RoleBinding
 //!   ([`ApiServer::forbid_namespace`]), `500` injected for the next N requests;
@@ -42,10 +57,10 @@
 //! pullgate's ServiceAccount), aggregated ClusterRoles, authorization of the reviews, admission, defaulting, any other validation (schemas included), label selectors, snapshot reads
 //! for later list pages (they show the objects as they are now, not as of the token's
 //! resourceVersion), token expiry by compaction (only the injected one), `resourceVersionMatch`,
-//! server-side apply, `$patch` directives of strategic merge, watch bookmarks, `Time`/`MicroTime`
-//! truncation, strategic-merge keys beyond `status.conditions` by `type` (and no `415` for strategic
-//! merge on a custom resource), no-op patch detection (every patch is a new resourceVersion),
-//! 429/503 with `Retry-After`, pruning and defaulting from a CRD's schema, protobuf.
+//! server-side apply, `sendInitialEvents` (and its `k8s.io/initial-events-end` bookmark),
+//! strategic-merge `$retainKeys`/`$setElementOrder`/`$deleteFromPrimitiveList`, merge keys of types
+//! pullgate does not touch, time truncation of fields other than those listed, pruning and
+//! defaulting from a CRD's schema, protobuf.
 
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
@@ -62,6 +77,8 @@ pub mod objects;
 mod patch;
 mod rbac;
 mod reviews;
+mod throttle;
+mod times;
 mod validate;
 mod watch;
 
@@ -101,6 +118,10 @@ pub(crate) struct Store {
     expire_continue: u32,
     /// RBAC, when enforced, and its denials (`rbac`).
     rbac: rbac::Rbac,
+    /// The injected `429`/`503` answers still to be given.
+    throttle: Option<throttle::Throttle>,
+    /// How often a watch asking for bookmarks gets one (`None`: [`watch::BOOKMARK_INTERVAL`]).
+    bookmark_interval: Option<std::time::Duration>,
 }
 
 /// Shared state of a running server.
@@ -262,6 +283,31 @@ impl ApiServer {
         self.state.lock().expire_continue = n;
     }
 
+    /// The next `n` requests get `code` (`429 Too Many Requests` or `503 Service Unavailable`)
+    /// with `Retry-After: retry_after_secs`, as the real server's max-in-flight and
+    /// priority-and-fairness filters answer (see `throttle`).
+    pub fn throttle_next(&self, n: u32, code: u16, retry_after_secs: u64) {
+        self.state.lock().throttle = Some(throttle::Throttle {
+            remaining: n,
+            code,
+            retry_after_secs,
+        });
+    }
+
+    /// How many of the injected `429`/`503`s are still to be answered.
+    pub fn pending_throttles(&self) -> u32 {
+        self.state
+            .lock()
+            .throttle
+            .as_ref()
+            .map_or(0, |t| t.remaining)
+    }
+
+    /// Watches that ask for bookmarks (`allowWatchBookmarks=true`) get one this often.
+    pub fn bookmark_every(&self, interval: std::time::Duration) {
+        self.state.lock().bookmark_interval = Some(interval);
+    }
+
     /// The next `n` requests get `500`.
     pub fn fail_next(&self, n: u32) {
         self.state.lock().fail_next = n;
@@ -343,7 +389,7 @@ impl ApiState {
         let _ = self.events.send(event);
     }
 
-    pub(crate) fn put(&self, mut object: Value) -> Value {
+    pub(crate) fn put(&self, object: Value) -> Value {
         let api = object["apiVersion"].as_str().unwrap_or("v1").to_string();
         let plural = plural_of(object["kind"].as_str().unwrap_or(""));
         let namespace = object["metadata"]["namespace"]
@@ -354,10 +400,22 @@ impl ApiState {
             .as_str()
             .unwrap_or("")
             .to_string();
+        let mut object = times::normalised(object);
         let mut store = self.lock();
+        let collection = Collection { api, plural };
+        let stored = store
+            .objects
+            .get(&collection)
+            .and_then(|c| c.get(&(namespace.clone(), name.clone())));
+        if object["metadata"]["creationTimestamp"].is_null() {
+            // A new object is stamped now; an update keeps the stored stamp.
+            object["metadata"]["creationTimestamp"] = stored
+                .map(|o| o["metadata"]["creationTimestamp"].clone())
+                .filter(|t| !t.is_null())
+                .unwrap_or_else(|| json!(times::now_seconds()));
+        }
         store.rv += 1;
         object["metadata"]["resourceVersion"] = json!(store.rv.to_string());
-        let collection = Collection { api, plural };
         if object["metadata"]["uid"].is_null() {
             // An update keeps the object's identity; a new object gets one.
             let existing = store
@@ -411,6 +469,26 @@ fn plural_of(kind: &str) -> String {
         "Event" => "events".into(),
         "Namespace" => "namespaces".into(),
         other => format!("{}s", other.to_ascii_lowercase()),
+    }
+}
+
+/// The kind of a collection's objects (the inverse of [`plural_of`]).
+fn kind_of(plural: &str) -> String {
+    match plural {
+        "pullsets" => "PullSet".into(),
+        "secrets" => "Secret".into(),
+        "serviceaccounts" => "ServiceAccount".into(),
+        "nodes" => "Node".into(),
+        "events" => "Event".into(),
+        "namespaces" => "Namespace".into(),
+        other => {
+            let singular = other.strip_suffix('s').unwrap_or(other);
+            let mut chars = singular.chars();
+            chars
+                .next()
+                .map(|c| c.to_ascii_uppercase().to_string() + chars.as_str())
+                .unwrap_or_default()
+        }
     }
 }
 
