@@ -545,6 +545,11 @@ pub struct PrePullArgs {
     /// threshold) or a size (`20GiB`); `0` turns the check off.
     #[arg(long, env = "PULLGATE_MIN_FREE_DISK", default_value = "20%")]
     pub min_free_disk: crate::decide::prepull::MinFreeDisk,
+    /// Where the host's paths are found (in a container: the directory the host's directories are
+    /// mounted under): the image filesystem the runtime names is read at this + its mountpoint.
+    /// Unset: the mountpoint as the runtime reports it.
+    #[arg(long, env = "PULLGATE_HOST_ROOT")]
+    pub host_root: Option<crate::adapters::statvfs::HostRoot>,
     /// How often to re-check that every image is still present (the kubelet's image GC may remove one).
     #[arg(long, env = "PULLGATE_RECHECK_INTERVAL", default_value = "5m")]
     pub recheck_interval: humantime::Duration,
@@ -587,6 +592,8 @@ mod tests {
             crate::decide::prepull::MinFreeDisk::Percent(20)
         );
         assert!(Cli::try_parse_from(["pullgate", "run", "--min-free-disk", "120%"]).is_err());
+        assert_eq!(run.prepull.host_root, None);
+        assert!(Cli::try_parse_from(["pullgate", "run", "--host-root", "host"]).is_err());
         assert_eq!(
             *run.prepull.recheck_interval,
             std::time::Duration::from_secs(300)

@@ -136,6 +136,7 @@ pub struct CriClient {
     channel: Channel,
     timeouts: CriTimeouts,
     reconnects: Arc<AtomicU64>,
+    image_fs: Arc<crate::adapters::statvfs::ImageFsProbe>,
 }
 
 impl CriClient {
@@ -147,7 +148,21 @@ impl CriClient {
             channel,
             timeouts,
             reconnects: Arc::new(AtomicU64::new(0)),
+            image_fs: Arc::default(),
         }
+    }
+
+    /// Reads the image filesystem's mountpoint under `host_root` (`--host-root`; `None`: as the
+    /// runtime reports it).
+    #[must_use]
+    pub fn with_host_root(mut self, host_root: Option<crate::adapters::statvfs::HostRoot>) -> Self {
+        self.image_fs = Arc::new(crate::adapters::statvfs::ImageFsProbe::new(host_root));
+        self
+    }
+
+    /// The last look at the image filesystem (for the gauges), if the runtime named one.
+    pub fn image_fs_reading(&self) -> Option<crate::adapters::statvfs::ImageFsReading> {
+        self.image_fs.last()
     }
 
     pub fn endpoint(&self) -> &CriEndpoint {
@@ -442,16 +457,17 @@ impl ImageRuntime for CriClient {
                 Err(CriError::Call(failure)) => return Err(failure),
                 Err(CriError::InvalidEndpoint(_)) => return Ok(None),
             };
-            let Some(fs) = filesystems.into_iter().find(|fs| !fs.mountpoint.is_empty()) else {
-                return Ok(None);
-            };
-            let mountpoint = fs.mountpoint.clone();
-            Ok(
-                tokio::task::spawn_blocking(move || crate::adapters::statvfs::space(&mountpoint))
-                    .await
-                    .ok()
-                    .flatten(),
-            )
+            // The first filesystem that names a mountpoint; none named is said by the probe too.
+            let mountpoint = filesystems
+                .into_iter()
+                .map(|fs| fs.mountpoint)
+                .find(|m| !m.is_empty())
+                .unwrap_or_default();
+            let probe = self.image_fs.clone();
+            Ok(tokio::task::spawn_blocking(move || probe.read(&mountpoint))
+                .await
+                .ok()
+                .flatten())
         })
     }
 }

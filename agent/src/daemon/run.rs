@@ -103,7 +103,8 @@ pub async fn run(args: RunArgs) -> Result<RunOutcome, RunError> {
             pull: *cri.pull_timeout,
             reconnect_budget: *cri.cri_reconnect_budget,
         },
-    );
+    )
+    .with_host_root(prepull.host_root.clone());
     let out = Outputs::default();
     let metrics = out.metrics.clone();
     let api_errors = Arc::new(crate::adapters::kube::api_errors::ApiErrors::default());
@@ -141,6 +142,7 @@ pub async fn run(args: RunArgs) -> Result<RunOutcome, RunError> {
             let (cri, api) = (client.clone(), api_errors.clone());
             let refresh: Refresh = Arc::new(move |m: &Metrics| {
                 m.sync_cri_reconnects(cri.reconnects());
+                m.image_fs(cri.image_fs_reading().as_ref());
                 for (kind, total) in api.counts() {
                     m.sync_apiserver_errors(kind, total);
                 }

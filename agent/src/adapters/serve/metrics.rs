@@ -64,6 +64,12 @@ pub struct ReasonLabels {
     pub reason: String,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct MountpointLabels {
+    /// The image filesystem's mountpoint as the runtime reports it (printable, bounded).
+    pub mountpoint: String,
+}
+
 type HistogramFamily<L> = Family<L, Histogram, fn() -> Histogram>;
 
 fn duration_histogram() -> Histogram {
@@ -88,6 +94,9 @@ pub struct Metrics {
     apiserver_errors: Family<ApiErrorLabels, Counter>,
     events: Family<ReasonLabels, Counter>,
     events_dropped: Counter,
+    image_fs_free: Family<MountpointLabels, Gauge>,
+    image_fs_capacity: Family<MountpointLabels, Gauge>,
+    image_fs_readable: Family<MountpointLabels, Gauge>,
     /// The label sets created per namespace and per PullSet image, so that the series of what is
     /// gone can be removed ([`Metrics::retain`]).
     series: Mutex<Series>,
@@ -100,6 +109,8 @@ struct Series {
     canaries: HashSet<CanaryLabels>,
     /// The expiry series each PullSet image last set.
     expiry: HashMap<(ObjectKey, String), ExpiryLabels>,
+    /// The image filesystem the gauges describe (the last one read).
+    image_fs: Option<MountpointLabels>,
 }
 
 impl Default for Metrics {
@@ -190,6 +201,24 @@ impl Metrics {
                 "events_dropped",
                 "Events not sent: over the per-node budget, or queued too long while the API server was away",
                 Counter::default(),
+            ),
+            image_fs_free: registered(
+                r,
+                "image_fs_free_bytes",
+                "Free bytes of the runtime's image filesystem (statvfs f_bavail), as last read before a download; absent while it cannot be read",
+                Family::default(),
+            ),
+            image_fs_capacity: registered(
+                r,
+                "image_fs_capacity_bytes",
+                "Size in bytes of the runtime's image filesystem, as last read; absent while it cannot be read",
+                Family::default(),
+            ),
+            image_fs_readable: registered(
+                r,
+                "image_fs_readable",
+                "1 when the image filesystem could be read at its last look, 0 when not (--min-free-disk is then not enforced: see --host-root)",
+                Family::default(),
             ),
             registry,
             series: Mutex::default(),
@@ -350,6 +379,45 @@ impl Metrics {
 
     pub fn events_dropped(&self, n: u64) {
         self.events_dropped.inc_by(n);
+    }
+
+    /// Sets the image filesystem's gauges to the last reading: the size and free space while it
+    /// can be read (removed while it cannot, never a stale figure), readable 1 or 0; the series
+    /// of a mountpoint the runtime no longer names are removed.
+    pub fn image_fs(&self, reading: Option<&crate::adapters::statvfs::ImageFsReading>) {
+        let mut series = self.series();
+        let labels = reading.map(|r| MountpointLabels {
+            mountpoint: r.mountpoint.clone(),
+        });
+        if let Some(old) = series.image_fs.take()
+            && Some(&old) != labels.as_ref()
+        {
+            self.image_fs_free.remove(&old);
+            self.image_fs_capacity.remove(&old);
+            self.image_fs_readable.remove(&old);
+        }
+        let (Some(reading), Some(labels)) = (reading, labels) else {
+            return;
+        };
+        let gauge = |bytes: u64| i64::try_from(bytes).unwrap_or(i64::MAX);
+        match reading.space {
+            Some(space) => {
+                self.image_fs_free
+                    .get_or_create(&labels)
+                    .set(gauge(space.free_bytes));
+                self.image_fs_capacity
+                    .get_or_create(&labels)
+                    .set(gauge(space.capacity_bytes));
+            }
+            None => {
+                self.image_fs_free.remove(&labels);
+                self.image_fs_capacity.remove(&labels);
+            }
+        }
+        self.image_fs_readable
+            .get_or_create(&labels)
+            .set(i64::from(reading.space.is_some()));
+        series.image_fs = Some(labels);
     }
 
     /// The text exposition format.
@@ -565,6 +633,54 @@ mod tests {
         let text = m.encode();
         assert!(
             text.contains(r#"credential="secret team/x key r"} 253402300800"#),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn image_fs_gauges_follow_the_last_reading_and_never_keep_a_stale_figure() {
+        use crate::adapters::statvfs::ImageFsReading;
+        use crate::decide::runtime::ImageFsSpace;
+        let m = Metrics::new();
+        m.image_fs(None);
+        assert!(!m.encode().contains("pullgate_image_fs"), "{}", m.encode());
+        let read = |mountpoint: &str, space: Option<(u64, u64)>| ImageFsReading {
+            mountpoint: mountpoint.into(),
+            space: space.map(|(free, capacity)| ImageFsSpace {
+                free_bytes: free,
+                capacity_bytes: capacity,
+            }),
+        };
+        m.image_fs(Some(&read("/var/lib/c", Some((10, 100)))));
+        let text = m.encode();
+        for line in [
+            r#"pullgate_image_fs_free_bytes{mountpoint="/var/lib/c"} 10"#,
+            r#"pullgate_image_fs_capacity_bytes{mountpoint="/var/lib/c"} 100"#,
+            r#"pullgate_image_fs_readable{mountpoint="/var/lib/c"} 1"#,
+        ] {
+            assert!(text.contains(line), "{line} not in\n{text}");
+        }
+        // Cannot be read any more: no figure, readable 0.
+        m.image_fs(Some(&read("/var/lib/c", None)));
+        let text = m.encode();
+        assert!(!text.contains("pullgate_image_fs_free_bytes{"), "{text}");
+        assert!(
+            !text.contains("pullgate_image_fs_capacity_bytes{"),
+            "{text}"
+        );
+        assert!(
+            text.contains(r#"pullgate_image_fs_readable{mountpoint="/var/lib/c"} 0"#),
+            "{text}"
+        );
+        // Another mountpoint: the old one's series go; huge sizes saturate.
+        m.image_fs(Some(&read("/d", Some((u64::MAX, u64::MAX)))));
+        let text = m.encode();
+        assert!(!text.contains("/var/lib/c"), "{text}");
+        assert!(
+            text.contains(&format!(
+                r#"pullgate_image_fs_free_bytes{{mountpoint="/d"}} {}"#,
+                i64::MAX
+            )),
             "{text}"
         );
     }

@@ -100,8 +100,6 @@ pub struct PrePuller<R> {
     /// Owners' credentials that the runtime accepted for an image on the node, so that later passes
     /// do not ask the registry again (see [`Judged`]).
     judged: std::sync::Mutex<HashMap<(String, String), Judged>>,
-    /// Whether the warning that the image filesystem cannot be sized was logged (once).
-    unsized_fs_said: std::sync::atomic::AtomicBool,
 }
 
 /// How long an owner's credential that re-resolved an image on the node is taken as good without
@@ -179,7 +177,6 @@ impl<R: ImageRuntime> PrePuller<R> {
             },
             node: node.into(),
             judged: std::sync::Mutex::default(),
-            unsized_fs_said: std::sync::atomic::AtomicBool::new(false),
         }
     }
 
@@ -316,10 +313,11 @@ impl<R: ImageRuntime> PrePuller<R> {
     }
 
     /// A failure when the image filesystem is at or below the headroom (read before each download,
-    /// as earlier pulls of the pass use space). A filesystem that cannot be read does not stop the
-    /// pull: the headroom is a guard, not a precondition.
+    /// as earlier pulls of the pass use space; not read at all with the headroom off). A
+    /// filesystem that cannot be read does not stop the pull: the headroom is a guard, not a
+    /// precondition; the runtime adapter says once per path why it cannot be read.
     async fn disk_pressure(&self, down: &RuntimeDown) -> Option<Failure> {
-        if down.get().is_some() {
+        if down.get().is_some() || !self.config.min_free_disk.is_enabled() {
             return None;
         }
         match self.runtime.image_fs().await {
@@ -331,18 +329,7 @@ impl<R: ImageRuntime> PrePuller<R> {
                     verdict: Verdict::DiskPressure,
                     message,
                 }),
-            Ok(None) => {
-                if self.config.min_free_disk.is_enabled()
-                    && !self
-                        .unsized_fs_said
-                        .swap(true, std::sync::atomic::Ordering::Relaxed)
-                {
-                    tracing::warn!(
-                        "the image filesystem's size cannot be read (the runtime names no mountpoint, or the agent cannot see it): --min-free-disk is not enforced"
-                    );
-                }
-                None
-            }
+            Ok(None) => None,
             Err(e) => {
                 tracing::debug!(error = %e, "ImageFsInfo failed; pulling without a disk check");
                 None

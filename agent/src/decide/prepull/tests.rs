@@ -628,6 +628,50 @@ async fn no_download_starts_at_or_below_the_disk_headroom() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn the_image_filesystem_is_read_before_each_download_and_not_at_all_with_the_headroom_off() {
+    let images = || {
+        vec![
+            desired(
+                "r.io/a:1",
+                vec![("s1", vec![candidate("good", "pw")], vec![])],
+            ),
+            desired(
+                "r.io/b:1",
+                vec![("s1", vec![candidate("good", "pw")], vec![])],
+            ),
+        ]
+    };
+    for (min_free_disk, reads) in [
+        (MinFreeDisk::Percent(20), 2),
+        (MinFreeDisk::Percent(0), 0),
+        (MinFreeDisk::Bytes(0), 0),
+    ] {
+        let rt = Arc::new(FakeRuntime::default());
+        let engine = PrePuller::new(
+            rt.clone(),
+            PrePullConfig {
+                min_free_disk,
+                ..fast()
+            },
+            "node-1",
+        );
+        let out = Mutex::new(Vec::new());
+        engine
+            .pass(&images(), &CancellationToken::new(), &|o| {
+                out.lock().unwrap().push(o)
+            })
+            .await;
+        assert_eq!(
+            rt.image_fs_reads.load(std::sync::atomic::Ordering::Relaxed),
+            reads,
+            "{min_free_disk}"
+        );
+        // Unreadable (the fake tells nothing): the pulls go ahead.
+        assert_eq!(rt.pulls.lock().unwrap().len(), 2, "{min_free_disk}");
+    }
+}
+
+#[tokio::test(start_paused = true)]
 async fn a_credential_that_re_resolved_a_present_image_is_not_asked_again_until_it_changes_or_an_hour_passes()
  {
     let image = "r.io/a:1";

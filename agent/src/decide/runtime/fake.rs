@@ -30,6 +30,8 @@ pub struct FakeRuntime {
     down: Mutex<Option<(usize, Duration)>>,
     /// What `ImageFsInfo` reports (`None`: cannot be told).
     pub image_fs: Mutex<Option<ImageFsSpace>>,
+    /// How many times `ImageFsInfo` was asked.
+    pub image_fs_reads: AtomicUsize,
 }
 
 impl FakeRuntime {
@@ -176,6 +178,7 @@ impl ImageRuntime for FakeRuntime {
 
     /// Not counted as a call (the scripted outages count the calls that pull).
     fn image_fs(&self) -> BoxFuture<'_, Result<Option<ImageFsSpace>, RuntimeFailure>> {
+        self.image_fs_reads.fetch_add(1, Ordering::Relaxed);
         Box::pin(async move { Ok(*lock(&self.image_fs)) })
     }
 }
