@@ -1225,3 +1225,88 @@ fn podmonitor_example() {
         );
     }
 }
+
+/// The image filesystem's mountpoint containerd's CRI reports by default (`ImageFsInfo`): its root
+/// (`/var/lib/containerd`, containerd `defaults/defaults_unix.go` `DefaultRootDir`) joined with the
+/// snapshotter plugin's id (`imageFSPath` in `pkg/cri/server/service.go` of 1.7,
+/// `internal/cri/server/images/service.go` of 2.x): overlayfs by default, native as the test
+/// harness runs it.
+const CONTAINERD_IMAGE_FS: [&str; 2] = [
+    "/var/lib/containerd/io.containerd.snapshotter.v1.overlayfs",
+    "/var/lib/containerd/io.containerd.snapshotter.v1.native",
+];
+
+/// The disk headroom is enforced in the shipped DaemonSet: the path the agent stats for
+/// containerd's default mountpoint (by the agent's own join rule, `--host-root` + mountpoint) lies
+/// under a read-only hostPath mount that holds that same path on the host.
+#[test]
+fn daemonset_mounts_the_image_filesystem_where_the_agent_reads_it() {
+    let flags = agent_flags();
+    assert!(
+        flags.contains_key("PULLGATE_HOST_ROOT"),
+        "`pullgate run` has no PULLGATE_HOST_ROOT flag"
+    );
+    for root in ["base", "overlays/example"] {
+        let objs = render(root);
+        let (obj, ds) = one_of::<DaemonSet>(&objs, "DaemonSet", root);
+        let what = obj.what();
+        let c = the_container(&obj, &ds);
+        let pod = ds.spec.as_ref().unwrap().template.spec.as_ref().unwrap();
+        let host_root: pullgate::adapters::statvfs::HostRoot =
+            env_value(&obj, &c, "PULLGATE_HOST_ROOT")
+                .value
+                .unwrap_or_else(|| panic!("{what}: env PULLGATE_HOST_ROOT needs a value"))
+                .parse()
+                .unwrap_or_else(|e| panic!("{what}: {e}"));
+        let mounts = c.volume_mounts.clone().unwrap_or_default();
+        let volumes = pod.volumes.clone().unwrap_or_default();
+        for mountpoint in CONTAINERD_IMAGE_FS {
+            let read_at =
+                pullgate::adapters::statvfs::host_path(Some(&host_root), mountpoint).unwrap();
+            // The innermost mount holding the path is the one the agent reads through.
+            let (mount, rest) = mounts
+                .iter()
+                .filter_map(|m| {
+                    read_at
+                        .strip_prefix(&m.mount_path)
+                        .ok()
+                        .map(|rest| (m, rest.to_path_buf()))
+                })
+                .max_by_key(|(m, _)| m.mount_path.len())
+                .unwrap_or_else(|| {
+                    panic!(
+                        "{what}: no volumeMount holds {}, where the agent reads the image filesystem {mountpoint}",
+                        read_at.display()
+                    )
+                });
+            assert_eq!(
+                mount.read_only,
+                Some(true),
+                "{what}: volumeMount {} (the image filesystem) must be read-only",
+                mount.name
+            );
+            let host_path = volumes
+                .iter()
+                .find(|v| v.name == mount.name)
+                .and_then(|v| v.host_path.clone())
+                .unwrap_or_else(|| {
+                    panic!(
+                        "{what}: volume {} (the image filesystem) must be a hostPath",
+                        mount.name
+                    )
+                });
+            assert_eq!(
+                Path::new(&host_path.path).join(&rest),
+                Path::new(mountpoint),
+                "{what}: {} is not the host's {mountpoint}",
+                read_at.display()
+            );
+            assert_eq!(
+                host_path.type_.as_deref(),
+                Some("Directory"),
+                "{what}: volume {} must be of type Directory (never created on the host)",
+                mount.name
+            );
+        }
+    }
+}
