@@ -200,7 +200,7 @@ fn an_image_filesystem_not_under_the_host_root_is_said_once_by_path_and_the_pull
             empty.path().to_str().unwrap(),
             "--min-free-disk",
             "100%",
-            // One pull at a time: each download reads the filesystem first, twice in all.
+            // One pull at a time: the pass and each download read the filesystem, three reads in all.
             "--max-parallel-pulls",
             "1",
             "--metrics-addr",

@@ -205,7 +205,7 @@ impl Metrics {
             image_fs_free: registered(
                 r,
                 "image_fs_free_bytes",
-                "Free bytes of the runtime's image filesystem (statvfs f_bavail), as last read before a download; absent while it cannot be read",
+                "Free bytes of the runtime's image filesystem (statvfs f_bavail), as last read (once a pre-pull pass and before each download); absent while it cannot be read",
                 Family::default(),
             ),
             image_fs_capacity: registered(

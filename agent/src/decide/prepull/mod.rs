@@ -202,7 +202,14 @@ impl<R: ImageRuntime> PrePuller<R> {
                 .retain(|(reference, _), _| named.contains(reference));
         }
         let index = match self.runtime.list_images().await {
-            Ok(images) => PresentIndex::new(images),
+            Ok(images) => {
+                // One look at the image filesystem per pass, downloads or not, so that what the
+                // runtime adapter last read (its gauges) is never older than a pass.
+                if self.config.min_free_disk.is_enabled() {
+                    let _ = self.runtime.image_fs().await;
+                }
+                PresentIndex::new(images)
+            }
             Err(e @ RuntimeFailure::Unreachable { .. }) => {
                 let _ = down.set(e.to_string());
                 PresentIndex::default()

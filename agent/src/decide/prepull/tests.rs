@@ -628,25 +628,25 @@ async fn no_download_starts_at_or_below_the_disk_headroom() {
 }
 
 #[tokio::test(start_paused = true)]
-async fn the_image_filesystem_is_read_before_each_download_and_not_at_all_with_the_headroom_off() {
+async fn the_image_filesystem_is_read_once_a_pass_and_before_each_download_and_not_with_the_headroom_off()
+ {
+    let owners = || vec![("s1", vec![candidate("good", "pw")], vec![])];
     let images = || {
         vec![
-            desired(
-                "r.io/a:1",
-                vec![("s1", vec![candidate("good", "pw")], vec![])],
-            ),
-            desired(
-                "r.io/b:1",
-                vec![("s1", vec![candidate("good", "pw")], vec![])],
-            ),
+            desired("r.io/a:1", owners()),
+            desired("r.io/b:1", owners()),
+            desired("r.io/present:1", owners()),
         ]
     };
     for (min_free_disk, reads) in [
-        (MinFreeDisk::Percent(20), 2),
+        // One for the pass (the gauges), one before each of the two downloads.
+        (MinFreeDisk::Percent(20), 3),
+        (MinFreeDisk::Bytes(1), 3),
         (MinFreeDisk::Percent(0), 0),
         (MinFreeDisk::Bytes(0), 0),
     ] {
         let rt = Arc::new(FakeRuntime::default());
+        rt.hold("r.io/present:1", "sha256:p");
         let engine = PrePuller::new(
             rt.clone(),
             PrePullConfig {
@@ -666,9 +666,18 @@ async fn the_image_filesystem_is_read_before_each_download_and_not_at_all_with_t
             reads,
             "{min_free_disk}"
         );
-        // Unreadable (the fake tells nothing): the pulls go ahead.
-        assert_eq!(rt.pulls.lock().unwrap().len(), 2, "{min_free_disk}");
+        // Unreadable (the fake tells nothing): the pulls go ahead, and the present image is
+        // re-resolved.
+        assert_eq!(rt.pulls.lock().unwrap().len(), 3, "{min_free_disk}");
     }
+    // Nothing to download: still one read for the pass.
+    let rt = Arc::new(FakeRuntime::default());
+    rt.hold("r.io/present:1", "sha256:p");
+    run(rt.clone(), vec![desired("r.io/present:1", owners())]).await;
+    assert_eq!(
+        rt.image_fs_reads.load(std::sync::atomic::Ordering::Relaxed),
+        1
+    );
 }
 
 #[tokio::test(start_paused = true)]
