@@ -183,19 +183,27 @@ impl ImageFsProbe {
             let mut said = lock(&self.said);
             said.len() < MAX_SAID && said.insert(key)
         };
-        let how = match &self.host_root {
-            Some(root) => format!(
-                "the path read is --host-root {} + the runtime's mountpoint: mount the host's directory there, read-only (manifests/base/daemonset.yaml mounts /var/lib/containerd)",
-                root.path().display()
-            ),
-            None => "the path read is the runtime's mountpoint as it reports it: in a container, mount the host's directory under a directory and pass it as --host-root".to_string(),
-        };
         if first {
-            tracing::warn!("{e}; --min-free-disk is not enforced, pulls go ahead ({how})");
+            tracing::warn!("{}", warning(e, self.host_root.as_ref()));
         } else {
             tracing::debug!(error = %e, "the image filesystem's size cannot be read");
         }
     }
+}
+
+/// The warning for `e`: what was tried, the consequence, and how to mount it.
+fn warning(e: &StatvfsError, host_root: Option<&HostRoot>) -> String {
+    let how = match (e, host_root) {
+        (StatvfsError::NoMountpoint | StatvfsError::NotNormalised(_), _) => {
+            "nothing was read".to_string()
+        }
+        (_, Some(root)) => format!(
+            "the path read is --host-root {} + the runtime's mountpoint: mount the host's directory there, read-only (manifests/base/daemonset.yaml mounts /var/lib/containerd)",
+            root.path().display()
+        ),
+        (_, None) => "the path read is the runtime's mountpoint as it reports it: in a container, mount the host's directory under a directory and pass it as --host-root".to_string(),
+    };
+    format!("{e}; --min-free-disk is not enforced, pulls go ahead ({how})")
 }
 
 #[cfg(test)]
@@ -241,6 +249,40 @@ mod tests {
         assert!(e.contains("`../\\u{1b}]0;x`"), "{e}");
         let long = format!("rel/{}", "a".repeat(10_000));
         assert!(host_path(None, &long).unwrap_err().to_string().len() < 400);
+    }
+
+    #[test]
+    fn the_warning_names_the_path_the_flag_and_the_consequence() {
+        let root: HostRoot = "/host".parse().unwrap();
+        let unreadable = StatvfsError::Unreadable {
+            path: "/host/var/lib/containerd/x".into(),
+            cause: "No such file or directory (os error 2)".into(),
+        };
+        for (e, host_root, words) in [
+            (
+                &unreadable,
+                Some(&root),
+                &[
+                    "at /host/var/lib/containerd/x: No such file",
+                    "--host-root /host +",
+                ][..],
+            ),
+            (&unreadable, None, &["pass it as --host-root"][..]),
+            (
+                &StatvfsError::NoMountpoint,
+                Some(&root),
+                &["names no image filesystem mountpoint", "nothing was read"][..],
+            ),
+        ] {
+            let w = warning(e, host_root);
+            assert!(
+                w.contains("--min-free-disk is not enforced, pulls go ahead"),
+                "{w}"
+            );
+            for word in words {
+                assert!(w.contains(word), "{word:?} not in {w}");
+            }
+        }
     }
 
     #[test]
