@@ -420,6 +420,23 @@ pub struct HttpArgs {
     /// HTTP connections served at once; one more is closed unserved.
     #[arg(long, env = "PULLGATE_HTTP_MAX_CONNECTIONS", default_value_t = 64, value_parser = clap::value_parser!(u16).range(1..))]
     pub http_max_connections: u16,
+    /// With `--metrics-auth kubernetes`: token reviews (a token not in the cache) that may start
+    /// at once…
+    #[arg(long, env = "PULLGATE_METRICS_REVIEW_BURST", default_value_t = 10, value_parser = clap::value_parser!(u32).range(1..))]
+    pub metrics_review_burst: u32,
+    /// …then one more per this; past it a `/metrics` request is answered 429 with `Retry-After`,
+    /// without a review. Must be more than 0.
+    #[arg(long, env = "PULLGATE_METRICS_REVIEW_REFILL", default_value = "200ms", value_parser = parse_positive_duration)]
+    pub metrics_review_refill: humantime::Duration,
+}
+
+/// A duration longer than zero.
+fn parse_positive_duration(s: &str) -> Result<humantime::Duration, String> {
+    let d: humantime::Duration = s.parse().map_err(|e| format!("{e}"))?;
+    if d.is_zero() {
+        return Err("must be more than 0".into());
+    }
+    Ok(d)
 }
 
 /// The agent's local API socket.
