@@ -587,6 +587,39 @@ mod tests {
     }
 
     #[test]
+    fn metrics_review_limits_default_to_client_gos_rate_and_refuse_zero() {
+        let parse = |extra: &[&str]| {
+            let args = ["pullgate", "run", "--node-name", "n1"];
+            Cli::try_parse_from(args.iter().chain(extra)).map(|cli| match cli.command {
+                Command::Run(run) => (
+                    run.http.metrics_review_burst,
+                    *run.http.metrics_review_refill,
+                ),
+                _ => panic!("run expected"),
+            })
+        };
+        let ms = std::time::Duration::from_millis;
+        assert_eq!(parse(&[]).unwrap(), (10, ms(200)));
+        assert_eq!(
+            parse(&[
+                "--metrics-review-burst",
+                "3",
+                "--metrics-review-refill",
+                "1h"
+            ])
+            .unwrap(),
+            (3, ms(3_600_000))
+        );
+        for bad in [
+            &["--metrics-review-refill", "0s"][..],
+            &["--metrics-review-burst", "0"],
+            &["--metrics-review-refill", "soon"],
+        ] {
+            assert!(parse(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
     fn defaults() {
         let cli =
             Cli::try_parse_from(["pullgate", "run", "--manifests", "/m", "--node-name", "n1"])
