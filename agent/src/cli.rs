@@ -420,6 +420,23 @@ pub struct HttpArgs {
     /// HTTP connections served at once; one more is closed unserved.
     #[arg(long, env = "PULLGATE_HTTP_MAX_CONNECTIONS", default_value_t = 64, value_parser = clap::value_parser!(u16).range(1..))]
     pub http_max_connections: u16,
+    /// With `--metrics-auth kubernetes`: token reviews (a token not in the cache) that may start
+    /// at once…
+    #[arg(long, env = "PULLGATE_METRICS_REVIEW_BURST", default_value_t = 10, value_parser = clap::value_parser!(u32).range(1..))]
+    pub metrics_review_burst: u32,
+    /// …then one more per this; past it a `/metrics` request is answered 429 with `Retry-After`,
+    /// without a review. Must be more than 0.
+    #[arg(long, env = "PULLGATE_METRICS_REVIEW_REFILL", default_value = "200ms", value_parser = parse_positive_duration)]
+    pub metrics_review_refill: humantime::Duration,
+}
+
+/// A duration longer than zero.
+fn parse_positive_duration(s: &str) -> Result<humantime::Duration, String> {
+    let d: humantime::Duration = s.parse().map_err(|e| format!("{e}"))?;
+    if d.is_zero() {
+        return Err("must be more than 0".into());
+    }
+    Ok(d)
 }
 
 /// The agent's local API socket.
@@ -572,6 +589,39 @@ mod tests {
     fn cli_is_consistent() {
         use clap::CommandFactory;
         Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn metrics_review_limits_default_to_client_gos_rate_and_refuse_zero() {
+        let parse = |extra: &[&str]| {
+            let args = ["pullgate", "run", "--node-name", "n1"];
+            Cli::try_parse_from(args.iter().chain(extra)).map(|cli| match cli.command {
+                Command::Run(run) => (
+                    run.http.metrics_review_burst,
+                    *run.http.metrics_review_refill,
+                ),
+                _ => panic!("run expected"),
+            })
+        };
+        let ms = std::time::Duration::from_millis;
+        assert_eq!(parse(&[]).unwrap(), (10, ms(200)));
+        assert_eq!(
+            parse(&[
+                "--metrics-review-burst",
+                "3",
+                "--metrics-review-refill",
+                "1h"
+            ])
+            .unwrap(),
+            (3, ms(3_600_000))
+        );
+        for bad in [
+            &["--metrics-review-refill", "0s"][..],
+            &["--metrics-review-burst", "0"],
+            &["--metrics-review-refill", "soon"],
+        ] {
+            assert!(parse(bad).is_err(), "{bad:?}");
+        }
     }
 
     #[test]

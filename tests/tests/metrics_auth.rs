@@ -4,6 +4,9 @@
 //! - `/metrics` without a token or with an unknown one is 401, with a token whose user may not
 //!   `get /metrics` 403, with an allowed one 200 and the metrics; `/healthz` needs no token;
 //!   reviews are cached (a second scrape with the same token makes no new review);
+//! - token reviews are paced: a flood of distinct unknown tokens costs the API server at most
+//!   `--metrics-review-burst` TokenReviews, the rest are 429 with `Retry-After` and no review, and
+//!   a cached token keeps its metrics;
 //! - a client that never finishes its headers is disconnected after `--http-header-timeout`;
 //! - past `--http-max-connections` a connection is closed unserved, and served again once one
 //!   of the others closes.
@@ -18,6 +21,15 @@ use std::time::{Duration, Instant};
 
 /// `GET path` with this `Authorization` header: the status code and the body.
 fn get(port: u16, path: &str, authorization: Option<&str>) -> Option<(u16, String)> {
+    get_with_head(port, path, authorization).map(|(status, _, body)| (status, body))
+}
+
+/// `GET path`: the status code, the response head (status line and headers) and the body.
+fn get_with_head(
+    port: u16,
+    path: &str,
+    authorization: Option<&str>,
+) -> Option<(u16, String, String)> {
     let mut stream = TcpStream::connect(("127.0.0.1", port)).ok()?;
     stream
         .set_read_timeout(Some(Duration::from_secs(10)))
@@ -33,7 +45,8 @@ fn get(port: u16, path: &str, authorization: Option<&str>) -> Option<(u16, Strin
     let mut response = String::new();
     stream.read_to_string(&mut response).ok()?;
     let status = response.split_whitespace().nth(1)?.parse().ok()?;
-    Some((status, response.split_once("\r\n\r\n")?.1.to_string()))
+    let (head, body) = response.split_once("\r\n\r\n")?;
+    Some((status, head.to_string(), body.to_string()))
 }
 
 /// Waits until `f` gives something, for at most `timeout`.
@@ -125,6 +138,72 @@ fn metrics_need_a_token_the_api_server_allows() {
             "{token}"
         );
     }
+}
+
+#[test]
+fn a_flood_of_unknown_tokens_is_refused_without_reviews_past_the_limit() {
+    let cluster = Cluster::start(&[]);
+    cluster.api.add_token(
+        "token-reader",
+        "system:serviceaccount:monitoring:prometheus",
+    );
+    cluster
+        .api
+        .allow_metrics("system:serviceaccount:monitoring:prometheus");
+    let port = free_port().unwrap();
+    // Five reviews, then one an hour: the bound below does not depend on how fast this runs.
+    let agent = cluster.agent(&[
+        "--metrics-addr",
+        &format!("127.0.0.1:{port}"),
+        "--metrics-review-burst",
+        "5",
+        "--metrics-review-refill",
+        "1h",
+    ]);
+    wait("/healthz", Duration::from_secs(30), || {
+        get(port, "/healthz", None)
+    });
+    let (status, body) = get(port, "/metrics", Some("Bearer token-reader")).unwrap();
+    assert_eq!(status, 200, "{body}\n{}", agent.stderr());
+    let (reviews_before, _) = cluster.api.review_counts();
+
+    const FLOOD: usize = 60;
+    let (mut unauthorized, mut throttled) = (0, 0);
+    for i in 0..FLOOD {
+        let token = format!("Bearer random-token-{i}");
+        let (status, head, body) = get_with_head(port, "/metrics", Some(&token)).unwrap();
+        match status {
+            401 => unauthorized += 1,
+            429 => {
+                assert!(
+                    head.to_ascii_lowercase().contains("\r\nretry-after: 3600"),
+                    "{head}"
+                );
+                assert!(!body.contains("pullgate_"), "{body}");
+                throttled += 1;
+            }
+            other => panic!("{other}: {head}\n{body}"),
+        }
+    }
+    let (reviews_after, _) = cluster.api.review_counts();
+    // The reader's review took one of the five.
+    assert_eq!(unauthorized, 4, "{}", agent.stderr());
+    assert_eq!(throttled, FLOOD - 4);
+    assert_eq!(
+        reviews_after - reviews_before,
+        unauthorized,
+        "one TokenReview per unknown token answered, none for the refused ones"
+    );
+    // The cached reader still gets its metrics, with no review.
+    let (status, body) = get(port, "/metrics", Some("Bearer token-reader")).unwrap();
+    assert_eq!(status, 200, "{body}");
+    assert!(body.contains("pullgate_"), "{body}");
+    assert_eq!(cluster.api.review_counts().0, reviews_after);
+    let (stdout, stderr) = agent.finish();
+    assert!(
+        !stdout.contains("random-token") && !stderr.contains("random-token"),
+        "a token in the output"
+    );
 }
 
 #[test]

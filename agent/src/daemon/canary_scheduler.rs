@@ -5,7 +5,7 @@
 //! to manual callers, and the next canary times to [`CanaryControl`]. It beats the watchdog at
 //! each iteration, after each canary run and while it waits (however far the next cron time).
 
-use crate::adapters::serve::local_api::RunNowRefused;
+use crate::adapters::serve::local_api::{RepliesLost, RunNowRefused};
 use crate::daemon::watchdog::Beat;
 use crate::decide::canary::runner::{CanaryOutcome, CanaryRunner, RegistryProbe};
 use crate::decide::canary::schedule::{Action, CanarySchedule, Input, Now, ScheduleConfig};
@@ -51,11 +51,20 @@ impl Default for ServiceConfig {
 /// is running); more are refused with [`RunNowRefused::Busy`].
 pub const MANUAL_REQUESTS: usize = 16;
 
+/// What a manual caller's reply stream holds before the caller reads it: one PullSet's whole
+/// run (one outcome per image, at most `MAX_IMAGES`) and a last slot for [`RepliesLost`]. The
+/// loop never waits on a caller: one that leaves the stream full while more outcomes come gets
+/// that mark in the last slot and nothing more (the status board keeps every outcome).
+pub const REPLY_OUTCOMES: usize = crate::model::pullset::MAX_IMAGES + 1;
+
+/// A manual caller's end of its reply stream.
+pub type ReplyTx = mpsc::Sender<Result<CanaryOutcome, RepliesLost>>;
+
 /// A request to run canaries now (the local API's `TriggerCanary`): one PullSet, or every one
 /// canaried on this node; each outcome is also sent to `reply`, which closes when all are done.
 pub struct ManualRun {
     pub pullset: Option<ObjectKey>,
-    pub reply: mpsc::UnboundedSender<CanaryOutcome>,
+    pub reply: ReplyTx,
 }
 
 /// How the rest of the agent reaches a running service: manual runs in, next canary times out.
@@ -81,12 +90,12 @@ impl CanaryControl {
 
     /// Runs canaries now; the receiver yields each outcome and ends when the run is done. At
     /// most [`MANUAL_REQUESTS`] requests wait for the service to take them: more are refused
-    /// (`Busy`), not queued. The reply channel holds at most one outcome per image canaried here.
+    /// (`Busy`), not queued. The reply channel holds [`REPLY_OUTCOMES`].
     pub fn run_now(
         &self,
         pullset: Option<ObjectKey>,
-    ) -> Result<mpsc::UnboundedReceiver<CanaryOutcome>, RunNowRefused> {
-        let (reply, rx) = mpsc::unbounded_channel();
+    ) -> Result<mpsc::Receiver<Result<CanaryOutcome, RepliesLost>>, RunNowRefused> {
+        let (reply, rx) = mpsc::channel(REPLY_OUTCOMES);
         self.manual
             .try_send(ManualRun { pullset, reply })
             .map_err(|e| match e {
@@ -227,7 +236,7 @@ struct Driver<P> {
     node: NodeInfo,
     loaded: Arc<Snapshot>,
     /// Manual callers waiting for a PullSet's next run.
-    replies: HashMap<ObjectKey, Vec<mpsc::UnboundedSender<CanaryOutcome>>>,
+    replies: HashMap<ObjectKey, Vec<ReplyTx>>,
     beat: Beat,
 }
 
@@ -252,7 +261,7 @@ impl<P: RegistryProbe + 'static> Driver<P> {
                 Action::Run { key, trigger } => {
                     ran = true;
                     // Dropped at the end of this run: a manual caller's stream then ends.
-                    let waiting = self.replies.remove(&key).unwrap_or_default();
+                    let mut waiting = self.replies.remove(&key).unwrap_or_default();
                     let Some(set) = self.loaded.inventory.pullsets.get(&key) else {
                         continue;
                     };
@@ -275,9 +284,7 @@ impl<P: RegistryProbe + 'static> Driver<P> {
                     self.beat.beat();
                     for o in &outcomes {
                         self.sink.outcome(o);
-                        for reply in &waiting {
-                            let _ = reply.send(o.clone());
-                        }
+                        answer_callers(&mut waiting, &mut self.replies, o);
                     }
                     let verdicts: Vec<(String, Verdict)> = outcomes
                         .iter()
@@ -306,11 +313,33 @@ impl<P: RegistryProbe + 'static> Driver<P> {
     }
 }
 
+/// Sends `outcome` to each caller `waiting` for this run, never waiting on one: a caller whose
+/// stream has only its last slot left gets [`RepliesLost`] there and is forgotten, here and for
+/// every PullSet it waits for (`later`).
+fn answer_callers(
+    waiting: &mut Vec<ReplyTx>,
+    later: &mut HashMap<ObjectKey, Vec<ReplyTx>>,
+    outcome: &CanaryOutcome,
+) {
+    waiting.retain(|reply| {
+        // The loop is the only sender: the capacity seen here only grows until it sends.
+        if reply.capacity() > 1 {
+            return reply.try_send(Ok(outcome.clone())).is_ok();
+        }
+        tracing::debug!("a manual canary caller does not keep up; no more results sent to it");
+        let _ = reply.try_send(Err(RepliesLost));
+        for others in later.values_mut() {
+            others.retain(|other| !other.same_channel(reply));
+        }
+        false
+    });
+}
+
 impl crate::adapters::serve::local_api::Canaries for CanaryControl {
     fn run_now(
         &self,
         pullset: Option<ObjectKey>,
-    ) -> Result<mpsc::UnboundedReceiver<CanaryOutcome>, RunNowRefused> {
+    ) -> Result<mpsc::Receiver<Result<CanaryOutcome, RepliesLost>>, RunNowRefused> {
         CanaryControl::run_now(self, pullset)
     }
 
@@ -333,5 +362,41 @@ mod tests {
         drop(end);
         assert_eq!(control.run_now(None).err(), Some(RunNowRefused::Stopped));
         drop(waiting);
+    }
+
+    #[test]
+    fn a_caller_that_does_not_read_gets_the_lost_mark_and_nothing_more() {
+        use crate::decide::canary::runner::tests::outcome;
+        let (slow, mut slow_rx) = mpsc::channel(REPLY_OUTCOMES);
+        let (reader, mut reader_rx) = mpsc::channel(REPLY_OUTCOMES);
+        let other = ObjectKey::new("team", "other");
+        // Both asked for every PullSet: they also wait for `other`'s run.
+        let mut later = HashMap::from([(other.clone(), vec![slow.clone(), reader.clone()])]);
+        let mut waiting = vec![slow, reader];
+        let o = outcome("reg.io/a:1", Verdict::Ok, Vec::new());
+        let mut read = 0;
+        for _ in 0..REPLY_OUTCOMES * 3 {
+            answer_callers(&mut waiting, &mut later, &o);
+            while let Ok(reply) = reader_rx.try_recv() {
+                assert!(reply.is_ok());
+                read += 1;
+            }
+        }
+        assert_eq!(
+            read,
+            REPLY_OUTCOMES * 3,
+            "a caller that reads gets everything"
+        );
+        let mut got = Vec::new();
+        while let Ok(reply) = slow_rx.try_recv() {
+            got.push(reply.is_ok());
+        }
+        assert_eq!(got.len(), REPLY_OUTCOMES, "bounded");
+        assert!(got[..REPLY_OUTCOMES - 1].iter().all(|ok| *ok));
+        assert_eq!(got.last(), Some(&false), "the mark comes last");
+        assert_eq!(waiting.len(), 1);
+        assert_eq!(later[&other].len(), 1, "forgotten for its later runs too");
+        drop((waiting, later));
+        assert!(slow_rx.try_recv().is_err());
     }
 }

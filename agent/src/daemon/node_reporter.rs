@@ -10,6 +10,11 @@
 //! passing of time, does the writes (`node_status`, `node_taint`, `event_recorder`), counts each
 //! failure by kind, and answers it with the result. It beats the watchdog at each iteration, after
 //! each answered write and while it waits, so a write that never returns shows on `/healthz`.
+//!
+//! Nothing on the way to the task is unbounded, however long a write takes: Events go through a
+//! channel of [`EVENTS_IN_CHANNEL`] (a full one drops and counts), and the states (conditions,
+//! `CriticalImagesReady`, canary verdicts) are coalesced, the latest of each waiting for the task
+//! to take them all at once.
 
 use crate::adapters::kube::NodeWriters;
 use crate::adapters::kube::api_errors::ApiErrors;
@@ -34,24 +39,58 @@ use crate::model::outcome::Outcome;
 use crate::model::snapshot::Snapshot;
 use crate::model::verdict::Verdict;
 use std::collections::BTreeMap;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use tokio::sync::{mpsc, watch};
+use std::sync::{Arc, Mutex};
+use tokio::sync::{Notify, mpsc, watch};
 use tokio::time::Instant;
 
-/// Events on their way to the cluster task and not yet taken by it: beyond this, an Event is
-/// dropped and counted (`pullgate_events_dropped_total`), not queued. The other messages are
-/// states sent on change, once per pass or per canary run; the task's own queue
-/// (`node_report::PENDING_EVENTS`) bounds what it keeps after taking them.
+/// Events on their way to the cluster task and not yet taken by it: the channel's bound. Beyond
+/// it an Event is dropped and counted (`pullgate_events_dropped_total`), not queued; the task's
+/// own queue (`node_report::PENDING_EVENTS`) bounds what it keeps after taking them.
 pub const EVENTS_IN_CHANNEL: usize = 1024;
 
-/// Messages to the cluster task.
-#[derive(Debug)]
-enum Msg {
-    Condition(Condition),
-    Event(EventIntent),
-    ImagesReady(bool),
-    CanaryVerdicts(BTreeMap<(ObjectKey, String), Verdict>),
+/// The states on their way to the cluster task and not yet taken by it. Only the latest of each
+/// matters, so a new one replaces the one waiting: however long the task waits on a write, this
+/// holds at most one condition per type, one `CriticalImagesReady` and one set of canary
+/// verdicts. The task takes all of it at once, so it never sees a pass's images-ready without
+/// the condition the same pass sent before it.
+#[derive(Debug, Default)]
+struct Pending {
+    conditions: BTreeMap<&'static str, Condition>,
+    images_ready: Option<bool>,
+    canary_verdicts: Option<BTreeMap<(ObjectKey, String), Verdict>>,
+}
+
+/// Where [`Pending`] waits, and the task's wake-up.
+#[derive(Debug, Default)]
+struct States {
+    pending: Mutex<Pending>,
+    changed: Notify,
+}
+
+impl States {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Pending> {
+        self.pending
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Replaces what waits with `put`'s change, and wakes the task (or leaves it a permit).
+    fn put(&self, put: impl FnOnce(&mut Pending)) {
+        put(&mut self.lock());
+        self.changed.notify_one();
+    }
+
+    /// Everything waiting, leaving nothing.
+    fn take(&self) -> Pending {
+        std::mem::take(&mut *self.lock())
+    }
+}
+
+/// The loops' way to the cluster task: Events through a bounded channel, states coalesced.
+#[derive(Clone)]
+struct ToCluster {
+    events: mpsc::Sender<EventIntent>,
+    states: Arc<States>,
 }
 
 /// Where node-level results go: JSON lines always; the cluster task in cluster mode.
@@ -66,33 +105,26 @@ pub struct Outputs {
 #[derive(Clone)]
 pub struct Reports {
     out: Outputs,
-    cluster: Option<mpsc::UnboundedSender<Msg>>,
-    /// Events in the channel (at most [`EVENTS_IN_CHANNEL`]).
-    queued_events: Arc<AtomicUsize>,
+    cluster: Option<ToCluster>,
 }
 
-/// Counts an Event into the channel; `false` (and counted as dropped) when it is full.
-fn admit_event(queued: &AtomicUsize, metrics: &Metrics) -> bool {
-    let admitted = queued
-        .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
-            (n < EVENTS_IN_CHANNEL).then_some(n + 1)
-        })
-        .is_ok();
-    if !admitted {
-        tracing::debug!("the node reporter is behind; event dropped");
-        metrics.events_dropped(1);
+/// Offers an Event to the channel; a full channel drops it (counted).
+fn offer_event(events: &mpsc::Sender<EventIntent>, event: EventIntent, metrics: &Metrics) {
+    match events.try_send(event) {
+        Ok(()) => {}
+        Err(mpsc::error::TrySendError::Full(_)) => {
+            tracing::debug!("the node reporter is behind; event dropped");
+            metrics.events_dropped(1);
+        }
+        // The task has ended (shutdown): nothing more is written.
+        Err(mpsc::error::TrySendError::Closed(_)) => {}
     }
-    admitted
 }
 
 impl Reports {
     /// Local outputs only (standalone).
     pub fn standalone(out: Outputs) -> Self {
-        Self {
-            out,
-            cluster: None,
-            queued_events: Arc::default(),
-        }
+        Self { out, cluster: None }
     }
 
     pub fn json(&self) -> &JsonLines {
@@ -127,41 +159,42 @@ impl Reports {
         self.out.json.emit(&condition);
         self.out.metrics.condition(&condition);
         self.out.board.condition(&condition);
-        self.send(Msg::Condition(condition));
+        if let Some(cluster) = &self.cluster {
+            cluster.states.put(|p| {
+                p.conditions.insert(condition.type_, condition);
+            });
+        }
     }
 
     pub fn event(&self, event: EventIntent) {
         self.out.json.emit(&event);
-        if self.cluster.is_some() && admit_event(&self.queued_events, &self.out.metrics) {
-            self.send(Msg::Event(event));
+        if let Some(cluster) = &self.cluster {
+            offer_event(&cluster.events, event, &self.out.metrics);
         }
     }
 
     /// `CriticalImagesReady` after a pass, for the gate.
     pub fn images_ready(&self, ready: bool) {
-        self.send(Msg::ImagesReady(ready));
+        if let Some(cluster) = &self.cluster {
+            cluster.states.put(|p| p.images_ready = Some(ready));
+        }
     }
 
     /// The latest canary verdicts, for the gate.
     pub fn canary_verdicts(&self, verdicts: &BTreeMap<(ObjectKey, String), Verdict>) {
-        if self.cluster.is_some() {
-            self.send(Msg::CanaryVerdicts(verdicts.clone()));
+        if let Some(cluster) = &self.cluster {
+            cluster
+                .states
+                .put(|p| p.canary_verdicts = Some(verdicts.clone()));
         }
     }
 
-    fn send(&self, msg: Msg) {
-        if let Some(tx) = &self.cluster {
-            let _ = tx.send(msg);
-        }
-    }
-
-    /// A handle for what may outlive the loops (the credential resolver): it reports as this one
-    /// does, but does not keep the cluster task from ending.
+    /// A handle for what may outlive the loops (the credential resolver): it reports Events as
+    /// this one does, but does not keep the cluster task from ending.
     pub fn downgrade(&self) -> WeakReports {
         WeakReports {
             out: self.out.clone(),
-            cluster: self.cluster.as_ref().map(mpsc::UnboundedSender::downgrade),
-            queued_events: self.queued_events.clone(),
+            events: self.cluster.as_ref().map(|c| c.events.downgrade()),
         }
     }
 }
@@ -170,21 +203,15 @@ impl Reports {
 #[derive(Clone)]
 pub struct WeakReports {
     out: Outputs,
-    cluster: Option<mpsc::WeakUnboundedSender<Msg>>,
-    queued_events: Arc<AtomicUsize>,
+    events: Option<mpsc::WeakSender<EventIntent>>,
 }
 
 impl WeakReports {
     /// An Event: a JSON line, and the cluster task while it runs.
     pub fn event(&self, event: EventIntent) {
         self.out.json.emit(&event);
-        if let Some(tx) = self
-            .cluster
-            .as_ref()
-            .and_then(mpsc::WeakUnboundedSender::upgrade)
-            && admit_event(&self.queued_events, &self.out.metrics)
-        {
-            let _ = tx.send(Msg::Event(event));
+        if let Some(tx) = self.events.as_ref().and_then(mpsc::WeakSender::upgrade) {
+            offer_event(&tx, event, &self.out.metrics);
         }
     }
 }
@@ -200,8 +227,8 @@ pub fn run_cluster(
     sources: watch::Receiver<Arc<Snapshot>>,
     beat: Beat,
 ) -> (Reports, tokio::task::JoinHandle<()>) {
-    let (tx, rx) = mpsc::unbounded_channel();
-    let queued_events = Arc::new(AtomicUsize::new(0));
+    let (events, rx) = mpsc::channel(EVENTS_IN_CHANNEL);
+    let states = Arc::new(States::default());
     let task = tokio::spawn(
         ClusterTask {
             status: writers.status,
@@ -215,15 +242,14 @@ pub fn run_cluster(
             metrics: out.metrics.clone(),
             api_errors,
             beat,
-            queued_events: queued_events.clone(),
+            states: states.clone(),
         }
         .run(rx, sources),
     );
     (
         Reports {
             out,
-            cluster: Some(tx),
-            queued_events,
+            cluster: Some(ToCluster { events, states }),
         },
         task,
     )
@@ -241,13 +267,13 @@ struct ClusterTask {
     metrics: Arc<Metrics>,
     api_errors: Arc<ApiErrors>,
     beat: Beat,
-    queued_events: Arc<AtomicUsize>,
+    states: Arc<States>,
 }
 
 impl ClusterTask {
     async fn run(
         mut self,
-        mut rx: mpsc::UnboundedReceiver<Msg>,
+        mut events: mpsc::Receiver<EventIntent>,
         mut sources: watch::Receiver<Arc<Snapshot>>,
     ) {
         let _ended = EndGuard(self.beat.clone());
@@ -257,16 +283,19 @@ impl ClusterTask {
         self.observe(&loaded);
         loop {
             self.beat.beat();
+            // The latest states before writing once.
+            self.absorb_states();
             self.drive(&loaded).await;
             let deadline = self.report.deadline(Instant::now());
             tokio::select! {
                 _ = ticker.tick() => {}
-                msg = rx.recv() => match msg {
-                    Some(msg) => {
-                        self.absorb(msg);
+                () = self.states.changed.notified() => {}
+                event = events.recv() => match event {
+                    Some(event) => {
+                        self.report.event(event);
                         // Take what else is queued before writing once.
-                        while let Ok(msg) = rx.try_recv() {
-                            self.absorb(msg);
+                        while let Ok(event) = events.try_recv() {
+                            self.report.event(event);
                         }
                     }
                     None => break,
@@ -280,19 +309,27 @@ impl ClusterTask {
             }
         }
         // Last flush: the latest conditions and what Events the budget allows.
+        self.absorb_states();
         self.report.flush();
         self.drive(&loaded).await;
     }
 
-    fn absorb(&mut self, msg: Msg) {
-        match msg {
-            Msg::Condition(c) => self.report.condition(c),
-            Msg::Event(e) => {
-                self.queued_events.fetch_sub(1, Ordering::AcqRel);
-                self.report.event(e);
-            }
-            Msg::ImagesReady(ready) => self.report.images_ready(ready),
-            Msg::CanaryVerdicts(v) => self.report.canary_verdicts(v),
+    /// Hands the machine the states that came since the last take: the conditions first, then
+    /// images-ready, then the verdicts (the order the loops send them in).
+    fn absorb_states(&mut self) {
+        let Pending {
+            conditions,
+            images_ready,
+            canary_verdicts,
+        } = self.states.take();
+        for condition in conditions.into_values() {
+            self.report.condition(condition);
+        }
+        if let Some(ready) = images_ready {
+            self.report.images_ready(ready);
+        }
+        if let Some(verdicts) = canary_verdicts {
+            self.report.canary_verdicts(verdicts);
         }
     }
 
@@ -421,44 +458,159 @@ async fn sleep_until(deadline: Option<Instant>) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::adapters::kube::scripted;
+    use crate::decide::conditions::Status;
     use crate::decide::event_policy::Reason;
+    use crate::decide::gate::TimeoutAction;
+    use std::time::Duration;
+
+    fn event() -> EventIntent {
+        EventIntent::new(
+            Regarding::Node("n1".into()),
+            Reason::GateTimedOut,
+            "note".into(),
+            "",
+        )
+    }
+
+    fn condition(type_: &'static str, message: &str) -> Condition {
+        Condition {
+            kind: "condition",
+            type_,
+            status: Status::False,
+            reason: "Testing".into(),
+            message: message.into(),
+            last_transition_time: "2026-01-01T00:00:00Z".into(),
+        }
+    }
+
+    fn dropped(metrics: &Metrics) -> String {
+        metrics
+            .encode()
+            .lines()
+            .find(|l| l.starts_with("pullgate_events_dropped_total "))
+            .unwrap_or("pullgate_events_dropped_total (none)")
+            .to_string()
+    }
 
     #[test]
     fn events_beyond_the_channels_bound_are_dropped_and_counted_not_queued() {
-        let (tx, mut rx) = mpsc::unbounded_channel();
+        let (events, mut rx) = mpsc::channel(EVENTS_IN_CHANNEL);
         let reports = Reports {
             out: Outputs::default(),
-            cluster: Some(tx),
-            queued_events: Arc::default(),
+            cluster: Some(ToCluster {
+                events,
+                states: Arc::default(),
+            }),
         };
         let weak = reports.downgrade();
-        let event = || {
-            EventIntent::new(
-                crate::decide::event_policy::Regarding::Node("n1".into()),
-                Reason::GateTimedOut,
-                "note".into(),
-                "",
-            )
-        };
         for _ in 0..EVENTS_IN_CHANNEL + 5 {
             reports.event(event());
         }
         weak.event(event());
         let mut queued = 0;
-        while let Ok(msg) = rx.try_recv() {
-            assert!(matches!(msg, Msg::Event(_)));
+        while rx.try_recv().is_ok() {
             queued += 1;
         }
         assert_eq!(queued, EVENTS_IN_CHANNEL);
-        let metrics = reports.out.metrics.encode();
-        assert!(
-            metrics
-                .lines()
-                .any(|l| l.starts_with("pullgate_events_dropped_total 6")),
-            "{metrics}"
+        assert_eq!(
+            dropped(&reports.out.metrics),
+            "pullgate_events_dropped_total 6"
         );
-        // The states still go through.
-        reports.images_ready(true);
-        assert!(matches!(rx.try_recv(), Ok(Msg::ImagesReady(true))));
+    }
+
+    /// The status writer hangs (the API server took the PATCH and does not answer) while the
+    /// loops keep reporting: what waits for the task stays one state per kind, Events stop at the
+    /// channel's bound, and once the server answers the next write carries the latest state.
+    #[tokio::test(start_paused = true)]
+    async fn states_coalesce_while_the_writer_hangs_and_the_latest_is_written() {
+        let (client, mut api) = scripted::client();
+        let (_sources_tx, sources) = watch::channel(Arc::new(Snapshot::default()));
+        let out = Outputs::default();
+        let (reports, task) = run_cluster(
+            out.clone(),
+            Arc::default(),
+            NodeWriters::new(client, "n1"),
+            NodeInfo {
+                name: "n1".into(),
+                ..NodeInfo::default()
+            },
+            NodeReportConfig {
+                node: "n1".into(),
+                taint_key: "pullgate.io/not-ready".into(),
+                gate_timeout: Duration::from_secs(3600),
+                gate_timeout_action: TimeoutAction::Keep,
+                gate_namespaces: GateNamespaces::only(["team"]),
+                heartbeat: Duration::from_secs(3600),
+                event_burst: 3,
+                event_refill: Duration::from_secs(3600),
+            },
+            sources,
+            Beat::none(),
+        );
+        let weak = reports.downgrade();
+        reports.condition(condition("CriticalImagesReady", "first"));
+        let first = api.seen.recv().await.expect("the first write");
+        assert!(
+            first.path == "/api/v1/nodes/n1/status" && first.body.contains("first"),
+            "{first:?}"
+        );
+        // The task waits on that write: nothing below reaches the API server yet.
+        const N: usize = 2 * EVENTS_IN_CHANNEL;
+        for i in 0..N {
+            reports.condition(condition("CriticalImagesReady", &format!("images {i}")));
+            reports.condition(condition("PullCredentialsValid", &format!("canaries {i}")));
+            reports.images_ready(i % 2 == 1);
+            let verdicts = BTreeMap::from([(
+                (
+                    ObjectKey::new("team", format!("set-{i}")),
+                    "img".to_string(),
+                ),
+                Verdict::Ok,
+            )]);
+            reports.canary_verdicts(&verdicts);
+            reports.event(event());
+        }
+        let to_cluster = reports.cluster.as_ref().expect("cluster mode");
+        {
+            let pending = to_cluster.states.lock();
+            let types: Vec<_> = pending.conditions.keys().copied().collect();
+            assert_eq!(types, ["CriticalImagesReady", "PullCredentialsValid"]);
+            assert_eq!(pending.images_ready, Some(true));
+            let verdicts = pending.canary_verdicts.as_ref().expect("verdicts");
+            let last = (
+                ObjectKey::new("team", format!("set-{}", N - 1)),
+                "img".into(),
+            );
+            assert_eq!(verdicts.keys().collect::<Vec<_>>(), [&last]);
+        }
+        assert_eq!(to_cluster.events.capacity(), 0, "the channel is full");
+        assert_eq!(
+            dropped(&out.metrics),
+            format!("pullgate_events_dropped_total {}", N - EVENTS_IN_CHANNEL)
+        );
+        api.open();
+        // The next status write (after the hung one, answered or timed out) has the latest.
+        let next = loop {
+            let seen = api.seen.recv().await.expect("another write");
+            if seen.path == "/api/v1/nodes/n1/status" {
+                break seen;
+            }
+        };
+        let last_images = format!("images {}", N - 1);
+        let last_canaries = format!("canaries {}", N - 1);
+        assert!(
+            next.body.contains(&format!("\"{last_images}\""))
+                && next.body.contains(&format!("\"{last_canaries}\"")),
+            "{next:?}"
+        );
+        assert!(
+            !next.body.contains(&format!("\"images {}\"", N - 2)),
+            "{next:?}"
+        );
+        // A weak handle does not keep the task: dropping the last `Reports` ends it.
+        drop(reports);
+        task.await.expect("the task ends");
+        weak.event(event());
     }
 }

@@ -131,6 +131,11 @@ pub async fn run(args: RunArgs) -> Result<RunOutcome, RunError> {
                         crate::adapters::serve::metrics_auth::MetricsAuth::new(
                             Box::new(crate::adapters::kube::review::KubeReviewer::new(client)),
                             key,
+                            crate::adapters::serve::metrics_auth::ReviewLimits {
+                                burst: http.metrics_review_burst,
+                                refill: *http.metrics_review_refill,
+                                ..Default::default()
+                            },
                         ),
                     ))
                 }

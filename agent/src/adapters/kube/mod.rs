@@ -7,6 +7,8 @@ pub mod event_recorder;
 pub mod node_status;
 pub mod node_taint;
 pub mod review;
+#[cfg(test)]
+pub mod scripted;
 pub mod source;
 
 /// The field manager of every write (`managedFields[].manager`): the Node's conditions and the

@@ -3,7 +3,8 @@
 //! - `GET /metrics`: Prometheus text (see `metrics`). With `--metrics-auth kubernetes` only for a
 //!   bearer token the API server authenticates (TokenReview) and authorizes for `get /metrics`
 //!   (SubjectAccessReview), cached (`metrics_auth`): 401 without a token or with one it does not
-//!   know, 403 when not allowed, 503 when the review could not be made.
+//!   know, 403 when not allowed, 503 when the review could not be made, 429 with `Retry-After`
+//!   (and no review) past the review limits (`--metrics-review-burst`/`-refill`).
 //! - `GET /healthz` (liveness): 200 while the pre-pull loop, the canary scheduler and the node
 //!   reporter make progress, 503 when one has ended or gone past its own bound without a beat
 //!   (`decide::watchdog`); the body is JSON: `status`, the first `unhealthy` task and why, and
@@ -18,12 +19,12 @@
 //! connections at once: one over that is closed at once, unserved.
 
 use crate::adapters::serve::metrics::Metrics;
-use crate::adapters::serve::metrics_auth::{Access, MetricsAuth};
+use crate::adapters::serve::metrics_auth::{Access, MetricsAuth, MetricsAuthError};
 use crate::decide::watchdog::Health;
 use axum::Router;
 use axum::http::HeaderMap;
 use axum::http::StatusCode;
-use axum::http::header::{AUTHORIZATION, CONTENT_TYPE, WWW_AUTHENTICATE};
+use axum::http::header::{AUTHORIZATION, CONTENT_TYPE, RETRY_AFTER, WWW_AUTHENTICATE};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use std::net::SocketAddr;
@@ -99,6 +100,15 @@ async fn metrics_access(auth: &MetricsAccess, headers: &HeaderMap) -> Result<(),
             .into_response()),
         Ok(Access::Forbidden) => {
             Err((StatusCode::FORBIDDEN, "Forbidden: get /metrics\n").into_response())
+        }
+        Err(MetricsAuthError::Throttled { retry_after }) => {
+            tracing::debug!("a /metrics request over the review limits; refused unreviewed");
+            Err((
+                StatusCode::TOO_MANY_REQUESTS,
+                [(RETRY_AFTER, retry_after.as_secs().to_string())],
+                "Too many token reviews; retry later\n",
+            )
+                .into_response())
         }
         Err(e) => {
             tracing::warn!(error = %e, "a /metrics request could not be reviewed");

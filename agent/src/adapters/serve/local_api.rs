@@ -47,15 +47,24 @@ pub enum LocalApiError {
 /// What `TriggerCanary` and `GetStatus` need of the canary scheduler; the daemon's handle to its
 /// scheduler implements it.
 pub trait Canaries: Send + Sync {
-    /// Asks for a manual run (one PullSet, or every one). The results arrive on the receiver,
-    /// which closes when the run is done.
+    /// Asks for a manual run (one PullSet, or every one). The results arrive on the receiver
+    /// (bounded), which closes when the run is done; a caller that does not keep up gets
+    /// [`RepliesLost`] and nothing more.
     fn run_now(
         &self,
         pullset: Option<ObjectKey>,
-    ) -> Result<tokio::sync::mpsc::UnboundedReceiver<CanaryOutcome>, RunNowRefused>;
+    ) -> Result<tokio::sync::mpsc::Receiver<Result<CanaryOutcome, RepliesLost>>, RunNowRefused>;
     /// When each scheduled PullSet's next canary is due.
     fn next_canaries(&self) -> std::collections::BTreeMap<ObjectKey, std::time::SystemTime>;
 }
+
+/// A manual caller left its bounded reply stream full while more outcomes came: the rest were
+/// not sent to it (the status board has them all).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "canary results came faster than they were read; the rest were not sent (`pullgate status` shows every result)"
+)]
+pub struct RepliesLost;
 
 /// Why a manual run was not queued.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
@@ -146,8 +155,11 @@ impl Agent for Service {
             RunNowRefused::Stopped => tonic::Status::unavailable(refused.to_string()),
             RunNowRefused::Busy => tonic::Status::resource_exhausted(refused.to_string()),
         })?;
-        let stream = tokio_stream::wrappers::UnboundedReceiverStream::new(rx)
-            .map(|o| Ok(canary_to_proto(&o)));
+        let stream = tokio_stream::wrappers::ReceiverStream::new(rx).map(|reply| {
+            reply
+                .map(|o| canary_to_proto(&o))
+                .map_err(|lost| tonic::Status::resource_exhausted(lost.to_string()))
+        });
         Ok(tonic::Response::new(Box::pin(stream)))
     }
 

@@ -8,8 +8,19 @@
 //! (an allowed answer) or [`DENIED_TTL`] (a refused one), keyed by the token's HMAC-SHA256 under a
 //! key drawn for this process (`audit::fingerprint`), never by the token; a review that failed
 //! (the API server away) is not cached. The token is never logged.
+//!
+//! A token not in the cache costs the API server a TokenReview (and a SubjectAccessReview), so
+//! anyone who reaches the port could make the agent flood it with random tokens. Reviews are
+//! therefore paced ([`ReviewPacer`], a plain unit with the clock passed in): at most
+//! [`ReviewLimits::in_flight`] at once, and a token bucket ([`ReviewLimits::burst`], then one per
+//! [`ReviewLimits::refill`]; the defaults are client-go's `rest.Config` QPS 5 and burst 10, which
+//! kube-rbac-proxy's delegating authenticator and authorizer use). Past either, the request is
+//! refused at once ([`MetricsAuthError::Throttled`], a `429` with `Retry-After`) without a review,
+//! where client-go would queue it: a flood then costs the API server nothing and holds no
+//! connection. A cached answer, allowed or refused, needs no review and is never throttled.
 
 use crate::decide::audit::fingerprint::FingerprintKey;
+use crate::decide::event_policy::{Admit, Budget};
 use secrecy::SecretString;
 use std::collections::HashMap;
 use std::future::Future;
@@ -51,6 +62,74 @@ pub enum Access {
 pub enum MetricsAuthError {
     #[error("cannot review the token: {0}")]
     Review(String),
+    /// Over the review limits: refused without a review.
+    #[error("too many token reviews; retry after {}s", retry_after.as_secs())]
+    Throttled { retry_after: Duration },
+}
+
+/// How reviews of tokens not in the cache are paced.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ReviewLimits {
+    /// Reviews waiting on the API server at once.
+    pub in_flight: usize,
+    /// Reviews that may start at once after a quiet time…
+    pub burst: u32,
+    /// …then one more per this.
+    pub refill: Duration,
+}
+
+impl Default for ReviewLimits {
+    /// Four at once; client-go's default rate (`k8s.io/client-go/rest`: `DefaultQPS` 5,
+    /// `DefaultBurst` 10).
+    fn default() -> Self {
+        Self {
+            in_flight: 4,
+            burst: 10,
+            refill: Duration::from_millis(200),
+        }
+    }
+}
+
+/// Whether a review may start now: the in-flight count and the token bucket (the one token
+/// bucket of the agent, `event_policy::Budget`). Time comes in; no I/O.
+#[derive(Debug)]
+pub struct ReviewPacer {
+    limits: ReviewLimits,
+    budget: Budget,
+    in_flight: usize,
+}
+
+impl ReviewPacer {
+    pub fn new(limits: ReviewLimits, now: Instant) -> Self {
+        Self {
+            limits,
+            budget: Budget::new(limits.burst, limits.refill, now),
+            in_flight: 0,
+        }
+    }
+
+    /// Starts a review at `now` (answer it with [`finish`](Self::finish)), or says when to ask
+    /// again: one second when all slots are taken, the bucket's refill (whole seconds, at least
+    /// one) when it is empty. A refusal for slots takes nothing from the bucket.
+    pub fn start(&mut self, now: Instant) -> Result<(), Duration> {
+        if self.in_flight >= self.limits.in_flight {
+            return Err(Duration::from_secs(1));
+        }
+        match self.budget.admit(now) {
+            Admit::Send { .. } => {
+                self.in_flight += 1;
+                Ok(())
+            }
+            Admit::Drop => Err(Duration::from_secs(
+                self.limits.refill.as_secs_f64().ceil().max(1.0) as u64,
+            )),
+        }
+    }
+
+    /// A started review ended (answered, failed or abandoned).
+    pub fn finish(&mut self) {
+        self.in_flight = self.in_flight.saturating_sub(1);
+    }
 }
 
 /// A review's future.
@@ -124,18 +203,42 @@ impl AccessCache {
     }
 }
 
-/// The cache in front of a reviewer.
+/// The cache and the pacer in front of a reviewer.
 pub struct MetricsAuth {
     reviewer: Box<dyn Reviewer>,
     cache: AccessCache,
+    pacer: Mutex<ReviewPacer>,
+}
+
+/// A review slot, given back when dropped (also when the client went away mid-review).
+struct Slot<'a>(&'a Mutex<ReviewPacer>);
+
+impl Drop for Slot<'_> {
+    fn drop(&mut self) {
+        lock_pacer(self.0).finish();
+    }
+}
+
+fn lock_pacer(pacer: &Mutex<ReviewPacer>) -> std::sync::MutexGuard<'_, ReviewPacer> {
+    pacer
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 impl MetricsAuth {
-    pub fn new(reviewer: Box<dyn Reviewer>, key: FingerprintKey) -> Self {
+    pub fn new(reviewer: Box<dyn Reviewer>, key: FingerprintKey, limits: ReviewLimits) -> Self {
         Self {
             reviewer,
             cache: AccessCache::new(key),
+            pacer: Mutex::new(ReviewPacer::new(limits, Instant::now())),
         }
+    }
+
+    fn slot(&self) -> Result<Slot<'_>, MetricsAuthError> {
+        lock_pacer(&self.pacer)
+            .start(Instant::now())
+            .map_err(|retry_after| MetricsAuthError::Throttled { retry_after })?;
+        Ok(Slot(&self.pacer))
     }
 
     /// The access of the request whose `Authorization` header is `authorization`.
@@ -151,6 +254,7 @@ impl MetricsAuth {
         if let Some(access) = self.cache.get(&token, Instant::now()) {
             return Ok(access);
         }
+        let _slot = self.slot()?;
         let access = tokio::time::timeout(REVIEW_DEADLINE, self.reviewer.review(&token))
             .await
             .map_err(|_| {
@@ -238,6 +342,7 @@ mod tests {
         let auth = MetricsAuth::new(
             Box::new(Shared(reviewer.clone())),
             FingerprintKey::from_bytes([2; 32]),
+            ReviewLimits::default(),
         );
         for header in [None, Some("Basic abc"), Some("Bearer "), Some("Bearer  ")] {
             assert_eq!(auth.access(header).await.unwrap(), Access::Unauthenticated);
@@ -257,6 +362,7 @@ mod tests {
                 answer: Err(()),
             }),
             FingerprintKey::from_bytes([3; 32]),
+            ReviewLimits::default(),
         );
         assert!(failing.access(Some("Bearer t")).await.is_err());
         assert!(failing.cache.is_empty());
@@ -272,8 +378,122 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn a_review_that_never_answers_is_an_error_at_its_deadline() {
-        let auth = MetricsAuth::new(Box::new(Hung), FingerprintKey::from_bytes([4; 32]));
+        let auth = MetricsAuth::new(
+            Box::new(Hung),
+            FingerprintKey::from_bytes([4; 32]),
+            ReviewLimits::default(),
+        );
         assert!(auth.access(Some("Bearer t")).await.is_err());
         assert!(auth.cache.is_empty());
+    }
+
+    #[test]
+    fn reviews_are_paced_by_slots_and_by_a_token_bucket() {
+        let limits = ReviewLimits {
+            in_flight: 2,
+            burst: 3,
+            refill: Duration::from_millis(2500),
+        };
+        let t0 = Instant::now();
+        let s = Duration::from_secs(1);
+        let mut pacer = ReviewPacer::new(limits, t0);
+        // (finish first, at, expected)
+        let table: &[(usize, Instant, Result<(), Duration>)] = &[
+            (0, t0, Ok(())),
+            (0, t0, Ok(())),
+            // Both slots taken: wait a second; the bucket keeps its last token.
+            (0, t0, Err(s)),
+            (1, t0, Ok(())),
+            // Slots free, bucket empty: its refill, rounded up to whole seconds.
+            (2, t0, Err(3 * s)),
+            (0, t0 + 2 * s, Err(3 * s)),
+            (0, t0 + 2500 * Duration::from_millis(1), Ok(())),
+            (1, t0 + 2500 * Duration::from_millis(1), Err(3 * s)),
+        ];
+        for (i, (finish, at, want)) in table.iter().enumerate() {
+            for _ in 0..*finish {
+                pacer.finish();
+            }
+            assert_eq!(pacer.start(*at), *want, "row {i}");
+        }
+        let fast = ReviewPacer::new(ReviewLimits::default(), t0).limits;
+        assert_eq!((fast.in_flight, fast.burst), (4, 10));
+        let mut fast = ReviewPacer::new(fast, t0);
+        for _ in 0..10 {
+            assert_eq!(fast.start(t0), Ok(()));
+            fast.finish();
+        }
+        assert_eq!(fast.start(t0), Err(s), "200 ms refill: retry after 1 s");
+    }
+
+    #[tokio::test]
+    async fn a_flood_of_unknown_tokens_costs_the_burst_and_a_cached_token_still_answers() {
+        let reviewer = std::sync::Arc::new(Counting {
+            calls: AtomicUsize::new(0),
+            answer: Ok(Access::Unauthenticated),
+        });
+        struct Shared(std::sync::Arc<Counting>);
+        impl Reviewer for Shared {
+            fn review<'a>(&'a self, t: &'a SecretString) -> ReviewFuture<'a> {
+                self.0.review(t)
+            }
+        }
+        let auth = MetricsAuth::new(
+            Box::new(Shared(reviewer.clone())),
+            FingerprintKey::from_bytes([5; 32]),
+            ReviewLimits {
+                in_flight: 4,
+                burst: 5,
+                refill: Duration::from_secs(3600),
+            },
+        );
+        let (mut refused, mut answered) = (0, 0);
+        for i in 0..500 {
+            match auth.access(Some(&format!("Bearer random-{i}"))).await {
+                Ok(Access::Unauthenticated) => answered += 1,
+                Err(MetricsAuthError::Throttled { retry_after }) => {
+                    assert_eq!(retry_after, Duration::from_secs(3600));
+                    refused += 1;
+                }
+                other => panic!("{other:?}"),
+            }
+        }
+        assert_eq!((answered, refused), (5, 495));
+        assert_eq!(reviewer.calls.load(Ordering::SeqCst), 5);
+        // A refused token's answer is cached: asked again, no review and no throttling.
+        assert_eq!(
+            auth.access(Some("Bearer random-0")).await.unwrap(),
+            Access::Unauthenticated
+        );
+        assert_eq!(reviewer.calls.load(Ordering::SeqCst), 5);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_review_in_flight_holds_its_slot_until_it_ends_or_is_abandoned() {
+        let auth = MetricsAuth::new(
+            Box::new(Hung),
+            FingerprintKey::from_bytes([6; 32]),
+            ReviewLimits {
+                in_flight: 1,
+                burst: 100,
+                refill: Duration::from_secs(1),
+            },
+        );
+        let mut first = Box::pin(auth.access(Some("Bearer a")));
+        assert!(futures::poll!(first.as_mut()).is_pending());
+        assert!(matches!(
+            auth.access(Some("Bearer b")).await,
+            Err(MetricsAuthError::Throttled { .. })
+        ));
+        // The client went away: its slot is free again (the next review is tried, and times out).
+        drop(first);
+        assert!(matches!(
+            auth.access(Some("Bearer b")).await,
+            Err(MetricsAuthError::Review(_))
+        ));
+        assert!(matches!(
+            auth.access(Some("Bearer c")).await,
+            Err(MetricsAuthError::Review(_))
+        ));
     }
 }
