@@ -71,12 +71,14 @@ use tokio::sync::broadcast;
 
 use crate::server_thread::ServerThread;
 
+mod crds;
 mod handle;
 mod list;
 pub mod objects;
 mod patch;
 mod rbac;
 mod reviews;
+mod schema;
 mod throttle;
 mod times;
 mod validate;
@@ -228,9 +230,23 @@ impl ApiServer {
         Ok(KubeconfigFile { dir })
     }
 
-    /// Creates or replaces an object (its `apiVersion` and `kind` pick the collection).
+    /// Creates or replaces an object (its `apiVersion` and `kind` pick the collection), as the
+    /// server would store it: a custom resource pruned and defaulted by its CRD's schema. A CRD the
+    /// real server would refuse panics with the reason (a fixture's mistake).
     pub fn apply(&self, object: Value) {
+        if object["apiVersion"] == crds::CRD_API
+            && object["kind"] == "CustomResourceDefinition"
+            && let Err(refused) = crds::validate(&object)
+        {
+            panic!("the API server refuses this CRD: {refused}");
+        }
         self.state.put(object);
+    }
+
+    /// Installs the PullSet CRD as shipped (`manifests/base/crd.yaml`, [`objects::pullset_crd`]),
+    /// as `kubectl apply -f` would: from now on PullSets are pruned and defaulted by its schema.
+    pub fn install_pullset_crd(&self) {
+        self.apply(objects::pullset_crd());
     }
 
     /// Deletes an object.
@@ -403,6 +419,10 @@ impl ApiState {
         let mut object = times::normalised(object);
         let mut store = self.lock();
         let collection = Collection { api, plural };
+        // A custom resource is stored as its CRD's schema decodes it (`crds`, `schema`).
+        if let Ok(Some(schema)) = crds::schema_for(&store, &collection) {
+            schema::coerce(&mut object, &schema);
+        }
         let stored = store
             .objects
             .get(&collection)
@@ -468,6 +488,7 @@ fn plural_of(kind: &str) -> String {
         "Node" => "nodes".into(),
         "Event" => "events".into(),
         "Namespace" => "namespaces".into(),
+        "CustomResourceDefinition" => crds::CRD_PLURAL.into(),
         other => format!("{}s", other.to_ascii_lowercase()),
     }
 }
@@ -481,6 +502,7 @@ fn kind_of(plural: &str) -> String {
         "nodes" => "Node".into(),
         "events" => "Event".into(),
         "namespaces" => "Namespace".into(),
+        crds::CRD_PLURAL => "CustomResourceDefinition".into(),
         other => {
             let singular = other.strip_suffix('s').unwrap_or(other);
             let mut chars = singular.chars();

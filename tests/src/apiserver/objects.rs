@@ -34,3 +34,10 @@ pub fn node(name: &str, taints: &[(&str, &str)]) -> Value {
                                       "lastHeartbeatTime": "2026-01-01T00:00:00Z",
                                       "lastTransitionTime": "2026-01-01T00:00:00Z"}]}})
 }
+
+/// The PullSet CRD as shipped: `manifests/base/crd.yaml`, generated from the Rust type.
+pub fn pullset_crd() -> Value {
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../manifests/base/crd.yaml");
+    let text = std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{path}: {e}"));
+    serde_yaml::from_str(&text).unwrap_or_else(|e| panic!("{path}: {e}"))
+}
