@@ -142,3 +142,56 @@ pub(crate) fn schema_for(
     };
     structural(name, index, served).map(Some)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    /// The shipped CRD with `change` made to it, and the message the server refuses it with.
+    #[test]
+    fn a_crd_the_real_server_refuses_is_refused_naming_the_field() {
+        let prefix =
+            "CustomResourceDefinition.apiextensions.k8s.io \"pullsets.pullgate.io\" is invalid: ";
+        let cases: [(fn(&mut Value), &str); 6] = [
+            (|c| c["metadata"]["name"] = json!("pullsets.other.io"), ""),
+            (
+                |c| c["spec"]["versions"][0]["storage"] = json!(false),
+                "spec.versions: Invalid value: must have exactly one version marked as storage version",
+            ),
+            (
+                |c| c["spec"]["preserveUnknownFields"] = json!(true),
+                "spec.preserveUnknownFields: Invalid value: true: must be false in order to use defaults in the schema",
+            ),
+            (
+                |c| c["spec"]["versions"][0]["schema"] = json!({}),
+                "spec.versions[0].schema.openAPIV3Schema: Required value",
+            ),
+            (
+                |c| c["spec"]["versions"] = json!([]),
+                "spec.versions: Required value",
+            ),
+            (
+                |c| {
+                    c["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"]["nullable"] =
+                        json!(1)
+                },
+                "spec.versions[0].schema.openAPIV3Schema.properties[spec].nullable: must be a boolean",
+            ),
+        ];
+        assert_eq!(validate(&crate::apiserver::objects::pullset_crd()), Ok(()));
+        for (change, message) in cases {
+            let mut crd = crate::apiserver::objects::pullset_crd();
+            change(&mut crd);
+            let refused = validate(&crd).unwrap_err().to_string();
+            if message.is_empty() {
+                assert!(
+                    refused.contains("must be spec.names.plural+\".\"+spec.group"),
+                    "{refused}"
+                );
+            } else {
+                assert_eq!(refused, format!("{prefix}{message}"));
+            }
+        }
+    }
+}
