@@ -1,6 +1,6 @@
 //! The test API server decodes PullSets as the real one does from the stored CRD's schema
 //! (apiextensions-apiserver's pruning and defaulting), through kube-rs's real client: the CRD is
-//! created, got and listed; an unknown field in `spec` is dropped on create and on merge patch; a
+//! created, got (accepted and established) and listed; an unknown field in `spec` is dropped on create and on merge patch; a
 //! field below `x-kubernetes-preserve-unknown-fields` is kept; the CRD's defaults are in the stored,
 //! the got, the listed and the watched object, those below `spec.canary` only when it is there;
 //! `metadata` keeps what `ObjectMeta` holds; an object stored before its CRD is defaulted when read;
@@ -67,6 +67,21 @@ fn pullsets_are_pruned_and_defaulted_by_the_crd_created_through_the_api() {
         crds.create(&PostParams::default(), &crd).await.unwrap();
         let got = crds.get("pullsets.pullgate.io").await.unwrap();
         assert_eq!(got.spec.names.plural, "pullsets");
+        // Accepted and established, as the real server's controllers mark it.
+        let status = got.status.unwrap();
+        let established = status.conditions.unwrap_or_default();
+        assert!(
+            established
+                .iter()
+                .any(|c| c.type_ == "Established" && c.status == "True"),
+            "{established:?}"
+        );
+        let accepted = status.accepted_names.unwrap();
+        assert_eq!(
+            (accepted.kind.as_str(), accepted.list_kind.as_deref()),
+            ("PullSet", Some("PullSetList"))
+        );
+        assert_eq!(status.stored_versions, Some(vec!["v1alpha1".to_string()]));
         let listed = crds.list(&ListParams::default()).await.unwrap();
         assert_eq!(listed.items.len(), 1);
 

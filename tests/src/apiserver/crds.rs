@@ -5,7 +5,7 @@
 
 use axum::http::StatusCode;
 use axum::response::Response;
-use serde_json::Value;
+use serde_json::{Value, json};
 
 use super::schema::{SchemaError, Structural};
 use super::{Collection, Store, status};
@@ -141,6 +141,61 @@ pub(crate) fn schema_for(
         return Err(CrdError::NotServed);
     };
     structural(name, index, served).map(Some)
+}
+
+/// The status the real server's controllers give an accepted CRD (`pkg/controller/status`,
+/// `establish` and `finalizer` in apiextensions-apiserver, here at once): `acceptedNames` (the
+/// names, `singular` and `listKind` defaulted as `SetDefaults_CustomResourceDefinitionSpec`
+/// does), `NamesAccepted` and `Established` true, `storedVersions` growing with each storage
+/// version (`previous`: the status stored before).
+pub(crate) fn with_status(mut crd: Value, previous: Option<&Value>) -> Value {
+    let mut names = crd["spec"]["names"].clone();
+    let kind = names["kind"].as_str().unwrap_or("").to_string();
+    if names["singular"].as_str().is_none_or(str::is_empty) {
+        names["singular"] = json!(kind.to_lowercase());
+    }
+    if names["listKind"].as_str().is_none_or(str::is_empty) {
+        names["listKind"] = json!(format!("{kind}List"));
+    }
+    let mut stored: Vec<Value> = previous
+        .and_then(|p| p["status"]["storedVersions"].as_array().cloned())
+        .unwrap_or_default();
+    let storage = crd["spec"]["versions"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|v| v["storage"] == true)
+        .map(|v| v["name"].clone());
+    if let Some(storage) = storage
+        && !stored.contains(&storage)
+    {
+        stored.push(storage);
+    }
+    let condition = |type_: &str, reason: &str, message: &str| {
+        json!({"type": type_, "status": "True", "reason": reason, "message": message,
+               "lastTransitionTime": super::times::now_seconds()})
+    };
+    let keep_time = |mut c: Value| {
+        let earlier = previous
+            .and_then(|p| p["status"]["conditions"].as_array())
+            .and_then(|cs| {
+                cs.iter()
+                    .find(|e| e["type"] == c["type"] && e["status"] == "True")
+            });
+        if let Some(earlier) = earlier {
+            c["lastTransitionTime"] = earlier["lastTransitionTime"].clone();
+        }
+        c
+    };
+    crd["status"] = json!({
+        "acceptedNames": names,
+        "conditions": [
+            keep_time(condition("NamesAccepted", "NoConflicts", "no conflicts found")),
+            keep_time(condition("Established", "InitialNamesAccepted", "the initial names have been accepted")),
+        ],
+        "storedVersions": stored,
+    });
+    crd
 }
 
 #[cfg(test)]

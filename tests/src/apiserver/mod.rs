@@ -56,7 +56,8 @@
 //!   before they are stored (`crds`: name `<plural>.<group>`, group, plural, versions, one storage
 //!   version, `preserveUnknownFields: false`, each version's `openAPIV3Schema` present and
 //!   structural — no `items` array, no `$ref`, `patternProperties`, `definitions`…; a refusal is a
-//!   `422` naming the field), and custom resources decoded by the schema of the stored CRD version
+//!   `422` naming the field), given the status the real controllers give an accepted CRD at once
+//!   (`acceptedNames`, `NamesAccepted` and `Established` true, `storedVersions`), and custom resources decoded by the schema of the stored CRD version
 //!   that serves them, as apiextensions-apiserver does (`schema`, ported from its
 //!   `schema/pruning`, `schema/defaulting` and `schema/objectmeta` and their order in
 //!   `customresource_handler.go`): every write (create, patch result, [`ApiServer::apply`]) and
@@ -80,9 +81,9 @@
 //! enforced; wrong-typed `metadata` fields are kept, not refused), the real server's `404` for a
 //! custom resource whose CRD is not stored (it is stored as sent, so tests that start an
 //! [`ApiServer`] without [`ApiServer::install_pullset_crd`] work as before), deleting a CRD's
-//! objects with it, the unknown-field `Warning` headers and `fieldValidation=Strict`, CRD `status`
-//! (`acceptedNames`, `Established`), conversion between a CRD's versions (each version is its own
-//! collection), `metadata.generation`, `x-kubernetes-int-or-string` and list-type semantics, label
+//! objects with it, the unknown-field `Warning` headers and `fieldValidation=Strict`, name
+//! conflicts between CRDs (every CRD is accepted at once), conversion between a CRD's versions (each
+//! version is its own collection), `metadata.generation`, `x-kubernetes-int-or-string` and list-type semantics, label
 //! selectors, snapshot reads for later list pages (they show the objects as they are now, not as of
 //! the token's resourceVersion), token expiry by compaction (only the injected one),
 //! `resourceVersionMatch`, server-side apply, `sendInitialEvents` (and its
@@ -450,6 +451,13 @@ impl ApiState {
         // A custom resource is stored as its CRD's schema decodes it (`crds`, `schema`).
         if let Ok(Some(schema)) = crds::schema_for(&store, &collection) {
             schema::coerce(&mut object, &schema);
+        }
+        if collection.api == crds::CRD_API && collection.plural == crds::CRD_PLURAL {
+            let previous = store
+                .objects
+                .get(&collection)
+                .and_then(|c| c.get(&(namespace.clone(), name.clone())));
+            object = crds::with_status(object, previous);
         }
         let stored = store
             .objects
