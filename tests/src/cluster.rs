@@ -1,5 +1,6 @@
 //! Cluster mode end to end: a [`TestEnv`] (real containerd and registry), the test API server
-//! holding this node's Node object, and a kubeconfig for the agent.
+//! holding the PullSet CRD (`manifests/base/crd.yaml`) and this node's Node object, and a
+//! kubeconfig for the agent.
 
 use crate::apiserver::{ApiServer, KubeconfigFile, objects};
 use crate::{Agent, RunningAgent, TestEnv, USER};
@@ -23,6 +24,8 @@ impl Cluster {
     pub fn start(taints: &[(&str, &str)]) -> Self {
         let env = TestEnv::started();
         let api = ApiServer::start().unwrap_or_else(|e| panic!("test API server: {e:#}"));
+        // As on a real cluster: PullSets are pruned and defaulted by the shipped CRD's schema.
+        api.install_pullset_crd();
         api.apply(objects::node(NODE, taints));
         let kubeconfig = api
             .kubeconfig_file()

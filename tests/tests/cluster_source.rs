@@ -1,7 +1,9 @@
 //! The cluster source against the test API server: only the objects of PullSets that select this
 //! node are watched (and a relabelled node starts watching them); a Secret deleted while the
 //! watch was down is forgotten after the relist a `410 Gone` forces; and the kubelet's status
-//! updates (heartbeats, `status.images`) start no pass, while a label change does.
+//! updates (heartbeats, `status.images`) start no pass, while a label change does; a PullSet with
+//! only its required fields and `null`s is read back with the CRD's defaults and pre-pulled; a
+//! field of a newer CRD the server keeps is one bad PullSet, the others kept.
 
 #![allow(clippy::unwrap_used)] // test fixtures: a failed set-up step should panic with its error
 
@@ -186,7 +188,12 @@ fn a_pullset_the_agent_cannot_decode_is_reported_and_the_others_are_kept() {
         &[&app.by_tag],
         json!({"imagePullSecrets": [{"name": "regcred"}]}),
     ));
-    // A field of a newer CRD, as during a rollout of a new version.
+    // A field of a newer CRD, as during a rollout of a new version: the server, pruning by the
+    // newer CRD, keeps it; the agent does not know it.
+    api.apply(objects::pullset_crd_with_spec_field(
+        "priority",
+        json!({"type": "string"}),
+    ));
     api.apply(objects::pullset(
         "team",
         "from-the-future",
@@ -266,4 +273,46 @@ fn a_forbidden_secret_is_retried_at_the_capped_pace_not_at_full_rate() {
     drop(kubelet);
     let (stdout, stderr) = agent.finish();
     cluster.assert_no_leak(&[&stdout, &stderr], &[PASSWORD]);
+}
+
+#[test]
+fn a_pullset_with_nulls_and_unknown_fields_is_read_back_with_the_crds_defaults_and_pre_pulled() {
+    let cluster = Cluster::start(&[]);
+    let (env, api) = (&cluster.env, &cluster.api);
+    let app = env.push(&ImageSpec::new("team/app", "v1")).unwrap();
+    api.apply(cluster.secret(PASSWORD));
+    // As a template renders empty values: `null`s the agent's own types refuse (a `bool`, a
+    // list, a map, the canary's depth), and a field no CRD has. The server prunes and defaults.
+    api.apply(objects::pullset(
+        "team",
+        "templated",
+        &[&app.by_tag],
+        json!({"imagePullSecrets": [{"name": "regcred"}], "gate": null, "prePull": null,
+               "nodeSelector": null, "canary": {"depth": null, "runtime": null},
+               "renderedBy": "helm"}),
+    ));
+    let run = pullgate_testenv::Agent::cluster(&cluster.kubeconfig(), &env.containerd.endpoint())
+        .args(&["--insecure-registry", &env.registry.host()])
+        .run_once(LONG)
+        .unwrap();
+    let problems: Vec<&Value> = run.lines.iter().filter(|l| l["kind"] == "source").collect();
+    assert!(problems.is_empty(), "{problems:#?}");
+    assert_eq!(
+        run.prepull(&app.by_tag)["verdict"],
+        "Ok",
+        "stdout:\n{}\nstderr:\n{}",
+        run.stdout,
+        run.stderr
+    );
+    let stored = api
+        .get("pullgate.io/v1alpha1", "pullsets", "team", "templated")
+        .unwrap();
+    assert_eq!(
+        stored["spec"],
+        json!({"images": [{"image": app.by_tag}], "imagePullSecrets": [{"name": "regcred"}],
+               "gate": true, "prePull": true,
+               "canary": {"depth": "manifest", "runtime": false, "onRotation": true}}),
+        "{stored}"
+    );
+    cluster.assert_no_leak(&[&run.stdout, &run.stderr], &[PASSWORD]);
 }

@@ -7,8 +7,10 @@ use axum::response::Response;
 use serde_json::{Value, json};
 use std::collections::HashMap;
 
+use super::crds::{self, CrdError};
 use super::list;
 use super::patch::strategic_merge;
+use super::schema::coerce;
 use super::validate::{validate, validate_update};
 use super::watch::watch;
 use super::{ApiState, Collection, lookup, ok_json, status};
@@ -93,6 +95,15 @@ const BUILT_IN_PATCH_TYPES: &[&str] = &[
     "application/strategic-merge-patch+json",
     "application/apply-patch+yaml",
 ];
+
+/// A CRD is checked before it is stored (`crds::validate`).
+fn validate_crd(api: &str, plural: &str, object: &Value) -> Result<(), CrdError> {
+    if api == crds::CRD_API && plural == crds::CRD_PLURAL {
+        crds::validate(object)
+    } else {
+        Ok(())
+    }
+}
 
 /// Custom resources are those of a group served by a CRD: here, pullgate's own.
 fn is_custom_resource(api: &str) -> bool {
@@ -192,12 +203,24 @@ pub(super) async fn handle(
         api: api.clone(),
         plural: plural.clone(),
     };
+    // The schema of a custom resource's CRD (`crds`); a version no CRD serves is not found.
+    let schema = match crds::schema_for(&state.lock(), &collection) {
+        Ok(schema) => schema,
+        Err(refused) => return refused.response(),
+    };
+    // As the real server decodes a custom resource read from storage: pruned and defaulted.
+    let served = |mut object: Value| {
+        if let Some(schema) = &schema {
+            coerce(&mut object, schema);
+        }
+        object
+    };
     match (method, name) {
         (Method::GET, None) => {
             let (by_name, by_ns) = field_selector(&query);
             let namespace = namespace.or(by_ns);
             if query.get("watch").is_some_and(|w| w == "true" || w == "1") {
-                return watch(state, collection, namespace, by_name, &query);
+                return watch(state, collection, schema, namespace, by_name, &query);
             }
             let mut store = state.lock();
             let resume = match list::decode(&query, &mut store.expire_continue) {
@@ -222,7 +245,7 @@ pub(super) async fn handle(
             let items: Vec<Value> = selected
                 .by_ref()
                 .take(page.unwrap_or(usize::MAX))
-                .map(|(_, o)| o.clone())
+                .map(|(_, o)| served(o.clone()))
                 .collect();
             let list_rv = resume.as_ref().map_or(store.rv, |r| r.rv);
             let next = selected
@@ -243,7 +266,7 @@ pub(super) async fn handle(
             )
         }
         (Method::GET, Some(name)) => match lookup(&state, &collection, &namespace, &name) {
-            Some(object) => ok_json(StatusCode::OK, &object),
+            Some(object) => ok_json(StatusCode::OK, &served(object)),
             None => status(
                 StatusCode::NOT_FOUND,
                 "NotFound",
@@ -284,11 +307,14 @@ pub(super) async fn handle(
             if let Some(invalid) = validate(&api, &plural, &name, &object) {
                 return invalid;
             }
+            if let Err(refused) = validate_crd(&api, &plural, &object) {
+                return refused.response();
+            }
             let stored = state.put(object);
             ok_json(StatusCode::CREATED, &stored)
         }
         (Method::PATCH, Some(name)) => {
-            let Some(current) = lookup(&state, &collection, &namespace, &name) else {
+            let Some(stored) = lookup(&state, &collection, &namespace, &name) else {
                 return status(
                     StatusCode::NOT_FOUND,
                     "NotFound",
@@ -306,6 +332,8 @@ pub(super) async fn handle(
                 .get("content-type")
                 .and_then(|v| v.to_str().ok())
                 .unwrap_or("");
+            // The patch applies to the object as read from storage (pruned and defaulted).
+            let current = served(stored.clone());
             let mut patched = current.clone();
             let scope_status = sub.as_deref() == Some("status");
             match content_type {
@@ -346,11 +374,16 @@ pub(super) async fn handle(
             if let Some(invalid) = validate_update(&api, &plural, &name, &patched, &current) {
                 return invalid;
             }
+            if let Err(refused) = validate_crd(&api, &plural, &patched) {
+                return refused.response();
+            }
+            // The patch's result is decoded as a request body: pruned and defaulted.
+            let patched = served(patched);
             // As the real server's `GuaranteedUpdate` (k8s.io/apiserver pkg/storage/etcd3/store.go):
             // an update that leaves the object as stored (after the server's own normalisation of
             // times) is not written, keeps its resourceVersion and sends no watch event.
-            if super::times::normalised(patched.clone()) == current {
-                return ok_json(StatusCode::OK, &current);
+            if super::times::normalised(patched.clone()) == stored {
+                return ok_json(StatusCode::OK, &stored);
             }
             let stored = state.put(patched);
             ok_json(StatusCode::OK, &stored)

@@ -51,16 +51,45 @@
 //!   `action`, `reason`, `note`, `eventTime`, `type`, `series`, the immutable fields
 //!   (`validate`, ported from `pkg/apis/core/validation/events.go`);
 //! - TokenReview and SubjectAccessReview (`reviews`: tokens and `/metrics` readers the test
-//!   registers), and every request's `User-Agent`.
+//!   registers), and every request's `User-Agent`;
+//! - `apiextensions.k8s.io/v1` CustomResourceDefinitions (create, get, list, patch, delete), checked
+//!   before they are stored (`crds`: name `<plural>.<group>`, group, plural, versions, one storage
+//!   version, `preserveUnknownFields: false`, each version's `openAPIV3Schema` present and
+//!   structural — no `items` array, no `$ref`, `patternProperties`, `definitions`…; a refusal is a
+//!   `422` naming the field), given the status the real controllers give an accepted CRD at once
+//!   (`acceptedNames`, `NamesAccepted` and `Established` true, `storedVersions`), and custom resources decoded by the schema of the stored CRD version
+//!   that serves them, as apiextensions-apiserver does (`schema`, ported from its
+//!   `schema/pruning`, `schema/defaulting` and `schema/objectmeta` and their order in
+//!   `customresource_handler.go`): every write (create, patch result, [`ApiServer::apply`]) and
+//!   every read (get, list, watch events) prunes the fields the schema does not name (the root's
+//!   and each `x-kubernetes-embedded-resource`'s `apiVersion`/`kind`/`metadata` kept, everything
+//!   below `x-kubernetes-preserve-unknown-fields` kept but what its own schema names, `properties`,
+//!   `additionalProperties`, `items`), removes `null`s where the schema is not `nullable` and has
+//!   no default, keeps of `metadata` only `ObjectMeta`'s fields, then defaults (an absent field, or a
+//!   non-nullable `null`; the defaults below an object only when it is there; each default itself
+//!   pruned once per schema, as `PruneDefaults`); a patch that prunes to the stored object is a
+//!   no-op; a version the CRD does not serve is a `404`. [`ApiServer::install_pullset_crd`] installs
+//!   the shipped `manifests/base/crd.yaml`, and the cluster harness (`cluster::Cluster::start`)
+//!   always does, so cluster tests run against a pruning, defaulting server. [`ApiServer::get`] and
+//!   [`ApiServer::list`] show storage (what was written, defaulted by the CRD of that time); the
+//!   HTTP reads show what the server serves (defaulted by the current CRD).
 //!
 //! What it does not do: authentication of its own callers (with RBAC enforced, every caller is
-//! pullgate's ServiceAccount), aggregated ClusterRoles, authorization of the reviews, admission, defaulting, any other validation (schemas included), label selectors, snapshot reads
-//! for later list pages (they show the objects as they are now, not as of the token's
-//! resourceVersion), token expiry by compaction (only the injected one), `resourceVersionMatch`,
-//! server-side apply, `sendInitialEvents` (and its `k8s.io/initial-events-end` bookmark),
-//! strategic-merge `$retainKeys`/`$setElementOrder`/`$deleteFromPrimitiveList`, merge keys of types
-//! pullgate does not touch, time truncation of fields other than those listed, pruning and
-//! defaulting from a CRD's schema, protobuf.
+//! pullgate's ServiceAccount), aggregated ClusterRoles, authorization of the reviews, admission,
+//! defaulting of built-in kinds, any other validation (a custom resource's values are not checked
+//! against its schema: types, `enum`, `required`, `maxItems`, `x-kubernetes-validations` are not
+//! enforced; wrong-typed `metadata` fields are kept, not refused), the real server's `404` for a
+//! custom resource whose CRD is not stored (it is stored as sent, so tests that start an
+//! [`ApiServer`] without [`ApiServer::install_pullset_crd`] work as before), deleting a CRD's
+//! objects with it, the unknown-field `Warning` headers and `fieldValidation=Strict`, name
+//! conflicts between CRDs (every CRD is accepted at once), conversion between a CRD's versions (each
+//! version is its own collection), `metadata.generation`, `x-kubernetes-int-or-string` and list-type semantics, label
+//! selectors, snapshot reads for later list pages (they show the objects as they are now, not as of
+//! the token's resourceVersion), token expiry by compaction (only the injected one),
+//! `resourceVersionMatch`, server-side apply, `sendInitialEvents` (and its
+//! `k8s.io/initial-events-end` bookmark), strategic-merge
+//! `$retainKeys`/`$setElementOrder`/`$deleteFromPrimitiveList`, merge keys of types pullgate does
+//! not touch, time truncation of fields other than those listed, protobuf.
 
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
@@ -71,12 +100,14 @@ use tokio::sync::broadcast;
 
 use crate::server_thread::ServerThread;
 
+mod crds;
 mod handle;
 mod list;
 pub mod objects;
 mod patch;
 mod rbac;
 mod reviews;
+mod schema;
 mod throttle;
 mod times;
 mod validate;
@@ -228,9 +259,23 @@ impl ApiServer {
         Ok(KubeconfigFile { dir })
     }
 
-    /// Creates or replaces an object (its `apiVersion` and `kind` pick the collection).
+    /// Creates or replaces an object (its `apiVersion` and `kind` pick the collection), as the
+    /// server would store it: a custom resource pruned and defaulted by its CRD's schema. A CRD the
+    /// real server would refuse panics with the reason (a fixture's mistake).
     pub fn apply(&self, object: Value) {
+        if object["apiVersion"] == crds::CRD_API
+            && object["kind"] == "CustomResourceDefinition"
+            && let Err(refused) = crds::validate(&object)
+        {
+            panic!("the API server refuses this CRD: {refused}");
+        }
         self.state.put(object);
+    }
+
+    /// Installs the PullSet CRD as shipped (`manifests/base/crd.yaml`, [`objects::pullset_crd`]),
+    /// as `kubectl apply -f` would: from now on PullSets are pruned and defaulted by its schema.
+    pub fn install_pullset_crd(&self) {
+        self.apply(objects::pullset_crd());
     }
 
     /// Deletes an object.
@@ -403,6 +448,17 @@ impl ApiState {
         let mut object = times::normalised(object);
         let mut store = self.lock();
         let collection = Collection { api, plural };
+        // A custom resource is stored as its CRD's schema decodes it (`crds`, `schema`).
+        if let Ok(Some(schema)) = crds::schema_for(&store, &collection) {
+            schema::coerce(&mut object, &schema);
+        }
+        if collection.api == crds::CRD_API && collection.plural == crds::CRD_PLURAL {
+            let previous = store
+                .objects
+                .get(&collection)
+                .and_then(|c| c.get(&(namespace.clone(), name.clone())));
+            object = crds::with_status(object, previous);
+        }
         let stored = store
             .objects
             .get(&collection)
@@ -468,6 +524,7 @@ fn plural_of(kind: &str) -> String {
         "Node" => "nodes".into(),
         "Event" => "events".into(),
         "Namespace" => "namespaces".into(),
+        "CustomResourceDefinition" => crds::CRD_PLURAL.into(),
         other => format!("{}s", other.to_ascii_lowercase()),
     }
 }
@@ -481,6 +538,7 @@ fn kind_of(plural: &str) -> String {
         "nodes" => "Node".into(),
         "events" => "Event".into(),
         "namespaces" => "Namespace".into(),
+        crds::CRD_PLURAL => "CustomResourceDefinition".into(),
         other => {
             let singular = other.strip_suffix('s').unwrap_or(other);
             let mut chars = singular.chars();

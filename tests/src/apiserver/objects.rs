@@ -34,3 +34,18 @@ pub fn node(name: &str, taints: &[(&str, &str)]) -> Value {
                                       "lastHeartbeatTime": "2026-01-01T00:00:00Z",
                                       "lastTransitionTime": "2026-01-01T00:00:00Z"}]}})
 }
+
+/// The PullSet CRD as shipped: `manifests/base/crd.yaml`, generated from the Rust type.
+pub fn pullset_crd() -> Value {
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../manifests/base/crd.yaml");
+    let text = std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{path}: {e}"));
+    serde_yaml::from_str(&text).unwrap_or_else(|e| panic!("{path}: {e}"))
+}
+
+/// The shipped PullSet CRD with one more field in `spec`, as a newer CRD during a rollout.
+pub fn pullset_crd_with_spec_field(field: &str, schema: Value) -> Value {
+    let mut crd = pullset_crd();
+    crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"]["properties"]
+        [field] = schema;
+    crd
+}

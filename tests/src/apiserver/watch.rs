@@ -12,6 +12,7 @@ use std::collections::HashMap;
 use tokio::sync::broadcast;
 
 use super::handle::matches;
+use super::schema::{Structural, coerce};
 use super::{ApiState, Collection, Event, status};
 
 /// How often a watch asking for bookmarks gets one, unless [`super::ApiServer::bookmark_every`].
@@ -27,6 +28,7 @@ fn bookmark(collection: &Collection, rv: u64) -> Value {
 pub(super) fn watch(
     state: ApiState,
     collection: Collection,
+    schema: Option<Structural>,
     namespace: Option<String>,
     name: Option<String>,
     query: &HashMap<String, String>,
@@ -58,7 +60,17 @@ pub(super) fn watch(
     };
     let (tx, rx) = tokio::sync::mpsc::channel::<Result<Bytes, std::io::Error>>(64);
     tokio::spawn(async move {
+        // A custom resource is sent as the server decodes it from storage: pruned and defaulted
+        // by its CRD's schema (bookmarks and errors are no stored object).
         let line = |kind: &str, object: &Value| {
+            let object = match (&schema, kind) {
+                (Some(schema), "ADDED" | "MODIFIED" | "DELETED") => {
+                    let mut object = object.clone();
+                    coerce(&mut object, schema);
+                    object
+                }
+                _ => object.clone(),
+            };
             Bytes::from(format!("{}\n", json!({"type": kind, "object": object})))
         };
         if gone {
