@@ -126,6 +126,7 @@ fn main() -> Result<()> {
     let registry = Registry::start(&[(USER, PASSWORD), (USER2, PASSWORD2)])?;
     let proxy = Arc::new(Proxy::start(&registry.host())?);
     let api = ApiServer::start()?;
+    api.install_pullset_crd();
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;

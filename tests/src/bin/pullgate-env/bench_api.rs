@@ -82,6 +82,7 @@ pub fn bench_api(minutes: f64, pullsets: usize, other_pool_pullsets: usize) -> R
     let host = registry.host();
     let pool = push_tiny(&registry, "api", 2 * pullsets)?;
     let api = ApiServer::start()?;
+    api.install_pullset_crd();
     let scratch = tempfile::tempdir()?;
     let kubeconfig = scratch.path().join("kubeconfig");
     std::fs::write(&kubeconfig, api.kubeconfig())?;
