@@ -71,6 +71,8 @@ struct User {
 struct Inner {
     users: BTreeMap<String, User>,
     expires_in: Duration,
+    /// Tokens are issued as if this long ago (`iat`, `nbf`, `exp` shifted back).
+    issued_ago: Duration,
     log: Vec<String>,
     issued: Vec<String>,
 }
@@ -133,6 +135,7 @@ impl TokenServer {
                 })
                 .collect(),
             expires_in: Duration::from_secs(300),
+            issued_ago: Duration::ZERO,
             log: Vec::new(),
             issued: Vec::new(),
         }));
@@ -190,6 +193,12 @@ impl TokenServer {
     /// The lifetime of tokens issued from now on (`expires_in`, and `exp` = now + it).
     pub fn set_expires_in(&self, expires_in: Duration) {
         self.lock().expires_in = expires_in;
+    }
+
+    /// Tokens from now on are issued as if `ago` in the past: with `ago` beyond `expires_in` plus
+    /// the registry's 60 s leeway, each is expired when handed out.
+    pub fn set_issued_ago(&self, ago: Duration) {
+        self.lock().issued_ago = ago;
     }
 
     /// One line per token request: user, scopes asked, status, scopes granted. No secret.
@@ -366,7 +375,8 @@ async fn token(
     };
     let access = granted(&grants, &asked);
     let expires_in = inner.expires_in;
-    let jwt = match sign(&state.signer, &subject, &access, expires_in) {
+    let issued_ago = inner.issued_ago;
+    let jwt = match sign(&state.signer, &subject, &access, expires_in, issued_ago) {
         Ok(jwt) => jwt,
         Err(e) => {
             inner.log.push(format!("user={subject} -> 500 ({e})"));
@@ -374,7 +384,7 @@ async fn token(
         }
     };
     inner.log.push(format!(
-        "user={} service={} asked={} -> 200 granted={} expires_in={}s",
+        "user={} service={} asked={} -> 200 granted={} expires_in={}s issued_ago={}s",
         if subject.is_empty() {
             "(anonymous)"
         } else {
@@ -383,10 +393,13 @@ async fn token(
         service.as_deref().unwrap_or(""),
         shown(&asked),
         shown(&access),
-        expires_in.as_secs()
+        expires_in.as_secs(),
+        issued_ago.as_secs()
     ));
     inner.issued.push(jwt.clone());
-    let issued_at = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+    let issued_at = (chrono::Utc::now()
+        - chrono::Duration::from_std(issued_ago).unwrap_or_default())
+    .to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
     axum::Json(serde_json::json!({
         "token": jwt,
         "access_token": jwt,
@@ -402,11 +415,18 @@ fn b64url(bytes: &[u8]) -> String {
 
 /// A JWT as distribution's `token.go` reads it: header `{typ, alg: ES256, x5c}`, claims `{iss,
 /// sub, aud, exp, nbf, iat, jti, access}`.
-fn sign(signer: &Signer, subject: &str, access: &[Scope], expires_in: Duration) -> Result<String> {
+fn sign(
+    signer: &Signer,
+    subject: &str,
+    access: &[Scope],
+    expires_in: Duration,
+    issued_ago: Duration,
+) -> Result<String> {
     let now = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .context("clock before 1970")?
-        .as_secs();
+        .as_secs()
+        .saturating_sub(issued_ago.as_secs());
     let header = serde_json::json!({
         "typ": "JWT",
         "alg": "ES256",

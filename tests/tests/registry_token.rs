@@ -270,6 +270,7 @@ fn a_user_without_the_repository_scope_gets_the_nodes_answer() {
         "{}",
         env.tokens.log()
     );
+    eprintln!("registry-direct: {}\nruntime: {}", c.registry, c.runtime);
     let (registry, runtime) = verdicts(&c);
     assert_eq!(
         registry,
@@ -280,6 +281,15 @@ fn a_user_without_the_repository_scope_gets_the_nodes_answer() {
         env.containerd.log()
     );
     assert_eq!(registry, "Unauthorized", "{}", c.stdout);
+    // containerd (1.6 and 2.1 alike) quotes the registry's challenge: the token lacked the scope.
+    assert!(
+        c.runtime["message"]
+            .as_str()
+            .unwrap_or("")
+            .contains("insufficient_scope"),
+        "{}",
+        c.runtime
+    );
     // The registry said why: the token lacks the scope.
     assert!(
         c.registry["message"]
@@ -294,5 +304,53 @@ fn a_user_without_the_repository_scope_gets_the_nodes_answer() {
         &env,
         &[&c.stdout, &c.stderr],
         &[(USER, PASSWORD), (OUTSIDER, OUTSIDER_PASSWORD)],
+    );
+}
+
+#[test]
+fn an_expired_token_is_refused_by_the_registry_and_both_canaries_say_so() {
+    let env = env();
+    // Tokens issued as if ten minutes ago, living five: expired beyond the registry's 60 s
+    // leeway (`token.go`'s `Leeway`) the moment they are handed out. The password is right.
+    env.tokens.set_expires_in(Duration::from_secs(300));
+    env.tokens.set_issued_ago(Duration::from_secs(600));
+    let c = check(&env, "good");
+    eprintln!("registry-direct: {}\nruntime: {}", c.registry, c.runtime);
+    assert!(
+        env.tokens.log().contains("user=pullgate") && env.tokens.log().contains("-> 200"),
+        "{}",
+        env.tokens.log()
+    );
+    assert_eq!(
+        verdicts(&c),
+        ("Unauthorized".into(), "Unauthorized".into()),
+        "{}\n{}\nregistry log:\n{}",
+        c.stdout,
+        c.stderr,
+        env.registry.log()
+    );
+    // The registry refused the token itself, not the password (which the token server took).
+    assert!(
+        c.runtime["message"]
+            .as_str()
+            .unwrap_or("")
+            .contains("invalid_token"),
+        "{}",
+        c.runtime
+    );
+    // Fresh tokens again: the same credential works (it was the token's age, nothing else).
+    env.tokens.set_issued_ago(Duration::ZERO);
+    let again = check(&env, "good");
+    assert_eq!(
+        verdicts(&again),
+        ("Ok".into(), "Ok".into()),
+        "{}\n{}",
+        again.stdout,
+        again.stderr
+    );
+    assert_no_leak(
+        &env,
+        &[&c.stdout, &c.stderr, &again.stdout, &again.stderr],
+        &[(USER, PASSWORD)],
     );
 }
