@@ -133,7 +133,8 @@ impl Registry {
         self.launch()
     }
 
-    /// Rotation: the user's password changes. The registry reads htpasswd at start-up, so it is
+    /// Rotation: the user's password changes (htpasswd registries only: a token registry's
+    /// passwords are its token server's, [`TokenServer::set_password`]). The registry reads htpasswd at start-up, so it is
     /// restarted (same port, same storage), as an operator's rollout of a new secret would.
     pub fn set_password(&mut self, user: &str, password: &str) -> Result<()> {
         for (u, p) in &mut self.users {

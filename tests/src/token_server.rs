@@ -492,6 +492,84 @@ mod tests {
         assert_eq!(shown(&granted(&[], &asked)), "[]");
     }
 
+    /// The token's parts as distribution's `token.go` reads them; the signature verifies with the
+    /// certificate's key (ring's ES256 verifier, the JWS `r || s` form libtrust expects).
+    #[test]
+    fn tokens_carry_what_distribution_verifies() {
+        let rng = SystemRandom::new();
+        let key_pair = rcgen::KeyPair::generate().unwrap_or_else(|e| panic!("{e}"));
+        let params =
+            rcgen::CertificateParams::new(Vec::<String>::new()).unwrap_or_else(|e| panic!("{e}"));
+        let cert = params
+            .self_signed(&key_pair)
+            .unwrap_or_else(|e| panic!("{e}"));
+        let signer = Signer {
+            key: EcdsaKeyPair::from_pkcs8(
+                &ECDSA_P256_SHA256_FIXED_SIGNING,
+                &key_pair.serialize_der(),
+                &rng,
+            )
+            .unwrap_or_else(|e| panic!("{e}")),
+            rng,
+            cert_der: cert.der().to_vec(),
+        };
+        let access = scopes("scope=repository:team/app:pull").0;
+        for (ago, expires_in) in [(0, 300), (600, 300), (0, 1)] {
+            let jwt = sign(
+                &signer,
+                "u",
+                &access,
+                Duration::from_secs(expires_in),
+                Duration::from_secs(ago),
+            )
+            .unwrap_or_else(|e| panic!("{e}"));
+            let parts: Vec<&str> = jwt.split('.').collect();
+            assert_eq!(parts.len(), 3, "{jwt}");
+            let decode = |p: &str| {
+                serde_json::from_slice::<serde_json::Value>(
+                    &base64::engine::general_purpose::URL_SAFE_NO_PAD
+                        .decode(p)
+                        .unwrap_or_else(|e| panic!("{e}")),
+                )
+                .unwrap_or_else(|e| panic!("{e}"))
+            };
+            let (header, claims) = (decode(parts[0]), decode(parts[1]));
+            assert_eq!(header["alg"], "ES256");
+            let x5c = base64::engine::general_purpose::STANDARD
+                .decode(header["x5c"][0].as_str().unwrap_or(""))
+                .unwrap_or_default();
+            assert_eq!(x5c, signer.cert_der);
+            assert_eq!(claims["iss"], ISSUER);
+            assert_eq!(claims["aud"], SERVICE);
+            let iat = claims["iat"].as_u64().unwrap_or(0);
+            let now = SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map(|d| d.as_secs())
+                .unwrap_or(0);
+            assert!(now - iat >= ago && now - iat <= ago + 5, "{claims}");
+            assert_eq!(claims["exp"].as_u64(), Some(iat + expires_in), "{claims}");
+            assert!(
+                claims["nbf"].as_u64().unwrap_or(u64::MAX) <= iat,
+                "{claims}"
+            );
+            assert_eq!(
+                claims["access"],
+                serde_json::json!([{"type": "repository", "name": "team/app", "actions": ["pull"]}])
+            );
+            let public = ring::signature::UnparsedPublicKey::new(
+                &ring::signature::ECDSA_P256_SHA256_FIXED,
+                ring::signature::KeyPair::public_key(&signer.key).as_ref(),
+            );
+            let signature = base64::engine::general_purpose::URL_SAFE_NO_PAD
+                .decode(parts[2])
+                .unwrap_or_default();
+            assert_eq!(signature.len(), 64);
+            public
+                .verify(format!("{}.{}", parts[0], parts[1]).as_bytes(), &signature)
+                .unwrap_or_else(|_| panic!("the signature does not verify"));
+        }
+    }
+
     #[test]
     fn percent_decoding_keeps_what_it_cannot_read() {
         for (input, want) in [
