@@ -8,7 +8,9 @@
 //! no basic handler), and in front of an htpasswd upstream it answers every uncached request
 //! `500 unauthorized: authentication required` (seen with 2.8.2). Pre-pull goes through it; the runtime canary names it
 //! (`MirrorInPath`); after a rotation of the upstream password with the image cached on the
-//! mirror, the node's pull still works through the mirror, and what each canary says is pinned.
+//! mirror, the node's pull still works through the mirror, and what each canary says is pinned;
+//! the same rotation before the mirror has the image fails both ways (containerd falls through
+//! the mirror's 404 to the upstream, which refuses; 2.1 then says `not found`, 1.x the refusal).
 
 #![allow(clippy::unwrap_used)] // test fixtures: a failed set-up step should panic with its error
 
@@ -280,4 +282,42 @@ fn assert_no_leak(env: &Env, outputs: &[&str], passwords: &[&str]) {
             );
         }
     }
+}
+
+#[test]
+fn an_upstream_rotation_before_the_mirror_has_the_image_what_each_canary_says() {
+    let env = env();
+    // Nothing pulled yet: neither the node nor the mirror holds the image. The upstream's
+    // password is rotated; neither the Secret nor the mirror's configuration is.
+    env.tokens.set_password(USER, ROTATED);
+    let c = check(&env);
+    eprintln!("registry-direct: {}\nruntime: {}", c.registry, c.runtime);
+    assert!(names_the_mirror(&env, &c.runtime), "{}", c.runtime);
+    assert_eq!(
+        c.registry["verdict"], "Unauthorized",
+        "{}\n{}",
+        c.stdout, c.stderr
+    );
+    // The node's answer: the mirror, whose own upstream credential is stale too, cannot fetch the
+    // tag (404) and containerd falls through to the upstream (`server`), which refuses. What the
+    // node then says depends on its release line, and the runtime canary reports just that:
+    // 1.x returns the upstream's refusal (`failed to authorize: … 401`): `Unauthorized`, as the
+    // registry-direct canary says; 2.1 logs the refusal (`fetch failed … 401`), moves on, and
+    // returns `not found` (the mirror's 404): `NotFound`, where only the registry-direct canary
+    // names the cause.
+    let node = if env.containerd.release().is_v2() {
+        "NotFound"
+    } else {
+        "Unauthorized"
+    };
+    assert_eq!(
+        c.runtime["verdict"],
+        node,
+        "containerd {}\n{}\n{}\ncontainerd log:\n{}",
+        env.containerd.version(),
+        c.stdout,
+        c.stderr,
+        env.containerd.log()
+    );
+    assert_no_leak(&env, &[&c.stdout, &c.stderr], &[PASSWORD, ROTATED]);
 }
