@@ -263,12 +263,8 @@ fn assert_no_leak(env: &Env, outputs: &[&str], passwords: &[&str]) {
         secrets.push(("password", password.to_string()));
         secrets.push(("basic auth", basic_auth(USER, password)));
     }
-    let issued = env.tokens.issued();
-    assert!(!issued.is_empty(), "the token server issued no token");
-    for token in &issued {
-        // The signature alone identifies a token (the header is the same for all).
-        let signature = token.rsplit('.').next().unwrap_or(token).to_string();
-        secrets.push(("token signature", signature));
+    for signature in env.tokens.issued_signatures().unwrap() {
+        secrets.push(("token", signature));
     }
     let sources = outputs
         .iter()
