@@ -192,6 +192,15 @@ fn token_auth_pre_pull_and_both_canaries_agree_and_a_rotation_is_caught_cached()
         .cloned()
         .unwrap_or_else(|| panic!("no pre-pull of good\n{}\n{}", run.stdout, run.stderr));
     assert_eq!(good["verdict"], "Ok", "{good}\n{}", run.stderr);
+    // Each PullSet is judged by its own credential: the outsider's token lacks the scope, so
+    // `noscope` is refused although the image is now on the node.
+    let noscope = run
+        .prepulls_of(&env.image.by_tag)
+        .into_iter()
+        .find(|o| o["pullset"] == "noscope")
+        .cloned()
+        .unwrap_or_else(|| panic!("no pre-pull of noscope\n{}\n{}", run.stdout, run.stderr));
+    assert_eq!(noscope["verdict"], "Unauthorized", "{noscope}");
     // The token server granted pulls: the node's pull went through the token flow.
     assert!(
         env.tokens
