@@ -17,7 +17,8 @@
 //! - [`procfs`], [`http`]: a process seen from `/proc`, raw HTTP on loopback;
 //! - [`process`], [`server_thread`]: process guards, prerequisite checks, waits with deadlines,
 //!   servers on a runtime of their own;
-//! - [`tls`]: certificates made in code, a TLS endpoint nobody trusts.
+//! - [`tls`]: certificates made in code, a TLS endpoint nobody trusts;
+//! - [`token_server`]: a registry token server (Basic password in, signed JWT out, scopes, expiry).
 
 pub mod agent;
 pub mod apiserver;
@@ -37,6 +38,7 @@ pub mod proxy;
 pub mod registry;
 pub mod server_thread;
 pub mod tls;
+pub mod token_server;
 
 pub use agent::{Agent, AgentRun, RunningAgent};
 pub use containerd::Containerd;

@@ -1,7 +1,10 @@
 //! A real registry (Debian `docker-registry`, distribution 2.8) on 127.0.0.1, with htpasswd (bcrypt)
-//! authentication and its storage in a temp dir.
+//! authentication and its storage in a temp dir; or ([`Registry::start_token`]) with `auth: token`
+//! against a [`TokenServer`]; or ([`Registry::start_proxy`]) as a pull-through mirror (`proxy`
+//! mode, no auth of its own) in front of another registry.
 
 use crate::process::{ChildGuard, free_port, require_binary, wait_until};
+use crate::token_server::{self, TokenServer};
 use anyhow::{Context as _, Result};
 use std::io::{Read as _, Write as _};
 use std::net::TcpStream;
@@ -17,11 +20,59 @@ pub struct Registry {
     users: Vec<(String, String)>,
     child: Option<ChildGuard>,
     binary: PathBuf,
+    /// How it authenticates, and whether it proxies: htpasswd unless a `start_*` says otherwise.
+    mode: Mode,
+}
+
+/// Token auth or proxy mode: the configuration beyond the htpasswd registry of [`Registry::start`].
+/// Not `Debug`: a mirror's mode holds its upstream password.
+#[derive(Clone, Default)]
+enum Mode {
+    #[default]
+    Htpasswd,
+    /// `auth: token` (`realm`, `service`, `issuer`, `rootcertbundle` = `cert_pem`, written next
+    /// to the configuration).
+    Token { realm: String, cert_pem: String },
+    /// `proxy` mode with no auth of its own: `remoteurl` and the upstream credential.
+    Proxy {
+        remote: String,
+        username: String,
+        password: String,
+    },
 }
 
 impl Registry {
     /// Starts a registry that accepts the given `(user, password)` pairs.
     pub fn start(users: &[(&str, &str)]) -> Result<Self> {
+        Self::start_mode(users, Mode::Htpasswd)
+    }
+
+    /// Starts a registry with `auth: token`: it trusts the tokens `tokens` signs (its issuer,
+    /// its service as audience, its certificate as `rootcertbundle`); `tokens` checks passwords.
+    pub fn start_token(tokens: &TokenServer) -> Result<Self> {
+        Self::start_mode(
+            &[],
+            Mode::Token {
+                realm: tokens.realm(),
+                cert_pem: tokens.root_cert_pem().to_string(),
+            },
+        )
+    }
+
+    /// Starts a pull-through mirror (`proxy` mode) of the plain-HTTP registry at `upstream`
+    /// (`host:port`), pulling from it as `user`/`password`. It asks its own clients for nothing.
+    pub fn start_proxy(upstream: &str, user: &str, password: &str) -> Result<Self> {
+        Self::start_mode(
+            &[],
+            Mode::Proxy {
+                remote: format!("http://{upstream}"),
+                username: user.to_string(),
+                password: password.to_string(),
+            },
+        )
+    }
+
+    fn start_mode(users: &[(&str, &str)], mode: Mode) -> Result<Self> {
         let binary = require_binary("docker-registry", "docker-registry")?;
         let dir = tempfile::Builder::new()
             .prefix("pullgate-registry-")
@@ -36,6 +87,7 @@ impl Registry {
                 .collect(),
             child: None,
             binary,
+            mode,
         };
         registry.write_config()?;
         registry.launch()?;
@@ -81,7 +133,8 @@ impl Registry {
         self.launch()
     }
 
-    /// Rotation: the user's password changes. The registry reads htpasswd at start-up, so it is
+    /// Rotation: the user's password changes (htpasswd registries only: a token registry's
+    /// passwords are its token server's, [`TokenServer::set_password`]). The registry reads htpasswd at start-up, so it is
     /// restarted (same port, same storage), as an operator's rollout of a new secret would.
     pub fn set_password(&mut self, user: &str, password: &str) -> Result<()> {
         for (u, p) in &mut self.users {
@@ -100,6 +153,7 @@ impl Registry {
             htpasswd.push_str(&format!("{user}:{hash}\n"));
         }
         std::fs::write(root.join("htpasswd"), htpasswd)?;
+        let auth = self.auth_config()?;
         let config = format!(
             r#"version: 0.1
 log:
@@ -116,16 +170,48 @@ storage:
       enabled: false
 http:
   addr: 127.0.0.1:{port}
-auth:
-  htpasswd:
-    realm: pullgate-test
-    path: {root}/htpasswd
-"#,
+{auth}"#,
             root = root.display(),
             port = self.port
         );
         std::fs::write(root.join("config.yml"), config)?;
         Ok(())
+    }
+
+    /// The `auth:` section (and `proxy:` for a mirror) of the configuration.
+    fn auth_config(&self) -> Result<String> {
+        let root = self.dir.path();
+        Ok(match &self.mode {
+            Mode::Htpasswd => format!(
+                "auth:\n  htpasswd:\n    realm: pullgate-test\n    path: {}/htpasswd\n",
+                root.display()
+            ),
+            Mode::Token { realm, cert_pem } => {
+                let bundle = root.join("token-root.pem");
+                std::fs::write(&bundle, cert_pem)?;
+                format!(
+                    "auth:\n  token:\n    realm: {realm}\n    service: {}\n    issuer: {}\n    rootcertbundle: {}\n",
+                    token_server::SERVICE,
+                    token_server::ISSUER,
+                    bundle.display()
+                )
+            }
+            Mode::Proxy {
+                remote,
+                username,
+                password,
+            } => format!(
+                "proxy:\n  remoteurl: {remote}\n  username: {username}\n  password: {password}\n"
+            ),
+        })
+    }
+
+    /// What `GET /v2/` answers once it serves: 401 with auth, 200 for a mirror.
+    fn ready_status(&self) -> &'static str {
+        match self.mode {
+            Mode::Proxy { .. } => " 200 ",
+            Mode::Htpasswd | Mode::Token { .. } => " 401 ",
+        }
     }
 
     fn launch(&mut self) -> Result<()> {
@@ -138,8 +224,9 @@ auth:
         )?;
         self.child = Some(child);
         let addr = self.host();
+        let ready = self.ready_status();
         wait_until("registry to answer /v2/", Duration::from_secs(20), || {
-            probe(&addr).is_some_and(|status| status.contains(" 401 "))
+            probe(&addr).is_some_and(|status| status.contains(ready))
         })
         .with_context(|| format!("registry log:\n{}", self.log()))
     }
