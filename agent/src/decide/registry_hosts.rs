@@ -15,10 +15,11 @@
 //!   or a list of `[cert, key]` pairs), `skip_verify`, `header` (a value or a list): relative paths
 //!   are relative to the `hosts.toml`'s directory.
 //!
-//! containerd 1.6 differs in one default, not ported: a loopback registry is plain HTTP without
-//! the HTTPS attempt. 1.6 and 1.7 also ignore a `hosts.toml` without any `[host]` table (their
-//! go-toml v1 `getSortedHosts` fails, and the directory is read for certificate files only):
-//! [`Dialect::IgnoresServerOnlyFile`].
+//! The release lines differ ([`Dialect`], from the tags `v1.6.20`, `v1.7.24`, `v2.1.9`): 1.6 has
+//! no HTTPS-first fallback (a loopback registry is plain HTTP), and 1.6 and 1.7 ignore a
+//! `hosts.toml` without any `[host]` table (their go-toml v1 `getSortedHosts` fails, and the
+//! directory is read for certificate files only):
+//! [`Dialect::V1_7`].
 
 use std::path::{Path, PathBuf};
 
@@ -55,17 +56,53 @@ pub struct HostSettings {
     pub client: Vec<(String, Option<String>)>,
     pub skip_verify: Option<bool>,
     pub override_path: bool,
-    pub header: Vec<(String, Vec<String>)>,
+    pub header: Vec<(String, Vec<HeaderValue>)>,
 }
 
-/// Which containerd semantics apply where the release lines differ.
+/// A `header` value of a `hosts.toml`: it may be a credential (`Authorization`), so its `Debug`
+/// shows nothing of it.
+#[derive(Clone, PartialEq, Eq, Hash)]
+pub struct HeaderValue(pub String);
+
+impl std::fmt::Debug for HeaderValue {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("HeaderValue(<redacted>)")
+    }
+}
+
+/// Which containerd release line's semantics apply where the lines differ.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Dialect {
-    /// 2.x: every `hosts.toml` counts.
-    Current,
-    /// 1.6 and 1.7: a `hosts.toml` with no `[host]` table is ignored (only the directory's
-    /// certificate files count).
-    IgnoresServerOnlyFile,
+    /// 1.6: a loopback registry without configuration is plain HTTP (with `skip_verify`), and
+    /// an HTTP host is never tried over HTTPS first; a `hosts.toml` without `[host]` is ignored.
+    V1_6,
+    /// 1.7: HTTPS first with the HTTP fallback; a `hosts.toml` without `[host]` is ignored.
+    V1_7,
+    /// 2.x (and anything unknown): every `hosts.toml` counts.
+    V2,
+}
+
+impl Dialect {
+    /// The dialect of a runtime version as CRI `Version` reports it (`1.6.20~ds1`, `v1.7.24`,
+    /// `2.1.9`); anything else reads as 2.x.
+    pub fn of_containerd_version(version: &str) -> Self {
+        let v = version.trim().trim_start_matches('v');
+        if v.starts_with("1.6.") || v == "1.6" || v.starts_with("1.5.") {
+            Self::V1_6
+        } else if v.starts_with("1.") {
+            Self::V1_7
+        } else {
+            Self::V2
+        }
+    }
+
+    fn ignores_server_only_file(self) -> bool {
+        matches!(self, Self::V1_6 | Self::V1_7)
+    }
+
+    fn https_first(self) -> bool {
+        !matches!(self, Self::V1_6)
+    }
 }
 
 /// `http` or `https`.
@@ -125,7 +162,7 @@ pub struct Host {
     pub tls: TlsSettings,
     /// HTTPS first, then plain HTTP when the answer is not TLS (containerd's `NewHTTPFallback`).
     pub http_fallback: bool,
-    pub header: Vec<(String, Vec<String>)>,
+    pub header: Vec<(String, Vec<HeaderValue>)>,
 }
 
 impl Host {
@@ -161,7 +198,7 @@ pub fn resolve(
     let file = dir.and_then(|d| {
         d.file
             .as_ref()
-            .filter(|f| dialect == Dialect::Current || !f.hosts.is_empty())
+            .filter(|f| !dialect.ignores_server_only_file() || !f.hosts.is_empty())
             .map(|f| (f, d.dir.as_path()))
     });
     // Each host with whether it names a TLS setting (containerd: a non-nil `ca`, `client` or
@@ -194,13 +231,17 @@ pub fn resolve(
         hosts.push((unset_host(), false));
     }
     if let Some((last, explicit)) = hosts.last_mut().filter(|(h, _)| h.host.is_empty()) {
-        default_host(registry, last);
+        default_host(registry, last, dialect);
         *explicit |= last.tls.skip_verify;
     }
     let hosts: Vec<Host> = hosts
         .into_iter()
         .map(|(mut host, explicit_tls)| {
-            if host.scheme == Scheme::Http && explicit_tls && port_of(&host.host) != Some("80") {
+            if dialect.https_first()
+                && host.scheme == Scheme::Http
+                && explicit_tls
+                && port_of(&host.host) != Some("80")
+            {
                 host.scheme = Scheme::Https;
                 host.http_fallback = true;
             }
@@ -235,19 +276,19 @@ fn unset_host() -> Host {
 }
 
 /// containerd's default for a host entry that names no server (`ConfigureHosts`).
-fn default_host(registry: &str, host: &mut Host) {
+fn default_host(registry: &str, host: &mut Host, dialect: Dialect) {
     if registry == "docker.io" {
         host.scheme = Scheme::Https;
         host.host = "registry-1.docker.io".into();
     } else if is_localhost(registry) {
         host.host = registry.into();
         let port = port_of(registry);
-        host.scheme = if matches!(port, None | Some("443")) {
+        host.scheme = if dialect.https_first() && matches!(port, None | Some("443")) {
             Scheme::Https
         } else {
             Scheme::Http
         };
-        if port != Some("80") {
+        if port != Some("80") || !dialect.https_first() {
             host.tls.skip_verify = true;
         }
     } else {
@@ -469,7 +510,7 @@ mod tests {
             ("127.0.0.1:443", ("https", "127.0.0.1:443", true, false)),
             ("10.0.0.1:5000", ("https", "10.0.0.1:5000", false, false)),
         ] {
-            let hosts = resolve(registry, None, Dialect::Current).unwrap();
+            let hosts = resolve(registry, None, Dialect::V2).unwrap();
             assert_eq!(hosts.len(), 1, "{registry}");
             let h = &hosts[0];
             assert_eq!(
@@ -547,7 +588,7 @@ mod tests {
                 vec![("https", "registry-1.docker.io", "/v2", false)],
             ),
         ] {
-            let hosts = resolve(registry, Some(&f), Dialect::Current).unwrap();
+            let hosts = resolve(registry, Some(&f), Dialect::V2).unwrap();
             let want: Vec<_> = want
                 .into_iter()
                 .map(|(s, h, p, fb)| (s, h.to_string(), p.to_string(), fb))
@@ -568,7 +609,10 @@ mod tests {
                     ("client.cert".into(), Some("client.key".into())),
                     ("both.pem".into(), None),
                 ],
-                header: vec![("X-Team".into(), vec!["a".into(), "b".into()])],
+                header: vec![(
+                    "X-Team".into(),
+                    vec![HeaderValue("a".into()), HeaderValue("b".into())],
+                )],
                 ..settings()
             },
         ));
@@ -602,7 +646,7 @@ mod tests {
                 ..settings()
             },
         ));
-        let hosts = resolve("reg.example", Some(&f), Dialect::Current).unwrap();
+        let hosts = resolve("reg.example", Some(&f), Dialect::V2).unwrap();
         let dir = Path::new("/etc/containerd/certs.d/reg.example");
         assert_eq!(
             hosts[0].tls,
@@ -625,8 +669,12 @@ mod tests {
         );
         assert_eq!(
             hosts[0].header,
-            [("X-Team".to_string(), vec!["a".to_string(), "b".to_string()])]
+            [(
+                "X-Team".to_string(),
+                vec![HeaderValue("a".into()), HeaderValue("b".into())]
+            )]
         );
+        assert!(!format!("{:?}", hosts[0]).contains("\"a\""));
         assert_eq!(
             (
                 hosts[1].scheme,
@@ -671,7 +719,7 @@ mod tests {
                 ("https://reg.example", pull_only),
             ],
         );
-        let hosts = resolve("reg.example", Some(&f), Dialect::Current).unwrap();
+        let hosts = resolve("reg.example", Some(&f), Dialect::V2).unwrap();
         let up = upstream(&hosts).unwrap();
         assert_eq!(
             (up.host.as_str(), up.capabilities.resolve),
@@ -683,13 +731,48 @@ mod tests {
     #[test]
     fn release_lines_differ_on_a_server_only_file() {
         let f = file(Some("http://127.0.0.1:5000"), &[]);
-        let current = resolve("reg.example:5000", Some(&f), Dialect::Current).unwrap();
+        let current = resolve("reg.example:5000", Some(&f), Dialect::V2).unwrap();
         assert_eq!(current[0].host, "127.0.0.1:5000");
-        let old = resolve("reg.example:5000", Some(&f), Dialect::IgnoresServerOnlyFile).unwrap();
+        let old = resolve("reg.example:5000", Some(&f), Dialect::V1_7).unwrap();
         assert_eq!(
             shape(&old),
             [("https", "reg.example:5000".into(), "/v2".into(), false)]
         );
+    }
+
+    #[test]
+    fn release_line_1_6_has_no_https_first() {
+        let hosts = resolve("127.0.0.1:5000", None, Dialect::V1_6).unwrap();
+        assert_eq!(
+            shape(&hosts),
+            [("http", "127.0.0.1:5000".into(), "/v2".into(), false)]
+        );
+        assert!(hosts[0].tls.skip_verify);
+        let hosts = resolve("localhost", None, Dialect::V1_6).unwrap();
+        assert_eq!(hosts[0].scheme, Scheme::Http);
+        let mut f = file(Some("http://10.0.0.1:5000"), &[]);
+        hosts_of(&mut f).push((
+            "http://10.0.0.1:5000".into(),
+            HostSettings {
+                skip_verify: Some(true),
+                ..settings()
+            },
+        ));
+        let hosts = resolve("reg.example", Some(&f), Dialect::V1_6).unwrap();
+        assert_eq!(
+            (hosts[0].scheme, hosts[0].http_fallback),
+            (Scheme::Http, false)
+        );
+        for (version, want) in [
+            ("1.6.20~ds1", Dialect::V1_6),
+            ("v1.7.24", Dialect::V1_7),
+            ("1.7.24~ds1", Dialect::V1_7),
+            ("2.1.9", Dialect::V2),
+            ("v2.0.0", Dialect::V2),
+            ("", Dialect::V2),
+        ] {
+            assert_eq!(Dialect::of_containerd_version(version), want, "{version}");
+        }
     }
 
     #[test]
@@ -702,7 +785,7 @@ mod tests {
                 ..settings()
             },
         };
-        let hosts = resolve("127.0.0.1:5000", Some(&dir), Dialect::Current).unwrap();
+        let hosts = resolve("127.0.0.1:5000", Some(&dir), Dialect::V2).unwrap();
         assert_eq!(
             shape(&hosts),
             [("https", "127.0.0.1:5000".into(), "/v2".into(), true)]
@@ -716,7 +799,7 @@ mod tests {
             file: None,
             ..HostDir::default()
         };
-        let hosts = resolve("reg.example", Some(&empty), Dialect::Current).unwrap();
+        let hosts = resolve("reg.example", Some(&empty), Dialect::V2).unwrap();
         assert_eq!(
             shape(&hosts),
             [("https", "reg.example".into(), "/v2".into(), false)]
@@ -736,14 +819,14 @@ mod tests {
             )],
         );
         assert_eq!(
-            resolve("reg.example", Some(&f), Dialect::Current)
+            resolve("reg.example", Some(&f), Dialect::V2)
                 .unwrap_err()
                 .to_string(),
             "`host.\"https://m.local\"`: `capabilities` holds unknown capability `fly` (pull, resolve, push, referrers)"
         );
         for url in ["https://", "https://user@x", "https://a b", "httpx://a"] {
             let f = file(Some(url), &[]);
-            let e = resolve("reg.example", Some(&f), Dialect::Current).unwrap_err();
+            let e = resolve("reg.example", Some(&f), Dialect::V2).unwrap_err();
             assert!(matches!(e, HostsError::BadUrl { .. }), "{url}: {e}");
             assert!(e.to_string().starts_with("`server`"), "{url}: {e}");
         }
