@@ -311,6 +311,71 @@ pub struct RuntimeRegistry {
 }
 
 impl RuntimeRegistry {
+    /// What `pullgate run` uses: the roots `--runtime-registry-config` names, else the
+    /// `config_path` the runtime reports in its verbose CRI `Status`; the dialect of the release
+    /// line its `Version` (asked once at start-up, `version`) reports. Said once in the log; a
+    /// runtime that was not reachable at start-up is not asked again: containerd's defaults, with
+    /// a warning.
+    pub async fn discover(
+        cri: &crate::adapters::cri::CriClient,
+        version: Option<&crate::adapters::cri::RuntimeVersion>,
+        flag: Option<PathBuf>,
+    ) -> Self {
+        let dialect = match version {
+            Some(v) if v.runtime_name == "containerd" => {
+                Dialect::of_containerd_version(&v.runtime_version)
+            }
+            _ => Dialect::V2,
+        };
+        if version.is_none() && flag.is_none() {
+            tracing::warn!(
+                "the runtime was not reachable at start-up: registry-direct canaries use containerd's defaults for every registry (pass --runtime-registry-config to name its config_path)"
+            );
+            return Self {
+                roots: Vec::new(),
+                dialect,
+            };
+        }
+        if let Some(dir) = flag {
+            return Self {
+                roots: vec![dir],
+                dialect,
+            };
+        }
+        let roots = match cri.status_config().await {
+            Ok(Some(json)) => match Self::roots_from_cri_config(&json) {
+                Ok(roots) => roots,
+                Err(e) => {
+                    tracing::warn!(error = %e, "registry-direct canaries use containerd's defaults for every registry");
+                    None
+                }
+            },
+            Ok(None) => None,
+            Err(e) => {
+                tracing::warn!(error = %e, "the runtime's registry configuration could not be read: registry-direct canaries use containerd's defaults (pass --runtime-registry-config to name it)");
+                return Self {
+                    roots: Vec::new(),
+                    dialect,
+                };
+            }
+        };
+        match roots {
+            Some(roots) => {
+                tracing::info!(config_path = %std::env::join_paths(&roots).map(|p| p.to_string_lossy().into_owned()).unwrap_or_default(), "registry-direct canaries reach registries as the runtime's hosts.toml files say (config_path reported by the runtime)");
+                Self { roots, dialect }
+            }
+            None => {
+                tracing::warn!(
+                    "the runtime reports no registry config_path (containerd 2.x does not send it in its CRI Status): registry-direct canaries use containerd's defaults unless --runtime-registry-config names the directory"
+                );
+                Self {
+                    roots: Vec::new(),
+                    dialect,
+                }
+            }
+        }
+    }
+
     /// The `config_path` of containerd's CRI configuration as the verbose CRI `Status` carries
     /// it (`registry.configPath`, a `:`-separated list as `filepath.SplitList` reads it), pinned
     /// against 1.6 and 1.7 by `tests/tests/registry_hosts.rs`. `Ok(None)`: the runtime sends no
