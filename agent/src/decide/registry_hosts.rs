@@ -305,7 +305,7 @@ pub fn is_localhost(host: &str) -> bool {
     if name == "localhost" {
         return true;
     }
-    name.parse::<std::net::IpAddr>()
+    name.parse::<core::net::IpAddr>()
         .is_ok_and(|ip| ip.is_loopback())
 }
 
