@@ -1,5 +1,6 @@
 //! A real registry (Debian `docker-registry`, distribution 2.8) on 127.0.0.1, with htpasswd (bcrypt)
-//! authentication and its storage in a temp dir.
+//! authentication and its storage in a temp dir; optionally behind TLS with a certificate of a
+//! private CA ([`Registry::serve_tls`]), and requiring a client certificate of that CA.
 
 use crate::process::{ChildGuard, free_port, require_binary, wait_until};
 use anyhow::{Context as _, Result};
@@ -17,6 +18,8 @@ pub struct Registry {
     users: Vec<(String, String)>,
     child: Option<ChildGuard>,
     binary: PathBuf,
+    /// Served over TLS (`http.tls`), and whether a client certificate is required.
+    tls: Option<bool>,
 }
 
 impl Registry {
@@ -36,6 +39,7 @@ impl Registry {
                 .collect(),
             child: None,
             binary,
+            tls: None,
         };
         registry.write_config()?;
         registry.launch()?;
@@ -81,6 +85,18 @@ impl Registry {
         self.launch()
     }
 
+    /// From now on (restarted: same port, same storage) served over TLS with `ca`'s server
+    /// certificate, requiring a client certificate of `ca` when `require_client_cert`
+    /// (`http.tls.clientcas`). Push images before: the test pusher speaks plain HTTP.
+    pub fn serve_tls(&mut self, ca: &crate::tls::TestCa, require_client_cert: bool) -> Result<()> {
+        let root = self.dir.path();
+        std::fs::write(root.join("server.crt"), &ca.server_cert_pem)?;
+        std::fs::write(root.join("server.key"), &ca.server_key_pem)?;
+        std::fs::write(root.join("clientca.crt"), &ca.ca_pem)?;
+        self.tls = Some(require_client_cert);
+        self.restart()
+    }
+
     /// Rotation: the user's password changes. The registry reads htpasswd at start-up, so it is
     /// restarted (same port, same storage), as an operator's rollout of a new secret would.
     pub fn set_password(&mut self, user: &str, password: &str) -> Result<()> {
@@ -116,13 +132,25 @@ storage:
       enabled: false
 http:
   addr: 127.0.0.1:{port}
-auth:
+{tls}auth:
   htpasswd:
     realm: pullgate-test
     path: {root}/htpasswd
 "#,
             root = root.display(),
-            port = self.port
+            port = self.port,
+            tls = match self.tls {
+                None => String::new(),
+                Some(client) => format!(
+                    "  tls:\n    certificate: {r}/server.crt\n    key: {r}/server.key\n{}",
+                    if client {
+                        format!("    clientcas:\n      - {}/clientca.crt\n", root.display())
+                    } else {
+                        String::new()
+                    },
+                    r = root.display()
+                ),
+            }
         );
         std::fs::write(root.join("config.yml"), config)?;
         Ok(())
@@ -138,8 +166,10 @@ auth:
         )?;
         self.child = Some(child);
         let addr = self.host();
+        // Over TLS, a plain-HTTP request gets Go's `400 Bad Request`: the server is up.
+        let want = if self.tls.is_some() { " 400 " } else { " 401 " };
         wait_until("registry to answer /v2/", Duration::from_secs(20), || {
-            probe(&addr).is_some_and(|status| status.contains(" 401 "))
+            probe(&addr).is_some_and(|status| status.contains(want))
         })
         .with_context(|| format!("registry log:\n{}", self.log()))
     }

@@ -191,3 +191,192 @@ fn a_plain_http_registry_routed_by_hosts_toml_agrees_after_a_rotation_without_an
         }
     }
 }
+
+/// A real distribution registry behind TLS with a private CA (and, with `mtls`, requiring a
+/// client certificate of that CA), configured for containerd and pullgate only through
+/// `hosts.toml` (`ca`, `client`): both canaries agree before and after a rotation, and the
+/// same registry through a hosts.toml missing the setting fails TLS, naming the host, what failed
+/// and the setting that fixes it. On 2.1, which does not report its `config_path`, the agent is
+/// given that directory (`--runtime-registry-config`); on 1.x it reads what the runtime reports.
+fn private_tls_registry_agrees(mtls: bool) {
+    let ca = pullgate_testenv::tls::TestCa::generate("private").unwrap();
+    let mut registry = Registry::start(&[(USER, PASSWORD)]).unwrap();
+    let pushed = block_on(images::push(
+        &registry.host(),
+        USER,
+        PASSWORD,
+        &ImageSpec::new("team/app", "v1"),
+    ))
+    .unwrap();
+    registry.serve_tls(&ca, mtls).unwrap();
+    let port = registry.port();
+    let good = format!("pullgate-tls.invalid:{port}");
+    let lacking = format!("pullgate-lacking.invalid:{port}");
+    let server = format!("https://127.0.0.1:{port}");
+    let client = "  client = [[\"client.cert\", \"client.key\"]]\n";
+    let (good_extra, lacking_extra) = if mtls {
+        (
+            format!("  ca = \"ca.crt\"\n{client}"),
+            "  ca = \"ca.crt\"\n".to_string(),
+        )
+    } else {
+        ("  ca = \"ca.crt\"\n".to_string(), String::new())
+    };
+    let mut host_files = Vec::new();
+    for name in [&good, &lacking] {
+        host_files.push((name.clone(), "ca.crt".to_string(), ca.ca_pem.clone()));
+        host_files.push((
+            name.clone(),
+            "client.cert".to_string(),
+            ca.client_cert_pem.clone(),
+        ));
+        host_files.push((
+            name.clone(),
+            "client.key".to_string(),
+            ca.client_key_pem.clone(),
+        ));
+    }
+    let containerd = Containerd::start_with(
+        &[],
+        &Options {
+            routes: vec![
+                (good.clone(), server.clone(), good_extra),
+                (lacking.clone(), server.clone(), lacking_extra),
+            ],
+            host_files,
+            ..Options::default()
+        },
+    )
+    .unwrap();
+    let image = pushed.by_tag.replace(&registry.host(), &good);
+    let lacking_image = pushed.by_tag.replace(&registry.host(), &lacking);
+    let manifests = tempfile::tempdir().unwrap();
+    std::fs::write(
+        manifests.path().join("secret.yaml"),
+        [
+            pull_secret("team", "regcred", &good, USER, PASSWORD),
+            pull_secret("team", "lacking", &lacking, USER, PASSWORD),
+        ]
+        .join("---\n"),
+    )
+    .unwrap();
+    let canary = "schedule: '*/2 * * * * *', jitter: 0s, depth: blobs";
+    std::fs::write(
+        manifests.path().join("set.yaml"),
+        [
+            canaried_pullset(
+                "team",
+                "critical",
+                &image,
+                &["regcred"],
+                &format!("{canary}, runtime: true"),
+            ),
+            canaried_pullset("team", "lacking", &lacking_image, &["lacking"], canary),
+        ]
+        .join("---\n"),
+    )
+    .unwrap();
+    let dir = containerd.registry_config_dir();
+    let mut args = vec!["--rotation-jitter", "0s", "--recheck-interval", "1h"];
+    if containerd.release().is_v2() {
+        args.extend(["--runtime-registry-config", dir.to_str().unwrap()]);
+    }
+    let agent = Agent::new(manifests.path(), &containerd.endpoint())
+        .args(&args)
+        .spawn()
+        .unwrap();
+    let canary_of = |set: &'static str, path: &'static str, verdict: &'static str| {
+        move |l: &Value| {
+            l["kind"] == "canary"
+                && l["pullset"] == set
+                && l["path"] == path
+                && l["verdict"] == verdict
+        }
+    };
+    agent
+        .wait_for("pre-pull", Duration::from_secs(90), 1, |l| {
+            l["kind"] == "prepull" && l["pullset"] == "critical" && l["verdict"] == "Ok"
+        })
+        .unwrap();
+    for path in ["registry", "runtime"] {
+        agent
+            .wait_for(
+                "the canaries Ok",
+                Duration::from_secs(60),
+                1,
+                canary_of("critical", path, "Ok"),
+            )
+            .unwrap();
+    }
+    agent
+        .wait_for(
+            "the registry without the setting failing TLS",
+            Duration::from_secs(60),
+            1,
+            canary_of("lacking", "registry", "Network"),
+        )
+        .unwrap();
+    let failed = agent
+        .lines()
+        .into_iter()
+        .find(|l| canary_of("lacking", "registry", "Network")(l))
+        .unwrap();
+    let message = failed["message"].as_str().unwrap().to_string();
+    let (what, fix) = if mtls {
+        (
+            "it refused the connection without an acceptable client certificate",
+            "`client = [[\"client.cert\", \"client.key\"]]`",
+        )
+    } else {
+        (
+            "its certificate is signed by a CA the canary does not trust",
+            "`ca = \"ca.crt\"`",
+        )
+    };
+    assert!(
+        message.contains(&format!("TLS with 127.0.0.1:{port} failed: {what}")),
+        "{message}"
+    );
+    assert!(message.contains(fix), "{message}");
+
+    registry.set_password(USER, ROTATED).unwrap();
+    for path in ["registry", "runtime"] {
+        agent
+            .wait_for(
+                "the canaries Unauthorized",
+                Duration::from_secs(90),
+                1,
+                canary_of("critical", path, "Unauthorized"),
+            )
+            .unwrap();
+    }
+    let (stdout, stderr) = agent.finish();
+    for secret in [PASSWORD, ROTATED] {
+        for (what, text) in [
+            ("stdout", stdout.as_str()),
+            ("stderr", stderr.as_str()),
+            ("containerd log", &containerd.log()),
+            ("registry log", &registry.log()),
+        ] {
+            assert!(!text.contains(secret), "a password leaked into the {what}");
+            assert!(
+                !text.contains(&pullgate_testenv::basic_auth(USER, secret)),
+                "a Basic credential leaked into the {what}"
+            );
+        }
+    }
+    assert!(
+        !stdout.contains("PRIVATE KEY") && !stderr.contains("PRIVATE KEY"),
+        "a client key reached the output"
+    );
+}
+
+#[test]
+fn a_registry_behind_a_private_ca_is_trusted_through_hosts_toml_ca() {
+    private_tls_registry_agrees(false);
+}
+
+#[test]
+fn a_registry_requiring_a_client_certificate_is_reached_through_hosts_toml_client() {
+    private_tls_registry_agrees(true);
+}
