@@ -174,9 +174,9 @@ fn cert_files(dir: &Path) -> HostSettings {
 pub fn parse_hosts_toml(path: &Path, text: &str) -> Result<HostsFile, ConfigError> {
     let syntax = |span: Option<std::ops::Range<usize>>| ConfigError::Toml {
         path: path.to_path_buf(),
-        line: span.map_or(1, |s| {
-            text[..s.start.min(text.len())].lines().count().max(1)
-        }),
+        line: span
+            .and_then(|s| text.get(..s.start))
+            .map_or(1, |t| t.lines().count().max(1)),
     };
     let table: toml::Table = text
         .parse()
