@@ -139,6 +139,9 @@ pub enum TlsFailure {
     NotTls,
     /// The server wants a client certificate, or refused the one offered.
     ClientCertificate,
+    /// The handshake failed otherwise (no common version or cipher suite, or a server that
+    /// wants a client certificate and says only that).
+    Handshake,
 }
 
 impl TlsFailure {
@@ -156,9 +159,10 @@ impl TlsFailure {
         } else if c.contains("certificaterequired")
             || c.contains("badcertificate")
             || c.contains("unknownca")
-            || c.contains("handshakefailure")
         {
             Some(Self::ClientCertificate)
+        } else if c.contains("handshakefailure") || c.contains("peerincompatible") {
+            Some(Self::Handshake)
         } else {
             None
         }
@@ -174,6 +178,7 @@ impl TlsFailure {
             Self::ClientCertificate => {
                 "it refused the connection without an acceptable client certificate"
             }
+            Self::Handshake => "the handshake failed",
         }
     }
 
@@ -192,6 +197,9 @@ impl TlsFailure {
             }
             Self::ClientCertificate => {
                 "give a client certificate with `client = [[\"client.cert\", \"client.key\"]]` in the registry's hosts.toml"
+            }
+            Self::Handshake => {
+                "check the registry's TLS versions and cipher suites, and whether it wants a client certificate (`client = [[\"client.cert\", \"client.key\"]]` in its hosts.toml)"
             }
         }
     }
@@ -225,8 +233,12 @@ mod tests {
                 Some(TlsFailure::ClientCertificate),
             ),
             (
-                "received fatal alert: HandshakeFailure",
+                "received fatal alert: BadCertificate",
                 Some(TlsFailure::ClientCertificate),
+            ),
+            (
+                "received fatal alert: HandshakeFailure",
+                Some(TlsFailure::Handshake),
             ),
             ("Connection refused (os error 111)", None),
             ("dns error: failed to lookup address information", None),
