@@ -15,10 +15,11 @@
 //! so errors name the file, the line or the field only.
 
 use crate::decide::registry_hosts::{
-    self, Dialect, HeaderValue, Host, HostDir, HostSettings, HostsFile,
+    self, Dialect, HeaderValue, Host, HostDir, HostSettings, HostsFile, LegacyRegistry, TlsSettings,
 };
 use crate::decide::runtime::RegistryMirrors;
 use serde::Deserialize;
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -308,6 +309,9 @@ fn settings(prefix: &str, t: &toml::Table, path: &Path) -> Result<HostSettings, 
 pub struct RuntimeRegistry {
     pub roots: Vec<PathBuf>,
     pub dialect: Dialect,
+    /// containerd 1.x's legacy `registry.mirrors` / `registry.configs` (TLS only), used when
+    /// there are no roots.
+    pub legacy: Option<LegacyRegistry>,
 }
 
 impl RuntimeRegistry {
@@ -334,35 +338,55 @@ impl RuntimeRegistry {
             return Self {
                 roots: Vec::new(),
                 dialect,
+                legacy: None,
             };
         }
         if let Some(dir) = flag {
             return Self {
                 roots: vec![dir],
                 dialect,
+                legacy: None,
             };
         }
-        let roots = match cri.status_config().await {
-            Ok(Some(json)) => match Self::roots_from_cri_config(&json) {
-                Ok(roots) => roots,
-                Err(e) => {
+        let (roots, legacy) = match cri.status_config().await {
+            Ok(Some(json)) => match (
+                Self::roots_from_cri_config(&json),
+                Self::legacy_from_cri_config(&json),
+            ) {
+                (Ok(roots), Ok(legacy)) => (roots, legacy),
+                (Err(e), _) | (_, Err(e)) => {
                     tracing::warn!(error = %e, "registry-direct canaries use containerd's defaults for every registry");
-                    None
+                    (None, None)
                 }
             },
-            Ok(None) => None,
+            Ok(None) => (None, None),
             Err(e) => {
                 tracing::warn!(error = %e, "the runtime's registry configuration could not be read: registry-direct canaries use containerd's defaults (pass --runtime-registry-config to name it)");
                 return Self {
                     roots: Vec::new(),
                     dialect,
+                    legacy: None,
                 };
             }
         };
         match roots {
+            None if legacy.is_some() => {
+                tracing::info!(
+                    "registry-direct canaries reach registries as the runtime's legacy registry.mirrors / registry.configs say (reported by the runtime)"
+                );
+                Self {
+                    roots: Vec::new(),
+                    dialect,
+                    legacy,
+                }
+            }
             Some(roots) => {
                 tracing::info!(config_path = %std::env::join_paths(&roots).map(|p| p.to_string_lossy().into_owned()).unwrap_or_default(), "registry-direct canaries reach registries as the runtime's hosts.toml files say (config_path reported by the runtime)");
-                Self { roots, dialect }
+                Self {
+                    roots,
+                    dialect,
+                    legacy: None,
+                }
             }
             None => {
                 tracing::warn!(
@@ -371,6 +395,7 @@ impl RuntimeRegistry {
                 Self {
                     roots: Vec::new(),
                     dialect,
+                    legacy: None,
                 }
             }
         }
@@ -408,10 +433,88 @@ impl RuntimeRegistry {
         Ok((!roots.is_empty()).then_some(roots))
     }
 
+    /// containerd 1.x's legacy `registry.mirrors` and the TLS of `registry.configs` in the
+    /// verbose CRI `Status`'s configuration (`Ok(None)`: neither set). Each config's `auth` — a
+    /// password — is never deserialised.
+    pub fn legacy_from_cri_config(json: &str) -> Result<Option<LegacyRegistry>, ConfigError> {
+        #[derive(Deserialize)]
+        struct Config {
+            #[serde(default)]
+            registry: Option<Registry>,
+        }
+        #[derive(Deserialize)]
+        struct Registry {
+            #[serde(default)]
+            mirrors: Option<BTreeMap<String, Mirror>>,
+            #[serde(default)]
+            configs: Option<BTreeMap<String, HostConfig>>,
+        }
+        #[derive(Deserialize)]
+        struct Mirror {
+            #[serde(default)]
+            endpoint: Option<Vec<String>>,
+        }
+        #[derive(Deserialize)]
+        struct HostConfig {
+            #[serde(default)]
+            tls: Option<Tls>,
+        }
+        #[derive(Deserialize)]
+        struct Tls {
+            #[serde(default)]
+            insecure_skip_verify: bool,
+            #[serde(default, rename = "caFile")]
+            ca_file: String,
+            #[serde(default, rename = "certFile")]
+            cert_file: String,
+            #[serde(default, rename = "keyFile")]
+            key_file: String,
+        }
+        let config: Config = serde_json::from_str(json).map_err(|e| {
+            ConfigError::CriConfig(format!("line {} column {}", e.line(), e.column()))
+        })?;
+        let Some(registry) = config.registry else {
+            return Ok(None);
+        };
+        let mirrors: Vec<(String, Vec<String>)> = registry
+            .mirrors
+            .unwrap_or_default()
+            .into_iter()
+            .map(|(name, m)| (name, m.endpoint.unwrap_or_default()))
+            .collect();
+        let tls: Vec<(String, TlsSettings)> = registry
+            .configs
+            .unwrap_or_default()
+            .into_iter()
+            .filter_map(|(host, c)| {
+                let t = c.tls?;
+                let path = |p: String| (!p.is_empty()).then(|| PathBuf::from(p));
+                Some((
+                    host,
+                    TlsSettings {
+                        ca: path(t.ca_file).into_iter().collect(),
+                        client: path(t.cert_file)
+                            .map(|c| (c, path(t.key_file)))
+                            .into_iter()
+                            .collect(),
+                        skip_verify: t.insecure_skip_verify,
+                    },
+                ))
+            })
+            .collect();
+        if mirrors.is_empty() && tls.is_empty() {
+            return Ok(None);
+        }
+        Ok(Some(LegacyRegistry { mirrors, tls }))
+    }
+
     /// The hosts containerd tries for `registry`, in order, and what could not be read as
     /// written (containerd then falls back as the hosts say: the directory's certificate files,
     /// or its defaults).
     pub fn hosts(&self, registry: &str) -> (Vec<Host>, Option<ConfigError>) {
+        if let (true, Some(legacy)) = (self.roots.is_empty(), &self.legacy) {
+            return (registry_hosts::resolve_legacy(registry, legacy), None);
+        }
         let read = read_host_dir(&self.roots, registry);
         let (dir, mut problem) = match read {
             Some((dir, problem)) => (Some(dir), problem),
@@ -588,6 +691,7 @@ capabilities = ["pull", "resolve"]
         let config = RuntimeRegistry {
             roots: vec![PathBuf::from("/nonexistent"), root.clone()],
             dialect: Dialect::V2,
+            legacy: None,
         };
         let (hosts, problem) = config.hosts("alias.example:5000");
         assert!(problem.is_none());
@@ -642,6 +746,52 @@ capabilities = ["pull", "resolve"]
                 want.map(|w| w.into_iter().map(PathBuf::from).collect());
             assert_eq!(got, want, "{json}");
         }
+        // The legacy settings, TLS only: a config's `auth` is never read.
+        let legacy = RuntimeRegistry::legacy_from_cri_config(
+            r#"{"registry":{"configPath":"","mirrors":{"docker.io":{"endpoint":["https://mirror.local"]}},"configs":{"mirror.local":{"auth":{"username":"u","password":"pw-in-config-1"},"tls":{"insecure_skip_verify":false,"caFile":"/etc/c/ca.pem","certFile":"/etc/c/c.pem","keyFile":""}}}}}"#,
+        )
+        .unwrap()
+        .unwrap();
+        assert_eq!(
+            legacy.mirrors,
+            [(
+                "docker.io".to_string(),
+                vec!["https://mirror.local".to_string()]
+            )]
+        );
+        assert_eq!(
+            legacy.tls,
+            [(
+                "mirror.local".to_string(),
+                TlsSettings {
+                    ca: vec![PathBuf::from("/etc/c/ca.pem")],
+                    client: vec![(PathBuf::from("/etc/c/c.pem"), None)],
+                    skip_verify: false,
+                }
+            )]
+        );
+        assert!(!format!("{legacy:?}").contains("pw-in-config-1"));
+        for none in [
+            r#"{"registry":{"configPath":"/x","mirrors":null,"configs":null}}"#,
+            r#"{"registry":{"configs":{"r":{"auth":{"password":"p"}}}}}"#,
+            r#"{"cni":{}}"#,
+        ] {
+            assert_eq!(
+                RuntimeRegistry::legacy_from_cri_config(none).unwrap(),
+                None,
+                "{none}"
+            );
+        }
+        let with_legacy = RuntimeRegistry {
+            roots: Vec::new(),
+            dialect: Dialect::V1_7,
+            legacy: Some(legacy),
+        };
+        let (hosts, _) = with_legacy.hosts("docker.io");
+        assert_eq!(
+            hosts.iter().map(Host::origin).collect::<Vec<_>>(),
+            ["https://mirror.local", "https://registry-1.docker.io"]
+        );
         let e = RuntimeRegistry::roots_from_cri_config(
             r#"{"registry":{"configPath":5,"x":"pw-in-config-1"}}"#,
         )

@@ -263,6 +263,91 @@ pub fn upstream(hosts: &[Host]) -> Option<&Host> {
         .or(Some(last))
 }
 
+/// containerd 1.x's legacy CRI registry settings, used when no `config_path` is set:
+/// `registry.mirrors` (endpoints per registry name, `*` for any) and the TLS part of
+/// `registry.configs` (per endpoint host; its `auth` is never read).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct LegacyRegistry {
+    pub mirrors: Vec<(String, Vec<String>)>,
+    pub tls: Vec<(String, TlsSettings)>,
+}
+
+/// The hosts containerd 1.x tries for `registry` from its legacy settings (`registryEndpoints`
+/// and `registryHosts` in `pkg/cri/server/image_pull.go`, v1.7.24): the mirror endpoints of
+/// `registry` (else of `*`), an endpoint without a scheme getting `http` for loopback and `https`
+/// otherwise, then the registry itself unless an endpoint already names it; each with the TLS
+/// of `registry.configs` for its host, its path or `/v2`, and pull and resolve only.
+pub fn resolve_legacy(registry: &str, legacy: &LegacyRegistry) -> Vec<Host> {
+    let default_scheme = |host: &str| {
+        if is_localhost(host) {
+            Scheme::Http
+        } else {
+            Scheme::Https
+        }
+    };
+    let endpoints = legacy
+        .mirrors
+        .iter()
+        .find(|(name, _)| name == registry)
+        .or_else(|| legacy.mirrors.iter().find(|(name, _)| name == "*"))
+        .map(|(_, e)| e.clone())
+        .unwrap_or_default();
+    let mut hosts: Vec<Host> = Vec::new();
+    for endpoint in endpoints {
+        let (scheme, rest) = match endpoint.split_once("://") {
+            Some(("http", rest)) => (Scheme::Http, rest.to_string()),
+            Some(("https", rest)) => (Scheme::Https, rest.to_string()),
+            // containerd refuses the whole list over a URL it cannot parse; another scheme is
+            // one it cannot use.
+            Some(_) => continue,
+            None => {
+                let host = endpoint.split('/').next().unwrap_or("");
+                (default_scheme(host), endpoint.clone())
+            }
+        };
+        let (host, path) = match rest.find('/') {
+            Some(i) => (rest[..i].to_string(), rest[i..].to_string()),
+            None => (rest, String::new()),
+        };
+        hosts.push(legacy_host(scheme, host, path, legacy));
+    }
+    if !hosts.iter().any(|h| h.host == registry) {
+        let default = if registry == "docker.io" {
+            "registry-1.docker.io".to_string()
+        } else {
+            registry.to_string()
+        };
+        let scheme = default_scheme(&default);
+        hosts.push(legacy_host(scheme, default, String::new(), legacy));
+    }
+    hosts
+}
+
+fn legacy_host(scheme: Scheme, host: String, path: String, legacy: &LegacyRegistry) -> Host {
+    let mut tls = legacy
+        .tls
+        .iter()
+        .find(|(h, _)| *h == host)
+        .map(|(_, t)| t.clone())
+        .unwrap_or_default();
+    if tls == TlsSettings::default() && is_localhost(&host) && scheme == Scheme::Http {
+        tls.skip_verify = true;
+    }
+    Host {
+        scheme,
+        path: if path.is_empty() { "/v2".into() } else { path },
+        host,
+        capabilities: Capabilities {
+            pull: true,
+            resolve: true,
+            ..Capabilities::default()
+        },
+        tls,
+        http_fallback: false,
+        header: Vec::new(),
+    }
+}
+
 fn unset_host() -> Host {
     Host {
         scheme: Scheme::Https,
@@ -803,6 +888,60 @@ mod tests {
         assert_eq!(
             shape(&hosts),
             [("https", "reg.example".into(), "/v2".into(), false)]
+        );
+    }
+
+    #[test]
+    fn legacy_mirrors_and_configs_as_containerd_1_x_reads_them() {
+        let tls = TlsSettings {
+            ca: vec![PathBuf::from("/etc/certs/reg.crt")],
+            ..TlsSettings::default()
+        };
+        let legacy = LegacyRegistry {
+            mirrors: vec![
+                (
+                    "reg.example".into(),
+                    vec!["mirror.local:5000".into(), "http://10.0.0.9/custom".into()],
+                ),
+                ("self.example".into(), vec!["https://self.example".into()]),
+                ("*".into(), vec!["https://any.local".into()]),
+                ("docker.io".into(), vec![]),
+            ],
+            tls: vec![("reg.example".into(), tls.clone())],
+        };
+        let hosts = resolve_legacy("reg.example", &legacy);
+        assert_eq!(
+            shape(&hosts),
+            [
+                ("https", "mirror.local:5000".into(), "/v2".into(), false),
+                ("http", "10.0.0.9".into(), "/custom".into(), false),
+                ("https", "reg.example".into(), "/v2".into(), false),
+            ]
+        );
+        assert_eq!(hosts[2].tls, tls);
+        assert!(!hosts[2].capabilities.push);
+        assert_eq!(upstream(&hosts).unwrap().host, "reg.example");
+        // An endpoint naming the registry itself: no default appended.
+        assert_eq!(resolve_legacy("self.example", &legacy).len(), 1);
+        // `*` for any other name; docker.io's default host.
+        assert_eq!(
+            shape(&resolve_legacy("other.example", &legacy)),
+            [
+                ("https", "any.local".into(), "/v2".into(), false),
+                ("https", "other.example".into(), "/v2".into(), false)
+            ]
+        );
+        assert_eq!(
+            shape(&resolve_legacy("docker.io", &legacy)),
+            [("https", "registry-1.docker.io".into(), "/v2".into(), false)]
+        );
+        // Loopback without a mirror: plain HTTP.
+        assert_eq!(
+            shape(&resolve_legacy(
+                "127.0.0.1:5000",
+                &LegacyRegistry::default()
+            )),
+            [("http", "127.0.0.1:5000".into(), "/v2".into(), false)]
         );
     }
 

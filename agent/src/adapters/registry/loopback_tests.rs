@@ -413,6 +413,7 @@ fn runtime_client(roots: Vec<std::path::PathBuf>) -> RegistryClient {
     .with_runtime_registry(RuntimeRegistry {
         roots,
         dialect: Dialect::V2,
+        legacy: None,
     })
 }
 
@@ -478,6 +479,7 @@ async fn a_registry_name_is_routed_by_its_hosts_toml() {
     .with_runtime_registry(RuntimeRegistry {
         roots: vec![dir.path().to_path_buf()],
         dialect: Dialect::V2,
+        legacy: None,
     });
     let err = probe(&overridden, &alias, CanaryDepth::Manifest)
         .await

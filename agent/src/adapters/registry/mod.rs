@@ -192,6 +192,7 @@ impl Default for RegistryConfig {
             runtime_registry: RuntimeRegistry {
                 roots: Vec::new(),
                 dialect: Dialect::V2,
+                legacy: None,
             },
         }
     }
@@ -412,6 +413,7 @@ impl RegistryClient {
             runtime_registry: RuntimeRegistry {
                 roots: args.runtime_registry_config.iter().cloned().collect(),
                 dialect: Dialect::V2,
+                legacy: None,
             },
             ..RegistryConfig::default()
         })
