@@ -394,8 +394,23 @@ async fn plain_http_registry() -> (u16, Arc<std::sync::Mutex<Vec<String>>>) {
                 log.lock()
                     .unwrap()
                     .push(head.lines().next().unwrap_or("").to_string());
+                // A registry that echoes a request header into its error message.
+                let echoed = head
+                    .lines()
+                    .find_map(|l| l.strip_prefix("x-route: "))
+                    .unwrap_or("")
+                    .to_string();
+                let body = format!(
+                    r#"{{"errors":[{{"code":"UNAUTHORIZED","message":"denied {echoed}"}}]}}"#
+                );
                 let _ = stream
-                    .write_all(b"HTTP/1.1 401 Unauthorized\r\nWWW-Authenticate: Basic realm=\"t\"\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
+                    .write_all(
+                        format!(
+                            "HTTP/1.1 401 Unauthorized\r\nWWW-Authenticate: Basic realm=\"t\"\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                            body.len()
+                        )
+                        .as_bytes(),
+                    )
                     .await;
             });
         }

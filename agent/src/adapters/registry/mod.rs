@@ -371,6 +371,8 @@ pub(crate) struct Route {
     pub http: reqwest::Client,
     /// `header` of the hosts.toml, marked sensitive.
     pub headers: reqwest::header::HeaderMap,
+    /// The same values, to scrub from anything a registry echoes (one may be a credential).
+    pub header_secrets: Vec<SecretString>,
 }
 
 /// A credential for one probe.
@@ -441,10 +443,12 @@ impl RegistryClient {
                 http_fallback: false,
                 http: self.http.clone(),
                 headers: reqwest::header::HeaderMap::new(),
+                header_secrets: Vec::new(),
             });
         }
         let (hosts, problem) = self.config.runtime_registry.hosts(registry);
         if let Some(problem) = problem {
+            let problem = crate::model::printable::printable_line(&problem.to_string());
             tracing::warn!(%registry, %problem, "the runtime's registry configuration is not used as written; containerd falls back the same way");
         }
         let fallback;
@@ -469,12 +473,14 @@ impl RegistryClient {
                 .get(&host.tls, |files| build_client(&self.config, Some(files)))?
         };
         let mut headers = reqwest::header::HeaderMap::new();
+        let mut header_secrets = Vec::new();
         for (name, values) in &host.header {
             let Ok(name) = reqwest::header::HeaderName::from_bytes(name.as_bytes()) else {
                 tracing::warn!(header = %crate::model::printable::printable_line(name), "hosts.toml `header`: not a valid header name, not sent");
                 continue;
             };
             for value in values {
+                header_secrets.push(SecretString::from(value.0.clone()));
                 if let Ok(mut v) = reqwest::header::HeaderValue::from_str(&value.0) {
                     v.set_sensitive(true);
                     headers.append(name.clone(), v);
@@ -489,6 +495,7 @@ impl RegistryClient {
             http_fallback: host.http_fallback,
             http,
             headers,
+            header_secrets,
         })
     }
 

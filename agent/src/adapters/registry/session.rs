@@ -182,9 +182,10 @@ impl Session<'_> {
         })
     }
 
-    /// `text` without the bearer token (a registry could echo it).
+    /// `text` without the bearer token or a hosts.toml `header` value (a registry could echo
+    /// them).
     fn scrub(&self, text: &str) -> String {
-        scrub(text, self.token.iter())
+        scrub(text, self.token.iter().chain(&self.route.header_secrets))
     }
 
     /// GET a manifest (bounded), verifying its digest when one is expected.
