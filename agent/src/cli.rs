@@ -245,7 +245,8 @@ impl From<DepthArg> for crate::model::pullset::CanaryDepth {
 /// How canaries reach registries.
 #[derive(Debug, Args)]
 pub struct RegistryArgs {
-    /// A registry (`host[:port]`) reached over plain HTTP, as a runtime's `hosts.toml` may allow.
+    /// A registry (`host[:port]`) reached over plain HTTP, whatever the runtime's `hosts.toml`
+    /// says (an explicit override; a `server = "http://…"` there needs no flag).
     #[arg(
         long = "insecure-registry",
         env = "PULLGATE_INSECURE_REGISTRIES",
@@ -260,7 +261,11 @@ pub struct RegistryArgs {
     #[arg(long, env = "PULLGATE_EXPIRY_WARNING", default_value = "2h")]
     pub expiry_warning: humantime::Duration,
     /// The runtime's registry configuration directory (containerd's `config_path` with
-    /// `<registry>/hosts.toml`): runtime canaries say when a mirror sits in the path.
+    /// `<registry>/hosts.toml`): registry-direct canaries reach each registry as its hosts.toml
+    /// says (`server`, `ca`, `client`, `skip_verify`, `override_path`, `header`), and runtime
+    /// canaries say when a mirror sits in the path. Default for `pullgate run`: the `config_path`
+    /// the runtime reports in its verbose CRI Status (containerd 1.6 and 1.7; 2.x does not
+    /// report it, so name it here), else containerd's defaults per registry.
     #[arg(long, env = "PULLGATE_RUNTIME_REGISTRY_CONFIG", value_name = "DIR")]
     pub runtime_registry_config: Option<PathBuf>,
     /// Longest time for one manifest or blob `HEAD` request (a trickling registry fails after it).

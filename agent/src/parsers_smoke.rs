@@ -89,6 +89,42 @@ fn parsers_never_panic_on_random_input() {
     );
 }
 
+/// containerd's `hosts.toml` (read from the node's `config_path`) and the host resolution of what
+/// it says: random URLs, capabilities and paths in every position, never a panic.
+#[test]
+fn hosts_toml_never_panics_on_random_input() {
+    use crate::adapters::containerd_config::parse_hosts_toml;
+    use crate::decide::registry_hosts::{Dialect, HostDir, resolve, upstream};
+    let mut rng = XorShift(0x2545_F491_4F6C_DD1D);
+    let mut resolved = 0;
+    let path = std::path::Path::new("/certs.d/r/hosts.toml");
+    for _ in 0..5_000 {
+        let (a, b, c) = (rng.string(30), rng.string(30), rng.string(12));
+        for text in [
+            format!("server = \"{a}\"\n[host.\"{b}\"]\ncapabilities = [\"{c}\"]\nca = \"{c}\"\n"),
+            format!(
+                "server = \"http://{a}\"\n[host.\"https://{b}/{c}\"]\nclient = [[\"{a}\", \"{c}\"]]\noverride_path = true\n"
+            ),
+            format!("{a} = {b}\n[{c}]"),
+            a.clone(),
+        ] {
+            if let Ok(file) = parse_hosts_toml(path, &text) {
+                let dir = HostDir {
+                    file: Some(file),
+                    ..HostDir::default()
+                };
+                for dialect in [Dialect::V1_6, Dialect::V1_7, Dialect::V2] {
+                    if let Ok(hosts) = resolve(&c, Some(&dir), dialect) {
+                        resolved += 1;
+                        assert!(upstream(&hosts).is_some(), "{text}");
+                    }
+                }
+            }
+        }
+    }
+    assert!(resolved > 1000, "only {resolved} random files resolved");
+}
+
 #[test]
 fn expiry_never_panics_on_random_numbers() {
     let b64url = |s: &str| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(s);

@@ -125,6 +125,13 @@ pub struct Options {
     /// The pause image (`sandbox_image` in 1.x, `pinned_images.sandbox` in 2.x): the image the
     /// CRI pins, in 1.7 and later.
     pub sandbox_image: Option<String>,
+    /// Registry names routed elsewhere: `(name, server URL, extra settings)` written as
+    /// `certs.d/<name>/hosts.toml` with `server = URL` and a `[host."URL"]` table holding the
+    /// extra TOML lines (`ca = "…"`, `client = …`); files the settings name relative to the
+    /// directory go in [`Options::host_files`].
+    pub routes: Vec<(String, String, String)>,
+    /// Files written into a registry's `certs.d/<name>/` directory: `(name, file name, contents)`.
+    pub host_files: Vec<(String, String, String)>,
 }
 
 /// A running containerd. Stopped and its directories removed on drop.
@@ -179,6 +186,21 @@ impl Containerd {
                     "server = \"{scheme}://{registry}\"\n\n[host.\"{scheme}://{registry}\"]\n  capabilities = [\"pull\", \"resolve\"]\n"
                 ),
             )?;
+        }
+        for (name, server, extra) in &options.routes {
+            let hosts = root.join("certs.d").join(name);
+            std::fs::create_dir_all(&hosts)?;
+            std::fs::write(
+                hosts.join("hosts.toml"),
+                format!(
+                    "server = \"{server}\"\n\n[host.\"{server}\"]\n  capabilities = [\"pull\", \"resolve\"]\n{extra}"
+                ),
+            )?;
+        }
+        for (name, file, contents) in &options.host_files {
+            let hosts = root.join("certs.d").join(name);
+            std::fs::create_dir_all(&hosts)?;
+            std::fs::write(hosts.join(file), contents)?;
         }
         let config = if release.is_v2() {
             config_v3(root, options)

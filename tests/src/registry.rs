@@ -1,7 +1,9 @@
 //! A real registry (Debian `docker-registry`, distribution 2.8) on 127.0.0.1, with htpasswd (bcrypt)
 //! authentication and its storage in a temp dir; or ([`Registry::start_token`]) with `auth: token`
 //! against a [`TokenServer`]; or ([`Registry::start_proxy`]) as a pull-through mirror (`proxy`
-//! mode, no auth of its own) in front of another registry.
+//! mode, no auth of its own) in front of another registry; optionally behind TLS with a
+//! certificate of a private CA ([`Registry::serve_tls`]), and requiring a client certificate of
+//! that CA.
 
 use crate::process::{ChildGuard, free_port, require_binary, wait_until};
 use crate::token_server::{self, TokenServer};
@@ -22,6 +24,8 @@ pub struct Registry {
     binary: PathBuf,
     /// How it authenticates, and whether it proxies: htpasswd unless a `start_*` says otherwise.
     mode: Mode,
+    /// Served over TLS (`http.tls`), and whether a client certificate is required.
+    tls: Option<bool>,
 }
 
 /// Token auth or proxy mode: the configuration beyond the htpasswd registry of [`Registry::start`].
@@ -88,6 +92,7 @@ impl Registry {
             child: None,
             binary,
             mode,
+            tls: None,
         };
         registry.write_config()?;
         registry.launch()?;
@@ -133,6 +138,18 @@ impl Registry {
         self.launch()
     }
 
+    /// From now on (restarted: same port, same storage) served over TLS with `ca`'s server
+    /// certificate, requiring a client certificate of `ca` when `require_client_cert`
+    /// (`http.tls.clientcas`). Push images before: the test pusher speaks plain HTTP.
+    pub fn serve_tls(&mut self, ca: &crate::tls::TestCa, require_client_cert: bool) -> Result<()> {
+        let root = self.dir.path();
+        std::fs::write(root.join("server.crt"), &ca.server_cert_pem)?;
+        std::fs::write(root.join("server.key"), &ca.server_key_pem)?;
+        std::fs::write(root.join("clientca.crt"), &ca.ca_pem)?;
+        self.tls = Some(require_client_cert);
+        self.restart()
+    }
+
     /// Rotation: the user's password changes (htpasswd registries only: a token registry's
     /// passwords are its token server's, [`TokenServer::set_password`]). The registry reads htpasswd at start-up, so it is
     /// restarted (same port, same storage), as an operator's rollout of a new secret would.
@@ -170,9 +187,21 @@ storage:
       enabled: false
 http:
   addr: 127.0.0.1:{port}
-{auth}"#,
+{tls}{auth}"#,
             root = root.display(),
-            port = self.port
+            port = self.port,
+            tls = match self.tls {
+                None => String::new(),
+                Some(client) => format!(
+                    "  tls:\n    certificate: {r}/server.crt\n    key: {r}/server.key\n{}",
+                    if client {
+                        format!("    clientcas:\n      - {}/clientca.crt\n", root.display())
+                    } else {
+                        String::new()
+                    },
+                    r = root.display()
+                ),
+            }
         );
         std::fs::write(root.join("config.yml"), config)?;
         Ok(())
@@ -224,7 +253,12 @@ http:
         )?;
         self.child = Some(child);
         let addr = self.host();
-        let ready = self.ready_status();
+        // Over TLS, a plain-HTTP request gets Go's `400 Bad Request`: the server is up.
+        let ready = if self.tls.is_some() {
+            " 400 "
+        } else {
+            self.ready_status()
+        };
         wait_until("registry to answer /v2/", Duration::from_secs(20), || {
             probe(&addr).is_some_and(|status| status.contains(ready))
         })

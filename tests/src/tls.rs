@@ -18,6 +18,13 @@ pub struct TestCa {
     /// The server certificate (DER) and its PKCS#8 key.
     server_der: Vec<u8>,
     server_key_der: Vec<u8>,
+    /// The server certificate and its key, PEM (for a real registry's `http.tls`).
+    pub server_cert_pem: String,
+    pub server_key_pem: String,
+    /// A client certificate (`pullgate-test-client`) the CA signed, and its key, PEM: for a
+    /// registry that requires one (`http.tls.clientcas`).
+    pub client_cert_pem: String,
+    pub client_key_pem: String,
 }
 
 impl TestCa {
@@ -39,10 +46,23 @@ impl TestCa {
         let server_cert = server_params
             .signed_by(&server_key, &issuer)
             .context("server certificate")?;
+        let client_key = KeyPair::generate().context("client key")?;
+        let mut client_params = CertificateParams::new(Vec::<String>::new())?;
+        client_params
+            .distinguished_name
+            .push(DnType::CommonName, "pullgate-test-client");
+        client_params.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ClientAuth];
+        let client_cert = client_params
+            .signed_by(&client_key, &issuer)
+            .context("client certificate")?;
         Ok(Self {
             ca_pem: ca_cert.pem(),
             server_der: server_cert.der().to_vec(),
             server_key_der: server_key.serialize_der(),
+            server_cert_pem: server_cert.pem(),
+            server_key_pem: server_key.serialize_pem(),
+            client_cert_pem: client_cert.pem(),
+            client_key_pem: client_key.serialize_pem(),
         })
     }
 

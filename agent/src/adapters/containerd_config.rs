@@ -4,7 +4,19 @@
 //! through it proves less than a registry-direct one; outcomes say so. [`HostsDir`] is the
 //! runtime canary's `RegistryMirrors`; the files are read on every look-up, so a changed
 //! configuration counts from the next canary on.
+//!
+//! The one home of the file format: [`read_host_dir`] reads a registry's directory as containerd
+//! does (`hosts.toml`, else its certificate files) into the plain data
+//! `decide::registry_hosts::resolve` turns into the hosts the registry-direct canary uses
+//! ([`RuntimeRegistry`]); [`RuntimeRegistry::from_cri_config`] reads containerd's CRI
+//! configuration from the verbose CRI `Status` (1.6, 1.7: `registry.configPath`; 2.x sends no
+//! registry section there). Nothing read here is logged as written: a `header` value may be a
+//! credential, a legacy `registry.configs.*.auth` is one, and TOML/JSON errors can quote values,
+//! so errors name the file, the line or the field only.
 
+use crate::decide::registry_hosts::{
+    self, Dialect, HeaderValue, Host, HostDir, HostSettings, HostsFile, LegacyRegistry, TlsSettings,
+};
 use crate::decide::runtime::RegistryMirrors;
 use serde::Deserialize;
 use std::collections::BTreeMap;
@@ -28,39 +40,26 @@ impl RegistryMirrors for HostsDir {
     }
 }
 
-#[derive(Deserialize)]
-struct HostsFile {
-    #[serde(default)]
-    server: Option<String>,
-    #[serde(default)]
-    host: BTreeMap<String, toml::Value>,
-}
-
-/// The hosts other than `registry` itself that the runtime tries for `registry`, from the
-/// directory containerd picks (the same in 1.6, 1.7 and 2.x, `remotes/docker/config`'s
+/// The hosts other than `registry` itself that the runtime tries for `registry`, in the file's
+/// order, from the directory containerd picks (the same in 1.6, 1.7 and 2.x, `remotes/docker/config`'s
 /// `hostPaths`): the first of `DIR/<host>_<port>_`, `DIR/<host>:<port>` and `DIR/_default` that
 /// exists, whether or not it holds a `hosts.toml` (a directory of certificates only routes
 /// nothing). Unreadable or malformed files count as none, as containerd falls back to plain
 /// certificates then.
 pub fn mirrors(config_dir: &Path, registry: &str) -> Vec<String> {
-    let Some(dir) = host_paths(registry)
-        .into_iter()
-        .map(|name| config_dir.join(name))
-        .find(|dir| dir.exists())
+    let Some((
+        HostDir {
+            file: Some(file), ..
+        },
+        _,
+    )) = read_host_dir(&[config_dir.to_path_buf()], registry)
     else {
         return Vec::new();
     };
-    let Ok(text) = std::fs::read_to_string(dir.join("hosts.toml")) else {
-        return Vec::new();
-    };
-    let Ok(hosts) = toml::from_str::<HostsFile>(&text) else {
-        return Vec::new();
-    };
-    let server_host = hosts.server.as_deref().map(host_of);
-    hosts
-        .host
-        .keys()
-        .map(|url| host_of(url))
+    let server_host = file.server.as_deref().map(host_of);
+    file.hosts
+        .iter()
+        .map(|(url, _)| host_of(url))
         .filter(|h| {
             h != registry && Some(h.as_str()) != server_host.as_deref().filter(|s| *s == registry)
         })
@@ -82,6 +81,462 @@ fn host_paths(host: &str) -> Vec<String> {
 fn host_of(url: &str) -> String {
     let rest = url.split_once("://").map_or(url, |(_, r)| r);
     rest.split('/').next().unwrap_or(rest).to_string()
+}
+
+/// Why containerd's registry configuration could not be read as written.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ConfigError {
+    #[error("{}: {cause}", path.display())]
+    Read { path: PathBuf, cause: String },
+    #[error("{}: not valid TOML (line {line})", path.display())]
+    Toml { path: PathBuf, line: usize },
+    #[error("{}: `{field}` must be {expected}", path.display())]
+    Field {
+        path: PathBuf,
+        field: String,
+        expected: &'static str,
+    },
+    #[error("{}: {source}", path.display())]
+    Hosts {
+        path: PathBuf,
+        source: registry_hosts::HostsError,
+    },
+    #[error(
+        "the runtime's CRI configuration (verbose CRI Status `config`) is not the JSON expected: {0}"
+    )]
+    CriConfig(String),
+}
+
+/// The directory containerd picks for `registry` under the roots of `config_path`
+/// (`hostDirFromRoots`: the first root with a matching directory), read as containerd reads it.
+/// `None`: no directory, containerd's defaults apply.
+pub fn read_host_dir(roots: &[PathBuf], registry: &str) -> Option<(HostDir, Option<ConfigError>)> {
+    let dir = roots.iter().find_map(|root| {
+        host_paths(registry)
+            .into_iter()
+            .map(|name| root.join(name))
+            .find(|dir| dir.exists())
+    })?;
+    let path = dir.join("hosts.toml");
+    let (file, problem) = match std::fs::read_to_string(&path) {
+        Ok(text) if !text.is_empty() => match parse_hosts_toml(&path, &text) {
+            Ok(file) => (Some(file), None),
+            Err(e) => (None, Some(e)),
+        },
+        Ok(_) => (None, None),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => (None, None),
+        Err(e) => (
+            None,
+            Some(ConfigError::Read {
+                path,
+                cause: e.to_string(),
+            }),
+        ),
+    };
+    let cert_files = cert_files(&dir);
+    Some((
+        HostDir {
+            dir,
+            file,
+            cert_files,
+        },
+        problem,
+    ))
+}
+
+/// `loadCertFiles`: `*.crt` are CAs, `*.cert` client certificates with the `*.key` of the same
+/// name when there is one.
+fn cert_files(dir: &Path) -> HostSettings {
+    let mut settings = HostSettings::default();
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return settings;
+    };
+    let mut names: Vec<String> = entries
+        .filter_map(Result::ok)
+        .filter(|e| e.file_type().is_ok_and(|t| !t.is_dir()))
+        .filter_map(|e| e.file_name().into_string().ok())
+        .collect();
+    names.sort();
+    for name in names {
+        let full = dir.join(&name).display().to_string();
+        if name.ends_with(".crt") {
+            settings.ca.push(full);
+        } else if let Some(stem) = name.strip_suffix(".cert") {
+            let key = dir.join(format!("{stem}.key"));
+            let key = key.exists().then(|| key.display().to_string());
+            settings.client.push((full, key));
+        }
+    }
+    settings
+}
+
+/// One `hosts.toml` (`parseHostsFile`): the top level and every `[host."…"]` table in the order
+/// the file lists them. Keys containerd does not know are ignored, as it ignores them.
+pub fn parse_hosts_toml(path: &Path, text: &str) -> Result<HostsFile, ConfigError> {
+    let syntax = |span: Option<std::ops::Range<usize>>| ConfigError::Toml {
+        path: path.to_path_buf(),
+        line: span
+            .and_then(|s| text.get(..s.start))
+            .map_or(1, |t| t.lines().count().max(1)),
+    };
+    let table: toml::Table = text
+        .parse()
+        .map_err(|e: toml::de::Error| syntax(e.span()))?;
+    // The order of the `[host]` tables, by where each first appears (`getSortedHosts`).
+    let spanned = toml::de::DeTable::parse(text).map_err(|e| syntax(e.span()))?;
+    let mut order: Vec<(usize, String)> = spanned
+        .get_ref()
+        .iter()
+        .filter(|(k, _)| k.get_ref().as_ref() == "host")
+        .flat_map(|(_, v)| match v.get_ref() {
+            toml::de::DeValue::Table(t) => t
+                .iter()
+                .map(|(k, _)| (k.span().start, k.get_ref().to_string()))
+                .collect::<Vec<_>>(),
+            _ => Vec::new(),
+        })
+        .collect();
+    order.sort();
+    let field = |field: &str, expected: &'static str| ConfigError::Field {
+        path: path.to_path_buf(),
+        field: field.to_string(),
+        expected,
+    };
+    let server = match table.get("server") {
+        None => None,
+        Some(toml::Value::String(s)) => Some(s.clone()),
+        Some(_) => return Err(field("server", "a string")),
+    };
+    let server_settings = settings("", &table, path)?;
+    let mut hosts = Vec::new();
+    if let Some(value) = table.get("host") {
+        let toml::Value::Table(host_tables) = value else {
+            return Err(field("host", "a table of host tables"));
+        };
+        for (_, url) in order {
+            let Some(toml::Value::Table(t)) = host_tables.get(&url) else {
+                return Err(field(&format!("host.\"{url}\""), "a table"));
+            };
+            hosts.push((url.clone(), settings(&format!("host.\"{url}\"."), t, path)?));
+        }
+    }
+    Ok(HostsFile {
+        server,
+        server_settings,
+        hosts,
+    })
+}
+
+/// One table's settings (`hostFileConfig`); `prefix` names the table in errors.
+fn settings(prefix: &str, t: &toml::Table, path: &Path) -> Result<HostSettings, ConfigError> {
+    let field = |name: &str, expected: &'static str| ConfigError::Field {
+        path: path.to_path_buf(),
+        field: format!("{prefix}{name}"),
+        expected,
+    };
+    let strings = |v: &toml::Value| -> Option<Vec<String>> {
+        match v {
+            toml::Value::String(s) => Some(vec![s.clone()]),
+            toml::Value::Array(a) => a.iter().map(|x| x.as_str().map(String::from)).collect(),
+            _ => None,
+        }
+    };
+    let mut out = HostSettings::default();
+    if let Some(v) = t.get("capabilities") {
+        let toml::Value::Array(a) = v else {
+            return Err(field("capabilities", "a list of strings"));
+        };
+        let caps: Option<Vec<String>> = a.iter().map(|x| x.as_str().map(String::from)).collect();
+        out.capabilities = Some(caps.ok_or_else(|| field("capabilities", "a list of strings"))?);
+    }
+    if let Some(v) = t.get("ca") {
+        out.ca = strings(v).ok_or_else(|| field("ca", "a path or a list of paths"))?;
+    }
+    if let Some(v) = t.get("client") {
+        let bad = || {
+            field(
+                "client",
+                "a path, a list of paths, or a list of [cert, key] pairs",
+            )
+        };
+        out.client = match v {
+            toml::Value::String(s) => vec![(s.clone(), None)],
+            toml::Value::Array(a) => a
+                .iter()
+                .map(|x| match x {
+                    toml::Value::String(s) => Ok((s.clone(), None)),
+                    toml::Value::Array(pair) => match pair.as_slice() {
+                        [toml::Value::String(c), toml::Value::String(k)] => {
+                            Ok((c.clone(), (!k.is_empty()).then(|| k.clone())))
+                        }
+                        _ => Err(bad()),
+                    },
+                    _ => Err(bad()),
+                })
+                .collect::<Result<_, _>>()?,
+            _ => return Err(bad()),
+        };
+    }
+    if let Some(v) = t.get("skip_verify") {
+        out.skip_verify = Some(
+            v.as_bool()
+                .ok_or_else(|| field("skip_verify", "true or false"))?,
+        );
+    }
+    if let Some(v) = t.get("override_path") {
+        out.override_path = v
+            .as_bool()
+            .ok_or_else(|| field("override_path", "true or false"))?;
+    }
+    if let Some(v) = t.get("header") {
+        let toml::Value::Table(h) = v else {
+            return Err(field("header", "a table of header names"));
+        };
+        for (name, value) in h {
+            let values = strings(value)
+                .ok_or_else(|| field(&format!("header.{name}"), "a string or a list of strings"))?;
+            out.header
+                .push((name.clone(), values.into_iter().map(HeaderValue).collect()));
+        }
+    }
+    Ok(out)
+}
+
+/// containerd's registry configuration as the registry-direct canary reads it: the roots of its
+/// `config_path` (`--runtime-registry-config`, or what the runtime reported) and the release
+/// line's [`Dialect`]. Directories are read on every look-up.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RuntimeRegistry {
+    pub roots: Vec<PathBuf>,
+    pub dialect: Dialect,
+    /// containerd 1.x's legacy `registry.mirrors` / `registry.configs` (TLS only), used when
+    /// there are no roots.
+    pub legacy: Option<LegacyRegistry>,
+}
+
+impl RuntimeRegistry {
+    /// What `pullgate run` uses: the roots `--runtime-registry-config` names, else the
+    /// `config_path` the runtime reports in its verbose CRI `Status`; the dialect of the release
+    /// line its `Version` (asked once at start-up, `version`) reports. Said once in the log; a
+    /// runtime that was not reachable at start-up is not asked again: containerd's defaults, with
+    /// a warning.
+    pub async fn discover(
+        cri: &crate::adapters::cri::CriClient,
+        version: Option<&crate::adapters::cri::RuntimeVersion>,
+        flag: Option<PathBuf>,
+    ) -> Self {
+        let dialect = match version {
+            Some(v) if v.runtime_name == "containerd" => {
+                Dialect::of_containerd_version(&v.runtime_version)
+            }
+            _ => Dialect::V2,
+        };
+        if version.is_none() && flag.is_none() {
+            tracing::warn!(
+                "the runtime was not reachable at start-up: registry-direct canaries use containerd's defaults for every registry (pass --runtime-registry-config to name its config_path)"
+            );
+            return Self {
+                roots: Vec::new(),
+                dialect,
+                legacy: None,
+            };
+        }
+        if let Some(dir) = flag {
+            return Self {
+                roots: vec![dir],
+                dialect,
+                legacy: None,
+            };
+        }
+        let (roots, legacy) = match cri.status_config().await {
+            Ok(Some(json)) => match (
+                Self::roots_from_cri_config(&json),
+                Self::legacy_from_cri_config(&json),
+            ) {
+                (Ok(roots), Ok(legacy)) => (roots, legacy),
+                (Err(e), _) | (_, Err(e)) => {
+                    tracing::warn!(error = %e, "registry-direct canaries use containerd's defaults for every registry");
+                    (None, None)
+                }
+            },
+            Ok(None) => (None, None),
+            Err(e) => {
+                tracing::warn!(error = %e, "the runtime's registry configuration could not be read: registry-direct canaries use containerd's defaults (pass --runtime-registry-config to name it)");
+                return Self {
+                    roots: Vec::new(),
+                    dialect,
+                    legacy: None,
+                };
+            }
+        };
+        match roots {
+            None if legacy.is_some() => {
+                tracing::info!(
+                    "registry-direct canaries reach registries as the runtime's legacy registry.mirrors / registry.configs say (reported by the runtime)"
+                );
+                Self {
+                    roots: Vec::new(),
+                    dialect,
+                    legacy,
+                }
+            }
+            Some(roots) => {
+                tracing::info!(config_path = %std::env::join_paths(&roots).map(|p| p.to_string_lossy().into_owned()).unwrap_or_default(), "registry-direct canaries reach registries as the runtime's hosts.toml files say (config_path reported by the runtime)");
+                Self {
+                    roots,
+                    dialect,
+                    legacy: None,
+                }
+            }
+            None => {
+                tracing::warn!(
+                    "the runtime reports no registry config_path (containerd 2.x does not send it in its CRI Status): registry-direct canaries use containerd's defaults unless --runtime-registry-config names the directory"
+                );
+                Self {
+                    roots: Vec::new(),
+                    dialect,
+                    legacy: None,
+                }
+            }
+        }
+    }
+
+    /// The `config_path` of containerd's CRI configuration as the verbose CRI `Status` carries
+    /// it (`registry.configPath`, a `:`-separated list as `filepath.SplitList` reads it), pinned
+    /// against 1.6 and 1.7 by `tests/tests/registry_hosts.rs`. `Ok(None)`: the runtime sends no
+    /// such entry (containerd 2.x, whose images plugin's settings are not in `Status`; CRI-O) or
+    /// configures none. Only `registry.configPath` is read: the legacy `registry.configs` can
+    /// hold passwords, and nothing of the text is kept or shown.
+    pub fn roots_from_cri_config(json: &str) -> Result<Option<Vec<PathBuf>>, ConfigError> {
+        #[derive(Deserialize)]
+        struct Config {
+            #[serde(default)]
+            registry: Option<Registry>,
+        }
+        #[derive(Deserialize)]
+        struct Registry {
+            #[serde(default, rename = "configPath")]
+            config_path: Option<String>,
+        }
+        let config: Config = serde_json::from_str(json).map_err(|e| {
+            ConfigError::CriConfig(format!("line {} column {}", e.line(), e.column()))
+        })?;
+        let roots: Vec<PathBuf> = config
+            .registry
+            .and_then(|r| r.config_path)
+            .map(|p| {
+                std::env::split_paths(&p)
+                    .filter(|p| !p.as_os_str().is_empty())
+                    .collect()
+            })
+            .unwrap_or_default();
+        Ok((!roots.is_empty()).then_some(roots))
+    }
+
+    /// containerd 1.x's legacy `registry.mirrors` and the TLS of `registry.configs` in the
+    /// verbose CRI `Status`'s configuration (`Ok(None)`: neither set). Each config's `auth` — a
+    /// password — is never deserialised.
+    pub fn legacy_from_cri_config(json: &str) -> Result<Option<LegacyRegistry>, ConfigError> {
+        #[derive(Deserialize)]
+        struct Config {
+            #[serde(default)]
+            registry: Option<Registry>,
+        }
+        #[derive(Deserialize)]
+        struct Registry {
+            #[serde(default)]
+            mirrors: Option<BTreeMap<String, Mirror>>,
+            #[serde(default)]
+            configs: Option<BTreeMap<String, HostConfig>>,
+        }
+        #[derive(Deserialize)]
+        struct Mirror {
+            #[serde(default)]
+            endpoint: Option<Vec<String>>,
+        }
+        #[derive(Deserialize)]
+        struct HostConfig {
+            #[serde(default)]
+            tls: Option<Tls>,
+        }
+        #[derive(Deserialize)]
+        struct Tls {
+            #[serde(default)]
+            insecure_skip_verify: bool,
+            #[serde(default, rename = "caFile")]
+            ca_file: String,
+            #[serde(default, rename = "certFile")]
+            cert_file: String,
+            #[serde(default, rename = "keyFile")]
+            key_file: String,
+        }
+        let config: Config = serde_json::from_str(json).map_err(|e| {
+            ConfigError::CriConfig(format!("line {} column {}", e.line(), e.column()))
+        })?;
+        let Some(registry) = config.registry else {
+            return Ok(None);
+        };
+        let mirrors: Vec<(String, Vec<String>)> = registry
+            .mirrors
+            .unwrap_or_default()
+            .into_iter()
+            .map(|(name, m)| (name, m.endpoint.unwrap_or_default()))
+            .collect();
+        let tls: Vec<(String, TlsSettings)> = registry
+            .configs
+            .unwrap_or_default()
+            .into_iter()
+            .filter_map(|(host, c)| {
+                let t = c.tls?;
+                let path = |p: String| (!p.is_empty()).then(|| PathBuf::from(p));
+                Some((
+                    host,
+                    TlsSettings {
+                        ca: path(t.ca_file).into_iter().collect(),
+                        client: path(t.cert_file)
+                            .map(|c| (c, path(t.key_file)))
+                            .into_iter()
+                            .collect(),
+                        skip_verify: t.insecure_skip_verify,
+                    },
+                ))
+            })
+            .collect();
+        if mirrors.is_empty() && tls.is_empty() {
+            return Ok(None);
+        }
+        Ok(Some(LegacyRegistry { mirrors, tls }))
+    }
+
+    /// The hosts containerd tries for `registry`, in order, and what could not be read as
+    /// written (containerd then falls back as the hosts say: the directory's certificate files,
+    /// or its defaults).
+    pub fn hosts(&self, registry: &str) -> (Vec<Host>, Option<ConfigError>) {
+        if let (true, Some(legacy)) = (self.roots.is_empty(), &self.legacy) {
+            return (registry_hosts::resolve_legacy(registry, legacy), None);
+        }
+        let read = read_host_dir(&self.roots, registry);
+        let (dir, mut problem) = match read {
+            Some((dir, problem)) => (Some(dir), problem),
+            None => (None, None),
+        };
+        match registry_hosts::resolve(registry, dir.as_ref(), self.dialect) {
+            Ok(hosts) => (hosts, problem),
+            Err(e) => {
+                let path = dir
+                    .as_ref()
+                    .map(|d| d.dir.join("hosts.toml"))
+                    .unwrap_or_default();
+                problem = Some(ConfigError::Hosts { path, source: e });
+                let fallback = dir.map(|d| HostDir { file: None, ..d });
+                let hosts = registry_hosts::resolve(registry, fallback.as_ref(), self.dialect)
+                    .unwrap_or_else(|_| {
+                        registry_hosts::resolve(registry, None, self.dialect).unwrap_or_default()
+                    });
+                (hosts, problem)
+            }
+        }
+    }
 }
 
 #[cfg(test)]
@@ -134,5 +589,214 @@ mod tests {
         let shared = HostsDir::shared(Some(dir.path().into())).unwrap();
         assert_eq!(shared.mirrors("other.io"), ["peer-cache.local"]);
         assert!(HostsDir::shared(None).is_none());
+    }
+
+    #[test]
+    fn hosts_toml_as_containerd_reads_it() {
+        let path = Path::new("/certs.d/reg.example/hosts.toml");
+        let text = r#"
+server = "https://reg.example"
+capabilities = ["pull", "resolve"]
+
+[host."https://z-first.local"]
+  capabilities = ["pull"]
+  ca = "z.crt"
+  [host."https://z-first.local".header]
+    Authorization = "Bearer hdr-secret-9q"
+    X-Many = ["a", "b"]
+
+[host."http://a-second.local:5000"]
+  client = [["c.cert", "c.key"], "both.pem"]
+  skip_verify = true
+  override_path = true
+  unknown_key = 1
+"#;
+        let f = parse_hosts_toml(path, text).unwrap();
+        assert_eq!(f.server.as_deref(), Some("https://reg.example"));
+        assert_eq!(
+            f.server_settings.capabilities,
+            Some(vec!["pull".to_string(), "resolve".to_string()])
+        );
+        let names: Vec<&str> = f.hosts.iter().map(|(u, _)| u.as_str()).collect();
+        assert_eq!(
+            names,
+            ["https://z-first.local", "http://a-second.local:5000"]
+        );
+        assert_eq!(f.hosts[0].1.ca, ["z.crt"]);
+        assert_eq!(f.hosts[0].1.header.len(), 2);
+        assert_eq!(
+            f.hosts[1].1.client,
+            [
+                ("c.cert".to_string(), Some("c.key".to_string())),
+                ("both.pem".to_string(), None)
+            ]
+        );
+        assert_eq!(f.hosts[1].1.skip_verify, Some(true));
+        assert!(f.hosts[1].1.override_path);
+        assert!(!format!("{f:?}").contains("hdr-secret-9q"));
+
+        for (text, want) in [
+            ("server = 5", "`server` must be a string"),
+            (
+                "[host.\"https://m\"]\nca = 1",
+                "`host.\"https://m\".ca` must be a path or a list of paths",
+            ),
+            (
+                "[host.\"https://m\"]\nclient = [[\"a\"]]",
+                "`host.\"https://m\".client` must be",
+            ),
+            (
+                "[host.\"https://m\"]\nskip_verify = \"yes\"",
+                "`host.\"https://m\".skip_verify` must be true or false",
+            ),
+            (
+                "[host.\"https://m\".header]\nAuthorization = 7",
+                "`host.\"https://m\".header.Authorization` must be",
+            ),
+            (
+                "server = \"https://x\"\n[host\nsecret-ish = 1",
+                "not valid TOML (line 2)",
+            ),
+        ] {
+            let e = parse_hosts_toml(path, text).unwrap_err().to_string();
+            assert!(e.starts_with("/certs.d/reg.example/hosts.toml: "), "{e}");
+            assert!(e.contains(want), "{text:?}: {e}");
+            assert!(!e.contains("secret-ish"), "{e}");
+        }
+    }
+
+    #[test]
+    fn registries_resolve_through_their_directory() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().to_path_buf();
+        let write = |registry: &str, name: &str, text: &str| {
+            std::fs::create_dir_all(root.join(registry)).unwrap();
+            std::fs::write(root.join(registry).join(name), text).unwrap();
+        };
+        write(
+            "alias.example:5000",
+            "hosts.toml",
+            "server = \"http://127.0.0.1:5000\"\n[host.\"http://127.0.0.1:5000\"]\n  capabilities = [\"pull\", \"resolve\"]\n",
+        );
+        write("certs.example", "ca.crt", "");
+        write("certs.example", "client.cert", "");
+        write("certs.example", "client.key", "");
+        write("broken.example", "hosts.toml", "server = [");
+        write(
+            "badcap.example",
+            "hosts.toml",
+            "[host.\"https://m\"]\ncapabilities = [\"fly\"]\n",
+        );
+        write("badcap.example", "ca.crt", "");
+        let config = RuntimeRegistry {
+            roots: vec![PathBuf::from("/nonexistent"), root.clone()],
+            dialect: Dialect::V2,
+            legacy: None,
+        };
+        let (hosts, problem) = config.hosts("alias.example:5000");
+        assert!(problem.is_none());
+        let up = registry_hosts::upstream(&hosts).unwrap();
+        assert_eq!(up.origin(), "http://127.0.0.1:5000");
+        let (hosts, _) = config.hosts("certs.example");
+        assert_eq!(hosts[0].tls.ca, [root.join("certs.example/ca.crt")]);
+        assert_eq!(
+            hosts[0].tls.client,
+            [(
+                root.join("certs.example/client.cert"),
+                Some(root.join("certs.example/client.key"))
+            )]
+        );
+        let (hosts, problem) = config.hosts("broken.example");
+        assert!(problem.unwrap().to_string().contains("not valid TOML"));
+        assert_eq!(hosts[0].origin(), "https://broken.example");
+        let (hosts, problem) = config.hosts("badcap.example");
+        assert!(
+            problem
+                .unwrap()
+                .to_string()
+                .contains("unknown capability `fly`")
+        );
+        assert_eq!(hosts.len(), 1);
+        assert_eq!(hosts[0].tls.ca, [root.join("badcap.example/ca.crt")]);
+        let (hosts, problem) = config.hosts("elsewhere.example");
+        assert!(problem.is_none());
+        assert_eq!(hosts[0].origin(), "https://elsewhere.example");
+    }
+
+    #[test]
+    fn config_path_from_the_cri_status() {
+        for (json, want) in [
+            (
+                r#"{"registry":{"configPath":"/etc/containerd/certs.d","mirrors":null}}"#,
+                Some(vec!["/etc/containerd/certs.d"]),
+            ),
+            (
+                r#"{"registry":{"configPath":"/a:/b"}}"#,
+                Some(vec!["/a", "/b"]),
+            ),
+            (r#"{"registry":{"configPath":""}}"#, None),
+            (
+                r#"{"registry":{"configs":{"r":{"auth":{"password":"pw-in-config-1"}}}}}"#,
+                None,
+            ),
+            (r#"{"containerd":{},"cni":{}}"#, None),
+        ] {
+            let got = RuntimeRegistry::roots_from_cri_config(json).unwrap();
+            let want: Option<Vec<PathBuf>> =
+                want.map(|w| w.into_iter().map(PathBuf::from).collect());
+            assert_eq!(got, want, "{json}");
+        }
+        // The legacy settings, TLS only: a config's `auth` is never read.
+        let legacy = RuntimeRegistry::legacy_from_cri_config(
+            r#"{"registry":{"configPath":"","mirrors":{"docker.io":{"endpoint":["https://mirror.local"]}},"configs":{"mirror.local":{"auth":{"username":"u","password":"pw-in-config-1"},"tls":{"insecure_skip_verify":false,"caFile":"/etc/c/ca.pem","certFile":"/etc/c/c.pem","keyFile":""}}}}}"#,
+        )
+        .unwrap()
+        .unwrap();
+        assert_eq!(
+            legacy.mirrors,
+            [(
+                "docker.io".to_string(),
+                vec!["https://mirror.local".to_string()]
+            )]
+        );
+        assert_eq!(
+            legacy.tls,
+            [(
+                "mirror.local".to_string(),
+                TlsSettings {
+                    ca: vec![PathBuf::from("/etc/c/ca.pem")],
+                    client: vec![(PathBuf::from("/etc/c/c.pem"), None)],
+                    skip_verify: false,
+                }
+            )]
+        );
+        assert!(!format!("{legacy:?}").contains("pw-in-config-1"));
+        for none in [
+            r#"{"registry":{"configPath":"/x","mirrors":null,"configs":null}}"#,
+            r#"{"registry":{"configs":{"r":{"auth":{"password":"p"}}}}}"#,
+            r#"{"cni":{}}"#,
+        ] {
+            assert_eq!(
+                RuntimeRegistry::legacy_from_cri_config(none).unwrap(),
+                None,
+                "{none}"
+            );
+        }
+        let with_legacy = RuntimeRegistry {
+            roots: Vec::new(),
+            dialect: Dialect::V1_7,
+            legacy: Some(legacy),
+        };
+        let (hosts, _) = with_legacy.hosts("docker.io");
+        assert_eq!(
+            hosts.iter().map(Host::origin).collect::<Vec<_>>(),
+            ["https://mirror.local", "https://registry-1.docker.io"]
+        );
+        let e = RuntimeRegistry::roots_from_cri_config(
+            r#"{"registry":{"configPath":5,"x":"pw-in-config-1"}}"#,
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(!e.contains("pw-in-config-1") && e.contains("line 1"), "{e}");
     }
 }

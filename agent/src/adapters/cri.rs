@@ -16,7 +16,8 @@ use k8s_cri::v1::image_service_client::ImageServiceClient;
 use k8s_cri::v1::runtime_service_client::RuntimeServiceClient;
 use k8s_cri::v1::{
     AuthConfig, ImageFilter, ImageFsInfoRequest, ImageSpec, ImageStatusRequest,
-    ListContainersRequest, ListImagesRequest, PullImageRequest, RemoveImageRequest, VersionRequest,
+    ListContainersRequest, ListImagesRequest, PullImageRequest, RemoveImageRequest, StatusRequest,
+    VersionRequest,
 };
 use secrecy::ExposeSecret;
 use std::future::Future;
@@ -198,6 +199,20 @@ impl CriClient {
             runtime_version: r.runtime_version,
             runtime_api_version: r.runtime_api_version,
         })
+    }
+
+    /// The verbose `Status`'s `config` entry: containerd's CRI configuration as JSON (its
+    /// `registry.configPath`, legacy `registry.mirrors` / `registry.configs`); `None` when the
+    /// runtime sends none (CRI-O, or a runtime that ignores `verbose`). The text may hold the
+    /// legacy `registry.configs.*.auth` passwords: it is parsed once
+    /// (`containerd_config::RuntimeRegistryConfig::from_cri_config`), never logged or kept.
+    pub async fn status_config(&self) -> Result<Option<String>> {
+        let mut r = self
+            .call("Status", self.timeouts.call, || async {
+                self.runtime().status(StatusRequest { verbose: true }).await
+            })
+            .await?;
+        Ok(r.info.remove("config"))
     }
 
     /// `ImageFsInfo`: usage of the first image filesystem.

@@ -171,7 +171,7 @@ pub async fn run(args: RunArgs) -> Result<RunOutcome, RunError> {
         }
         None => None,
     };
-    match client.version().await {
+    let runtime_version = match client.version().await {
         Ok(v) => {
             readiness.set_runtime_reachable(true);
             tracing::info!(
@@ -181,11 +181,13 @@ pub async fn run(args: RunArgs) -> Result<RunOutcome, RunError> {
             cri_api = %v.runtime_api_version,
             "connected to container runtime"
             );
+            Some(v)
         }
         Err(e) => {
-            tracing::error!(error = %e, "container runtime not reachable; pulls will be retried")
+            tracing::error!(error = %e, "container runtime not reachable; pulls will be retried");
+            None
         }
-    }
+    };
 
     // Standalone, the manifests directory is the node admin's: every namespace may gate.
     let gate_namespaces = if manifests.is_some() {
@@ -325,9 +327,19 @@ pub async fn run(args: RunArgs) -> Result<RunOutcome, RunError> {
                 *cri.cri_reconnect_budget,
             ),
         );
+        // Each registry reached as the runtime reaches it: its hosts.toml under the
+        // config_path `--runtime-registry-config` names or the runtime reports.
+        let runtime_registry = crate::adapters::containerd_config::RuntimeRegistry::discover(
+            &client,
+            runtime_version.as_ref(),
+            registry.runtime_registry_config.clone(),
+        )
+        .await;
+        let mirrors_dir = runtime_registry.roots.first().cloned();
         let runner = Arc::new(CanaryRunner {
             probe: Beating {
-                inner: crate::adapters::registry::RegistryClient::from_args(&registry)?,
+                inner: crate::adapters::registry::RegistryClient::from_args(&registry)?
+                    .with_runtime_registry(runtime_registry),
                 beat: beat.clone(),
             },
             node: node.name.clone(),
@@ -337,9 +349,7 @@ pub async fn run(args: RunArgs) -> Result<RunOutcome, RunError> {
                 beat: beat.clone(),
             })
                 as Arc<dyn crate::decide::runtime::ImageRuntime>),
-            mirrors: crate::adapters::containerd_config::HostsDir::shared(
-                registry.runtime_registry_config.clone(),
-            ),
+            mirrors: crate::adapters::containerd_config::HostsDir::shared(mirrors_dir),
         });
         let sink: Arc<dyn CanarySink> = Arc::new(ReportingCanarySink {
             reports: reports.clone(),

@@ -14,6 +14,7 @@ pub mod event_policy;
 pub mod gate;
 pub mod node_report;
 pub mod prepull;
+pub mod registry_hosts;
 pub mod retry;
 pub mod runtime;
 pub mod secret_scrub;

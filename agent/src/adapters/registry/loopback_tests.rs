@@ -6,6 +6,7 @@
 #![allow(clippy::unwrap_used)] // test fixtures
 
 use super::*;
+use crate::adapters::containerd_config::RuntimeRegistry;
 use secrecy::SecretString;
 use sha2::{Digest as _, Sha256};
 use std::sync::Arc;
@@ -365,4 +366,172 @@ fn byte_counts() {
     ] {
         assert_eq!(text.parse::<ByteCount>().ok().map(|b| b.0), want, "{text}");
     }
+}
+
+/// A plain-HTTP registry that answers a TLS ClientHello as a Go server does (`400 Bad Request`
+/// in plain HTTP), and every HTTP request with a Basic challenge (`401`). Returns its port and
+/// the request lines it saw over HTTP.
+async fn plain_http_registry() -> (u16, Arc<std::sync::Mutex<Vec<String>>>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let log = seen.clone();
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            let log = log.clone();
+            tokio::spawn(async move {
+                let mut buf = vec![0u8; 4096];
+                let Ok(n) = stream.read(&mut buf).await else {
+                    return;
+                };
+                if n > 0 && buf[0] == 0x16 {
+                    let _ = stream
+                        .write_all(b"HTTP/1.0 400 Bad Request\r\n\r\nClient sent an HTTP request to an HTTPS server.\n")
+                        .await;
+                    return;
+                }
+                let head = String::from_utf8_lossy(&buf[..n]).into_owned();
+                log.lock()
+                    .unwrap()
+                    .push(head.lines().next().unwrap_or("").to_string());
+                // A registry that echoes a request header into its error message.
+                let echoed = head
+                    .lines()
+                    .find_map(|l| l.strip_prefix("x-route: "))
+                    .unwrap_or("")
+                    .to_string();
+                let body = format!(
+                    r#"{{"errors":[{{"code":"UNAUTHORIZED","message":"denied {echoed}"}}]}}"#
+                );
+                let _ = stream
+                    .write_all(
+                        format!(
+                            "HTTP/1.1 401 Unauthorized\r\nWWW-Authenticate: Basic realm=\"t\"\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                            body.len()
+                        )
+                        .as_bytes(),
+                    )
+                    .await;
+            });
+        }
+    });
+    (port, seen)
+}
+
+fn runtime_client(roots: Vec<std::path::PathBuf>) -> RegistryClient {
+    RegistryClient::new(RegistryConfig {
+        request_timeout: LONG,
+        canary_timeout: LONG,
+        ..RegistryConfig::default()
+    })
+    .unwrap()
+    .with_runtime_registry(RuntimeRegistry {
+        roots,
+        dialect: Dialect::V2,
+        legacy: None,
+    })
+}
+
+#[tokio::test]
+async fn a_loopback_registry_without_configuration_is_reached_as_containerd_does() {
+    // containerd's default for a loopback registry on a port: HTTPS first, then plain HTTP when
+    // the answer is not TLS. No flag, no hosts.toml.
+    let (port, seen) = plain_http_registry().await;
+    let host = format!("127.0.0.1:{port}");
+    let err = probe(&runtime_client(Vec::new()), &host, CanaryDepth::Manifest)
+        .await
+        .unwrap_err();
+    assert_eq!(err.verdict(), Verdict::Unauthorized, "{err}");
+    let seen = seen.lock().unwrap().clone();
+    assert_eq!(
+        seen.first().map(String::as_str),
+        Some("GET /v2/ HTTP/1.1"),
+        "{seen:?}"
+    );
+    assert!(
+        seen.iter()
+            .any(|l| l.starts_with("GET /v2/team/app/manifests/v1 ")),
+        "{seen:?}"
+    );
+}
+
+#[tokio::test]
+async fn a_registry_name_is_routed_by_its_hosts_toml() {
+    let (port, seen) = plain_http_registry().await;
+    let dir = tempfile::tempdir().unwrap();
+    let alias = format!("alias.invalid:{port}");
+    std::fs::create_dir_all(dir.path().join(&alias)).unwrap();
+    std::fs::write(
+        dir.path().join(&alias).join("hosts.toml"),
+        format!(
+            "server = \"http://127.0.0.1:{port}/prefix\"\n[host.\"http://127.0.0.1:{port}/prefix\"]\n  capabilities = [\"pull\", \"resolve\"]\n  [host.\"http://127.0.0.1:{port}/prefix\".header]\n    X-Route = \"hdr-value-5k\"\n"
+        ),
+    )
+    .unwrap();
+    let client = runtime_client(vec![dir.path().to_path_buf()]);
+    let err = probe(&client, &alias, CanaryDepth::Manifest)
+        .await
+        .unwrap_err();
+    assert_eq!(err.verdict(), Verdict::Unauthorized, "{err}");
+    assert!(!err.to_string().contains("hdr-value-5k"), "{err}");
+    let seen = seen.lock().unwrap().clone();
+    assert_eq!(
+        seen,
+        [
+            "GET /prefix/v2/ HTTP/1.1",
+            "GET /prefix/v2/team/app/manifests/v1 HTTP/1.1"
+        ]
+    );
+    // --insecure-registry stays an explicit override: the name itself, over plain HTTP (which
+    // does not resolve here).
+    let overridden = RegistryClient::new(RegistryConfig {
+        plain_http: vec![alias.clone()],
+        request_timeout: LONG,
+        canary_timeout: LONG,
+        ..RegistryConfig::default()
+    })
+    .unwrap()
+    .with_runtime_registry(RuntimeRegistry {
+        roots: vec![dir.path().to_path_buf()],
+        dialect: Dialect::V2,
+        legacy: None,
+    });
+    let err = probe(&overridden, &alias, CanaryDepth::Manifest)
+        .await
+        .unwrap_err();
+    assert_eq!(err.verdict(), Verdict::Network, "{err}");
+    assert_eq!(seen.len(), 2);
+}
+
+#[tokio::test]
+async fn an_https_route_answered_in_plain_http_names_tls_and_the_fix() {
+    let (port, seen) = plain_http_registry().await;
+    let dir = tempfile::tempdir().unwrap();
+    let registry = format!("reg.invalid:{port}");
+    std::fs::create_dir_all(dir.path().join(&registry)).unwrap();
+    std::fs::write(
+        dir.path().join(&registry).join("hosts.toml"),
+        format!("server = \"https://127.0.0.1:{port}\"\n"),
+    )
+    .unwrap();
+    let err = probe(
+        &runtime_client(vec![dir.path().to_path_buf()]),
+        &registry,
+        CanaryDepth::Manifest,
+    )
+    .await
+    .unwrap_err();
+    assert_eq!(err.verdict(), Verdict::Network, "{err}");
+    let text = err.to_string();
+    assert!(
+        text.starts_with(&format!(
+            "registry {registry}: /v2/: TLS with 127.0.0.1:{port} failed: it answered in plain HTTP, not TLS ("
+        )),
+        "{text}"
+    );
+    assert!(
+        text.ends_with("write `server = \"http://…\"` in the registry's hosts.toml (or pass --insecure-registry)"),
+        "{text}"
+    );
+    assert!(seen.lock().unwrap().is_empty());
 }

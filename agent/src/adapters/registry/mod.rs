@@ -20,8 +20,11 @@ mod body;
 #[cfg(test)]
 mod loopback_tests;
 mod session;
+mod tls;
 
+use crate::adapters::containerd_config::RuntimeRegistry;
 use crate::decide::canary::warning::CanaryWarning;
+use crate::decide::registry_hosts::{self, Dialect, Host, TlsSettings};
 use crate::model::image_ref::ImageRef;
 use crate::model::pullset::CanaryDepth;
 use crate::model::verdict::Verdict;
@@ -166,6 +169,10 @@ pub struct RegistryConfig {
     pub max_canary_bytes: u64,
     /// PEM certificates trusted besides the built-in roots (`--registry-ca-file`).
     pub extra_roots: Vec<reqwest::Certificate>,
+    /// containerd's registry configuration (`--runtime-registry-config`, or the `config_path`
+    /// the runtime reported): each registry is reached as its `hosts.toml` says, else as
+    /// containerd's defaults say (no roots: the defaults for every registry).
+    pub runtime_registry: RuntimeRegistry,
 }
 
 impl Default for RegistryConfig {
@@ -182,6 +189,11 @@ impl Default for RegistryConfig {
             canary_timeout: CANARY_TIMEOUT,
             max_canary_bytes: MAX_CANARY_BYTES,
             extra_roots: Vec::new(),
+            runtime_registry: RuntimeRegistry {
+                roots: Vec::new(),
+                dialect: Dialect::V2,
+                legacy: None,
+            },
         }
     }
 }
@@ -250,6 +262,19 @@ pub enum RegistryError {
     },
     #[error("--registry-ca-file {}: {cause}", path.display())]
     CaFile { path: PathBuf, cause: String },
+    #[error("hosts.toml `{setting}` {}: {cause}", path.display())]
+    TlsFile {
+        setting: &'static str,
+        path: PathBuf,
+        cause: String,
+    },
+    #[error("{what}: TLS with {host} failed: {} ({cause}); {}", failure.what(), failure.fix())]
+    Tls {
+        what: String,
+        host: String,
+        failure: tls::TlsFailure,
+        cause: String,
+    },
 }
 
 impl RegistryError {
@@ -259,6 +284,7 @@ impl RegistryError {
             RegistryError::Status { status, code, .. } => classify_status(*status, code.as_deref()),
             RegistryError::Auth(_) => Verdict::Unauthorized,
             RegistryError::Transport { .. }
+            | RegistryError::Tls { .. }
             | RegistryError::Redirects { .. }
             | RegistryError::CanaryTimeout { .. } => Verdict::Network,
             RegistryError::DigestMismatch { .. } | RegistryError::SizeMismatch { .. } => {
@@ -268,7 +294,8 @@ impl RegistryError {
             RegistryError::TooLarge { .. }
             | RegistryError::BadManifest { .. }
             | RegistryError::InsecureRealm { .. }
-            | RegistryError::CaFile { .. } => Verdict::RuntimeError,
+            | RegistryError::CaFile { .. }
+            | RegistryError::TlsFile { .. } => Verdict::RuntimeError,
         }
     }
 }
@@ -326,7 +353,26 @@ struct Descriptor {
 #[derive(Clone)]
 pub struct RegistryClient {
     config: RegistryConfig,
+    /// The client of the built-in roots (and `--registry-ca-file`), no client certificate.
     http: reqwest::Client,
+    /// A client per host TLS setting of the runtime's configuration.
+    clients: std::sync::Arc<tls::Clients>,
+}
+
+/// Where one probe sends its requests: the registry's upstream host as containerd reaches it.
+pub(crate) struct Route {
+    pub origin: String,
+    /// The API root (`/v2`, or what `server` / `override_path` say).
+    pub path: String,
+    pub host: String,
+    pub plain_http: bool,
+    /// HTTPS first; plain HTTP when the answer is not TLS.
+    pub http_fallback: bool,
+    pub http: reqwest::Client,
+    /// `header` of the hosts.toml, marked sensitive.
+    pub headers: reqwest::header::HeaderMap,
+    /// The same values, to scrub from anything a registry echoes (one may be a credential).
+    pub header_secrets: Vec<SecretString>,
 }
 
 /// A credential for one probe.
@@ -337,37 +383,18 @@ pub struct ProbeAuth<'a> {
 
 impl RegistryClient {
     pub fn new(config: RegistryConfig) -> Result<Self, RegistryError> {
-        let max_redirects = config.max_redirects;
-        let mut builder = reqwest::Client::builder()
-            .redirect(reqwest::redirect::Policy::custom(move |attempt| {
-                // Never from HTTPS down to plain HTTP: the next hop could keep the credential
-                // (reqwest keeps `Authorization` when host and port stay the same).
-                let downgrade = attempt.url().scheme() == "http"
-                    && attempt.previous().iter().any(|u| u.scheme() == "https");
-                if downgrade {
-                    let to = body::clean_message(&format!(
-                        "{}{}",
-                        attempt.url().host_str().unwrap_or(""),
-                        attempt.url().path()
-                    ));
-                    attempt.error(body::Downgrade(to))
-                } else if attempt.previous().len() > max_redirects {
-                    attempt.error("too many redirects")
-                } else {
-                    attempt.follow()
-                }
-            }))
-            .connect_timeout(config.connect_timeout)
-            .read_timeout(config.read_timeout)
-            .user_agent(concat!("pullgate/", env!("CARGO_PKG_VERSION")));
-        for root in &config.extra_roots {
-            builder = builder.add_root_certificate(root.clone());
-        }
-        let http = builder.build().map_err(|e| RegistryError::Transport {
-            what: "HTTP client".into(),
-            cause: e.to_string(),
-        })?;
-        Ok(Self { config, http })
+        let http = build_client(&config, None)?;
+        Ok(Self {
+            config,
+            http,
+            clients: std::sync::Arc::default(),
+        })
+    }
+
+    /// The same client reaching registries as this containerd configuration says.
+    pub fn with_runtime_registry(mut self, runtime_registry: RuntimeRegistry) -> Self {
+        self.config.runtime_registry = runtime_registry;
+        self
     }
 
     /// The client the registry flags describe (`--insecure-registry`, `--platform`,
@@ -385,12 +412,91 @@ impl RegistryClient {
             canary_timeout: *args.canary_timeout,
             max_canary_bytes: args.max_canary_bytes.0,
             extra_roots,
+            runtime_registry: RuntimeRegistry {
+                roots: args.runtime_registry_config.iter().cloned().collect(),
+                dialect: Dialect::V2,
+                legacy: None,
+            },
             ..RegistryConfig::default()
         })
     }
 
     fn plain_http(&self, registry: &str) -> bool {
         self.config.plain_http.iter().any(|h| h == registry)
+    }
+
+    /// How this probe reaches `registry`: `--insecure-registry` first (plain HTTP to the
+    /// registry itself), else the upstream of the hosts containerd would try
+    /// (`decide::registry_hosts`), with its TLS client and headers.
+    fn route(&self, registry: &str) -> Result<Route, RegistryError> {
+        if self.plain_http(registry) {
+            let host = if registry == crate::model::image_ref::DOCKER_HUB {
+                "registry-1.docker.io".to_string()
+            } else {
+                registry.to_string()
+            };
+            return Ok(Route {
+                origin: format!("http://{host}"),
+                path: "/v2".into(),
+                host,
+                plain_http: true,
+                http_fallback: false,
+                http: self.http.clone(),
+                headers: reqwest::header::HeaderMap::new(),
+                header_secrets: Vec::new(),
+            });
+        }
+        let (hosts, problem) = self.config.runtime_registry.hosts(registry);
+        if let Some(problem) = problem {
+            let problem = crate::model::printable::printable_line(&problem.to_string());
+            tracing::warn!(%registry, %problem, "the runtime's registry configuration is not used as written; containerd falls back the same way");
+        }
+        let fallback;
+        let upstream = match registry_hosts::upstream(&hosts) {
+            Some(h) => h,
+            None => {
+                fallback = registry_hosts::resolve(registry, None, Dialect::V2).unwrap_or_default();
+                fallback.first().ok_or_else(|| RegistryError::Transport {
+                    what: format!("registry {registry}"),
+                    cause: "no host to reach it".into(),
+                })?
+            }
+        };
+        self.route_to(upstream)
+    }
+
+    fn route_to(&self, host: &Host) -> Result<Route, RegistryError> {
+        let http = if host.tls == TlsSettings::default() {
+            self.http.clone()
+        } else {
+            self.clients
+                .get(&host.tls, |files| build_client(&self.config, Some(files)))?
+        };
+        let mut headers = reqwest::header::HeaderMap::new();
+        let mut header_secrets = Vec::new();
+        for (name, values) in &host.header {
+            let Ok(name) = reqwest::header::HeaderName::from_bytes(name.as_bytes()) else {
+                tracing::warn!(header = %crate::model::printable::printable_line(name), "hosts.toml `header`: not a valid header name, not sent");
+                continue;
+            };
+            for value in values {
+                header_secrets.push(SecretString::from(value.0.clone()));
+                if let Ok(mut v) = reqwest::header::HeaderValue::from_str(&value.0) {
+                    v.set_sensitive(true);
+                    headers.append(name.clone(), v);
+                }
+            }
+        }
+        Ok(Route {
+            origin: host.origin(),
+            path: host.path.trim_end_matches('/').to_string(),
+            host: host.host.clone(),
+            plain_http: host.scheme == registry_hosts::Scheme::Http,
+            http_fallback: host.http_fallback,
+            http,
+            headers,
+            header_secrets,
+        })
     }
 
     /// Probes `image` at `depth` with `auth` (or anonymously), within the canary's deadline: past
@@ -402,20 +508,12 @@ impl RegistryClient {
         depth: CanaryDepth,
     ) -> Result<Probe, RegistryError> {
         let registry = image.registry.as_str();
-        // Docker Hub is served by registry-1.docker.io.
-        let host = if registry == crate::model::image_ref::DOCKER_HUB {
-            "registry-1.docker.io"
-        } else {
-            registry
-        };
-        let plain_http = self.plain_http(registry);
-        let origin = format!("{}://{host}", if plain_http { "http" } else { "https" });
+        let route = self.route(registry)?;
         let mut session = Session {
             client: self,
             registry: registry.to_string(),
-            base: format!("{origin}/v2/{}", image.repository),
-            origin,
-            plain_http,
+            base: format!("{}{}/{}", route.origin, route.path, image.repository),
+            route,
             authorization: None,
             token: None,
             stage: "the start".into(),
@@ -496,6 +594,56 @@ impl Session<'_> {
         }
         Ok(())
     }
+}
+
+/// The one builder: redirects never downgrading to plain HTTP, the deadlines, the roots
+/// (built-in, `--registry-ca-file`, and a host's `ca`), a host's client certificate and
+/// `skip_verify`.
+fn build_client(
+    config: &RegistryConfig,
+    files: Option<&tls::TlsFiles>,
+) -> Result<reqwest::Client, RegistryError> {
+    let max_redirects = config.max_redirects;
+    let mut builder = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::custom(move |attempt| {
+            // Never from HTTPS down to plain HTTP: the next hop could keep the credential
+            // (reqwest keeps `Authorization` when host and port stay the same).
+            let downgrade = attempt.url().scheme() == "http"
+                && attempt.previous().iter().any(|u| u.scheme() == "https");
+            if downgrade {
+                let to = body::clean_message(&format!(
+                    "{}{}",
+                    attempt.url().host_str().unwrap_or(""),
+                    attempt.url().path()
+                ));
+                attempt.error(body::Downgrade(to))
+            } else if attempt.previous().len() > max_redirects {
+                attempt.error("too many redirects")
+            } else {
+                attempt.follow()
+            }
+        }))
+        .connect_timeout(config.connect_timeout)
+        .read_timeout(config.read_timeout)
+        .user_agent(concat!("pullgate/", env!("CARGO_PKG_VERSION")));
+    for root in &config.extra_roots {
+        builder = builder.add_root_certificate(root.clone());
+    }
+    if let Some(files) = files {
+        for root in &files.roots {
+            builder = builder.add_root_certificate(root.clone());
+        }
+        if let Some(identity) = &files.identity {
+            builder = builder.identity(identity.clone());
+        }
+        if files.skip_verify {
+            builder = builder.danger_accept_invalid_certs(true);
+        }
+    }
+    builder.build().map_err(|e| RegistryError::Transport {
+        what: "HTTP client".into(),
+        cause: e.to_string(),
+    })
 }
 
 fn parse_manifest(reference: &str, bytes: &[u8]) -> Result<Manifest, RegistryError> {

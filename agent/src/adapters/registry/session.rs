@@ -7,8 +7,10 @@ use super::auth::{self, Scheme};
 use super::body::{
     ERROR_BODY_LIMIT, distribution_error, read_limited, read_prefix, reason, timed_out, transport,
 };
+use super::tls::TlsFailure;
 use super::{
-    Descriptor, MANIFEST_TYPES, Probe, ProbeAuth, RegistryClient, RegistryError, blob_deadline,
+    Descriptor, MANIFEST_TYPES, Probe, ProbeAuth, RegistryClient, RegistryError, Route,
+    blob_deadline,
 };
 use crate::decide::canary::warning::CanaryWarning;
 use crate::decide::secret_scrub::scrub;
@@ -23,11 +25,10 @@ pub(super) struct Session<'a> {
     pub client: &'a RegistryClient,
     /// `host[:port]` as configured (what messages name).
     pub registry: String,
-    /// `scheme://host`.
-    pub origin: String,
-    /// `origin/v2/REPOSITORY`.
+    /// Where the requests go (the registry's upstream as containerd reaches it).
+    pub route: Route,
+    /// `origin` + API root + `/REPOSITORY`.
     pub base: String,
-    pub plain_http: bool,
     /// Marked sensitive: HTTP-layer `Debug` output never shows it.
     pub authorization: Option<reqwest::header::HeaderValue>,
     /// The bearer token, to scrub from any message.
@@ -69,29 +70,22 @@ impl Session<'_> {
         });
         let basic = basic.transpose()?;
 
-        self.stage = "the /v2/ ping".into();
-        self.probe.requests += 1;
-        let what = format!("registry {}: /v2/", self.registry);
-        let url = format!("{}/v2/", self.origin);
-        let http = &self.client.http;
-        let challenges = Self::bounded(&what, limit, async {
-            let response = http
-                .get(&url)
-                .send()
-                .await
-                .map_err(|e| transport(&what, &e, redirects))?;
-            // Only the challenge matters; the body is never read.
-            Ok(response
-                .headers()
-                .get_all(reqwest::header::WWW_AUTHENTICATE)
-                .iter()
-                .filter_map(|v| v.to_str().ok())
-                .flat_map(auth::parse_challenges)
-                .collect::<Vec<_>>())
-        })
-        .await?;
+        let challenges = match self.ping(limit, redirects).await {
+            // containerd's `NewHTTPFallback`: an HTTPS attempt answered in plain HTTP goes again
+            // over plain HTTP (only for hosts it would do that for).
+            Err(RegistryError::Tls {
+                failure: TlsFailure::NotTls,
+                ..
+            }) if self.route.http_fallback => {
+                self.route.origin = format!("http://{}", self.route.host);
+                self.route.plain_http = true;
+                self.base = self.base.replacen("https://", "http://", 1);
+                self.ping(limit, redirects).await?
+            }
+            other => other?,
+        };
 
-        match auth::scheme_for(&self.registry, self.plain_http, &challenges)? {
+        match auth::scheme_for(&self.registry, self.route.plain_http, &challenges)? {
             Scheme::Basic => self.authorization = basic,
             Scheme::Bearer { realm, service } => {
                 self.stage = format!("the token service {}", auth::realm_name(&realm));
@@ -101,7 +95,7 @@ impl Session<'_> {
                     &what,
                     limit,
                     auth::fetch_token(
-                        http,
+                        &self.route.http,
                         &realm,
                         service.as_deref(),
                         repository,
@@ -117,9 +111,46 @@ impl Session<'_> {
         Ok(())
     }
 
+    /// `GET /v2/` (the route's API root): the challenges of the answer.
+    async fn ping(
+        &mut self,
+        limit: Duration,
+        redirects: usize,
+    ) -> Result<Vec<auth::Challenge>, RegistryError> {
+        self.stage = "the /v2/ ping".into();
+        self.probe.requests += 1;
+        let what = format!("registry {}: /v2/", self.registry);
+        let url = format!("{}{}/", self.route.origin, self.route.path);
+        let request = self
+            .route
+            .http
+            .get(&url)
+            .headers(self.route.headers.clone());
+        let host = self.route.host.clone();
+        Self::bounded(&what, limit, async {
+            let response = request
+                .send()
+                .await
+                .map_err(|e| with_tls(transport(&what, &e, redirects), &host))?;
+            // Only the challenge matters; the body is never read.
+            Ok(response
+                .headers()
+                .get_all(reqwest::header::WWW_AUTHENTICATE)
+                .iter()
+                .filter_map(|v| v.to_str().ok())
+                .flat_map(auth::parse_challenges)
+                .collect::<Vec<_>>())
+        })
+        .await
+    }
+
     fn request(&mut self, method: reqwest::Method, url: &str) -> reqwest::RequestBuilder {
         self.probe.requests += 1;
-        let mut request = self.client.http.request(method, url);
+        let mut request = self
+            .route
+            .http
+            .request(method, url)
+            .headers(self.route.headers.clone());
         if let Some(a) = &self.authorization {
             request = request.header(reqwest::header::AUTHORIZATION, a.clone());
         }
@@ -131,10 +162,12 @@ impl Session<'_> {
         what: &str,
         request: reqwest::RequestBuilder,
     ) -> Result<reqwest::Response, RegistryError> {
-        let response = request
-            .send()
-            .await
-            .map_err(|e| transport(what, &e, self.client.config.max_redirects))?;
+        let response = request.send().await.map_err(|e| {
+            with_tls(
+                transport(what, &e, self.client.config.max_redirects),
+                &self.route.host,
+            )
+        })?;
         if response.status().is_success() {
             return Ok(response);
         }
@@ -149,9 +182,10 @@ impl Session<'_> {
         })
     }
 
-    /// `text` without the bearer token (a registry could echo it).
+    /// `text` without the bearer token or a hosts.toml `header` value (a registry could echo
+    /// them).
     fn scrub(&self, text: &str) -> String {
-        scrub(text, self.token.iter())
+        scrub(text, self.token.iter().chain(&self.route.header_secrets))
     }
 
     /// GET a manifest (bounded), verifying its digest when one is expected.
@@ -310,6 +344,22 @@ impl Session<'_> {
         self.probe.blobs += 1;
         self.probe.bytes += size;
         Ok(())
+    }
+}
+
+/// A transport failure that is a TLS one, named as such, with the host and the fix.
+fn with_tls(e: RegistryError, host: &str) -> RegistryError {
+    match e {
+        RegistryError::Transport { what, cause } => match TlsFailure::of_cause(&cause) {
+            Some(failure) => RegistryError::Tls {
+                what,
+                host: host.to_string(),
+                failure,
+                cause,
+            },
+            None => RegistryError::Transport { what, cause },
+        },
+        other => other,
     }
 }
 
