@@ -21,6 +21,8 @@ mod body;
 mod loopback_tests;
 mod session;
 mod tls;
+#[cfg(test)]
+mod walk_tests;
 
 use crate::adapters::containerd_config::RuntimeRegistry;
 use crate::decide::canary::hosts_walk::{self, HostAttempt, NodeAnswer, RequestKind};
