@@ -9,6 +9,12 @@
 //! (`--canary-timeout`). What a registry or a realm sends back is shown only as its distribution
 //! error code and a short cleaned message ([`body`]).
 //!
+//! Hosts: a probe walks the hosts containerd uses for the registry (its `hosts.toml`, in order,
+//! by capability), a [`Session`] per host, by containerd's fall-through and error rule
+//! (`decide::canary::hosts_walk`): the node's answer is the first host that serves it, or the
+//! error containerd reports when none does; the hosts after it are asked at `manifest` depth, so
+//! that an upstream refusing what a mirror serves is reported ([`RegistryClient::probe_walk`]).
+//!
 //! Depths: `manifest` resolves the reference and fetches the manifest (for an index, the node's
 //! platform's); `blobs` also sends `HEAD` for the config and every layer; `full` downloads every
 //! blob, streaming, and verifies size and sha256 — nothing is written to disk — within a byte

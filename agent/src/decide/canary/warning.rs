@@ -96,6 +96,12 @@ impl CanaryWarning {
     pub fn is_expiry(&self) -> bool {
         matches!(self, Self::ExpiringSoon { .. } | Self::ExpiryPassed)
     }
+
+    /// Whether this warns that a host the runtime uses fails while another serves the pull (an
+    /// Event of its own).
+    pub fn is_masked_host(&self) -> bool {
+        matches!(self, Self::MirrorMasks { .. })
+    }
 }
 
 impl fmt::Display for CanaryWarning {
@@ -268,6 +274,11 @@ mod tests {
             assert_eq!(warning.to_string(), text);
             assert_eq!(serde_json::to_value(&warning).unwrap(), text);
             assert_eq!(warning.is_expiry(), expiry, "{text}");
+            assert_eq!(
+                warning.is_masked_host(),
+                text.starts_with("MirrorMasks:"),
+                "{text}"
+            );
         }
     }
 }
