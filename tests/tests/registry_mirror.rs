@@ -11,6 +11,10 @@
 //! mirror, the node's pull still works through the mirror, and what each canary says is pinned;
 //! the same rotation before the mirror has the image fails both ways (containerd falls through
 //! the mirror's 404 to the upstream, which refuses; 2.1 then says `not found`, 1.x the refusal).
+//! The registry-direct canary walks the hosts as containerd does (`decide::canary::hosts_walk`):
+//! it names the host that answered and, when hosts differ, each one's verdict (`MirrorMasks`,
+//! `HostsDisagree`); a stopped mirror and one answering `500` are masked by the upstream and
+//! reported.
 
 #![allow(clippy::unwrap_used)] // test fixtures: a failed set-up step should panic with its error
 
@@ -220,6 +224,10 @@ fn through_a_pull_through_mirror_pre_pull_and_canaries_agree_and_the_mirror_is_n
         c.stderr
     );
     assert!(names_the_mirror(&env, &c.runtime), "{}", c.runtime);
+    // The registry-direct canary went where the node's pull went: the mirror, first in
+    // hosts.toml; the upstream, asked too, agrees: no host warning.
+    assert_eq!(c.registry["host"], env.mirror.host(), "{}", c.registry);
+    assert_eq!(warning(&c.registry, "MirrorMasks:"), None, "{}", c.registry);
     assert_no_leak(
         &env,
         &[&run.stdout, &run.stderr, &c.stdout, &c.stderr],
