@@ -575,10 +575,10 @@ impl RegistryClient {
                 depth
             };
             let result = self.probe_host(image, host, auth, depth, deadline).await;
-            requests += match &result {
+            requests = requests.saturating_add(match &result {
                 Ok(p) => p.requests,
                 Err((_, sent)) => *sent,
-            };
+            });
             let result = result.map_err(|(e, _)| e);
             let attempt = attempt_of(&result);
             // Past the deadline, or a failure that ends containerd's walk: no further host.
