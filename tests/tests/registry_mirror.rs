@@ -11,10 +11,15 @@
 //! mirror, the node's pull still works through the mirror, and what each canary says is pinned;
 //! the same rotation before the mirror has the image fails both ways (containerd falls through
 //! the mirror's 404 to the upstream, which refuses; 2.1 then says `not found`, 1.x the refusal).
+//! The registry-direct canary walks the hosts as containerd does (`decide::canary::hosts_walk`):
+//! it names the host that answered and, when hosts differ, each one's verdict (`MirrorMasks`,
+//! `HostsDisagree`); a stopped mirror and one answering `500` are masked by the upstream and
+//! reported.
 
 #![allow(clippy::unwrap_used)] // test fixtures: a failed set-up step should panic with its error
 
 use pullgate_testenv::agent::pullgate_binary;
+use pullgate_testenv::hostile_server::{HostileServer, Reply};
 use pullgate_testenv::manifests::{pull_secret, pullset};
 use pullgate_testenv::process::output_within;
 use pullgate_testenv::token_server::{Grant, TokenServer};
@@ -50,19 +55,7 @@ fn env() -> Env {
     let upstream = Registry::start_token(&tokens).unwrap();
     let mirror = Registry::start_proxy(&upstream.host(), USER, PASSWORD).unwrap();
     let containerd = Containerd::start(&[upstream.host()]).unwrap();
-    // containerd reads `config_path` at every pull: the mirror first, the upstream as `server`.
-    std::fs::write(
-        containerd
-            .registry_config_dir()
-            .join(upstream.host())
-            .join("hosts.toml"),
-        format!(
-            "server = \"http://{up}\"\n\n[host.\"http://{mirror}\"]\n  capabilities = [\"pull\", \"resolve\"]\n",
-            up = upstream.host(),
-            mirror = mirror.host()
-        ),
-    )
-    .unwrap();
+    write_hosts_toml(&containerd, &upstream, &mirror.host());
     let image = block_on(images::push(
         &upstream.host(),
         USER,
@@ -92,6 +85,21 @@ fn env() -> Env {
         manifests,
         image,
     }
+}
+
+/// containerd reads `config_path` at every pull: `mirror` first, the upstream as `server`.
+fn write_hosts_toml(containerd: &Containerd, upstream: &Registry, mirror: &str) {
+    std::fs::write(
+        containerd
+            .registry_config_dir()
+            .join(upstream.host())
+            .join("hosts.toml"),
+        format!(
+            "server = \"http://{up}\"\n\n[host.\"http://{mirror}\"]\n  capabilities = [\"pull\", \"resolve\"]\n",
+            up = upstream.host(),
+        ),
+    )
+    .unwrap();
 }
 
 struct Checked {
@@ -169,6 +177,16 @@ fn names_the_mirror(env: &Env, runtime: &Value) -> bool {
     })
 }
 
+/// The text of `outcome`'s first warning starting with `prefix`.
+fn warning(outcome: &Value, prefix: &str) -> Option<String> {
+    outcome["warnings"]
+        .as_array()?
+        .iter()
+        .filter_map(Value::as_str)
+        .find(|w| w.starts_with(prefix))
+        .map(str::to_string)
+}
+
 #[test]
 fn through_a_pull_through_mirror_pre_pull_and_canaries_agree_and_the_mirror_is_named() {
     let env = env();
@@ -206,6 +224,10 @@ fn through_a_pull_through_mirror_pre_pull_and_canaries_agree_and_the_mirror_is_n
         c.stderr
     );
     assert!(names_the_mirror(&env, &c.runtime), "{}", c.runtime);
+    // The registry-direct canary went where the node's pull went: the mirror, first in
+    // hosts.toml; the upstream, asked too, agrees: no host warning.
+    assert_eq!(c.registry["host"], env.mirror.host(), "{}", c.registry);
+    assert_eq!(warning(&c.registry, "MirrorMasks:"), None, "{}", c.registry);
     assert_no_leak(
         &env,
         &[&run.stdout, &run.stderr, &c.stdout, &c.stderr],
@@ -235,16 +257,21 @@ fn an_upstream_rotation_with_the_image_on_the_mirror_what_each_canary_says() {
         env.containerd.log()
     );
     assert!(names_the_mirror(&env, &c.runtime), "{}", c.runtime);
-    // The registry-direct canary asks the upstream itself, which refuses the old password: it
-    // proves the credential (a pull on a node without this mirror would fail), not the node's
-    // path; the runtime outcome's `MirrorInPath` warning above says why the two differ. When the
-    // registry-direct canary follows `hosts.toml` in order (#15, "Reach each registry the way the
-    // runtime does"), it reaches the mirror first and this becomes the node's `Ok`, with the
-    // upstream's `Unauthorized` as the second host's verdict: change this assertion then.
-    assert_eq!(
-        c.registry["verdict"], "Unauthorized",
-        "{}\n{}",
-        c.stdout, c.stderr
+    // The registry-direct canary walks the hosts as containerd does: the mirror answers first,
+    // so its verdict is the node's `Ok`, naming the mirror; it also asks the upstream, which
+    // refuses the old password, and says so: pods still start, but the credential is broken
+    // upstream (a node without this mirror, or the mirror's cache expiring, fails).
+    assert_eq!(c.registry["verdict"], "Ok", "{}\n{}", c.stdout, c.stderr);
+    assert_eq!(c.registry["host"], env.mirror.host(), "{}", c.registry);
+    let masks = warning(&c.registry, "MirrorMasks:")
+        .unwrap_or_else(|| panic!("no MirrorMasks warning: {}", c.registry));
+    assert!(
+        masks.contains(&format!(
+            "the node pulls {up} through {mirror}; not reached while it answers: {up}: Unauthorized:",
+            up = env.upstream.host(),
+            mirror = env.mirror.host()
+        )),
+        "{masks}"
     );
     assert_no_leak(&env, &[&c.stdout, &c.stderr], &[PASSWORD, ROTATED]);
 }
@@ -289,22 +316,27 @@ fn an_upstream_rotation_before_the_mirror_has_the_image_what_each_canary_says() 
     let c = check(&env);
     eprintln!("registry-direct: {}\nruntime: {}", c.registry, c.runtime);
     assert!(names_the_mirror(&env, &c.runtime), "{}", c.runtime);
-    assert_eq!(
-        c.registry["verdict"], "Unauthorized",
-        "{}\n{}",
-        c.stdout, c.stderr
-    );
     // The node's answer: the mirror, whose own upstream credential is stale too, cannot fetch the
     // tag (404) and containerd falls through to the upstream (`server`), which refuses. What the
-    // node then says depends on its release line, and the runtime canary reports just that:
-    // 1.x returns the upstream's refusal (`failed to authorize: … 401`): `Unauthorized`, as the
-    // registry-direct canary says; 2.1 logs the refusal (`fetch failed … 401`), moves on, and
-    // returns `not found` (the mirror's 404): `NotFound`, where only the registry-direct canary
-    // names the cause.
-    let node = if env.containerd.release().is_v2() {
-        "NotFound"
+    // node then says depends on its release line (`decide::canary::hosts_walk`), and both
+    // canaries report just that: 1.x returns the first error that is not a 404, the upstream's
+    // refusal (`failed to authorize: … 401`): `Unauthorized`; 2.1 returns the error that came
+    // furthest, the mirror's 404 over the upstream's authorization failure: `NotFound`. The
+    // registry-direct canary names the host whose error it is and gives the other's verdict.
+    let (node, reported, other, other_verdict) = if env.containerd.release().is_v2() {
+        (
+            "NotFound",
+            env.mirror.host(),
+            env.upstream.host(),
+            "Unauthorized",
+        )
     } else {
-        "Unauthorized"
+        (
+            "Unauthorized",
+            env.upstream.host(),
+            env.mirror.host(),
+            "NotFound",
+        )
     };
     assert_eq!(
         c.runtime["verdict"],
@@ -315,5 +347,89 @@ fn an_upstream_rotation_before_the_mirror_has_the_image_what_each_canary_says() 
         c.stderr,
         env.containerd.log()
     );
+    assert_eq!(
+        c.registry["verdict"],
+        node,
+        "containerd {}\n{}\n{}",
+        env.containerd.version(),
+        c.stdout,
+        c.stderr
+    );
+    assert_eq!(c.registry["host"], reported, "{}", c.registry);
+    let disagree = warning(&c.registry, "HostsDisagree:")
+        .unwrap_or_else(|| panic!("no HostsDisagree warning: {}", c.registry));
+    assert!(
+        disagree.contains(&format!(
+            "the node reports {reported}'s error; the others: {other}: {other_verdict}"
+        )),
+        "{disagree}"
+    );
     assert_no_leak(&env, &[&c.stdout, &c.stderr], &[PASSWORD, ROTATED]);
+}
+
+#[test]
+fn a_stopped_mirror_in_front_of_a_working_upstream_is_masked_and_reported() {
+    let env = env();
+    // The mirror listed first is gone: its port refuses connections. containerd falls through to
+    // the upstream, which serves the pull.
+    let dead = {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        format!("127.0.0.1:{}", listener.local_addr().unwrap().port())
+    };
+    write_hosts_toml(&env.containerd, &env.upstream, &dead);
+    let c = check(&env);
+    assert_eq!(
+        verdicts(&c),
+        ("Ok".into(), "Ok".into()),
+        "{}\n{}\ncontainerd log:\n{}",
+        c.stdout,
+        c.stderr,
+        env.containerd.log()
+    );
+    assert_eq!(c.registry["host"], env.upstream.host(), "{}", c.registry);
+    let masks = warning(&c.registry, "MirrorMasks:")
+        .unwrap_or_else(|| panic!("no MirrorMasks warning: {}", c.registry));
+    assert!(
+        masks.contains(&format!(
+            "the node pulls {up} through {up}; tried before it and fell through: {dead}: Network:",
+            up = env.upstream.host(),
+        )),
+        "{masks}"
+    );
+    assert_no_leak(&env, &[&c.stdout, &c.stderr], &[PASSWORD]);
+}
+
+#[test]
+fn a_mirror_answering_500_in_front_of_a_working_upstream_is_masked_and_reported() {
+    let env = env();
+    // A mirror that answers every request `500` (an overloaded or misconfigured cache).
+    let broken = HostileServer::start(|_| {
+        Reply::new(
+            "500 Internal Server Error",
+            &[("Content-Type", "application/json")],
+            r#"{"errors":[{"code":"UNKNOWN","message":"cache unavailable"}]}"#,
+        )
+    })
+    .unwrap();
+    write_hosts_toml(&env.containerd, &env.upstream, &broken.host());
+    let c = check(&env);
+    assert_eq!(
+        verdicts(&c),
+        ("Ok".into(), "Ok".into()),
+        "{}\n{}\ncontainerd log:\n{}",
+        c.stdout,
+        c.stderr,
+        env.containerd.log()
+    );
+    assert_eq!(c.registry["host"], env.upstream.host(), "{}", c.registry);
+    let masks = warning(&c.registry, "MirrorMasks:")
+        .unwrap_or_else(|| panic!("no MirrorMasks warning: {}", c.registry));
+    assert!(
+        masks.contains(&format!(
+            "the node pulls {up} through {up}; tried before it and fell through: {mirror}: Network:",
+            up = env.upstream.host(),
+            mirror = broken.host()
+        )),
+        "{masks}"
+    );
 }

@@ -35,14 +35,27 @@ pub async fn check(args: CheckArgs) -> Result<bool, CheckError> {
         json,
     } = args;
     let resolver = kubelet_resolver(&node_credentials)?;
+    let cri =
+        runtime.then(|| std::sync::Arc::new(CriClient::new(cri_endpoint, CriTimeouts::default())));
+    let mut probe = RegistryClient::from_args(&registry)?;
+    if let Some(cri) = &cri {
+        // With the runtime at hand, the registry-direct canary reaches registries as it does
+        // (its config_path, its release line's host walk), as `pullgate run` does.
+        let version = cri.version().await.ok();
+        probe = probe.with_runtime_registry(
+            crate::adapters::containerd_config::RuntimeRegistry::discover(
+                cri,
+                version.as_ref(),
+                registry.runtime_registry_config.clone(),
+            )
+            .await,
+        );
+    }
     let runner = CanaryRunner {
-        probe: RegistryClient::from_args(&registry)?,
+        probe,
         node: one_shot::node_name(),
         expiry_warning: *registry.expiry_warning,
-        runtime: runtime.then(|| {
-            std::sync::Arc::new(CriClient::new(cri_endpoint, CriTimeouts::default()))
-                as std::sync::Arc<dyn crate::decide::runtime::ImageRuntime>
-        }),
+        runtime: cri.map(|c| c as std::sync::Arc<dyn crate::decide::runtime::ImageRuntime>),
         mirrors: crate::adapters::containerd_config::HostsDir::shared(
             registry.runtime_registry_config.clone(),
         ),

@@ -56,6 +56,9 @@ pub enum Reason {
     CanaryFailed,
     CanaryRecovered,
     CredentialExpiringSoon,
+    /// A registry-direct canary is `Ok` through one host while another host the runtime uses
+    /// for the registry fails (`MirrorMasks`).
+    CanaryHostFailing,
     GateOpened,
     GateTimedOut,
     /// A `gate: true` PullSet outside `--gate-namespaces`: it does not hold the taint.
@@ -72,6 +75,7 @@ impl Reason {
             Self::CanaryFailed => "CanaryFailed",
             Self::CanaryRecovered => "CanaryRecovered",
             Self::CredentialExpiringSoon => "CredentialExpiringSoon",
+            Self::CanaryHostFailing => "CanaryHostFailing",
             Self::GateOpened => "GateOpened",
             Self::GateTimedOut => "GateTimedOut",
             Self::GateNotAllowed => "GateNotAllowed",
@@ -83,7 +87,10 @@ impl Reason {
     pub fn action(self) -> &'static str {
         match self {
             Self::PrePulled | Self::PrePullFailed | Self::PrePullSkippedDiskPressure => "PrePull",
-            Self::CanaryFailed | Self::CanaryRecovered | Self::CredentialExpiringSoon => "Canary",
+            Self::CanaryFailed
+            | Self::CanaryRecovered
+            | Self::CredentialExpiringSoon
+            | Self::CanaryHostFailing => "Canary",
             Self::GateOpened | Self::GateTimedOut => "RemoveTaint",
             Self::GateNotAllowed => "Gate",
             Self::CredentialPluginFailed => "ResolveCredentials",
@@ -318,7 +325,8 @@ fn failure_event(regarding: Regarding, reason: Reason, failed: Failed<'_>) -> Ev
 /// The Events for a canary outcome, given the [`Transition`] it made: `CanaryFailed` on every
 /// failure (aggregated per image and verdict), `CanaryRecovered` when an image that failed is `Ok`
 /// again, `CredentialExpiringSoon` while the credential that worked says it expires within the
-/// warning window (or has expired, yet was accepted).
+/// warning window (or has expired, yet was accepted), `CanaryHostFailing` while a host the
+/// runtime uses for the registry fails though another serves the pull (aggregated per image).
 pub fn for_canary(outcome: &CanaryOutcome, transition: Transition) -> Vec<EventIntent> {
     let regarding = Regarding::PullSet(ObjectKey::new(&outcome.namespace, &outcome.pullset));
     let mut out = Vec::new();
@@ -347,6 +355,14 @@ pub fn for_canary(outcome: &CanaryOutcome, transition: Transition) -> Vec<EventI
             Reason::CredentialExpiringSoon,
             format!("{} on node {}: {warning}", outcome.image, outcome.node),
             &outcome.image,
+        ));
+    }
+    for warning in outcome.warnings.iter().filter(|w| w.is_masked_host()) {
+        out.push(EventIntent::new(
+            regarding.clone(),
+            Reason::CanaryHostFailing,
+            format!("{} on node {}: {warning}", outcome.image, outcome.node),
+            &format!("{}|hosts", outcome.image),
         ));
     }
     out
@@ -568,6 +584,24 @@ pub(crate) mod tests {
             }],
         );
         assert!(mirrored.is_empty(), "{mirrored:?}");
+        // A host that fails behind or in front of the one that answered: an Event, while it lasts.
+        let masks = CanaryWarning::MirrorMasks {
+            registry: "r".into(),
+            answered: "m".into(),
+            before: vec![],
+            after: vec![crate::decide::canary::warning::HostVerdict {
+                host: "r".into(),
+                verdict: Verdict::Unauthorized,
+                message: "401".into(),
+            }],
+        };
+        for _ in 0..2 {
+            let masked = observe("a", Verdict::Ok, vec![masks.clone()]);
+            assert_eq!(masked.len(), 1, "{masked:?}");
+            assert_eq!(masked[0].reason, Reason::CanaryHostFailing);
+            assert_eq!(masked[0].severity, Severity::Warning);
+            assert_eq!(masked[0].note, format!("a on node n1: {masks}"));
+        }
     }
 
     #[test]

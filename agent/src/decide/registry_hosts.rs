@@ -251,10 +251,11 @@ pub fn resolve(
     Ok(hosts)
 }
 
-/// The host the registry-direct canary talks to: the registry itself as containerd reaches it —
-/// the last host (the `server`, or the default), or the first earlier entry for that same
-/// endpoint, whose settings (`ca`, `client`…) containerd uses first. The entries before it that
-/// name other endpoints are mirrors (`MirrorInPath`).
+/// The registry itself among the hosts, as containerd reaches it — the last host (the `server`,
+/// or the default), or the first earlier entry for that same endpoint, whose settings (`ca`,
+/// `client`…) containerd uses first. The entries before it that name other endpoints are mirrors
+/// (`MirrorInPath`). The registry-direct canary walks every host
+/// (`decide::canary::hosts_walk`), not only this one.
 pub fn upstream(hosts: &[Host]) -> Option<&Host> {
     let last = hosts.last()?;
     hosts

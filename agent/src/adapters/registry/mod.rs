@@ -9,6 +9,12 @@
 //! (`--canary-timeout`). What a registry or a realm sends back is shown only as its distribution
 //! error code and a short cleaned message ([`body`]).
 //!
+//! Hosts: a probe walks the hosts containerd uses for the registry (its `hosts.toml`, in order,
+//! by capability), a [`Session`] per host, by containerd's fall-through and error rule
+//! (`decide::canary::hosts_walk`): the node's answer is the first host that serves it, or the
+//! error containerd reports when none does; the hosts after it are asked at `manifest` depth, so
+//! that an upstream refusing what a mirror serves is reported ([`RegistryClient::probe_walk`]).
+//!
 //! Depths: `manifest` resolves the reference and fetches the manifest (for an index, the node's
 //! platform's); `blobs` also sends `HEAD` for the config and every layer; `full` downloads every
 //! blob, streaming, and verifies size and sha256 — nothing is written to disk — within a byte
@@ -21,9 +27,13 @@ mod body;
 mod loopback_tests;
 mod session;
 mod tls;
+#[cfg(test)]
+mod walk_tests;
 
 use crate::adapters::containerd_config::RuntimeRegistry;
-use crate::decide::canary::warning::CanaryWarning;
+use crate::decide::canary::hosts_walk::{self, HostAttempt, NodeAnswer, RequestKind};
+use crate::decide::canary::runner::Walk;
+use crate::decide::canary::warning::{CanaryWarning, HostVerdict};
 use crate::decide::registry_hosts::{self, Dialect, Host, TlsSettings};
 use crate::model::image_ref::ImageRef;
 use crate::model::pullset::CanaryDepth;
@@ -260,6 +270,13 @@ pub enum RegistryError {
         limit: Duration,
         during: String,
     },
+    #[error(
+        "registry {registry}: no host in the runtime's configuration has the {capabilities} capabilities (containerd: no resolve hosts: not found)"
+    )]
+    NoHost {
+        registry: String,
+        capabilities: &'static str,
+    },
     #[error("--registry-ca-file {}: {cause}", path.display())]
     CaFile { path: PathBuf, cause: String },
     #[error("hosts.toml `{setting}` {}: {cause}", path.display())]
@@ -290,7 +307,7 @@ impl RegistryError {
             RegistryError::DigestMismatch { .. } | RegistryError::SizeMismatch { .. } => {
                 Verdict::DigestMismatch
             }
-            RegistryError::NoPlatform { .. } => Verdict::NotFound,
+            RegistryError::NoPlatform { .. } | RegistryError::NoHost { .. } => Verdict::NotFound,
             RegistryError::TooLarge { .. }
             | RegistryError::BadManifest { .. }
             | RegistryError::InsecureRealm { .. }
@@ -359,7 +376,7 @@ pub struct RegistryClient {
     clients: std::sync::Arc<tls::Clients>,
 }
 
-/// Where one probe sends its requests: the registry's upstream host as containerd reaches it.
+/// Where one host's probe sends its requests: that host as containerd reaches it.
 pub(crate) struct Route {
     pub origin: String,
     /// The API root (`/v2`, or what `server` / `override_path` say).
@@ -376,6 +393,7 @@ pub(crate) struct Route {
 }
 
 /// A credential for one probe.
+#[derive(Clone, Copy)]
 pub struct ProbeAuth<'a> {
     pub username: &'a str,
     pub password: &'a SecretString,
@@ -425,44 +443,38 @@ impl RegistryClient {
         self.config.plain_http.iter().any(|h| h == registry)
     }
 
-    /// How this probe reaches `registry`: `--insecure-registry` first (plain HTTP to the
-    /// registry itself), else the upstream of the hosts containerd would try
-    /// (`decide::registry_hosts`), with its TLS client and headers.
-    fn route(&self, registry: &str) -> Result<Route, RegistryError> {
-        if self.plain_http(registry) {
-            let host = if registry == crate::model::image_ref::DOCKER_HUB {
-                "registry-1.docker.io".to_string()
-            } else {
-                registry.to_string()
-            };
-            return Ok(Route {
-                origin: format!("http://{host}"),
-                path: "/v2".into(),
-                host,
-                plain_http: true,
-                http_fallback: false,
-                http: self.http.clone(),
-                headers: reqwest::header::HeaderMap::new(),
-                header_secrets: Vec::new(),
-            });
-        }
-        let (hosts, problem) = self.config.runtime_registry.hosts(registry);
+    /// The hosts this probe walks for `registry`, in containerd's order
+    /// (`decide::registry_hosts`): the runtime's configuration, or its defaults; with
+    /// `--insecure-registry` the registry's own entries are replaced by the registry itself over
+    /// plain HTTP (its mirrors stay in front of it).
+    fn hosts(&self, registry: &str) -> Vec<Host> {
+        let (mut hosts, problem) = self.config.runtime_registry.hosts(registry);
         if let Some(problem) = problem {
             let problem = crate::model::printable::printable_line(&problem.to_string());
             tracing::warn!(%registry, %problem, "the runtime's registry configuration is not used as written; containerd falls back the same way");
         }
-        let fallback;
-        let upstream = match registry_hosts::upstream(&hosts) {
-            Some(h) => h,
-            None => {
-                fallback = registry_hosts::resolve(registry, None, Dialect::V2).unwrap_or_default();
-                fallback.first().ok_or_else(|| RegistryError::Transport {
-                    what: format!("registry {registry}"),
-                    cause: "no host to reach it".into(),
-                })?
-            }
-        };
-        self.route_to(upstream)
+        if hosts.is_empty() {
+            hosts = registry_hosts::resolve(registry, None, Dialect::V2).unwrap_or_default();
+        }
+        if self.plain_http(registry) {
+            let own = if registry == crate::model::image_ref::DOCKER_HUB {
+                "registry-1.docker.io".to_string()
+            } else {
+                registry.to_string()
+            };
+            let upstream = hosts.last().map(|h| (h.scheme, h.host.clone()));
+            hosts.retain(|h| Some((h.scheme, h.host.clone())) != upstream);
+            hosts.push(Host {
+                scheme: registry_hosts::Scheme::Http,
+                host: own,
+                path: "/v2".into(),
+                capabilities: registry_hosts::Capabilities::ALL,
+                tls: TlsSettings::default(),
+                http_fallback: false,
+                header: Vec::new(),
+            });
+        }
+        hosts
     }
 
     fn route_to(&self, host: &Host) -> Result<Route, RegistryError> {
@@ -500,15 +512,137 @@ impl RegistryClient {
     }
 
     /// Probes `image` at `depth` with `auth` (or anonymously), within the canary's deadline: past
-    /// it, the probe stops and says what it was doing.
+    /// it, the probe stops and says what it was doing. The node's answer; [`Self::probe_walk`]
+    /// also says which hosts answered how.
     pub async fn probe(
         &self,
         image: &ImageRef,
         auth: Option<ProbeAuth<'_>>,
         depth: CanaryDepth,
     ) -> Result<Probe, RegistryError> {
+        self.probe_walk(image, auth, depth).await.0
+    }
+
+    /// Walks the hosts containerd would use for `image`, in its order and by its rule
+    /// (`decide::canary::hosts_walk`), a [`Session`] per host (each with its own
+    /// authentication), all within one canary deadline. The node's answer is the first host that
+    /// serves the probe, or the error containerd reports when none does; the hosts after the one
+    /// that answered are probed too, at `manifest` depth, so that an upstream refusing what a
+    /// mirror serves is told. An endpoint (origin and API root) is asked once: containerd asks a
+    /// second entry for it again (a `[host]` table and the `server` naming the same URL), and
+    /// would get the same answer but when the two entries' TLS settings differ.
+    pub async fn probe_walk(
+        &self,
+        image: &ImageRef,
+        auth: Option<ProbeAuth<'_>>,
+        depth: CanaryDepth,
+    ) -> (Result<Probe, RegistryError>, Walk) {
         let registry = image.registry.as_str();
-        let route = self.route(registry)?;
+        let hosts = self.hosts(registry);
+        let kind = if image.digest.is_some() {
+            RequestKind::ByDigest
+        } else {
+            RequestKind::ByTag
+        };
+        let order = hosts_walk::candidates(&hosts, kind);
+        if order.is_empty() {
+            let e = RegistryError::NoHost {
+                registry: registry.to_string(),
+                capabilities: match kind {
+                    RequestKind::ByTag => "pull and resolve",
+                    RequestKind::ByDigest => "pull",
+                },
+            };
+            return (Err(e), Walk::default());
+        }
+        let limit = self.config.canary_timeout;
+        let deadline = tokio::time::Instant::now() + limit;
+        let mut results: Vec<(String, Result<Probe, RegistryError>)> = Vec::new();
+        let mut attempts: Vec<HostAttempt> = Vec::new();
+        let mut requests = 0u32;
+        let mut answered = false;
+        let mut tried: Vec<(String, String)> = Vec::new();
+        for i in order {
+            let host = &hosts[i];
+            let endpoint = (host.origin(), host.path.clone());
+            if tried.contains(&endpoint) {
+                continue;
+            }
+            tried.push(endpoint);
+            let depth = if answered {
+                CanaryDepth::Manifest
+            } else {
+                depth
+            };
+            let result = self.probe_host(image, host, auth, depth, deadline).await;
+            requests = requests.saturating_add(match &result {
+                Ok(p) => p.requests,
+                Err((_, sent)) => *sent,
+            });
+            let result = result.map_err(|(e, _)| e);
+            let attempt = attempt_of(&result);
+            // Past the deadline, or a failure that ends containerd's walk: no further host.
+            let mut stop = matches!(result, Err(RegistryError::CanaryTimeout { .. }));
+            if !answered {
+                attempts.push(attempt);
+                if attempt == HostAttempt::Answered {
+                    answered = true;
+                } else {
+                    stop |= !hosts_walk::falls_through(attempt);
+                }
+            }
+            results.push((host.host.clone(), result));
+            if stop {
+                break;
+            }
+        }
+        let node = match hosts_walk::node_answer(self.config.runtime_registry.dialect, &attempts) {
+            NodeAnswer::Answered(i) | NodeAnswer::Failed(i) => i,
+            // `order` is not empty, so a host was tried.
+            NodeAnswer::NoHost => 0,
+        };
+        let walk = Walk {
+            hosts: results
+                .iter()
+                .map(|(host, r)| HostVerdict {
+                    host: host.clone(),
+                    verdict: r
+                        .as_ref()
+                        .map_or_else(RegistryError::verdict, |_| Verdict::Ok),
+                    message: r
+                        .as_ref()
+                        .err()
+                        .map(ToString::to_string)
+                        .unwrap_or_default(),
+                })
+                .collect(),
+            node: Some(node),
+        };
+        let result = match results.into_iter().nth(node) {
+            Some((_, Ok(mut probe))) => {
+                probe.requests = requests;
+                Ok(probe)
+            }
+            Some((_, Err(e))) => Err(e),
+            None => Err(RegistryError::NoHost {
+                registry: registry.to_string(),
+                capabilities: "pull",
+            }),
+        };
+        (result, walk)
+    }
+
+    /// One host's probe, until `deadline`: the probe, or the error and the requests sent.
+    async fn probe_host(
+        &self,
+        image: &ImageRef,
+        host: &Host,
+        auth: Option<ProbeAuth<'_>>,
+        depth: CanaryDepth,
+        deadline: tokio::time::Instant,
+    ) -> Result<Probe, (RegistryError, u32)> {
+        let registry = image.registry.as_str();
+        let route = self.route_to(host).map_err(|e| (e, 0))?;
         let mut session = Session {
             client: self,
             registry: registry.to_string(),
@@ -519,17 +653,47 @@ impl RegistryClient {
             stage: "the start".into(),
             probe: Probe::default(),
         };
-        let limit = self.config.canary_timeout;
-        let result = tokio::time::timeout(limit, session.run(image, auth, depth)).await;
+        let result = tokio::time::timeout_at(deadline, session.run(image, auth, depth)).await;
         match result {
             Ok(Ok(())) => Ok(session.probe),
-            Ok(Err(e)) => Err(e),
-            Err(_) => Err(RegistryError::CanaryTimeout {
-                registry: registry.to_string(),
-                limit,
-                during: session.stage,
-            }),
+            Ok(Err(e)) => Err((e, session.probe.requests)),
+            Err(_) => Err((
+                RegistryError::CanaryTimeout {
+                    registry: registry.to_string(),
+                    limit: self.config.canary_timeout,
+                    during: session.stage,
+                },
+                session.probe.requests,
+            )),
         }
+    }
+}
+
+/// How one host's probe ended, in containerd's terms (`decide::canary::hosts_walk`).
+fn attempt_of(result: &Result<Probe, RegistryError>) -> HostAttempt {
+    match result {
+        Ok(_) => HostAttempt::Answered,
+        Err(e) => match e {
+            // A 401 after the credential was sent is containerd's `ErrInvalidAuthorization`.
+            RegistryError::Status { status: 401, .. } | RegistryError::Auth(_) => {
+                HostAttempt::TransportOrAuth
+            }
+            RegistryError::Status { status: 404, .. } => HostAttempt::NotFound,
+            RegistryError::Status { status, .. } => HostAttempt::Status(*status),
+            RegistryError::Transport { .. }
+            | RegistryError::Tls { .. }
+            | RegistryError::Redirects { .. }
+            | RegistryError::InsecureRealm { .. }
+            | RegistryError::CanaryTimeout { .. } => HostAttempt::TransportOrAuth,
+            RegistryError::TooLarge { .. } => HostAttempt::TooLarge,
+            RegistryError::DigestMismatch { .. }
+            | RegistryError::SizeMismatch { .. }
+            | RegistryError::BadManifest { .. }
+            | RegistryError::NoPlatform { .. }
+            | RegistryError::CaFile { .. }
+            | RegistryError::TlsFile { .. }
+            | RegistryError::NoHost { .. } => HostAttempt::Final,
+        },
     }
 }
 
@@ -686,18 +850,20 @@ impl crate::decide::canary::runner::RegistryProbe for RegistryClient {
                 username: &c.username,
                 password: &c.password,
             });
-            RegistryClient::probe(self, image, auth, depth)
-                .await
+            let (result, walk) = RegistryClient::probe_walk(self, image, auth, depth).await;
+            result
                 .map(|p| crate::decide::canary::runner::ProbeReport {
                     manifest_digest: p.manifest_digest,
                     blobs: p.blobs,
                     bytes: p.bytes,
                     requests: p.requests,
                     warnings: p.warnings,
+                    walk: walk.clone(),
                 })
                 .map_err(|e| crate::decide::canary::runner::ProbeFailure {
                     verdict: e.verdict(),
                     message: e.to_string(),
+                    walk,
                 })
         })
     }

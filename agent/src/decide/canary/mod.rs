@@ -1,5 +1,6 @@
 //! Canaries: credential checks that the node's image cache cannot fool.
 
+pub mod hosts_walk;
 pub mod jitter;
 pub mod rotation;
 pub mod runner;

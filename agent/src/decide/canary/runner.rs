@@ -5,7 +5,7 @@
 //! earlier candidate fails and a later one (or nothing) succeeds, the outcome is `Ok` with a
 //! [`CanaryWarning::CredentialFailing`].
 
-use crate::decide::canary::warning::CanaryWarning;
+use crate::decide::canary::warning::{CanaryWarning, HostVerdict};
 use crate::decide::credentials::{Candidate, CredentialResolver, Resolution};
 use crate::decide::runtime::{ImageRuntime, PullAuth, RegistryMirrors};
 use crate::decide::secret_scrub::scrub;
@@ -29,6 +29,9 @@ pub struct ProbeReport {
     pub requests: u32,
     /// What the probe warns about besides its verdict (a blob over the byte budget).
     pub warnings: Vec<CanaryWarning>,
+    /// The hosts walked, when the probe walked the runtime's hosts; `node` is the one that
+    /// answered.
+    pub walk: Walk,
 }
 
 /// Why a probe failed, already classified.
@@ -36,6 +39,84 @@ pub struct ProbeReport {
 pub struct ProbeFailure {
     pub verdict: Verdict,
     pub message: String,
+    /// The hosts walked; `node` is the one whose error the node reports.
+    pub walk: Walk,
+}
+
+impl ProbeFailure {
+    /// A failure of no particular host.
+    pub fn new(verdict: Verdict, message: String) -> Self {
+        Self {
+            verdict,
+            message,
+            walk: Walk::default(),
+        }
+    }
+}
+
+/// The hosts a registry-direct probe tried, in the runtime's order (`decide::canary::hosts_walk`),
+/// each with its verdict, and which one gives the node's answer. Empty: not walked (a single host
+/// whose name the outcome does not need, or another path).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Walk {
+    pub hosts: Vec<HostVerdict>,
+    /// Index into `hosts` of the host whose answer is the node's.
+    pub node: Option<usize>,
+}
+
+impl Walk {
+    /// The host whose answer is the node's.
+    pub fn node_host(&self) -> Option<&str> {
+        self.node
+            .and_then(|i| self.hosts.get(i))
+            .map(|h| h.host.as_str())
+    }
+
+    /// What the outcome warns about the hosts, when they did not all agree with the node's
+    /// answer: on success the hosts that fail besides the one that answered
+    /// ([`CanaryWarning::MirrorMasks`]); on failure the hosts that failed otherwise
+    /// ([`CanaryWarning::HostsDisagree`]).
+    fn warning(&self, registry: &str) -> Option<CanaryWarning> {
+        let i = self.node?;
+        let node = self.hosts.get(i)?;
+        if node.verdict.is_ok() {
+            let before: Vec<HostVerdict> = self.hosts[..i].to_vec();
+            let after: Vec<HostVerdict> = self.hosts[i + 1..]
+                .iter()
+                .filter(|h| !h.verdict.is_ok())
+                .cloned()
+                .collect();
+            (!before.is_empty() || !after.is_empty()).then(|| CanaryWarning::MirrorMasks {
+                registry: registry.to_string(),
+                answered: node.host.clone(),
+                before,
+                after,
+            })
+        } else {
+            let others: Vec<HostVerdict> = self
+                .hosts
+                .iter()
+                .enumerate()
+                .filter(|(j, h)| *j != i && h.verdict != node.verdict)
+                .map(|(_, h)| h.clone())
+                .collect();
+            (!others.is_empty()).then(|| CanaryWarning::HostsDisagree {
+                registry: registry.to_string(),
+                reported: node.host.clone(),
+                others,
+            })
+        }
+    }
+
+    fn scrubbed<'s>(
+        mut self,
+        secrets: impl Iterator<Item = &'s secrecy::SecretString> + Clone,
+    ) -> Self {
+        for h in &mut self.hosts {
+            h.message = scrub(&h.message, secrets.clone());
+        }
+        self
+    }
 }
 
 /// A registry-direct probe, as the canary needs it (implemented by the registry adapter).
@@ -82,6 +163,10 @@ pub struct CanaryOutcome {
     pub trigger: Trigger,
     pub path: CanaryPath,
     pub depth: CanaryDepth,
+    /// The host that gave the node's answer, when the registry-direct canary walked the
+    /// runtime's hosts: the one that served the pull, or the one whose error the node reports.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub host: Option<String>,
     /// The credential that worked (or was tried last), by source and key; `anonymous`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub credential: Option<String>,
@@ -213,10 +298,9 @@ impl<P: RegistryProbe> CanaryRunner<P> {
                                 manifest_digest: id,
                                 ..ProbeReport::default()
                             }),
-                            Err(failure) => Err(ProbeFailure {
-                                verdict: failure.verdict(),
-                                message: failure.to_string(),
-                            }),
+                            Err(failure) => {
+                                Err(ProbeFailure::new(failure.verdict(), failure.to_string()))
+                            }
                         }
                     })
                 },
@@ -277,6 +361,7 @@ impl<P: RegistryProbe> CanaryRunner<P> {
             trigger,
             path,
             depth,
+            host: None,
             credential: None,
             verdict: Verdict::Ok,
             message: String::new(),
@@ -380,11 +465,15 @@ impl<P: RegistryProbe> CanaryRunner<P> {
                     }
                     outcome.warnings.extend(credential_failing(&failures));
                     outcome.warnings.extend(report.warnings);
+                    let walk = report.walk.scrubbed(passwords.iter().copied());
+                    outcome.host = walk.node_host().map(str::to_string);
+                    outcome.warnings.extend(walk.warning(&image.registry));
                     outcome.duration_ms = millis(elapsed);
                     return outcome;
                 }
                 Err(mut failure) => {
                     failure.message = scrub(&failure.message, passwords.iter().copied());
+                    failure.walk = failure.walk.scrubbed(passwords.iter().copied());
                     if expired && failure.verdict == Verdict::Unauthorized {
                         failure.verdict = Verdict::Expired;
                     }
@@ -395,10 +484,7 @@ impl<P: RegistryProbe> CanaryRunner<P> {
         let (label, last) = failures.pop().unwrap_or_else(|| {
             (
                 "anonymous".into(),
-                ProbeFailure {
-                    verdict: Verdict::RuntimeError,
-                    message: "no probe was made".into(),
-                },
+                ProbeFailure::new(Verdict::RuntimeError, "no probe was made".into()),
             )
         });
         let (verdict, message) = if last.verdict == Verdict::Expired {
@@ -414,6 +500,8 @@ impl<P: RegistryProbe> CanaryRunner<P> {
         outcome.message = message;
         outcome.hint = Some(verdict.hint());
         outcome.warnings = credential_failing(&failures).collect();
+        outcome.host = last.walk.node_host().map(str::to_string);
+        outcome.warnings.extend(last.walk.warning(&image.registry));
         outcome.duration_ms = millis(start.elapsed());
         outcome
     }

@@ -29,6 +29,27 @@ pub enum CanaryWarning {
         registry: String,
         mirrors: Vec<String>,
     },
+    /// The registry-direct canary walked the hosts containerd uses for the registry, in its
+    /// order: one answered the pull (the node's answer), and others would fail a pull that
+    /// reaches them — a broken mirror the next host masks, or a host after the answering one
+    /// (the upstream) refusing what the mirror serves from its cache.
+    MirrorMasks {
+        registry: String,
+        /// The host that served the pull, as the node's pull would be served.
+        answered: String,
+        /// Hosts tried before it, which failed (the node fell through them).
+        before: Vec<HostVerdict>,
+        /// Hosts after it that fail (the node does not reach them while `answered` serves).
+        after: Vec<HostVerdict>,
+    },
+    /// Every host containerd uses for the registry failed, not all in the same way: the outcome
+    /// carries the error the node reports (containerd's rule), this the others'.
+    HostsDisagree {
+        registry: String,
+        /// The host whose error the node reports.
+        reported: String,
+        others: Vec<HostVerdict>,
+    },
     /// A `full` canary's blob declares more bytes than are left of the canary's byte budget
     /// (`--max-canary-bytes`): checked by `HEAD` only, not downloaded.
     NotDownloaded {
@@ -43,10 +64,43 @@ pub enum CanaryWarning {
     },
 }
 
+/// One host's verdict in a registry-direct walk (scrubbed before it gets here).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HostVerdict {
+    /// `host[:port]`.
+    pub host: String,
+    pub verdict: Verdict,
+    pub message: String,
+}
+
+impl fmt::Display for HostVerdict {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.message.is_empty() {
+            write!(f, "{}: {}", self.host, self.verdict)
+        } else {
+            write!(f, "{}: {}: {}", self.host, self.verdict, self.message)
+        }
+    }
+}
+
+fn join(hosts: &[HostVerdict]) -> String {
+    hosts
+        .iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
 impl CanaryWarning {
     /// Whether this warns that the credential expires (an Event of its own).
     pub fn is_expiry(&self) -> bool {
         matches!(self, Self::ExpiringSoon { .. } | Self::ExpiryPassed)
+    }
+
+    /// Whether this warns that a host the runtime uses fails while another serves the pull (an
+    /// Event of its own).
+    pub fn is_masked_host(&self) -> bool {
+        matches!(self, Self::MirrorMasks { .. })
     }
 }
 
@@ -70,6 +124,36 @@ impl fmt::Display for CanaryWarning {
                 f,
                 "MirrorInPath: the runtime routes {registry} through {}; a mirror may serve cached content without checking credentials, so only the registry-direct canary proves them",
                 mirrors.join(", ")
+            ),
+            Self::MirrorMasks {
+                registry,
+                answered,
+                before,
+                after,
+            } => {
+                write!(f, "MirrorMasks: the node pulls {registry} through {answered}")?;
+                if !before.is_empty() {
+                    write!(
+                        f,
+                        "; tried before it and fell through: {}",
+                        join(before)
+                    )?;
+                }
+                if !after.is_empty() {
+                    write!(f, "; not reached while it answers: {}", join(after))?;
+                }
+                f.write_str(
+                    "; pods still start, but a pull that reaches a failing host fails (a broken mirror, or a credential refused upstream while a mirror serves its cache)",
+                )
+            }
+            Self::HostsDisagree {
+                registry,
+                reported,
+                others,
+            } => write!(
+                f,
+                "HostsDisagree: every host for {registry} failed; the node reports {reported}'s error; the others: {}",
+                join(others)
             ),
             Self::NotDownloaded {
                 blob,
@@ -128,6 +212,54 @@ mod tests {
                 false,
             ),
             (
+                CanaryWarning::MirrorMasks {
+                    registry: "r.io".into(),
+                    answered: "cache.local:5000".into(),
+                    before: vec![],
+                    after: vec![HostVerdict {
+                        host: "r.io".into(),
+                        verdict: Verdict::Unauthorized,
+                        message: "authentication failed: token service said 401".into(),
+                    }],
+                },
+                "MirrorMasks: the node pulls r.io through cache.local:5000; not reached while it answers: r.io: Unauthorized: authentication failed: token service said 401; pods still start, but a pull that reaches a failing host fails (a broken mirror, or a credential refused upstream while a mirror serves its cache)",
+                false,
+            ),
+            (
+                CanaryWarning::MirrorMasks {
+                    registry: "r.io".into(),
+                    answered: "r.io".into(),
+                    before: vec![
+                        HostVerdict {
+                            host: "cache.local:5000".into(),
+                            verdict: Verdict::Network,
+                            message: "connection refused".into(),
+                        },
+                        HostVerdict {
+                            host: "peer.local".into(),
+                            verdict: Verdict::NotFound,
+                            message: String::new(),
+                        },
+                    ],
+                    after: vec![],
+                },
+                "MirrorMasks: the node pulls r.io through r.io; tried before it and fell through: cache.local:5000: Network: connection refused; peer.local: NotFound; pods still start, but a pull that reaches a failing host fails (a broken mirror, or a credential refused upstream while a mirror serves its cache)",
+                false,
+            ),
+            (
+                CanaryWarning::HostsDisagree {
+                    registry: "r.io".into(),
+                    reported: "cache.local:5000".into(),
+                    others: vec![HostVerdict {
+                        host: "r.io".into(),
+                        verdict: Verdict::Unauthorized,
+                        message: "401".into(),
+                    }],
+                },
+                "HostsDisagree: every host for r.io failed; the node reports cache.local:5000's error; the others: r.io: Unauthorized: 401",
+                false,
+            ),
+            (
                 CanaryWarning::NotDownloaded {
                     blob: "sha256:ab".into(),
                     size: 1 << 50,
@@ -142,6 +274,11 @@ mod tests {
             assert_eq!(warning.to_string(), text);
             assert_eq!(serde_json::to_value(&warning).unwrap(), text);
             assert_eq!(warning.is_expiry(), expiry, "{text}");
+            assert_eq!(
+                warning.is_masked_host(),
+                text.starts_with("MirrorMasks:"),
+                "{text}"
+            );
         }
     }
 }

@@ -33,10 +33,10 @@ impl RegistryProbe for Scripted {
                     requests: 4,
                     ..ProbeReport::default()
                 }),
-                v => Err(ProbeFailure {
-                    verdict: v,
-                    message: format!("registry said {v} to {password}"),
-                }),
+                v => Err(ProbeFailure::new(
+                    v,
+                    format!("registry said {v} to {password}"),
+                )),
             }
         })
     }
@@ -414,4 +414,177 @@ async fn a_mirror_in_the_runtime_path_is_warned() {
             mirrors: vec!["cache.local:5000".into()],
         }]
     );
+}
+
+/// Answers with a scripted walk of hosts: each `(host, verdict)` in order, and the index of the
+/// node's answer; messages quote the password, to show they are scrubbed.
+struct Walking(Vec<(&'static str, Verdict)>, usize);
+
+impl RegistryProbe for Walking {
+    fn probe<'a>(
+        &'a self,
+        _image: &'a ImageRef,
+        candidate: Option<&'a Candidate>,
+        _depth: CanaryDepth,
+    ) -> BoxFuture<'a, Result<ProbeReport, ProbeFailure>> {
+        let password = candidate.map_or(String::new(), |c| c.password.expose_secret().to_string());
+        let walk = Walk {
+            hosts: self
+                .0
+                .iter()
+                .map(|(host, verdict)| HostVerdict {
+                    host: host.to_string(),
+                    verdict: *verdict,
+                    message: if verdict.is_ok() {
+                        String::new()
+                    } else {
+                        format!("{host} refused {password}")
+                    },
+                })
+                .collect(),
+            node: Some(self.1),
+        };
+        let node = self.0[self.1].1;
+        Box::pin(async move {
+            if node.is_ok() {
+                Ok(ProbeReport {
+                    manifest_digest: "sha256:m".into(),
+                    walk,
+                    ..ProbeReport::default()
+                })
+            } else {
+                Err(ProbeFailure {
+                    verdict: node,
+                    message: format!("the node's error, {password}"),
+                    walk,
+                })
+            }
+        })
+    }
+}
+
+fn walked(hosts: &[(&'static str, Verdict)], node: usize) -> CanaryOutcome {
+    let runner = CanaryRunner {
+        probe: Walking(hosts.to_vec(), node),
+        node: "n1".into(),
+        expiry_warning: Duration::from_secs(7200),
+        runtime: None,
+        mirrors: None,
+    };
+    let image = ImageRef::parse("r.io/a:1").unwrap();
+    futures::executor::block_on(runner.check_image(
+        "ns",
+        "set",
+        &image,
+        &resolution(vec![candidate("s", "pw-Walk-9x")], vec![]),
+        CanaryDepth::Manifest,
+        Trigger::Schedule,
+    ))
+}
+
+#[test]
+fn the_walk_names_the_answering_host_and_each_host_that_differs() {
+    use Verdict::{Network, NotFound, Ok as Fine, Unauthorized};
+    let hv = |host: &str, verdict: Verdict| HostVerdict {
+        host: host.into(),
+        verdict,
+        message: format!("{host} refused [REDACTED]"),
+    };
+    for (name, hosts, node, verdict, host, warning) in [
+        (
+            "one host, no warning",
+            vec![("r.io", Fine)],
+            0,
+            Fine,
+            "r.io",
+            None,
+        ),
+        (
+            "all agree: no warning",
+            vec![("m.local", Fine), ("r.io", Fine)],
+            0,
+            Fine,
+            "m.local",
+            None,
+        ),
+        (
+            "the mirror serves, the upstream refuses the credential",
+            vec![("m.local", Fine), ("r.io", Unauthorized)],
+            0,
+            Fine,
+            "m.local",
+            Some(CanaryWarning::MirrorMasks {
+                registry: "r.io".into(),
+                answered: "m.local".into(),
+                before: vec![],
+                after: vec![hv("r.io", Unauthorized)],
+            }),
+        ),
+        (
+            "a broken mirror masked by the upstream",
+            vec![("m.local", Network), ("r.io", Fine)],
+            1,
+            Fine,
+            "r.io",
+            Some(CanaryWarning::MirrorMasks {
+                registry: "r.io".into(),
+                answered: "r.io".into(),
+                before: vec![hv("m.local", Network)],
+                after: vec![],
+            }),
+        ),
+        (
+            "all fail alike: no warning",
+            vec![("m.local", Unauthorized), ("r.io", Unauthorized)],
+            0,
+            Unauthorized,
+            "m.local",
+            None,
+        ),
+        (
+            "all fail otherwise: the others' verdicts",
+            vec![("m.local", NotFound), ("r.io", Unauthorized)],
+            0,
+            NotFound,
+            "m.local",
+            Some(CanaryWarning::HostsDisagree {
+                registry: "r.io".into(),
+                reported: "m.local".into(),
+                others: vec![hv("r.io", Unauthorized)],
+            }),
+        ),
+    ] {
+        let o = walked(&hosts, node);
+        assert_eq!(o.verdict, verdict, "{name}");
+        assert_eq!(o.host.as_deref(), Some(host), "{name}");
+        let walk_warnings: Vec<_> = o
+            .warnings
+            .iter()
+            .filter(|w| {
+                matches!(
+                    w,
+                    CanaryWarning::MirrorMasks { .. } | CanaryWarning::HostsDisagree { .. }
+                )
+            })
+            .cloned()
+            .collect();
+        assert_eq!(
+            walk_warnings,
+            warning.into_iter().collect::<Vec<_>>(),
+            "{name}"
+        );
+        let json = serde_json::to_string(&o).unwrap();
+        assert!(!json.contains("pw-Walk-9x"), "{name}: {json}");
+        assert!(
+            json.contains(&format!("\"host\":\"{host}\"")),
+            "{name}: {json}"
+        );
+    }
+}
+
+#[test]
+fn no_walk_no_host() {
+    let o = run(&[], resolution(vec![candidate("s", "p")], vec![]));
+    assert_eq!(o.host, None);
+    assert!(!serde_json::to_string(&o).unwrap().contains("\"host\""));
 }
