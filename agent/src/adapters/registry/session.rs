@@ -9,7 +9,7 @@ use super::body::{
 };
 use super::tls::TlsFailure;
 use super::{
-    Descriptor, MANIFEST_TYPES, Probe, ProbeAuth, RegistryClient, RegistryError, Route,
+    Descriptor, Fetched, MANIFEST_TYPES, Probe, ProbeAuth, RegistryClient, RegistryError, Route,
     blob_deadline,
 };
 use crate::decide::canary::warning::CanaryWarning;
@@ -193,7 +193,7 @@ impl Session<'_> {
         &mut self,
         reference: &str,
         expected: Option<&str>,
-    ) -> Result<(Vec<u8>, String), RegistryError> {
+    ) -> Result<ManifestBody, RegistryError> {
         let what = format!("manifest {reference}");
         self.stage.clone_from(&what);
         let limit = self.client.config.request_timeout;
@@ -207,12 +207,13 @@ impl Session<'_> {
         what: &str,
         reference: &str,
         expected: Option<&str>,
-    ) -> Result<(Vec<u8>, String), RegistryError> {
+    ) -> Result<ManifestBody, RegistryError> {
         let url = format!("{}/manifests/{reference}", self.base);
         let request = self
             .request(reqwest::Method::GET, &url)
             .header(reqwest::header::ACCEPT, MANIFEST_TYPES);
         let response = self.send(what, request).await?;
+        let media_type = media_type(&response);
         let limit = self.client.config.max_manifest_bytes;
         if response
             .content_length()
@@ -236,7 +237,74 @@ impl Session<'_> {
                 actual,
             });
         }
-        Ok((bytes, actual))
+        Ok(ManifestBody {
+            bytes,
+            digest: actual,
+            media_type,
+        })
+    }
+
+    /// `HEAD` a manifest (bounded, the same `Accept` as the `GET`): the credential may read it
+    /// and it exists. Its digest is the one expected (a `Docker-Content-Digest` that differs is
+    /// a mismatch), else the header's. `None` when only a `GET` can tell, as containerd's
+    /// resolver decides (`core/remotes/docker/resolver.go`): a 405 (`retryRequest`: "registries
+    /// which have not properly implemented the HEAD method for manifests endpoint" — distribution
+    /// 2.2 behind token auth was one, distribution#1485), or a tag answered without a valid
+    /// `Docker-Content-Digest` (the header is optional in the OCI distribution spec; registries
+    /// serving manifests as static files send none).
+    pub async fn head_manifest(
+        &mut self,
+        reference: &str,
+        expected: Option<&str>,
+    ) -> Result<Option<Fetched>, RegistryError> {
+        let what = format!("manifest {reference}");
+        self.stage.clone_from(&what);
+        let limit = self.client.config.request_timeout;
+        tokio::time::timeout(limit, self.head_manifest_inner(&what, reference, expected))
+            .await
+            .unwrap_or_else(|_| Err(timed_out(&what, limit)))
+    }
+
+    async fn head_manifest_inner(
+        &mut self,
+        what: &str,
+        reference: &str,
+        expected: Option<&str>,
+    ) -> Result<Option<Fetched>, RegistryError> {
+        let url = format!("{}/manifests/{reference}", self.base);
+        let request = self
+            .request(reqwest::Method::HEAD, &url)
+            .header(reqwest::header::ACCEPT, MANIFEST_TYPES);
+        let response = match self.send(what, request).await {
+            Ok(response) => response,
+            Err(RegistryError::Status { status: 405, .. }) => return Ok(None),
+            Err(e) => return Err(e),
+        };
+        let media_type = media_type(&response);
+        let header = response
+            .headers()
+            .get("docker-content-digest")
+            .and_then(|v| v.to_str().ok())
+            .map(str::trim)
+            .filter(|d| is_digest(d))
+            .map(str::to_string);
+        let digest = match (expected, header) {
+            (Some(expected), Some(actual)) if expected != actual => {
+                return Err(RegistryError::DigestMismatch {
+                    what: what.to_string(),
+                    expected: expected.to_string(),
+                    actual,
+                });
+            }
+            (Some(expected), _) => expected.to_string(),
+            (None, Some(actual)) => actual,
+            (None, None) => return Ok(None),
+        };
+        Ok(Some(Fetched {
+            digest,
+            media_type,
+            body: None,
+        }))
     }
 
     pub async fn head_blob(&mut self, blob: &Descriptor) -> Result<(), RegistryError> {
@@ -344,6 +412,38 @@ impl Session<'_> {
         self.probe.blobs += 1;
         self.probe.bytes += size;
         Ok(())
+    }
+}
+
+/// A manifest as a `GET` answered it.
+pub(super) struct ManifestBody {
+    pub bytes: Vec<u8>,
+    /// Its sha256.
+    pub digest: String,
+    /// `Content-Type`, without parameters.
+    pub media_type: Option<String>,
+}
+
+/// The `Content-Type` of `response`, without parameters.
+fn media_type(response: &reqwest::Response) -> Option<String> {
+    let value = response.headers().get(reqwest::header::CONTENT_TYPE)?;
+    let value = value.to_str().ok()?;
+    let bare = value.split(';').next().unwrap_or("").trim();
+    (!bare.is_empty()).then(|| bare.to_ascii_lowercase())
+}
+
+/// `algorithm:hex`, as a registry's `Docker-Content-Digest` must be.
+fn is_digest(text: &str) -> bool {
+    match text.split_once(':') {
+        Some((algorithm, hex)) => {
+            !algorithm.is_empty()
+                && algorithm
+                    .bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"+._-".contains(&b))
+                && hex.len() >= 32
+                && hex.bytes().all(|b| b.is_ascii_hexdigit())
+        }
+        None => false,
     }
 }
 

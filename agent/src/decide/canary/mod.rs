@@ -1,6 +1,7 @@
 //! Canaries: credential checks that the node's image cache cannot fool.
 
 pub mod jitter;
+pub mod manifest_cache;
 pub mod rotation;
 pub mod runner;
 pub mod schedule;
