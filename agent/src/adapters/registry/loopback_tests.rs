@@ -221,9 +221,9 @@ async fn the_token_is_sent_as_bearer_and_scrubbed_from_what_the_registry_echoes(
     )
     .await;
     let host = registry.host();
-    // `blobs` depth: a `GET` of the manifest, whose error body the registry echoes the token in
-    // (a `HEAD`'s answer has no body).
-    let err = probe(&client(&host, LONG, LONG), &host, CanaryDepth::Blobs)
+    // `manifest` depth: the `HEAD`'s 404 has no body; the `GET` that explains it does, and
+    // the registry echoes the token in it.
+    let err = probe(&client(&host, LONG, LONG), &host, CanaryDepth::Manifest)
         .await
         .unwrap_err();
     assert_eq!(err.verdict(), Verdict::NotFound, "{err}");
@@ -481,7 +481,9 @@ async fn a_registry_name_is_routed_by_its_hosts_toml() {
         seen,
         [
             "GET /prefix/v2/ HTTP/1.1",
-            "HEAD /prefix/v2/team/app/manifests/v1 HTTP/1.1"
+            "HEAD /prefix/v2/team/app/manifests/v1 HTTP/1.1",
+            // The refusal explained (its body echoes the header, scrubbed above).
+            "GET /prefix/v2/team/app/manifests/v1 HTTP/1.1"
         ]
     );
     // --insecure-registry stays an explicit override: the name itself, over plain HTTP (which
@@ -502,7 +504,7 @@ async fn a_registry_name_is_routed_by_its_hosts_toml() {
         .await
         .unwrap_err();
     assert_eq!(err.verdict(), Verdict::Network, "{err}");
-    assert_eq!(seen.len(), 2);
+    assert_eq!(seen.len(), 3);
 }
 
 #[tokio::test]
@@ -551,6 +553,8 @@ struct Script {
     corrupt_index: bool,
     /// Manifests refused (`401`), as after a password rotation.
     refuse: bool,
+    /// Manifests answered `429 Too Many Requests`.
+    rate_limited: bool,
 }
 
 /// The digests [`image_registry`] serves.
@@ -652,6 +656,13 @@ async fn image_registry() -> (Served, Vec<(String, &'static str)>) {
                     "401 Unauthorized",
                     &[],
                     br#"{"errors":[{"code":"UNAUTHORIZED","message":"authentication required"}]}"#,
+                );
+            }
+            if script.rate_limited {
+                return response(
+                    "429 Too Many Requests",
+                    &[],
+                    br#"{"errors":[{"code":"TOOMANYREQUESTS","message":"pull rate limit"}]}"#,
                 );
             }
             if head && script.head_405 {
@@ -995,10 +1006,39 @@ async fn a_cached_body_never_answers_for_the_registry() {
         registry.take(&names);
         let err = probe_ref(&client, &reference, depth).await.unwrap_err();
         assert_eq!(err.verdict(), Verdict::Unauthorized, "{depth:?}: {err}");
+        // The refused HEAD explained by a GET of the same URL (its error body).
+        assert_eq!(
+            err.to_string(),
+            format!(
+                "manifest {}: HTTP 401 UNAUTHORIZED: authentication required",
+                registry.index
+            )
+        );
         assert_eq!(
             registry.take(&names),
-            lines(&["GET /v2/", "HEAD /v2/team/app/manifests/idx"]),
+            lines(&[
+                "GET /v2/",
+                "HEAD /v2/team/app/manifests/idx",
+                "GET /v2/team/app/manifests/idx"
+            ]),
             "{depth:?}"
         );
     }
+}
+
+#[tokio::test]
+async fn a_rate_limited_head_gets_no_further_request() {
+    let (registry, names) = image_registry().await;
+    let host = registry.server.host();
+    let names: Vec<(&str, &str)> = names.iter().map(|(d, n)| (d.as_str(), *n)).collect();
+    registry.set(|s| s.rate_limited = true);
+    let reference = format!("{host}/team/app@{}", registry.index);
+    let err = probe_ref(&amd64_client(&host), &reference, CanaryDepth::Manifest)
+        .await
+        .unwrap_err();
+    assert_eq!(err.verdict(), Verdict::RateLimited, "{err}");
+    assert_eq!(
+        registry.take(&names),
+        lines(&["GET /v2/", "HEAD /v2/team/app/manifests/idx"])
+    );
 }

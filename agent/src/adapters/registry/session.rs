@@ -278,6 +278,12 @@ impl Session<'_> {
         let response = match self.send(what, request).await {
             Ok(response) => response,
             Err(RegistryError::Status { status: 405, .. }) => return Ok(None),
+            Err(RegistryError::Status {
+                status: status @ (401 | 403 | 404),
+                code: None,
+                message,
+                ..
+            }) => return Err(self.explain_refusal(what, &url, status, message).await),
             Err(e) => return Err(e),
         };
         let media_type = media_type(&response);
@@ -305,6 +311,42 @@ impl Session<'_> {
             media_type,
             body: None,
         }))
+    }
+
+    /// A `HEAD` refused with `status` has no body to say why: a `GET` of the same URL lends its
+    /// error code and message when it is refused alike, else the `HEAD`'s answer stands
+    /// (containerd's `withGETErrorBody`, `core/remotes/docker/pusher.go`, does this for 403; here
+    /// for 401 and 404 too, whose bodies name the cause. Never for a 429: a rate-limited registry
+    /// gets no extra request).
+    async fn explain_refusal(
+        &mut self,
+        what: &str,
+        url: &str,
+        status: u16,
+        message: String,
+    ) -> RegistryError {
+        let request = self
+            .request(reqwest::Method::GET, url)
+            .header(reqwest::header::ACCEPT, MANIFEST_TYPES);
+        match self.send(what, request).await {
+            Err(RegistryError::Status {
+                status: again,
+                code,
+                message,
+                ..
+            }) if again == status => RegistryError::Status {
+                what: what.to_string(),
+                status,
+                code,
+                message,
+            },
+            _ => RegistryError::Status {
+                what: what.to_string(),
+                status,
+                code: None,
+                message,
+            },
+        }
     }
 
     pub async fn head_blob(&mut self, blob: &Descriptor) -> Result<(), RegistryError> {
