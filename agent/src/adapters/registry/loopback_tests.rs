@@ -555,6 +555,8 @@ struct Script {
     refuse: bool,
     /// Manifests answered `429 Too Many Requests`.
     rate_limited: bool,
+    /// `HEAD` of a manifest announces 5 MiB.
+    head_huge: bool,
 }
 
 /// The digests [`image_registry`] serves.
@@ -633,9 +635,13 @@ async fn image_registry() -> (Served, Vec<(String, &'static str)>) {
             } else {
                 digest.to_string()
             };
-            let mut out = format!(
-                "HTTP/1.1 200 OK\r\nContent-Type: {media_type}\r\nContent-Length: {}\r\n",
+            let length = if head && script.head_huge {
+                5 << 20
+            } else {
                 body.len()
+            };
+            let mut out = format!(
+                "HTTP/1.1 200 OK\r\nContent-Type: {media_type}\r\nContent-Length: {length}\r\n"
             );
             if !(head && script.head_without_digest) {
                 out.push_str(&format!("Docker-Content-Digest: {digest}\r\n"));
@@ -1040,5 +1046,29 @@ async fn a_rate_limited_head_gets_no_further_request() {
     assert_eq!(
         registry.take(&names),
         lines(&["GET /v2/", "HEAD /v2/team/app/manifests/idx"])
+    );
+}
+
+#[tokio::test]
+async fn a_head_announcing_a_manifest_over_the_limit_is_refused_as_containerd_does() {
+    let (registry, names) = image_registry().await;
+    let host = registry.server.host();
+    let names: Vec<(&str, &str)> = names.iter().map(|(d, n)| (d.as_str(), *n)).collect();
+    registry.set(|s| s.head_huge = true);
+    let reference = format!("{host}/team/app@{}", registry.manifest);
+    let err = probe_ref(&amd64_client(&host), &reference, CanaryDepth::Manifest)
+        .await
+        .unwrap_err();
+    assert_eq!(err.verdict(), Verdict::RuntimeError, "{err}");
+    assert_eq!(
+        err.to_string(),
+        format!(
+            "manifest {}: larger than the 4194304-byte limit",
+            registry.manifest
+        )
+    );
+    assert_eq!(
+        registry.take(&names),
+        lines(&["GET /v2/", "HEAD /v2/team/app/manifests/man"])
     );
 }

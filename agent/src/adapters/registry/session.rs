@@ -286,6 +286,20 @@ impl Session<'_> {
             }) => return Err(self.explain_refusal(what, &url, status, message).await),
             Err(e) => return Err(e),
         };
+        // containerd refuses to resolve to a manifest over its limit, by the `HEAD`'s length.
+        let limit = self.client.config.max_manifest_bytes;
+        if response
+            .headers()
+            .get(reqwest::header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.trim().parse::<u64>().ok())
+            .is_some_and(|len| len > limit as u64)
+        {
+            return Err(RegistryError::TooLarge {
+                what: what.to_string(),
+                limit,
+            });
+        }
         let media_type = media_type(&response);
         let header = response
             .headers()
