@@ -1,7 +1,9 @@
 //! One probe's requests: the authentication ([`super::auth`]), then bounded manifest and blob
 //! requests, each under its own deadline (the whole probe is under the canary's, in
 //! [`super::RegistryClient::probe`]). Counts what it sends and downloads, and names what it is
-//! doing, so that a probe stopped at its deadline can say where.
+//! doing, so that a probe stopped at its deadline can say where. A manifest is asked for by
+//! `HEAD` where that proves enough, by `GET` where its body is needed and not cached (the
+//! choice is [`super::Session::run`]'s), with containerd's fallbacks from one to the other.
 
 use super::auth::{self, Scheme};
 use super::body::{
