@@ -164,3 +164,50 @@ fn arch() -> &'static str {
         other => other,
     }
 }
+
+/// Pushes an OCI index as `tag` of `image`'s repository (a multi-platform image, as most of
+/// Docker Hub's are), listing `image` (pushed before, plain HTTP) for this host's platform.
+/// Returns the index's digest.
+pub async fn push_index(
+    user: &str,
+    password: &str,
+    image: &PushedImage,
+    tag: &str,
+) -> Result<String> {
+    let client = Client::new(ClientConfig {
+        protocol: ClientProtocol::Http,
+        ..ClientConfig::default()
+    });
+    let auth = RegistryAuth::Basic(user.to_string(), password.to_string());
+    let by_digest: Reference = image.by_digest.parse().context("reference")?;
+    let (bytes, digest) = client
+        .pull_manifest_raw(
+            &by_digest,
+            &auth,
+            &["application/vnd.oci.image.manifest.v1+json"],
+        )
+        .await
+        .with_context(|| format!("fetch {}", image.by_digest))?;
+    let index: oci_client::manifest::OciImageIndex = serde_json::from_value(serde_json::json!({
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.oci.image.index.v1+json",
+        "manifests": [{
+            "mediaType": "application/vnd.oci.image.manifest.v1+json",
+            "digest": digest,
+            "size": bytes.len(),
+            "platform": { "os": "linux", "architecture": arch() },
+        }],
+    }))?;
+    let by_tag: Reference = format!("{}:{tag}", image.name)
+        .parse()
+        .context("reference")?;
+    client
+        .push_manifest_list(&by_tag, &auth, index)
+        .await
+        .with_context(|| format!("push the index {}:{tag}", image.name))?;
+    let digest = client
+        .fetch_manifest_digest(&by_tag, &auth)
+        .await
+        .with_context(|| format!("fetch digest of {}:{tag}", image.name))?;
+    Ok(digest)
+}

@@ -28,11 +28,89 @@ pub enum Mode {
     TrickleBlobs,
 }
 
+/// What a request asked the registry for, by method and path.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Kind {
+    /// `GET /v2/`: the API check and its auth challenge.
+    Ping,
+    ManifestGet,
+    ManifestHead,
+    BlobGet,
+    BlobHead,
+    /// Anything outside `/v2/` (a token service reached through the proxy).
+    Token,
+    /// Any other request under `/v2/`.
+    Other,
+}
+
+impl Kind {
+    /// Every kind, in the order tables show them.
+    pub const ALL: [Kind; 7] = [
+        Kind::Ping,
+        Kind::ManifestGet,
+        Kind::ManifestHead,
+        Kind::BlobGet,
+        Kind::BlobHead,
+        Kind::Token,
+        Kind::Other,
+    ];
+
+    /// The kind of `method` `path` (`path` as in the request line).
+    pub fn of(method: &str, path: &str) -> Self {
+        let path = path.split('?').next().unwrap_or(path);
+        if !path.starts_with("/v2/") {
+            return Kind::Token;
+        }
+        if path == "/v2/" {
+            return Kind::Ping;
+        }
+        match (
+            method,
+            path.contains("/manifests/"),
+            path.contains("/blobs/"),
+        ) {
+            ("GET", true, _) => Kind::ManifestGet,
+            ("HEAD", true, _) => Kind::ManifestHead,
+            ("GET", _, true) => Kind::BlobGet,
+            ("HEAD", _, true) => Kind::BlobHead,
+            _ => Kind::Other,
+        }
+    }
+
+    /// A short column name.
+    pub fn label(self) -> &'static str {
+        match self {
+            Kind::Ping => "/v2/",
+            Kind::ManifestGet => "manifest GET",
+            Kind::ManifestHead => "manifest HEAD",
+            Kind::BlobGet => "blob GET",
+            Kind::BlobHead => "blob HEAD",
+            Kind::Token => "token",
+            Kind::Other => "other",
+        }
+    }
+}
+
+/// Requests by [`Kind`].
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Counts(pub std::collections::BTreeMap<Kind, u64>);
+
+impl Counts {
+    pub fn of(&self, kind: Kind) -> u64 {
+        self.0.get(&kind).copied().unwrap_or(0)
+    }
+
+    pub fn total(&self) -> u64 {
+        self.0.values().sum()
+    }
+}
+
 /// A running proxy; stops accepting when dropped.
 pub struct Proxy {
     port: u16,
     mode: Arc<Mutex<Mode>>,
     requests: Arc<AtomicU64>,
+    kinds: Arc<Mutex<Counts>>,
     stop: Arc<AtomicBool>,
 }
 
@@ -44,10 +122,12 @@ impl Proxy {
         listener.set_nonblocking(true)?;
         let mode = Arc::new(Mutex::new(Mode::Pass));
         let requests = Arc::new(AtomicU64::new(0));
+        let kinds = Arc::new(Mutex::new(Counts::default()));
         let stop = Arc::new(AtomicBool::new(false));
-        let (m, r, s, upstream) = (
+        let (m, r, k, s, upstream) = (
             mode.clone(),
             requests.clone(),
+            kinds.clone(),
             stop.clone(),
             upstream.to_string(),
         );
@@ -55,9 +135,10 @@ impl Proxy {
             while !s.load(Ordering::Relaxed) {
                 match listener.accept() {
                     Ok((client, _)) => {
-                        let (m, r, upstream) = (m.clone(), r.clone(), upstream.clone());
+                        let (m, r, k, upstream) =
+                            (m.clone(), r.clone(), k.clone(), upstream.clone());
                         std::thread::spawn(move || {
-                            let _ = handle(client, &upstream, &m, &r);
+                            let _ = handle(client, &upstream, &m, &r, &k);
                         });
                     }
                     Err(_) => std::thread::sleep(Duration::from_millis(10)),
@@ -68,6 +149,7 @@ impl Proxy {
             port,
             mode,
             requests,
+            kinds,
             stop,
         })
     }
@@ -89,8 +171,22 @@ impl Proxy {
         self.requests.load(Ordering::Relaxed)
     }
 
+    /// Requests seen so far, by kind.
+    pub fn counts(&self) -> Counts {
+        self.kinds
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
+    }
+
+    /// Starts both counts again.
     pub fn reset_count(&self) {
+        let mut kinds = self
+            .kinds
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         self.requests.store(0, Ordering::Relaxed);
+        *kinds = Counts::default();
     }
 }
 
@@ -105,6 +201,7 @@ fn handle(
     upstream: &str,
     mode: &Mutex<Mode>,
     requests: &AtomicU64,
+    kinds: &Mutex<Counts>,
 ) -> std::io::Result<()> {
     client.set_nonblocking(false)?;
     let mut reader = BufReader::new(client.try_clone()?);
@@ -134,12 +231,19 @@ fn handle(
     }
     let mut body = vec![0u8; content_length];
     reader.read_exact(&mut body)?;
-    requests.fetch_add(1, Ordering::Relaxed);
     let path = request_line
         .split_whitespace()
         .nth(1)
         .unwrap_or("/")
         .to_string();
+    {
+        let method = request_line.split_whitespace().next().unwrap_or("");
+        let mut kinds = kinds
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        requests.fetch_add(1, Ordering::Relaxed);
+        *kinds.0.entry(Kind::of(method, &path)).or_default() += 1;
+    }
     let mode = *mode
         .lock()
         .unwrap_or_else(std::sync::PoisonError::into_inner);
@@ -240,5 +344,29 @@ fn reset_on_close(stream: &TcpStream) {
             std::ptr::from_ref(&linger).cast(),
             libc::socklen_t::try_from(std::mem::size_of::<libc::linger>()).unwrap_or(8),
         );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Kind;
+
+    #[test]
+    fn requests_are_kinded_by_method_and_path() {
+        for (method, path, kind) in [
+            ("GET", "/v2/", Kind::Ping),
+            ("GET", "/v2/team/app/manifests/v1", Kind::ManifestGet),
+            (
+                "HEAD",
+                "/v2/team/app/manifests/sha256:ab",
+                Kind::ManifestHead,
+            ),
+            ("GET", "/v2/team/app/blobs/sha256:ab", Kind::BlobGet),
+            ("HEAD", "/v2/team/app/blobs/sha256:ab", Kind::BlobHead),
+            ("GET", "/token?scope=repository:team/app:pull", Kind::Token),
+            ("GET", "/v2/_catalog", Kind::Other),
+        ] {
+            assert_eq!(Kind::of(method, path), kind, "{method} {path}");
+        }
     }
 }

@@ -398,9 +398,11 @@ fn a_misbehaving_registry_gets_a_verdict_not_a_hang() {
     // A trickled blob ends a `full` canary at --registry-timeout plus the blob's size at the
     // slowest accepted rate (a few bytes here: 2 s).
     for (mode, depth, verdict, text) in [
+        // A `HEAD`'s 429 has no body, and a rate-limited registry gets no further request.
+        (Mode::TooManyRequests, "manifest", "RateLimited", "HTTP 429"),
         (
             Mode::TooManyRequests,
-            "manifest",
+            "blobs",
             "RateLimited",
             "TOOMANYREQUESTS",
         ),

@@ -221,6 +221,8 @@ async fn the_token_is_sent_as_bearer_and_scrubbed_from_what_the_registry_echoes(
     )
     .await;
     let host = registry.host();
+    // `manifest` depth: the `HEAD`'s 404 has no body; the `GET` that explains it does, and
+    // the registry echoes the token in it.
     let err = probe(&client(&host, LONG, LONG), &host, CanaryDepth::Manifest)
         .await
         .unwrap_err();
@@ -450,7 +452,7 @@ async fn a_loopback_registry_without_configuration_is_reached_as_containerd_does
     );
     assert!(
         seen.iter()
-            .any(|l| l.starts_with("GET /v2/team/app/manifests/v1 ")),
+            .any(|l| l.starts_with("HEAD /v2/team/app/manifests/v1 ")),
         "{seen:?}"
     );
 }
@@ -479,6 +481,8 @@ async fn a_registry_name_is_routed_by_its_hosts_toml() {
         seen,
         [
             "GET /prefix/v2/ HTTP/1.1",
+            "HEAD /prefix/v2/team/app/manifests/v1 HTTP/1.1",
+            // The refusal explained (its body echoes the header, scrubbed above).
             "GET /prefix/v2/team/app/manifests/v1 HTTP/1.1"
         ]
     );
@@ -500,7 +504,7 @@ async fn a_registry_name_is_routed_by_its_hosts_toml() {
         .await
         .unwrap_err();
     assert_eq!(err.verdict(), Verdict::Network, "{err}");
-    assert_eq!(seen.len(), 2);
+    assert_eq!(seen.len(), 3);
 }
 
 #[tokio::test]
@@ -534,4 +538,537 @@ async fn an_https_route_answered_in_plain_http_names_tls_and_the_fix() {
         "{text}"
     );
     assert!(seen.lock().unwrap().is_empty());
+}
+
+/// What [`image_registry`] does, changeable while it runs.
+#[derive(Clone, Copy, Default)]
+struct Script {
+    /// `HEAD` of a manifest answered `405 Method Not Allowed`.
+    head_405: bool,
+    /// `HEAD` of a manifest answered without `Docker-Content-Digest`.
+    head_without_digest: bool,
+    /// `HEAD` of a manifest names this digest instead of its own.
+    head_wrong_digest: bool,
+    /// `GET` of the index by digest serves other bytes than the digest's.
+    corrupt_index: bool,
+    /// Manifests refused (`401`), as after a password rotation.
+    refuse: bool,
+    /// Manifests answered `429 Too Many Requests`.
+    rate_limited: bool,
+    /// `HEAD` of a manifest announces 5 MiB.
+    head_huge: bool,
+}
+
+/// The digests [`image_registry`] serves.
+struct Served {
+    server: Server,
+    index: String,
+    manifest: String,
+    script: Arc<std::sync::Mutex<Script>>,
+    log: Arc<std::sync::Mutex<Vec<String>>>,
+}
+
+impl Served {
+    fn set(&self, f: impl FnOnce(&mut Script)) {
+        f(&mut self.script.lock().unwrap());
+    }
+
+    /// The requests since the last call, as `METHOD path` with digests shortened to `idx`,
+    /// `man`, `cfg`, `lay`.
+    fn take(&self, digests: &[(&str, &str)]) -> Vec<String> {
+        std::mem::take(&mut *self.log.lock().unwrap())
+            .into_iter()
+            .map(|l| {
+                digests
+                    .iter()
+                    .fold(l, |l, (digest, name)| l.replace(digest, name))
+            })
+            .collect()
+    }
+}
+
+fn sha256(bytes: &[u8]) -> String {
+    format!("sha256:{}", hex::encode(Sha256::digest(bytes)))
+}
+
+const INDEX_TYPE: &str = "application/vnd.oci.image.index.v1+json";
+const MANIFEST_TYPE: &str = "application/vnd.oci.image.manifest.v1+json";
+
+/// A plain-HTTP registry, no auth, serving `team/app`: an OCI index (tag `v1`, and by digest)
+/// for linux/amd64 and linux/arm64 whose amd64 entry is an image manifest (tag `single`, and by
+/// digest) of a config and one layer. Logs every request.
+async fn image_registry() -> (Served, Vec<(String, &'static str)>) {
+    let config = br#"{"architecture":"amd64","os":"linux"}"#.to_vec();
+    let layer = b"layer bytes".to_vec();
+    let (config_digest, layer_digest) = (sha256(&config), sha256(&layer));
+    let manifest = format!(
+        r#"{{"schemaVersion":2,"mediaType":"{MANIFEST_TYPE}","config":{{"mediaType":"application/vnd.oci.image.config.v1+json","digest":"{config_digest}","size":{}}},"layers":[{{"mediaType":"application/vnd.oci.image.layer.v1.tar","digest":"{layer_digest}","size":{}}}]}}"#,
+        config.len(),
+        layer.len()
+    )
+    .into_bytes();
+    let manifest_digest = sha256(&manifest);
+    let other = format!("sha256:{}", "cd".repeat(32));
+    let index = format!(
+        r#"{{"schemaVersion":2,"mediaType":"{INDEX_TYPE}","manifests":[{{"mediaType":"{MANIFEST_TYPE}","digest":"{other}","size":1,"platform":{{"os":"linux","architecture":"arm64"}}}},{{"mediaType":"{MANIFEST_TYPE}","digest":"{manifest_digest}","size":{},"platform":{{"os":"linux","architecture":"amd64"}}}}]}}"#,
+        manifest.len()
+    )
+    .into_bytes();
+    let index_digest = sha256(&index);
+    let script = Arc::new(std::sync::Mutex::new(Script::default()));
+    let log = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let (s, l) = (script.clone(), log.clone());
+    let (idx, man, cfg, lay) = (
+        index_digest.clone(),
+        manifest_digest.clone(),
+        config_digest.clone(),
+        layer_digest.clone(),
+    );
+    let server = serve(move |method, path, _| {
+        l.lock().unwrap().push(format!("{method} {path}"));
+        let script = *s.lock().unwrap();
+        let head = method == "HEAD";
+        // A HEAD's answer: the GET's headers, no body.
+        let answer = |media_type: &str, body: &[u8], digest: &str| {
+            let digest = if script.head_wrong_digest && head {
+                format!("sha256:{}", "ee".repeat(32))
+            } else {
+                digest.to_string()
+            };
+            let length = if head && script.head_huge {
+                5 << 20
+            } else {
+                body.len()
+            };
+            let mut out = format!(
+                "HTTP/1.1 200 OK\r\nContent-Type: {media_type}\r\nContent-Length: {length}\r\n"
+            );
+            if !(head && script.head_without_digest) {
+                out.push_str(&format!("Docker-Content-Digest: {digest}\r\n"));
+            }
+            out.push_str("Connection: close\r\n\r\n");
+            let mut bytes = out.into_bytes();
+            if !head {
+                bytes.extend_from_slice(body);
+            }
+            Reply::Raw(bytes)
+        };
+        if path == "/v2/" {
+            return response("200 OK", &[], b"{}");
+        }
+        if let Some(reference) = path.strip_prefix("/v2/team/app/manifests/") {
+            if script.refuse {
+                return response(
+                    "401 Unauthorized",
+                    &[],
+                    br#"{"errors":[{"code":"UNAUTHORIZED","message":"authentication required"}]}"#,
+                );
+            }
+            if script.rate_limited {
+                return response(
+                    "429 Too Many Requests",
+                    &[],
+                    br#"{"errors":[{"code":"TOOMANYREQUESTS","message":"pull rate limit"}]}"#,
+                );
+            }
+            if head && script.head_405 {
+                return response("405 Method Not Allowed", &[], b"");
+            }
+            return if reference == "v1" || reference == idx {
+                if script.corrupt_index && reference == idx && !head {
+                    let mut other = index.clone();
+                    other.push(b' ');
+                    answer(INDEX_TYPE, &other, &idx)
+                } else {
+                    answer(INDEX_TYPE, &index, &idx)
+                }
+            } else if reference == "single" || reference == man {
+                answer(MANIFEST_TYPE, &manifest, &man)
+            } else {
+                response(
+                    "404 Not Found",
+                    &[],
+                    br#"{"errors":[{"code":"MANIFEST_UNKNOWN"}]}"#,
+                )
+            };
+        }
+        if let Some(digest) = path.strip_prefix("/v2/team/app/blobs/") {
+            let body = if digest == cfg {
+                &config
+            } else if digest == lay {
+                &layer
+            } else {
+                return response("404 Not Found", &[], b"");
+            };
+            return answer("application/octet-stream", body, digest);
+        }
+        response("404 Not Found", &[], b"")
+    })
+    .await;
+    let names = vec![
+        (index_digest.clone(), "idx"),
+        (manifest_digest.clone(), "man"),
+        (config_digest, "cfg"),
+        (layer_digest, "lay"),
+    ];
+    (
+        Served {
+            server,
+            index: index_digest,
+            manifest: manifest_digest,
+            script,
+            log,
+        },
+        names,
+    )
+}
+
+/// A client of `host` over plain HTTP, for linux/amd64.
+fn amd64_client(host: &str) -> RegistryClient {
+    RegistryClient::new(RegistryConfig {
+        plain_http: vec![host.to_string()],
+        request_timeout: LONG,
+        canary_timeout: LONG,
+        platform: "linux/amd64".parse().unwrap(),
+        ..RegistryConfig::default()
+    })
+    .unwrap()
+}
+
+async fn probe_ref(
+    client: &RegistryClient,
+    reference: &str,
+    depth: CanaryDepth,
+) -> Result<Probe, RegistryError> {
+    let password = SecretString::from(PASSWORD);
+    let auth = ProbeAuth {
+        username: "u",
+        password: &password,
+    };
+    client
+        .probe(&ImageRef::parse(reference).unwrap(), Some(auth), depth)
+        .await
+}
+
+/// Two probes of one client (the first, then the steady state): each one's requests.
+async fn first_and_steady(
+    registry: &Served,
+    names: &[(String, &str)],
+    reference: &str,
+    depth: CanaryDepth,
+) -> [Vec<String>; 2] {
+    let names: Vec<(&str, &str)> = names.iter().map(|(d, n)| (d.as_str(), *n)).collect();
+    let client = amd64_client(&registry.server.host());
+    let mut out = [Vec::new(), Vec::new()];
+    for seen in &mut out {
+        let probe = probe_ref(&client, reference, depth).await.unwrap();
+        assert_eq!(probe.manifest_digest, registry.manifest, "{depth:?}");
+        *seen = registry.take(&names);
+        assert_eq!(probe.requests as usize, seen.len(), "{depth:?}: {seen:?}");
+    }
+    out
+}
+
+fn lines(text: &[&str]) -> Vec<String> {
+    text.iter().map(|l| l.to_string()).collect()
+}
+
+#[tokio::test]
+async fn a_pinned_index_costs_manifest_gets_once_then_heads_only_at_every_depth() {
+    let (registry, names) = image_registry().await;
+    let reference = format!("{}/team/app@{}", registry.server.host(), registry.index);
+    let m = "/v2/team/app/manifests/";
+    let b = "/v2/team/app/blobs/";
+    for (depth, first, steady) in [
+        (
+            CanaryDepth::Manifest,
+            vec!["GET /v2/", "HEAD m idx", "GET m idx", "HEAD m man"],
+            vec!["GET /v2/", "HEAD m idx", "HEAD m man"],
+        ),
+        (
+            CanaryDepth::Blobs,
+            vec![
+                "GET /v2/",
+                "GET m idx",
+                "GET m man",
+                "HEAD b cfg",
+                "HEAD b lay",
+            ],
+            vec![
+                "GET /v2/",
+                "HEAD m idx",
+                "HEAD m man",
+                "HEAD b cfg",
+                "HEAD b lay",
+            ],
+        ),
+        (
+            CanaryDepth::Full,
+            vec![
+                "GET /v2/",
+                "GET m idx",
+                "GET m man",
+                "GET b cfg",
+                "GET b lay",
+            ],
+            vec![
+                "GET /v2/",
+                "HEAD m idx",
+                "HEAD m man",
+                "GET b cfg",
+                "GET b lay",
+            ],
+        ),
+    ] {
+        let expand = |l: &[&str]| {
+            lines(l)
+                .into_iter()
+                .map(|l| {
+                    l.replace(" m ", &format!(" {m}"))
+                        .replace(" b ", &format!(" {b}"))
+                })
+                .collect::<Vec<_>>()
+        };
+        let got = first_and_steady(&registry, &names, &reference, depth).await;
+        assert_eq!(got, [expand(&first), expand(&steady)], "{depth:?}");
+    }
+}
+
+#[tokio::test]
+async fn a_tag_is_resolved_every_time_and_its_body_never_cached() {
+    let (registry, names) = image_registry().await;
+    let host = registry.server.host();
+    let m = "/v2/team/app/manifests/";
+    // The index by tag: fetched again each time; the platform's manifest, by digest, only once.
+    let got = first_and_steady(
+        &registry,
+        &names,
+        &format!("{host}/team/app:v1"),
+        CanaryDepth::Blobs,
+    )
+    .await;
+    let blobs = ["HEAD /v2/team/app/blobs/cfg", "HEAD /v2/team/app/blobs/lay"];
+    let mut first = vec![
+        "GET /v2/".to_string(),
+        format!("GET {m}v1"),
+        format!("GET {m}man"),
+    ];
+    first.extend(lines(&blobs));
+    let mut steady = vec![
+        "GET /v2/".to_string(),
+        format!("GET {m}v1"),
+        format!("HEAD {m}man"),
+    ];
+    steady.extend(lines(&blobs));
+    assert_eq!(got, [first, steady]);
+    // `manifest` depth: the tag's HEAD, then its body (an index) every time.
+    let got = first_and_steady(
+        &registry,
+        &names,
+        &format!("{host}/team/app:v1"),
+        CanaryDepth::Manifest,
+    )
+    .await;
+    let each = lines(&[
+        "GET /v2/",
+        &format!("HEAD {m}v1"),
+        &format!("GET {m}v1"),
+        &format!("HEAD {m}man"),
+    ]);
+    assert_eq!(got, [each.clone(), each]);
+    // An image manifest by tag, `manifest` depth: the HEAD alone.
+    let client = amd64_client(&host);
+    for _ in 0..2 {
+        probe_ref(
+            &client,
+            &format!("{host}/team/app:single"),
+            CanaryDepth::Manifest,
+        )
+        .await
+        .unwrap();
+        assert_eq!(
+            registry.take(&[]),
+            lines(&["GET /v2/", &format!("HEAD {m}single")])
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_head_refused_with_405_or_a_tag_without_a_digest_falls_back_to_get_as_containerd() {
+    let (registry, names) = image_registry().await;
+    let host = registry.server.host();
+    let m = "/v2/team/app/manifests/";
+    let names: Vec<(&str, &str)> = names.iter().map(|(d, n)| (d.as_str(), *n)).collect();
+    // 405: every HEAD of a manifest is followed by its GET; the probe succeeds.
+    registry.set(|s| s.head_405 = true);
+    let client = amd64_client(&host);
+    let probe = probe_ref(
+        &client,
+        &format!("{host}/team/app@{}", registry.index),
+        CanaryDepth::Manifest,
+    )
+    .await
+    .unwrap();
+    assert_eq!(probe.manifest_digest, registry.manifest);
+    assert_eq!(
+        registry.take(&names),
+        lines(&[
+            "GET /v2/",
+            &format!("HEAD {m}idx"),
+            &format!("GET {m}idx"),
+            &format!("HEAD {m}man"),
+            &format!("GET {m}man"),
+        ])
+    );
+    // No Docker-Content-Digest: a tag needs the GET to know its digest; a pinned digest is its
+    // own (containerd trusts the reference's digest), so its HEAD is enough.
+    registry.set(|s| {
+        s.head_405 = false;
+        s.head_without_digest = true;
+    });
+    let probe = probe_ref(
+        &client,
+        &format!("{host}/team/app:single"),
+        CanaryDepth::Manifest,
+    )
+    .await
+    .unwrap();
+    assert_eq!(probe.manifest_digest, registry.manifest);
+    assert_eq!(
+        registry.take(&names),
+        lines(&[
+            "GET /v2/",
+            &format!("HEAD {m}single"),
+            &format!("GET {m}single")
+        ])
+    );
+    let probe = probe_ref(
+        &client,
+        &format!("{host}/team/app@{}", registry.manifest),
+        CanaryDepth::Manifest,
+    )
+    .await
+    .unwrap();
+    assert_eq!(probe.manifest_digest, registry.manifest);
+    assert_eq!(
+        registry.take(&names),
+        lines(&["GET /v2/", &format!("HEAD {m}man")])
+    );
+}
+
+#[tokio::test]
+async fn a_head_naming_another_digest_is_a_digest_mismatch() {
+    let (registry, _) = image_registry().await;
+    let host = registry.server.host();
+    registry.set(|s| s.head_wrong_digest = true);
+    let reference = format!("{host}/team/app@{}", registry.manifest);
+    let err = probe_ref(&amd64_client(&host), &reference, CanaryDepth::Manifest)
+        .await
+        .unwrap_err();
+    assert_eq!(err.verdict(), Verdict::DigestMismatch, "{err}");
+    assert_eq!(
+        err.to_string(),
+        format!(
+            "manifest {0}: digest mismatch: expected {0}, got sha256:{1}",
+            registry.manifest,
+            "ee".repeat(32)
+        )
+    );
+}
+
+#[tokio::test]
+async fn a_body_that_does_not_match_its_digest_is_refused_and_never_cached() {
+    let (registry, names) = image_registry().await;
+    let host = registry.server.host();
+    let names: Vec<(&str, &str)> = names.iter().map(|(d, n)| (d.as_str(), *n)).collect();
+    registry.set(|s| s.corrupt_index = true);
+    let client = amd64_client(&host);
+    let reference = format!("{host}/team/app@{}", registry.index);
+    for _ in 0..2 {
+        let err = probe_ref(&client, &reference, CanaryDepth::Blobs)
+            .await
+            .unwrap_err();
+        assert_eq!(err.verdict(), Verdict::DigestMismatch, "{err}");
+        // Each probe GETs it again: nothing was cached.
+        assert_eq!(
+            registry.take(&names),
+            lines(&["GET /v2/", "GET /v2/team/app/manifests/idx"])
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_cached_body_never_answers_for_the_registry() {
+    let (registry, names) = image_registry().await;
+    let host = registry.server.host();
+    let names: Vec<(&str, &str)> = names.iter().map(|(d, n)| (d.as_str(), *n)).collect();
+    let client = amd64_client(&host);
+    let reference = format!("{host}/team/app@{}", registry.index);
+    for depth in [CanaryDepth::Blobs, CanaryDepth::Manifest] {
+        registry.set(|s| s.refuse = false);
+        probe_ref(&client, &reference, depth).await.unwrap();
+        // Both bodies cached; the credential stops working: the manifest's HEAD says so.
+        registry.set(|s| s.refuse = true);
+        registry.take(&names);
+        let err = probe_ref(&client, &reference, depth).await.unwrap_err();
+        assert_eq!(err.verdict(), Verdict::Unauthorized, "{depth:?}: {err}");
+        // The refused HEAD explained by a GET of the same URL (its error body).
+        assert_eq!(
+            err.to_string(),
+            format!(
+                "manifest {}: HTTP 401 UNAUTHORIZED: authentication required",
+                registry.index
+            )
+        );
+        assert_eq!(
+            registry.take(&names),
+            lines(&[
+                "GET /v2/",
+                "HEAD /v2/team/app/manifests/idx",
+                "GET /v2/team/app/manifests/idx"
+            ]),
+            "{depth:?}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_rate_limited_head_gets_no_further_request() {
+    let (registry, names) = image_registry().await;
+    let host = registry.server.host();
+    let names: Vec<(&str, &str)> = names.iter().map(|(d, n)| (d.as_str(), *n)).collect();
+    registry.set(|s| s.rate_limited = true);
+    let reference = format!("{host}/team/app@{}", registry.index);
+    let err = probe_ref(&amd64_client(&host), &reference, CanaryDepth::Manifest)
+        .await
+        .unwrap_err();
+    assert_eq!(err.verdict(), Verdict::RateLimited, "{err}");
+    assert_eq!(
+        registry.take(&names),
+        lines(&["GET /v2/", "HEAD /v2/team/app/manifests/idx"])
+    );
+}
+
+#[tokio::test]
+async fn a_head_announcing_a_manifest_over_the_limit_is_refused_as_containerd_does() {
+    let (registry, names) = image_registry().await;
+    let host = registry.server.host();
+    let names: Vec<(&str, &str)> = names.iter().map(|(d, n)| (d.as_str(), *n)).collect();
+    registry.set(|s| s.head_huge = true);
+    let reference = format!("{host}/team/app@{}", registry.manifest);
+    let err = probe_ref(&amd64_client(&host), &reference, CanaryDepth::Manifest)
+        .await
+        .unwrap_err();
+    assert_eq!(err.verdict(), Verdict::RuntimeError, "{err}");
+    assert_eq!(
+        err.to_string(),
+        format!(
+            "manifest {}: larger than the 4194304-byte limit",
+            registry.manifest
+        )
+    );
+    assert_eq!(
+        registry.take(&names),
+        lines(&["GET /v2/", "HEAD /v2/team/app/manifests/man"])
+    );
 }

@@ -15,11 +15,19 @@
 //! error containerd reports when none does; the hosts after it are asked at `manifest` depth, so
 //! that an upstream refusing what a mirror serves is reported ([`RegistryClient::probe_walk`]).
 //!
-//! Depths: `manifest` resolves the reference and fetches the manifest (for an index, the node's
-//! platform's); `blobs` also sends `HEAD` for the config and every layer; `full` downloads every
-//! blob, streaming, and verifies size and sha256 — nothing is written to disk — within a byte
-//! budget per probe (`--max-canary-bytes`): a blob over what is left of it is checked by `HEAD`
-//! only, with a warning.
+//! Depths: `manifest` sends `HEAD` for the manifest (for an index, also for the node's
+//! platform's, whose digest it reads from the index body); `blobs` also reads the manifest and
+//! sends `HEAD` for the config and every layer; `full` downloads every blob, streaming, and
+//! verifies size and sha256 — nothing is written to disk — within a byte budget per probe
+//! (`--max-canary-bytes`): a blob over what is left of it is checked by `HEAD` only, with a
+//! warning.
+//!
+//! No quota spent where none is needed: registries (Docker Hub first) meter manifest `GET`s, not
+//! `HEAD`s. A body addressed by digest is fetched once and kept in the client's
+//! [`ManifestCache`] (shared by every probe of the process); a later probe `HEAD`s the manifest
+//! (with its credential: the cache proves nothing about who may read) and reads the body from
+//! the cache. A tag's body is always fetched and never kept. A registry that answers `HEAD` with
+//! 405, or a tag's `HEAD` without `Docker-Content-Digest`, gets a `GET`, as containerd does.
 
 mod auth;
 mod body;
@@ -32,6 +40,7 @@ mod walk_tests;
 
 use crate::adapters::containerd_config::RuntimeRegistry;
 use crate::decide::canary::hosts_walk::{self, HostAttempt, NodeAnswer, RequestKind};
+use crate::decide::canary::manifest_cache::{self, ManifestCache};
 use crate::decide::canary::runner::Walk;
 use crate::decide::canary::warning::{CanaryWarning, HostVerdict};
 use crate::decide::registry_hosts::{self, Dialect, Host, TlsSettings};
@@ -374,6 +383,8 @@ pub struct RegistryClient {
     http: reqwest::Client,
     /// A client per host TLS setting of the runtime's configuration.
     clients: std::sync::Arc<tls::Clients>,
+    /// Manifest bodies by digest, for every probe of this client and its clones.
+    manifests: std::sync::Arc<std::sync::Mutex<ManifestCache>>,
 }
 
 /// Where one host's probe sends its requests: that host as containerd reaches it.
@@ -402,11 +413,36 @@ pub struct ProbeAuth<'a> {
 impl RegistryClient {
     pub fn new(config: RegistryConfig) -> Result<Self, RegistryError> {
         let http = build_client(&config, None)?;
+        let manifests = ManifestCache::new(manifest_cache::Bounds {
+            body_bytes: config.max_manifest_bytes,
+            ..manifest_cache::Bounds::default()
+        });
         Ok(Self {
             config,
             http,
             clients: std::sync::Arc::default(),
+            manifests: std::sync::Arc::new(std::sync::Mutex::new(manifests)),
         })
+    }
+
+    /// The cached body of the manifest `digest` names.
+    fn cached_manifest(&self, digest: &str) -> Option<std::sync::Arc<[u8]>> {
+        self.manifests
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .get(digest)
+    }
+
+    /// Keeps `body` as the manifest `digest` names, once it hashes to it (a tag is never kept).
+    fn remember_manifest(&self, digest: &str, body: &[u8]) {
+        let kept = self
+            .manifests
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .insert(digest, body);
+        if let Err(why) = kept {
+            tracing::debug!(%why, "manifest body not cached");
+        }
     }
 
     /// The same client reaching registries as this containerd configuration says.
@@ -711,10 +747,10 @@ impl Session<'_> {
             (None, Some(t)) => t.clone(),
             (None, None) => "latest".into(),
         };
-        let (bytes, digest) = self.manifest(&reference, image.digest.as_deref()).await?;
-        let mut manifest = parse_manifest(&reference, &bytes)?;
-        let mut manifest_digest = digest;
-        if let Some(entries) = &manifest.manifests {
+        let (mut manifest_digest, mut manifest) = self
+            .resolve(&reference, image.digest.as_deref(), depth)
+            .await?;
+        if let Some(entries) = manifest.as_ref().and_then(|m| m.manifests.as_ref()) {
             let platform = &self.client.config.platform;
             let chosen = entries
                 .iter()
@@ -729,10 +765,15 @@ impl Session<'_> {
                     platform: platform.to_string(),
                 })?;
             let chosen_digest = chosen.digest.clone();
-            let (bytes, _) = self.manifest(&chosen_digest, Some(&chosen_digest)).await?;
-            manifest = parse_manifest(&chosen_digest, &bytes)?;
-            manifest_digest = chosen_digest;
+            (manifest_digest, manifest) = self
+                .resolve(&chosen_digest, Some(&chosen_digest), depth)
+                .await?;
         }
+        self.probe.manifest_digest.clone_from(&manifest_digest);
+        let Some(manifest) = manifest else {
+            // `manifest` depth, an image manifest by its media type: the `HEAD` proved it.
+            return Ok(());
+        };
         if manifest.schema_version == Some(1) {
             return Err(RegistryError::BadManifest {
                 what: format!("manifest {reference}"),
@@ -745,7 +786,6 @@ impl Session<'_> {
                 message: "no config or layers".into(),
             });
         };
-        self.probe.manifest_digest = manifest_digest;
         let blobs: Vec<Descriptor> = std::iter::once(config).chain(layers).collect();
         match depth {
             CanaryDepth::Manifest => {}
@@ -758,6 +798,102 @@ impl Session<'_> {
         }
         Ok(())
     }
+
+    /// One manifest, `reference` (`expected` its digest when it is one): its digest, and its
+    /// parsed body unless `depth` needs none — a `manifest`-depth probe of a manifest that says
+    /// by its media type that it is an image's, not an index, stops at the `HEAD`.
+    async fn resolve(
+        &mut self,
+        reference: &str,
+        expected: Option<&str>,
+        depth: CanaryDepth,
+    ) -> Result<(String, Option<Manifest>), RegistryError> {
+        let want_body = depth != CanaryDepth::Manifest;
+        let fetched = self.fetch(reference, expected, want_body).await?;
+        let body = match fetched.body {
+            Some(body) => body,
+            None if fetched.media_type.as_deref().is_some_and(is_image_manifest) => {
+                return Ok((fetched.digest, None));
+            }
+            // An index, or a media type that does not say: the body tells.
+            None => self.body(reference, expected).await?,
+        };
+        Ok((fetched.digest, Some(parse_manifest(reference, &body)?)))
+    }
+
+    /// The requests for one manifest. With `want_body` and the body cached (by digest): the
+    /// `HEAD` (this credential may read it, and it still exists) and the cached body. With
+    /// `want_body` and nothing cached: the `GET`. Without `want_body`: the `HEAD`, or the `GET`
+    /// where a `HEAD` is not enough (see [`Session::head_manifest`]).
+    async fn fetch(
+        &mut self,
+        reference: &str,
+        expected: Option<&str>,
+        want_body: bool,
+    ) -> Result<Fetched, RegistryError> {
+        let cached = expected.and_then(|d| self.client.cached_manifest(d));
+        if want_body && cached.is_none() {
+            return self.get_manifest(reference, expected).await;
+        }
+        match self.head_manifest(reference, expected).await? {
+            Some(head) => Ok(Fetched {
+                body: cached,
+                ..head
+            }),
+            None => self.get_manifest(reference, expected).await,
+        }
+    }
+
+    /// The body of a manifest whose `HEAD` was answered: cached (by digest), else fetched.
+    async fn body(
+        &mut self,
+        reference: &str,
+        expected: Option<&str>,
+    ) -> Result<std::sync::Arc<[u8]>, RegistryError> {
+        if let Some(body) = expected.and_then(|d| self.client.cached_manifest(d)) {
+            return Ok(body);
+        }
+        let fetched = self.get_manifest(reference, expected).await?;
+        // `get_manifest` always reads the body.
+        Ok(fetched
+            .body
+            .unwrap_or_else(|| std::sync::Arc::from(&[][..])))
+    }
+
+    /// `GET` a manifest (verified against `expected`), kept in the cache when addressed by
+    /// digest.
+    async fn get_manifest(
+        &mut self,
+        reference: &str,
+        expected: Option<&str>,
+    ) -> Result<Fetched, RegistryError> {
+        let got = self.manifest(reference, expected).await?;
+        if let Some(digest) = expected {
+            self.client.remember_manifest(digest, &got.bytes);
+        }
+        Ok(Fetched {
+            digest: got.digest,
+            media_type: got.media_type,
+            body: Some(std::sync::Arc::from(got.bytes)),
+        })
+    }
+}
+
+/// What the requests for one manifest told.
+struct Fetched {
+    digest: String,
+    /// `Content-Type`, without parameters.
+    media_type: Option<String>,
+    body: Option<std::sync::Arc<[u8]>>,
+}
+
+/// Whether `media_type` names an image manifest (not an index, not schema 1).
+fn is_image_manifest(media_type: &str) -> bool {
+    matches!(
+        media_type,
+        "application/vnd.oci.image.manifest.v1+json"
+            | "application/vnd.docker.distribution.manifest.v2+json"
+    )
 }
 
 /// The one builder: redirects never downgrading to plain HTTP, the deadlines, the roots

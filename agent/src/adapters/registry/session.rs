@@ -1,7 +1,9 @@
 //! One probe's requests: the authentication ([`super::auth`]), then bounded manifest and blob
 //! requests, each under its own deadline (the whole probe is under the canary's, in
 //! [`super::RegistryClient::probe`]). Counts what it sends and downloads, and names what it is
-//! doing, so that a probe stopped at its deadline can say where.
+//! doing, so that a probe stopped at its deadline can say where. A manifest is asked for by
+//! `HEAD` where that proves enough, by `GET` where its body is needed and not cached (the
+//! choice is [`super::Session::run`]'s), with containerd's fallbacks from one to the other.
 
 use super::auth::{self, Scheme};
 use super::body::{
@@ -9,7 +11,7 @@ use super::body::{
 };
 use super::tls::TlsFailure;
 use super::{
-    Descriptor, MANIFEST_TYPES, Probe, ProbeAuth, RegistryClient, RegistryError, Route,
+    Descriptor, Fetched, MANIFEST_TYPES, Probe, ProbeAuth, RegistryClient, RegistryError, Route,
     blob_deadline,
 };
 use crate::decide::canary::warning::CanaryWarning;
@@ -193,7 +195,7 @@ impl Session<'_> {
         &mut self,
         reference: &str,
         expected: Option<&str>,
-    ) -> Result<(Vec<u8>, String), RegistryError> {
+    ) -> Result<ManifestBody, RegistryError> {
         let what = format!("manifest {reference}");
         self.stage.clone_from(&what);
         let limit = self.client.config.request_timeout;
@@ -207,12 +209,13 @@ impl Session<'_> {
         what: &str,
         reference: &str,
         expected: Option<&str>,
-    ) -> Result<(Vec<u8>, String), RegistryError> {
+    ) -> Result<ManifestBody, RegistryError> {
         let url = format!("{}/manifests/{reference}", self.base);
         let request = self
             .request(reqwest::Method::GET, &url)
             .header(reqwest::header::ACCEPT, MANIFEST_TYPES);
         let response = self.send(what, request).await?;
+        let media_type = media_type(&response);
         let limit = self.client.config.max_manifest_bytes;
         if response
             .content_length()
@@ -236,7 +239,130 @@ impl Session<'_> {
                 actual,
             });
         }
-        Ok((bytes, actual))
+        Ok(ManifestBody {
+            bytes,
+            digest: actual,
+            media_type,
+        })
+    }
+
+    /// `HEAD` a manifest (bounded, the same `Accept` as the `GET`): the credential may read it
+    /// and it exists. Its digest is the one expected (a `Docker-Content-Digest` that differs is
+    /// a mismatch), else the header's. `None` when only a `GET` can tell, as containerd's
+    /// resolver decides (`core/remotes/docker/resolver.go`): a 405 (`retryRequest`: "registries
+    /// which have not properly implemented the HEAD method for manifests endpoint" — distribution
+    /// 2.2 behind token auth was one, distribution#1485), or a tag answered without a valid
+    /// `Docker-Content-Digest` (the header is optional in the OCI distribution spec; registries
+    /// serving manifests as static files send none).
+    pub async fn head_manifest(
+        &mut self,
+        reference: &str,
+        expected: Option<&str>,
+    ) -> Result<Option<Fetched>, RegistryError> {
+        let what = format!("manifest {reference}");
+        self.stage.clone_from(&what);
+        let limit = self.client.config.request_timeout;
+        tokio::time::timeout(limit, self.head_manifest_inner(&what, reference, expected))
+            .await
+            .unwrap_or_else(|_| Err(timed_out(&what, limit)))
+    }
+
+    async fn head_manifest_inner(
+        &mut self,
+        what: &str,
+        reference: &str,
+        expected: Option<&str>,
+    ) -> Result<Option<Fetched>, RegistryError> {
+        let url = format!("{}/manifests/{reference}", self.base);
+        let request = self
+            .request(reqwest::Method::HEAD, &url)
+            .header(reqwest::header::ACCEPT, MANIFEST_TYPES);
+        let response = match self.send(what, request).await {
+            Ok(response) => response,
+            Err(RegistryError::Status { status: 405, .. }) => return Ok(None),
+            Err(RegistryError::Status {
+                status: status @ (401 | 403 | 404),
+                code: None,
+                message,
+                ..
+            }) => return Err(self.explain_refusal(what, &url, status, message).await),
+            Err(e) => return Err(e),
+        };
+        // containerd refuses to resolve to a manifest over its limit, by the `HEAD`'s length.
+        let limit = self.client.config.max_manifest_bytes;
+        if response
+            .headers()
+            .get(reqwest::header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.trim().parse::<u64>().ok())
+            .is_some_and(|len| len > limit as u64)
+        {
+            return Err(RegistryError::TooLarge {
+                what: what.to_string(),
+                limit,
+            });
+        }
+        let media_type = media_type(&response);
+        let header = response
+            .headers()
+            .get("docker-content-digest")
+            .and_then(|v| v.to_str().ok())
+            .map(str::trim)
+            .filter(|d| is_digest(d))
+            .map(str::to_string);
+        let digest = match (expected, header) {
+            (Some(expected), Some(actual)) if expected != actual => {
+                return Err(RegistryError::DigestMismatch {
+                    what: what.to_string(),
+                    expected: expected.to_string(),
+                    actual,
+                });
+            }
+            (Some(expected), _) => expected.to_string(),
+            (None, Some(actual)) => actual,
+            (None, None) => return Ok(None),
+        };
+        Ok(Some(Fetched {
+            digest,
+            media_type,
+            body: None,
+        }))
+    }
+
+    /// A `HEAD` refused with `status` has no body to say why: a `GET` of the same URL lends its
+    /// error code and message when it is refused alike, else the `HEAD`'s answer stands
+    /// (containerd's `withGETErrorBody`, `core/remotes/docker/pusher.go`, does this for 403; here
+    /// for 401 and 404 too, whose bodies name the cause. Never for a 429: a rate-limited registry
+    /// gets no extra request).
+    async fn explain_refusal(
+        &mut self,
+        what: &str,
+        url: &str,
+        status: u16,
+        message: String,
+    ) -> RegistryError {
+        let request = self
+            .request(reqwest::Method::GET, url)
+            .header(reqwest::header::ACCEPT, MANIFEST_TYPES);
+        match self.send(what, request).await {
+            Err(RegistryError::Status {
+                status: again,
+                code,
+                message,
+                ..
+            }) if again == status => RegistryError::Status {
+                what: what.to_string(),
+                status,
+                code,
+                message,
+            },
+            _ => RegistryError::Status {
+                what: what.to_string(),
+                status,
+                code: None,
+                message,
+            },
+        }
     }
 
     pub async fn head_blob(&mut self, blob: &Descriptor) -> Result<(), RegistryError> {
@@ -344,6 +470,38 @@ impl Session<'_> {
         self.probe.blobs += 1;
         self.probe.bytes += size;
         Ok(())
+    }
+}
+
+/// A manifest as a `GET` answered it.
+pub(super) struct ManifestBody {
+    pub bytes: Vec<u8>,
+    /// Its sha256.
+    pub digest: String,
+    /// `Content-Type`, without parameters.
+    pub media_type: Option<String>,
+}
+
+/// The `Content-Type` of `response`, without parameters.
+fn media_type(response: &reqwest::Response) -> Option<String> {
+    let value = response.headers().get(reqwest::header::CONTENT_TYPE)?;
+    let value = value.to_str().ok()?;
+    let bare = value.split(';').next().unwrap_or("").trim();
+    (!bare.is_empty()).then(|| bare.to_ascii_lowercase())
+}
+
+/// `algorithm:hex`, as a registry's `Docker-Content-Digest` must be.
+fn is_digest(text: &str) -> bool {
+    match text.split_once(':') {
+        Some((algorithm, hex)) => {
+            !algorithm.is_empty()
+                && algorithm
+                    .bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"+._-".contains(&b))
+                && hex.len() >= 32
+                && hex.bytes().all(|b| b.is_ascii_hexdigit())
+        }
+        None => false,
     }
 }
 

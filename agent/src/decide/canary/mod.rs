@@ -2,6 +2,7 @@
 
 pub mod hosts_walk;
 pub mod jitter;
+pub mod manifest_cache;
 pub mod rotation;
 pub mod runner;
 pub mod schedule;

@@ -420,7 +420,7 @@ impl<P: RegistryProbe> CanaryRunner<P> {
                     let elapsed = start.elapsed();
                     outcome.credential = Some(label);
                     outcome.message = match depth {
-                        CanaryDepth::Manifest => "manifest resolved and fetched".into(),
+                        CanaryDepth::Manifest => "manifest resolved".into(),
                         CanaryDepth::Blobs => {
                             format!("manifest and {} blob(s) reachable", report.blobs)
                         }

@@ -3,11 +3,67 @@
 use anyhow::{Result, ensure};
 use pullgate_testenv::agent::pullgate_binary;
 use pullgate_testenv::images::{self, ImageSpec};
+use pullgate_testenv::proxy::{Counts, Kind};
 use pullgate_testenv::{Containerd, Registry, block_on};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
 use crate::bench::write_atomically;
+
+/// The requests of a fresh agent's first canary of `reference` at `depth` (its start-up one),
+/// and of its second (run now through the local API), counted by kind at `proxy`.
+fn requests_of(
+    proxy: &pullgate_testenv::proxy::Proxy,
+    endpoint: &str,
+    (user, password): (&str, &str),
+    reference: &str,
+    depth: &str,
+) -> Result<[Counts; 2]> {
+    use pullgate_testenv::manifests::{canaried_pullset, pull_secret};
+    let dir = tempfile::tempdir()?;
+    let host = proxy.host();
+    write_atomically(
+        dir.path(),
+        "secret.yaml",
+        &pull_secret("bench", "regcred", &host, user, password),
+    )?;
+    write_atomically(
+        dir.path(),
+        "set.yaml",
+        &canaried_pullset(
+            "bench",
+            "cost",
+            reference,
+            &["regcred"],
+            &format!("depth: {depth}"),
+        )
+        .replace("spec:\n", "spec:\n  prePull: false\n  gate: false\n"),
+    )?;
+    let socket = dir.path().join("agent.sock");
+    proxy.reset_count();
+    let agent = pullgate_testenv::Agent::new(dir.path(), endpoint)
+        .canary_defaults(&host)
+        .args(&["--api-socket", &socket.to_string_lossy()])
+        .spawn()?;
+    agent.wait_for("the start-up canary", Duration::from_secs(60), 1, |l| {
+        l["kind"] == "canary"
+    })?;
+    let first = proxy.counts();
+    proxy.reset_count();
+    let mut command = Command::new(pullgate_binary()?);
+    command
+        .args(["canary", "bench/cost", "--json", "--api-socket"])
+        .arg(&socket);
+    let out = pullgate_testenv::process::output_within(command, Duration::from_secs(60))?;
+    ensure!(
+        out.status.success(),
+        "canary --depth {depth} of {reference} failed: {}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    let steady = proxy.counts();
+    drop(agent);
+    Ok([first, steady])
+}
 
 pub fn bench_canary(rotations: usize) -> Result<()> {
     use pullgate_testenv::manifests::{pull_secret, pullset};
@@ -20,7 +76,7 @@ pub fn bench_canary(rotations: usize) -> Result<()> {
     let containerd = Containerd::start(&[registry.host()])?;
     let proxy = Proxy::start(&registry.host())?;
     let host = proxy.host();
-    block_on(images::push(
+    let pushed = block_on(images::push(
         &registry.host(),
         users[0].0,
         users[0].1,
@@ -41,33 +97,25 @@ pub fn bench_canary(rotations: usize) -> Result<()> {
         ),
     )?;
 
-    // Requests each depth costs the registry, counted at the proxy.
+    // Requests each depth costs the registry, counted by kind at the proxy: a fresh agent's
+    // start-up canary (the first) and its next, manual, one (the steady state).
     eprintln!("bench canary: registry requests per depth (counted at a loopback proxy)");
-    let binary = pullgate_binary()?;
+    let index = block_on(images::push_index(users[0].0, users[0].1, &pushed, "multi"))?;
+    let references = [
+        (
+            "image by digest",
+            format!("{host}/bench/app@{}", pushed.digest),
+        ),
+        ("index by digest", format!("{host}/bench/app@{index}")),
+        ("index by tag", format!("{host}/bench/app:multi")),
+    ];
     let mut cost = Vec::new();
-    for depth in ["manifest", "blobs", "full"] {
-        proxy.reset_count();
-        let out = Command::new(&binary)
-            .args([
-                "check",
-                &image,
-                "--json",
-                "--depth",
-                depth,
-                "-n",
-                "bench",
-                "--pullset",
-                "canary",
-            ])
-            .args(["--insecure-registry", &host, "--manifests"])
-            .arg(dir.path())
-            .output()?;
-        ensure!(
-            out.status.success(),
-            "check --depth {depth} failed: {}",
-            String::from_utf8_lossy(&out.stdout)
-        );
-        cost.push((depth, proxy.requests()));
+    for (what, reference) in &references {
+        for depth in ["manifest", "blobs", "full"] {
+            let [first, steady] =
+                requests_of(&proxy, &containerd.endpoint(), users[0], reference, depth)?;
+            cost.push((*what, depth, first, steady));
+        }
     }
 
     eprintln!("bench canary: {rotations} rotations of the Secret, rotation jitter 0");
@@ -120,9 +168,25 @@ pub fn bench_canary(rotations: usize) -> Result<()> {
         ms(p95),
         ms(latencies[latencies.len() - 1])
     );
-    println!("  registry requests per canary (image: 1 manifest, config + 3 layers):");
-    for (depth, requests) in cost {
-        println!("    {depth:<9} {requests:>3}");
+    println!(
+        "  registry requests per canary, by kind (image: config + 3 layers; index: one platform);"
+    );
+    println!(
+        "  first = a fresh agent's start-up canary, steady = its next (manifest bodies cached):"
+    );
+    print!("    {:<16} {:<9} {:<7}", "reference", "depth", "canary");
+    for kind in Kind::ALL {
+        print!(" {:>13}", kind.label());
+    }
+    println!(" {:>6}", "total");
+    for (what, depth, first, steady) in &cost {
+        for (which, counts) in [("first", first), ("steady", steady)] {
+            print!("    {what:<16} {depth:<9} {which:<7}");
+            for kind in Kind::ALL {
+                print!(" {:>13}", counts.of(kind));
+            }
+            println!(" {:>6}", counts.total());
+        }
     }
     Ok(())
 }
