@@ -76,9 +76,13 @@ async fn registry(script: Script) -> Host {
                         String::new(),
                         r#"{"errors":[{"code":"UNKNOWN","message":"scripted"}]}"#.into(),
                     ),
+                    // As distribution answers: the digest with the manifest, on GET and HEAD.
                     Script::Serves if path.contains("/manifests/") => (
                         200,
-                        "Content-Type: application/vnd.oci.image.manifest.v1+json\r\n".into(),
+                        format!(
+                            "Content-Type: application/vnd.oci.image.manifest.v1+json\r\nDocker-Content-Digest: {}\r\n",
+                            manifest_digest()
+                        ),
                         MANIFEST.into(),
                     ),
                     Script::Serves if path.ends_with("sha256:c0") => {
@@ -218,8 +222,8 @@ async fn after_the_answer_later_hosts_are_asked_at_manifest_depth_and_an_endpoin
     assert_eq!(walk.node_host(), Some(mirror.name().as_str()));
     assert_eq!(
         upstream.seen(),
-        ["GET /v2/", "GET /v2/team/app/manifests/v1"],
-        "no blob asked of a host after the answer, the endpoint asked once"
+        ["GET /v2/", "HEAD /v2/team/app/manifests/v1"],
+        "no blob asked of a host after the answer, only the manifest's HEAD, the endpoint asked once"
     );
     assert!(mirror.seen().iter().any(|r| r.starts_with("HEAD ")));
 }
