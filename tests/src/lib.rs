@@ -22,6 +22,7 @@
 
 pub mod agent;
 pub mod apiserver;
+pub mod both_paths;
 pub mod cluster;
 pub mod containerd;
 pub mod cri_counter;

@@ -18,17 +18,15 @@
 
 #![allow(clippy::unwrap_used)] // test fixtures: a failed set-up step should panic with its error
 
-use pullgate_testenv::agent::pullgate_binary;
+use pullgate_testenv::both_paths::BothPaths as Checked;
 use pullgate_testenv::hostile_server::{HostileServer, Reply};
 use pullgate_testenv::manifests::{pull_secret, pullset};
-use pullgate_testenv::process::output_within;
 use pullgate_testenv::token_server::{Grant, TokenServer};
 use pullgate_testenv::{
     Agent, Containerd, ImageSpec, PASSWORD, PushedImage, Registry, USER, basic_auth, block_on,
     images,
 };
 use serde_json::Value;
-use std::process::Command;
 use std::time::Duration;
 
 const ROTATED: &str = "pg-Rotated-Upstream-Passw0rd-3d2e";
@@ -102,63 +100,20 @@ fn write_hosts_toml(containerd: &Containerd, upstream: &Registry, mirror: &str) 
     .unwrap();
 }
 
-struct Checked {
-    registry: Value,
-    runtime: Value,
-    stdout: String,
-    stderr: String,
-}
-
 /// `pullgate check IMAGE --runtime --runtime-registry-config DIR`: both paths, `manifest` depth.
 fn check(env: &Env) -> Checked {
-    let scratch = tempfile::tempdir().unwrap();
-    let mut command = Command::new(pullgate_binary().unwrap());
-    command
-        .current_dir(scratch.path())
-        .env("TMPDIR", scratch.path())
-        .arg("check")
-        .arg(&env.image.by_tag)
-        .args([
-            "--json",
-            "--depth",
-            "manifest",
-            "-n",
-            "team",
-            "--pullset",
-            "good",
-        ])
-        .args(["--runtime", "--cri-endpoint", &env.containerd.endpoint()])
-        .arg("--runtime-registry-config")
-        .arg(env.containerd.registry_config_dir())
-        .args(["--insecure-registry", &env.upstream.host(), "--manifests"])
-        .arg(env.manifests.path());
-    let out = output_within(command, Duration::from_secs(120)).unwrap_or_else(|e| panic!("{e:#}"));
-    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
-    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
-    let outcomes: Vec<Value> = stdout
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect();
-    let path = |p: &str| {
-        outcomes
-            .iter()
-            .find(|o| o["path"] == p)
-            .cloned()
-            .unwrap_or_else(|| panic!("no {p} outcome\nstdout:\n{stdout}\nstderr:\n{stderr}"))
-    };
-    Checked {
-        registry: path("registry"),
-        runtime: path("runtime"),
-        stdout: stdout.clone(),
-        stderr,
-    }
-}
-
-fn verdicts(c: &Checked) -> (String, String) {
-    (
-        c.registry["verdict"].as_str().unwrap_or("").to_string(),
-        c.runtime["verdict"].as_str().unwrap_or("").to_string(),
-    )
+    let mut args: Vec<std::ffi::OsString> =
+        ["--depth", "manifest", "-n", "team", "--pullset", "good"]
+            .map(Into::into)
+            .into();
+    args.extend(["--cri-endpoint".into(), env.containerd.endpoint().into()]);
+    args.extend([
+        "--runtime-registry-config".into(),
+        env.containerd.registry_config_dir().into(),
+    ]);
+    args.extend(["--insecure-registry".into(), env.upstream.host().into()]);
+    args.extend(["--manifests".into(), env.manifests.path().into()]);
+    Checked::check(&env.image.by_tag, args)
 }
 
 /// The runtime outcome's `MirrorInPath` warning names the mirror.
@@ -217,7 +172,7 @@ fn through_a_pull_through_mirror_pre_pull_and_canaries_agree_and_the_mirror_is_n
 
     let c = check(&env);
     assert_eq!(
-        verdicts(&c),
+        c.verdicts(),
         ("Ok".into(), "Ok".into()),
         "{}\n{}",
         c.stdout,
@@ -379,7 +334,7 @@ fn a_stopped_mirror_in_front_of_a_working_upstream_is_masked_and_reported() {
     write_hosts_toml(&env.containerd, &env.upstream, &dead);
     let c = check(&env);
     assert_eq!(
-        verdicts(&c),
+        c.verdicts(),
         ("Ok".into(), "Ok".into()),
         "{}\n{}\ncontainerd log:\n{}",
         c.stdout,
@@ -414,7 +369,7 @@ fn a_mirror_answering_500_in_front_of_a_working_upstream_is_masked_and_reported(
     write_hosts_toml(&env.containerd, &env.upstream, &broken.host());
     let c = check(&env);
     assert_eq!(
-        verdicts(&c),
+        c.verdicts(),
         ("Ok".into(), "Ok".into()),
         "{}\n{}\ncontainerd log:\n{}",
         c.stdout,

@@ -7,16 +7,13 @@
 
 #![allow(clippy::unwrap_used)] // test fixtures: a failed set-up step should panic with its error
 
-use pullgate_testenv::agent::pullgate_binary;
+use pullgate_testenv::both_paths::BothPaths as Checked;
 use pullgate_testenv::manifests::{pull_secret, pullset};
-use pullgate_testenv::process::output_within;
 use pullgate_testenv::token_server::{Grant, TokenServer};
 use pullgate_testenv::{
     Agent, Containerd, ImageSpec, PASSWORD, PushedImage, Registry, USER, basic_auth, block_on,
     images,
 };
-use serde_json::Value;
-use std::process::Command;
 use std::time::Duration;
 
 /// A user the token server knows, allowed to pull only from `other/*`.
@@ -89,62 +86,15 @@ fn env() -> Env {
     }
 }
 
-struct Checked {
-    /// The registry-direct outcome, then the runtime's.
-    registry: Value,
-    runtime: Value,
-    stdout: String,
-    stderr: String,
-}
-
 /// `pullgate check IMAGE --runtime` for PullSet `set`: both canary paths, `manifest` depth.
 fn check(env: &Env, set: &str) -> Checked {
-    let scratch = tempfile::tempdir().unwrap();
-    let mut command = Command::new(pullgate_binary().unwrap());
-    command
-        .current_dir(scratch.path())
-        .env("TMPDIR", scratch.path())
-        .arg("check")
-        .arg(&env.image.by_tag)
-        .args([
-            "--json",
-            "--depth",
-            "manifest",
-            "-n",
-            "team",
-            "--pullset",
-            set,
-        ])
-        .args(["--runtime", "--cri-endpoint", &env.containerd.endpoint()])
-        .args(["--insecure-registry", &env.registry.host(), "--manifests"])
-        .arg(env.manifests.path());
-    let out = output_within(command, Duration::from_secs(120)).unwrap_or_else(|e| panic!("{e:#}"));
-    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
-    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
-    let outcomes: Vec<Value> = stdout
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect();
-    let path = |p: &str| {
-        outcomes
-            .iter()
-            .find(|o| o["path"] == p)
-            .cloned()
-            .unwrap_or_else(|| panic!("no {p} outcome\nstdout:\n{stdout}\nstderr:\n{stderr}"))
-    };
-    Checked {
-        registry: path("registry"),
-        runtime: path("runtime"),
-        stdout: stdout.clone(),
-        stderr,
-    }
-}
-
-fn verdicts(c: &Checked) -> (String, String) {
-    (
-        c.registry["verdict"].as_str().unwrap_or("").to_string(),
-        c.runtime["verdict"].as_str().unwrap_or("").to_string(),
-    )
+    let mut args: Vec<std::ffi::OsString> = ["--depth", "manifest", "-n", "team", "--pullset", set]
+        .map(Into::into)
+        .into();
+    args.extend(["--cri-endpoint".into(), env.containerd.endpoint().into()]);
+    args.extend(["--insecure-registry".into(), env.registry.host().into()]);
+    args.extend(["--manifests".into(), env.manifests.path().into()]);
+    Checked::check(&env.image.by_tag, args)
 }
 
 /// Fails when a password (as written or as Basic auth) or an issued token occurs in `outputs`
@@ -212,7 +162,7 @@ fn token_auth_pre_pull_and_both_canaries_agree_and_a_rotation_is_caught_cached()
 
     let before = check(&env, "good");
     assert_eq!(
-        verdicts(&before),
+        before.verdicts(),
         ("Ok".into(), "Ok".into()),
         "{}\n{}",
         before.stdout,
@@ -227,7 +177,7 @@ fn token_auth_pre_pull_and_both_canaries_agree_and_a_rotation_is_caught_cached()
     env.tokens.set_password(USER, ROTATED);
     let after = check(&env, "good");
     assert_eq!(
-        verdicts(&after),
+        after.verdicts(),
         ("Unauthorized".into(), "Unauthorized".into()),
         "{}\n{}",
         after.stdout,
@@ -276,7 +226,7 @@ fn a_user_without_the_repository_scope_gets_the_nodes_answer() {
         env.tokens.log()
     );
     eprintln!("registry-direct: {}\nruntime: {}", c.registry, c.runtime);
-    let (registry, runtime) = verdicts(&c);
+    let (registry, runtime) = c.verdicts();
     assert_eq!(
         registry,
         runtime,
@@ -327,7 +277,7 @@ fn an_expired_token_is_refused_by_the_registry_and_both_canaries_say_so() {
         env.tokens.log()
     );
     assert_eq!(
-        verdicts(&c),
+        c.verdicts(),
         ("Unauthorized".into(), "Unauthorized".into()),
         "{}\n{}\nregistry log:\n{}",
         c.stdout,
@@ -347,7 +297,7 @@ fn an_expired_token_is_refused_by_the_registry_and_both_canaries_say_so() {
     env.tokens.set_issued_ago(Duration::ZERO);
     let again = check(&env, "good");
     assert_eq!(
-        verdicts(&again),
+        again.verdicts(),
         ("Ok".into(), "Ok".into()),
         "{}\n{}",
         again.stdout,
