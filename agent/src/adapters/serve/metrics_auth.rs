@@ -327,18 +327,20 @@ mod tests {
         }
     }
 
+    /// A [`Counting`] reviewer the test keeps a handle on.
+    struct Shared(std::sync::Arc<Counting>);
+    impl Reviewer for Shared {
+        fn review<'a>(&'a self, t: &'a SecretString) -> ReviewFuture<'a> {
+            self.0.review(t)
+        }
+    }
+
     #[tokio::test]
     async fn one_review_per_token_and_none_without_one() {
         let reviewer = std::sync::Arc::new(Counting {
             calls: AtomicUsize::new(0),
             answer: Ok(Access::Forbidden),
         });
-        struct Shared(std::sync::Arc<Counting>);
-        impl Reviewer for Shared {
-            fn review<'a>(&'a self, t: &'a SecretString) -> ReviewFuture<'a> {
-                self.0.review(t)
-            }
-        }
         let auth = MetricsAuth::new(
             Box::new(Shared(reviewer.clone())),
             FingerprintKey::from_bytes([2; 32]),
@@ -432,12 +434,6 @@ mod tests {
             calls: AtomicUsize::new(0),
             answer: Ok(Access::Unauthenticated),
         });
-        struct Shared(std::sync::Arc<Counting>);
-        impl Reviewer for Shared {
-            fn review<'a>(&'a self, t: &'a SecretString) -> ReviewFuture<'a> {
-                self.0.review(t)
-            }
-        }
         let auth = MetricsAuth::new(
             Box::new(Shared(reviewer.clone())),
             FingerprintKey::from_bytes([5; 32]),
