@@ -1,9 +1,9 @@
 //! What a canary costs a registry that meters requests (Docker Hub counts manifest `GET`s against
 //! its pull rate limit, not `HEAD`s), counted by kind at a loopback proxy in front of the real
-//! registry: a steady-state canary of a digest-pinned image — the agent's second, its manifest
-//! bodies cached from the first — sends no manifest `GET` at `manifest` or `blobs` depth, for a
-//! plain image manifest and for a multi-platform index alike, and a rotated password still fails
-//! it.
+//! registry: a steady-state canary — the agent's second, its manifest bodies cached from the
+//! first — sends no manifest `GET` at `manifest` or `blobs` depth, for a plain image manifest and
+//! for a multi-platform index alike, digest-pinned or by tag (the tag's `HEAD` names the digest
+//! whose cached body is used), and a rotated password still fails it.
 
 #![allow(clippy::unwrap_used)] // test fixtures: a failed set-up step should panic with its error
 
@@ -43,7 +43,7 @@ fn kinds(counts: &Counts) -> Vec<(&'static str, u64)> {
 }
 
 #[test]
-fn a_steady_state_canary_of_a_pinned_image_sends_no_manifest_get() {
+fn a_steady_state_canary_by_digest_or_by_tag_sends_no_manifest_get() {
     let mut env = TestEnv::started();
     let image = env
         .push(&ImageSpec::new("team/app", "v1").with_layers(&[1000, 2000]))
@@ -56,8 +56,9 @@ fn a_steady_state_canary_of_a_pinned_image_sends_no_manifest_get() {
         &pull_secret("team", "regcred", &via, USER, PASSWORD),
     )
     .unwrap();
-    // Four PullSets: each depth, for the image manifest and for the index, digest-pinned through
-    // the proxy. No schedule: the start-up canary is the first, a manual one the steady state.
+    // A PullSet per depth, for the image manifest and for the index, digest-pinned and by tag,
+    // through the proxy. No schedule: the start-up canary is the first, a manual one the steady
+    // state.
     let sets = [
         (
             "manifest",
@@ -75,6 +76,18 @@ fn a_steady_state_canary_of_a_pinned_image_sends_no_manifest_get() {
             format!("{via}/team/app@{index}"),
         ),
         ("blobs", "index-blobs", format!("{via}/team/app@{index}")),
+        (
+            "manifest",
+            "plain-tag-manifest",
+            format!("{via}/team/app:v1"),
+        ),
+        ("blobs", "plain-tag-blobs", format!("{via}/team/app:v1")),
+        (
+            "manifest",
+            "index-tag-manifest",
+            format!("{via}/team/app:multi"),
+        ),
+        ("blobs", "index-tag-blobs", format!("{via}/team/app:multi")),
     ];
     let yaml: Vec<String> = sets
         .iter()
@@ -120,7 +133,8 @@ fn a_steady_state_canary_of_a_pinned_image_sends_no_manifest_get() {
         );
         let counts = proxy.counts();
         let seen = kinds(&counts);
-        // No manifest GET; a HEAD per manifest used (the index and the platform's manifest).
+        // No manifest GET; a HEAD per manifest used (the index — or the tag naming it — and the
+        // platform's manifest).
         assert_eq!(counts.of(Kind::ManifestGet), 0, "{name}: {seen:?}");
         let manifests = if name.starts_with("index") { 2 } else { 1 };
         assert_eq!(counts.of(Kind::ManifestHead), manifests, "{name}: {seen:?}");

@@ -85,6 +85,10 @@ fn status_canary_and_watch_through_the_local_socket() {
         img["canary"]["credential"],
         format!("secret team/regcred key {host}")
     );
+    // The host whose answer the registry-direct canary's is (here the registry itself); a
+    // pre-pull names none.
+    assert_eq!(img["canary"]["host"], host.as_str(), "{img}");
+    assert_eq!(img["prepull"]["host"], "", "{img}");
     let next = set["next_canary_time"].as_str().unwrap();
     assert!(
         next.ends_with("T00:00:00Z"),
@@ -93,6 +97,18 @@ fn status_canary_and_watch_through_the_local_socket() {
     let (code, table, _) = cli(&["status"], &socket);
     assert_eq!(code, Some(0));
     assert!(table.contains("team/critical (gate)"), "{table}");
+    let row = table
+        .lines()
+        .find(|l| l.starts_with("team/critical (gate)"))
+        .unwrap_or_else(|| panic!("no row for team/critical in\n{table}"));
+    let cells: Vec<&str> = row
+        .split("  ")
+        .map(str::trim)
+        .filter(|c| !c.is_empty())
+        .collect();
+    // PULLSET IMAGE PRESENT PRE-PULL CANARY CANARY-HOST CREDENTIAL NEXT-CANARY
+    assert!(table.contains("CANARY HOST"), "{table}");
+    assert_eq!(cells.get(4..6), Some(&["Ok", host.as_str()][..]), "{table}");
 
     // `Watch` sees what happens next; `canary` runs now and streams the result. The watch is
     // established (answered) before the canary is triggered; every wait has a deadline.
@@ -108,6 +124,7 @@ fn status_canary_and_watch_through_the_local_socket() {
         assert_eq!(code, Some(0), "{stdout}\n{stderr}");
         assert!(stdout.starts_with("✓ team/critical"), "{stdout}");
         assert!(stdout.contains(&format!("credential: secret team/regcred key {host}")));
+        assert!(stdout.contains(&format!("    host: {host}\n")), "{stdout}");
         let mut kinds = Vec::new();
         tokio::time::timeout(DEADLINE, async {
             while let Some(r) = records.message().await.unwrap() {
@@ -131,6 +148,7 @@ fn status_canary_and_watch_through_the_local_socket() {
     assert_eq!(code, Some(1), "{stdout}");
     let result: serde_json::Value = serde_json::from_str(stdout.lines().next().unwrap()).unwrap();
     assert_eq!(result["result"]["verdict"], "Unauthorized", "{result}");
+    assert_eq!(result["result"]["host"], host.as_str(), "{result}");
     // Unknown PullSets and bad names are clear errors.
     let (code, _, stderr) = cli(&["canary", "team/nope"], &socket);
     assert_eq!(code, Some(2));

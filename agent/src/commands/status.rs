@@ -55,6 +55,13 @@ fn verdict_cell(v: Option<&pb::Verdict>) -> String {
     }
 }
 
+/// The host that gave a canary's answer, `-` when none was named.
+fn host_cell(v: Option<&pb::Verdict>) -> String {
+    v.map(|v| v.host.clone())
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "-".into())
+}
+
 /// The status as tables (conditions, then one row per PullSet image).
 pub fn render_status(status: &pb::GetStatusResponse) -> String {
     let mut out = format!("node {}\n\n", status.node);
@@ -88,6 +95,7 @@ pub fn render_status(status: &pb::GetStatusResponse) -> String {
                 if i.present { "yes" } else { "no" }.into(),
                 verdict_cell(i.prepull.as_ref()),
                 verdict_cell(i.canary.as_ref()),
+                host_cell(i.canary.as_ref()),
                 credential,
                 if s.next_canary_time.is_empty() {
                     "-".into()
@@ -104,6 +112,7 @@ pub fn render_status(status: &pb::GetStatusResponse) -> String {
             "PRESENT",
             "PRE-PULL",
             "CANARY",
+            "CANARY HOST",
             "CREDENTIAL",
             "NEXT CANARY",
         ],
@@ -117,6 +126,9 @@ pub fn render_status(status: &pb::GetStatusResponse) -> String {
                         "\n{}/{} {} {what}: {}: {}\n  hint: {}\n",
                         s.namespace, s.name, i.image, v.verdict, v.message, v.hint
                     ));
+                    if !v.host.is_empty() {
+                        out.push_str(&format!("  host: {}\n", v.host));
+                    }
                 }
             }
         }
@@ -164,6 +176,9 @@ pub async fn canary(args: CanaryArgs) -> Result<bool, StatusCmdError> {
                 );
                 if !v.credential.is_empty() {
                     text.push_str(&format!("    credential: {}\n", v.credential));
+                }
+                if !v.host.is_empty() {
+                    text.push_str(&format!("    host: {}\n", v.host));
                 }
                 if v.verdict != "Ok" && !v.hint.is_empty() {
                     text.push_str(&format!("    hint: {}\n", v.hint));
@@ -214,6 +229,7 @@ mod tests {
                         message: "401".into(),
                         hint: "rotate the secret".into(),
                         credential: "secret payments/regcred key r".into(),
+                        host: "mirror.example:5000".into(),
                         ..Default::default()
                     }),
                 }],
@@ -224,11 +240,67 @@ mod tests {
         for expected in [
             "PullCredentialsValid   False    Unauthorized",
             "payments/critical (gate)  r/api:1  yes",
-            "Ok        Unauthorized  secret payments/regcred key r  2026-11-23T01:00:00Z",
-            "payments/critical r/api:1 canary: Unauthorized: 401\n  hint: rotate the secret",
+            "PRE-PULL  CANARY        CANARY HOST          CREDENTIAL",
+            "Ok        Unauthorized  mirror.example:5000  secret payments/regcred key r  2026-11-23T01:00:00Z",
+            "payments/critical r/api:1 canary: Unauthorized: 401\n  hint: rotate the secret\n  host: mirror.example:5000\n",
             "problem: Secret x/y: bad",
         ] {
             assert!(text.contains(expected), "{expected:?} not in\n{text}");
         }
+    }
+
+    #[test]
+    fn the_canary_host_column_shows_a_dash_when_no_host_was_named() {
+        let image = |image: &str, host: &str| pb::ImageStatus {
+            image: image.into(),
+            present: true,
+            prepull: None,
+            canary: Some(pb::Verdict {
+                verdict: "Ok".into(),
+                host: host.into(),
+                ..Default::default()
+            }),
+        };
+        let status = pb::GetStatusResponse {
+            node: "n1".into(),
+            pullsets: vec![pb::PullSetStatus {
+                namespace: "team".into(),
+                name: "app".into(),
+                images: vec![image("r/a:1", "127.0.0.1:5000"), image("r/b:1", "")],
+                ..Default::default()
+            }],
+            ..Default::default()
+        };
+        let text = render_status(&status);
+        let cells = |image: &str| -> Vec<String> {
+            let line = text
+                .lines()
+                .find(|l| l.contains(image))
+                .unwrap_or_else(|| panic!("{image} not in\n{text}"));
+            line.split("  ")
+                .map(str::trim)
+                .filter(|c| !c.is_empty())
+                .map(String::from)
+                .collect()
+        };
+        assert_eq!(
+            cells("r/a:1"),
+            [
+                "team/app",
+                "r/a:1",
+                "yes",
+                "-",
+                "Ok",
+                "127.0.0.1:5000",
+                "-",
+                "-"
+            ],
+            "{text}"
+        );
+        assert_eq!(
+            cells("r/b:1"),
+            ["team/app", "r/b:1", "yes", "-", "Ok", "-", "-", "-"],
+            "{text}"
+        );
     }
 }

@@ -21,6 +21,8 @@ pub struct LatestVerdict {
     pub hint: String,
     pub time: String,
     pub credential: String,
+    /// The host whose answer the registry-direct canary's verdict is (empty when none).
+    pub host: String,
 }
 
 impl LatestVerdict {
@@ -37,6 +39,7 @@ impl LatestVerdict {
             hint: hint.unwrap_or_default().into(),
             time: time.into(),
             credential: credential.unwrap_or_default().into(),
+            host: String::new(),
         }
     }
 }
@@ -150,8 +153,9 @@ impl StatusBoard {
                                     o.credential.as_deref(),
                                 )
                             }),
-                            canary: board.canary.get(&slot).map(|o| {
-                                LatestVerdict::new(
+                            canary: board.canary.get(&slot).map(|o| LatestVerdict {
+                                host: o.host.clone().unwrap_or_default(),
+                                ..LatestVerdict::new(
                                     o.verdict,
                                     &o.message,
                                     o.hint,

@@ -557,6 +557,8 @@ struct Script {
     rate_limited: bool,
     /// `HEAD` of a manifest announces 5 MiB.
     head_huge: bool,
+    /// Tag `v1` moved to the second index, whose amd64 entry is the second image manifest.
+    tag_moved: bool,
 }
 
 /// The digests [`image_registry`] serves.
@@ -564,6 +566,9 @@ struct Served {
     server: Server,
     index: String,
     manifest: String,
+    /// The second index and its amd64 manifest (where `v1` points once `tag_moved`).
+    index2: String,
+    manifest2: String,
     script: Arc<std::sync::Mutex<Script>>,
     log: Arc<std::sync::Mutex<Vec<String>>>,
 }
@@ -596,7 +601,9 @@ const MANIFEST_TYPE: &str = "application/vnd.oci.image.manifest.v1+json";
 
 /// A plain-HTTP registry, no auth, serving `team/app`: an OCI index (tag `v1`, and by digest)
 /// for linux/amd64 and linux/arm64 whose amd64 entry is an image manifest (tag `single`, and by
-/// digest) of a config and one layer. Logs every request.
+/// digest) of a config and one layer; and a second index and image manifest (by digest, and
+/// `v1` once [`Script::tag_moved`]) of the same blobs. Logs every request; as distribution
+/// does, every manifest answer (`GET` and `HEAD`) names its digest in `Docker-Content-Digest`.
 async fn image_registry() -> (Served, Vec<(String, &'static str)>) {
     let config = br#"{"architecture":"amd64","os":"linux"}"#.to_vec();
     let layer = b"layer bytes".to_vec();
@@ -615,6 +622,18 @@ async fn image_registry() -> (Served, Vec<(String, &'static str)>) {
     )
     .into_bytes();
     let index_digest = sha256(&index);
+    // The same image, annotated: another manifest digest, the same blobs.
+    let manifest2 = String::from_utf8(manifest.clone())
+        .unwrap()
+        .replacen('{', r#"{"annotations":{"build":"2"},"#, 1)
+        .into_bytes();
+    let manifest2_digest = sha256(&manifest2);
+    let index2 = format!(
+        r#"{{"schemaVersion":2,"mediaType":"{INDEX_TYPE}","manifests":[{{"mediaType":"{MANIFEST_TYPE}","digest":"{manifest2_digest}","size":{},"platform":{{"os":"linux","architecture":"amd64"}}}}]}}"#,
+        manifest2.len()
+    )
+    .into_bytes();
+    let index2_digest = sha256(&index2);
     let script = Arc::new(std::sync::Mutex::new(Script::default()));
     let log = Arc::new(std::sync::Mutex::new(Vec::new()));
     let (s, l) = (script.clone(), log.clone());
@@ -624,6 +643,7 @@ async fn image_registry() -> (Served, Vec<(String, &'static str)>) {
         config_digest.clone(),
         layer_digest.clone(),
     );
+    let (idx2, man2) = (index2_digest.clone(), manifest2_digest.clone());
     let server = serve(move |method, path, _| {
         l.lock().unwrap().push(format!("{method} {path}"));
         let script = *s.lock().unwrap();
@@ -674,7 +694,11 @@ async fn image_registry() -> (Served, Vec<(String, &'static str)>) {
             if head && script.head_405 {
                 return response("405 Method Not Allowed", &[], b"");
             }
-            return if reference == "v1" || reference == idx {
+            return if (reference == "v1" && script.tag_moved) || reference == idx2 {
+                answer(INDEX_TYPE, &index2, &idx2)
+            } else if reference == man2 {
+                answer(MANIFEST_TYPE, &manifest2, &man2)
+            } else if reference == "v1" || reference == idx {
                 if script.corrupt_index && reference == idx && !head {
                     let mut other = index.clone();
                     other.push(b' ');
@@ -708,6 +732,8 @@ async fn image_registry() -> (Served, Vec<(String, &'static str)>) {
     let names = vec![
         (index_digest.clone(), "idx"),
         (manifest_digest.clone(), "man"),
+        (index2_digest.clone(), "idx2"),
+        (manifest2_digest.clone(), "man2"),
         (config_digest, "cfg"),
         (layer_digest, "lay"),
     ];
@@ -716,6 +742,8 @@ async fn image_registry() -> (Served, Vec<(String, &'static str)>) {
             server,
             index: index_digest,
             manifest: manifest_digest,
+            index2: index2_digest,
+            manifest2: manifest2_digest,
             script,
             log,
         },
@@ -777,8 +805,6 @@ fn lines(text: &[&str]) -> Vec<String> {
 async fn a_pinned_index_costs_manifest_gets_once_then_heads_only_at_every_depth() {
     let (registry, names) = image_registry().await;
     let reference = format!("{}/team/app@{}", registry.server.host(), registry.index);
-    let m = "/v2/team/app/manifests/";
-    let b = "/v2/team/app/blobs/";
     for (depth, first, steady) in [
         (
             CanaryDepth::Manifest,
@@ -820,77 +846,159 @@ async fn a_pinned_index_costs_manifest_gets_once_then_heads_only_at_every_depth(
             ],
         ),
     ] {
-        let expand = |l: &[&str]| {
-            lines(l)
-                .into_iter()
-                .map(|l| {
-                    l.replace(" m ", &format!(" {m}"))
-                        .replace(" b ", &format!(" {b}"))
-                })
-                .collect::<Vec<_>>()
-        };
         let got = first_and_steady(&registry, &names, &reference, depth).await;
         assert_eq!(got, [expand(&first), expand(&steady)], "{depth:?}");
     }
 }
 
+/// Request lines as the tests write them: `HEAD m v1` is the `HEAD` of `team/app`'s manifest
+/// `v1`, `GET b cfg` the `GET` of its blob `cfg`.
+fn expand(text: &[&str]) -> Vec<String> {
+    text.iter()
+        .map(|l| {
+            l.replace(" m ", " /v2/team/app/manifests/")
+                .replace(" b ", " /v2/team/app/blobs/")
+        })
+        .collect()
+}
+
 #[tokio::test]
-async fn a_tag_is_resolved_every_time_and_its_body_never_cached() {
+async fn a_tag_is_headed_every_time_and_the_body_of_the_digest_it_names_fetched_once() {
     let (registry, names) = image_registry().await;
     let host = registry.server.host();
-    let m = "/v2/team/app/manifests/";
-    // The index by tag: fetched again each time; the platform's manifest, by digest, only once.
-    let got = first_and_steady(
+    // containerd's way: the tag's `HEAD` says which digest it names now; that digest's body is
+    // fetched by digest once, then read from the cache. No manifest `GET` in the steady state.
+    for (tag, depth, first, steady) in [
+        (
+            "v1",
+            CanaryDepth::Manifest,
+            &["GET /v2/", "HEAD m v1", "GET m idx", "HEAD m man"][..],
+            &["GET /v2/", "HEAD m v1", "HEAD m man"][..],
+        ),
+        (
+            "v1",
+            CanaryDepth::Blobs,
+            &[
+                "GET /v2/",
+                "HEAD m v1",
+                "GET m idx",
+                "GET m man",
+                "HEAD b cfg",
+                "HEAD b lay",
+            ][..],
+            &[
+                "GET /v2/",
+                "HEAD m v1",
+                "HEAD m man",
+                "HEAD b cfg",
+                "HEAD b lay",
+            ][..],
+        ),
+        (
+            "v1",
+            CanaryDepth::Full,
+            &[
+                "GET /v2/",
+                "HEAD m v1",
+                "GET m idx",
+                "GET m man",
+                "GET b cfg",
+                "GET b lay",
+            ][..],
+            &[
+                "GET /v2/",
+                "HEAD m v1",
+                "HEAD m man",
+                "GET b cfg",
+                "GET b lay",
+            ][..],
+        ),
+        // An image manifest by tag: at `manifest` depth its `HEAD` alone, every time.
+        (
+            "single",
+            CanaryDepth::Manifest,
+            &["GET /v2/", "HEAD m single"][..],
+            &["GET /v2/", "HEAD m single"][..],
+        ),
+        (
+            "single",
+            CanaryDepth::Blobs,
+            &[
+                "GET /v2/",
+                "HEAD m single",
+                "GET m man",
+                "HEAD b cfg",
+                "HEAD b lay",
+            ][..],
+            &["GET /v2/", "HEAD m single", "HEAD b cfg", "HEAD b lay"][..],
+        ),
+    ] {
+        let got =
+            first_and_steady(&registry, &names, &format!("{host}/team/app:{tag}"), depth).await;
+        assert_eq!(got, [expand(first), expand(steady)], "{tag} {depth:?}");
+    }
+}
+
+/// One probe of `reference` by `client`, which must succeed: its manifest digest and its
+/// requests (digests named).
+async fn probe_seen(
+    client: &RegistryClient,
+    registry: &Served,
+    names: &[(String, &str)],
+    reference: &str,
+    depth: CanaryDepth,
+) -> (String, Vec<String>) {
+    let names: Vec<(&str, &str)> = names.iter().map(|(d, n)| (d.as_str(), *n)).collect();
+    let probe = probe_ref(client, reference, depth).await.unwrap();
+    let seen = registry.take(&names);
+    assert_eq!(probe.requests as usize, seen.len(), "{seen:?}");
+    (probe.manifest_digest, seen)
+}
+
+#[tokio::test]
+async fn a_tag_that_moves_is_followed_to_its_new_digest_never_served_the_old_body() {
+    let (registry, names) = image_registry().await;
+    let host = registry.server.host();
+    let client = amd64_client(&host);
+    let reference = format!("{host}/team/app:v1");
+    let (digest, _) = probe_seen(&client, &registry, &names, &reference, CanaryDepth::Blobs).await;
+    assert_eq!(digest, registry.manifest);
+    // `v1` now names the second index: its body (and its platform's manifest) fetched, though
+    // the old index's body is cached.
+    registry.set(|s| s.tag_moved = true);
+    let got = probe_seen(&client, &registry, &names, &reference, CanaryDepth::Blobs).await;
+    let moved = expand(&[
+        "GET /v2/",
+        "HEAD m v1",
+        "GET m idx2",
+        "GET m man2",
+        "HEAD b cfg",
+        "HEAD b lay",
+    ]);
+    assert_eq!(got, (registry.manifest2.clone(), moved));
+    let got = probe_seen(
+        &client,
         &registry,
         &names,
-        &format!("{host}/team/app:v1"),
-        CanaryDepth::Blobs,
-    )
-    .await;
-    let blobs = ["HEAD /v2/team/app/blobs/cfg", "HEAD /v2/team/app/blobs/lay"];
-    let mut first = vec![
-        "GET /v2/".to_string(),
-        format!("GET {m}v1"),
-        format!("GET {m}man"),
-    ];
-    first.extend(lines(&blobs));
-    let mut steady = vec![
-        "GET /v2/".to_string(),
-        format!("GET {m}v1"),
-        format!("HEAD {m}man"),
-    ];
-    steady.extend(lines(&blobs));
-    assert_eq!(got, [first, steady]);
-    // `manifest` depth: the tag's HEAD, then its body (an index) every time.
-    let got = first_and_steady(
-        &registry,
-        &names,
-        &format!("{host}/team/app:v1"),
+        &reference,
         CanaryDepth::Manifest,
     )
     .await;
-    let each = lines(&[
-        "GET /v2/",
-        &format!("HEAD {m}v1"),
-        &format!("GET {m}v1"),
-        &format!("HEAD {m}man"),
-    ]);
-    assert_eq!(got, [each.clone(), each]);
-    // An image manifest by tag, `manifest` depth: the HEAD alone.
-    let client = amd64_client(&host);
-    for _ in 0..2 {
-        probe_ref(
-            &client,
-            &format!("{host}/team/app:single"),
-            CanaryDepth::Manifest,
-        )
-        .await
-        .unwrap();
-        assert_eq!(
-            registry.take(&[]),
-            lines(&["GET /v2/", &format!("HEAD {m}single")])
-        );
-    }
+    let steady = expand(&["GET /v2/", "HEAD m v1", "HEAD m man2"]);
+    assert_eq!(got, (registry.manifest2.clone(), steady));
+    // Moved back: the first index, whose body is still cached (by its digest, not by the tag).
+    registry.set(|s| s.tag_moved = false);
+    let got = probe_seen(
+        &client,
+        &registry,
+        &names,
+        &reference,
+        CanaryDepth::Manifest,
+    )
+    .await;
+    let back = expand(&["GET /v2/", "HEAD m v1", "HEAD m man"]);
+    assert_eq!(got, (registry.manifest.clone(), back));
+    assert_ne!(registry.index, registry.index2);
 }
 
 #[tokio::test]
@@ -983,17 +1091,34 @@ async fn a_body_that_does_not_match_its_digest_is_refused_and_never_cached() {
     let names: Vec<(&str, &str)> = names.iter().map(|(d, n)| (d.as_str(), *n)).collect();
     registry.set(|s| s.corrupt_index = true);
     let client = amd64_client(&host);
-    let reference = format!("{host}/team/app@{}", registry.index);
-    for _ in 0..2 {
-        let err = probe_ref(&client, &reference, CanaryDepth::Blobs)
-            .await
-            .unwrap_err();
-        assert_eq!(err.verdict(), Verdict::DigestMismatch, "{err}");
-        // Each probe GETs it again: nothing was cached.
-        assert_eq!(
-            registry.take(&names),
-            lines(&["GET /v2/", "GET /v2/team/app/manifests/idx"])
-        );
+    // Pinned, and by a tag whose `HEAD` names the index: the body fetched by that digest is
+    // checked against it alike.
+    for (reference, seen) in [
+        (
+            format!("{host}/team/app@{}", registry.index),
+            expand(&["GET /v2/", "GET m idx"]),
+        ),
+        (
+            format!("{host}/team/app:v1"),
+            expand(&["GET /v2/", "HEAD m v1", "GET m idx"]),
+        ),
+    ] {
+        for _ in 0..2 {
+            let err = probe_ref(&client, &reference, CanaryDepth::Blobs)
+                .await
+                .unwrap_err();
+            assert_eq!(err.verdict(), Verdict::DigestMismatch, "{reference}: {err}");
+            let text = err.to_string();
+            assert!(
+                text.starts_with(&format!(
+                    "manifest {0}: digest mismatch: expected {0}, got sha256:",
+                    registry.index
+                )),
+                "{reference}: {text}"
+            );
+            // Each probe GETs it again: nothing was cached.
+            assert_eq!(registry.take(&names), seen, "{reference}");
+        }
     }
 }
 

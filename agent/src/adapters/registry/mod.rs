@@ -26,8 +26,10 @@
 //! `HEAD`s. A body addressed by digest is fetched once and kept in the client's
 //! [`ManifestCache`] (shared by every probe of the process); a later probe `HEAD`s the manifest
 //! (with its credential: the cache proves nothing about who may read) and reads the body from
-//! the cache. A tag's body is always fetched and never kept. A registry that answers `HEAD` with
-//! 405, or a tag's `HEAD` without `Docker-Content-Digest`, gets a `GET`, as containerd does.
+//! the cache. A tag is resolved by its `HEAD` every time (tags move): the `Docker-Content-Digest`
+//! it names now picks the body, cached by that digest or fetched by it, as containerd's content
+//! store does; a tag's name is never a cache key. A registry that answers `HEAD` with 405, or a
+//! tag's `HEAD` without `Docker-Content-Digest`, gets a `GET`, as containerd does.
 
 mod auth;
 mod body;
@@ -816,44 +818,50 @@ impl Session<'_> {
                 return Ok((fetched.digest, None));
             }
             // An index, or a media type that does not say: the body tells.
-            None => self.body(reference, expected).await?,
+            None => self.body_of(&fetched.digest).await?,
         };
         Ok((fetched.digest, Some(parse_manifest(reference, &body)?)))
     }
 
-    /// The requests for one manifest. With `want_body` and the body cached (by digest): the
-    /// `HEAD` (this credential may read it, and it still exists) and the cached body. With
-    /// `want_body` and nothing cached: the `GET`. Without `want_body`: the `HEAD`, or the `GET`
-    /// where a `HEAD` is not enough (see [`Session::head_manifest`]).
+    /// The requests for one manifest, as containerd's resolver and content store make them
+    /// (`core/remotes/docker/resolver.go`, `fetcher.go`): the `HEAD` of the reference (this
+    /// credential may read it, it exists, and — for a tag — the digest it names now, from
+    /// `Docker-Content-Digest`), then, when `want_body`, the body of THAT digest: cached, else
+    /// a `GET` by digest, verified and cached. A tag moved since the last probe names a new
+    /// digest, whose body is fetched: a tag is never answered from the cache by its name. A
+    /// digest-pinned reference whose body is wanted and not cached gets the `GET` alone (it
+    /// proves what the `HEAD` would). Where a `HEAD` is not enough (see
+    /// [`Session::head_manifest`]: a 405, a tag without the header), the `GET` of the reference.
     async fn fetch(
         &mut self,
         reference: &str,
         expected: Option<&str>,
         want_body: bool,
     ) -> Result<Fetched, RegistryError> {
-        let cached = expected.and_then(|d| self.client.cached_manifest(d));
-        if want_body && cached.is_none() {
+        if want_body
+            && let Some(digest) = expected
+            && self.client.cached_manifest(digest).is_none()
+        {
             return self.get_manifest(reference, expected).await;
         }
-        match self.head_manifest(reference, expected).await? {
-            Some(head) => Ok(Fetched {
-                body: cached,
-                ..head
-            }),
-            None => self.get_manifest(reference, expected).await,
-        }
+        let Some(head) = self.head_manifest(reference, expected).await? else {
+            return self.get_manifest(reference, expected).await;
+        };
+        let body = if want_body {
+            Some(self.body_of(&head.digest).await?)
+        } else {
+            None
+        };
+        Ok(Fetched { body, ..head })
     }
 
-    /// The body of a manifest whose `HEAD` was answered: cached (by digest), else fetched.
-    async fn body(
-        &mut self,
-        reference: &str,
-        expected: Option<&str>,
-    ) -> Result<std::sync::Arc<[u8]>, RegistryError> {
-        if let Some(body) = expected.and_then(|d| self.client.cached_manifest(d)) {
+    /// The body of the manifest `digest` names, whose `HEAD` was answered: cached, else fetched
+    /// by digest (verified, then cached).
+    async fn body_of(&mut self, digest: &str) -> Result<std::sync::Arc<[u8]>, RegistryError> {
+        if let Some(body) = self.client.cached_manifest(digest) {
             return Ok(body);
         }
-        let fetched = self.get_manifest(reference, expected).await?;
+        let fetched = self.get_manifest(digest, Some(digest)).await?;
         // `get_manifest` always reads the body.
         Ok(fetched
             .body

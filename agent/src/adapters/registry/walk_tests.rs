@@ -193,8 +193,11 @@ async fn the_hosts_in_order_falling_through_to_the_first_that_serves() {
         ]
     );
     assert_eq!(walk.node_host(), Some(upstream.name().as_str()));
-    // The requests of every host walked are counted: the mirror's two, the upstream's four.
-    assert_eq!(probe.requests, 1 + 2 + 4, "{:?}", upstream.seen());
+    // The requests of every host walked are counted: the stopped mirror's one, the empty
+    // mirror's three (the ping, the tag's `HEAD` refused, the `GET` that explains it), the
+    // upstream's five (the ping, the tag's `HEAD`, the `GET` of the digest it names, two blob
+    // `HEAD`s).
+    assert_eq!(probe.requests, 1 + 3 + 5, "{:?}", upstream.seen());
 }
 
 #[tokio::test]

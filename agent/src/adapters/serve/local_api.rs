@@ -299,6 +299,7 @@ fn verdict(v: Option<LatestVerdict>) -> Option<pb::Verdict> {
         hint: v.hint,
         time: v.time,
         credential: v.credential,
+        host: v.host,
     })
 }
 
@@ -358,6 +359,7 @@ fn canary_to_proto(o: &CanaryOutcome) -> pb::CanaryResult {
             hint: o.hint.unwrap_or_default().into(),
             time: o.time.clone(),
             credential: o.credential.clone().unwrap_or_default(),
+            host: o.host.clone().unwrap_or_default(),
         }),
         duration_ms: o.duration_ms,
         bytes: o.bytes,

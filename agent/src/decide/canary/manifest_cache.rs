@@ -3,8 +3,9 @@
 //! `GET`s against its pull rate limit, not `HEAD`s).
 //!
 //! Only content addressed by a `sha256:` digest is held, and only once its bytes hash to that
-//! digest: such a body never changes, whoever asks. A tag's body is never held (tags move), and
-//! nothing here says whether a credential may read the image: the canary still sends its
+//! digest: such a body never changes, whoever asks. Nothing is held by a tag (tags move): a
+//! canary of a tag learns the digest the tag names now from its `HEAD`, and asks here by that
+//! digest. Nothing here says whether a credential may read the image: the canary still sends its
 //! authenticated `HEAD` for every manifest it uses. Bounded by entries and by bytes (each body at
 //! most the adapter's manifest limit); the least recently used entries go first. No I/O: the
 //! registry adapter holds one, shared by every probe of the process.

@@ -106,6 +106,7 @@ pub fn bench_canary(rotations: usize) -> Result<()> {
             "image by digest",
             format!("{host}/bench/app@{}", pushed.digest),
         ),
+        ("image by tag", format!("{host}/bench/app:v1")),
         ("index by digest", format!("{host}/bench/app@{index}")),
         ("index by tag", format!("{host}/bench/app:multi")),
     ];
