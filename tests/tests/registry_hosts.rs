@@ -44,7 +44,7 @@ fn the_registry_config_path_is_discovered_on_every_line() {
             );
             assert_eq!(roots, Some(vec![dir.clone()]));
             // A version-2 file: containerd 2.x would migrate its CRI plugin's registry too.
-            assert_eq!(from_file.roots, [dir.clone()]);
+            assert_eq!(from_file.roots, std::slice::from_ref(&dir));
             containerd.config_file().with_file_name("absent.toml")
         }
         Release::V2_1 => {
@@ -54,7 +54,7 @@ fn the_registry_config_path_is_discovered_on_every_line() {
                 "not the CRI configuration: {json}"
             );
             assert_eq!(roots, None);
-            assert_eq!(from_file.roots, [dir.clone()]);
+            assert_eq!(from_file.roots, std::slice::from_ref(&dir));
             containerd.config_file()
         }
     };
