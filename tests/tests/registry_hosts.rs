@@ -24,8 +24,7 @@ const ROTATED: &str = "pg-Rotated-Passw0rd-hosts-61b0";
 #[test]
 fn the_registry_config_path_is_discovered_on_every_line() {
     let containerd = Containerd::start(&["127.0.0.1:5999".to_string()]).unwrap();
-    let cri = containerd.cri();
-    let config = block_on(async { cri.status_config().await.unwrap() })
+    let config = block_on(async { containerd.cri().status_config().await.unwrap() })
         .expect("containerd's verbose Status carries a `config` entry on every line");
     let json: Value = serde_json::from_str(&config).unwrap();
     let dir = containerd.registry_config_dir();
@@ -59,6 +58,7 @@ fn the_registry_config_path_is_discovered_on_every_line() {
         }
     };
     let discovered = block_on(async {
+        let cri = containerd.cri();
         let version = cri.version().await.unwrap();
         RuntimeRegistry::discover(&cri, Some(&version), None, &config_file).await
     });
