@@ -405,3 +405,120 @@ fn a_registry_behind_a_private_ca_is_trusted_through_hosts_toml_ca() {
 fn a_registry_requiring_a_client_certificate_is_reached_through_hosts_toml_client() {
     private_tls_registry_agrees(true);
 }
+
+/// `pullgate check --runtime` and `pullgate diagnose` find the runtime's registry configuration
+/// as `pullgate run` does (one discovery): an image named by an alias only the hosts.toml
+/// routes (`pullgate-alias.invalid:PORT` → `http://127.0.0.1:PORT`) passes every registry-direct
+/// step with no registry flag, on 1.x from what the runtime reports, on 2.1 from containerd's
+/// configuration file.
+#[test]
+fn the_one_shot_commands_discover_the_registry_config_as_run_does() {
+    use pullgate_testenv::agent::pullgate_binary;
+    use pullgate_testenv::process::output_within;
+    let registry = Registry::start(&[(USER, PASSWORD)]).unwrap();
+    let alias = format!("pullgate-alias.invalid:{}", registry.port());
+    let containerd = Containerd::start_with(
+        &[registry.host()],
+        &Options {
+            routes: vec![(
+                alias.clone(),
+                format!("http://{}", registry.host()),
+                String::new(),
+            )],
+            ..Options::default()
+        },
+    )
+    .unwrap();
+    let pushed = block_on(images::push(
+        &registry.host(),
+        USER,
+        PASSWORD,
+        &ImageSpec::new("team/app", "v1"),
+    ))
+    .unwrap();
+    let image = pushed.by_tag.replace(&registry.host(), &alias);
+    let manifests = tempfile::tempdir().unwrap();
+    std::fs::write(
+        manifests.path().join("secret.yaml"),
+        pull_secret("team", "regcred", &alias, USER, PASSWORD),
+    )
+    .unwrap();
+    std::fs::write(
+        manifests.path().join("sa.yaml"),
+        "apiVersion: v1\nkind: ServiceAccount\nmetadata: {name: builder, namespace: team}\nimagePullSecrets: [{name: regcred}]\n",
+    )
+    .unwrap();
+    std::fs::write(
+        manifests.path().join("set.yaml"),
+        canaried_pullset("team", "critical", &image, &["regcred"], "depth: manifest"),
+    )
+    .unwrap();
+    let config_file = containerd.config_file();
+    let run = |args: &[&str]| {
+        let mut command = std::process::Command::new(pullgate_binary().unwrap());
+        command
+            .args(args)
+            .args(["--cri-endpoint", &containerd.endpoint()])
+            .args(["--runtime-config-file", config_file.to_str().unwrap()])
+            .args(["--json", "--manifests"])
+            .arg(manifests.path());
+        let out = output_within(command, Duration::from_secs(120)).unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+        let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+        (out.status.code(), stdout, stderr)
+    };
+
+    let (code, stdout, stderr) = run(&[
+        "check",
+        &image,
+        "--runtime",
+        "--depth",
+        "manifest",
+        "-n",
+        "team",
+        "--pullset",
+        "critical",
+    ]);
+    assert_eq!(code, Some(0), "{stdout}\n{stderr}");
+    let outcomes: Vec<Value> = stdout
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(outcomes.len(), 2, "{stdout}");
+    for o in &outcomes {
+        assert_eq!(o["verdict"], "Ok", "{o}");
+    }
+
+    let (code, stdout, stderr) = run(&[
+        "diagnose",
+        &image,
+        "-n",
+        "team",
+        "--service-account",
+        "builder",
+    ]);
+    assert_eq!(code, Some(0), "{stdout}\n{stderr}");
+    let d: Value = serde_json::from_str(&stdout).unwrap();
+    for step in [
+        "registry: manifest",
+        "registry: blobs",
+        "runtime: PullImage",
+    ] {
+        let rung = d["steps"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|s| s["step"] == step)
+            .unwrap_or_else(|| panic!("no step {step} in {d}"));
+        assert_eq!(rung["ok"], true, "{rung}");
+    }
+    let found = if containerd.release().is_v2() {
+        "config_path read from containerd's configuration file"
+    } else {
+        "config_path reported by the runtime"
+    };
+    assert!(stderr.contains(found), "{stderr}");
+    for text in [stdout.as_str(), stderr.as_str(), &containerd.log()] {
+        assert!(!text.contains(PASSWORD), "a password leaked");
+    }
+}
