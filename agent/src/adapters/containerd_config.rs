@@ -407,20 +407,27 @@ impl RuntimeRegistry {
                 );
                 defaults
             }
-            _ => Self {
-                roots: Self::roots_from_config_file(config_file),
-                ..defaults
-            },
+            _ => Self::from_config_file(config_file, defaults),
         }
     }
 
-    /// containerd 2.x's `config_path`, from its configuration file: said once, a problem as a
-    /// warning naming the file and field (containerd's defaults then).
-    fn roots_from_config_file(config_file: &Path) -> Vec<PathBuf> {
-        match config_file::read(config_file) {
+    /// containerd 2.x's `config_path` (or legacy settings), from its configuration file: said
+    /// once, a problem as a warning naming the file and field (containerd's defaults then).
+    fn from_config_file(config_file: &Path, defaults: Self) -> Self {
+        let roots = match config_file::read(config_file) {
             Ok(Some(read)) if !read.roots.is_empty() => {
                 tracing::info!(config_path = %join(&read.roots), file = %config_file.display(), "registry-direct canaries reach registries as the runtime's hosts.toml files say (config_path read from containerd's configuration file)");
                 read.roots
+            }
+            Ok(Some(config_file::FileRegistry {
+                legacy: Some(legacy),
+                ..
+            })) => {
+                tracing::info!(file = %config_file.display(), "registry-direct canaries reach registries as the legacy registry.mirrors / registry.configs of containerd's configuration file say");
+                return Self {
+                    legacy: Some(legacy),
+                    ..defaults
+                };
             }
             Ok(Some(_)) => {
                 tracing::info!(file = %config_file.display(), "containerd's configuration sets no registry config_path: registry-direct canaries use containerd's defaults");
@@ -434,7 +441,8 @@ impl RuntimeRegistry {
                 tracing::warn!(error = %e, "containerd's configuration could not be read: registry-direct canaries use containerd's defaults for every registry (pass --runtime-registry-config to name its config_path)");
                 Vec::new()
             }
-        }
+        };
+        Self { roots, ..defaults }
     }
 
     /// Whether the verbose CRI `Status`'s configuration has a `registry` section (containerd
@@ -602,6 +610,7 @@ impl RuntimeRegistry {
 /// `v1MigratePluginName`) and `plugins/cri/images/plugin.go` (`configMigration`), v2.1.9.
 pub mod config_file {
     use super::ConfigError;
+    use crate::decide::registry_hosts::{LegacyRegistry, TlsSettings};
     use std::path::{Path, PathBuf};
 
     /// The CRI images plugin of containerd 2.x, and the version-2 CRI plugin it migrates from.
@@ -618,6 +627,9 @@ pub mod config_file {
     #[derive(Clone, Debug, Default, PartialEq, Eq)]
     pub struct FileRegistry {
         pub roots: Vec<PathBuf>,
+        /// The deprecated `registry.mirrors` / the TLS of `registry.configs` (2.1 still
+        /// honours them), read only without a `config_path`, as containerd ignores them then.
+        pub legacy: Option<LegacyRegistry>,
         pub files: Vec<PathBuf>,
     }
 
@@ -683,12 +695,10 @@ pub mod config_file {
                 }
             }
         }
-        let field = format!("plugins.\"{IMAGES_PLUGIN}\".registry.config_path");
-        let config_path = match plugins
-            .get(IMAGES_PLUGIN)
-            .and_then(|p| p.get("registry"))
-            .and_then(|r| r.get("config_path"))
-        {
+        let prefix = format!("plugins.\"{IMAGES_PLUGIN}\".registry");
+        let field = format!("{prefix}.config_path");
+        let registry = plugins.get(IMAGES_PLUGIN).and_then(|p| p.get("registry"));
+        let config_path = match registry.and_then(|r| r.get("config_path")) {
             None => None,
             Some(toml::Value::String(s)) => Some(s.clone()),
             Some(_) => {
@@ -706,7 +716,90 @@ pub mod config_file {
                     .collect()
             })
             .unwrap_or_default();
-        Ok(Some(FileRegistry { roots, files }))
+        let legacy = match registry {
+            Some(r) if Vec::is_empty(&roots) => legacy(path, &prefix, r)?,
+            _ => None,
+        };
+        Ok(Some(FileRegistry {
+            roots,
+            legacy,
+            files,
+        }))
+    }
+
+    /// `registry.mirrors.<host>.endpoint` and `registry.configs.<host>.tls` (`ca_file`,
+    /// `cert_file`, `key_file`, `insecure_skip_verify`); a config's `auth` is never read.
+    fn legacy(
+        path: &Path,
+        prefix: &str,
+        registry: &toml::Value,
+    ) -> Result<Option<LegacyRegistry>, ConfigError> {
+        let field = |name: String, expected: &'static str| ConfigError::Field {
+            path: path.to_path_buf(),
+            field: format!("{prefix}.{name}"),
+            expected,
+        };
+        let tables = |name: &str| -> Result<Vec<(String, toml::Table)>, ConfigError> {
+            match registry.get(name) {
+                None => Ok(Vec::new()),
+                Some(toml::Value::Table(t)) => t
+                    .iter()
+                    .map(|(host, v)| match v {
+                        toml::Value::Table(t) => Ok((host.clone(), t.clone())),
+                        _ => Err(field(format!("{name}.\"{host}\""), "a table")),
+                    })
+                    .collect(),
+                Some(_) => Err(field(name.into(), "a table of hosts")),
+            }
+        };
+        let mut mirrors = Vec::new();
+        for (host, t) in tables("mirrors")? {
+            let bad = || field(format!("mirrors.\"{host}\".endpoint"), "a list of URLs");
+            let endpoints = match t.get("endpoint") {
+                None => Vec::new(),
+                Some(toml::Value::Array(a)) => a
+                    .iter()
+                    .map(|v| v.as_str().map(String::from).ok_or_else(bad))
+                    .collect::<Result<_, _>>()?,
+                Some(_) => return Err(bad()),
+            };
+            mirrors.push((host, endpoints));
+        }
+        let mut tls = Vec::new();
+        for (host, t) in tables("configs")? {
+            let Some(v) = t.get("tls") else { continue };
+            let toml::Value::Table(t) = v else {
+                return Err(field(format!("configs.\"{host}\".tls"), "a table"));
+            };
+            let file = |key: &str| match t.get(key) {
+                None => Ok(None),
+                Some(toml::Value::String(s)) => Ok((!s.is_empty()).then(|| PathBuf::from(s))),
+                Some(_) => Err(field(format!("configs.\"{host}\".tls.{key}"), "a path")),
+            };
+            let skip_verify = match t.get("insecure_skip_verify") {
+                None => false,
+                Some(toml::Value::Boolean(b)) => *b,
+                Some(_) => {
+                    return Err(field(
+                        format!("configs.\"{host}\".tls.insecure_skip_verify"),
+                        "true or false",
+                    ));
+                }
+            };
+            let (ca, cert, key) = (file("ca_file")?, file("cert_file")?, file("key_file")?);
+            tls.push((
+                host,
+                TlsSettings {
+                    ca: ca.into_iter().collect(),
+                    client: cert.map(|c| (c, key)).into_iter().collect(),
+                    skip_verify,
+                },
+            ));
+        }
+        if mirrors.is_empty() && tls.is_empty() {
+            return Ok(None);
+        }
+        Ok(Some(LegacyRegistry { mirrors, tls }))
     }
 
     /// One file: its table, `version` (0 when absent) and `imports`.
@@ -991,6 +1084,56 @@ pub mod config_file {
                 assert_eq!(got.roots, want, "{files:?}");
             }
             assert_eq!(read(&d.join("absent.toml")).unwrap(), None);
+        }
+
+        #[test]
+        fn legacy_settings_only_without_a_config_path() {
+            let dir = tempfile::tempdir().unwrap();
+            let reg = "[plugins.\"io.containerd.cri.v1.images\".registry";
+            let text = format!(
+                "version = 3\n{reg}.mirrors.\"docker.io\"]\nendpoint = [\"https://mirror.local\"]\n{reg}.configs.\"mirror.local\".auth]\npassword = \"pw-in-file-3\"\n{reg}.configs.\"mirror.local\".tls]\nca_file = \"/c/ca.pem\"\ncert_file = \"/c/c.pem\"\nkey_file = \"/c/c.key\"\n{reg}.configs.\"auth-only.local\".auth]\npassword = \"pw-in-file-3\"\n"
+            );
+            let path = write(dir.path(), "config.toml", &text);
+            let got = read(&path).unwrap().unwrap();
+            let legacy = got.legacy.unwrap();
+            assert_eq!(
+                legacy.mirrors,
+                [(
+                    "docker.io".to_string(),
+                    vec!["https://mirror.local".to_string()]
+                )]
+            );
+            assert_eq!(
+                legacy.tls,
+                [(
+                    "mirror.local".to_string(),
+                    TlsSettings {
+                        ca: vec![PathBuf::from("/c/ca.pem")],
+                        client: vec![(PathBuf::from("/c/c.pem"), Some(PathBuf::from("/c/c.key")))],
+                        skip_verify: false,
+                    }
+                )]
+            );
+            assert!(!format!("{legacy:?}").contains("pw-in-file-3"));
+            // With a config_path containerd ignores them.
+            let path = write(
+                dir.path(),
+                "config.toml",
+                &format!("{text}{reg}]\nconfig_path = \"/d\"\n"),
+            );
+            let got = read(&path).unwrap().unwrap();
+            assert_eq!((got.roots, got.legacy), (vec![PathBuf::from("/d")], None));
+            let path = write(
+                dir.path(),
+                "config.toml",
+                &format!("{reg}.mirrors.\"docker.io\"]\nendpoint = \"pw-in-file-3\"\n"),
+            );
+            let e = read(&path).unwrap_err().to_string();
+            assert!(
+                e.contains("`plugins.\"io.containerd.cri.v1.images\".registry.mirrors.\"docker.io\".endpoint` must be a list of URLs")
+                    && !e.contains("pw-in-file-3"),
+                "{e}"
+            );
         }
 
         #[test]
