@@ -263,11 +263,23 @@ pub struct RegistryArgs {
     /// The runtime's registry configuration directory (containerd's `config_path` with
     /// `<registry>/hosts.toml`): registry-direct canaries reach each registry as its hosts.toml
     /// says (`server`, `ca`, `client`, `skip_verify`, `override_path`, `header`), and runtime
-    /// canaries say when a mirror sits in the path. Default for `pullgate run`: the `config_path`
-    /// the runtime reports in its verbose CRI Status (containerd 1.6 and 1.7; 2.x does not
-    /// report it, so name it here), else containerd's defaults per registry.
+    /// canaries say when a mirror sits in the path. Default, when the runtime is at hand (`run`,
+    /// `check --runtime`, `diagnose`): the `config_path` the runtime reports in its verbose CRI
+    /// Status (containerd 1.6 and 1.7), else the one in `--runtime-config-file` (2.x), else
+    /// containerd's defaults per registry.
     #[arg(long, env = "PULLGATE_RUNTIME_REGISTRY_CONFIG", value_name = "DIR")]
     pub runtime_registry_config: Option<PathBuf>,
+    /// containerd's configuration file (its `--config`), read with its `imports` for the CRI
+    /// images plugin's registry `config_path` when the runtime does not report it (containerd
+    /// 2.x) and `--runtime-registry-config` is absent. Absent or unreadable: containerd's
+    /// defaults, with a warning.
+    #[arg(
+        long,
+        env = "PULLGATE_RUNTIME_CONFIG_FILE",
+        value_name = "FILE",
+        default_value = "/etc/containerd/config.toml"
+    )]
+    pub runtime_config_file: PathBuf,
     /// Longest time for one manifest or blob `HEAD` request (a trickling registry fails after it).
     /// A `full` canary's blob download gets this plus the blob's size at 256 KiB/s.
     #[arg(long, env = "PULLGATE_REGISTRY_TIMEOUT", default_value = "60s")]

@@ -243,6 +243,12 @@ impl Containerd {
         self.dir.path().join("certs.d")
     }
 
+    /// The configuration file containerd runs with (`--config`): version 2 on 1.x, version 3
+    /// (the images plugin's `registry.config_path`) on 2.x.
+    pub fn config_file(&self) -> PathBuf {
+        self.dir.path().join("config.toml")
+    }
+
     /// containerd's own log.
     pub fn log(&self) -> String {
         std::fs::read_to_string(self.dir.path().join("containerd.log")).unwrap_or_default()

@@ -1310,3 +1310,82 @@ fn daemonset_mounts_the_image_filesystem_where_the_agent_reads_it() {
         }
     }
 }
+
+/// The agent discovers containerd's registry config_path (no `PULLGATE_RUNTIME_REGISTRY_CONFIG`):
+/// containerd's configuration file (the default of `--runtime-config-file`, or the env the
+/// DaemonSet sets) and the usual config_path `/etc/containerd/certs.d` are each visible in the
+/// pod, read-only, at the host's own path (so that relative imports and the config_path the file
+/// names resolve alike), through a directory mount that is never a file created on the host.
+#[test]
+fn daemonset_mounts_containerd_configuration_where_the_agent_reads_it() {
+    let flags = agent_flags();
+    let (_, default) = flags
+        .get("PULLGATE_RUNTIME_CONFIG_FILE")
+        .expect("`pullgate run` has no PULLGATE_RUNTIME_CONFIG_FILE flag");
+    for root in ["base", "overlays/example"] {
+        let objs = render(root);
+        let (obj, ds) = one_of::<DaemonSet>(&objs, "DaemonSet", root);
+        let what = obj.what();
+        let c = the_container(&obj, &ds);
+        assert!(
+            !c.env
+                .iter()
+                .flatten()
+                .any(|e| e.name == "PULLGATE_RUNTIME_REGISTRY_CONFIG"),
+            "{what}: PULLGATE_RUNTIME_REGISTRY_CONFIG overrides the discovered config_path"
+        );
+        let config_file = c
+            .env
+            .iter()
+            .flatten()
+            .find(|e| e.name == "PULLGATE_RUNTIME_CONFIG_FILE")
+            .map(|e| e.value.clone().unwrap_or_default())
+            .or(default.clone())
+            .unwrap();
+        let pod = ds.spec.as_ref().unwrap().template.spec.as_ref().unwrap();
+        let mounts = c.volume_mounts.clone().unwrap_or_default();
+        let volumes = pod.volumes.clone().unwrap_or_default();
+        for path in [
+            config_file.as_str(),
+            "/etc/containerd/conf.d",
+            "/etc/containerd/certs.d",
+        ] {
+            let (mount, rest) = mounts
+                .iter()
+                .filter_map(|m| {
+                    Path::new(path)
+                        .strip_prefix(&m.mount_path)
+                        .ok()
+                        .map(|rest| (m, rest.to_path_buf()))
+                })
+                .max_by_key(|(m, _)| m.mount_path.len())
+                .unwrap_or_else(|| panic!("{what}: no volumeMount holds {path}"));
+            assert_eq!(
+                mount.read_only,
+                Some(true),
+                "{what}: volumeMount {} ({path}) must be read-only",
+                mount.name
+            );
+            let host_path = volumes
+                .iter()
+                .find(|v| v.name == mount.name)
+                .and_then(|v| v.host_path.clone())
+                .unwrap_or_else(|| {
+                    panic!("{what}: volume {} ({path}) must be a hostPath", mount.name)
+                });
+            assert_eq!(
+                Path::new(&host_path.path).join(&rest),
+                Path::new(path),
+                "{what}: {path} in the pod is not the host's {path}"
+            );
+            assert!(
+                matches!(
+                    host_path.type_.as_deref(),
+                    Some("Directory" | "DirectoryOrCreate")
+                ) && (path != config_file || rest.as_os_str() != ""),
+                "{what}: volume {} must be a directory holding {path} (a file hostPath is absent on some nodes, and without a type is created there as a directory)",
+                mount.name
+            );
+        }
+    }
+}

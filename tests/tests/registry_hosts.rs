@@ -5,7 +5,7 @@
 
 #![allow(clippy::unwrap_used)] // test fixtures: a failed set-up step should panic with its error
 
-use pullgate::adapters::containerd_config::RuntimeRegistry;
+use pullgate::adapters::containerd_config::{RuntimeRegistry, config_file};
 use pullgate_testenv::containerd::{Options, Release};
 use pullgate_testenv::manifests::{canaried_pullset, pull_secret};
 use pullgate_testenv::{Agent, Containerd, ImageSpec, PASSWORD, Registry, USER, block_on, images};
@@ -14,19 +14,26 @@ use std::time::Duration;
 
 const ROTATED: &str = "pg-Rotated-Passw0rd-hosts-61b0";
 
-/// What the verbose CRI `Status` carries of the registry configuration, per release line: 1.6
-/// and 1.7 send the CRI plugin's whole configuration, `registry.configPath` included; 2.1 sends
-/// the runtime plugin's only (the registry settings moved to `io.containerd.cri.v1.images`, which
-/// `Status` does not report), so the agent cannot discover it there.
+/// Where the registry `config_path` is found, per release line: 1.6 and 1.7 send the CRI
+/// plugin's whole configuration in the verbose CRI `Status`, `registry.configPath` included; 2.1
+/// sends the runtime plugin's only (the registry settings moved to `io.containerd.cri.v1.images`,
+/// which `Status` does not report, nor does the introspection service: only the task runtime
+/// answers `PluginInfo`), so the agent reads containerd's configuration file. On every line the
+/// one discovery finds the directory containerd routes by; on 1.x without the file, proving it
+/// came from the runtime.
 #[test]
-fn the_runtime_reports_its_registry_config_path_on_1_x_only() {
+fn the_registry_config_path_is_discovered_on_every_line() {
     let containerd = Containerd::start(&["127.0.0.1:5999".to_string()]).unwrap();
     let config = block_on(async { containerd.cri().status_config().await.unwrap() })
         .expect("containerd's verbose Status carries a `config` entry on every line");
     let json: Value = serde_json::from_str(&config).unwrap();
     let dir = containerd.registry_config_dir();
     let roots = RuntimeRegistry::roots_from_cri_config(&config).unwrap();
-    match containerd.release() {
+    let from_file = config_file::read(&containerd.config_file())
+        .unwrap()
+        .unwrap();
+    assert_eq!(from_file.files, [containerd.config_file()]);
+    let config_file = match containerd.release() {
         Release::V1_6 | Release::V1_7 => {
             assert_eq!(
                 json["registry"]["configPath"].as_str(),
@@ -34,7 +41,10 @@ fn the_runtime_reports_its_registry_config_path_on_1_x_only() {
                 "{}",
                 json["registry"]
             );
-            assert_eq!(roots, Some(vec![dir]));
+            assert_eq!(roots, Some(vec![dir.clone()]));
+            // A version-2 file: containerd 2.x would migrate its CRI plugin's registry too.
+            assert_eq!(from_file.roots, std::slice::from_ref(&dir));
+            containerd.config_file().with_file_name("absent.toml")
         }
         Release::V2_1 => {
             assert!(json.get("registry").is_none(), "{}", json);
@@ -43,27 +53,29 @@ fn the_runtime_reports_its_registry_config_path_on_1_x_only() {
                 "not the CRI configuration: {json}"
             );
             assert_eq!(roots, None);
+            assert_eq!(from_file.roots, std::slice::from_ref(&dir));
+            containerd.config_file()
         }
-    }
+    };
+    let discovered = block_on(async {
+        let cri = containerd.cri();
+        let version = cri.version().await.unwrap();
+        RuntimeRegistry::discover(&cri, Some(&version), None, &config_file).await
+    });
+    assert_eq!(discovered.roots, [dir]);
 }
 
 /// The opening scenario. The registry speaks plain HTTP with htpasswd; containerd reaches
 /// it only through `hosts.toml` `server = "http://…"`; the agent gets no registry flag at all.
-/// On 1.6 and 1.7 the image is named by a name only the hosts.toml routes
-/// (`pullgate-alias.invalid:PORT` → `http://127.0.0.1:PORT`), which the agent can only reach by
-/// reading the `config_path` the runtime reported. On 2.1, which does not report it, the name is
-/// the loopback address itself, reached through containerd's own loopback default (HTTPS first,
-/// then plain HTTP), and the agent says in its log that the `config_path` was not reported.
+/// The image is named by a name only the hosts.toml routes (`pullgate-alias.invalid:PORT` →
+/// `http://127.0.0.1:PORT`), which the agent can only reach by discovering the `config_path`:
+/// reported by the runtime on 1.6 and 1.7, read from containerd's configuration file on 2.1.
 #[test]
 fn a_plain_http_registry_routed_by_hosts_toml_agrees_after_a_rotation_without_any_flag() {
     let mut registry = Registry::start(&[(USER, PASSWORD)]).unwrap();
     let alias = format!("pullgate-alias.invalid:{}", registry.port());
     let release = Release::from_env();
-    let name = if release.is_v2() {
-        registry.host()
-    } else {
-        alias.clone()
-    };
+    let name = alias.clone();
     let containerd = Containerd::start_with(
         &[registry.host()],
         &Options {
@@ -101,9 +113,18 @@ fn a_plain_http_registry_routed_by_hosts_toml_agrees_after_a_rotation_without_an
         ),
     )
     .unwrap();
-    // No --insecure-registry, no --runtime-registry-config.
+    // No --insecure-registry, no --runtime-registry-config. A node's containerd reads
+    // /etc/containerd/config.toml, the default of --runtime-config-file; this one reads its own.
+    let config_file = containerd.config_file();
     let agent = Agent::new(manifests.path(), &containerd.endpoint())
-        .args(&["--rotation-jitter", "0s", "--recheck-interval", "1h"])
+        .args(&[
+            "--rotation-jitter",
+            "0s",
+            "--recheck-interval",
+            "1h",
+            "--runtime-config-file",
+            config_file.to_str().unwrap(),
+        ])
         .spawn()
         .unwrap();
     let canary = |path: &'static str, verdict: &'static str| {
@@ -167,7 +188,7 @@ fn a_plain_http_registry_routed_by_hosts_toml_agrees_after_a_rotation_without_an
     }
     if release.is_v2() {
         assert!(
-            stderr.contains("the runtime reports no registry config_path"),
+            stderr.contains("config_path read from containerd's configuration file"),
             "{stderr}"
         );
     } else {
@@ -196,8 +217,8 @@ fn a_plain_http_registry_routed_by_hosts_toml_agrees_after_a_rotation_without_an
 /// client certificate of that CA), configured for containerd and pullgate only through
 /// `hosts.toml` (`ca`, `client`): both canaries agree before and after a rotation, and the
 /// same registry through a hosts.toml missing the setting fails TLS, naming the host, what failed
-/// and the setting that fixes it. On 2.1, which does not report its `config_path`, the agent is
-/// given that directory (`--runtime-registry-config`); on 1.x it reads what the runtime reports.
+/// and the setting that fixes it. The agent is given no registry flag: it discovers the
+/// `config_path` (reported by the runtime on 1.x, read from containerd's configuration file on 2.1).
 fn private_tls_registry_agrees(mtls: bool) {
     let ca = pullgate_testenv::tls::TestCa::generate("private").unwrap();
     let mut registry = Registry::start(&[(USER, PASSWORD)]).unwrap();
@@ -276,13 +297,17 @@ fn private_tls_registry_agrees(mtls: bool) {
         .join("---\n"),
     )
     .unwrap();
-    let dir = containerd.registry_config_dir();
-    let mut args = vec!["--rotation-jitter", "0s", "--recheck-interval", "1h"];
-    if containerd.release().is_v2() {
-        args.extend(["--runtime-registry-config", dir.to_str().unwrap()]);
-    }
+    // No registry flag: the config_path is discovered (on 2.1 from containerd's file).
+    let config_file = containerd.config_file();
     let agent = Agent::new(manifests.path(), &containerd.endpoint())
-        .args(&args)
+        .args(&[
+            "--rotation-jitter",
+            "0s",
+            "--recheck-interval",
+            "1h",
+            "--runtime-config-file",
+            config_file.to_str().unwrap(),
+        ])
         .spawn()
         .unwrap();
     let canary_of = |set: &'static str, path: &'static str, verdict: &'static str| {
@@ -379,4 +404,121 @@ fn a_registry_behind_a_private_ca_is_trusted_through_hosts_toml_ca() {
 #[test]
 fn a_registry_requiring_a_client_certificate_is_reached_through_hosts_toml_client() {
     private_tls_registry_agrees(true);
+}
+
+/// `pullgate check --runtime` and `pullgate diagnose` find the runtime's registry configuration
+/// as `pullgate run` does (one discovery): an image named by an alias only the hosts.toml
+/// routes (`pullgate-alias.invalid:PORT` → `http://127.0.0.1:PORT`) passes every registry-direct
+/// step with no registry flag, on 1.x from what the runtime reports, on 2.1 from containerd's
+/// configuration file.
+#[test]
+fn the_one_shot_commands_discover_the_registry_config_as_run_does() {
+    use pullgate_testenv::agent::pullgate_binary;
+    use pullgate_testenv::process::output_within;
+    let registry = Registry::start(&[(USER, PASSWORD)]).unwrap();
+    let alias = format!("pullgate-alias.invalid:{}", registry.port());
+    let containerd = Containerd::start_with(
+        &[registry.host()],
+        &Options {
+            routes: vec![(
+                alias.clone(),
+                format!("http://{}", registry.host()),
+                String::new(),
+            )],
+            ..Options::default()
+        },
+    )
+    .unwrap();
+    let pushed = block_on(images::push(
+        &registry.host(),
+        USER,
+        PASSWORD,
+        &ImageSpec::new("team/app", "v1"),
+    ))
+    .unwrap();
+    let image = pushed.by_tag.replace(&registry.host(), &alias);
+    let manifests = tempfile::tempdir().unwrap();
+    std::fs::write(
+        manifests.path().join("secret.yaml"),
+        pull_secret("team", "regcred", &alias, USER, PASSWORD),
+    )
+    .unwrap();
+    std::fs::write(
+        manifests.path().join("sa.yaml"),
+        "apiVersion: v1\nkind: ServiceAccount\nmetadata: {name: builder, namespace: team}\nimagePullSecrets: [{name: regcred}]\n",
+    )
+    .unwrap();
+    std::fs::write(
+        manifests.path().join("set.yaml"),
+        canaried_pullset("team", "critical", &image, &["regcred"], "depth: manifest"),
+    )
+    .unwrap();
+    let config_file = containerd.config_file();
+    let run = |args: &[&str]| {
+        let mut command = std::process::Command::new(pullgate_binary().unwrap());
+        command
+            .args(args)
+            .args(["--cri-endpoint", &containerd.endpoint()])
+            .args(["--runtime-config-file", config_file.to_str().unwrap()])
+            .args(["--json", "--manifests"])
+            .arg(manifests.path());
+        let out = output_within(command, Duration::from_secs(120)).unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+        let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+        (out.status.code(), stdout, stderr)
+    };
+
+    let (code, stdout, stderr) = run(&[
+        "check",
+        &image,
+        "--runtime",
+        "--depth",
+        "manifest",
+        "-n",
+        "team",
+        "--pullset",
+        "critical",
+    ]);
+    assert_eq!(code, Some(0), "{stdout}\n{stderr}");
+    let outcomes: Vec<Value> = stdout
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(outcomes.len(), 2, "{stdout}");
+    for o in &outcomes {
+        assert_eq!(o["verdict"], "Ok", "{o}");
+    }
+
+    let (code, stdout, stderr) = run(&[
+        "diagnose",
+        &image,
+        "-n",
+        "team",
+        "--service-account",
+        "builder",
+    ]);
+    assert_eq!(code, Some(0), "{stdout}\n{stderr}");
+    let d: Value = serde_json::from_str(&stdout).unwrap();
+    for step in [
+        "registry: manifest",
+        "registry: blobs",
+        "runtime: PullImage",
+    ] {
+        let rung = d["steps"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|s| s["step"] == step)
+            .unwrap_or_else(|| panic!("no step {step} in {d}"));
+        assert_eq!(rung["ok"], true, "{rung}");
+    }
+    let found = if containerd.release().is_v2() {
+        "config_path read from containerd's configuration file"
+    } else {
+        "config_path reported by the runtime"
+    };
+    assert!(stderr.contains(found), "{stderr}");
+    for text in [stdout.as_str(), stderr.as_str(), &containerd.log()] {
+        assert!(!text.contains(PASSWORD), "a password leaked");
+    }
 }

@@ -2,6 +2,7 @@
 //! `--runtime` also through the container runtime (CRI `PullImage`) — with the credentials the
 //! selected source gives ([`crate::commands::one_shot::resolve_selection`]).
 
+use crate::adapters::containerd_config::{HostsDir, RuntimeRegistry};
 use crate::adapters::credential_plugin::{PluginError, kubelet_resolver};
 use crate::adapters::cri::{CriClient, CriTimeouts};
 use crate::adapters::registry::{RegistryClient, RegistryError};
@@ -38,27 +39,27 @@ pub async fn check(args: CheckArgs) -> Result<bool, CheckError> {
     let cri =
         runtime.then(|| std::sync::Arc::new(CriClient::new(cri_endpoint, CriTimeouts::default())));
     let mut probe = RegistryClient::from_args(&registry)?;
+    let mut mirrors = HostsDir::shared(registry.runtime_registry_config.clone());
     if let Some(cri) = &cri {
         // With the runtime at hand, the registry-direct canary reaches registries as it does
         // (its config_path, its release line's host walk), as `pullgate run` does.
         let version = cri.version().await.ok();
-        probe = probe.with_runtime_registry(
-            crate::adapters::containerd_config::RuntimeRegistry::discover(
-                cri,
-                version.as_ref(),
-                registry.runtime_registry_config.clone(),
-            )
-            .await,
-        );
+        let runtime_registry = RuntimeRegistry::discover(
+            cri,
+            version.as_ref(),
+            registry.runtime_registry_config.clone(),
+            &registry.runtime_config_file,
+        )
+        .await;
+        mirrors = runtime_registry.mirrors();
+        probe = probe.with_runtime_registry(runtime_registry);
     }
     let runner = CanaryRunner {
         probe,
         node: one_shot::node_name(),
         expiry_warning: *registry.expiry_warning,
         runtime: cri.map(|c| c as std::sync::Arc<dyn crate::decide::runtime::ImageRuntime>),
-        mirrors: crate::adapters::containerd_config::HostsDir::shared(
-            registry.runtime_registry_config.clone(),
-        ),
+        mirrors,
     };
     let namespace = selection.namespace.clone().unwrap_or_default();
     let pullset = selection.pullset.clone().unwrap_or_default();

@@ -7,6 +7,7 @@
 //! API server; the pull is resolved with the one-shot commands' PullSet
 //! ([`crate::commands::one_shot::pullset_for`]) and the agent's own resolver.
 
+use crate::adapters::containerd_config::{HostsDir, RuntimeRegistry};
 use crate::adapters::credential_plugin::{PluginError, kubelet_resolver};
 use crate::adapters::cri::{CriClient, CriEndpoint, CriTimeouts};
 use crate::adapters::registry::RegistryClient;
@@ -93,14 +94,28 @@ pub async fn diagnose(args: DiagnoseArgs) -> Result<bool, DiagnoseError> {
     steps.extend(secret_steps(&inventory, &set, &describe, &image));
     steps.push(credential_step(&resolution));
 
+    let cri = runtime_client(&args)?;
+    let mut probe = RegistryClient::from_args(&args.registry)?;
+    let mut mirrors = HostsDir::shared(args.registry.runtime_registry_config.clone());
+    if let Some(cri) = &cri {
+        // The registry-direct steps reach registries as the runtime does, as `pullgate run`.
+        let version = cri.version().await.ok();
+        let runtime_registry = RuntimeRegistry::discover(
+            cri,
+            version.as_ref(),
+            args.registry.runtime_registry_config.clone(),
+            &args.registry.runtime_config_file,
+        )
+        .await;
+        mirrors = runtime_registry.mirrors();
+        probe = probe.with_runtime_registry(runtime_registry);
+    }
     let runner = CanaryRunner {
-        probe: RegistryClient::from_args(&args.registry)?,
+        probe,
         node: one_shot::node_name(),
         expiry_warning: *args.registry.expiry_warning,
         runtime: None,
-        mirrors: crate::adapters::containerd_config::HostsDir::shared(
-            args.registry.runtime_registry_config.clone(),
-        ),
+        mirrors,
     };
     let ns = &args.namespace;
     for (name, depth) in [
@@ -115,7 +130,7 @@ pub async fn diagnose(args: DiagnoseArgs) -> Result<bool, DiagnoseError> {
             break;
         }
     }
-    steps.extend(runtime_steps(&args, &runner, &image, &resolution).await?);
+    steps.extend(runtime_steps(&args, cri, &runner, &image, &resolution).await);
 
     let conclusion = conclude(&steps, &resolution);
     let ok = steps.iter().all(|s| s.ok != Some(false));
@@ -375,30 +390,38 @@ fn outcome_step(name: &str, o: &CanaryOutcome) -> Step {
 }
 
 /// The node's cache (`ImageStatus`) and the runtime's answer (`PullImage`).
-async fn runtime_steps(
-    args: &DiagnoseArgs,
-    runner: &CanaryRunner<RegistryClient>,
-    image: &ImageRef,
-    resolution: &Resolution,
-) -> Result<Vec<Step>, DiagnoseError> {
+/// The runtime `--cri-endpoint` names, `None` with `off`.
+fn runtime_client(args: &DiagnoseArgs) -> Result<Option<CriClient>, DiagnoseError> {
     if args.cri_endpoint.eq_ignore_ascii_case("off") {
-        return Ok(vec![Step {
-            step: "runtime".into(),
-            ok: None,
-            detail: "skipped (--cri-endpoint off)".into(),
-        }]);
+        return Ok(None);
     }
     let endpoint: CriEndpoint = args
         .cri_endpoint
         .parse()
         .map_err(|e: crate::adapters::cri::CriError| DiagnoseError::CriEndpoint(e.to_string()))?;
-    let cri = CriClient::new(
+    Ok(Some(CriClient::new(
         endpoint,
         CriTimeouts {
             reconnect_budget: std::time::Duration::from_secs(2),
             ..CriTimeouts::default()
         },
-    );
+    )))
+}
+
+async fn runtime_steps(
+    args: &DiagnoseArgs,
+    cri: Option<CriClient>,
+    runner: &CanaryRunner<RegistryClient>,
+    image: &ImageRef,
+    resolution: &Resolution,
+) -> Vec<Step> {
+    let Some(cri) = cri else {
+        return vec![Step {
+            step: "runtime".into(),
+            ok: None,
+            detail: "skipped (--cri-endpoint off)".into(),
+        }];
+    };
     let cache = match cri.image_status(&image.pull_reference()).await {
         Ok(Some(present)) => Step {
             step: "node cache".into(),
@@ -414,11 +437,11 @@ async fn runtime_steps(
             detail: "absent: the kubelet will pull".into(),
         },
         Err(e) => {
-            return Ok(vec![Step {
+            return vec![Step {
                 step: "node cache".into(),
                 ok: None,
                 detail: format!("runtime not reachable here ({e}); run diagnose on the node"),
-            }]);
+            }];
         }
     };
     let runner = CanaryRunner {
@@ -437,7 +460,7 @@ async fn runtime_steps(
             Trigger::Manual,
         )
         .await;
-    Ok(vec![cache, outcome_step("runtime: PullImage", &pulled)])
+    vec![cache, outcome_step("runtime: PullImage", &pulled)]
 }
 
 /// The first failed rung is the most likely cause.

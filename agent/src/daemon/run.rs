@@ -328,14 +328,16 @@ pub async fn run(args: RunArgs) -> Result<RunOutcome, RunError> {
             ),
         );
         // Each registry reached as the runtime reaches it: its hosts.toml under the
-        // config_path `--runtime-registry-config` names or the runtime reports.
+        // config_path `--runtime-registry-config` names, the runtime reports, or its
+        // configuration file sets.
         let runtime_registry = crate::adapters::containerd_config::RuntimeRegistry::discover(
             &client,
             runtime_version.as_ref(),
             registry.runtime_registry_config.clone(),
+            &registry.runtime_config_file,
         )
         .await;
-        let mirrors_dir = runtime_registry.roots.first().cloned();
+        let mirrors = runtime_registry.mirrors();
         let runner = Arc::new(CanaryRunner {
             probe: Beating {
                 inner: crate::adapters::registry::RegistryClient::from_args(&registry)?
@@ -349,7 +351,7 @@ pub async fn run(args: RunArgs) -> Result<RunOutcome, RunError> {
                 beat: beat.clone(),
             })
                 as Arc<dyn crate::decide::runtime::ImageRuntime>),
-            mirrors: crate::adapters::containerd_config::HostsDir::shared(mirrors_dir),
+            mirrors,
         });
         let sink: Arc<dyn CanarySink> = Arc::new(ReportingCanarySink {
             reports: reports.clone(),
