@@ -153,24 +153,38 @@ impl TestEnv {
     /// registry's log, as written or as the `Authorization: Basic` value (and Docker config `auth`
     /// field) `base64(USER:secret)` carries it.
     pub fn assert_no_leak(&self, outputs: &[&str], secrets: &[&str]) {
-        let logs = [self.containerd.log(), self.registry.log()];
-        let sources = outputs.iter().map(|o| ("agent output", *o)).chain([
-            ("containerd log", logs[0].as_str()),
-            ("registry log", logs[1].as_str()),
+        let (containerd, registry) = (self.containerd.log(), self.registry.log());
+        let mut sources: Vec<(&str, &str)> = outputs.iter().map(|o| ("agent output", *o)).collect();
+        sources.extend([
+            ("containerd log", containerd.as_str()),
+            ("registry log", registry.as_str()),
         ]);
         let forms: Vec<(&str, String)> = secrets
             .iter()
-            .flat_map(|s| {
-                [
-                    ("password", s.to_string()),
-                    ("basic auth", basic_auth(USER, s)),
-                ]
-            })
+            .flat_map(|s| password_forms(USER, s))
             .collect();
-        for (what, text) in sources {
-            for (form, secret) in &forms {
-                assert!(!text.contains(secret), "a {form} leaked into the {what}");
-            }
+        assert_nowhere(&sources, &forms);
+    }
+}
+
+/// The forms a password takes in a log or an output: as written, and as the `Authorization:
+/// Basic` value (and Docker config `auth` field) `base64(user:password)` carries it.
+pub fn password_forms(user: &str, password: &str) -> [(&'static str, String); 2] {
+    [
+        ("password", password.to_string()),
+        ("basic auth", basic_auth(user, password)),
+    ]
+}
+
+/// Fails, naming the form and the place, when any of `secrets` (`(form, text)`) occurs in any of
+/// `sources` (`(place, text)`).
+pub fn assert_nowhere(sources: &[(&str, &str)], secrets: &[(&str, String)]) {
+    for (place, text) in sources {
+        for (form, secret) in secrets {
+            assert!(
+                !text.contains(secret.as_str()),
+                "a {form} leaked into the {place}"
+            );
         }
     }
 }
