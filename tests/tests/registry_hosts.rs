@@ -70,12 +70,20 @@ fn the_registry_config_path_is_discovered_on_every_line() {
 /// The image is named by a name only the hosts.toml routes (`pullgate-alias.invalid:PORT` →
 /// `http://127.0.0.1:PORT`), which the agent can only reach by discovering the `config_path`:
 /// reported by the runtime on 1.6 and 1.7, read from containerd's configuration file on 2.1.
-#[test]
-fn a_plain_http_registry_routed_by_hosts_toml_agrees_after_a_rotation_without_any_flag() {
-    let mut registry = Registry::start(&[(USER, PASSWORD)]).unwrap();
+/// A registry the node reaches only through `hosts.toml`: the image is named
+/// `pullgate-alias.invalid:PORT/…`, a name no resolver knows, that containerd routes to the
+/// registry over plain HTTP (`server = "http://…"`); `manifests` holds its pull Secret
+/// `team/regcred` for that name.
+struct Aliased {
+    registry: Registry,
+    containerd: Containerd,
+    image: String,
+    manifests: tempfile::TempDir,
+}
+
+fn aliased() -> Aliased {
+    let registry = Registry::start(&[(USER, PASSWORD)]).unwrap();
     let alias = format!("pullgate-alias.invalid:{}", registry.port());
-    let release = Release::from_env();
-    let name = alias.clone();
     let containerd = Containerd::start_with(
         &[registry.host()],
         &Options {
@@ -95,13 +103,30 @@ fn a_plain_http_registry_routed_by_hosts_toml_agrees_after_a_rotation_without_an
         &ImageSpec::new("team/app", "v1"),
     ))
     .unwrap();
-    let image = pushed.by_tag.replace(&registry.host(), &name);
+    let image = pushed.by_tag.replace(&registry.host(), &alias);
     let manifests = tempfile::tempdir().unwrap();
     std::fs::write(
         manifests.path().join("secret.yaml"),
-        pull_secret("team", "regcred", &name, USER, PASSWORD),
+        pull_secret("team", "regcred", &alias, USER, PASSWORD),
     )
     .unwrap();
+    Aliased {
+        registry,
+        containerd,
+        image,
+        manifests,
+    }
+}
+
+#[test]
+fn a_plain_http_registry_routed_by_hosts_toml_agrees_after_a_rotation_without_any_flag() {
+    let Aliased {
+        mut registry,
+        containerd,
+        image,
+        manifests,
+    } = aliased();
+    let release = Release::from_env();
     std::fs::write(
         manifests.path().join("set.yaml"),
         canaried_pullset(
@@ -415,34 +440,12 @@ fn a_registry_requiring_a_client_certificate_is_reached_through_hosts_toml_clien
 fn the_one_shot_commands_discover_the_registry_config_as_run_does() {
     use pullgate_testenv::agent::pullgate_binary;
     use pullgate_testenv::process::output_within;
-    let registry = Registry::start(&[(USER, PASSWORD)]).unwrap();
-    let alias = format!("pullgate-alias.invalid:{}", registry.port());
-    let containerd = Containerd::start_with(
-        &[registry.host()],
-        &Options {
-            routes: vec![(
-                alias.clone(),
-                format!("http://{}", registry.host()),
-                String::new(),
-            )],
-            ..Options::default()
-        },
-    )
-    .unwrap();
-    let pushed = block_on(images::push(
-        &registry.host(),
-        USER,
-        PASSWORD,
-        &ImageSpec::new("team/app", "v1"),
-    ))
-    .unwrap();
-    let image = pushed.by_tag.replace(&registry.host(), &alias);
-    let manifests = tempfile::tempdir().unwrap();
-    std::fs::write(
-        manifests.path().join("secret.yaml"),
-        pull_secret("team", "regcred", &alias, USER, PASSWORD),
-    )
-    .unwrap();
+    let Aliased {
+        registry: _registry,
+        containerd,
+        image,
+        manifests,
+    } = aliased();
     std::fs::write(
         manifests.path().join("sa.yaml"),
         "apiVersion: v1\nkind: ServiceAccount\nmetadata: {name: builder, namespace: team}\nimagePullSecrets: [{name: regcred}]\n",
