@@ -7,6 +7,7 @@
 //! test and a benchmark) need lives here, not in either of them.
 //!
 //! - [`agent`]: the `pullgate` binary, run once or as a daemon, its JSON lines, waits on them;
+//! - [`agent_image`]: the agent's own OCI image (`cargo xtask image`), built and read back;
 //! - [`containerd`], [`registry`], [`images`], [`manifests`]: the real runtime and registry, images
 //!   built in code, the YAML the agent reads;
 //! - [`apiserver`], [`cluster`]: the in-repo test API server, and cluster mode set up around it;
@@ -21,6 +22,7 @@
 //! - [`token_server`]: a registry token server (Basic password in, signed JWT out, scopes, expiry).
 
 pub mod agent;
+pub mod agent_image;
 pub mod apiserver;
 pub mod both_paths;
 pub mod cluster;

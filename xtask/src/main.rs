@@ -3,6 +3,7 @@
 //! fresh machine.
 
 mod containerd;
+mod image;
 
 use anyhow::{Context as _, Result, bail};
 use std::path::{Path, PathBuf};
@@ -19,10 +20,15 @@ commands:
   demo                 start a local containerd (PULLGATE_TEST_CONTAINERD=1.6|1.7|2.1, default the
                        system's 1.6) and registry, seed private images, run
                        `pullgate run --once --manifests examples/demo` and show the JSON lines
-  ci                   deps, cargo fmt --check, cargo clippy -D warnings, the unit tests, then the
-                       integration tests once per containerd release line (1.6, 1.7, 2.1); a
-                       failure names the version (a test fails when manifests/base/crd.yaml drifts
-                       from the PullSet type)
+  ci                   deps, cargo fmt --check, cargo clippy -D warnings, the unit tests, the
+                       agent's image (`image`), then the integration tests once per containerd
+                       release line (1.6, 1.7, 2.1); a failure names the version (a test fails
+                       when manifests/base/crd.yaml drifts from the PullSet type)
+  image [--push REGISTRY/REPO[:TAG] [--user U] [--plain-http]] [--out FILE]
+                       the agent's OCI image without Docker (stripped release binary, the shared
+                       libraries it needs, CA certificates; no shell) as an OCI archive,
+                       target/image/pullgate-<version>.oci.tar, whose path is the last line
+                       printed; --push sends it to a registry (password: PULLGATE_PUSH_PASSWORD)
   manifests            regenerate manifests/base/crd.yaml from agent/src/model/pullset.rs
   bench prepull [--images N] [--size-mib M] [--runs R]
                        pre-pull benchmark: pullgate vs serial and concurrent CRI pulls
@@ -75,6 +81,7 @@ fn main() -> Result<()> {
             ])
         }
         Some("ci") => ci(),
+        Some("image") => image::image(&args[1..]),
         Some("manifests") => manifests(),
         Some("bench") => match args.get(1).map(String::as_str) {
             Some("canary") => bench("bench-canary", &args[2..]),
@@ -292,6 +299,9 @@ fn ci() -> Result<()> {
             "--no-fail-fast",
         ],
     )?;
+    // The image the integration tests run the agent from (tests/tests/agent_image.rs).
+    eprintln!("xtask ci: cargo xtask image");
+    image::image(&[]).context("cargo xtask image failed")?;
     // The integration suite once per containerd release line, every line even when one fails,
     // so that a run names all the versions that broke.
     let mut failed = Vec::new();

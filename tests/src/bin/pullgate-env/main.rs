@@ -1,7 +1,7 @@
 //! Driver for `cargo xtask demo` and `cargo xtask bench`: starts the real environment, seeds it, runs
 //! pullgate against it, and tears everything down (guards stop the processes even on error).
 //!
-//! One module per subcommand: `demo`, and `bench_prepull`, `bench_canary`, `bench_reconcile`,
+//! One module per subcommand: `demo`, `image`, and `bench_prepull`, `bench_canary`, `bench_reconcile`,
 //! `bench_idle`, `bench_api`; what two benchmarks share is in `bench`, what tests share too is in
 //! the `pullgate_testenv` library.
 
@@ -12,6 +12,7 @@ mod bench_idle;
 mod bench_prepull;
 mod bench_reconcile;
 mod demo;
+mod image;
 
 use anyhow::Result;
 use clap::{Parser, Subcommand};
@@ -30,6 +31,24 @@ enum Cmd {
         /// The demo manifests.
         #[arg(long, default_value = "examples/demo")]
         manifests: PathBuf,
+    },
+    /// The agent's OCI image archive (`cargo xtask image`); its path is the last line printed.
+    Image {
+        /// The stripped agent binary.
+        #[arg(long, default_value_os_t = pullgate_testenv::agent_image::stripped_binary_path())]
+        binary: PathBuf,
+        /// The archive (default `target/image/pullgate-<version>.oci.tar`).
+        #[arg(long)]
+        out: Option<PathBuf>,
+        /// Also push it to `REGISTRY/REPO[:TAG]` (the tag defaults to the version).
+        #[arg(long, value_name = "REGISTRY/REPO[:TAG]")]
+        push: Option<String>,
+        /// The registry user for --push; the password is read from PULLGATE_PUSH_PASSWORD.
+        #[arg(long, requires = "push")]
+        user: Option<String>,
+        /// --push over plain HTTP (a registry on loopback).
+        #[arg(long, requires = "push")]
+        plain_http: bool,
     },
     /// Canary benchmark: Secret edit → canary report latency, and registry requests per depth.
     BenchCanary {
@@ -88,6 +107,22 @@ enum Cmd {
 fn main() -> Result<()> {
     match Cli::parse().command {
         Cmd::Demo { manifests } => demo::demo(&manifests),
+        Cmd::Image {
+            binary,
+            out,
+            push,
+            user,
+            plain_http,
+        } => image::image(
+            &binary,
+            out.as_deref(),
+            push.map(|target| image::Push {
+                target,
+                user,
+                password: std::env::var("PULLGATE_PUSH_PASSWORD").ok(),
+                plain_http,
+            }),
+        ),
         Cmd::BenchPrepull {
             images,
             size_mib,
