@@ -588,7 +588,11 @@ fn every_option_renders_what_it_says() {
     );
     assert_eq!(
         pod.node_selector.unwrap(),
-        BTreeMap::from([("pool".into(), "workers".into())])
+        // Merged with the default (helm merges maps): kubernetes.io/os stays unless set to null.
+        BTreeMap::from([
+            ("kubernetes.io/os".into(), "linux".into()),
+            ("pool".into(), "workers".into())
+        ])
     );
     assert_eq!(
         pod.priority_class_name, None,
