@@ -28,6 +28,7 @@ pub mod both_paths;
 pub mod cluster;
 pub mod containerd;
 pub mod cri_counter;
+pub mod helm;
 pub mod hostile_server;
 pub mod http;
 pub mod images;

