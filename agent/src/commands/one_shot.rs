@@ -91,8 +91,8 @@ enum Source {
     /// Objects from a manifest directory or the API server; the PullSet `--pullset` names, else
     /// who pulls.
     Objects {
-        inventory: Inventory,
-        pullset: Option<pullset::ValidPullSet>,
+        inventory: Box<Inventory>,
+        pullset: Option<Box<pullset::ValidPullSet>>,
         puller: Puller,
     },
 }
@@ -130,7 +130,7 @@ pub async fn select(selection: &CredentialSelection) -> Result<Selected, OneShot
             Some(name) => {
                 let key = ObjectKey::new(&namespace, name);
                 let found = loaded.inventory.pullsets.get(&key).cloned();
-                Some(found.ok_or(OneShotError::PullSetNotFound(key))?)
+                Some(Box::new(found.ok_or(OneShotError::PullSetNotFound(key))?))
             }
             None => None,
         };
@@ -138,7 +138,7 @@ pub async fn select(selection: &CredentialSelection) -> Result<Selected, OneShot
             namespace,
             pullset: pullset.clone().unwrap_or_default(),
             source: Source::Objects {
-                inventory: loaded.inventory,
+                inventory: Box::new(loaded.inventory),
                 pullset: set,
                 puller: with_service_account,
             },
@@ -169,7 +169,7 @@ pub async fn select(selection: &CredentialSelection) -> Result<Selected, OneShot
         namespace,
         pullset: String::new(),
         source: Source::Objects {
-            inventory,
+            inventory: Box::new(inventory),
             pullset: None,
             puller,
         },
@@ -193,7 +193,7 @@ impl Selected {
                 puller,
             } => {
                 let set = match pullset {
-                    Some(set) => set.clone(),
+                    Some(set) => (**set).clone(),
                     None => pullset_for(&self.namespace, "auth-resolve", puller, image)?,
                 };
                 Ok(resolver.resolve(inventory, &set, image).await)

@@ -235,7 +235,7 @@ mod tests {
         // read then fails naming it).
         assert_eq!(
             files(Some(&ghost), list(&[&a]).as_ref(), None),
-            [ghost.clone()]
+            std::slice::from_ref(&ghost)
         );
         // The list in order, missing files and repeats skipped, empty entries ignored.
         let env = Some(OsString::from(format!(
@@ -254,7 +254,10 @@ mod tests {
         let home_config = write(&home.path().join(".kube"), "config", A);
         assert!(files(None, list(&[&ghost]).as_ref(), Some(home.path())).is_empty());
         // Unset or empty: ~/.kube/config when it exists, else nothing.
-        assert_eq!(files(None, None, Some(home.path())), [home_config.clone()]);
+        assert_eq!(
+            files(None, None, Some(home.path())),
+            std::slice::from_ref(&home_config)
+        );
         assert_eq!(
             files(None, Some(&OsString::new()), Some(home.path())),
             [home_config]
