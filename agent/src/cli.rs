@@ -2,11 +2,18 @@
 
 use crate::adapters::cri::CriEndpoint;
 use crate::model::node::NodeLabels;
-use clap::{Args, Parser, Subcommand, ValueEnum};
-use std::path::PathBuf;
+use clap::{Args, CommandFactory as _, FromArgMatches as _, Parser, Subcommand, ValueEnum};
+use std::ffi::OsString;
+use std::path::{Path, PathBuf};
 
 /// containerd's CRI socket, the default of every `--cri-endpoint`.
 pub const DEFAULT_CRI_ENDPOINT: &str = "unix:///run/containerd/containerd.sock";
+
+/// The agent's local API socket, the default of every `--api-socket`.
+pub const DEFAULT_API_SOCKET: &str = "/run/pullgate/agent.sock";
+
+/// The file name kubectl finds the plugin by (`kubectl pullgate …` runs `kubectl-pullgate …`).
+pub const KUBECTL_PLUGIN: &str = "kubectl-pullgate";
 
 #[derive(Debug, Parser)]
 #[command(
@@ -17,8 +24,142 @@ pub const DEFAULT_CRI_ENDPOINT: &str = "unix:///run/containerd/containerd.sock";
 pub struct Cli {
     #[command(flatten)]
     pub log: LogArgs,
+    /// Cluster flags placed before the command (`kubectl pullgate --context c diagnose …`): they
+    /// apply to it as if placed after it; one placed after wins.
+    #[command(flatten)]
+    pub cluster: KubeArgs,
     #[command(subcommand)]
     pub command: Command,
+}
+
+impl Cli {
+    /// Parses the process's arguments; exits with clap's message on an error (as `parse`).
+    pub fn parse_args() -> Self {
+        Self::try_parse_args(std::env::args_os()).unwrap_or_else(|e| e.exit())
+    }
+
+    /// Parses `args` (`args[0]` the program): run as [`KUBECTL_PLUGIN`], usage and help say
+    /// `kubectl pullgate`; cluster flags before the command are handed to it.
+    pub fn try_parse_args<I, T>(args: I) -> Result<Self, clap::Error>
+    where
+        I: IntoIterator<Item = T>,
+        T: Into<OsString> + Clone,
+    {
+        let args: Vec<OsString> = args.into_iter().map(Into::into).collect();
+        let mut command = Self::command();
+        if args.first().and_then(|a| Path::new(a).file_name()) == Some(KUBECTL_PLUGIN.as_ref()) {
+            command = command.bin_name("kubectl pullgate");
+        }
+        let matches = command.try_get_matches_from_mut(args)?;
+        let mut cli = Self::from_arg_matches(&matches)?;
+        let leading = std::mem::take(&mut cli.cluster);
+        if leading != KubeArgs::default() {
+            let Some(flags) = cli.command.cluster_flags_mut() else {
+                return Err(command.error(
+                    clap::error::ErrorKind::ArgumentConflict,
+                    "--kubeconfig, --context, --cluster, --user and --namespace are flags of \
+                     diagnose, audit, auth resolve, check and status only",
+                ));
+            };
+            flags.inherit(leading);
+            if let Some(conflict) = cli.command.conflict() {
+                return Err(command.error(clap::error::ErrorKind::ArgumentConflict, conflict));
+            }
+        }
+        Ok(cli)
+    }
+}
+
+impl Command {
+    /// The command's cluster flags, when it talks to a cluster.
+    pub fn cluster_flags_mut(&mut self) -> Option<&mut KubeArgs> {
+        match self {
+            Self::Diagnose(d) => Some(&mut d.cluster),
+            Self::Audit(a) => Some(&mut a.cluster),
+            Self::Check(c) => Some(&mut c.selection.cluster),
+            Self::Auth(AuthArgs {
+                command: AuthCommand::Resolve(r),
+            }) => Some(&mut r.selection.cluster),
+            Self::Status(s) => Some(&mut s.cluster),
+            Self::Run(_) | Self::Crd | Self::Canary(_) => None,
+        }
+    }
+
+    /// What clap would have refused had the leading cluster flags been placed after the command.
+    fn conflict(&self) -> Option<&'static str> {
+        let connects = |k: &KubeArgs| k.connects();
+        match self {
+            Self::Diagnose(d) if d.manifests.is_some() && connects(&d.cluster) => Some(
+                "--manifests reads no cluster: it takes no --kubeconfig, --context, --cluster or --user",
+            ),
+            Self::Check(CheckArgs { selection, .. })
+            | Self::Auth(AuthArgs {
+                command: AuthCommand::Resolve(ResolveArgs { selection, .. }),
+            }) if selection.is_offline() && connects(&selection.cluster) => Some(
+                "--docker-config and --manifests read no cluster: they take no --kubeconfig, --context, --cluster or --user",
+            ),
+            Self::Status(s) if s.api_socket.is_some() && connects(&s.cluster) => Some(
+                "--api-socket reads this node's agent: it takes no --kubeconfig, --context, --cluster or --user",
+            ),
+            _ => None,
+        }
+    }
+}
+
+/// Which API server, as whom, in which namespace: kubectl's flags, read as kubectl reads them
+/// (`--kubeconfig`, else `$KUBECONFIG` merged, else `~/.kube/config`, else in-cluster; see
+/// `adapters::kube::kubeconfig`).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Args)]
+#[command(group(clap::ArgGroup::new("connection").multiple(true).args(["kubeconfig", "context", "cluster", "user"])))]
+pub struct KubeArgs {
+    /// The kubeconfig file (default: $KUBECONFIG, a `:`-separated list merged as kubectl does,
+    /// else ~/.kube/config, else the in-cluster configuration).
+    #[arg(long, value_name = "FILE")]
+    pub kubeconfig: Option<PathBuf>,
+    /// The kubeconfig context (default: its current-context).
+    #[arg(long, value_name = "NAME")]
+    pub context: Option<String>,
+    /// The kubeconfig cluster, instead of the context's.
+    #[arg(long, value_name = "NAME")]
+    pub cluster: Option<String>,
+    /// The kubeconfig user, instead of the context's.
+    #[arg(long, value_name = "NAME")]
+    pub user: Option<String>,
+    /// The namespace (default: the context's, else `default`; with --manifests: `default`).
+    /// Cluster-wide commands (`audit`, `status`) ignore it, as kubectl does for nodes.
+    #[arg(long, short = 'n', value_name = "NS")]
+    pub namespace: Option<String>,
+}
+
+impl KubeArgs {
+    /// Takes each flag of `outer` (placed before the command) that this one does not set.
+    fn inherit(&mut self, outer: Self) {
+        let Self {
+            kubeconfig,
+            context,
+            cluster,
+            user,
+            namespace,
+        } = outer;
+        self.kubeconfig = self.kubeconfig.take().or(kubeconfig);
+        self.context = self.context.take().or(context);
+        self.cluster = self.cluster.take().or(cluster);
+        self.user = self.user.take().or(user);
+        self.namespace = self.namespace.take().or(namespace);
+    }
+
+    /// Whether a flag picks the API server (all but `--namespace`).
+    pub fn connects(&self) -> bool {
+        self.kubeconfig.is_some()
+            || self.context.is_some()
+            || self.cluster.is_some()
+            || self.user.is_some()
+    }
+
+    /// The namespace where no kubeconfig is read (`--manifests`): `-n`, else `default`.
+    pub fn namespace_or_default(&self) -> String {
+        self.namespace.clone().unwrap_or_else(|| "default".into())
+    }
 }
 
 #[derive(Debug, Subcommand)]
@@ -42,11 +183,28 @@ pub enum Command {
     Audit(AuditArgs),
 }
 
+/// Where `status` reads: `--node`, `--all-nodes` or a cluster flag: the Nodes' conditions from the
+/// API server; else `--api-socket` (flag or env): this node's agent; else the default socket when
+/// it exists, and the API server's Nodes when it does not (off a node, e.g. `kubectl pullgate`).
 #[derive(Debug, Args)]
 pub struct StatusArgs {
+    /// The local gRPC API's Unix socket of the agent on this node (default: /run/pullgate/agent.sock).
+    #[arg(
+        long = "api-socket",
+        env = "PULLGATE_API_SOCKET",
+        value_name = "PATH",
+        conflicts_with_all = ["nodes", "all_nodes", "connection"]
+    )]
+    pub api_socket: Option<ApiSocket>,
+    /// From the API server: this Node's pullgate conditions (repeat for more).
+    #[arg(long = "node", value_name = "NAME")]
+    pub nodes: Vec<String>,
+    /// From the API server: every Node's pullgate conditions.
+    #[arg(long, conflicts_with = "nodes")]
+    pub all_nodes: bool,
     #[command(flatten)]
-    pub api: ApiSocketArg,
-    /// Print the API's answer as JSON instead of tables.
+    pub cluster: KubeArgs,
+    /// Print the answer as JSON instead of tables.
     #[arg(long)]
     pub json: bool,
 }
@@ -62,15 +220,14 @@ pub struct CanaryArgs {
     pub json: bool,
 }
 
-/// Objects from `--manifests DIR`, else from the API server (`--kubeconfig`, else the in-cluster
-/// configuration, else `KUBECONFIG`), as for `pullgate run`.
+/// Objects from `--manifests DIR`, else from the API server the cluster flags pick (as kubectl).
 #[derive(Debug, Args)]
 pub struct DiagnoseArgs {
     /// The image, as the pod names it.
     pub image: String,
-    /// The pod's namespace.
-    #[arg(long, short = 'n')]
-    pub namespace: String,
+    /// The API server and the pod's namespace (`-n`, else the context's, else `default`).
+    #[command(flatten)]
+    pub cluster: KubeArgs,
     /// As a pod with this ServiceAccount and no imagePullSecrets of its own (default `default`).
     #[arg(long, conflicts_with = "pod")]
     pub service_account: Option<String>,
@@ -78,12 +235,8 @@ pub struct DiagnoseArgs {
     #[arg(long, conflicts_with = "manifests")]
     pub pod: Option<String>,
     /// Objects from the YAML files in DIR (default: from the API server).
-    #[arg(long, value_name = "DIR")]
+    #[arg(long, value_name = "DIR", conflicts_with = "connection")]
     pub manifests: Option<PathBuf>,
-    /// Objects from the API server this kubeconfig points at (default without --manifests:
-    /// in-cluster, then KUBECONFIG).
-    #[arg(long, value_name = "FILE", conflicts_with = "manifests")]
-    pub kubeconfig: Option<PathBuf>,
     #[command(flatten)]
     pub node_credentials: NodeCredentialArgs,
     #[command(flatten)]
@@ -102,9 +255,9 @@ pub struct DiagnoseArgs {
 
 #[derive(Debug, Args)]
 pub struct AuditArgs {
-    /// The API server this kubeconfig points at (default: in-cluster, then KUBECONFIG).
-    #[arg(long, value_name = "FILE")]
-    pub kubeconfig: Option<PathBuf>,
+    /// The API server (cluster-wide: `-n` is ignored).
+    #[command(flatten)]
+    pub cluster: KubeArgs,
     /// Flag credentials that expire within this window.
     #[arg(long, default_value = "168h")]
     pub expiry_warning: humantime::Duration,
@@ -170,30 +323,43 @@ fn parse_fingerprint_key(s: &str) -> Result<secrecy::SecretString, String> {
     }
 }
 
-/// Whose credentials: Docker config files, or a pod's / PullSet's in a manifest directory.
+/// Whose credentials: Docker config files, a pod's / PullSet's in a manifest directory, or else
+/// a pod's in the cluster the cluster flags pick (as kubectl).
 #[derive(Debug, Args)]
-#[command(group(clap::ArgGroup::new("from").required(true).args(["docker_configs", "manifests"])))]
 pub struct CredentialSelection {
     /// Docker config files (`config.json` or legacy `.dockercfg`), tried as one keyring.
-    #[arg(long = "docker-config", value_name = "FILE")]
+    #[arg(long = "docker-config", value_name = "FILE", conflicts_with_all = ["connection", "namespace", "service_account", "pod"])]
     pub docker_configs: Vec<PathBuf>,
-    /// Resolve as the agent would, from the objects in DIR.
+    /// Resolve as the agent would, from the objects in DIR (default without --docker-config:
+    /// from the API server).
     #[arg(
         long,
         value_name = "DIR",
-        conflicts_with = "docker_configs",
-        requires = "namespace"
+        conflicts_with_all = ["docker_configs", "connection"]
     )]
     pub manifests: Option<PathBuf>,
-    /// The namespace of the pod / PullSet.
-    #[arg(long, short = 'n')]
-    pub namespace: Option<String>,
-    /// Resolve as a pod with this ServiceAccount and no imagePullSecrets of its own.
-    #[arg(long, conflicts_with = "pullset", requires = "manifests")]
+    /// The API server and the namespace of the pod / PullSet (`-n`, else the context's, else
+    /// `default`; with --manifests: `default`).
+    #[command(flatten)]
+    pub cluster: KubeArgs,
+    /// Resolve as a pod with this ServiceAccount and no imagePullSecrets of its own (default:
+    /// `default`).
+    #[arg(long, conflicts_with_all = ["pullset", "pod"])]
     pub service_account: Option<String>,
-    /// Resolve with this PullSet's imagePullSecrets / ServiceAccount.
+    /// Resolve with this PullSet's imagePullSecrets / ServiceAccount (from --manifests).
     #[arg(long, requires = "manifests")]
     pub pullset: Option<String>,
+    /// Resolve as this pod (its imagePullSecrets, else its ServiceAccount's), read from the API
+    /// server.
+    #[arg(long, conflicts_with = "manifests")]
+    pub pod: Option<String>,
+}
+
+impl CredentialSelection {
+    /// Whether the credentials come from files (`--docker-config`, `--manifests`), not a cluster.
+    pub fn is_offline(&self) -> bool {
+        !self.docker_configs.is_empty() || self.manifests.is_some()
+    }
 }
 
 #[derive(Debug, Args)]
@@ -465,7 +631,7 @@ pub struct ApiSocketArg {
         long = "api-socket",
         env = "PULLGATE_API_SOCKET",
         value_name = "PATH",
-        default_value = "/run/pullgate/agent.sock"
+        default_value = DEFAULT_API_SOCKET
     )]
     pub path: ApiSocket,
 }
@@ -668,11 +834,12 @@ mod tests {
         assert!(!run.once);
         assert!(Cli::try_parse_from(["pullgate", "run", "--max-parallel-pulls", "0"]).is_err());
         assert!(Cli::try_parse_from(["pullgate", "run", "--cri-endpoint", "tcp://x"]).is_err());
-        // auth resolve needs one source, and --manifests needs a namespace.
-        assert!(Cli::try_parse_from(["pullgate", "auth", "resolve", "nginx"]).is_err());
+        // auth resolve reads the cluster without --docker-config or --manifests, and
+        // --manifests needs no namespace (`default`).
+        assert!(Cli::try_parse_from(["pullgate", "auth", "resolve", "nginx"]).is_ok());
         assert!(
             Cli::try_parse_from(["pullgate", "auth", "resolve", "nginx", "--manifests", "/m"])
-                .is_err()
+                .is_ok()
         );
         assert!(
             Cli::try_parse_from([
@@ -711,7 +878,7 @@ mod tests {
         let parse = |extra: &[&str]| {
             let args = ["pullgate", "diagnose", "nginx", "-n", "team"];
             Cli::try_parse_from(args.iter().chain(extra)).map(|cli| match cli.command {
-                Command::Diagnose(d) => (d.manifests.is_some(), d.kubeconfig.is_some()),
+                Command::Diagnose(d) => (d.manifests.is_some(), d.cluster.kubeconfig.is_some()),
                 _ => panic!("diagnose expected"),
             })
         };
@@ -724,6 +891,187 @@ mod tests {
         assert!(parse(&["--manifests", "/m", "--kubeconfig", "/k"]).is_err());
         assert!(parse(&["--manifests", "/m", "--pod", "p"]).is_err());
         assert!(parse(&["--in-cluster"]).is_err());
+        assert!(parse(&["--manifests", "/m", "--context", "c"]).is_err());
+    }
+
+    fn cluster_of(args: &[&str]) -> Result<KubeArgs, String> {
+        let mut cli = Cli::try_parse_args(args).map_err(|e| e.to_string())?;
+        cli.command
+            .cluster_flags_mut()
+            .map(|k| k.clone())
+            .ok_or_else(|| "no cluster flags".to_string())
+    }
+
+    #[test]
+    fn cluster_flags_go_before_or_after_the_command_the_later_wins() {
+        let flags =
+            |kubeconfig: Option<&str>, context: Option<&str>, namespace: Option<&str>| KubeArgs {
+                kubeconfig: kubeconfig.map(PathBuf::from),
+                context: context.map(str::to_string),
+                namespace: namespace.map(str::to_string),
+                ..KubeArgs::default()
+            };
+        let ok = |args: &[&str]| cluster_of(args).unwrap_or_else(|e| panic!("{args:?}: {e}"));
+        // As kubectl hands them over: `kubectl pullgate --context c diagnose …`.
+        assert_eq!(
+            ok(&[
+                "kubectl-pullgate",
+                "--context",
+                "c",
+                "-n",
+                "a",
+                "diagnose",
+                "img"
+            ]),
+            flags(None, Some("c"), Some("a"))
+        );
+        assert_eq!(
+            ok(&[
+                "pullgate",
+                "diagnose",
+                "img",
+                "--context=c",
+                "--namespace",
+                "a"
+            ]),
+            flags(None, Some("c"), Some("a"))
+        );
+        // Both places: each flag from where it is set, the one after the command winning.
+        assert_eq!(
+            ok(&[
+                "pullgate",
+                "-n",
+                "a",
+                "--kubeconfig",
+                "/k",
+                "diagnose",
+                "img",
+                "-n",
+                "b"
+            ]),
+            flags(Some("/k"), None, Some("b"))
+        );
+        // Unset: nothing (the kubeconfig rule decides later).
+        assert_eq!(ok(&["pullgate", "diagnose", "img"]), KubeArgs::default());
+        for args in [
+            &["pullgate", "--context", "c", "audit"][..],
+            &[
+                "pullgate",
+                "--context",
+                "c",
+                "auth",
+                "resolve",
+                "img",
+                "--pod",
+                "p",
+            ],
+            &["pullgate", "--context", "c", "check", "img"],
+            &["pullgate", "--context", "c", "status"],
+        ] {
+            assert_eq!(ok(args).context.as_deref(), Some("c"), "{args:?}");
+        }
+        // A command that reads no cluster refuses them, wherever they are.
+        for args in [
+            &["pullgate", "--context", "c", "run", "--manifests", "/m"][..],
+            &["pullgate", "-n", "x", "crd"],
+            &["pullgate", "--kubeconfig", "/k", "canary"],
+            &["pullgate", "crd", "--context", "c"],
+        ] {
+            let err = Cli::try_parse_args(args).err().map(|e| e.to_string());
+            assert!(err.is_some(), "{args:?}");
+        }
+        // A leading flag is refused where clap refuses it after the command.
+        for args in [
+            &[
+                "pullgate",
+                "--context",
+                "c",
+                "diagnose",
+                "img",
+                "--manifests",
+                "/m",
+            ][..],
+            &[
+                "pullgate",
+                "--user",
+                "u",
+                "check",
+                "img",
+                "--docker-config",
+                "/d",
+            ],
+            &[
+                "pullgate",
+                "--kubeconfig",
+                "/k",
+                "status",
+                "--api-socket",
+                "/s",
+            ],
+            &[
+                "pullgate",
+                "diagnose",
+                "img",
+                "--manifests",
+                "/m",
+                "--context",
+                "c",
+            ],
+            &[
+                "pullgate",
+                "check",
+                "img",
+                "--docker-config",
+                "/d",
+                "-n",
+                "x",
+            ],
+            &[
+                "pullgate",
+                "auth",
+                "resolve",
+                "img",
+                "--pod",
+                "p",
+                "--manifests",
+                "/m",
+            ],
+            &["pullgate", "status", "--api-socket", "/s", "--node", "n"],
+            &["pullgate", "status", "--node", "n", "--all-nodes"],
+        ] {
+            assert!(Cli::try_parse_args(args).is_err(), "{args:?}");
+        }
+        // -n alone with --manifests or for status is fine.
+        assert!(
+            Cli::try_parse_args(["pullgate", "-n", "x", "diagnose", "i", "--manifests", "/m"])
+                .is_ok()
+        );
+        assert!(
+            Cli::try_parse_args(["pullgate", "-n", "x", "status", "--api-socket", "/s"]).is_ok()
+        );
+    }
+
+    #[test]
+    fn as_a_kubectl_plugin_usage_says_kubectl_pullgate() {
+        let help = |args: &[&str]| match Cli::try_parse_args(args) {
+            Err(e) if e.kind() == clap::error::ErrorKind::DisplayHelp => e.to_string(),
+            other => panic!("{args:?}: help expected, got {other:?}"),
+        };
+        let top = help(&["/home/me/.local/bin/kubectl-pullgate", "--help"]);
+        assert!(
+            top.contains("Usage: kubectl pullgate [OPTIONS] <COMMAND>"),
+            "{top}"
+        );
+        let sub = help(&["kubectl-pullgate", "diagnose", "--help"]);
+        assert!(sub.contains("Usage: kubectl pullgate diagnose"), "{sub}");
+        assert!(sub.contains("--context <NAME>"), "{sub}");
+        let plain = help(&["/usr/bin/pullgate", "auth", "resolve", "--help"]);
+        assert!(plain.contains("Usage: pullgate auth resolve"), "{plain}");
+        let err = Cli::try_parse_args(["kubectl-pullgate", "diagnose"])
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        assert!(err.contains("kubectl pullgate diagnose"), "{err}");
     }
 }
 

@@ -1,7 +1,6 @@
-use clap::Parser as _;
 use std::process::ExitCode;
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    pullgate::main(pullgate::cli::Cli::parse()).await
+    pullgate::main(pullgate::cli::Cli::parse_args()).await
 }

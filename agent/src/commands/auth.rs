@@ -3,7 +3,7 @@
 
 use crate::adapters::credential_plugin::{PluginError, kubelet_resolver};
 use crate::cli::ResolveArgs;
-use crate::commands::one_shot::{OneShotError, resolve_selection};
+use crate::commands::one_shot::{OneShotError, select};
 use crate::commands::table::columns;
 use crate::decide::audit::fingerprint::FingerprintKey;
 use crate::decide::credentials::Resolution;
@@ -76,7 +76,7 @@ pub async fn resolve(args: ResolveArgs) -> Result<bool, AuthError> {
         .map_err(AuthError::Random)?;
     let image = ImageRef::parse(&image)?;
     let resolver = kubelet_resolver(&node_credentials)?;
-    let resolution = resolve_selection(&selection, &resolver, &image).await?;
+    let resolution = select(&selection).await?.resolve(&resolver, &image).await?;
     let report = report(&image, &resolution, &key);
     if json {
         println!(

@@ -1,13 +1,13 @@
 //! `pullgate check IMAGE…`: one-shot canaries for people on call — registry-direct, and with
 //! `--runtime` also through the container runtime (CRI `PullImage`) — with the credentials the
-//! selected source gives ([`crate::commands::one_shot::resolve_selection`]).
+//! selected source gives ([`crate::commands::one_shot::select`]).
 
 use crate::adapters::containerd_config::{HostsDir, RuntimeRegistry};
 use crate::adapters::credential_plugin::{PluginError, kubelet_resolver};
 use crate::adapters::cri::{CriClient, CriTimeouts};
 use crate::adapters::registry::{RegistryClient, RegistryError};
 use crate::cli::CheckArgs;
-use crate::commands::one_shot::{self, OneShotError, resolve_selection};
+use crate::commands::one_shot::{self, OneShotError, select};
 use crate::decide::canary::runner::{CanaryOutcome, CanaryRunner, Trigger};
 use crate::model::image_ref::ImageRef;
 
@@ -61,12 +61,12 @@ pub async fn check(args: CheckArgs) -> Result<bool, CheckError> {
         runtime: cri.map(|c| c as std::sync::Arc<dyn crate::decide::runtime::ImageRuntime>),
         mirrors,
     };
-    let namespace = selection.namespace.clone().unwrap_or_default();
-    let pullset = selection.pullset.clone().unwrap_or_default();
+    let selected = select(&selection).await?;
+    let (namespace, pullset) = (selected.namespace.clone(), selected.pullset.clone());
     let mut all_ok = true;
     for image in images {
         let image = ImageRef::parse(&image)?;
-        let resolution = resolve_selection(&selection, &resolver, &image).await?;
+        let resolution = selected.resolve(&resolver, &image).await?;
         let outcome = runner
             .check_image(
                 &namespace,

@@ -38,6 +38,8 @@ pub enum DiagnoseError {
     #[error(transparent)]
     Cluster(#[from] crate::adapters::kube::source::ClusterError),
     #[error(transparent)]
+    Kubeconfig(#[from] crate::adapters::kube::kubeconfig::KubeconfigError),
+    #[error(transparent)]
     Registry(#[from] crate::adapters::registry::RegistryError),
     #[error("invalid --cri-endpoint: {0}")]
     CriEndpoint(String),
@@ -117,7 +119,7 @@ pub async fn diagnose(args: DiagnoseArgs) -> Result<bool, DiagnoseError> {
         runtime: None,
         mirrors,
     };
-    let ns = &args.namespace;
+    let ns = &set.key.namespace;
     for (name, depth) in [
         ("registry: manifest", CanaryDepth::Manifest),
         ("registry: blobs", CanaryDepth::Blobs),
@@ -130,13 +132,13 @@ pub async fn diagnose(args: DiagnoseArgs) -> Result<bool, DiagnoseError> {
             break;
         }
     }
-    steps.extend(runtime_steps(&args, cri, &runner, &image, &resolution).await);
+    steps.extend(runtime_steps(&set, cri, &runner, &image, &resolution).await);
 
     let conclusion = conclude(&steps, &resolution);
     let ok = steps.iter().all(|s| s.ok != Some(false));
     let diagnosis = Diagnosis {
         image: image.to_string(),
-        namespace: args.namespace.clone(),
+        namespace: set.key.namespace.clone(),
         steps,
         conclusion,
     };
@@ -155,21 +157,23 @@ pub async fn diagnose(args: DiagnoseArgs) -> Result<bool, DiagnoseError> {
 }
 
 /// The objects, and who pulls: a pod with `--service-account` (else `default`), or in cluster mode
-/// `--pod`'s own pull secrets and ServiceAccount.
+/// `--pod`'s own pull secrets and ServiceAccount. The namespace: `-n`, else (cluster mode) the
+/// kubeconfig context's, else `default`.
 async fn load(args: &DiagnoseArgs, image: &ImageRef) -> Result<Subject, DiagnoseError> {
-    let namespace = &args.namespace;
     let with_service_account = Puller {
         service_account: args.service_account.clone(),
         pod_secrets: Vec::new(),
     };
     let as_service_account = |set: &ValidPullSet| {
         format!(
-            "a pod with ServiceAccount {namespace}/{}",
+            "a pod with ServiceAccount {}/{}",
+            set.key.namespace,
             set.service_account()
         )
     };
     if let Some(dir) = &args.manifests {
         let loaded = crate::adapters::files::manifests::load_dir(dir)?;
+        let namespace = &args.cluster.namespace_or_default();
         let set = pullset_for(namespace, "diagnose", &with_service_account, image)?;
         return Ok(Subject {
             inventory: loaded.inventory,
@@ -177,7 +181,9 @@ async fn load(args: &DiagnoseArgs, image: &ImageRef) -> Result<Subject, Diagnose
             set,
         });
     }
-    let client = crate::adapters::kube::source::client(args.kubeconfig.as_deref()).await?;
+    let crate::adapters::kube::kubeconfig::Connection { client, namespace } =
+        crate::adapters::kube::kubeconfig::connect(&args.cluster).await?;
+    let namespace = &namespace;
     let (set, describe) = match &args.pod {
         Some(pod) => {
             let key = ObjectKey::new(namespace, pod);
@@ -409,7 +415,7 @@ fn runtime_client(args: &DiagnoseArgs) -> Result<Option<CriClient>, DiagnoseErro
 }
 
 async fn runtime_steps(
-    args: &DiagnoseArgs,
+    set: &ValidPullSet,
     cri: Option<CriClient>,
     runner: &CanaryRunner<RegistryClient>,
     image: &ImageRef,
@@ -453,7 +459,7 @@ async fn runtime_steps(
     };
     let pulled = runner
         .check_runtime(
-            &args.namespace,
+            &set.key.namespace,
             "diagnose",
             image,
             resolution,

@@ -1,16 +1,21 @@
 //! What the one-shot commands (`auth resolve`, `check`, `diagnose`) share: the PullSet they
 //! resolve credentials with (one image, pulled as a pod with a ServiceAccount or with its own
-//! `imagePullSecrets`), the resolution from the selected source of credentials, and the node name
+//! `imagePullSecrets`), the resolution from the selected source of credentials (Docker config
+//! files, a manifest directory, or else the API server the cluster flags pick), and the node name
 //! they report.
 
 use crate::adapters::files::manifests::{ManifestError, load_dir};
+use crate::adapters::kube::kubeconfig::KubeconfigError;
+use crate::adapters::kube::source::ClusterError;
 use crate::cli::CredentialSelection;
+use crate::decide::credentials::dockerconfig::DockerConfigEntry;
 use crate::decide::credentials::{
     CredentialResolver as _, KubeletResolver, Resolution, resolve_docker_config_files,
 };
 use crate::model::image_ref::ImageRef;
-use crate::model::inventory::ObjectKey;
+use crate::model::inventory::{Inventory, ObjectKey};
 use crate::model::pullset::{self, ImageEntry, LocalObjectReference, PullSetSpec, ValidPullSet};
+use std::path::PathBuf;
 
 #[derive(Debug, thiserror::Error)]
 pub enum OneShotError {
@@ -18,8 +23,10 @@ pub enum OneShotError {
     Manifests(#[from] ManifestError),
     #[error("PullSet {0} is not in the manifests (or is invalid: see `pullgate run --once`)")]
     PullSetNotFound(ObjectKey),
-    #[error("--namespace is required with --manifests")]
-    NoNamespace,
+    #[error(transparent)]
+    Kubeconfig(#[from] KubeconfigError),
+    #[error(transparent)]
+    Cluster(#[from] ClusterError),
     #[error("{0}")]
     Invalid(String),
 }
@@ -70,48 +77,129 @@ pub fn pullset_for(
     })
 }
 
-/// The resolution for `image` from the selected source of credentials (`auth resolve`, `check`):
-/// Docker config files, or the objects of a manifest directory as a PullSet (`--pullset`) or as a
-/// pod with a ServiceAccount (`--service-account`, else `default`) would use them.
-pub async fn resolve_selection(
-    selection: &CredentialSelection,
-    resolver: &KubeletResolver,
-    image: &ImageRef,
-) -> Result<Resolution, OneShotError> {
+/// The selected source of credentials, read once for every image of a command.
+pub struct Selected {
+    /// The pod's / PullSet's namespace; empty for Docker config files.
+    pub namespace: String,
+    /// `--pullset`'s name; empty otherwise.
+    pub pullset: String,
+    source: Source,
+}
+
+enum Source {
+    DockerConfigs(Vec<(PathBuf, Result<Vec<DockerConfigEntry>, String>)>),
+    /// Objects from a manifest directory or the API server; the PullSet `--pullset` names, else
+    /// who pulls.
+    Objects {
+        inventory: Box<Inventory>,
+        pullset: Option<Box<pullset::ValidPullSet>>,
+        puller: Puller,
+    },
+}
+
+/// Reads the selected source: Docker config files, the objects of a manifest directory (a
+/// PullSet with `--pullset`, else a pod with `--service-account`, else `default`), or else from
+/// the API server, by name only, the ServiceAccount and Secrets the pod rule uses for `--pod` or
+/// a pod with `--service-account` (else `default`).
+pub async fn select(selection: &CredentialSelection) -> Result<Selected, OneShotError> {
     let CredentialSelection {
         docker_configs,
         manifests,
-        namespace,
+        cluster,
         service_account,
         pullset,
+        pod,
     } = selection;
-    let Some(dir) = manifests else {
-        let files = crate::adapters::files::docker_config::read_all(docker_configs);
-        return Ok(resolve_docker_config_files(&files, resolver, image).await);
+    if !docker_configs.is_empty() {
+        return Ok(Selected {
+            namespace: String::new(),
+            pullset: String::new(),
+            source: Source::DockerConfigs(crate::adapters::files::docker_config::read_all(
+                docker_configs,
+            )),
+        });
+    }
+    let with_service_account = Puller {
+        service_account: service_account.clone(),
+        pod_secrets: Vec::new(),
     };
-    let namespace = namespace.as_deref().ok_or(OneShotError::NoNamespace)?;
-    let loaded = load_dir(dir)?;
-    let set = match pullset {
-        Some(name) => {
-            let key = ObjectKey::new(namespace, name);
-            loaded
-                .inventory
-                .pullsets
-                .get(&key)
-                .cloned()
-                .ok_or(OneShotError::PullSetNotFound(key))?
-        }
-        None => pullset_for(
+    if let Some(dir) = manifests {
+        let namespace = cluster.namespace_or_default();
+        let loaded = load_dir(dir)?;
+        let set = match pullset {
+            Some(name) => {
+                let key = ObjectKey::new(&namespace, name);
+                let found = loaded.inventory.pullsets.get(&key).cloned();
+                Some(Box::new(found.ok_or(OneShotError::PullSetNotFound(key))?))
+            }
+            None => None,
+        };
+        return Ok(Selected {
             namespace,
-            "auth-resolve",
-            &Puller {
-                service_account: service_account.clone(),
-                pod_secrets: Vec::new(),
+            pullset: pullset.clone().unwrap_or_default(),
+            source: Source::Objects {
+                inventory: Box::new(loaded.inventory),
+                pullset: set,
+                puller: with_service_account,
             },
-            image,
-        )?,
+        });
+    }
+    let connection = crate::adapters::kube::kubeconfig::connect(cluster).await?;
+    let namespace = connection.namespace;
+    let puller = match pod {
+        Some(pod) => {
+            let key = ObjectKey::new(&namespace, pod);
+            let (pod_secrets, service_account) =
+                crate::adapters::kube::source::get_pod_pull_spec(&connection.client, &key).await?;
+            Puller {
+                service_account: Some(service_account),
+                pod_secrets,
+            }
+        }
+        None => with_service_account,
     };
-    Ok(resolver.resolve(&loaded.inventory, &set, image).await)
+    let inventory = crate::adapters::kube::source::read_pull_objects(
+        &connection.client,
+        &namespace,
+        puller.service_account.as_deref().unwrap_or("default"),
+        &puller.pod_secrets,
+    )
+    .await;
+    Ok(Selected {
+        namespace,
+        pullset: String::new(),
+        source: Source::Objects {
+            inventory: Box::new(inventory),
+            pullset: None,
+            puller,
+        },
+    })
+}
+
+impl Selected {
+    /// The resolution for `image`, as the kubelet would make it from this source.
+    pub async fn resolve(
+        &self,
+        resolver: &KubeletResolver,
+        image: &ImageRef,
+    ) -> Result<Resolution, OneShotError> {
+        match &self.source {
+            Source::DockerConfigs(files) => {
+                Ok(resolve_docker_config_files(files, resolver, image).await)
+            }
+            Source::Objects {
+                inventory,
+                pullset,
+                puller,
+            } => {
+                let set = match pullset {
+                    Some(set) => (**set).clone(),
+                    None => pullset_for(&self.namespace, "auth-resolve", puller, image)?,
+                };
+                Ok(resolver.resolve(inventory, &set, image).await)
+            }
+        }
+    }
 }
 
 /// The node name a one-shot command reports: the agent's rule ([`crate::model::node::node_name`],

@@ -1,16 +1,24 @@
 //! `pullgate status` and `pullgate canary`: clients of the local API, printed for people on call
-//! (tables) or scripts (`--json`).
+//! (tables) or scripts (`--json`). `status` also reads the fleet from the API server: pullgate's
+//! two conditions on each Node ([`crate::adapters::kube::fleet`]), when a Node or a cluster flag
+//! is asked for, or when there is no agent socket here (off a node: `kubectl pullgate status`).
 
+use crate::adapters::kube::fleet::{self, FleetError, NodeConditionState, NodeConditions};
+use crate::adapters::kube::kubeconfig::KubeconfigError;
 use crate::adapters::serve::local_api::{Client, LocalApiError, pb};
-use crate::cli::{CanaryArgs, StatusArgs};
+use crate::cli::{ApiSocket, CanaryArgs, DEFAULT_API_SOCKET, KubeArgs, StatusArgs};
 use crate::commands::table::columns;
 use crate::model::inventory::ObjectKey;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StatusCmdError {
     #[error("--api-socket is off: nothing to talk to")]
     NoSocket,
+    #[error(transparent)]
+    Kubeconfig(#[from] KubeconfigError),
+    #[error(transparent)]
+    Fleet(#[from] FleetError),
     #[error("`{0}` is not NAMESPACE/NAME")]
     BadPullSet(String),
     #[error(transparent)]
@@ -21,9 +29,151 @@ fn socket(path: &Option<PathBuf>) -> Result<&PathBuf, StatusCmdError> {
     path.as_ref().ok_or(StatusCmdError::NoSocket)
 }
 
+/// Where `status` reads.
+#[derive(Debug, PartialEq, Eq)]
+pub enum StatusSource {
+    /// The agent on this node, through its local API socket.
+    Local(ApiSocket),
+    /// The API server: these Nodes (empty: all).
+    Nodes(Vec<String>),
+}
+
+/// The rule: `--node`/`--all-nodes` or a cluster flag (`--kubeconfig`, `--context`, `--cluster`,
+/// `--user`): the API server's Nodes; else `--api-socket` (flag or `PULLGATE_API_SOCKET`): that
+/// socket; else the default socket when it exists; else (no agent here) every Node from the API
+/// server. `-n` alone changes nothing (Nodes have no namespace).
+pub fn source(
+    api_socket: Option<ApiSocket>,
+    nodes: &[String],
+    all_nodes: bool,
+    cluster: &KubeArgs,
+    default_exists: impl FnOnce(&Path) -> bool,
+) -> StatusSource {
+    if !nodes.is_empty() || all_nodes || cluster.connects() {
+        return StatusSource::Nodes(nodes.to_vec());
+    }
+    if let Some(socket) = api_socket {
+        return StatusSource::Local(socket);
+    }
+    let default = PathBuf::from(DEFAULT_API_SOCKET);
+    if default_exists(&default) {
+        StatusSource::Local(ApiSocket(Some(default)))
+    } else {
+        StatusSource::Nodes(Vec::new())
+    }
+}
+
 /// Prints the status; `Ok(true)` when every condition is True and every known verdict is Ok.
 pub async fn status(args: StatusArgs) -> Result<bool, StatusCmdError> {
-    let mut client = Client::connect(socket(&args.api.path.0)?).await?;
+    let StatusArgs {
+        api_socket,
+        nodes,
+        all_nodes,
+        cluster,
+        json,
+    } = args;
+    match source(api_socket, &nodes, all_nodes, &cluster, Path::exists) {
+        StatusSource::Local(socket) => local_status(&socket, json).await,
+        StatusSource::Nodes(nodes) => fleet_status(&cluster, &nodes, json).await,
+    }
+}
+
+/// The fleet view: pullgate's conditions on each Node; `Ok(true)` when every Node asked carries
+/// both, True.
+async fn fleet_status(
+    cluster: &KubeArgs,
+    nodes: &[String],
+    json: bool,
+) -> Result<bool, StatusCmdError> {
+    let connection = crate::adapters::kube::kubeconfig::connect(cluster).await?;
+    let rows = fleet::read(&connection.client, nodes).await?;
+    let healthy = rows.iter().all(|r| {
+        [&r.critical_images_ready, &r.pull_credentials_valid]
+            .into_iter()
+            .all(|c| c.as_ref().is_some_and(|c| c.status == "True"))
+    });
+    if json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&rows).unwrap_or_default()
+        );
+    } else {
+        print!(
+            "{}",
+            crate::model::printable::printable_text(&render_fleet(&rows))
+        );
+    }
+    Ok(healthy)
+}
+
+/// One row per Node: each condition's status, the reason of the first not True (its message
+/// below the table), and since when the Node has been so (the later transition).
+pub fn render_fleet(rows: &[NodeConditions]) -> String {
+    let cell = |c: &Option<NodeConditionState>| {
+        c.as_ref()
+            .map(|c| c.status.clone())
+            .unwrap_or_else(|| "-".into())
+    };
+    let table: Vec<[String; 5]> = rows
+        .iter()
+        .map(|r| {
+            let both = [&r.critical_images_ready, &r.pull_credentials_valid];
+            let failing = both
+                .into_iter()
+                .flatten()
+                .find(|c| c.status != "True")
+                .map(|c| c.reason.clone());
+            let reason = match (failing, both.iter().all(|c| c.is_none())) {
+                (Some(reason), _) => reason,
+                (None, true) => "no pullgate conditions".into(),
+                (None, false) => "-".into(),
+            };
+            let since = both
+                .into_iter()
+                .flatten()
+                .filter_map(|c| c.since.clone())
+                .max()
+                .unwrap_or_else(|| "-".into());
+            [
+                r.node.clone(),
+                cell(&r.critical_images_ready),
+                cell(&r.pull_credentials_valid),
+                reason,
+                since,
+            ]
+        })
+        .collect();
+    let mut out = columns(
+        &[
+            "NODE",
+            "IMAGES READY",
+            "CREDENTIALS VALID",
+            "REASON",
+            "SINCE",
+        ],
+        &table,
+    );
+    if rows.is_empty() {
+        out.push_str("no node\n");
+    }
+    for r in rows {
+        for (type_, c) in fleet::CONDITION_TYPES
+            .iter()
+            .zip([&r.critical_images_ready, &r.pull_credentials_valid])
+        {
+            if let Some(c) = c.as_ref().filter(|c| c.status != "True") {
+                out.push_str(&format!(
+                    "\n{} {type_} {}: {}: {}\n",
+                    r.node, c.status, c.reason, c.message
+                ));
+            }
+        }
+    }
+    out
+}
+
+async fn local_status(socket_arg: &ApiSocket, json: bool) -> Result<bool, StatusCmdError> {
+    let mut client = Client::connect(socket(&socket_arg.0)?).await?;
     let status = client.status().await?;
     let healthy = status.conditions.iter().all(|c| c.status == "True")
         && status.pullsets.iter().all(|s| {
@@ -34,7 +184,7 @@ pub async fn status(args: StatusArgs) -> Result<bool, StatusCmdError> {
                     .all(|v| v.verdict == "Ok")
             })
         });
-    if args.json {
+    if json {
         println!(
             "{}",
             serde_json::to_string_pretty(&status).unwrap_or_default()
@@ -197,6 +347,116 @@ pub async fn canary(args: CanaryArgs) -> Result<bool, StatusCmdError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn status_reads_the_socket_on_a_node_and_the_api_server_off_it() {
+        let kube = |context: Option<&str>, namespace: Option<&str>| KubeArgs {
+            context: context.map(str::to_string),
+            namespace: namespace.map(str::to_string),
+            ..KubeArgs::default()
+        };
+        let given = || Some(ApiSocket(Some(PathBuf::from("/s"))));
+        let nodes = |n: &[&str]| StatusSource::Nodes(n.iter().map(|s| s.to_string()).collect());
+        let default_socket =
+            StatusSource::Local(ApiSocket(Some(PathBuf::from(DEFAULT_API_SOCKET))));
+        for (socket, named, all, flags, exists, expected) in [
+            // On a node: the default socket.
+            (None, &[][..], false, kube(None, None), true, default_socket),
+            // -n says nothing of where.
+            (
+                None,
+                &[],
+                false,
+                kube(None, Some("x")),
+                true,
+                StatusSource::Local(ApiSocket(Some(PathBuf::from(DEFAULT_API_SOCKET)))),
+            ),
+            // Off a node (no socket): every Node.
+            (None, &[], false, kube(None, None), false, nodes(&[])),
+            // An --api-socket given is used even when absent (its error names it).
+            (
+                given(),
+                &[],
+                false,
+                kube(None, None),
+                false,
+                StatusSource::Local(ApiSocket(Some(PathBuf::from("/s")))),
+            ),
+            // A Node, all Nodes, or a cluster flag: the API server, socket or not.
+            (
+                None,
+                &["n1", "n2"],
+                false,
+                kube(None, None),
+                true,
+                nodes(&["n1", "n2"]),
+            ),
+            (None, &[], true, kube(None, None), true, nodes(&[])),
+            (None, &[], false, kube(Some("prod"), None), true, nodes(&[])),
+        ] {
+            let named: Vec<String> = named.iter().map(|s| s.to_string()).collect();
+            assert_eq!(
+                source(socket, &named, all, &flags, |_| exists),
+                expected,
+                "{named:?} {all} {flags:?} {exists}"
+            );
+        }
+    }
+
+    #[test]
+    fn the_fleet_table_has_a_row_per_node_and_says_why_not() {
+        let c = |status: &str, reason: &str, since: &str| {
+            Some(NodeConditionState {
+                status: status.into(),
+                reason: reason.into(),
+                message: format!("{reason} message"),
+                since: Some(since.into()),
+            })
+        };
+        let rows = [
+            NodeConditions {
+                node: "a".into(),
+                critical_images_ready: c("True", "Ok", "2026-01-01T00:00:00Z"),
+                pull_credentials_valid: c("True", "Ok", "2026-01-02T00:00:00Z"),
+            },
+            NodeConditions {
+                node: "b".into(),
+                critical_images_ready: c("True", "Ok", "2026-01-01T00:00:00Z"),
+                pull_credentials_valid: c("False", "Unauthorized", "2026-01-03T00:00:00Z"),
+            },
+            NodeConditions {
+                node: "c".into(),
+                critical_images_ready: None,
+                pull_credentials_valid: None,
+            },
+        ];
+        let table = render_fleet(&rows);
+        let lines: Vec<&str> = table.lines().collect();
+        assert_eq!(
+            lines[0],
+            "NODE  IMAGES READY  CREDENTIALS VALID  REASON                  SINCE"
+        );
+        assert_eq!(
+            lines[1],
+            "a     True          True               -                       2026-01-02T00:00:00Z"
+        );
+        assert_eq!(
+            lines[2],
+            "b     True          False              Unauthorized            2026-01-03T00:00:00Z"
+        );
+        assert_eq!(
+            lines[3],
+            "c     -             -                  no pullgate conditions  -"
+        );
+        assert!(
+            table.contains("\nb PullCredentialsValid False: Unauthorized: Unauthorized message\n"),
+            "{table}"
+        );
+        assert_eq!(
+            render_fleet(&[]),
+            "NODE  IMAGES READY  CREDENTIALS VALID  REASON  SINCE\nno node\n"
+        );
+    }
 
     #[test]
     fn status_table_shows_verdicts_credentials_and_why() {

@@ -4,6 +4,8 @@
 pub mod api_errors;
 pub mod audit_lists;
 pub mod event_recorder;
+pub mod fleet;
+pub mod kubeconfig;
 pub mod node_status;
 pub mod node_taint;
 pub mod review;

@@ -35,28 +35,20 @@ use tokio_util::sync::CancellationToken;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ClusterError {
-    #[error("cannot configure the Kubernetes client: {0}")]
-    Config(String),
+    #[error(transparent)]
+    Kubeconfig(#[from] super::kubeconfig::KubeconfigError),
     #[error("cannot read pod {pod}: {source}")]
     Pod { pod: ObjectKey, source: kube::Error },
 }
 
-/// A Kubernetes client from `--kubeconfig`, else in-cluster configuration, else `KUBECONFIG`.
+/// A Kubernetes client from `--kubeconfig`, else as kubectl finds one, else the in-cluster
+/// configuration ([`super::kubeconfig`]).
 pub async fn client(kubeconfig: Option<&std::path::Path>) -> Result<Client, ClusterError> {
-    let mut config = match kubeconfig {
-        Some(path) => {
-            let kc = kube::config::Kubeconfig::read_from(path)
-                .map_err(|e| ClusterError::Config(e.to_string()))?;
-            kube::Config::from_custom_kubeconfig(kc, &Default::default())
-                .await
-                .map_err(|e| ClusterError::Config(e.to_string()))?
-        }
-        None => kube::Config::infer()
-            .await
-            .map_err(|e| ClusterError::Config(e.to_string()))?,
+    let flags = crate::cli::KubeArgs {
+        kubeconfig: kubeconfig.map(std::path::Path::to_path_buf),
+        ..Default::default()
     };
-    super::identify(&mut config);
-    Client::try_from(config).map_err(|e| ClusterError::Config(e.to_string()))
+    Ok(super::kubeconfig::connect(&flags).await?.client)
 }
 
 #[derive(Default)]

@@ -15,7 +15,7 @@
 pub mod render;
 
 use crate::adapters::kube::audit_lists as cluster;
-use crate::adapters::kube::source::{ClusterError, client};
+use crate::adapters::kube::kubeconfig::{KubeconfigError, connect};
 use crate::cli::AuditArgs;
 use crate::decide::audit::{analysis, fingerprint};
 use std::io::Read as _;
@@ -24,7 +24,7 @@ use std::time::SystemTime;
 #[derive(Debug, thiserror::Error)]
 pub enum AuditError {
     #[error(transparent)]
-    Client(#[from] ClusterError),
+    Client(#[from] KubeconfigError),
     #[error(transparent)]
     List(#[from] cluster::ListError),
     #[error("cannot draw the fingerprint key from /dev/urandom: {0}")]
@@ -34,14 +34,14 @@ pub enum AuditError {
 /// Lists, judges and prints. `Ok(true)` when nothing was flagged, `Ok(false)` with findings.
 pub async fn audit(args: AuditArgs) -> Result<bool, AuditError> {
     let AuditArgs {
-        kubeconfig,
+        cluster,
         expiry_warning,
         max_age,
         fingerprint,
         json,
     } = args;
     let key = fingerprint_key(fingerprint.fingerprint_key).map_err(AuditError::Random)?;
-    let client = client(kubeconfig.as_deref()).await?;
+    let client = connect(&cluster).await?.client;
     let input = cluster::load(&client).await?;
     let options = analysis::Options {
         now: SystemTime::now(),
