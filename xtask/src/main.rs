@@ -43,6 +43,9 @@ commands:
   bench api [--minutes M] [--pullsets P] [--other-pool-pullsets O]
                        cluster mode against the test API server: requests per node per hour at
                        steady state (default window 12 min: two watch renewals, one heartbeat)
+  bench gate [--images N] [--size-mib M] [--runs R] [-- AGENT-FLAGS]
+                       scale-out: a node joins tainted with N critical images (cluster mode, test
+                       API server); agent start to the taint's removal vs raw concurrent CRI pulls
   sim [--nodes N]      fleet simulation: N agents' canary services in one process against the test
                        API server and a registry behind a counting proxy; peak registry requests/s
                        for a scheduled canary with and without jitter, and after a rotation
@@ -89,6 +92,7 @@ fn main() -> Result<()> {
             Some("reconcile") => bench("bench-reconcile", &args[2..]),
             Some("idle") => bench("bench-idle", &args[2..]),
             Some("api") => bench("bench-api", &args[2..]),
+            Some("gate") => bench("bench-gate", &args[2..]),
             Some("prepull") | None => bench("bench-prepull", args.get(2..).unwrap_or_default()),
             Some(other) => bail!("unknown benchmark `{other}`\n\n{USAGE}"),
         },

@@ -74,6 +74,10 @@
 //!   [`ApiServer::list`] show storage (what was written, defaulted by the CRD of that time); the
 //!   HTTP reads show what the server serves (defaulted by the current CRD).
 //!
+//! Test-only instrumentation, which changes no answer: `marks`, the server-side instant a write
+//! stored an object that satisfies a test's predicate ([`ApiServer::mark_when`], read by
+//! `bench gate` for the moment the start-up taint was removed).
+//!
 //! What it does not do: authentication of its own callers (with RBAC enforced, every caller is
 //! pullgate's ServiceAccount), aggregated ClusterRoles, authorization of the reviews, admission,
 //! defaulting of built-in kinds, any other validation (a custom resource's values are not checked
@@ -103,6 +107,7 @@ use crate::server_thread::ServerThread;
 mod crds;
 mod handle;
 mod list;
+mod marks;
 pub mod objects;
 mod patch;
 mod rbac;
@@ -153,6 +158,8 @@ pub(crate) struct Store {
     throttle: Option<throttle::Throttle>,
     /// How often a watch asking for bookmarks gets one (`None`: [`watch::BOOKMARK_INTERVAL`]).
     bookmark_interval: Option<std::time::Duration>,
+    /// Test-only instrumentation: when a write first stored an object a test waits for (`marks`).
+    marks: marks::Marks,
 }
 
 /// Shared state of a running server.
@@ -486,8 +493,14 @@ impl ApiState {
             .objects
             .entry(collection.clone())
             .or_default()
-            .insert((namespace, name), object.clone())
+            .insert((namespace.clone(), name.clone()), object.clone())
             .is_some();
+        store.marks.observe(
+            &collection,
+            &(namespace, name),
+            &object,
+            std::time::Instant::now(),
+        );
         self.record(
             &mut store,
             collection,

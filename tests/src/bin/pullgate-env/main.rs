@@ -2,12 +2,13 @@
 //! pullgate against it, and tears everything down (guards stop the processes even on error).
 //!
 //! One module per subcommand: `demo`, `image`, and `bench_prepull`, `bench_canary`, `bench_reconcile`,
-//! `bench_idle`, `bench_api`; what two benchmarks share is in `bench`, what tests share too is in
+//! `bench_idle`, `bench_api`, `bench_gate`; what two benchmarks share is in `bench`, what tests share too is in
 //! the `pullgate_testenv` library.
 
 mod bench;
 mod bench_api;
 mod bench_canary;
+mod bench_gate;
 mod bench_idle;
 mod bench_prepull;
 mod bench_reconcile;
@@ -66,6 +67,21 @@ enum Cmd {
         /// Runs per method; medians are reported.
         #[arg(long, default_value_t = 5)]
         runs: usize,
+    },
+    /// Gate benchmark: a node that joins tainted with N critical images; agent start to the
+    /// taint's removal (stored by the test API server) vs raw concurrent CRI pulls.
+    BenchGate {
+        #[arg(long, default_value_t = 8)]
+        images: usize,
+        /// Size of each image in MiB (two layers of half that each).
+        #[arg(long, default_value_t = 20)]
+        size_mib: usize,
+        /// Runs per method; medians are reported.
+        #[arg(long, default_value_t = 5)]
+        runs: usize,
+        /// More `pullgate run` flags, after `--` (e.g. `-- --rotation-jitter 0s`).
+        #[arg(last = true)]
+        agent_args: Vec<String>,
     },
     /// Reconcile benchmark: `run --once` over N images that are all present; CRI calls per pass.
     BenchReconcile {
@@ -128,6 +144,12 @@ fn main() -> Result<()> {
             size_mib,
             runs,
         } => bench_prepull::bench_prepull(images, size_mib, runs),
+        Cmd::BenchGate {
+            images,
+            size_mib,
+            runs,
+            agent_args,
+        } => bench_gate::bench_gate(images, size_mib, runs, &agent_args),
         Cmd::BenchCanary { rotations } => bench_canary::bench_canary(rotations),
         Cmd::BenchReconcile { images, runs } => bench_reconcile::bench_reconcile(images, runs),
         Cmd::BenchIdle {
