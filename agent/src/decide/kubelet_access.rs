@@ -21,8 +21,11 @@
 //! is `AnyPod` too, with nothing to warn about.
 
 use crate::model::image_ref::ImageRef;
-use crate::model::outcome::KubeletAccess;
+use crate::model::outcome::{KubeletAccess, Outcome};
 use std::collections::BTreeSet;
+
+/// The credential label of a pull without credentials (`decide::prepull`'s).
+const ANONYMOUS: &str = "anonymous";
 
 /// The feature gate's name, in `featureGates` and `--feature-gates`.
 pub const FEATURE_GATE: &str = "KubeletEnsureSecretPulledImages";
@@ -346,6 +349,38 @@ pub fn decide(
                 "{image} was pre-pulled with a credential, but any pod on this node can start it without one: {why}; to have the kubelet check each pod's credential, {fix}"
             )
         }),
+    }
+}
+
+/// What the daemon knows of its kubelet (`--kubelet-config`, `--kubelet-version`), applied to
+/// every pre-pull record.
+#[derive(Clone, Debug, Default)]
+pub struct KubeletView {
+    /// `None`: no `--kubelet-config`, or the file could not be used (warned at start-up).
+    pub policy: Option<KubeletPolicy>,
+    /// `--kubelet-version`.
+    pub flag_version: Option<KubeletVersion>,
+}
+
+impl KubeletView {
+    /// Sets the record's `kubelet_access` (and its warning). `node_version`: the Node's
+    /// `status.nodeInfo.kubeletVersion` (cluster mode), preferred to the flag. A pre-pull is
+    /// private when it succeeded with a credential (not `anonymous`).
+    pub fn annotate(&self, outcome: &mut Outcome, node_version: Option<&str>) {
+        let Ok(image) = ImageRef::parse(&outcome.image) else {
+            return;
+        };
+        let version = node_version
+            .and_then(KubeletVersion::parse)
+            .or(self.flag_version);
+        let private = outcome.verdict.is_ok()
+            && outcome
+                .credential
+                .as_deref()
+                .is_some_and(|c| c != ANONYMOUS);
+        let d = decide(self.policy.as_ref(), version, &image, private);
+        outcome.kubelet_access = d.access;
+        outcome.kubelet_access_warning = d.warning;
     }
 }
 

@@ -402,7 +402,14 @@ async fn watch_node(client: Client, node_name: String, shared: Shared) {
     while let Some(event) = stream.next().await {
         match event {
             Ok(Event::Apply(node) | Event::InitApply(node)) => {
+                let kubelet_version = node
+                    .status
+                    .as_ref()
+                    .and_then(|s| s.node_info.as_ref())
+                    .map(|i| i.kubelet_version.clone())
+                    .filter(|v| !v.is_empty());
                 let facts = NodeFacts {
+                    kubelet_version,
                     taints: node
                         .spec
                         .and_then(|spec| spec.taints)
@@ -810,6 +817,7 @@ mod tests {
     #[test]
     fn only_labels_and_taints_change_the_node() {
         let taint = |key: &str| NodeFacts {
+            kubelet_version: None,
             taints: vec![NodeTaint {
                 key: key.into(),
                 value: None,

@@ -397,3 +397,41 @@ fn the_condition_note_lists_three_and_counts_the_rest() {
     assert!(note.contains("NeverVerifyPreloadedImages"), "{note}");
     assert!(note.ends_with(": r/a:1, r/b:1, r/c:1 and 1 more"), "{note}");
 }
+
+#[test]
+fn records_are_annotated_with_the_node_version_first() {
+    use crate::model::outcome::Action;
+    use crate::model::verdict::Verdict;
+    let mut o = crate::decide::event_policy::tests::prepull(Action::Pulled, Verdict::Ok);
+    o.image = "127.0.0.1:5000/team/app:v1".into();
+    o.credential = Some("secret team/regcred key 127.0.0.1:5000".into());
+    let view = KubeletView {
+        policy: Some(KubeletPolicy::new(Some("AlwaysVerify"), &[], None).unwrap()),
+        flag_version: KubeletVersion::parse("v1.34.0"),
+    };
+    view.annotate(&mut o, None);
+    assert_eq!(o.kubelet_access, AnyPod);
+    assert!(o.kubelet_access_warning.is_some());
+    view.annotate(&mut o, Some("v1.35.0"));
+    assert_eq!(
+        (o.kubelet_access, o.kubelet_access_warning.as_deref()),
+        (VerifiedPerCredential, None)
+    );
+    // Anonymous and failed pre-pulls warn of nothing.
+    let view = KubeletView {
+        policy: Some(KubeletPolicy::new(None, &[], None).unwrap()),
+        flag_version: None,
+    };
+    o.credential = Some("anonymous".into());
+    view.annotate(&mut o, None);
+    assert_eq!(
+        (o.kubelet_access, o.kubelet_access_warning.as_deref()),
+        (AnyPod, None)
+    );
+    o.credential = Some("secret team/regcred key r".into());
+    o.verdict = Verdict::Unauthorized;
+    view.annotate(&mut o, None);
+    assert_eq!(o.kubelet_access_warning, None);
+    KubeletView::default().annotate(&mut o, None);
+    assert_eq!(o.kubelet_access, Unknown);
+}
