@@ -536,6 +536,8 @@ pub struct RunArgs {
     #[command(flatten)]
     pub node: NodeArgs,
     #[command(flatten)]
+    pub kubelet: KubeletArgs,
+    #[command(flatten)]
     pub cri: CriArgs,
     #[command(flatten)]
     pub prepull: PrePullArgs,
@@ -713,6 +715,26 @@ pub struct NodeArgs {
     /// This node's labels, for PullSet nodeSelectors in standalone mode: `k=v,k2=v2`.
     #[arg(long, env = "PULLGATE_NODE_LABELS", default_value = "")]
     pub node_labels: NodeLabels,
+}
+
+/// The kubelet's verification of pre-pulled images (KEP-2535): who may start what pullgate pulled.
+#[derive(Debug, Args)]
+pub struct KubeletArgs {
+    /// The kubelet's configuration file (KubeletConfiguration, YAML or JSON; kubeadm's
+    /// /var/lib/kubelet/config.yaml): its imagePullCredentialsVerificationPolicy,
+    /// preloadedImagesVerificationAllowlist and featureGates decide each pre-pull's
+    /// `kubelet_access`. Unset: `Unknown`; unreadable: a warning naming file and field, `Unknown`.
+    #[arg(long, env = "PULLGATE_KUBELET_CONFIG", value_name = "FILE")]
+    pub kubelet_config: Option<PathBuf>,
+    /// The kubelet's version (`v1.35.2`), for the feature gate's default when the file does not
+    /// set it (standalone mode; cluster mode reads the Node's status.nodeInfo.kubeletVersion).
+    #[arg(long, env = "PULLGATE_KUBELET_VERSION", value_name = "VERSION", value_parser = kubelet_version)]
+    pub kubelet_version: Option<crate::decide::kubelet_access::KubeletVersion>,
+}
+
+fn kubelet_version(s: &str) -> Result<crate::decide::kubelet_access::KubeletVersion, String> {
+    crate::decide::kubelet_access::KubeletVersion::parse(s)
+        .ok_or_else(|| format!("`{s}` is not a kubelet version such as v1.35.2"))
 }
 
 #[derive(Debug, Args)]

@@ -186,6 +186,78 @@ fn the_ladder_for_a_pod_from_the_api_server() {
     assert!(!out.contains(PASSWORD));
 }
 
+/// An image volume (KEP-4639) is pulled with the pod's pull secrets like a container image:
+/// `diagnose --pod` names it (`volume NAME image REF`) and walks the same ladder.
+#[test]
+fn the_ladder_for_an_image_volume_of_a_pod() {
+    let env = TestEnv::start().unwrap_or_else(|e| panic!("test environment: {e:#}"));
+    let host = env.registry.host();
+    let app = env.push(&ImageSpec::new("team/app", "v1")).unwrap();
+    let models = env.push(&ImageSpec::new("team/models", "v3")).unwrap();
+    let api = ApiServer::start().unwrap();
+    api.apply(objects::pull_secret(
+        "team", "regcred", &host, USER, PASSWORD,
+    ));
+    api.apply(json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "web-0", "namespace": "team"},
+                     "spec": {"imagePullSecrets": [{"name": "regcred"}],
+                              "containers": [{"name": "web", "image": app.by_tag,
+                                              "volumeMounts": [{"name": "models", "mountPath": "/models"}]}],
+                              "volumes": [{"name": "models", "image": {"reference": models.by_tag, "pullPolicy": "IfNotPresent"}}]}}));
+    let dir = tempfile::tempdir().unwrap();
+    let kubeconfig = dir.path().join("kubeconfig");
+    std::fs::write(&kubeconfig, api.kubeconfig()).unwrap();
+    let kubeconfig = kubeconfig.to_str().unwrap();
+    let (code, d, out) = diagnose(
+        &env,
+        &[
+            &models.by_tag,
+            "-n",
+            "team",
+            "--pod",
+            "web-0",
+            "--kubeconfig",
+            kubeconfig,
+        ],
+    );
+    assert_eq!(code, Some(0), "{out}");
+    let used = rung(&d, "pod image");
+    assert_eq!(used["ok"], true, "{out}");
+    assert_eq!(
+        used["detail"],
+        format!(
+            "pod team/web-0: volume models image {} — pulled with the pod's pull secrets",
+            models.by_tag
+        )
+    );
+    let pulls = rung(&d, "imagePullSecrets")["detail"].as_str().unwrap();
+    assert!(pulls.contains("pod team/web-0's own: regcred"), "{pulls}");
+    assert_eq!(rung(&d, "registry: blobs")["ok"], true, "{out}");
+    assert_eq!(d["conclusion"]["verdict"], "Ok");
+    // An image the pod does not name is said, not hidden.
+    let other = env.push(&ImageSpec::new("team/other", "v1")).unwrap();
+    let (_, d, out) = diagnose(
+        &env,
+        &[
+            &other.by_tag,
+            "-n",
+            "team",
+            "--pod",
+            "web-0",
+            "--kubeconfig",
+            kubeconfig,
+        ],
+    );
+    let used = rung(&d, "pod image");
+    assert_eq!(used["ok"], Value::Null, "{out}");
+    let detail = used["detail"].as_str().unwrap();
+    assert!(
+        detail.contains(&format!("volume models image {}", models.by_tag))
+            && detail.contains(&format!("container web image {}", app.by_tag)),
+        "{detail}"
+    );
+    assert!(!out.contains(PASSWORD));
+}
+
 /// Without `--service-account` a pod runs as `default`, which every real namespace has: a manifest
 /// directory that defines no `default` ServiceAccount means "no pull secrets from the
 /// ServiceAccount", never `ServiceAccountNotFound` — here the node's Docker config then pulls. And

@@ -7,6 +7,7 @@ pub mod credential_plugin;
 pub mod cri;
 pub mod files;
 pub mod kube;
+pub mod kubelet_config;
 pub mod registry;
 pub mod serve;
 pub mod statvfs;

@@ -76,6 +76,8 @@ struct Subject {
     set: ValidPullSet,
     /// `pod NS/NAME`, or `a pod with ServiceAccount NS/SA`.
     describe: String,
+    /// `--pod`'s images (containers and image volumes); `None` without `--pod`.
+    pod_images: Option<Vec<crate::model::inventory::PodImageUse>>,
 }
 
 pub async fn diagnose(args: DiagnoseArgs) -> Result<bool, DiagnoseError> {
@@ -84,6 +86,7 @@ pub async fn diagnose(args: DiagnoseArgs) -> Result<bool, DiagnoseError> {
         inventory,
         set,
         describe,
+        pod_images,
     } = load(&args, &image).await?;
     let resolver = kubelet_resolver(&args.node_credentials)?;
     let resolution = resolver.resolve(&inventory, &set, &image).await;
@@ -93,6 +96,9 @@ pub async fn diagnose(args: DiagnoseArgs) -> Result<bool, DiagnoseError> {
         ok: Some(true),
         detail: format!("{image} (registry {})", image.registry),
     }];
+    if let Some(uses) = &pod_images {
+        steps.push(pod_image_step(&describe, uses, &image));
+    }
     steps.extend(secret_steps(&inventory, &set, &describe, &image));
     steps.push(credential_step(&resolution));
 
@@ -179,16 +185,19 @@ async fn load(args: &DiagnoseArgs, image: &ImageRef) -> Result<Subject, Diagnose
             inventory: loaded.inventory,
             describe: as_service_account(&set),
             set,
+            pod_images: None,
         });
     }
     let crate::adapters::kube::kubeconfig::Connection { client, namespace } =
         crate::adapters::kube::kubeconfig::connect(&args.cluster).await?;
     let namespace = &namespace;
+    let mut pod_images = None;
     let (set, describe) = match &args.pod {
         Some(pod) => {
             let key = ObjectKey::new(namespace, pod);
-            let (pod_secrets, service_account) =
+            let (pod_secrets, service_account, images) =
                 crate::adapters::kube::source::get_pod_pull_spec(&client, &key).await?;
+            pod_images = Some(images);
             let puller = Puller {
                 service_account: Some(service_account),
                 pod_secrets,
@@ -221,7 +230,50 @@ async fn load(args: &DiagnoseArgs, image: &ImageRef) -> Result<Subject, Diagnose
         inventory,
         set,
         describe,
+        pod_images,
     })
+}
+
+/// Where the pod names the image: a container's or an image volume's (`volume NAME image REF`),
+/// both pulled with the pod's pull secrets; a pod that does not name it is said (`–`), since its
+/// pull secrets are then diagnosed for an image it does not pull.
+fn pod_image_step(
+    describe: &str,
+    uses: &[crate::model::inventory::PodImageUse],
+    image: &ImageRef,
+) -> Step {
+    let same = |written: &str| ImageRef::parse(written).is_ok_and(|r| r == *image);
+    let found: Vec<String> = uses
+        .iter()
+        .filter(|u| same(&u.image))
+        .map(|u| format!("{} image {}", u.used_by, u.image))
+        .collect();
+    if found.is_empty() {
+        let named: Vec<String> = uses
+            .iter()
+            .map(|u| format!("{} image {}", u.used_by, u.image))
+            .collect();
+        return Step {
+            step: "pod image".into(),
+            ok: None,
+            detail: format!(
+                "{describe} does not name {image} (it names: {}); its pull secrets are checked for it anyway",
+                if named.is_empty() {
+                    "nothing".to_string()
+                } else {
+                    named.join(", ")
+                }
+            ),
+        };
+    }
+    Step {
+        step: "pod image".into(),
+        ok: Some(true),
+        detail: format!(
+            "{describe}: {} — pulled with the pod's pull secrets",
+            found.join(", ")
+        ),
+    }
 }
 
 /// The pod rule's secrets, then each Secret: existence, type, keys against the registry.
@@ -522,6 +574,32 @@ fn render(d: &Diagnosis, who: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_pod_image_step_names_an_image_volume() {
+        use crate::model::inventory::PodImageUse;
+        let uses = [
+            PodImageUse {
+                used_by: "container web".into(),
+                image: "r.io/team/web:1".into(),
+            },
+            PodImageUse {
+                used_by: "volume models".into(),
+                image: "r.io/team/models:v3".into(),
+            },
+        ];
+        let image = ImageRef::parse("r.io/team/models:v3").unwrap();
+        let s = pod_image_step("pod team/web-0", &uses, &image);
+        assert_eq!(s.ok, Some(true));
+        assert_eq!(
+            s.detail,
+            "pod team/web-0: volume models image r.io/team/models:v3 — pulled with the pod's pull secrets"
+        );
+        let other = ImageRef::parse("r.io/team/other:1").unwrap();
+        let s = pod_image_step("pod team/web-0", &uses, &other);
+        assert_eq!(s.ok, None);
+        assert!(s.detail.contains("does not name r.io/team/other:1 (it names: container web image r.io/team/web:1, volume models image r.io/team/models:v3)"), "{}", s.detail);
+    }
 
     fn step(name: &str, ok: Option<bool>, detail: &str) -> Step {
         Step {

@@ -252,6 +252,11 @@ pub fn render_status(status: &pb::GetStatusResponse) -> String {
                 } else {
                     s.next_canary_time.clone()
                 },
+                if i.kubelet_access.is_empty() {
+                    "-".into()
+                } else {
+                    i.kubelet_access.clone()
+                },
             ]);
         }
     }
@@ -265,6 +270,7 @@ pub fn render_status(status: &pb::GetStatusResponse) -> String {
             "CANARY HOST",
             "CREDENTIAL",
             "NEXT CANARY",
+            "KUBELET ACCESS",
         ],
         &rows,
     ));
@@ -281,6 +287,18 @@ pub fn render_status(status: &pb::GetStatusResponse) -> String {
                     }
                 }
             }
+        }
+    }
+    for s in &status.pullsets {
+        for i in s
+            .images
+            .iter()
+            .filter(|i| !i.kubelet_access_warning.is_empty())
+        {
+            out.push_str(&format!(
+                "\n{}/{} {} kubelet access: {}: {}\n",
+                s.namespace, s.name, i.image, i.kubelet_access, i.kubelet_access_warning
+            ));
         }
     }
     for p in &status.problems {
@@ -492,6 +510,8 @@ mod tests {
                         host: "mirror.example:5000".into(),
                         ..Default::default()
                     }),
+                    kubelet_access: "AnyPod".into(),
+                    kubelet_access_warning: "r/api:1 was pre-pulled with a credential, but any pod on this node can start it without one".into(),
                 }],
             }],
             problems: vec!["Secret x/y: bad".into()],
@@ -501,7 +521,8 @@ mod tests {
             "PullCredentialsValid   False    Unauthorized",
             "payments/critical (gate)  r/api:1  yes",
             "PRE-PULL  CANARY        CANARY HOST          CREDENTIAL",
-            "Ok        Unauthorized  mirror.example:5000  secret payments/regcred key r  2026-11-23T01:00:00Z",
+            "Ok        Unauthorized  mirror.example:5000  secret payments/regcred key r  2026-11-23T01:00:00Z  AnyPod",
+            "payments/critical r/api:1 kubelet access: AnyPod: r/api:1 was pre-pulled with a credential, but any pod on this node can start it without one\n",
             "payments/critical r/api:1 canary: Unauthorized: 401\n  hint: rotate the secret\n  host: mirror.example:5000\n",
             "problem: Secret x/y: bad",
         ] {
@@ -520,6 +541,7 @@ mod tests {
                 host: host.into(),
                 ..Default::default()
             }),
+            ..Default::default()
         };
         let status = pb::GetStatusResponse {
             node: "n1".into(),
@@ -553,13 +575,14 @@ mod tests {
                 "Ok",
                 "127.0.0.1:5000",
                 "-",
+                "-",
                 "-"
             ],
             "{text}"
         );
         assert_eq!(
             cells("r/b:1"),
-            ["team/app", "r/b:1", "yes", "-", "Ok", "-", "-", "-"],
+            ["team/app", "r/b:1", "yes", "-", "Ok", "-", "-", "-", "-"],
             "{text}"
         );
     }

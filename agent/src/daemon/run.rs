@@ -15,6 +15,7 @@ use crate::decide::canary::transition::Transitions;
 use crate::decide::conditions::Tracker;
 use crate::decide::credentials::{CredentialResolver, KubeletResolver};
 use crate::decide::desired::prepull_images;
+use crate::decide::kubelet_access::KubeletView;
 use crate::decide::node_report::NodeReportConfig;
 use crate::decide::prepull::{PassSummary, PrePullConfig, PrePuller, RetryPolicy};
 use crate::decide::watchdog::{Bounds, Task};
@@ -23,7 +24,7 @@ use crate::model::node::NodeInfo;
 use crate::model::outcome::{SourceProblem, now_rfc3339};
 use crate::model::snapshot::Snapshot;
 use crate::model::verdict::Verdict;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
@@ -70,6 +71,7 @@ pub async fn run(args: RunArgs) -> Result<RunOutcome, RunError> {
         kubeconfig,
         once,
         node,
+        kubelet,
         cri,
         prepull,
         credentials,
@@ -310,6 +312,8 @@ pub async fn run(args: RunArgs) -> Result<RunOutcome, RunError> {
     let mut images_ready = ImagesReady {
         tracker: Tracker::new("CriticalImagesReady"),
         gate_namespaces: gate_namespaces.clone(),
+        kubelet: kubelet_view(&kubelet),
+        warned: BTreeSet::new(),
     };
 
     // Canaries run beside the pre-pull loop (not in a one-shot bootstrap pass).
@@ -577,6 +581,37 @@ impl CanarySink for ReportingCanarySink {
 struct ImagesReady {
     tracker: Tracker,
     gate_namespaces: crate::decide::gate::GateNamespaces,
+    /// Who may start what was pre-pulled (`kubelet_access` of every record).
+    kubelet: KubeletView,
+    /// The private images any pod may start, warned about (again when one comes back).
+    warned: BTreeSet<String>,
+}
+
+/// The kubelet's configuration file, read once (the kubelet reads it at its own start): a file
+/// that cannot be used is a warning, and every record's `kubelet_access` is `Unknown`.
+fn kubelet_view(args: &crate::cli::KubeletArgs) -> KubeletView {
+    let policy =
+        args.kubelet_config.as_deref().and_then(
+            |path| match crate::adapters::kubelet_config::read(path) {
+                Ok(p) => {
+                    tracing::info!(
+                        file = %path.display(),
+                        policy = %p.policy,
+                        gate = ?p.gate_in_file,
+                        "kubelet configuration read"
+                    );
+                    Some(p)
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "kubelet_access is Unknown for every pre-pull");
+                    None
+                }
+            },
+        );
+    KubeletView {
+        policy,
+        flag_version: args.kubelet_version,
+    }
 }
 
 async fn pass<R: crate::decide::runtime::ImageRuntime>(
@@ -595,8 +630,21 @@ async fn pass<R: crate::decide::runtime::ImageRuntime>(
     let desired = prepull_images(&loaded.inventory, node, resolver).await;
     tracing::debug!(images = desired.len(), "pre-pull pass");
     let gated: Mutex<Vec<(Verdict, String)>> = Mutex::new(Vec::new());
+    let exposed: Mutex<BTreeMap<String, String>> = Mutex::new(BTreeMap::new());
+    let kubelet = &images_ready.kubelet;
+    let kubelet_version = loaded
+        .node_facts
+        .as_ref()
+        .and_then(|f| f.kubelet_version.as_deref());
     let summary = engine
-        .pass(&desired, cancel, &|outcome| {
+        .pass(&desired, cancel, &|mut outcome| {
+            kubelet.annotate(&mut outcome, kubelet_version);
+            if let Some(warning) = &outcome.kubelet_access_warning {
+                exposed
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner)
+                    .insert(outcome.image.clone(), warning.clone());
+            }
             let key = ObjectKey::new(outcome.namespace.clone(), outcome.pullset.clone());
             if loaded
                 .inventory
@@ -631,10 +679,24 @@ async fn pass<R: crate::decide::runtime::ImageRuntime>(
         .collect();
     // The gating PullSets that do not count are said in the condition (the Node's readers).
     let allowed = &images_ready.gate_namespaces;
-    let note = crate::decide::gate::not_counted_note(
+    let mut note = crate::decide::gate::not_counted_note(
         &crate::decide::gate::not_allowed(&loaded.inventory, node, allowed),
         allowed,
     );
+    // Private images any pod may start: warned once each, and said in the condition.
+    let exposed = exposed
+        .into_inner()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    for (image, warning) in &exposed {
+        if !images_ready.warned.contains(image) {
+            tracing::warn!(%image, "{warning}");
+        }
+    }
+    images_ready.warned = exposed.into_keys().collect();
+    note.push_str(&crate::decide::kubelet_access::condition_note(
+        &images_ready.warned,
+        images_ready.kubelet.policy.as_ref(),
+    ));
     if let Some(condition) = images_ready
         .tracker
         .observe_noting(&verdicts, &failing, &note)

@@ -450,6 +450,8 @@ pub(crate) mod tests {
             repo_digest: None,
             size_bytes: None,
             warnings: vec![],
+            kubelet_access: Default::default(),
+            kubelet_access_warning: None,
         }
     }
 

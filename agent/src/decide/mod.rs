@@ -12,6 +12,7 @@ pub mod credentials;
 pub mod desired;
 pub mod event_policy;
 pub mod gate;
+pub mod kubelet_access;
 pub mod node_report;
 pub mod prepull;
 pub mod registry_hosts;

@@ -50,6 +50,9 @@ pub struct ImageState {
     pub present: bool,
     pub prepull: Option<LatestVerdict>,
     pub canary: Option<LatestVerdict>,
+    /// The latest pre-pull's `kubelet_access` (empty before one), and its warning (empty when none).
+    pub kubelet_access: String,
+    pub kubelet_access_warning: String,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -153,6 +156,12 @@ impl StatusBoard {
                                     o.credential.as_deref(),
                                 )
                             }),
+                            kubelet_access: prepull
+                                .map(|o| o.kubelet_access.as_str().to_string())
+                                .unwrap_or_default(),
+                            kubelet_access_warning: prepull
+                                .and_then(|o| o.kubelet_access_warning.clone())
+                                .unwrap_or_default(),
                             canary: board.canary.get(&slot).map(|o| LatestVerdict {
                                 host: o.host.clone().unwrap_or_default(),
                                 ..LatestVerdict::new(

@@ -35,6 +35,8 @@ pub fn node_name(flag: Option<String>, env: impl Fn(&str) -> Option<String>) -> 
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct NodeFacts {
     pub taints: Vec<NodeTaint>,
+    /// `status.nodeInfo.kubeletVersion` (`v1.35.2`), for the kubelet's defaults.
+    pub kubelet_version: Option<String>,
 }
 
 impl NodeFacts {

@@ -24,6 +24,30 @@ pub enum Action {
     Failed,
 }
 
+/// Who may start a pre-pulled image on this node, by the kubelet's verification of pre-pulled
+/// images (KEP-2535; decided by `decide::kubelet_access`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+pub enum KubeletAccess {
+    /// Any pod on this node can start it without credentials.
+    AnyPod,
+    /// The kubelet checks each new credential with the registry before a pod starts it.
+    VerifiedPerCredential,
+    /// Not known: no `--kubelet-config`, an unreadable one, or the feature gate's default matters
+    /// and the kubelet's version is not known.
+    #[default]
+    Unknown,
+}
+
+impl KubeletAccess {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::AnyPod => "AnyPod",
+            Self::VerifiedPerCredential => "VerifiedPerCredential",
+            Self::Unknown => "Unknown",
+        }
+    }
+}
+
 /// The outcome of one image for one PullSet.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct Outcome {
@@ -54,6 +78,12 @@ pub struct Outcome {
     pub size_bytes: Option<u64>,
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub warnings: Vec<String>,
+    /// Who may start the image once present (`--kubelet-config`); `Unknown` without it.
+    pub kubelet_access: KubeletAccess,
+    /// Set when a private image (pre-pulled with a credential) is `AnyPod`: why, and the kubelet
+    /// setting that would change it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub kubelet_access_warning: Option<String>,
 }
 
 /// A problem in the configuration a source read: reported, skipped, and the rest keeps running.

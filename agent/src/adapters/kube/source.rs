@@ -394,7 +394,14 @@ async fn watch_node(client: Client, node_name: String, shared: Shared) {
     while let Some(event) = stream.next().await {
         match event {
             Ok(Event::Apply(node) | Event::InitApply(node)) => {
+                let kubelet_version = node
+                    .status
+                    .as_ref()
+                    .and_then(|s| s.node_info.as_ref())
+                    .map(|i| i.kubelet_version.clone())
+                    .filter(|v| !v.is_empty());
                 let facts = NodeFacts {
+                    kubelet_version,
                     taints: node
                         .spec
                         .and_then(|spec| spec.taints)
@@ -570,11 +577,19 @@ async fn watch_one(client: Client, kind: char, key: ObjectKey, shared: Shared) {
     }
 }
 
-/// A pod's own `imagePullSecrets` and its ServiceAccount (`default` when unset), for `diagnose`.
+/// A pod's own `imagePullSecrets`, its ServiceAccount (`default` when unset) and the images it
+/// pulls with them (containers and image volumes), for `diagnose`.
 pub async fn get_pod_pull_spec(
     client: &Client,
     key: &ObjectKey,
-) -> Result<(Vec<String>, String), ClusterError> {
+) -> Result<
+    (
+        Vec<String>,
+        String,
+        Vec<crate::model::inventory::PodImageUse>,
+    ),
+    ClusterError,
+> {
     let api: Api<k8s_openapi::api::core::v1::Pod> = Api::namespaced(client.clone(), &key.namespace);
     let pod = api
         .get(&key.name)
@@ -584,6 +599,7 @@ pub async fn get_pod_pull_spec(
             source,
         })?;
     let spec = pod.spec.unwrap_or_default();
+    let images = pod_image_uses(&spec);
     Ok((
         spec.image_pull_secrets
             .unwrap_or_default()
@@ -593,7 +609,48 @@ pub async fn get_pod_pull_spec(
         spec.service_account_name
             .filter(|s| !s.is_empty())
             .unwrap_or_else(|| "default".into()),
+        images,
     ))
+}
+
+/// Every image a pod spec pulls with its pull secrets: containers of each kind, then image
+/// volumes (`volumes[].image.reference`; a volume without a reference pulls nothing).
+pub fn pod_image_uses(
+    spec: &k8s_openapi::api::core::v1::PodSpec,
+) -> Vec<crate::model::inventory::PodImageUse> {
+    use crate::model::inventory::PodImageUse;
+    let containers = spec
+        .init_containers
+        .iter()
+        .flatten()
+        .map(|c| ("initContainer", &c.name, c.image.as_ref()))
+        .chain(
+            spec.containers
+                .iter()
+                .map(|c| ("container", &c.name, c.image.as_ref())),
+        )
+        .chain(
+            spec.ephemeral_containers
+                .iter()
+                .flatten()
+                .map(|c| ("ephemeralContainer", &c.name, c.image.as_ref())),
+        );
+    let volumes = spec.volumes.iter().flatten().map(|v| {
+        (
+            "volume",
+            &v.name,
+            v.image.as_ref().and_then(|i| i.reference.as_ref()),
+        )
+    });
+    containers
+        .chain(volumes)
+        .filter_map(|(kind, name, image)| {
+            image.filter(|i| !i.is_empty()).map(|image| PodImageUse {
+                used_by: format!("{kind} {name}"),
+                image: image.clone(),
+            })
+        })
+        .collect()
 }
 
 /// One-shot reads for `diagnose`: the ServiceAccount and the Secrets the pod rule would use, each
@@ -800,8 +857,37 @@ mod tests {
     }
 
     #[test]
+    fn a_pods_images_include_its_image_volumes() {
+        let spec: k8s_openapi::api::core::v1::PodSpec = serde_json::from_value(serde_json::json!({
+            "initContainers": [{"name": "migrate", "image": "r.io/team/migrate:1"}],
+            "containers": [{"name": "web", "image": "r.io/team/web:1"}],
+            "ephemeralContainers": [{"name": "debug", "image": "busybox"}],
+            "volumes": [
+                {"name": "models", "image": {"reference": "r.io/team/models:v3", "pullPolicy": "IfNotPresent"}},
+                {"name": "empty", "image": {}},
+                {"name": "cache", "emptyDir": {}}
+            ]
+        }))
+        .unwrap();
+        let uses: Vec<String> = pod_image_uses(&spec)
+            .into_iter()
+            .map(|u| format!("{} image {}", u.used_by, u.image))
+            .collect();
+        assert_eq!(
+            uses,
+            [
+                "initContainer migrate image r.io/team/migrate:1",
+                "container web image r.io/team/web:1",
+                "ephemeralContainer debug image busybox",
+                "volume models image r.io/team/models:v3",
+            ]
+        );
+    }
+
+    #[test]
     fn only_labels_and_taints_change_the_node() {
         let taint = |key: &str| NodeFacts {
+            kubelet_version: None,
             taints: vec![NodeTaint {
                 key: key.into(),
                 value: None,

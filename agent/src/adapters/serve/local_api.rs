@@ -338,6 +338,8 @@ fn to_proto(status: Status) -> pb::GetStatusResponse {
                         present: i.present,
                         prepull: verdict(i.prepull),
                         canary: verdict(i.canary),
+                        kubelet_access: i.kubelet_access,
+                        kubelet_access_warning: i.kubelet_access_warning,
                     })
                     .collect(),
             })

@@ -522,6 +522,8 @@ mod tests {
             repo_digest: None,
             size_bytes: Some(4096),
             warnings: vec![],
+            kubelet_access: Default::default(),
+            kubelet_access_warning: None,
         };
         m.prepull(&o);
         o.action = Action::Present;

@@ -557,6 +557,8 @@ impl<R: ImageRuntime> PrePuller<R> {
                     repo_digest: None,
                     size_bytes: None,
                     warnings: Vec::new(),
+                    kubelet_access: Default::default(),
+                    kubelet_access_warning: None,
                 };
                 if let Some(b) = &owner.resolution.blocked {
                     // The kubelet fails this owner's pull before trying anything, whoever else
