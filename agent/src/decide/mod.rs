@@ -13,6 +13,7 @@ pub mod desired;
 pub mod event_policy;
 pub mod gate;
 pub mod node_report;
+pub mod pin;
 pub mod prepull;
 pub mod registry_hosts;
 pub mod retry;
