@@ -696,6 +696,17 @@ pub struct ClusterArgs {
         default_value = "kube-system"
     )]
     pub gate_namespaces: Vec<String>,
+    /// The namespaces whose `pin: true` PullSets pin their images (never removed by the
+    /// kubelet's image GC), by exact name, comma-separated (empty: none). Elsewhere `pin: true`
+    /// is a `PinNotAllowed` warning on the outcomes. Standalone, every namespace pins.
+    #[arg(
+        long,
+        env = "PULLGATE_PIN_NAMESPACES",
+        value_name = "NAMESPACES",
+        value_delimiter = ',',
+        default_value = "kube-system"
+    )]
+    pub pin_namespaces: Vec<String>,
     /// Re-write the node conditions (a fresh `lastHeartbeatTime`) at least this often.
     #[arg(long, env = "PULLGATE_CONDITION_HEARTBEAT", default_value = "10m")]
     pub condition_heartbeat: humantime::Duration,

@@ -14,7 +14,16 @@ use std::path::{Path, PathBuf};
 /// Crates that only adapters (and the CLI) may name, with the files or folders that may.
 const ADAPTER_CRATES: &[(&str, &[&str])] = &[
     ("kube", &["adapters/kube/"]),
-    ("tonic", &["adapters/cri.rs", "adapters/serve/local_api.rs"]),
+    (
+        "tonic",
+        &[
+            "adapters/cri.rs",
+            "adapters/serve/local_api.rs",
+            "adapters/containerd/",
+        ],
+    ),
+    ("containerd_client", &["adapters/containerd/"]),
+    ("prost_types", &["adapters/containerd/"]),
     ("k8s_cri", &["adapters/cri.rs"]),
     ("reqwest", &["adapters/registry/"]),
     ("axum", &["adapters/serve/http.rs"]),

@@ -2,6 +2,7 @@
 //! runtime (CRI), registries, containerd's registry configuration, credential-provider processes,
 //! the API server, files, and what the agent serves (HTTP, the local gRPC API, metrics, JSON lines).
 
+pub mod containerd;
 pub mod containerd_config;
 pub mod credential_plugin;
 pub mod cri;

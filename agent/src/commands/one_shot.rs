@@ -64,6 +64,7 @@ pub fn pullset_for(
         }],
         pre_pull: false,
         gate: false,
+        pin: false,
         canary: None,
     };
     pullset::validate(ObjectKey::new(namespace, name), spec).map_err(|errors| {

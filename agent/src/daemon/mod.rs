@@ -3,6 +3,7 @@
 
 pub mod canary_scheduler;
 pub mod node_reporter;
+pub mod pins;
 pub mod run;
 pub mod telemetry;
 pub mod watchdog;

@@ -199,6 +199,31 @@ pub async fn run(args: RunArgs) -> Result<RunOutcome, RunError> {
             cluster.gate_namespaces.iter().map(String::as_str),
         )
     };
+    // Pins: the same rule for who may (standalone: the node admin's directory, every namespace).
+    let pinner = {
+        let pin_namespaces = if manifests.is_some() {
+            crate::decide::gate::GateNamespaces::Any
+        } else {
+            crate::decide::gate::GateNamespaces::only(
+                cluster.pin_namespaces.iter().map(String::as_str),
+            )
+        };
+        let support = runtime_version
+            .as_ref()
+            .map_or(crate::decide::pin::PinSupport::Supported, |v| {
+                crate::decide::pin::support(&v.runtime_name, &v.runtime_version)
+            });
+        crate::daemon::pins::Pinner::new(
+            Arc::new(crate::adapters::containerd::ContainerdPins::new(
+                &cri.cri_endpoint,
+                *cri.cri_timeout,
+            )),
+            Arc::new(client.clone()),
+            support,
+            pin_namespaces,
+            prepull.min_free_disk,
+        )
+    };
     let (mut sources, source_task, reports, reports_task) = match manifests {
         Some(dir) => {
             let (rx, task) = watch_dir(dir, WatchConfig::default(), cancel.clone())?;
@@ -422,6 +447,7 @@ pub async fn run(args: RunArgs) -> Result<RunOutcome, RunError> {
                 &cancel,
                 &mut images_ready,
                 &reports,
+                &pinner,
             )
             .await;
             if summary.cancelled {
@@ -614,6 +640,7 @@ fn kubelet_view(args: &crate::cli::KubeletArgs) -> KubeletView {
     }
 }
 
+#[allow(clippy::too_many_arguments)]
 async fn pass<R: crate::decide::runtime::ImageRuntime>(
     engine: &PrePuller<R>,
     resolver: &dyn CredentialResolver,
@@ -622,6 +649,7 @@ async fn pass<R: crate::decide::runtime::ImageRuntime>(
     cancel: &CancellationToken,
     images_ready: &mut ImagesReady,
     reports: &Reports,
+    pinner: &crate::daemon::pins::Pinner,
 ) -> PassSummary {
     // Every pass (on each change of the sources and every recheck): what is gone is forgotten,
     // including a canary outcome that landed after its PullSet was deleted.
@@ -636,6 +664,8 @@ async fn pass<R: crate::decide::runtime::ImageRuntime>(
         .node_facts
         .as_ref()
         .and_then(|f| f.kubelet_version.as_deref());
+    // A `pin: true` PullSet's outcomes wait for the pins, to say whether the image is pinned.
+    let held: Mutex<Vec<crate::model::outcome::Outcome>> = Mutex::new(Vec::new());
     let summary = engine
         .pass(&desired, cancel, &|mut outcome| {
             kubelet.annotate(&mut outcome, kubelet_version);
@@ -665,9 +695,25 @@ async fn pass<R: crate::decide::runtime::ImageRuntime>(
                     "pre-pull failed"
                 );
             }
-            reports.prepull(&outcome);
+            if crate::daemon::pins::Pinner::holds(loaded, &outcome) {
+                held.lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner)
+                    .push(outcome);
+            } else {
+                reports.prepull(&outcome);
+            }
         })
         .await;
+    if !summary.cancelled {
+        let pins = pinner.reconcile(loaded, node).await;
+        for mut outcome in held
+            .into_inner()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+        {
+            pinner.annotate(&mut outcome, &pins);
+            reports.prepull(&outcome);
+        }
+    }
     let gated = gated
         .into_inner()
         .unwrap_or_else(std::sync::PoisonError::into_inner);

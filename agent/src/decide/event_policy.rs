@@ -449,6 +449,7 @@ pub(crate) mod tests {
             image_ref: None,
             repo_digest: None,
             size_bytes: None,
+            pinned: None,
             warnings: vec![],
             kubelet_access: Default::default(),
             kubelet_access_warning: None,

@@ -14,6 +14,7 @@ pub mod event_policy;
 pub mod gate;
 pub mod kubelet_access;
 pub mod node_report;
+pub mod pin;
 pub mod prepull;
 pub mod registry_hosts;
 pub mod retry;

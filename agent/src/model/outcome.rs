@@ -76,6 +76,9 @@ pub struct Outcome {
     /// The image's size as the runtime reports it, when this pass pulled it.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub size_bytes: Option<u64>,
+    /// Whether the image is pinned, for a `pin: true` PullSet (absent otherwise).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pinned: Option<bool>,
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub warnings: Vec<String>,
     /// Who may start the image once present (`--kubelet-config`); `Unknown` without it.

@@ -67,6 +67,10 @@ pub struct PullSetSpec {
     /// Count toward the node's readiness gate.
     #[serde(default = "default_true")]
     pub gate: bool,
+    /// Pin the images once pre-pulled, so that the kubelet's image GC never removes them
+    /// (containerd 1.6.22+/1.7.3+; only in the agent's `--pin-namespaces`).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub pin: bool,
     /// Credential canaries.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub canary: Option<CanarySpec>,

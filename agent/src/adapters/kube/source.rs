@@ -739,6 +739,7 @@ mod tests {
                 }],
                 pre_pull: true,
                 gate: true,
+                pin: false,
                 canary: None,
             };
             let valid = pullset::validate(key.clone(), spec).unwrap();

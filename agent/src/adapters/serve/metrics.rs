@@ -521,6 +521,7 @@ mod tests {
             image_ref: None,
             repo_digest: None,
             size_bytes: Some(4096),
+            pinned: None,
             warnings: vec![],
             kubelet_access: Default::default(),
             kubelet_access_warning: None,

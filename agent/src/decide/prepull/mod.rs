@@ -556,6 +556,7 @@ impl<R: ImageRuntime> PrePuller<R> {
                     image_ref: None,
                     repo_digest: None,
                     size_bytes: None,
+                    pinned: None,
                     warnings: Vec::new(),
                     kubelet_access: Default::default(),
                     kubelet_access_warning: None,
