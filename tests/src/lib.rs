@@ -16,6 +16,7 @@
 //! - [`hostile_server`]: a scripted registry or token realm (HTTP or HTTPS) that never answers,
 //!   answers too much, or points elsewhere;
 //! - [`procfs`], [`http`]: a process seen from `/proc`, raw HTTP on loopback;
+//! - [`prometheus`]: `promtool` and a real `prometheus` server, for `manifests/monitoring`;
 //! - [`process`], [`server_thread`]: process guards, prerequisite checks, waits with deadlines,
 //!   servers on a runtime of their own;
 //! - [`tls`]: certificates made in code, a TLS endpoint nobody trusts;
@@ -38,6 +39,7 @@ pub mod manifests;
 pub mod plugin;
 pub mod process;
 pub mod procfs;
+pub mod prometheus;
 pub mod proxy;
 pub mod registry;
 pub mod server_thread;

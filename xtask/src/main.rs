@@ -63,6 +63,7 @@ const PACKAGES: &[(&str, &str)] = &[
     ("containerd", "containerd"),
     ("docker-registry", "docker-registry"),
     ("protobuf-compiler", "protoc"),
+    ("prometheus", "promtool"),
 ];
 
 fn main() -> Result<()> {
@@ -136,14 +137,16 @@ fn debian_packages() -> Result<()> {
         .map(|(package, _)| *package)
         .collect();
     if missing.is_empty() {
-        eprintln!("xtask deps: containerd, docker-registry and protoc are installed");
+        eprintln!("xtask deps: containerd, docker-registry, protoc and promtool are installed");
         return Ok(());
     }
     eprintln!("xtask deps: installing {}", missing.join(" "));
     apt_install(&missing)?;
     // The Debian packages start system services; the tests run their own instances.
-    for service in ["containerd", "docker-registry"] {
+    for service in ["containerd", "docker-registry", "prometheus"] {
         let _ = Command::new("systemctl").args(["stop", service]).status();
+        // Without systemd, Debian's init scripts (prometheus would hold port 9090).
+        let _ = Command::new("service").args([service, "stop"]).status();
     }
     for (package, binary) in PACKAGES {
         if !on_path(binary) {

@@ -33,6 +33,17 @@ pub struct CanaryLabels {
     pub path: String,
 }
 
+/// The latest verdict of a PullSet's images, per path: what is failing *now* (the outcome counters
+/// say what happened, and a canary that runs every few hours moves them too rarely to alert on).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct LatestCanaryLabels {
+    pub namespace: String,
+    pub pullset: String,
+    pub registry: String,
+    pub path: String,
+    pub verdict: String,
+}
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct RegistryLabels {
     pub registry: String,
@@ -88,6 +99,7 @@ pub struct Metrics {
     canary_duration: HistogramFamily<CanaryLabels>,
     canary_outcomes: Family<CanaryLabels, Counter>,
     canary_bytes: Family<RegistryLabels, Counter>,
+    canary_images: Family<LatestCanaryLabels, Gauge>,
     credential_expiry: Family<ExpiryLabels, Gauge<f64, AtomicU64>>,
     condition: Family<ConditionLabels, Gauge>,
     cri_reconnects: Counter,
@@ -111,6 +123,10 @@ struct Series {
     expiry: HashMap<(ObjectKey, String), ExpiryLabels>,
     /// The image filesystem the gauges describe (the last one read).
     image_fs: Option<MountpointLabels>,
+    /// The latest canary of each PullSet image on each path: (registry, verdict).
+    latest: HashMap<(ObjectKey, String, &'static str), (String, String)>,
+    /// The `canary_images` series each PullSet has set, so that a count down to zero is removed.
+    latest_series: HashMap<ObjectKey, HashSet<LatestCanaryLabels>>,
 }
 
 impl Default for Metrics {
@@ -164,6 +180,12 @@ impl Metrics {
                 r,
                 "canary_bytes",
                 "Bytes canaries fetched and verified",
+                Family::default(),
+            ),
+            canary_images: registered(
+                r,
+                "canary_images",
+                "PullSet images by the verdict of their latest canary, per path (registry or runtime): a series with a verdict other than Ok is failing now",
                 Family::default(),
             ),
             credential_expiry: registered(
@@ -262,6 +284,47 @@ impl Metrics {
         for slot in gone {
             self.forget_expiry(&mut series, &slot);
         }
+        let mut touched = BTreeSet::new();
+        series.latest.retain(|(key, image, _), _| {
+            let keep = live.contains(&(key.clone(), image.clone()));
+            if !keep {
+                touched.insert(key.clone());
+            }
+            keep
+        });
+        for key in touched {
+            self.count_latest(&mut series, &key);
+        }
+    }
+
+    /// Sets `canary_images` of PullSet `key` from the latest verdicts of its images; a label set
+    /// no image has any more is removed (never a stale count).
+    fn count_latest(&self, series: &mut Series, key: &ObjectKey) {
+        let mut counts: HashMap<LatestCanaryLabels, i64> = HashMap::new();
+        for ((k, _, path), (registry, verdict)) in &series.latest {
+            if k == key {
+                let labels = LatestCanaryLabels {
+                    namespace: key.namespace.clone(),
+                    pullset: key.name.clone(),
+                    registry: registry.clone(),
+                    path: (*path).into(),
+                    verdict: verdict.clone(),
+                };
+                *counts.entry(labels).or_default() += 1;
+            }
+        }
+        let old = series.latest_series.remove(key).unwrap_or_default();
+        for labels in old.iter().filter(|l| !counts.contains_key(*l)) {
+            self.canary_images.remove(labels);
+        }
+        for (labels, n) in &counts {
+            self.canary_images.get_or_create(labels).set(*n);
+        }
+        if !counts.is_empty() {
+            series
+                .latest_series
+                .insert(key.clone(), counts.into_keys().collect());
+        }
     }
 
     /// Drops `slot`'s expiry series unless another PullSet image sets the same one.
@@ -297,15 +360,15 @@ impl Metrics {
 
     pub fn canary(&self, o: &CanaryOutcome) {
         let registry = registry_of(&o.image);
+        let path = match o.path {
+            crate::decide::canary::runner::CanaryPath::Registry => "registry",
+            crate::decide::canary::runner::CanaryPath::Runtime => "runtime",
+        };
         let labels = CanaryLabels {
             registry: registry.clone(),
             namespace: o.namespace.clone(),
             verdict: o.verdict.to_string(),
-            path: match o.path {
-                crate::decide::canary::runner::CanaryPath::Registry => "registry",
-                crate::decide::canary::runner::CanaryPath::Runtime => "runtime",
-            }
-            .into(),
+            path: path.into(),
         };
         self.canary_duration
             .get_or_create(&labels)
@@ -319,8 +382,14 @@ impl Metrics {
             .inc_by(o.bytes);
         // One expiry series per PullSet image: the one its latest canary saw. A rotated
         // credential (a new label) or an outcome without an expiry removes the old series.
-        let slot = (ObjectKey::new(&o.namespace, &o.pullset), o.image.clone());
+        let key = ObjectKey::new(&o.namespace, &o.pullset);
+        let slot = (key.clone(), o.image.clone());
         let mut series = self.series();
+        series.latest.insert(
+            (key.clone(), o.image.clone(), path),
+            (registry.clone(), o.verdict.to_string()),
+        );
+        self.count_latest(&mut series, &key);
         match (
             o.expires_at
                 .as_deref()
@@ -686,6 +755,63 @@ mod tests {
             )),
             "{text}"
         );
+    }
+
+    #[test]
+    fn the_latest_canary_verdicts_are_counted_per_pullset_and_path_and_never_kept_stale() {
+        use crate::decide::canary::runner::CanaryPath;
+        let m = Metrics::new();
+        let a = "r.example.com/a:1";
+        let b = "r.example.com/b:1";
+        let series = |m: &Metrics| -> Vec<String> {
+            let mut lines: Vec<String> = m
+                .encode()
+                .lines()
+                .filter(|l| l.starts_with("pullgate_canary_images{"))
+                .map(str::to_owned)
+                .collect();
+            lines.sort();
+            lines
+        };
+        let images = |path: &str, verdict: &str, n: u32| {
+            format!(
+                r#"pullgate_canary_images{{namespace="team",pullset="s",registry="r.example.com",path="{path}",verdict="{verdict}"}} {n}"#
+            )
+        };
+        m.canary(&canary("s", a, "secret team/x key r", None));
+        m.canary(&canary("s", b, "secret team/x key r", None));
+        assert_eq!(series(&m), [images("registry", "Ok", 2)]);
+
+        // One image fails now: one Ok, one Unauthorized; a runtime canary is its own path.
+        let mut failing = canary("s", b, "secret team/x key r", None);
+        failing.verdict = Verdict::Unauthorized;
+        m.canary(&failing);
+        failing.path = CanaryPath::Runtime;
+        m.canary(&failing);
+        assert_eq!(
+            series(&m),
+            [
+                images("registry", "Ok", 1),
+                images("registry", "Unauthorized", 1),
+                images("runtime", "Unauthorized", 1),
+            ]
+        );
+
+        // It recovers on the registry path: the Unauthorized series goes, it does not stay at 0.
+        m.canary(&canary("s", b, "secret team/x key r", None));
+        assert_eq!(
+            series(&m),
+            [
+                images("registry", "Ok", 2),
+                images("runtime", "Unauthorized", 1),
+            ]
+        );
+
+        // Image b leaves the PullSet: its verdicts go with it; the PullSet's last image goes too.
+        m.retain(&live(&[("team", "s", a)]));
+        assert_eq!(series(&m), [images("registry", "Ok", 1)]);
+        m.retain(&live(&[]));
+        assert!(series(&m).is_empty(), "{}", m.encode());
     }
 
     #[test]
