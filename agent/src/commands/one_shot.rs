@@ -150,7 +150,7 @@ pub async fn select(selection: &CredentialSelection) -> Result<Selected, OneShot
     let puller = match pod {
         Some(pod) => {
             let key = ObjectKey::new(&namespace, pod);
-            let (pod_secrets, service_account) =
+            let (pod_secrets, service_account, _images) =
                 crate::adapters::kube::source::get_pod_pull_spec(&connection.client, &key).await?;
             Puller {
                 service_account: Some(service_account),
