@@ -516,7 +516,7 @@ fn an_overlay_s_images_entry_sets_the_daemonset_s_image() {
     assert!(
         overlay
             .path()
-            .join(&relative)
+            .join(relative)
             .join("kustomization.yaml")
             .is_file()
     );
