@@ -661,6 +661,8 @@ pub struct Archive {
     pub layer_entries: Vec<LayerEntry>,
     /// Compressed size of the layer.
     pub layer_size: u64,
+    /// The image as the archive holds it, blob for blob.
+    pub image: Image,
 }
 
 #[derive(Clone, Debug)]
@@ -713,12 +715,32 @@ pub fn read_archive(path: &Path) -> Result<Archive> {
         .context("manifest: layers[0].digest")?
         .to_string();
     let layer = blob(&layer_digest)?;
+    let reference = index["manifests"][0]["annotations"]["io.containerd.image.name"]
+        .as_str()
+        .context("index.json: manifests[0].annotations[io.containerd.image.name]")?
+        .to_string();
+    let version = index["manifests"][0]["annotations"]["org.opencontainers.image.ref.name"]
+        .as_str()
+        .context("index.json: manifests[0].annotations[org.opencontainers.image.ref.name]")?
+        .to_string();
+    let image = Image {
+        reference,
+        version,
+        layer: layer.clone(),
+        diff_id: String::new(),
+        config: blob(config_digest)?.clone(),
+        manifest: blob(&manifest_digest)?.clone(),
+    };
     let mut tar = Vec::new();
     flate2::read::GzDecoder::new(layer.as_slice()).read_to_end(&mut tar)?;
     ensure!(
         config["rootfs"]["diff_ids"][0] == digest(&tar).as_str(),
         "the config's diff_id is not the layer's"
     );
+    let image = Image {
+        diff_id: digest(&tar),
+        ..image
+    };
     let mut layer_entries = Vec::new();
     for entry in tar::Archive::new(tar.as_slice()).entries()? {
         let mut entry = entry?;
@@ -744,6 +766,7 @@ pub fn read_archive(path: &Path) -> Result<Archive> {
         layer_digest,
         entries,
         layer_entries,
+        image,
     })
 }
 

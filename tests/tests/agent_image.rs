@@ -12,7 +12,7 @@
 use pullgate_testenv::agent_image::{self, Archive, Inputs, RootFile};
 use pullgate_testenv::containerd::Release;
 use pullgate_testenv::process::{output_within, wait_until};
-use pullgate_testenv::{PASSWORD, TestEnv, USER, block_on, workspace_root};
+use pullgate_testenv::{PASSWORD, TestEnv, USER, block_on, procfs, workspace_root};
 use serde_json::Value;
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
@@ -244,7 +244,7 @@ fn the_image_holds_the_agent_its_libraries_and_the_ca_bundle_only() {
     );
 }
 
-/// The archive's binary with the archive's labels, built again (twice): the same digests.
+/// The archive's binary with the archive's labels, built again.
 fn rebuilt(archive: &Archive, dir: &Path) -> agent_image::Image {
     let labels = &archive.config["config"]["Labels"];
     let created = chrono::DateTime::parse_from_rfc3339(
@@ -269,15 +269,17 @@ fn rebuilt(archive: &Archive, dir: &Path) -> agent_image::Image {
 
 #[test]
 fn two_builds_of_the_same_binary_give_the_archive_s_digests() {
+    // The first build is `cargo xtask image`'s, the second this one, from the binary the first
+    // put in the image, with its version, revision and time.
     let (path, archive) = archive();
     let dir = tempfile::tempdir().unwrap();
-    let first = rebuilt(&archive, dir.path());
-    let second = rebuilt(&archive, dir.path());
-    assert_eq!(first.layer_digest(), archive.layer_digest);
-    assert_eq!(first.manifest_digest(), archive.manifest_digest);
-    assert_eq!(second.manifest_digest(), first.manifest_digest());
+    let again = rebuilt(&archive, dir.path());
+    assert_eq!(again.diff_id, archive.image.diff_id);
+    assert_eq!(again.layer_digest(), archive.layer_digest);
+    assert_eq!(again.config_digest(), archive.image.config_digest());
+    assert_eq!(again.manifest_digest(), archive.manifest_digest);
     assert_eq!(
-        first.archive().unwrap(),
+        again.archive().unwrap(),
         std::fs::read(&path).unwrap(),
         "the archive differs byte for byte"
     );
@@ -308,8 +310,7 @@ fn the_layer_of_a_file_set_does_not_depend_on_its_order() {
 #[test]
 fn push_sends_the_archive_s_manifest() {
     let (_, archive) = archive();
-    let dir = tempfile::tempdir().unwrap();
-    let image = rebuilt(&archive, dir.path());
+    let image = &archive.image;
     let registry = pullgate_testenv::Registry::start(&[(USER, PASSWORD)]).unwrap();
     let target = format!("{}/pullgate/pullgate", registry.host());
     let auth = oci_client::secrets::RegistryAuth::Basic(USER.into(), PASSWORD.into());
@@ -515,7 +516,7 @@ fn an_overlay_s_images_entry_sets_the_daemonset_s_image() {
     assert!(
         overlay
             .path()
-            .join(&relative)
+            .join(relative)
             .join("kustomization.yaml")
             .is_file()
     );
@@ -664,6 +665,49 @@ fn ns_pids(pid: u32) -> Vec<String> {
         .collect()
 }
 
+/// A credential plugin for the image, which has no shell: the host's `dash` and `sleep` (they
+/// need libc and the loader only, the image's) bind-mounted at [`TOOLS`]. It leaves an orphan
+/// (a `sleep` whose parent, a subshell, exits at once; its pid in `$PIDFILE`) and answers
+/// `$KEY` → `$PLUGIN_USER`/`$PLUGIN_PASSWORD`.
+const PLUGIN: &str = r#"#!/plugin-tools/sh
+read -r request || true
+( /plugin-tools/sleep 100000 </dev/null >/dev/null 2>&1 & echo $! > "$PIDFILE" )
+printf '{"apiVersion":"credentialprovider.kubelet.k8s.io/v1","kind":"CredentialProviderResponse","cacheKeyType":"Registry","cacheDuration":"1h","auth":{"%s":{"username":"%s","password":"%s"}}}' "$KEY" "$PLUGIN_USER" "$PLUGIN_PASSWORD"
+"#;
+/// Where the plugin's tools are mounted in the container.
+const TOOLS: &str = "/plugin-tools";
+
+/// `dir/bin/fake-provider` ([`PLUGIN`]) and `dir/config.yaml` for `host`, as the container
+/// sees them under `/etc/pullgate/plugins`; the orphan's pid goes to `/run/pullgate/orphan.pid`.
+fn install_plugin(dir: &Path, host: &str) {
+    use std::os::unix::fs::PermissionsExt as _;
+    std::fs::create_dir(dir.join("bin")).unwrap();
+    let plugin = dir.join("bin/fake-provider");
+    std::fs::write(&plugin, PLUGIN).unwrap();
+    std::fs::set_permissions(&plugin, std::fs::Permissions::from_mode(0o755)).unwrap();
+    std::fs::write(
+        dir.join("config.yaml"),
+        format!(
+            "apiVersion: kubelet.config.k8s.io/v1\nkind: CredentialProviderConfig\nproviders:\n  - name: fake-provider\n    matchImages: ['{host}']\n    defaultCacheDuration: 1h\n    apiVersion: credentialprovider.kubelet.k8s.io/v1\n    env:\n      - {{name: KEY, value: '{host}'}}\n      - {{name: PLUGIN_USER, value: '{USER}'}}\n      - {{name: PLUGIN_PASSWORD, value: '{PASSWORD}'}}\n      - {{name: PIDFILE, value: /run/pullgate/orphan.pid}}\n"
+        ),
+    )
+    .unwrap();
+}
+
+/// The host pids of the agent's children named `comm`.
+fn children_named(parent: u32, comm: &str) -> Vec<u32> {
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .filter_map(Result::ok)
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|&pid| {
+            procfs::parent(pid) == Some(parent)
+                && std::fs::read_to_string(format!("/proc/{pid}/comm"))
+                    .is_ok_and(|c| c.trim() == comm)
+        })
+        .collect()
+}
+
 #[test]
 fn the_agent_runs_from_its_image_as_pid_1_and_stops_on_sigterm() {
     let (path, _) = archive();
@@ -696,6 +740,14 @@ fn the_agent_runs_from_its_image_as_pid_1_and_stops_on_sigterm() {
     let image = env
         .seed_canaried("schedule: '0 0 * * *', jitter: 0s, depth: manifest")
         .unwrap();
+    // And a PullSet of the same image without a pull Secret: the credential plugin serves it.
+    let plugins = tempfile::tempdir().unwrap();
+    install_plugin(plugins.path(), &env.registry.host());
+    env.write_manifest(
+        "plugged.yaml",
+        &pullgate_testenv::manifests::pullset("team", "plugged", &[&image.by_tag], &[]),
+    )
+    .unwrap();
 
     // The DaemonSet's mounts: the runtime's socket directory at /run/containerd (read-only),
     // containerd's configuration at its own path (config.toml, certs.d: read-only), the local
@@ -719,6 +771,12 @@ fn the_agent_runs_from_its_image_as_pid_1_and_stops_on_sigterm() {
             "type=bind,src={},dst=/run/pullgate,options=bind:rw",
             run_dir.path().display()
         ),
+        format!(
+            "type=bind,src={},dst=/etc/pullgate/plugins,options=bind:ro",
+            plugins.path().display()
+        ),
+        format!("type=bind,src=/usr/bin/dash,dst={TOOLS}/sh,options=bind:ro"),
+        format!("type=bind,src=/usr/bin/sleep,dst={TOOLS}/sleep,options=bind:ro"),
     ];
     let settings = [
         "PULLGATE_MANIFESTS=/etc/pullgate/manifests".to_string(),
@@ -732,6 +790,8 @@ fn the_agent_runs_from_its_image_as_pid_1_and_stops_on_sigterm() {
         "PULLGATE_MIN_FREE_DISK=0".to_string(),
         "PULLGATE_MIN_CANARY_INTERVAL=0s".to_string(),
         format!("PULLGATE_INSECURE_REGISTRIES={}", env.registry.host()),
+        "PULLGATE_IMAGE_CREDENTIAL_PROVIDER_CONFIG=/etc/pullgate/plugins/config.yaml".to_string(),
+        "PULLGATE_IMAGE_CREDENTIAL_PROVIDER_BIN_DIR=/etc/pullgate/plugins/bin".to_string(),
     ];
     let id = format!("pullgate-image-{}", std::process::id());
     let mut command = Command::new(&ctr);
@@ -786,6 +846,41 @@ fn the_agent_runs_from_its_image_as_pid_1_and_stops_on_sigterm() {
     );
     let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap();
     assert_eq!(comm.trim(), "pullgate");
+
+    // As PID 1 it reaps: the plugin (run from the image, through its loader) pulled the second
+    // PullSet's image and left an orphan, which came to the agent; killed, it is reaped, not
+    // left a zombie.
+    container.wait_for("the plugin-served pre-pull", |l| {
+        l["kind"] == "prepull" && l["pullset"] == "plugged" && l["verdict"] == "Ok"
+    });
+    let mut orphans = Vec::new();
+    let found = wait_until("the plugin's orphan to come to the agent", DEADLINE, || {
+        orphans = children_named(pid, "sleep");
+        !orphans.is_empty()
+    });
+    if let Err(e) = found {
+        panic!("{e}\nstderr:\n{}", container.stderr());
+    }
+    for orphan in &orphans {
+        let killed = Command::new("kill")
+            .args(["-KILL", &orphan.to_string()])
+            .status()
+            .unwrap();
+        assert!(killed.success(), "kill -KILL {orphan}");
+    }
+    for &orphan in &orphans {
+        wait_until("the orphan to be reaped", DEADLINE, || {
+            !procfs::exists(orphan)
+        })
+        .unwrap_or_else(|e| {
+            panic!(
+                "{e}: pid {orphan} is {:?}, child of {:?}",
+                procfs::status_field(orphan, "State"),
+                procfs::parent(orphan)
+            )
+        });
+    }
+    assert_eq!(procfs::zombie_children(pid), Vec::<u32>::new());
 
     // SIGTERM to PID 1 (which the kernel delivers only to a handler): a clean exit, its own line.
     ctr_ok(&ctr, &socket, &["task", "kill", "-s", "SIGTERM", &id]);

@@ -85,7 +85,7 @@ fn check_typed(obj: &Obj) {
 
 /// The fields of a Kustomization that this test follows to the files they name; a kustomization
 /// using another field that names files (generators, components, …) fails here until it is taught.
-const KUSTOMIZATION_FIELDS: [&str; 7] = [
+const KUSTOMIZATION_FIELDS: [&str; 8] = [
     "apiVersion",
     "kind",
     "resources",
@@ -94,6 +94,8 @@ const KUSTOMIZATION_FIELDS: [&str; 7] = [
     "labels",
     // Names JSON files (monitoring's dashboard), no YAML: tests/tests/monitoring.rs checks them.
     "configMapGenerator",
+    // Names an image, no file (the agent's; tests/tests/agent_image.rs checks an override).
+    "images",
 ];
 
 fn kustomization<'a>(m: &'a ManifestFiles, dir: &str) -> &'a Obj {
