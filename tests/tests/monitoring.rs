@@ -50,11 +50,31 @@ const TARGET_LABELS: [&str; 7] = [
 const PROMETHEUS_SERIES: [&str; 1] = ["up"];
 /// Families a standalone agent exports with no sample (so no label set to compare), with the
 /// label names their samples carry and why there are none here.
-const SAMPLELESS: [(&str, &[&str], &str); 1] = [(
-    "pullgate_events_total",
-    &["reason"],
-    "Events are written in cluster mode only",
-)];
+const SAMPLELESS: [(&str, &[&str], &str); 4] = [
+    (
+        "pullgate_events_total",
+        &["reason"],
+        "Events are written in cluster mode only",
+    ),
+    (
+        "pullgate_image_fs_free_bytes",
+        &["mountpoint"],
+        IMAGE_FS_UNREAD,
+    ),
+    (
+        "pullgate_image_fs_capacity_bytes",
+        &["mountpoint"],
+        IMAGE_FS_UNREAD,
+    ),
+    (
+        "pullgate_image_fs_readable",
+        &["mountpoint"],
+        IMAGE_FS_UNREAD,
+    ),
+];
+/// The test agents run with `--min-free-disk 0` (tests/src/agent.rs), and with the headroom off
+/// the image filesystem is never read.
+const IMAGE_FS_UNREAD: &str = "the image filesystem is read only with --min-free-disk on";
 /// Grafana's own variables.
 const GRAFANA_BUILTINS: [&str; 4] = ["__rate_interval", "__interval", "__range", "__all"];
 
@@ -547,9 +567,12 @@ fn alerts_fire_from_a_real_agent_when_its_credential_breaks_and_when_it_is_gone(
             l["kind"] == "condition" && l["type"] == "PullCredentialsValid" && l["status"] == "True"
         })
         .unwrap();
-    let exposition = scrape_until(port, "the canary and expiry series", |m| {
+    // The start-up canary can report before the first pre-pull pass has: wait for both.
+    let exposition = scrape_until(port, "the canary, expiry and pre-pull series", |m| {
         m.contains("pullgate_canary_images{")
             && m.contains("pullgate_credential_expiry_timestamp_seconds{")
+            && m.contains("pullgate_prepull_outcomes_total{")
+            && m.contains("pullgate_images_pulled_total{")
     });
     let exported = Exposition::parse(&exposition);
 
