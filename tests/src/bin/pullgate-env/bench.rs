@@ -204,3 +204,37 @@ impl Drop for Daemon {
         }
     }
 }
+
+/// Every image pulled through the CRI at once (the raw figure benchmarks compare the agent with),
+/// with the registry's user and password; the wall time of the whole batch.
+pub fn concurrent_pulls(
+    containerd: &pullgate_testenv::Containerd,
+    refs: &[String],
+    user: &str,
+    password: &str,
+) -> Result<Duration> {
+    use pullgate::decide::runtime::{ImageRuntime as _, PullAuth};
+    block_on(async {
+        let cri = containerd.cri();
+        let password = secrecy::SecretString::from(password);
+        let start = Instant::now();
+        let pulls = refs.iter().map(|r| {
+            let cri = cri.clone();
+            let password = &password;
+            async move {
+                cri.pull_image(
+                    r,
+                    Some(PullAuth {
+                        username: user,
+                        password,
+                    }),
+                )
+                .await
+            }
+        });
+        for result in futures::future::join_all(pulls).await {
+            result.map_err(|e| anyhow::anyhow!("{e}"))?;
+        }
+        Ok(start.elapsed())
+    })
+}

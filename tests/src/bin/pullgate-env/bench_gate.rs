@@ -5,13 +5,12 @@
 //! the same run, interleaved, medians.
 
 use anyhow::{Context as _, Result, ensure};
-use pullgate::decide::runtime::{ImageRuntime as _, PullAuth};
+use pullgate::decide::runtime::ImageRuntime as _;
 use pullgate_testenv::agent::pullgate_binary;
 use pullgate_testenv::apiserver::{ApiServer, objects};
 use pullgate_testenv::images::{self, ImageSpec, PushedImage};
 use pullgate_testenv::process::{ChildGuard, wait_until};
 use pullgate_testenv::{Containerd, Registry, block_on};
-use secrecy::SecretString;
 use serde_json::{Value, json};
 use std::path::Path;
 use std::process::Command;
@@ -83,29 +82,7 @@ pub fn bench_gate(count: usize, size_mib: usize, runs: usize, extra: &[String]) 
         })
     };
     let raw = || -> Result<Duration> {
-        block_on(async {
-            let cri = containerd.cri();
-            let password = SecretString::from(PASSWORD);
-            let start = Instant::now();
-            let pulls = refs.iter().map(|r| {
-                let cri = cri.clone();
-                let password = &password;
-                async move {
-                    cri.pull_image(
-                        r,
-                        Some(PullAuth {
-                            username: USER,
-                            password,
-                        }),
-                    )
-                    .await
-                }
-            });
-            for result in futures::future::join_all(pulls).await {
-                result.map_err(|e| anyhow::anyhow!("{e}"))?;
-            }
-            Ok(start.elapsed())
-        })
+        crate::bench::concurrent_pulls(&containerd, &refs, USER, PASSWORD)
     };
     let setup = Setup {
         binary: &binary,

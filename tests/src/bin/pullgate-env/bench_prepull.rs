@@ -102,29 +102,7 @@ pub fn bench_prepull(count: usize, size_mib: usize, runs: usize) -> Result<()> {
         })
     };
     let concurrent = || -> Result<Duration> {
-        block_on(async {
-            let cri = containerd.cri();
-            let password = SecretString::from(PASSWORD);
-            let start = Instant::now();
-            let pulls = refs.iter().map(|r| {
-                let cri = cri.clone();
-                let password = &password;
-                async move {
-                    cri.pull_image(
-                        r,
-                        Some(PullAuth {
-                            username: USER,
-                            password,
-                        }),
-                    )
-                    .await
-                }
-            });
-            for result in futures::future::join_all(pulls).await {
-                result.map_err(|e| anyhow::anyhow!("{e}"))?;
-            }
-            Ok(start.elapsed())
-        })
+        crate::bench::concurrent_pulls(&containerd, &refs, USER, PASSWORD)
     };
 
     let mut times: [Vec<Duration>; 3] = Default::default();
