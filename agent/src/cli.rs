@@ -545,7 +545,9 @@ pub struct RunArgs {
     pub credentials: NodeCredentialArgs,
     #[command(flatten)]
     pub registry: RegistryArgs,
-    /// Rotation and start-up canaries wait a deterministic offset below this (0: at once).
+    /// Rotation and start-up canaries wait a deterministic offset below this (0: at once). The
+    /// start-up canaries of the PullSets a node still carrying the readiness taint waits for
+    /// run at once.
     #[arg(long, env = "PULLGATE_ROTATION_JITTER", default_value = "2s")]
     pub rotation_jitter: humantime::Duration,
     /// A PullSet's canaries start at most once per this, whatever asks (cron, rotation, retry,

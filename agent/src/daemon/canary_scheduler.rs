@@ -10,11 +10,12 @@ use crate::daemon::watchdog::Beat;
 use crate::decide::canary::runner::{CanaryOutcome, CanaryRunner, RegistryProbe};
 use crate::decide::canary::schedule::{Action, CanarySchedule, Input, Now, ScheduleConfig};
 use crate::decide::credentials::CredentialResolver;
+use crate::decide::gate::{GateWait, awaited_at_start_up};
 use crate::model::inventory::ObjectKey;
 use crate::model::node::NodeInfo;
 use crate::model::snapshot::Snapshot;
 use crate::model::verdict::Verdict;
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 use tokio::sync::{mpsc, watch};
@@ -33,6 +34,9 @@ pub struct ServiceConfig {
     pub retry_max: Duration,
     /// A PullSet's canaries start at most once per this, manual runs aside.
     pub min_interval: Duration,
+    /// Cluster mode: the gate, whose PullSets' start-up canaries run at once while the Node
+    /// carries the taint.
+    pub gate: Option<GateWait>,
 }
 
 impl Default for ServiceConfig {
@@ -43,6 +47,7 @@ impl Default for ServiceConfig {
             retry_min: Duration::from_secs(15),
             retry_max: Duration::from_secs(600),
             min_interval: Duration::from_secs(300),
+            gate: None,
         }
     }
 }
@@ -180,6 +185,7 @@ pub async fn run_watched<P: RegistryProbe + 'static>(
         sink,
         next,
         node: config.node,
+        gate: config.gate,
         loaded: sources.borrow_and_update().clone(),
         replies: HashMap::new(),
         beat: beat.clone(),
@@ -234,6 +240,7 @@ struct Driver<P> {
     sink: Arc<dyn CanarySink>,
     next: Arc<Mutex<BTreeMap<ObjectKey, SystemTime>>>,
     node: NodeInfo,
+    gate: Option<GateWait>,
     loaded: Arc<Snapshot>,
     /// Manual callers waiting for a PullSet's next run.
     replies: HashMap<ObjectKey, Vec<ReplyTx>>,
@@ -243,10 +250,19 @@ struct Driver<P> {
 impl<P: RegistryProbe + 'static> Driver<P> {
     fn inventory_changed(&self, schedule: &mut CanarySchedule) -> Vec<Action> {
         let node = self.loaded.node(&self.node);
+        let awaited = self.gate.as_ref().map_or_else(BTreeSet::new, |gate| {
+            awaited_at_start_up(
+                &self.loaded.inventory,
+                &node,
+                self.loaded.node_facts.as_ref(),
+                gate,
+            )
+        });
         schedule.handle(
             Input::Inventory {
                 inventory: &self.loaded.inventory,
                 node: &node,
+                awaited: &awaited,
             },
             Now::current(),
         )

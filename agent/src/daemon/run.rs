@@ -199,6 +199,11 @@ pub async fn run(args: RunArgs) -> Result<RunOutcome, RunError> {
             cluster.gate_namespaces.iter().map(String::as_str),
         )
     };
+    // The canary scheduler runs a tainted node's gated start-up canaries at once.
+    let gate_wait = crate::decide::gate::GateWait {
+        namespaces: gate_namespaces.clone(),
+        taint_key: cluster.taint_key.clone(),
+    };
     // Pins: the same rule for who may (standalone: the node admin's directory, every namespace).
     let pinner = {
         let pin_namespaces = if manifests.is_some() {
@@ -390,6 +395,7 @@ pub async fn run(args: RunArgs) -> Result<RunOutcome, RunError> {
             node: node.clone(),
             rotation_window: *rotation_jitter,
             min_interval: *min_canary_interval,
+            gate: Some(gate_wait),
             ..ServiceConfig::default()
         };
         let (control, control_end) = CanaryControl::new();

@@ -90,6 +90,36 @@ pub fn gated_canaries(
         .collect()
 }
 
+/// The PullSets whose start-up canary a tainted node is waiting for: those counting toward the
+/// gate ([`gated_canaries`]) while the Node carries `<taint_key>:NoSchedule`. Their start-up
+/// canary runs at once, without the rotation window's offset: the offset spreads a fleet's
+/// canaries over its registries, but a node held out of scheduling gains nothing by waiting, and
+/// every second of it is a second of scale-out. Unknown facts (standalone, the Node not read yet)
+/// or no taint: none.
+pub fn awaited_at_start_up(
+    inventory: &Inventory,
+    node: &NodeInfo,
+    facts: Option<&crate::model::node::NodeFacts>,
+    wait: &GateWait,
+) -> BTreeSet<ObjectKey> {
+    if !facts
+        .is_some_and(|f| f.has_taint(&wait.taint_key, crate::decide::node_report::TAINT_EFFECT))
+    {
+        return BTreeSet::new();
+    }
+    gated_canaries(inventory, node, &wait.namespaces)
+        .into_iter()
+        .map(|(key, _)| key)
+        .collect()
+}
+
+/// What the canary scheduler needs of the gate (cluster mode): who counts, and the taint.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct GateWait {
+    pub namespaces: GateNamespaces,
+    pub taint_key: String,
+}
+
 /// The `gate: true` PullSets selected for this node whose namespace may not gate: reported, not
 /// waited for.
 pub fn not_allowed(
@@ -457,6 +487,56 @@ mod tests {
         let hog = GateNamespaces::only(["kube-system"]);
         assert!(!hog.counts(&inv.pullsets[&ObjectKey::new("tenant", "hog")]));
         assert!(hog.counts(&inv.pullsets[&ObjectKey::new("kube-system", "critical")]));
+    }
+
+    #[test]
+    fn only_a_tainted_node_waits_for_its_gated_start_up_canaries() {
+        use crate::model::node::{NodeFacts, NodeTaint};
+        let inv = gating_inventory();
+        let node = NodeInfo {
+            name: "n1".into(),
+            labels: BTreeMap::from([("pool".to_string(), "cpu".to_string())]),
+        };
+        let wait = GateWait {
+            namespaces: GateNamespaces::only(["kube-system"]),
+            taint_key: "pullgate.io/not-ready".into(),
+        };
+        let facts = |key: &str, effect: &str| NodeFacts {
+            taints: vec![NodeTaint {
+                key: key.into(),
+                value: None,
+                effect: effect.into(),
+            }],
+            kubelet_version: None,
+        };
+        let names =
+            |keys: BTreeSet<ObjectKey>| keys.iter().map(ToString::to_string).collect::<Vec<_>>();
+        // (case, facts, awaited)
+        for (case, facts, awaited) in [
+            (
+                "tainted: the gated PullSets with canaries",
+                Some(facts("pullgate.io/not-ready", "NoSchedule")),
+                vec!["kube-system/critical"],
+            ),
+            ("the Node not read yet", None, vec![]),
+            ("no taint", Some(NodeFacts::default()), vec![]),
+            (
+                "another key",
+                Some(facts("other.io/not-ready", "NoSchedule")),
+                vec![],
+            ),
+            (
+                "another effect",
+                Some(facts("pullgate.io/not-ready", "NoExecute")),
+                vec![],
+            ),
+        ] {
+            assert_eq!(
+                names(awaited_at_start_up(&inv, &node, facts.as_ref(), &wait)),
+                awaited,
+                "{case}"
+            );
+        }
     }
 
     #[test]

@@ -6,8 +6,8 @@
 //! to come back. The daemon's driver (`daemon::canary_scheduler`) does the I/O.
 //!
 //! Triggers: start-up (every PullSet with `canary`, each delayed by its deterministic offset in the
-//! rotation window); a PullSet that appears later, the same way; rotation (the data of a referenced
-//! Secret or the ServiceAccount's secret list changed, with `onRotation`), within the rotation
+//! rotation window, but at once for the PullSets a tainted node's gate waits for); a PullSet that
+//! appears later, the same way; rotation (the data of a referenced Secret or the ServiceAccount's secret list changed, with `onRotation`), within the rotation
 //! window; the PullSet's cron `schedule` (UTC), each node delayed by its offset in the PullSet's
 //! `jitter`; retries of a failed canary, backed off (`retry::Retry`, jittered and capped) until it
 //! succeeds; manual runs, at once. Requests for the same PullSet coalesce: the earliest wins, with
@@ -116,6 +116,9 @@ pub enum Input<'a> {
     Inventory {
         inventory: &'a Inventory,
         node: &'a NodeInfo,
+        /// The PullSets a tainted node's gate waits for (`gate::awaited_at_start_up`): their
+        /// start-up canary runs at once, not after its offset in the rotation window.
+        awaited: &'a BTreeSet<ObjectKey>,
     },
     /// Run now: one PullSet, or every one canaried here.
     Manual(Option<ObjectKey>),
@@ -272,8 +275,12 @@ impl CanarySchedule {
         let mut actions = Vec::new();
         match input {
             Input::Tick => self.tick(now, &mut actions),
-            Input::Inventory { inventory, node } => {
-                self.inventory(inventory, node, now, &mut actions);
+            Input::Inventory {
+                inventory,
+                node,
+                awaited,
+            } => {
+                self.inventory(inventory, node, awaited, now, &mut actions);
             }
             Input::Manual(pullset) => {
                 let keys = match pullset {
@@ -350,6 +357,7 @@ impl CanarySchedule {
         &mut self,
         inventory: &Inventory,
         node: &NodeInfo,
+        awaited: &BTreeSet<ObjectKey>,
         now: Now,
         actions: &mut Vec<Action>,
     ) {
@@ -393,8 +401,23 @@ impl CanarySchedule {
             .cloned()
             .collect();
         for key in fresh {
-            let at = later(now.instant, self.offset(&key, window));
+            let at = if awaited.contains(&key) {
+                now.instant
+            } else {
+                later(now.instant, self.offset(&key, window))
+            };
             self.enqueue(key, Trigger::Startup, at);
+        }
+        // A start-up canary already waiting for its offset when the taint becomes known (the
+        // Node read after the PullSets) runs now; the earliest request wins.
+        let waiting: Vec<ObjectKey> = self
+            .pending
+            .iter()
+            .filter(|(k, (_, trigger))| *trigger == Trigger::Startup && awaited.contains(*k))
+            .map(|(k, _)| k.clone())
+            .collect();
+        for key in waiting {
+            self.enqueue(key, Trigger::Startup, now.instant);
         }
         self.fingerprints = new;
         let canaried = &self.canaried;

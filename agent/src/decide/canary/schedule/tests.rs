@@ -83,12 +83,24 @@ fn runs(actions: &[Action]) -> Vec<(String, Trigger)> {
         .collect()
 }
 
-/// Feeds an inventory.
+/// Feeds an inventory (no gate waiting).
 fn load(s: &mut CanarySchedule, inv: &Inventory, clock: &Clock) -> Vec<Action> {
+    load_awaited(s, inv, &[], clock)
+}
+
+/// Feeds an inventory, the gate of a tainted node waiting for `awaited`.
+fn load_awaited(
+    s: &mut CanarySchedule,
+    inv: &Inventory,
+    awaited: &[&str],
+    clock: &Clock,
+) -> Vec<Action> {
+    let awaited: BTreeSet<ObjectKey> = awaited.iter().map(|n| key(n)).collect();
     s.handle(
         Input::Inventory {
             inventory: inv,
             node: &node(),
+            awaited: &awaited,
         },
         clock.now(),
     )
@@ -109,6 +121,53 @@ fn finish(s: &mut CanarySchedule, name: &str, verdict: Verdict, clock: &Clock) -
         },
         clock.now(),
     )
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_tainted_nodes_gated_start_up_canaries_run_at_once_the_others_after_their_offset() {
+    let clock = Clock::new();
+    let window = 10 * S;
+    // Names whose offsets are not zero, so "at once" is told apart from an offset.
+    let names: Vec<String> = (0..50)
+        .map(|i| format!("p{i}"))
+        .filter(|n| jitter::offset(NODE, &key(n), window) > S)
+        .take(2)
+        .collect();
+    let (gated, other) = (names[0].as_str(), names[1].as_str());
+    let inv = inventory(&[(gated, CANARY), (other, CANARY)], "v1");
+    let mut s = CanarySchedule::new(config(window));
+    load_awaited(&mut s, &inv, &[gated], &clock);
+    let first = to_deadline(&mut s, &clock).await;
+    assert_eq!(runs(&first), [(gated.to_string(), Trigger::Startup)]);
+    assert_eq!(clock.start.elapsed(), Duration::ZERO);
+    finish(&mut s, gated, Verdict::Ok, &clock);
+    let next = to_deadline(&mut s, &clock).await;
+    assert_eq!(runs(&next), [(other.to_string(), Trigger::Startup)]);
+    assert_eq!(
+        clock.start.elapsed(),
+        jitter::offset(NODE, &key(other), window)
+    );
+
+    // The taint learnt after the PullSets (the Node read later): the waiting start-up canary
+    // is pulled forward to now.
+    let clock = Clock::new();
+    let mut s = CanarySchedule::new(config(window));
+    assert!(runs(&load(&mut s, &inv, &clock)).is_empty());
+    tokio::time::advance(S / 2).await;
+    load_awaited(&mut s, &inv, &[gated], &clock);
+    let later = to_deadline(&mut s, &clock).await;
+    assert_eq!(runs(&later), [(gated.to_string(), Trigger::Startup)]);
+    assert_eq!(clock.start.elapsed(), S / 2);
+    // Only a start-up canary is pulled forward: once it ran, a later inventory with the taint
+    // queues nothing before the other's offset.
+    finish(&mut s, gated, Verdict::Ok, &clock);
+    load_awaited(&mut s, &inv, &[gated], &clock);
+    let next = to_deadline(&mut s, &clock).await;
+    assert_eq!(runs(&next), [(other.to_string(), Trigger::Startup)]);
+    assert_eq!(
+        clock.start.elapsed(),
+        jitter::offset(NODE, &key(other), window)
+    );
 }
 
 #[tokio::test(start_paused = true)]
