@@ -143,8 +143,13 @@ pub fn watch_cluster(
                     }
                 } => {}
             }
-            // Let a burst of events settle.
-            tokio::time::sleep(Duration::from_millis(100)).await;
+            // After the first complete picture, let a burst of events settle. Before it, nothing
+            // is acted on until every piece is read (`synced`), and each list arrives whole
+            // (buffered to `InitDone`), so the first picture is published as soon as it is complete:
+            // a gated node's start-up waits for no timer.
+            if ever_synced {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
             let (loaded, wanted, generation) = {
                 let state = shared
                     .0
