@@ -165,7 +165,14 @@ fn pinned_gauges(port: u16) -> Option<(u64, u64)> {
 
 /// `GetStatus` through the agent's local socket.
 fn local_status(socket: &Path) -> pb::GetStatusResponse {
-    block_on(async { Client::connect(socket).await.unwrap().status().await.unwrap() })
+    block_on(async {
+        Client::connect(socket)
+            .await
+            .unwrap()
+            .status()
+            .await
+            .unwrap()
+    })
 }
 
 /// The PullSet `namespace/name` of a status and its only image.
@@ -372,9 +379,12 @@ fn in_cluster_mode_only_the_pin_namespaces_pin_status_and_metrics_say_so_and_del
         &[&app.by_tag],
         spec(true),
     ));
-    cluster
-        .api
-        .apply(objects::pullset("tenant", "hog", &[&hog.by_tag], spec(true)));
+    cluster.api.apply(objects::pullset(
+        "tenant",
+        "hog",
+        &[&hog.by_tag],
+        spec(true),
+    ));
     for image in [&app.by_tag, &hog.by_tag] {
         agent
             .wait_for("the pin: true pre-pull", WAIT, 1, prepull(image))
@@ -495,7 +505,9 @@ fn in_cluster_mode_only_the_pin_namespaces_pin_status_and_metrics_say_so_and_del
         "{stderr}"
     );
     assert!(
-        !stderr.lines().any(|l| l.contains("image pinned") && l.contains("tenant/hog")),
+        !stderr
+            .lines()
+            .any(|l| l.contains("image pinned") && l.contains("tenant/hog")),
         "the tenant's image was pinned:\n{stderr}"
     );
     if one_six {

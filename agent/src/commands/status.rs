@@ -617,7 +617,9 @@ mod tests {
         );
         assert_eq!(
             cells("r/b:1"),
-            ["team/app", "r/b:1", "yes", "-", "Ok", "-", "-", "-", "-", "yes"],
+            [
+                "team/app", "r/b:1", "yes", "-", "Ok", "-", "-", "-", "-", "yes"
+            ],
             "{text}"
         );
         assert!(!text.contains("pinned: no"), "{text}");

@@ -445,25 +445,22 @@ mod tests {
         );
         let said = || logs.text().matches("images are not pinned:").count();
         let (store, runtime) = node_with_images();
-        let why = "containerd 1.6.20's CRI does not report pinned images (from 1.6.22, 1.7.3 and 2.0 on)";
-        let (pinner, _) = pinner(
-            store.clone(),
-            runtime,
-            PinSupport::Unsupported(why.into()),
-        );
+        let why =
+            "containerd 1.6.20's CRI does not report pinned images (from 1.6.22, 1.7.3 and 2.0 on)";
+        let (pinner, _) = pinner(store.clone(), runtime, PinSupport::Unsupported(why.into()));
         // Start-up and passes without a pin: true PullSet (or with one in a namespace that may
         // not pin): nothing to tell.
-        for sets in [
-            vec![],
-            vec![("plain", UNPINNED)],
-        ] {
+        for sets in [vec![], vec![("plain", UNPINNED)]] {
             let report = pinner.reconcile(&snapshot(&sets), &node()).await;
             assert!(matches!(report, PinReport::Unsupported(_)), "{report:?}");
         }
         let mut elsewhere = snapshot(&[("plain", UNPINNED)]);
         let spec: PullSetSpec = serde_yaml::from_str(PINNED).expect("a test spec");
         let other = validate(ObjectKey::new("tenant", "hog"), spec).expect("a valid test spec");
-        elsewhere.inventory.pullsets.insert(other.key.clone(), other);
+        elsewhere
+            .inventory
+            .pullsets
+            .insert(other.key.clone(), other);
         pinner.reconcile(&elsewhere, &node()).await;
         assert_eq!(said(), 0, "{}", logs.text());
 
@@ -498,7 +495,9 @@ mod tests {
         let (store, runtime) = node_with_images();
         let (pinner, totals) = pinner(store.clone(), runtime.clone(), PinSupport::Supported);
         // Another tool's pin is not the agent's: nothing counted.
-        pinner.reconcile(&snapshot(&[("plain", UNPINNED)]), &node()).await;
+        pinner
+            .reconcile(&snapshot(&[("plain", UNPINNED)]), &node())
+            .await;
         assert_eq!((totals.images(), totals.bytes()), (0, 0));
 
         // Pinned: one image (its three records), its size.

@@ -241,10 +241,9 @@ mod tests {
         let board = StatusBoard::default();
         let mut loaded = Snapshot::default();
         for (name, pin) in [("pinned", true), ("refused", true), ("plain", false)] {
-            let spec: crate::model::pullset::PullSetSpec = serde_yaml::from_str(&format!(
-                "pin: {pin}\nimages: [{{image: r.io/a:1}}]"
-            ))
-            .expect("a test spec");
+            let spec: crate::model::pullset::PullSetSpec =
+                serde_yaml::from_str(&format!("pin: {pin}\nimages: [{{image: r.io/a:1}}]"))
+                    .expect("a test spec");
             let set = crate::model::pullset::validate(ObjectKey::new("team", name), spec)
                 .expect("a valid test spec");
             loaded.inventory.pullsets.insert(set.key.clone(), set);

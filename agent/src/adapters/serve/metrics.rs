@@ -849,7 +849,10 @@ mod tests {
             text.contains("\npullgate_pinned_image_bytes 3000000\n"),
             "{text}"
         );
-        assert!(text.contains("# TYPE pullgate_pinned_image_bytes gauge"), "{text}");
+        assert!(
+            text.contains("# TYPE pullgate_pinned_image_bytes gauge"),
+            "{text}"
+        );
         m.pinned(0, u64::MAX);
         assert!(
             m.encode()
