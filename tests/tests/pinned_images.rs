@@ -200,11 +200,15 @@ fn status_table(socket: &Path) -> String {
 fn pinned_cell(table: &str, pullset: &str) -> String {
     let row = table
         .lines()
-        .find(|l| l.split("  ").next() == Some(pullset))
+        .find(|l| {
+            // The CRD defaults `gate: true`: the cell reads `NS/NAME (gate)`.
+            l.split("  ").next().map(|c| c.trim_end_matches(" (gate)")) == Some(pullset)
+        })
         .unwrap_or_else(|| panic!("no row for {pullset} in\n{table}"));
     row.split("  ")
         .map(str::trim)
-        .rfind(|c| !c.is_empty())
+        .filter(|c| !c.is_empty())
+        .last()
         .unwrap_or_default()
         .to_string()
 }
