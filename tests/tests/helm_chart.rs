@@ -242,6 +242,7 @@ gate:
   namespaces: [team-a, team-b]
   timeout: 15m
   timeoutAction: keep
+pinNamespaces: [kube-system, platform]
 metrics:
   address: "::"
   port: 9555
@@ -418,6 +419,10 @@ fn default_values_are_the_agents_defaults_where_the_base_sets_none() {
         gate_config(&chart, "pullgate-gate")["taint-key"],
         default("PULLGATE_TAINT_KEY")
     );
+    assert_eq!(
+        gate_config(&chart, "pullgate-gate")["pin-namespaces"],
+        default("PULLGATE_PIN_NAMESPACES")
+    );
 }
 
 #[test]
@@ -484,6 +489,7 @@ fn every_option_renders_what_it_says() {
     let gate = gate_config(&chart, "pullgate-gate");
     assert_eq!(gate["taint-key"], "example.com/images-not-ready");
     assert_eq!(gate["gate-namespaces"], "pullgate-system,team-a,team-b");
+    assert_eq!(gate["pin-namespaces"], "kube-system,platform");
 
     // Metrics without auth: no review rights.
     let rules = cluster_rules(&chart);

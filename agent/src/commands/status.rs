@@ -212,6 +212,16 @@ fn host_cell(v: Option<&pb::Verdict>) -> String {
         .unwrap_or_else(|| "-".into())
 }
 
+/// Whether a `pin: true` PullSet's image is pinned; `-` for any other PullSet and before the
+/// first pre-pull.
+fn pinned_cell(pinned: Option<bool>) -> String {
+    match pinned {
+        None => "-".into(),
+        Some(true) => "yes".into(),
+        Some(false) => "no".into(),
+    }
+}
+
 /// The status as tables (conditions, then one row per PullSet image).
 pub fn render_status(status: &pb::GetStatusResponse) -> String {
     let mut out = format!("node {}\n\n", status.node);
@@ -257,6 +267,7 @@ pub fn render_status(status: &pb::GetStatusResponse) -> String {
                 } else {
                     i.kubelet_access.clone()
                 },
+                pinned_cell(i.pinned),
             ]);
         }
     }
@@ -271,6 +282,7 @@ pub fn render_status(status: &pb::GetStatusResponse) -> String {
             "CREDENTIAL",
             "NEXT CANARY",
             "KUBELET ACCESS",
+            "PINNED",
         ],
         &rows,
     ));
@@ -299,6 +311,17 @@ pub fn render_status(status: &pb::GetStatusResponse) -> String {
                 "\n{}/{} {} kubelet access: {}: {}\n",
                 s.namespace, s.name, i.image, i.kubelet_access, i.kubelet_access_warning
             ));
+        }
+    }
+    for s in &status.pullsets {
+        for i in s.images.iter().filter(|i| i.pinned == Some(false)) {
+            out.push_str(&format!(
+                "\n{}/{} {} pinned: no\n",
+                s.namespace, s.name, i.image
+            ));
+            if !i.pin_warning.is_empty() {
+                out.push_str(&format!("  why: {}\n", i.pin_warning));
+            }
         }
     }
     for p in &status.problems {
@@ -512,7 +535,10 @@ mod tests {
                     }),
                     kubelet_access: "AnyPod".into(),
                     kubelet_access_warning: "r/api:1 was pre-pulled with a credential, but any pod on this node can start it without one".into(),
+                    pinned: Some(false),
+                    pin_warning: "PinNotAllowed: spec.pin is ignored: namespace payments may not pin images".into(),
                 }],
+                pin: true,
             }],
             problems: vec!["Secret x/y: bad".into()],
         };
@@ -521,7 +547,9 @@ mod tests {
             "PullCredentialsValid   False    Unauthorized",
             "payments/critical (gate)  r/api:1  yes",
             "PRE-PULL  CANARY        CANARY HOST          CREDENTIAL",
-            "Ok        Unauthorized  mirror.example:5000  secret payments/regcred key r  2026-11-23T01:00:00Z  AnyPod",
+            "Ok        Unauthorized  mirror.example:5000  secret payments/regcred key r  2026-11-23T01:00:00Z  AnyPod          no",
+            "KUBELET ACCESS  PINNED",
+            "payments/critical r/api:1 pinned: no\n  why: PinNotAllowed: spec.pin is ignored: namespace payments may not pin images\n",
             "payments/critical r/api:1 kubelet access: AnyPod: r/api:1 was pre-pulled with a credential, but any pod on this node can start it without one\n",
             "payments/critical r/api:1 canary: Unauthorized: 401\n  hint: rotate the secret\n  host: mirror.example:5000\n",
             "problem: Secret x/y: bad",
@@ -548,7 +576,13 @@ mod tests {
             pullsets: vec![pb::PullSetStatus {
                 namespace: "team".into(),
                 name: "app".into(),
-                images: vec![image("r/a:1", "127.0.0.1:5000"), image("r/b:1", "")],
+                images: vec![
+                    image("r/a:1", "127.0.0.1:5000"),
+                    pb::ImageStatus {
+                        pinned: Some(true),
+                        ..image("r/b:1", "")
+                    },
+                ],
                 ..Default::default()
             }],
             ..Default::default()
@@ -576,14 +610,18 @@ mod tests {
                 "127.0.0.1:5000",
                 "-",
                 "-",
+                "-",
                 "-"
             ],
             "{text}"
         );
         assert_eq!(
             cells("r/b:1"),
-            ["team/app", "r/b:1", "yes", "-", "Ok", "-", "-", "-", "-"],
+            [
+                "team/app", "r/b:1", "yes", "-", "Ok", "-", "-", "-", "-", "yes"
+            ],
             "{text}"
         );
+        assert!(!text.contains("pinned: no"), "{text}");
     }
 }

@@ -115,6 +115,8 @@ pub async fn run(args: RunArgs) -> Result<RunOutcome, RunError> {
     let bounds = Bounds {
         grace: *watchdog_grace,
     };
+    // What the agent's own pins hold, counted by the pinner, exported by the metrics refresh.
+    let pin_totals = Arc::new(crate::daemon::pins::PinTotals::default());
     let http_task = match metrics_addr.0 {
         Some(addr) => {
             let mode = http.metrics_auth.unwrap_or(if manifests.is_none() {
@@ -146,10 +148,11 @@ pub async fn run(args: RunArgs) -> Result<RunOutcome, RunError> {
                 header_timeout: *http.http_header_timeout,
                 max_connections: usize::from(http.http_max_connections),
             };
-            let (cri, api) = (client.clone(), api_errors.clone());
+            let (cri, api, pins) = (client.clone(), api_errors.clone(), pin_totals.clone());
             let refresh: Refresh = Arc::new(move |m: &Metrics| {
                 m.sync_cri_reconnects(cri.reconnects());
                 m.image_fs(cri.image_fs_reading().as_ref());
+                m.pinned(pins.images(), pins.bytes());
                 for (kind, total) in api.counts() {
                     m.sync_apiserver_errors(kind, total);
                 }
@@ -227,6 +230,7 @@ pub async fn run(args: RunArgs) -> Result<RunOutcome, RunError> {
             support,
             pin_namespaces,
             prepull.min_free_disk,
+            pin_totals,
         )
     };
     let (mut sources, source_task, reports, reports_task) = match manifests {

@@ -232,6 +232,15 @@ pub fn not_pinned_warning(state: &PinState) -> Option<String> {
     }
 }
 
+/// Whether `warning` (one of an outcome's `warnings`) is one of this module's: why a `pin: true`
+/// PullSet's image is not pinned ([`not_allowed_warning`], [`not_pinned_warning`], [`refusal`],
+/// and the pinner's `not pinned: …`), for `pullgate status`.
+pub fn is_pin_warning(warning: &str) -> bool {
+    ["PinNotAllowed:", "PinRefused:", "not pinned:"]
+        .iter()
+        .any(|prefix| warning.starts_with(prefix))
+}
+
 /// A failure of the runtime's image store, in its own words (the adapter names the call and the
 /// record); never a credential (the store holds none).
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]

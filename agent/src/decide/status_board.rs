@@ -53,12 +53,17 @@ pub struct ImageState {
     /// The latest pre-pull's `kubelet_access` (empty before one), and its warning (empty when none).
     pub kubelet_access: String,
     pub kubelet_access_warning: String,
+    /// The latest pre-pull's `pinned` (a `pin: true` PullSet's only), and why not when not
+    /// (its pin warnings, `decide::pin::is_pin_warning`, joined; empty when none).
+    pub pinned: Option<bool>,
+    pub pin_warning: String,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct PullSetState {
     pub key: ObjectKey,
     pub gate: bool,
+    pub pin: bool,
     pub pre_pull: bool,
     pub canary: bool,
     pub next_canary: Option<SystemTime>,
@@ -133,6 +138,7 @@ impl StatusBoard {
             .map(|s| PullSetState {
                 key: s.key.clone(),
                 gate: s.spec.gate,
+                pin: s.spec.pin,
                 pre_pull: s.spec.pre_pull,
                 canary: s.spec.canary.is_some(),
                 next_canary: next_canaries.get(&s.key).copied(),
@@ -161,6 +167,17 @@ impl StatusBoard {
                                 .unwrap_or_default(),
                             kubelet_access_warning: prepull
                                 .and_then(|o| o.kubelet_access_warning.clone())
+                                .unwrap_or_default(),
+                            pinned: prepull.and_then(|o| o.pinned),
+                            pin_warning: prepull
+                                .map(|o| {
+                                    o.warnings
+                                        .iter()
+                                        .filter(|w| crate::decide::pin::is_pin_warning(w))
+                                        .cloned()
+                                        .collect::<Vec<_>>()
+                                        .join("; ")
+                                })
                                 .unwrap_or_default(),
                             canary: board.canary.get(&slot).map(|o| LatestVerdict {
                                 host: o.host.clone().unwrap_or_default(),
@@ -217,5 +234,60 @@ mod tests {
         let keys = |m: Vec<&(ObjectKey, String)>| m.into_iter().cloned().collect::<BTreeSet<_>>();
         assert_eq!(keys(b.prepull.keys().collect()), live);
         assert_eq!(keys(b.canary.keys().collect()), live);
+    }
+
+    #[test]
+    fn a_pin_pullsets_images_say_whether_they_are_pinned_and_why_not() {
+        let board = StatusBoard::default();
+        let mut loaded = Snapshot::default();
+        for (name, pin) in [("pinned", true), ("refused", true), ("plain", false)] {
+            let spec: crate::model::pullset::PullSetSpec =
+                serde_yaml::from_str(&format!("pin: {pin}\nimages: [{{image: r.io/a:1}}]"))
+                    .expect("a test spec");
+            let set = crate::model::pullset::validate(ObjectKey::new("team", name), spec)
+                .expect("a valid test spec");
+            loaded.inventory.pullsets.insert(set.key.clone(), set);
+        }
+        let node = NodeInfo {
+            name: "n".into(),
+            labels: BTreeMap::new(),
+        };
+        let status = board.snapshot(&loaded, &node, &BTreeMap::new());
+        let first = |status: &Status, name: &str| {
+            let set = status
+                .pullsets
+                .iter()
+                .find(|s| s.key.name == name)
+                .expect("the PullSet");
+            (set.pin, set.images[0].clone())
+        };
+        // Before the first pre-pull: nothing said either way.
+        let (pin, image) = first(&status, "pinned");
+        assert!(pin);
+        assert_eq!((image.pinned, image.pin_warning.as_str()), (None, ""));
+
+        let mut o = prepull("pinned", "r.io/a:1");
+        o.pinned = Some(true);
+        o.warnings = vec!["NotAPinWarning: kept out".into()];
+        board.prepull(&o);
+        let mut o = prepull("refused", "r.io/a:1");
+        o.pinned = Some(false);
+        o.warnings = vec![
+            "NotAPinWarning: kept out".into(),
+            "PinRefused: not pinned: low on disk".into(),
+        ];
+        board.prepull(&o);
+        board.prepull(&prepull("plain", "r.io/a:1"));
+        let status = board.snapshot(&loaded, &node, &BTreeMap::new());
+        let (_, image) = first(&status, "pinned");
+        assert_eq!((image.pinned, image.pin_warning.as_str()), (Some(true), ""));
+        let (_, image) = first(&status, "refused");
+        assert_eq!(
+            (image.pinned, image.pin_warning.as_str()),
+            (Some(false), "PinRefused: not pinned: low on disk")
+        );
+        let (pin, image) = first(&status, "plain");
+        assert!(!pin);
+        assert_eq!((image.pinned, image.pin_warning.as_str()), (None, ""));
     }
 }

@@ -324,6 +324,7 @@ fn to_proto(status: Status) -> pb::GetStatusResponse {
                 namespace: s.key.namespace,
                 name: s.key.name,
                 gate: s.gate,
+                pin: s.pin,
                 pre_pull: s.pre_pull,
                 canary: s.canary,
                 next_canary_time: s
@@ -340,6 +341,8 @@ fn to_proto(status: Status) -> pb::GetStatusResponse {
                         canary: verdict(i.canary),
                         kubelet_access: i.kubelet_access,
                         kubelet_access_warning: i.kubelet_access_warning,
+                        pinned: i.pinned,
+                        pin_warning: i.pin_warning,
                     })
                     .collect(),
             })

@@ -109,6 +109,8 @@ pub struct Metrics {
     image_fs_free: Family<MountpointLabels, Gauge>,
     image_fs_capacity: Family<MountpointLabels, Gauge>,
     image_fs_readable: Family<MountpointLabels, Gauge>,
+    pinned_images: Gauge,
+    pinned_image_bytes: Gauge,
     /// The label sets created per namespace and per PullSet image, so that the series of what is
     /// gone can be removed ([`Metrics::retain`]).
     series: Mutex<Series>,
@@ -241,6 +243,18 @@ impl Metrics {
                 "image_fs_readable",
                 "1 when the image filesystem could be read at its last look, 0 when not (--min-free-disk is then not enforced: see --host-root)",
                 Family::default(),
+            ),
+            pinned_images: registered(
+                r,
+                "pinned_images",
+                "Images pullgate pinned (spec.pin: true) at its last reconciliation; another tool's pins are not counted",
+                Gauge::default(),
+            ),
+            pinned_image_bytes: registered(
+                r,
+                "pinned_image_bytes",
+                "Bytes of the images pullgate pinned, as the runtime reports their sizes: space the kubelet's image GC never reclaims, within the image filesystem the --min-free-disk headroom is kept on",
+                Gauge::default(),
             ),
             registry,
             series: Mutex::default(),
@@ -487,6 +501,14 @@ impl Metrics {
             .get_or_create(&labels)
             .set(i64::from(reading.space.is_some()));
         series.image_fs = Some(labels);
+    }
+
+    /// Sets the pinned-image gauges: how many images the agent's own pins hold, and their bytes
+    /// (saturating at `i64::MAX`).
+    pub fn pinned(&self, images: u64, bytes: u64) {
+        let gauge = |n: u64| i64::try_from(n).unwrap_or(i64::MAX);
+        self.pinned_images.set(gauge(images));
+        self.pinned_image_bytes.set(gauge(bytes));
     }
 
     /// The text exposition format.
@@ -812,6 +834,32 @@ mod tests {
         assert_eq!(series(&m), [images("registry", "Ok", 1)]);
         m.retain(&live(&[]));
         assert!(series(&m).is_empty(), "{}", m.encode());
+    }
+
+    #[test]
+    fn the_pinned_gauges_say_what_the_agents_pins_hold() {
+        let m = Metrics::new();
+        let text = m.encode();
+        assert!(text.contains("\npullgate_pinned_images 0\n"), "{text}");
+        assert!(text.contains("\npullgate_pinned_image_bytes 0\n"), "{text}");
+        m.pinned(2, 3_000_000);
+        let text = m.encode();
+        assert!(text.contains("\npullgate_pinned_images 2\n"), "{text}");
+        assert!(
+            text.contains("\npullgate_pinned_image_bytes 3000000\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("# TYPE pullgate_pinned_image_bytes gauge"),
+            "{text}"
+        );
+        m.pinned(0, u64::MAX);
+        assert!(
+            m.encode()
+                .contains(&format!("\npullgate_pinned_image_bytes {}\n", i64::MAX)),
+            "{}",
+            m.encode()
+        );
     }
 
     #[test]

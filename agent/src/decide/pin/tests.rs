@@ -331,6 +331,32 @@ fn the_warnings_name_the_namespace_the_flag_and_why() {
 }
 
 #[test]
+fn every_pin_warning_is_known_as_one_and_no_other_is() {
+    let ten_percent: MinFreeDisk = "10%".parse().expect("a valid headroom");
+    let low = Some(ImageFsSpace {
+        free_bytes: 1,
+        capacity_bytes: 100,
+    });
+    let refused = refusal(ten_percent, low).expect("refused at 1% free");
+    let ours = [
+        not_allowed_warning("team", &GateNamespaces::only(["kube-system"])),
+        not_pinned_warning(&PinState::Absent).expect("a warning"),
+        not_pinned_warning(&PinState::Refused(refused.clone())).expect("a warning"),
+        refused,
+    ];
+    for w in &ours {
+        assert!(is_pin_warning(w), "{w}");
+    }
+    for other in [
+        "NotDownloaded: the canary fetched no blob",
+        "the image is pinned elsewhere: not pinned: quoted",
+        "",
+    ] {
+        assert!(!is_pin_warning(other), "{other}");
+    }
+}
+
+#[test]
 fn pinned_when_any_reference_of_its_target_is() {
     let cases = [
         ("reg.test/app:v1", app(["", "", ""]), false),
