@@ -112,7 +112,11 @@ fn kustomization<'a>(m: &'a ManifestFiles, dir: &str) -> &'a Obj {
     } else {
         ("kustomize.config.k8s.io/v1beta1", "Kustomization")
     };
-    assert_eq!((k.api_version(), k.kind()), expected, "{file}: apiVersion/kind");
+    assert_eq!(
+        (k.api_version(), k.kind()),
+        expected,
+        "{file}: apiVersion/kind"
+    );
     for field in k.value.as_object().unwrap().keys() {
         assert!(
             KUSTOMIZATION_FIELDS.contains(&field.as_str()),
@@ -1447,7 +1451,11 @@ fn kubelet_config_component_mounts_the_kubelet_config_and_passes_it() {
         .iter()
         .find(|m| m.mount_path == IN_POD)
         .unwrap_or_else(|| panic!("{what}: no volumeMount at {IN_POD}"));
-    assert_eq!(mount.read_only, Some(true), "{what}: {IN_POD} must be read-only");
+    assert_eq!(
+        mount.read_only,
+        Some(true),
+        "{what}: {IN_POD} must be read-only"
+    );
     let pod = ds.spec.as_ref().unwrap().template.spec.as_ref().unwrap();
     let volume = pod
         .volumes
@@ -1470,7 +1478,11 @@ fn kubelet_config_component_mounts_the_kubelet_config_and_passes_it() {
     assert_eq!(base_c.args.as_deref().unwrap_or_default(), ["run"]);
     let names = |ds: &DaemonSet| -> Vec<String> {
         let pod = ds.spec.as_ref().unwrap().template.spec.as_ref().unwrap();
-        pod.volumes.iter().flatten().map(|v| v.name.clone()).collect()
+        pod.volumes
+            .iter()
+            .flatten()
+            .map(|v| v.name.clone())
+            .collect()
     };
     let mut expected = names(&base_ds);
     expected.push("kubelet-config".into());
