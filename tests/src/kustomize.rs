@@ -179,6 +179,53 @@ pub fn render(dir: &str) -> Vec<Obj> {
     objs
 }
 
+/// `manifests/{base}` with the kustomize Components `components` (directories relative to
+/// `manifests/`, such as `components/kubelet-config`) added, as an installation's kustomization
+/// naming them renders it: a throwaway kustomization in a temporary directory, with relative paths
+/// (kustomize refuses absolute ones).
+pub fn render_with_components(base: &str, components: &[&str]) -> Vec<Obj> {
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("a temporary directory: {e}"));
+    let dir_abs = dir.path().canonicalize().unwrap_or_else(|e| panic!("{e}"));
+    let manifests = manifests_dir()
+        .canonicalize()
+        .unwrap_or_else(|e| panic!("manifests/: {e}"));
+    let up = "../".repeat(dir_abs.components().count().saturating_sub(1));
+    let rel = |sub: &str| {
+        let abs = manifests.join(sub);
+        let tail = abs.strip_prefix("/").unwrap_or(&abs);
+        format!("{up}{}", tail.display())
+    };
+    let list = |items: &[&str]| {
+        items
+            .iter()
+            .map(|c| format!("  - {}\n", rel(c)))
+            .collect::<String>()
+    };
+    let text = format!(
+        "apiVersion: kustomize.config.k8s.io/v1beta1\nkind: Kustomization\nresources:\n{}components:\n{}",
+        list(&[base]),
+        list(components)
+    );
+    std::fs::write(dir.path().join("kustomization.yaml"), text)
+        .unwrap_or_else(|e| panic!("{}: {e}", dir.path().display()));
+    let kubectl = kubectl();
+    let what = format!("manifests/{base} + {}", components.join(" + "));
+    let out = Command::new(&kubectl)
+        .arg("kustomize")
+        .arg(dir.path())
+        .output()
+        .unwrap_or_else(|e| panic!("{} kustomize {what}: {e}", kubectl.display()));
+    assert!(
+        out.status.success(),
+        "`{} kustomize` of {what} failed: {}",
+        kubectl.display(),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8(out.stdout)
+        .unwrap_or_else(|e| panic!("kubectl kustomize {what}: not UTF-8: {e}"));
+    parse_documents(&format!("kubectl kustomize {what}"), &text)
+}
+
 /// Every YAML file under `manifests/`, by path relative to it ('/'-separated), with its documents;
 /// but the Helm charts (`manifests/helm/`, [`crate::helm::CHARTS_DIR`]): their templates are not
 /// YAML until helm renders them (`tests/tests/helm_chart.rs`).

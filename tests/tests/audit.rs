@@ -24,6 +24,11 @@ const CLEAN: &str = "pg-audit-Clean-Passw0rd-3b9e";
 const DEPLOY: &str = "pg-audit-Deploy-Passw0rd-5f21";
 const CRON: &str = "pg-audit-Cron-Passw0rd-8d40";
 const POD: &str = "pg-audit-Pod-Passw0rd-e93c";
+const MODELS: &str = "pg-audit-Models-Passw0rd-61af";
+const TRAINER: &str = "pg-audit-Trainer-Passw0rd-d07b";
+const IDLE: &str = "pg-audit-Idle-Passw0rd-2c58";
+/// The image the workloads' container pulls, as a workload user lists it.
+const APP_IMAGE: &str = "container c registry.team.example:5000/team/app:1";
 
 fn b64(s: &str) -> String {
     base64::engine::general_purpose::STANDARD.encode(s)
@@ -336,17 +341,17 @@ fn audit_reports_the_blast_radius_of_pull_secrets() {
     assert_eq!(
         secret_row(&report, "team", "deploy-cred")["users"],
         json!([
-            {"kind": "Workload", "name": "Deployment/web"},
-            {"kind": "Workload", "name": "ReplicaSet/web-5d9f7c", "via": "2 pods"}
+            {"kind": "Workload", "name": "Deployment/web", "images": [APP_IMAGE]},
+            {"kind": "Workload", "name": "ReplicaSet/web-5d9f7c", "via": "2 pods", "images": [APP_IMAGE]}
         ])
     );
     assert_eq!(
         secret_row(&report, "team", "cron-cred")["users"],
-        json!([{"kind": "Workload", "name": "CronJob/nightly"}])
+        json!([{"kind": "Workload", "name": "CronJob/nightly", "images": [APP_IMAGE]}])
     );
     assert_eq!(
         secret_row(&report, "team", "pod-cred")["users"],
-        json!([{"kind": "Workload", "name": "Pod/debug", "via": "1 pod"}])
+        json!([{"kind": "Workload", "name": "Pod/debug", "via": "1 pod", "images": [APP_IMAGE]}])
     );
     assert!(flagged(&report, "Missing", "Secret ci/gone"), "{report:#}");
     assert!(
@@ -415,6 +420,85 @@ fn audit_reports_the_blast_radius_of_pull_secrets() {
     }
     // The table's fingerprints are this run's, not the JSON run's.
     assert!(!table.stdout.contains(&fingerprint[..12]));
+}
+
+/// KEP-4639: an image volume is pulled with the pod's pull secrets like a container image. A
+/// Deployment whose only private image is an image volume uses the Secret it names (not
+/// `Unused`), and the report says which of its images the Secret covers; a Deployment without
+/// its own `imagePullSecrets` uses its ServiceAccount's (the pod rule) for its image volume.
+#[test]
+fn an_image_volume_is_a_use_of_its_pull_secret() {
+    let api = ApiServer::start().unwrap();
+    for (name, password) in [
+        ("models-cred", MODELS),
+        ("trainer-cred", TRAINER),
+        ("idle", IDLE),
+    ] {
+        api.apply(objects::pull_secret(
+            "ml", name, REGISTRY, "deployer", password,
+        ));
+    }
+    api.apply(service_account("ml", "trainer", &["trainer-cred"]));
+    // A public container image; the private one is the image volume's.
+    api.apply(json!({"apiVersion": "apps/v1", "kind": "Deployment",
+    "metadata": {"name": "inference", "namespace": "ml"},
+    "spec": {"template": {"spec": {
+        "imagePullSecrets": [{"name": "models-cred"}],
+        "containers": [{"name": "server", "image": "busybox:1.36",
+                        "volumeMounts": [{"name": "weights", "mountPath": "/weights"}]}],
+        "volumes": [{"name": "weights", "image": {
+            "reference": "registry.team.example:5000/ml/weights:v3", "pullPolicy": "IfNotPresent"}}]
+    }}}}));
+    // No imagePullSecrets of its own: its ServiceAccount's serve its image volume.
+    api.apply(json!({"apiVersion": "apps/v1", "kind": "Deployment",
+        "metadata": {"name": "train", "namespace": "ml"},
+        "spec": {"template": {"spec": {
+            "serviceAccountName": "trainer",
+            "containers": [{"name": "job", "image": "busybox:1.36"}],
+            "volumes": [{"name": "dataset", "image": {"reference": "registry.team.example:5000/ml/dataset:2026-12"}},
+                        {"name": "scratch", "emptyDir": {}}]
+        }}}}));
+
+    let secrets = [MODELS, TRAINER, IDLE];
+    let run = audit(&api, &["--json"]);
+    run.assert_no_leak(&secrets);
+    let report = run.json();
+    assert!(
+        !flagged(&report, "Unused", "Secret ml/models-cred"),
+        "{report:#}"
+    );
+    let row = secret_row(&report, "ml", "models-cred");
+    assert_eq!(
+        row["users"],
+        json!([{"kind": "Workload", "name": "Deployment/inference",
+                "images": ["volume weights registry.team.example:5000/ml/weights:v3"]}])
+    );
+    // The registry the image volume pulls from is the one the Secret covers.
+    assert_eq!(row["registries"][0]["registry"], REGISTRY, "{row:#}");
+    assert_eq!(
+        secret_row(&report, "ml", "trainer-cred")["users"],
+        json!([
+            {"kind": "ServiceAccount", "name": "trainer"},
+            {"kind": "Workload", "name": "Deployment/train", "via": "serviceAccount trainer",
+             "images": ["volume dataset registry.team.example:5000/ml/dataset:2026-12"]}
+        ])
+    );
+    // Unused is still judged: the Secret nothing pulls with is flagged.
+    assert!(flagged(&report, "Unused", "Secret ml/idle"), "{report:#}");
+    assert_eq!(
+        findings(&report, "Unused").len(),
+        1,
+        "{:#}",
+        report["findings"]
+    );
+
+    let table = audit(&api, &[]);
+    table.assert_no_leak(&secrets);
+    assert!(
+        table.stdout.contains("Deployment/inference"),
+        "{}",
+        table.stdout
+    );
 }
 
 #[test]

@@ -28,7 +28,7 @@ use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding, Role, RoleBind
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use pullgate_testenv::helm::{Helm, NAMESPACE, RELEASE, chart_dir, template};
 use pullgate_testenv::kustomize::{Obj, first_lost, manifests_dir, one_of, parse_documents};
-use pullgate_testenv::kustomize::{render, typed};
+use pullgate_testenv::kustomize::{render, render_with_components, typed};
 use pullgate_testenv::workspace_root;
 use serde_json::{Value, json};
 use std::collections::{BTreeMap, BTreeSet};
@@ -869,4 +869,88 @@ fn notes_name_the_taint_and_the_namespace_grants() {
     ] {
         assert!(notes.contains(expected), "NOTES lack {expected}:\n{notes}");
     }
+}
+
+/// `kubeletConfig.enabled`: the DaemonSet the kustomize Component `components/kubelet-config`
+/// renders on the base (the kubelet's configuration mounted read-only from its hostPath, type
+/// File, at /host + its path, passed as `--kubelet-config`); another `path` moves all three; a
+/// relative path is refused naming the field. The default render is the base (see
+/// `default_values_render_the_base`), without any of it.
+#[test]
+fn kubelet_config_renders_the_kubelet_config_component() {
+    let helm = Helm::new();
+    let chart = helm
+        .try_template(
+            RELEASE,
+            NAMESPACE,
+            &["--set", "kubeletConfig.enabled=true"],
+            None,
+        )
+        .unwrap();
+    chart.iter().for_each(check_typed);
+    let kustomized = render_with_components("base", &["components/kubelet-config"]);
+    let c = find(&chart, "DaemonSet", "pullgate");
+    let k = find(&kustomized, "DaemonSet", "pullgate");
+    assert_same(&without_helm_labels(c, RELEASE), &k.value, &c.what());
+    let (_, container) = the_container(&chart);
+    assert_eq!(
+        container.args.as_deref().unwrap_or_default(),
+        ["run", "--kubelet-config=/host/var/lib/kubelet/config.yaml"]
+    );
+
+    // Off by default: no arg, no mount, no volume.
+    let default = template(None);
+    let (_, container) = the_container(&default);
+    assert_eq!(container.args.as_deref().unwrap_or_default(), ["run"]);
+    assert!(
+        !serde_json::to_string(&find(&default, "DaemonSet", "pullgate").value)
+            .unwrap()
+            .contains("kubelet-config")
+    );
+
+    // Another path: the hostPath, the mount under /host and the arg follow it.
+    let chart = helm
+        .try_template(
+            RELEASE,
+            NAMESPACE,
+            &[],
+            Some("kubeletConfig:\n  enabled: true\n  path: /etc/kubernetes/kubelet.yaml\n"),
+        )
+        .unwrap();
+    let (obj, ds) = one_of::<DaemonSet>(&chart, "DaemonSet", "kubeletConfig.path");
+    let pod = ds.spec.unwrap().template.spec.unwrap();
+    let container = &pod.containers[0];
+    assert_eq!(
+        container.args.as_deref().unwrap_or_default(),
+        ["run", "--kubelet-config=/host/etc/kubernetes/kubelet.yaml"],
+        "{}",
+        obj.what()
+    );
+    let mount = container
+        .volume_mounts
+        .iter()
+        .flatten()
+        .find(|m| m.name == "kubelet-config")
+        .unwrap();
+    assert_eq!(mount.mount_path, "/host/etc/kubernetes/kubelet.yaml");
+    assert_eq!(mount.read_only, Some(true));
+    let volume = pod
+        .volumes
+        .iter()
+        .flatten()
+        .find(|v| v.name == "kubelet-config")
+        .unwrap();
+    let host_path = volume.host_path.as_ref().unwrap();
+    assert_eq!(host_path.path, "/etc/kubernetes/kubelet.yaml");
+    assert_eq!(host_path.type_.as_deref(), Some("File"));
+
+    let refused = helm
+        .try_template(
+            RELEASE,
+            NAMESPACE,
+            &[],
+            Some("kubeletConfig:\n  enabled: true\n  path: kubelet.yaml\n"),
+        )
+        .unwrap_err();
+    assert!(refused.contains("kubeletConfig"), "{refused}");
 }

@@ -24,7 +24,8 @@ use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding, PolicyRule, Ro
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use pullgate_testenv::kustomize::{
-    ManifestFiles, Obj, agent_identity, all_of, is_qualified_name, one_of, render, typed,
+    ManifestFiles, Obj, agent_identity, all_of, is_qualified_name, one_of, render,
+    render_with_components, typed,
 };
 use serde_json::Value;
 use std::collections::{BTreeMap, BTreeSet};
@@ -42,6 +43,9 @@ const ROOTS: [&str; 5] = [
 ];
 /// Standalone examples: applied with `kubectl apply -f`, not part of any kustomization.
 const EXAMPLES_DIR: &str = "examples";
+/// Opt-in kustomize Components (`kind: Component`), one a directory: an installation's
+/// kustomization names them under `components:`; each renders on top of `base`.
+const COMPONENTS_DIR: &str = "components";
 
 /// Every object is one of the kinds below, and parses as its type.
 fn check_typed(obj: &Obj) {
@@ -103,9 +107,14 @@ fn kustomization<'a>(m: &'a ManifestFiles, dir: &str) -> &'a Obj {
     let docs = m.docs(&file);
     assert_eq!(docs.len(), 1, "{file}: one document expected");
     let k = &docs[0];
+    let expected = if is_component(dir) {
+        ("kustomize.config.k8s.io/v1alpha1", "Component")
+    } else {
+        ("kustomize.config.k8s.io/v1beta1", "Kustomization")
+    };
     assert_eq!(
         (k.api_version(), k.kind()),
-        ("kustomize.config.k8s.io/v1beta1", "Kustomization"),
+        expected,
         "{file}: apiVersion/kind"
     );
     for field in k.value.as_object().unwrap().keys() {
@@ -115,6 +124,10 @@ fn kustomization<'a>(m: &'a ManifestFiles, dir: &str) -> &'a Obj {
         );
     }
     k
+}
+
+fn is_component(dir: &str) -> bool {
+    dir.starts_with(&format!("{COMPONENTS_DIR}/"))
 }
 
 /// `reference`, written in the kustomization of `dir`, relative to `manifests/`.
@@ -904,8 +917,10 @@ fn every_manifest_parses_and_every_file_is_used() {
         let is_kustomization = file.ends_with("kustomization.yaml");
         let is_example = file.starts_with(&format!("{EXAMPLES_DIR}/"));
         let used = resources.contains(file) || patches.contains(file);
+        let is_component = is_kustomization && is_component(file);
         assert!(
             used || is_example
+                || is_component
                 || (is_kustomization
                     && ROOTS
                         .iter()
@@ -917,9 +932,14 @@ fn every_manifest_parses_and_every_file_is_used() {
             docs.iter().for_each(check_typed);
         }
     }
-    // Every kustomization renders with kubectl, and every object it renders parses as its type.
+    // Every kustomization renders with kubectl, and every object it renders parses as its type;
+    // a Component, on top of the base.
     for dir in m.kustomization_dirs() {
-        let objs = render(&dir);
+        let objs = if is_component(&dir) {
+            render_with_components("base", &[&dir])
+        } else {
+            render(&dir)
+        };
         assert!(!objs.is_empty(), "{dir}: renders nothing");
         objs.iter().for_each(check_typed);
     }
@@ -1395,4 +1415,100 @@ fn daemonset_mounts_containerd_configuration_where_the_agent_reads_it() {
             );
         }
     }
+}
+
+/// The kubelet-config Component (KEP-2535's verification of pre-pulled images): the node's kubelet
+/// configuration mounted read-only from its hostPath (type File) at /host + that path, and that
+/// path passed as `--kubelet-config`, a flag of `pullgate run`; nothing else of the DaemonSet
+/// changes, and the base alone has none of it.
+#[test]
+fn kubelet_config_component_mounts_the_kubelet_config_and_passes_it() {
+    const HOST_PATH: &str = "/var/lib/kubelet/config.yaml";
+    const IN_POD: &str = "/host/var/lib/kubelet/config.yaml";
+    let flags = agent_flags();
+    let (long, _) = flags
+        .get("PULLGATE_KUBELET_CONFIG")
+        .expect("`pullgate run` has no PULLGATE_KUBELET_CONFIG flag");
+    assert_eq!(long, "kubelet-config");
+    assert_eq!(
+        env_default_host_root(),
+        "/host",
+        "the base's PULLGATE_HOST_ROOT is the /host the mount path is under"
+    );
+
+    let base = render("base");
+    let objs = render_with_components("base", &["components/kubelet-config"]);
+    let (obj, ds) = one_of::<DaemonSet>(&objs, "DaemonSet", "base + components/kubelet-config");
+    let what = obj.what();
+    let c = the_container(&obj, &ds);
+    assert_eq!(
+        c.args.as_deref().unwrap_or_default(),
+        ["run".to_string(), format!("--kubelet-config={IN_POD}")],
+        "{what}: args"
+    );
+    let mounts = c.volume_mounts.clone().unwrap_or_default();
+    let mount = mounts
+        .iter()
+        .find(|m| m.mount_path == IN_POD)
+        .unwrap_or_else(|| panic!("{what}: no volumeMount at {IN_POD}"));
+    assert_eq!(
+        mount.read_only,
+        Some(true),
+        "{what}: {IN_POD} must be read-only"
+    );
+    let pod = ds.spec.as_ref().unwrap().template.spec.as_ref().unwrap();
+    let volume = pod
+        .volumes
+        .iter()
+        .flatten()
+        .find(|v| v.name == mount.name)
+        .unwrap_or_else(|| panic!("{what}: no volume {}", mount.name));
+    let host_path = volume
+        .host_path
+        .as_ref()
+        .unwrap_or_else(|| panic!("{what}: volume {} must be a hostPath", mount.name));
+    assert_eq!(host_path.path, HOST_PATH, "{what}");
+    assert_eq!(host_path.type_.as_deref(), Some("File"), "{what}");
+
+    // Only the DaemonSet changes, and only by the arg, the mount and the volume.
+    assert_eq!(objs.len(), base.len());
+    let (base_obj, base_ds) = one_of::<DaemonSet>(&base, "DaemonSet", "base");
+    let base_c = the_container(&base_obj, &base_ds);
+    assert_eq!(c.args.as_ref().map(Vec::len), Some(2));
+    assert_eq!(base_c.args.as_deref().unwrap_or_default(), ["run"]);
+    let names = |ds: &DaemonSet| -> Vec<String> {
+        let pod = ds.spec.as_ref().unwrap().template.spec.as_ref().unwrap();
+        pod.volumes
+            .iter()
+            .flatten()
+            .map(|v| v.name.clone())
+            .collect()
+    };
+    let mut expected = names(&base_ds);
+    expected.push("kubelet-config".into());
+    assert_eq!(names(&ds), expected, "{what}: volumes");
+    assert_eq!(
+        mounts.len(),
+        base_c.volume_mounts.as_ref().map_or(0, Vec::len) + 1,
+        "{what}: volumeMounts"
+    );
+    for b in &base {
+        if b.kind() != "DaemonSet" {
+            let o = objs
+                .iter()
+                .find(|o| o.kind() == b.kind() && o.name() == b.name())
+                .unwrap_or_else(|| panic!("{}: missing with the component", b.what()));
+            assert_eq!(o.value, b.value, "{}: changed by the component", b.what());
+        }
+    }
+}
+
+/// The base's PULLGATE_HOST_ROOT.
+fn env_default_host_root() -> String {
+    let base = render("base");
+    let (obj, ds) = one_of::<DaemonSet>(&base, "DaemonSet", "base");
+    let c = the_container(&obj, &ds);
+    env_value(&obj, &c, "PULLGATE_HOST_ROOT")
+        .value
+        .unwrap_or_default()
 }

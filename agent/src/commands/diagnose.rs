@@ -77,7 +77,7 @@ struct Subject {
     /// `pod NS/NAME`, or `a pod with ServiceAccount NS/SA`.
     describe: String,
     /// `--pod`'s images (containers and image volumes); `None` without `--pod`.
-    pod_images: Option<Vec<crate::model::inventory::PodImageUse>>,
+    pod_images: Option<Vec<crate::model::pod_images::PodImageUse>>,
 }
 
 pub async fn diagnose(args: DiagnoseArgs) -> Result<bool, DiagnoseError> {
@@ -239,7 +239,7 @@ async fn load(args: &DiagnoseArgs, image: &ImageRef) -> Result<Subject, Diagnose
 /// pull secrets are then diagnosed for an image it does not pull.
 fn pod_image_step(
     describe: &str,
-    uses: &[crate::model::inventory::PodImageUse],
+    uses: &[crate::model::pod_images::PodImageUse],
     image: &ImageRef,
 ) -> Step {
     let same = |written: &str| ImageRef::parse(written).is_ok_and(|r| r == *image);
@@ -577,7 +577,7 @@ mod tests {
 
     #[test]
     fn the_pod_image_step_names_an_image_volume() {
-        use crate::model::inventory::PodImageUse;
+        use crate::model::pod_images::PodImageUse;
         let uses = [
             PodImageUse {
                 used_by: "container web".into(),

@@ -92,13 +92,3 @@ pub fn service_account_object(
         image_pull_secrets,
     }
 }
-
-/// One image a pod pulls with its pull secrets (the pod rule applies alike): a container's
-/// (`containers`, `initContainers`, `ephemeralContainers`) or an image volume's
-/// (`volumes[].image.reference`, KEP-4639), as the pod spec writes it.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct PodImageUse {
-    /// `container web`, `initContainer migrate`, `ephemeralContainer debug`, `volume models`.
-    pub used_by: String,
-    pub image: String,
-}

@@ -6,6 +6,7 @@ pub mod image_ref;
 pub mod inventory;
 pub mod node;
 pub mod outcome;
+pub mod pod_images;
 pub mod printable;
 pub mod pullset;
 pub mod snapshot;

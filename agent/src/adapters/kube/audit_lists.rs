@@ -2,7 +2,8 @@
 //! the API server page by page (`limit` 500, then `continue`) and converted to the plain types of
 //! `inventory` with the same functions as every other source.
 //!
-//! Workloads are read for their pod specs' `imagePullSecrets` only: the pod templates of
+//! Workloads are read for what the pod rule needs of their pod specs only (`imagePullSecrets`,
+//! `serviceAccountName`, and the images: containers' and image volumes'): the pod templates of
 //! Deployments, StatefulSets, DaemonSets, ReplicationControllers, Jobs (not a CronJob's) and
 //! CronJobs, and running Pods grouped by their controller. Nothing else of them is kept.
 //!
@@ -17,6 +18,7 @@ use crate::decide::audit::analysis::{
 };
 use crate::model::inventory::{Inventory, ObjectKey};
 use crate::model::inventory::{secret_object, service_account_object};
+use crate::model::pod_images::{PodImageUse, pod_image_uses};
 use crate::model::pullset::{self, PullSet};
 use k8s_openapi::api::core::v1::{Secret, ServiceAccount};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
@@ -24,6 +26,7 @@ use kube::api::ListParams;
 use kube::{Client, Resource as _};
 use serde::Deserialize;
 use serde_json::Value;
+use std::collections::{BTreeMap, BTreeSet};
 use std::time::SystemTime;
 
 /// Objects per page.
@@ -100,9 +103,22 @@ const WORKLOADS: &[(&str, &str, &str, &[&str])] = &[
     ("/api/v1/pods", "pods", "Pod", &["spec"]),
 ];
 
-/// The `imagePullSecrets` names of the pod spec at `path` in `item`.
-fn pull_secret_names(item: &Value, path: &[&str]) -> std::collections::BTreeSet<String> {
+/// What the pod rule needs of the pod spec at `path` in `item`: its `imagePullSecrets` names, its
+/// ServiceAccount (`default` when unset) and the images it pulls with them (`model::pod_images`:
+/// containers and image volumes, decoded from the JSON whatever k8s-openapi knows of them).
+fn pod_pull_spec(item: &Value, path: &[&str]) -> (BTreeSet<String>, String, BTreeSet<PodImageUse>) {
     let spec = path.iter().fold(item, |v, field| &v[*field]);
+    let service_account = spec["serviceAccountName"]
+        .as_str()
+        .filter(|s| !s.is_empty())
+        .unwrap_or("default")
+        .to_string();
+    let images = pod_image_uses(spec).into_iter().collect();
+    (pull_secret_names(spec), service_account, images)
+}
+
+/// The `imagePullSecrets` names of a pod spec.
+fn pull_secret_names(spec: &Value) -> BTreeSet<String> {
     spec["imagePullSecrets"]
         .as_array()
         .into_iter()
@@ -128,37 +144,45 @@ fn controller_of(item: &Value) -> Option<String> {
         })
 }
 
-/// Every workload naming pull secrets in its own pod spec; `false` when a kind could not be
-/// listed (a note says which), so that `Unused` is not judged on a partial picture.
+/// Every workload that pulls an image (or names pull secrets), with what the pod rule needs of it;
+/// `false` when a kind could not be listed (a note says which), so that `Unused` is not judged on
+/// a partial picture.
 async fn load_workloads(client: &Client, notes: &mut Vec<String>) -> (Vec<Workload>, bool) {
     let mut workloads = Vec::new();
     let mut complete = true;
-    // Running pods, grouped by (namespace, controller or pod) → (count, secrets).
-    let mut pods: std::collections::BTreeMap<
-        (String, String),
-        (usize, std::collections::BTreeSet<String>),
-    > = std::collections::BTreeMap::new();
+    // Running pods, grouped by (namespace, controller or pod) → their count and pod rule.
+    let mut pods: BTreeMap<(String, String), PodGroup> = BTreeMap::new();
     for (path, resource, kind, spec) in WORKLOADS {
         let listed = list_pages(client, path, resource, |item| {
             let Some(key) = key_of(&item) else { return };
-            let names = pull_secret_names(&item, spec);
+            let (names, service_account, images) = pod_pull_spec(&item, spec);
             if *kind == "Pod" {
                 let owner = controller_of(&item).unwrap_or_else(|| format!("Pod/{}", key.name));
-                let entry = pods.entry((key.namespace, owner)).or_default();
-                entry.0 += 1;
-                entry.1.extend(names);
+                let entry = pods
+                    .entry((key.namespace, owner))
+                    .or_insert_with(|| PodGroup {
+                        count: 0,
+                        names: BTreeSet::new(),
+                        service_account: service_account.clone(),
+                        images: BTreeSet::new(),
+                    });
+                entry.count += 1;
+                entry.names.extend(names);
+                entry.images.extend(images);
                 return;
             }
             // A CronJob's Jobs are counted under the CronJob.
             if *kind == "Job" && controller_of(&item).is_some_and(|c| c.starts_with("CronJob/")) {
                 return;
             }
-            if !names.is_empty() {
+            if !names.is_empty() || !images.is_empty() {
                 workloads.push(Workload {
                     namespace: key.namespace,
                     name: format!("{kind}/{}", key.name),
                     pods: None,
                     image_pull_secrets: names,
+                    service_account,
+                    images,
                 });
             }
         })
@@ -178,15 +202,26 @@ async fn load_workloads(client: &Client, notes: &mut Vec<String>) -> (Vec<Worklo
     }
     workloads.extend(
         pods.into_iter()
-            .filter(|(_, (_, names))| !names.is_empty())
-            .map(|((namespace, name), (count, names))| Workload {
+            .filter(|(_, g)| !g.names.is_empty() || !g.images.is_empty())
+            .map(|((namespace, name), g)| Workload {
                 namespace,
                 name,
-                pods: Some(count),
-                image_pull_secrets: names,
+                pods: Some(g.count),
+                image_pull_secrets: g.names,
+                service_account: g.service_account,
+                images: g.images,
             }),
     );
     (workloads, complete)
+}
+
+/// Running pods of one controller (or one bare pod): how many, and their pod rule's inputs (the
+/// first pod's ServiceAccount; a controller's pods share one).
+struct PodGroup {
+    count: usize,
+    names: BTreeSet<String>,
+    service_account: String,
+    images: BTreeSet<PodImageUse>,
 }
 
 /// A failed list: `Ok(())` for a `404` (the resource does not exist in this cluster).

@@ -591,7 +591,7 @@ pub async fn get_pod_pull_spec(
     (
         Vec<String>,
         String,
-        Vec<crate::model::inventory::PodImageUse>,
+        Vec<crate::model::pod_images::PodImageUse>,
     ),
     ClusterError,
 > {
@@ -604,7 +604,7 @@ pub async fn get_pod_pull_spec(
             source,
         })?;
     let spec = pod.spec.unwrap_or_default();
-    let images = pod_image_uses(&spec);
+    let images = crate::model::pod_images::of_pod_spec(&spec);
     Ok((
         spec.image_pull_secrets
             .unwrap_or_default()
@@ -616,46 +616,6 @@ pub async fn get_pod_pull_spec(
             .unwrap_or_else(|| "default".into()),
         images,
     ))
-}
-
-/// Every image a pod spec pulls with its pull secrets: containers of each kind, then image
-/// volumes (`volumes[].image.reference`; a volume without a reference pulls nothing).
-pub fn pod_image_uses(
-    spec: &k8s_openapi::api::core::v1::PodSpec,
-) -> Vec<crate::model::inventory::PodImageUse> {
-    use crate::model::inventory::PodImageUse;
-    let containers = spec
-        .init_containers
-        .iter()
-        .flatten()
-        .map(|c| ("initContainer", &c.name, c.image.as_ref()))
-        .chain(
-            spec.containers
-                .iter()
-                .map(|c| ("container", &c.name, c.image.as_ref())),
-        )
-        .chain(
-            spec.ephemeral_containers
-                .iter()
-                .flatten()
-                .map(|c| ("ephemeralContainer", &c.name, c.image.as_ref())),
-        );
-    let volumes = spec.volumes.iter().flatten().map(|v| {
-        (
-            "volume",
-            &v.name,
-            v.image.as_ref().and_then(|i| i.reference.as_ref()),
-        )
-    });
-    containers
-        .chain(volumes)
-        .filter_map(|(kind, name, image)| {
-            image.filter(|i| !i.is_empty()).map(|image| PodImageUse {
-                used_by: format!("{kind} {name}"),
-                image: image.clone(),
-            })
-        })
-        .collect()
 }
 
 /// One-shot reads for `diagnose`: the ServiceAccount and the Secrets the pod rule would use, each
@@ -860,34 +820,6 @@ mod tests {
         let snapshot = build(&state);
         assert_eq!(snapshot.inventory.pullsets.len(), 2);
         assert_eq!(snapshot.problems.len(), 2);
-    }
-
-    #[test]
-    fn a_pods_images_include_its_image_volumes() {
-        let spec: k8s_openapi::api::core::v1::PodSpec = serde_json::from_value(serde_json::json!({
-            "initContainers": [{"name": "migrate", "image": "r.io/team/migrate:1"}],
-            "containers": [{"name": "web", "image": "r.io/team/web:1"}],
-            "ephemeralContainers": [{"name": "debug", "image": "busybox"}],
-            "volumes": [
-                {"name": "models", "image": {"reference": "r.io/team/models:v3", "pullPolicy": "IfNotPresent"}},
-                {"name": "empty", "image": {}},
-                {"name": "cache", "emptyDir": {}}
-            ]
-        }))
-        .unwrap();
-        let uses: Vec<String> = pod_image_uses(&spec)
-            .into_iter()
-            .map(|u| format!("{} image {}", u.used_by, u.image))
-            .collect();
-        assert_eq!(
-            uses,
-            [
-                "initContainer migrate image r.io/team/migrate:1",
-                "container web image r.io/team/web:1",
-                "ephemeralContainer debug image busybox",
-                "volume models image r.io/team/models:v3",
-            ]
-        );
     }
 
     #[test]

@@ -8,7 +8,11 @@
 //! a PullSet or a workload names it as an image pull secret. Its users are the ServiceAccounts
 //! whose `imagePullSecrets` name it, the PullSets whose credentials it is by the pod rule (their own
 //! `imagePullSecrets`, else their ServiceAccount's — [`pull_secret_names`], as the agent resolves),
-//! and the [`Workload`]s (pod templates, running pods) that name it. `Unused` is judged only when
+//! and the [`Workload`]s (pod templates, running pods) that name it, or whose ServiceAccount
+//! gives it to them by the pod rule (their own `imagePullSecrets` empty) where it covers one of
+//! their images. A workload's images are every image its pod spec pulls with its pull secrets,
+//! image volumes (KEP-4639) included (`model::pod_images`); each workload user lists those the
+//! Secret covers (the registries it is used for). `Unused` is judged only when
 //! every kind of workload could be listed. A Secret's Docker config is read with the kubelet's own
 //! rules (`decide::credentials::pull_secret`), also where it sits in a Secret of another type.
 //!
@@ -17,13 +21,17 @@
 
 use super::fingerprint::FingerprintKey;
 use crate::decide::credentials::dockerconfig::{DockerConfigEntry, DockerConfigFormat};
-use crate::decide::credentials::pull_secret::{KeyRead, kubelet_format, read_data_key};
+use crate::decide::credentials::pull_secret::{
+    KeyRead, kubelet_format, read_data_key, read_pull_secret,
+};
 use crate::decide::credentials::shown_key::{shown_key, stripped_warning};
 use crate::decide::credentials::{expiry, keyring, pull_secret_names};
+use crate::model::image_ref::ImageRef;
 use crate::model::inventory::{
     Inventory, KEY_DOCKERCFG, KEY_DOCKERCONFIGJSON, ObjectKey, SecretObject, TYPE_DOCKERCFG,
     TYPE_DOCKERCONFIGJSON,
 };
+use crate::model::pod_images::PodImageUse;
 use crate::model::time::rfc3339_seconds;
 use crate::model::verdict::Verdict;
 use secrecy::ExposeSecret as _;
@@ -59,6 +67,12 @@ pub struct Workload {
     /// Running pods counted under this name (`None`: a controller's pod template).
     pub pods: Option<usize>,
     pub image_pull_secrets: BTreeSet<String>,
+    /// `spec.serviceAccountName` (`default` when unset): the pod rule's fallback when
+    /// `image_pull_secrets` is empty.
+    pub service_account: String,
+    /// Every image the pod spec pulls with those secrets, image volumes included
+    /// (`model::pod_images`); for running pods, the union over the pods.
+    pub images: BTreeSet<PodImageUse>,
 }
 
 /// When a Secret's data was last written.
@@ -166,9 +180,14 @@ pub struct User {
     pub kind: UserKind,
     pub name: String,
     /// For a PullSet: `imagePullSecrets` (its own list) or `serviceAccount NAME` (the pod rule's
-    /// fallback).
+    /// fallback). For a workload: its running pods (`2 pods`) and, when the pod rule gave it the
+    /// Secret through its ServiceAccount, `serviceAccount NAME`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub via: Option<String>,
+    /// For a workload: its images (containers' and image volumes') whose registry the Secret
+    /// covers, as `volume models registry.example/team/models:v3`.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub images: Vec<String>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize)]
@@ -274,18 +293,41 @@ pub fn users(
     let mut users: BTreeMap<ObjectKey, BTreeSet<User>> = BTreeMap::new();
     let mut findings = Vec::new();
     for w in workloads {
-        for name in &w.image_pull_secrets {
-            users
-                .entry(ObjectKey::new(w.namespace.clone(), name.clone()))
-                .or_default()
-                .insert(User {
-                    kind: UserKind::Workload,
-                    name: w.name.clone(),
-                    via: w.pods.map(|n| match n {
-                        1 => "1 pod".to_string(),
-                        n => format!("{n} pods"),
-                    }),
-                });
+        // The pod rule: the pod's own `imagePullSecrets`, else its ServiceAccount's.
+        let (names, through): (Vec<&String>, Option<&str>) = if w.image_pull_secrets.is_empty() {
+            let sa = ObjectKey::new(w.namespace.clone(), w.service_account.clone());
+            let names = inventory
+                .service_accounts
+                .get(&sa)
+                .map(|sa| sa.image_pull_secrets.iter().collect())
+                .unwrap_or_default();
+            (names, Some(w.service_account.as_str()))
+        } else {
+            (w.image_pull_secrets.iter().collect(), None)
+        };
+        for name in names {
+            let key = ObjectKey::new(w.namespace.clone(), name.clone());
+            let images = covered_images(inventory.secrets.get(&key), &w.images);
+            // Through its ServiceAccount, a workload counts where the Secret serves one of its
+            // images (the ServiceAccount itself is a user anyway): not every pod of the namespace.
+            if through.is_some() && images.is_empty() {
+                continue;
+            }
+            let via: Vec<String> = w
+                .pods
+                .map(|n| match n {
+                    1 => "1 pod".to_string(),
+                    n => format!("{n} pods"),
+                })
+                .into_iter()
+                .chain(through.map(|sa| format!("serviceAccount {sa}")))
+                .collect();
+            users.entry(key).or_default().insert(User {
+                kind: UserKind::Workload,
+                name: w.name.clone(),
+                via: (!via.is_empty()).then(|| via.join(", ")),
+                images,
+            });
         }
     }
     for sa in inventory.service_accounts.values() {
@@ -297,6 +339,7 @@ pub fn users(
                     kind: UserKind::ServiceAccount,
                     name: sa.key.name.clone(),
                     via: None,
+                    images: Vec::new(),
                 });
         }
     }
@@ -316,6 +359,7 @@ pub fn users(
                     kind: UserKind::PullSet,
                     name: set.key.name.clone(),
                     via: Some(via.clone()),
+                    images: Vec::new(),
                 });
         }
         for f in resolution {
@@ -338,6 +382,23 @@ pub fn users(
         .map(|(k, v)| (k, v.into_iter().collect()))
         .collect();
     (users, findings)
+}
+
+/// The workload's images whose registry `secret`'s Docker config covers, by the kubelet's keyring
+/// (read as the kubelet reads the Secret: a type it ignores, or data it cannot read, covers none).
+fn covered_images(secret: Option<&SecretObject>, images: &BTreeSet<PodImageUse>) -> Vec<String> {
+    let Some((_, KeyRead::Entries(entries))) = secret.and_then(read_pull_secret) else {
+        return Vec::new();
+    };
+    let mut ring = keyring::Keyring::default();
+    for entry in &entries {
+        ring.add(&entry.key, ());
+    }
+    images
+        .iter()
+        .filter(|u| ImageRef::parse(&u.image).is_ok_and(|r| !ring.lookup(&r.name()).is_empty()))
+        .map(|u| format!("{} {}", u.used_by, u.image))
+        .collect()
 }
 
 /// The Secrets a ServiceAccount, PullSet or workload names: the adapter keeps these whatever

@@ -123,6 +123,34 @@ impl Cluster {
             name: name.into(),
             pods,
             image_pull_secrets: secrets.iter().map(|s| s.to_string()).collect(),
+            service_account: "default".into(),
+            images: BTreeSet::new(),
+        });
+        self
+    }
+
+    /// A workload with its ServiceAccount and images (`("volume models", "r.io/models:1")`).
+    fn workload_pulling(
+        mut self,
+        ns: &str,
+        name: &str,
+        secrets: &[&str],
+        service_account: &str,
+        images: &[(&str, &str)],
+    ) -> Self {
+        self.input.workloads.push(Workload {
+            namespace: ns.into(),
+            name: name.into(),
+            pods: None,
+            image_pull_secrets: secrets.iter().map(|s| s.to_string()).collect(),
+            service_account: service_account.into(),
+            images: images
+                .iter()
+                .map(|(used_by, image)| PodImageUse {
+                    used_by: used_by.to_string(),
+                    image: image.to_string(),
+                })
+                .collect(),
         });
         self
     }
@@ -713,4 +741,101 @@ fn out_of_range_expiry_is_reported_not_a_panic() {
         .unwrap_or_default();
     assert!(expired.contains(BEFORE_1970), "{expired}");
     assert!(serde_json::to_string(&report).is_ok());
+}
+
+#[test]
+fn image_volumes_are_pulls_with_the_pod_rules_secrets() {
+    let cluster = c()
+        .pull_secret("team", "vol-cred", &[("r.io", "u", "p1")])
+        .pull_secret("team", "sa-cred", &[("r.io", "u", "p2")])
+        .pull_secret("team", "other-cred", &[("q.io", "u", "p3")])
+        .sa("team", "builder", &["sa-cred", "other-cred"])
+        // Its only private image is an image volume: the Secret it names covers that registry.
+        .workload_pulling(
+            "team",
+            "Deployment/models",
+            &["vol-cred"],
+            "builder",
+            &[
+                ("container c", "busybox:1"),
+                ("volume models", "r.io/team/models:v3"),
+            ],
+        )
+        // No own imagePullSecrets: the pod rule gives it its ServiceAccount's; it uses those
+        // that cover one of its images (an image volume's), not the others.
+        .workload_pulling(
+            "team",
+            "Deployment/via-sa",
+            &[],
+            "builder",
+            &[("volume weights", "r.io/team/weights@sha256:0000000000000000000000000000000000000000000000000000000000000000")],
+        )
+        // A ServiceAccount that does not exist gives nothing (and is not a panic).
+        .workload_pulling(
+            "team",
+            "Job/orphan",
+            &[],
+            "nobody",
+            &[("volume models", "r.io/team/models:v3")],
+        );
+    let report = cluster.report();
+    let secrets = &report.namespaces[0].secrets;
+    let users = |name: &str| -> Vec<(String, Vec<String>)> {
+        secrets
+            .iter()
+            .find(|s| s.name == name)
+            .map(|s| {
+                s.users
+                    .iter()
+                    .map(|u| (u.to_string(), u.images.clone()))
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    let none = Vec::<String>::new;
+    assert_eq!(
+        users("vol-cred"),
+        [(
+            "Deployment/models".to_string(),
+            vec!["volume models r.io/team/models:v3".to_string()]
+        )]
+    );
+    assert_eq!(
+        users("sa-cred"),
+        [
+            ("ServiceAccount builder".to_string(), none()),
+            (
+                "Deployment/via-sa (serviceAccount builder)".to_string(),
+                vec!["volume weights r.io/team/weights@sha256:0000000000000000000000000000000000000000000000000000000000000000".to_string()]
+            ),
+        ]
+    );
+    assert_eq!(
+        users("other-cred"),
+        [("ServiceAccount builder".to_string(), none())]
+    );
+    assert!(report.findings.is_empty(), "{:#?}", report.findings);
+    // The JSON names the covered images; a user without any has no `images` field.
+    let json = serde_json::to_value(&report).unwrap();
+    let row = |name: &str| {
+        json["namespaces"][0]["secrets"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|s| s["name"] == name)
+            .unwrap()
+            .clone()
+    };
+    assert_eq!(
+        row("vol-cred")["users"],
+        json!([{"kind": "Workload", "name": "Deployment/models", "images": ["volume models r.io/team/models:v3"]}])
+    );
+    assert_eq!(
+        row("other-cred")["users"],
+        json!([{"kind": "ServiceAccount", "name": "builder"}])
+    );
+    let text = json.to_string();
+    for p in ["p1", "p2", "p3"] {
+        assert!(!text.contains(&format!("\"{p}\"")), "{p} in {text}");
+    }
 }
