@@ -263,6 +263,7 @@ mod tests {
             ServiceAccountObject {
                 key,
                 image_pull_secrets: vec!["regcred".into()],
+                ..Default::default()
             },
         );
         assert_eq!(
