@@ -343,14 +343,13 @@ pub async fn run(args: RunArgs) -> Result<RunOutcome, RunError> {
             ));
         })
     };
-    let resolver: Arc<KubeletResolver> = Arc::new(
-        crate::adapters::credential_plugin::kubelet_resolver_with(
+    let resolver: Arc<KubeletResolver> =
+        Arc::new(crate::adapters::credential_plugin::kubelet_resolver_with(
             &credentials,
             cancel.clone(),
             Some(plugin_failures),
             tokens,
-        )?,
-    );
+        )?);
     let recheck: Duration = *prepull.recheck_interval;
     let mut images_ready = ImagesReady {
         tracker: Tracker::new("CriticalImagesReady"),

@@ -100,11 +100,8 @@ impl Cache {
         let answer = [image, registry_of(image), GLOBAL_CACHE_KEY]
             .iter()
             .filter_map(|k| {
-                self.answers.get(&(
-                    provider.to_string(),
-                    account.to_string(),
-                    (*k).to_string(),
-                ))
+                self.answers
+                    .get(&(provider.to_string(), account.to_string(), (*k).to_string()))
             })
             .find(|a| now < a.expires);
         if let Some(a) = answer {
@@ -395,14 +392,35 @@ mod tests {
     async fn the_service_account_part_keeps_answers_apart() {
         let mut c = Cache::default();
         let now = Instant::now();
-        c.answered_as("p", "r.io/a", "sa:1", "r.io".into(), 60 * S, credential("x"), now);
+        c.answered_as(
+            "p",
+            "r.io/a",
+            "sa:1",
+            "r.io".into(),
+            60 * S,
+            credential("x"),
+            now,
+        );
         assert!(is_hit(&c.lookup_as("p", "r.io/b", "sa:1", now)));
-        assert!(matches!(c.lookup_as("p", "r.io/a", "sa:2", now), Lookup::Miss));
+        assert!(matches!(
+            c.lookup_as("p", "r.io/a", "sa:2", now),
+            Lookup::Miss
+        ));
         assert!(matches!(c.lookup("p", "r.io/a", now), Lookup::Miss));
         c.failed_as("p", "s.io/a", "sa:1", Scope::Image, "exit 3".into(), now);
         assert!(failing(c.lookup_as("p", "s.io/a", "sa:1", now)).is_some());
-        assert!(matches!(c.lookup_as("p", "s.io/a", "sa:2", now), Lookup::Miss));
-        c.failed_as("p", "t.io/a", "sa:1", Scope::Provider, "timed out".into(), now);
+        assert!(matches!(
+            c.lookup_as("p", "s.io/a", "sa:2", now),
+            Lookup::Miss
+        ));
+        c.failed_as(
+            "p",
+            "t.io/a",
+            "sa:1",
+            Scope::Provider,
+            "timed out".into(),
+            now,
+        );
         assert!(failing(c.lookup_as("p", "u.io/a", "sa:2", now)).is_some());
         assert!(failing(c.lookup("p", "u.io/a", now)).is_some());
     }

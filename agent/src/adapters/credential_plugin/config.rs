@@ -308,7 +308,7 @@ fn validate_token_attributes(
     let both: std::collections::BTreeSet<&String> = t
         .required_service_account_annotation_keys
         .iter()
-        .filter(|k| t.optional_service_account_annotation_keys.contains(k))
+        .filter(|k| t.optional_service_account_annotation_keys.contains(*k))
         .collect();
     if !both.is_empty() {
         let keys: Vec<String> = both.iter().map(|k| format!("`{k}`")).collect();
@@ -613,29 +613,94 @@ providers:
         let attrs = |body: &str| format!("{TOKEN_PROVIDER}    tokenAttributes: {{{body}}}\n");
         let base = "serviceAccountTokenAudience: a, cacheType: Token, requireServiceAccount: true";
         let cases: Vec<(String, &str)> = vec![
-            (attrs("cacheType: Token, requireServiceAccount: true"), "tokenAttributes.serviceAccountTokenAudience is required"),
-            (attrs("serviceAccountTokenAudience: a, requireServiceAccount: true"), "tokenAttributes.cacheType is required to be set when tokenAttributes is specified. Supported values are: ServiceAccount, Token"),
-            (attrs("serviceAccountTokenAudience: a, cacheType: Pod, requireServiceAccount: true"), "tokenAttributes.cacheType `Pod` is not supported: supported values are ServiceAccount, Token"),
-            (attrs("serviceAccountTokenAudience: a, cacheType: Token"), "tokenAttributes.requireServiceAccount is required"),
+            (
+                attrs("cacheType: Token, requireServiceAccount: true"),
+                "tokenAttributes.serviceAccountTokenAudience is required",
+            ),
+            (
+                attrs("serviceAccountTokenAudience: a, requireServiceAccount: true"),
+                "tokenAttributes.cacheType is required to be set when tokenAttributes is specified. Supported values are: ServiceAccount, Token",
+            ),
+            (
+                attrs(
+                    "serviceAccountTokenAudience: a, cacheType: Pod, requireServiceAccount: true",
+                ),
+                "tokenAttributes.cacheType `Pod` is not supported: supported values are ServiceAccount, Token",
+            ),
+            (
+                attrs("serviceAccountTokenAudience: a, cacheType: Token"),
+                "tokenAttributes.requireServiceAccount is required",
+            ),
             (attrs(&format!("{base}, typo: 1")), "unknown field `typo`"),
             (
-                attrs("serviceAccountTokenAudience: a, cacheType: Token, requireServiceAccount: false, requiredServiceAccountAnnotationKeys: [a.io/b]"),
+                attrs(
+                    "serviceAccountTokenAudience: a, cacheType: Token, requireServiceAccount: false, requiredServiceAccountAnnotationKeys: [a.io/b]",
+                ),
                 "tokenAttributes.requiredServiceAccountAnnotationKeys: requireServiceAccount cannot be false when requiredServiceAccountAnnotationKeys is set",
             ),
-            (attrs(&format!("{base}, requiredServiceAccountAnnotationKeys: [a.io/b, a.io/b]")), "tokenAttributes.requiredServiceAccountAnnotationKeys: duplicate key `a.io/b`"),
-            (attrs(&format!("{base}, optionalServiceAccountAnnotationKeys: [c, c]")), "tokenAttributes.optionalServiceAccountAnnotationKeys: duplicate key `c`"),
             (
-                attrs(&format!("{base}, requiredServiceAccountAnnotationKeys: [a.io/b, x], optionalServiceAccountAnnotationKeys: [x, a.io/b]")),
+                attrs(&format!(
+                    "{base}, requiredServiceAccountAnnotationKeys: [a.io/b, a.io/b]"
+                )),
+                "tokenAttributes.requiredServiceAccountAnnotationKeys: duplicate key `a.io/b`",
+            ),
+            (
+                attrs(&format!(
+                    "{base}, optionalServiceAccountAnnotationKeys: [c, c]"
+                )),
+                "tokenAttributes.optionalServiceAccountAnnotationKeys: duplicate key `c`",
+            ),
+            (
+                attrs(&format!(
+                    "{base}, requiredServiceAccountAnnotationKeys: [a.io/b, x], optionalServiceAccountAnnotationKeys: [x, a.io/b]"
+                )),
                 "tokenAttributes: annotation keys cannot be both required and optional: `a.io/b`, `x`",
             ),
-            (attrs(&format!("{base}, requiredServiceAccountAnnotationKeys: ['a.io/b/c']")), "`a.io/b/c`: a qualified name must consist of"),
-            (attrs(&format!("{base}, optionalServiceAccountAnnotationKeys: ['/b']")), "`/b`: prefix part must be non-empty"),
-            (attrs(&format!("{base}, optionalServiceAccountAnnotationKeys: ['a.io/']")), "`a.io/`: name part must be non-empty"),
-            (attrs(&format!("{base}, optionalServiceAccountAnnotationKeys: ['a_b.io/c']")), "`a_b.io/c`: prefix part a lowercase RFC 1123 subdomain"),
-            (attrs(&format!("{base}, optionalServiceAccountAnnotationKeys: ['-x']")), "`-x`: name part a qualified name must consist of"),
-            (attrs(&format!("{base}, optionalServiceAccountAnnotationKeys: ['{}']", "n".repeat(64))), "name part must be no more than 63 characters"),
             (
-                format!("{}    tokenAttributes: {{{base}}}\n", TOKEN_PROVIDER.replace("apiVersion: credentialprovider.kubelet.k8s.io/v1\n", "apiVersion: credentialprovider.kubelet.k8s.io/v1beta1\n")),
+                attrs(&format!(
+                    "{base}, requiredServiceAccountAnnotationKeys: ['a.io/b/c']"
+                )),
+                "`a.io/b/c`: a qualified name must consist of",
+            ),
+            (
+                attrs(&format!(
+                    "{base}, optionalServiceAccountAnnotationKeys: ['/b']"
+                )),
+                "`/b`: prefix part must be non-empty",
+            ),
+            (
+                attrs(&format!(
+                    "{base}, optionalServiceAccountAnnotationKeys: ['a.io/']"
+                )),
+                "`a.io/`: name part must be non-empty",
+            ),
+            (
+                attrs(&format!(
+                    "{base}, optionalServiceAccountAnnotationKeys: ['a_b.io/c']"
+                )),
+                "`a_b.io/c`: prefix part a lowercase RFC 1123 subdomain",
+            ),
+            (
+                attrs(&format!(
+                    "{base}, optionalServiceAccountAnnotationKeys: ['-x']"
+                )),
+                "`-x`: name part a qualified name must consist of",
+            ),
+            (
+                attrs(&format!(
+                    "{base}, optionalServiceAccountAnnotationKeys: ['{}']",
+                    "n".repeat(64)
+                )),
+                "name part must be no more than 63 characters",
+            ),
+            (
+                format!(
+                    "{}    tokenAttributes: {{{base}}}\n",
+                    TOKEN_PROVIDER.replace(
+                        "apiVersion: credentialprovider.kubelet.k8s.io/v1\n",
+                        "apiVersion: credentialprovider.kubelet.k8s.io/v1beta1\n"
+                    )
+                ),
                 "tokenAttributes is only supported for credentialprovider.kubelet.k8s.io/v1 API version, not `credentialprovider.kubelet.k8s.io/v1beta1`",
             ),
         ];
@@ -651,7 +716,11 @@ providers:
         // Every problem at once.
         let path = write(dir.path(), "case.yaml", &attrs("cacheType: Nope"));
         let err = load_config(&path).unwrap_err().to_string();
-        for expected in ["serviceAccountTokenAudience is required", "requireServiceAccount is required", "cacheType `Nope`"] {
+        for expected in [
+            "serviceAccountTokenAudience is required",
+            "requireServiceAccount is required",
+            "cacheType `Nope`",
+        ] {
             assert!(err.contains(expected), "{err}");
         }
     }
@@ -659,9 +728,15 @@ providers:
     #[test]
     fn qualified_names_as_apimachinery() {
         for ok in ["a", "a.io/b", "example.com/My_Name-1", "1.2/x", "x.y"] {
-            assert!(qualified_name_problems(ok).is_empty(), "{ok}: {:?}", qualified_name_problems(ok));
+            assert!(
+                qualified_name_problems(ok).is_empty(),
+                "{ok}: {:?}",
+                qualified_name_problems(ok)
+            );
         }
-        for bad in ["", "a/b/c", "/a", "a/", "-a", "a-", "A.io/b", "a..b/c", "a b"] {
+        for bad in [
+            "", "a/b/c", "/a", "a/", "-a", "a-", "A.io/b", "a..b/c", "a b",
+        ] {
             assert!(!qualified_name_problems(bad).is_empty(), "{bad}");
         }
     }

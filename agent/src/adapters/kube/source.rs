@@ -800,7 +800,10 @@ mod tests {
             .collect();
         assert_eq!(
             wanted,
-            [key('a', "general", "default"), key('s', "general", "general-cred")]
+            [
+                key('a', "general", "default"),
+                key('s', "general", "general-cred")
+            ]
         );
     }
 

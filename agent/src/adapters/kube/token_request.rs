@@ -59,7 +59,9 @@ pub enum TokenRequestError {
     },
     #[error("the TokenRequest for ServiceAccount {account} got no answer within {}s", after.as_secs())]
     Timeout { account: ObjectKey, after: Duration },
-    #[error("the API server's answer to the TokenRequest for ServiceAccount {account} holds no token")]
+    #[error(
+        "the API server's answer to the TokenRequest for ServiceAccount {account} holds no token"
+    )]
     Empty { account: ObjectKey },
     #[error("not asked again for {}s after a failure: {last}", retry_in.as_secs().max(1))]
     Backoff { last: String, retry_in: Duration },
@@ -162,13 +164,15 @@ impl TokenRequests {
             return done;
         }
         let asked = Instant::now();
-        let answer = match tokio::time::timeout(REQUEST_TIMEOUT, self.request(account, uid, audience)).await {
-            Ok(answer) => answer,
-            Err(_) => Err(TokenRequestError::Timeout {
-                account: account.clone(),
-                after: REQUEST_TIMEOUT,
-            }),
-        };
+        let answer =
+            match tokio::time::timeout(REQUEST_TIMEOUT, self.request(account, uid, audience)).await
+            {
+                Ok(answer) => answer,
+                Err(_) => Err(TokenRequestError::Timeout {
+                    account: account.clone(),
+                    after: REQUEST_TIMEOUT,
+                }),
+            };
         let mut state = self.state();
         let now = Instant::now();
         match answer {
@@ -295,10 +299,7 @@ mod tests {
 
     /// A client whose server answers TokenRequests as told: `code` 201 with a numbered token
     /// (`tok-N`, expiring 600 s from now), another code as a `Status`; every request recorded.
-    fn client(
-        code: Arc<AtomicU32>,
-        seen: Arc<Mutex<Vec<(String, String)>>>,
-    ) -> kube::Client {
+    fn client(code: Arc<AtomicU32>, seen: Arc<Mutex<Vec<(String, String)>>>) -> kube::Client {
         let count = Arc::new(AtomicU32::new(0));
         let service = tower::service_fn(move |request: http::Request<Body>| {
             let (code, seen, count) = (code.clone(), seen.clone(), count.clone());
@@ -338,26 +339,44 @@ mod tests {
         let seen = Arc::default();
         let tokens = TokenRequests::new(client(code, Arc::clone(&seen)));
         let sa = ObjectKey::new("team", "builder");
-        let first = tokens.token(&sa, "uid-1", "registry.example").await.unwrap();
+        let first = tokens
+            .token(&sa, "uid-1", "registry.example")
+            .await
+            .unwrap();
         assert_eq!(first.expose_secret(), "tok-1");
         {
             let seen = seen.lock().unwrap();
-            assert_eq!(seen[0].0, "POST /api/v1/namespaces/team/serviceaccounts/builder/token");
+            assert_eq!(
+                seen[0].0,
+                "POST /api/v1/namespaces/team/serviceaccounts/builder/token"
+            );
             let body: serde_json::Value = serde_json::from_str(&seen[0].1).unwrap();
             assert_eq!(body["kind"], "TokenRequest");
             assert_eq!(body["metadata"]["uid"], "uid-1");
-            assert_eq!(body["spec"]["audiences"], serde_json::json!(["registry.example"]));
+            assert_eq!(
+                body["spec"]["audiences"],
+                serde_json::json!(["registry.example"])
+            );
             assert_eq!(body["spec"]["expirationSeconds"], 600);
         }
         tokio::time::advance(Duration::from_secs(470)).await;
-        let again = tokens.token(&sa, "uid-1", "registry.example").await.unwrap();
+        let again = tokens
+            .token(&sa, "uid-1", "registry.example")
+            .await
+            .unwrap();
         assert_eq!(again.expose_secret(), "tok-1", "reused before 80%");
         tokio::time::advance(Duration::from_secs(15)).await;
-        let fresh = tokens.token(&sa, "uid-1", "registry.example").await.unwrap();
+        let fresh = tokens
+            .token(&sa, "uid-1", "registry.example")
+            .await
+            .unwrap();
         assert_eq!(fresh.expose_secret(), "tok-2", "renewed past 80% of 600 s");
         let other = tokens.token(&sa, "uid-1", "other").await.unwrap();
         assert_eq!(other.expose_secret(), "tok-3");
-        let recreated = tokens.token(&sa, "uid-2", "registry.example").await.unwrap();
+        let recreated = tokens
+            .token(&sa, "uid-2", "registry.example")
+            .await
+            .unwrap();
         assert_eq!(recreated.expose_secret(), "tok-4");
         assert_eq!(seen.lock().unwrap().len(), 4);
     }
@@ -371,17 +390,38 @@ mod tests {
         let tokens = TokenRequests::new(client(code.clone(), Arc::clone(&seen)));
         let sa = ObjectKey::new("team", "builder");
         let err = tokens.token(&sa, "", "a").await.unwrap_err();
-        assert!(matches!(err, TokenRequestError::Refused { kind: ApiErrorKind::Forbidden, .. }), "{err:?}");
+        assert!(
+            matches!(
+                err,
+                TokenRequestError::Refused {
+                    kind: ApiErrorKind::Forbidden,
+                    ..
+                }
+            ),
+            "{err:?}"
+        );
         let text = err.to_string();
-        assert!(text.contains("ServiceAccount team/builder (403)") && text.contains("is forbidden"), "{text}");
+        assert!(
+            text.contains("ServiceAccount team/builder (403)") && text.contains("is forbidden"),
+            "{text}"
+        );
         let body: serde_json::Value = serde_json::from_str(&seen.lock().unwrap()[0].1).unwrap();
-        assert!(body["metadata"].get("uid").is_none(), "no UID known, none sent: {body}");
+        assert!(
+            body["metadata"].get("uid").is_none(),
+            "no UID known, none sent: {body}"
+        );
         let again = tokens.token(&sa, "", "a").await.unwrap_err();
-        assert!(matches!(again, TokenRequestError::Backoff { .. }), "{again:?}");
+        assert!(
+            matches!(again, TokenRequestError::Backoff { .. }),
+            "{again:?}"
+        );
         assert_eq!(seen.lock().unwrap().len(), 1);
         code.store(201, Ordering::SeqCst);
         tokio::time::advance(FAILURE_BACKOFF_MAX).await;
-        assert_eq!(tokens.token(&sa, "", "a").await.unwrap().expose_secret(), "tok-1");
+        assert_eq!(
+            tokens.token(&sa, "", "a").await.unwrap().expose_secret(),
+            "tok-1"
+        );
     }
 
     /// A server that never answers: the request ends at its deadline.
@@ -402,7 +442,10 @@ mod tests {
 
     #[test]
     fn refresh_is_at_80_percent() {
-        assert_eq!(refresh_after(Duration::from_secs(600)), Duration::from_secs(480));
+        assert_eq!(
+            refresh_after(Duration::from_secs(600)),
+            Duration::from_secs(480)
+        );
         assert_eq!(refresh_after(Duration::MAX), Duration::MAX / 5);
     }
 }

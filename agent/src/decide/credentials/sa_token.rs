@@ -185,7 +185,7 @@ pub fn account_cache_key(
         account.namespace.as_bytes(),
         account.name.as_bytes(),
         uid.as_bytes(),
-        &count,
+        count.as_slice(),
     ];
     for (k, v) in annotations {
         fields.push(k.as_bytes());
@@ -256,27 +256,102 @@ mod tests {
         let id = [("example.io/id", "123"), ("other/x", "y")];
         let cases: Vec<(TokenAttributes, PodServiceAccount, bool, &str, &str)> = vec![
             // No ServiceAccount: required → not invoked; allowed → no token.
-            (attributes(true, &[], &[]), PodServiceAccount::None, true, "not invoked", "requireServiceAccount: true"),
-            (attributes(false, &[], &[]), PodServiceAccount::None, true, "without token", ""),
-            (attributes(false, &[], &[]), PodServiceAccount::None, false, "without token", ""),
+            (
+                attributes(true, &[], &[]),
+                PodServiceAccount::None,
+                true,
+                "not invoked",
+                "requireServiceAccount: true",
+            ),
+            (
+                attributes(false, &[], &[]),
+                PodServiceAccount::None,
+                true,
+                "without token",
+                "",
+            ),
+            (
+                attributes(false, &[], &[]),
+                PodServiceAccount::None,
+                false,
+                "without token",
+                "",
+            ),
             // A required annotation missing: not invoked, naming the key (standalone too).
-            (attributes(true, &["example.io/id", "example.io/type"], &[]), sa(&id), true, "not invoked", "has no annotation `example.io/type`"),
-            (attributes(true, &["example.io/type"], &[]), sa(&id), false, "not invoked", "`example.io/type`"),
+            (
+                attributes(true, &["example.io/id", "example.io/type"], &[]),
+                sa(&id),
+                true,
+                "not invoked",
+                "has no annotation `example.io/type`",
+            ),
+            (
+                attributes(true, &["example.io/type"], &[]),
+                sa(&id),
+                false,
+                "not invoked",
+                "`example.io/type`",
+            ),
             // Exactly the configured keys present are passed.
-            (attributes(true, &["example.io/id"], &["example.io/opt", "other/x"]), sa(&id), true, "with token", r#"{"example.io/id": "123", "other/x": "y"}"#),
-            (attributes(false, &[], &[]), sa(&id), true, "with token", "{}"),
+            (
+                attributes(true, &["example.io/id"], &["example.io/opt", "other/x"]),
+                sa(&id),
+                true,
+                "with token",
+                r#"{"example.io/id": "123", "other/x": "y"}"#,
+            ),
+            (
+                attributes(false, &[], &[]),
+                sa(&id),
+                true,
+                "with token",
+                "{}",
+            ),
             // No API server: required → needs cluster mode; allowed → invoked without a token.
-            (attributes(true, &[], &[]), sa(&id), false, "not invoked", "only cluster mode"),
-            (attributes(false, &[], &[]), sa(&id), false, "without token", "only cluster mode"),
-            (attributes(false, &[], &[]), unavailable(), false, "without token", "team/ghost"),
+            (
+                attributes(true, &[], &[]),
+                sa(&id),
+                false,
+                "not invoked",
+                "only cluster mode",
+            ),
+            (
+                attributes(false, &[], &[]),
+                sa(&id),
+                false,
+                "without token",
+                "only cluster mode",
+            ),
+            (
+                attributes(false, &[], &[]),
+                unavailable(),
+                false,
+                "without token",
+                "team/ghost",
+            ),
             // A ServiceAccount that cannot be read: not invoked.
-            (attributes(false, &[], &[]), unavailable(), true, "not invoked", "ServiceAccount team/ghost does not exist"),
-            (attributes(true, &["example.io/id"], &[]), unavailable(), true, "not invoked", "team/ghost does not exist"),
+            (
+                attributes(false, &[], &[]),
+                unavailable(),
+                true,
+                "not invoked",
+                "ServiceAccount team/ghost does not exist",
+            ),
+            (
+                attributes(true, &["example.io/id"], &[]),
+                unavailable(),
+                true,
+                "not invoked",
+                "team/ghost does not exist",
+            ),
         ];
         for (attributes, account, tokens, expected, words) in cases {
             let plan = plan("acr", &attributes, &account, tokens);
             let (got, note) = shape(&plan);
-            assert_eq!(got, expected, "{attributes:?} {account:?} tokens={tokens}: {plan:?}");
+            assert_eq!(
+                got, expected,
+                "{attributes:?} {account:?} tokens={tokens}: {plan:?}"
+            );
             assert!(note.contains(words), "{note:?} lacks {words:?}");
             if got == "not invoked" {
                 assert!(note.contains("credential provider acr"), "{note}");
@@ -287,7 +362,10 @@ mod tests {
         else {
             panic!("a token expected");
         };
-        assert_eq!((account, uid.as_str()), (ObjectKey::new("team", "builder"), "uid-1"));
+        assert_eq!(
+            (account, uid.as_str()),
+            (ObjectKey::new("team", "builder"), "uid-1")
+        );
     }
 
     #[test]
@@ -303,16 +381,34 @@ mod tests {
         };
         use TokenCacheType::*;
         // ServiceAccount: the token plays no part; UID and annotations do.
-        assert_eq!(k(ServiceAccount, "u1", &none, &token_a), k(ServiceAccount, "u1", &none, &token_b));
-        assert_ne!(k(ServiceAccount, "u1", &none, &token_a), k(ServiceAccount, "u2", &none, &token_a));
-        assert_ne!(k(ServiceAccount, "u1", &none, &token_a), k(ServiceAccount, "u1", &one, &token_a));
+        assert_eq!(
+            k(ServiceAccount, "u1", &none, &token_a),
+            k(ServiceAccount, "u1", &none, &token_b)
+        );
+        assert_ne!(
+            k(ServiceAccount, "u1", &none, &token_a),
+            k(ServiceAccount, "u2", &none, &token_a)
+        );
+        assert_ne!(
+            k(ServiceAccount, "u1", &none, &token_a),
+            k(ServiceAccount, "u1", &one, &token_a)
+        );
         // Token: each token its own entry.
-        assert_ne!(k(Token, "u1", &none, &token_a), k(Token, "u1", &none, &token_b));
-        assert_ne!(k(Token, "u1", &none, &token_a), k(ServiceAccount, "u1", &none, &token_a));
+        assert_ne!(
+            k(Token, "u1", &none, &token_a),
+            k(Token, "u1", &none, &token_b)
+        );
+        assert_ne!(
+            k(Token, "u1", &none, &token_a),
+            k(ServiceAccount, "u1", &none, &token_a)
+        );
         // Keyed: another process's key gives another key; nothing readable in it.
         let other = FingerprintKey::from_bytes([8; 32]);
         let text = k(Token, "u1", &one, &token_a);
-        assert_ne!(text, account_cache_key(&other, Token, &account, "u1", &one, &token_a));
+        assert_ne!(
+            text,
+            account_cache_key(&other, Token, &account, "u1", &one, &token_a)
+        );
         for word in ["sa-Token", "builder", "team", "u1"] {
             assert!(!text.contains(word), "{text}");
         }
@@ -323,8 +419,16 @@ mod tests {
         let token = SecretString::from("sa-Token-aaaa");
         let same = [SecretString::from("sa-Token-aaaa")];
         let other = [SecretString::from("registry-password")];
-        assert!(echoes_token(TokenCacheType::ServiceAccount, &token, same.iter()));
+        assert!(echoes_token(
+            TokenCacheType::ServiceAccount,
+            &token,
+            same.iter()
+        ));
         assert!(!echoes_token(TokenCacheType::Token, &token, same.iter()));
-        assert!(!echoes_token(TokenCacheType::ServiceAccount, &token, other.iter()));
+        assert!(!echoes_token(
+            TokenCacheType::ServiceAccount,
+            &token,
+            other.iter()
+        ));
     }
 }

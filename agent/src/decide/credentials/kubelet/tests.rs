@@ -631,15 +631,14 @@ fn plugins_get_the_pod_rules_service_account() {
         .unwrap()
         .annotations
         .insert("example.io/id".into(), "123".into());
-    inventory.forbidden.insert(
-        ObjectKey::new("ns", "locked"),
-        "403 Forbidden".into(),
-    );
+    inventory
+        .forbidden
+        .insert(ObjectKey::new("ns", "locked"), "403 Forbidden".into());
     let image = ImageRef::parse("reg.io:5000/a:1").unwrap();
     for yaml in [
         "serviceAccountName: builder",
         "serviceAccountName: builder\nimagePullSecrets: [{name: good}]",
-        "{}",
+        "",
         "serviceAccountName: ghost",
         "serviceAccountName: locked",
     ] {
