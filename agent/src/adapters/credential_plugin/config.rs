@@ -631,7 +631,6 @@ providers:
                 attrs("serviceAccountTokenAudience: a, cacheType: Token"),
                 "tokenAttributes.requireServiceAccount is required",
             ),
-            (attrs(&format!("{base}, typo: 1")), "unknown field `typo`"),
             (
                 attrs(
                     "serviceAccountTokenAudience: a, cacheType: Token, requireServiceAccount: false, requiredServiceAccountAnnotationKeys: [a.io/b]",
@@ -713,6 +712,10 @@ providers:
                 "the error names the file and the provider: {err}"
             );
         }
+        // A field the kubelet does not know: the file is refused (strict decoding), naming it.
+        let path = write(dir.path(), "case.yaml", &attrs(&format!("{base}, typo: 1")));
+        let err = load_config(&path).unwrap_err().to_string();
+        assert!(err.contains("case.yaml") && err.contains("unknown field `typo`"), "{err}");
         // Every problem at once.
         let path = write(dir.path(), "case.yaml", &attrs("cacheType: Nope"));
         let err = load_config(&path).unwrap_err().to_string();
