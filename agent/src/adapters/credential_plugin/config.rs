@@ -715,7 +715,10 @@ providers:
         // A field the kubelet does not know: the file is refused (strict decoding), naming it.
         let path = write(dir.path(), "case.yaml", &attrs(&format!("{base}, typo: 1")));
         let err = load_config(&path).unwrap_err().to_string();
-        assert!(err.contains("case.yaml") && err.contains("unknown field `typo`"), "{err}");
+        assert!(
+            err.contains("case.yaml") && err.contains("unknown field `typo`"),
+            "{err}"
+        );
         // Every problem at once.
         let path = write(dir.path(), "case.yaml", &attrs("cacheType: Nope"));
         let err = load_config(&path).unwrap_err().to_string();
