@@ -286,6 +286,7 @@ namespaceAccess:
   - namespace: team-payments
     secrets: [regcred]
     serviceAccounts: [payment-api-sa]
+    serviceAccountTokens: [payment-api-sa]
   - namespace: team-a
     secrets: [team-a-regcred, team-a-mirror]
     serviceAccounts: [default, builder]

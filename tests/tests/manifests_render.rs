@@ -410,11 +410,12 @@ enum Placeholders {
 /// verbs, lists `resourceNames` (a rule without them is every object of the namespace).
 fn assert_reads_only_by_name(rules: &[PolicyRule], what: &str) {
     for (i, rule) in rules.iter().enumerate() {
-        let sensitive = rule
-            .resources
-            .iter()
-            .flatten()
-            .any(|r| matches!(r.as_str(), "secrets" | "serviceaccounts" | "*"));
+        let sensitive = rule.resources.iter().flatten().any(|r| {
+            matches!(
+                r.as_str(),
+                "secrets" | "serviceaccounts" | "serviceaccounts/token" | "*"
+            )
+        });
         let names = rule.resource_names.as_deref().unwrap_or_default();
         assert!(
             !sensitive || !names.is_empty(),
@@ -437,6 +438,7 @@ fn check_namespace_access(
     let expected = triples(&[
         ("", "secrets", &["get", "list", "watch"]),
         ("", "serviceaccounts", &["get", "list", "watch"]),
+        ("", "serviceaccounts/token", &["create"]),
     ]);
     let roles: Vec<_> = all_of::<Role>(objs, "Role")
         .into_iter()
@@ -453,7 +455,7 @@ fn check_namespace_access(
     assert_eq!(
         grants(rules),
         expected,
-        "{}: must grant exactly get/list/watch on secrets and serviceaccounts",
+        "{}: must grant exactly get/list/watch on secrets and serviceaccounts, and create on serviceaccounts/token",
         role_obj.what()
     );
     assert_reads_only_by_name(rules, &role_obj.what());

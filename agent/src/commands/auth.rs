@@ -1,7 +1,7 @@
 //! `pullgate auth resolve`: which credentials the kubelet would try for an image, in its order,
 //! never showing a password (a table, or `--json`).
 
-use crate::adapters::credential_plugin::{PluginError, kubelet_resolver};
+use crate::adapters::credential_plugin::{PluginError, kubelet_resolver_with_tokens};
 use crate::cli::ResolveArgs;
 use crate::commands::one_shot::{OneShotError, select};
 use crate::commands::table::columns;
@@ -75,8 +75,10 @@ pub async fn resolve(args: ResolveArgs) -> Result<bool, AuthError> {
     let key = crate::commands::audit::fingerprint_key(fingerprint.fingerprint_key)
         .map_err(AuthError::Random)?;
     let image = ImageRef::parse(&image)?;
-    let resolver = kubelet_resolver(&node_credentials)?;
-    let resolution = select(&selection).await?.resolve(&resolver, &image).await?;
+    let selected = select(&selection).await?;
+    // Cluster objects: the providers in service-account token mode get real tokens.
+    let resolver = kubelet_resolver_with_tokens(&node_credentials, selected.tokens())?;
+    let resolution = selected.resolve(&resolver, &image).await?;
     let report = report(&image, &resolution, &key);
     if json {
         println!(

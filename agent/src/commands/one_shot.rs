@@ -85,6 +85,9 @@ pub struct Selected {
     /// `--pullset`'s name; empty otherwise.
     pub pullset: String,
     source: Source,
+    /// ServiceAccount tokens (TokenRequest) when the objects come from the API server, for the
+    /// credential providers in service-account token mode.
+    tokens: Option<std::sync::Arc<dyn crate::decide::credentials::ServiceAccountTokens>>,
 }
 
 enum Source {
@@ -118,6 +121,7 @@ pub async fn select(selection: &CredentialSelection) -> Result<Selected, OneShot
             source: Source::DockerConfigs(crate::adapters::files::docker_config::read_all(
                 docker_configs,
             )),
+            tokens: None,
         });
     }
     let with_service_account = Puller {
@@ -143,6 +147,7 @@ pub async fn select(selection: &CredentialSelection) -> Result<Selected, OneShot
                 pullset: set,
                 puller: with_service_account,
             },
+            tokens: None,
         });
     }
     let connection = crate::adapters::kube::kubeconfig::connect(cluster).await?;
@@ -174,10 +179,20 @@ pub async fn select(selection: &CredentialSelection) -> Result<Selected, OneShot
             pullset: None,
             puller,
         },
+        tokens: Some(crate::adapters::kube::token_request::TokenRequests::shared(
+            connection.client.clone(),
+        )),
     })
 }
 
 impl Selected {
+    /// ServiceAccount tokens, when the objects come from the API server.
+    pub fn tokens(
+        &self,
+    ) -> Option<std::sync::Arc<dyn crate::decide::credentials::ServiceAccountTokens>> {
+        self.tokens.clone()
+    }
+
     /// The resolution for `image`, as the kubelet would make it from this source.
     pub async fn resolve(
         &self,
@@ -263,6 +278,7 @@ mod tests {
             ServiceAccountObject {
                 key,
                 image_pull_secrets: vec!["regcred".into()],
+                ..Default::default()
             },
         );
         assert_eq!(

@@ -233,6 +233,9 @@ pub async fn run(args: RunArgs) -> Result<RunOutcome, RunError> {
             pin_totals,
         )
     };
+    // ServiceAccount tokens for the credential providers in service-account token mode: cluster
+    // mode only.
+    let mut tokens: Option<Arc<dyn crate::decide::credentials::ServiceAccountTokens>> = None;
     let (mut sources, source_task, reports, reports_task) = match manifests {
         Some(dir) => {
             let (rx, task) = watch_dir(dir, WatchConfig::default(), cancel.clone())?;
@@ -240,11 +243,20 @@ pub async fn run(args: RunArgs) -> Result<RunOutcome, RunError> {
         }
         None => {
             let client = crate::adapters::kube::source::client(kubeconfig.as_deref()).await?;
-            let (mut rx, task) = crate::adapters::kube::source::watch_cluster(
+            // Service-account token providers need each PullSet's ServiceAccount, and tokens.
+            let sa_tokens =
+                crate::adapters::credential_plugin::uses_service_account_tokens(&credentials)?;
+            if sa_tokens {
+                tokens = Some(crate::adapters::kube::token_request::TokenRequests::shared(
+                    client.clone(),
+                ));
+            }
+            let (mut rx, task) = crate::adapters::kube::source::watch_cluster_with(
                 client.clone(),
                 node.name.clone(),
                 api_errors.clone(),
                 cancel.clone(),
+                sa_tokens,
             );
             // Act on a complete picture: every PullSet, the Node, every referenced object. The
             // daemon waits as long as it takes (an API server that is away is retried, and a
@@ -335,13 +347,13 @@ pub async fn run(args: RunArgs) -> Result<RunOutcome, RunError> {
             ));
         })
     };
-    let resolver: Arc<KubeletResolver> = Arc::new(
-        crate::adapters::credential_plugin::kubelet_resolver_reporting(
+    let resolver: Arc<KubeletResolver> =
+        Arc::new(crate::adapters::credential_plugin::kubelet_resolver_with(
             &credentials,
             cancel.clone(),
             Some(plugin_failures),
-        )?,
-    );
+            tokens,
+        )?);
     let recheck: Duration = *prepull.recheck_interval;
     let mut images_ready = ImagesReady {
         tracker: Tracker::new("CriticalImagesReady"),

@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 use std::fmt;
 
 /// `namespace/name` of a namespaced object.
-#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct ObjectKey {
     pub namespace: String,
     pub name: String,
@@ -43,10 +43,16 @@ pub struct SecretObject {
 }
 
 /// A ServiceAccount: only what credential resolution needs.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct ServiceAccountObject {
     pub key: ObjectKey,
     pub image_pull_secrets: Vec<String>,
+    /// `metadata.uid`; empty when the source has none (a manifest directory may leave it out).
+    /// A service-account-token credential provider's cache key and TokenRequest carry it.
+    pub uid: String,
+    /// `metadata.annotations`: a service-account-token credential provider is passed the ones
+    /// its configuration names (KEP-4412).
+    pub annotations: BTreeMap<String, String>,
 }
 
 /// Everything a source currently knows.
@@ -75,11 +81,14 @@ pub fn secret_object(key: ObjectKey, secret: k8s_openapi::api::core::v1::Secret)
     SecretObject { key, type_, data }
 }
 
-/// A Kubernetes ServiceAccount as the library type: its pull secrets' names, in order.
+/// A Kubernetes ServiceAccount as the library type: its pull secrets' names, in order, its UID
+/// and its annotations.
 pub fn service_account_object(
     key: ObjectKey,
     sa: k8s_openapi::api::core::v1::ServiceAccount,
 ) -> ServiceAccountObject {
+    let uid = sa.metadata.uid.unwrap_or_default();
+    let annotations = sa.metadata.annotations.unwrap_or_default();
     let image_pull_secrets = sa
         .image_pull_secrets
         .unwrap_or_default()
@@ -90,5 +99,7 @@ pub fn service_account_object(
     ServiceAccountObject {
         key,
         image_pull_secrets,
+        uid,
+        annotations,
     }
 }

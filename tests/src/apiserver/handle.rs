@@ -199,6 +199,15 @@ pub(super) async fn handle(
             ),
         );
     }
+    // The TokenRequest API (`tokens.rs`), a subresource of ServiceAccounts.
+    if method == Method::POST
+        && api == "v1"
+        && plural == "serviceaccounts"
+        && sub.as_deref() == Some("token")
+        && let (Some(ns), Some(name)) = (&namespace, &name)
+    {
+        return super::tokens::create(&state, ns, name, &body);
+    }
     let collection = Collection {
         api: api.clone(),
         plural: plural.clone(),

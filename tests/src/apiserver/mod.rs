@@ -52,6 +52,10 @@
 //!   (`validate`, ported from `pkg/apis/core/validation/events.go`);
 //! - TokenReview and SubjectAccessReview (`reviews`: tokens and `/metrics` readers the test
 //!   registers), and every request's `User-Agent`;
+//! - the TokenRequest API (`tokens`: `POST …/serviceaccounts/NAME/token`, validated as the real
+//!   server: `expirationSeconds` at least 600, a `404` for a missing ServiceAccount, a `409` for a
+//!   UID that is not its own; every issued token recorded, [`ApiServer::issued_tokens`], and
+//!   known to TokenReviews);
 //! - `apiextensions.k8s.io/v1` CustomResourceDefinitions (create, get, list, patch, delete), checked
 //!   before they are stored (`crds`: name `<plural>.<group>`, group, plural, versions, one storage
 //!   version, `preserveUnknownFields: false`, each version's `openAPIV3Schema` present and
@@ -115,10 +119,12 @@ mod reviews;
 mod schema;
 mod throttle;
 mod times;
+mod tokens;
 mod validate;
 mod watch;
 
 pub use rbac::AGENT_USER;
+pub use tokens::{DEFAULT_AUDIENCE, IssuedToken};
 pub use validate::EVENT_NOTE_LIMIT_BYTES;
 
 /// How many past events a watch can resume from.
@@ -160,6 +166,8 @@ pub(crate) struct Store {
     bookmark_interval: Option<std::time::Duration>,
     /// Test-only instrumentation: when a write first stored an object a test waits for (`marks`).
     marks: marks::Marks,
+    /// Every token the TokenRequest API issued (`tokens`), in order.
+    issued_tokens: Vec<tokens::IssuedToken>,
 }
 
 /// Shared state of a running server.
@@ -400,6 +408,11 @@ impl ApiServer {
     pub fn review_counts(&self) -> (usize, usize) {
         let reviews = self.state.reviews();
         (reviews.token_reviews, reviews.access_reviews)
+    }
+
+    /// Every ServiceAccount token issued so far through the TokenRequest API (`tokens`).
+    pub fn issued_tokens(&self) -> Vec<IssuedToken> {
+        self.state.lock().issued_tokens.clone()
     }
 
     /// `METHOD path?query` of every request so far.

@@ -10,6 +10,12 @@
 //!   the image (a timeout, a binary that cannot start) holds for the whole provider, so a pass of
 //!   many images waits out one timeout, not one per image; any other holds for that image. An
 //!   answer clears the provider's failures for that image and for the whole provider.
+//! - A provider in service-account token mode adds the ServiceAccount part of the key (the
+//!   `account` of the `*_as` methods, a keyed HMAC of the ServiceAccount's namespace, name, UID,
+//!   the annotations passed and, with `cacheType: Token`, the token): as the kubelet's
+//!   `generateCacheKey(baseKey, serviceAccountCacheKey)`, an answer for one ServiceAccount never
+//!   answers for another. A failure for one image holds for that ServiceAccount only; one that
+//!   holds for the whole provider holds for every ServiceAccount.
 //! - At most [`MAX_ENTRIES`] answers and as many failures: past that, expired answers and failures
 //!   whose backoff has elapsed are dropped.
 
@@ -60,12 +66,13 @@ struct Failure {
     last: String,
 }
 
-/// The cache of every provider. Keys: (provider, cache key) for answers; (provider, image, or
-/// `None` for the whole provider) for failures.
+/// The cache of every provider. Keys: (provider, ServiceAccount part, cache key) for answers;
+/// (provider, (image, ServiceAccount part), or `None` for the whole provider) for failures. The
+/// ServiceAccount part is empty for a provider not in service-account token mode.
 #[derive(Default)]
 pub struct Cache {
-    answers: HashMap<(String, String), Answer>,
-    failures: HashMap<(String, Option<String>), Failure>,
+    answers: HashMap<(String, String, String), Answer>,
+    failures: HashMap<(String, Option<(String, String)>), Failure>,
 }
 
 /// The `Registry` cache key of an image: its host.
@@ -85,14 +92,22 @@ pub fn cache_key(cache_key_type: &str, image: &str) -> Option<String> {
 
 impl Cache {
     pub fn lookup(&self, provider: &str, image: &str, now: Instant) -> Lookup {
+        self.lookup_as(provider, image, "", now)
+    }
+
+    /// [`Self::lookup`] for a pull whose ServiceAccount part of the key is `account`.
+    pub fn lookup_as(&self, provider: &str, image: &str, account: &str, now: Instant) -> Lookup {
         let answer = [image, registry_of(image), GLOBAL_CACHE_KEY]
             .iter()
-            .filter_map(|k| self.answers.get(&(provider.to_string(), (*k).to_string())))
+            .filter_map(|k| {
+                self.answers
+                    .get(&(provider.to_string(), account.to_string(), (*k).to_string()))
+            })
             .find(|a| now < a.expires);
         if let Some(a) = answer {
             return Lookup::Hit(a.credentials.clone());
         }
-        for key in [None, Some(image.to_string())] {
+        for key in [None, Some((image.to_string(), account.to_string()))] {
             if let Some(f) = self.failures.get(&(provider.to_string(), key))
                 && let Some(until) = f.retry.not_before().filter(|t| now < *t)
             {
@@ -117,9 +132,26 @@ impl Cache {
         credentials: Vec<PluginCredential>,
         now: Instant,
     ) {
+        self.answered_as(provider, image, "", key, duration, credentials, now);
+    }
+
+    /// [`Self::answered`] for a pull whose ServiceAccount part of the key is `account`.
+    #[allow(clippy::too_many_arguments)] // the kubelet's key parts, each its own argument
+    pub fn answered_as(
+        &mut self,
+        provider: &str,
+        image: &str,
+        account: &str,
+        key: String,
+        duration: Duration,
+        credentials: Vec<PluginCredential>,
+        now: Instant,
+    ) {
         self.failures.remove(&(provider.to_string(), None));
-        self.failures
-            .remove(&(provider.to_string(), Some(image.to_string())));
+        self.failures.remove(&(
+            provider.to_string(),
+            Some((image.to_string(), account.to_string())),
+        ));
         let Some(expires) = now.checked_add(duration.min(MAX_CACHE_DURATION)) else {
             return;
         };
@@ -130,7 +162,7 @@ impl Cache {
             self.answers.retain(|_, a| now < a.expires);
         }
         self.answers.insert(
-            (provider.to_string(), key),
+            (provider.to_string(), account.to_string(), key),
             Answer {
                 expires,
                 credentials,
@@ -148,12 +180,25 @@ impl Cache {
         error: String,
         now: Instant,
     ) -> Duration {
+        self.failed_as(provider, image, "", scope, error, now)
+    }
+
+    /// [`Self::failed`] for a pull whose ServiceAccount part of the key is `account`.
+    pub fn failed_as(
+        &mut self,
+        provider: &str,
+        image: &str,
+        account: &str,
+        scope: Scope,
+        error: String,
+        now: Instant,
+    ) -> Duration {
         if self.failures.len() >= MAX_ENTRIES {
             self.failures.retain(|_, f| !f.retry.due(now));
         }
         let key = (
             provider.to_string(),
-            (scope == Scope::Image).then(|| image.to_string()),
+            (scope == Scope::Image).then(|| (image.to_string(), account.to_string())),
         );
         let failure = self.failures.entry(key).or_insert_with(|| Failure {
             retry: Retry::new(FAILURE_BACKOFF_MIN, FAILURE_BACKOFF_MAX),
@@ -177,6 +222,7 @@ mod tests {
             key: "r.io".into(),
             username: "u".into(),
             password: SecretString::from(password.to_string()),
+            tokens: vec![],
         }]
     }
 
@@ -337,6 +383,46 @@ mod tests {
             now,
         );
         assert!(matches!(c.lookup("p", "r.io/a", now), Lookup::Miss));
+    }
+
+    /// Service-account token mode: an answer for one ServiceAccount part never answers for
+    /// another, nor for a pull without one; a failure for one image holds for its ServiceAccount
+    /// only, a provider-wide one for all.
+    #[tokio::test(start_paused = true)]
+    async fn the_service_account_part_keeps_answers_apart() {
+        let mut c = Cache::default();
+        let now = Instant::now();
+        c.answered_as(
+            "p",
+            "r.io/a",
+            "sa:1",
+            "r.io".into(),
+            60 * S,
+            credential("x"),
+            now,
+        );
+        assert!(is_hit(&c.lookup_as("p", "r.io/b", "sa:1", now)));
+        assert!(matches!(
+            c.lookup_as("p", "r.io/a", "sa:2", now),
+            Lookup::Miss
+        ));
+        assert!(matches!(c.lookup("p", "r.io/a", now), Lookup::Miss));
+        c.failed_as("p", "s.io/a", "sa:1", Scope::Image, "exit 3".into(), now);
+        assert!(failing(c.lookup_as("p", "s.io/a", "sa:1", now)).is_some());
+        assert!(matches!(
+            c.lookup_as("p", "s.io/a", "sa:2", now),
+            Lookup::Miss
+        ));
+        c.failed_as(
+            "p",
+            "t.io/a",
+            "sa:1",
+            Scope::Provider,
+            "timed out".into(),
+            now,
+        );
+        assert!(failing(c.lookup_as("p", "u.io/a", "sa:2", now)).is_some());
+        assert!(failing(c.lookup("p", "u.io/a", now)).is_some());
     }
 
     #[tokio::test(start_paused = true)]

@@ -18,6 +18,16 @@
 //! (or for the provider's turn: one exec at a time per provider) ends at once when the agent shuts
 //! down ([`CredentialProviders::with_cancel`]), and the plugin is killed.
 //!
+//! Service-account token mode (KEP-4412, a provider with `tokenAttributes`): as the kubelet, for
+//! the pod rule's ServiceAccount, [`crate::decide::credentials::sa_token`] decides whether the
+//! provider is invoked and with which annotations; the token comes from
+//! [`ServiceAccountTokens`] (cluster mode: `adapters::kube::token_request`) and goes into the
+//! request's `serviceAccountToken` only (stdin: never logged, scrubbed from the plugin's stderr
+//! and from every message through the candidate's secret set); the answer is cached under the
+//! `cacheKeyType` key plus the ServiceAccount part of the key (a keyed HMAC; with `cacheType:
+//! Token` over the token too); an answer that echoes the token as a password is refused unless
+//! `cacheType` is `Token`, as the kubelet does.
+//!
 //! [`CredentialProviders`] implements the resolver's [`CredentialPlugins`] trait; [`kubelet_resolver`]
 //! builds the node's resolver (its Docker config file and these plugins) from the flags, for
 //! `pullgate run` and the one-shot commands alike. This is the only module that runs a process:
@@ -45,15 +55,19 @@ pub use config::{ProviderConfig, load_config, parse_go_duration};
 pub use exec::OUTPUT_CAP;
 
 use crate::cli::NodeCredentialArgs;
+use crate::decide::audit::fingerprint::FingerprintKey;
 use crate::decide::credentials::keyring::urls_match;
+use crate::decide::credentials::sa_token::{self, Plan, TokenCacheType};
 use crate::decide::credentials::{
-    CredentialPlugins, KubeletResolver, NodeDockerConfig, PluginAnswer, PluginCredential,
-    PluginFailure, PluginFailureSink,
+    CredentialPlugins, Finding, KubeletResolver, NodeDockerConfig, PluginAnswer, PluginCredential,
+    PluginFailure, PluginFailureSink, PodServiceAccount, ServiceAccountTokens,
 };
+use crate::model::inventory::ObjectKey;
+use crate::model::verdict::Verdict;
 use cache::{Cache, Lookup, Scope};
 use exec::{RunFailure, RunFailureKind, run_plugin, stderr_excerpt};
 use futures::future::BoxFuture;
-use secrecy::SecretString;
+use secrecy::{ExposeSecret as _, SecretString};
 use serde::Deserialize;
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
@@ -134,6 +148,29 @@ pub enum PluginError {
     },
     #[error("credential provider {name} for image {image}: not run (the agent is shutting down)")]
     Cancelled { name: String, image: String },
+    /// Service-account token mode: the TokenRequest failed (`why` names the ServiceAccount and
+    /// the API server's answer, never a token).
+    #[error(
+        "credential provider {name} for image {image}: not invoked: no token of ServiceAccount {account}: {why}"
+    )]
+    Token {
+        name: String,
+        image: String,
+        account: ObjectKey,
+        why: String,
+    },
+    /// Service-account token mode: the plugin answered the token it was given as a password,
+    /// which the kubelet refuses unless `cacheType` is `Token`.
+    #[error(
+        "credential provider {name} for image {image}: answered the ServiceAccount token as a password, which the kubelet refuses with tokenAttributes.cacheType {cache_type} (only Token allows it)"
+    )]
+    TokenEchoed {
+        name: String,
+        image: String,
+        cache_type: TokenCacheType,
+    },
+    #[error("cannot draw a random key for the credential provider cache: {0}")]
+    Random(std::io::Error),
 }
 
 impl PluginError {
@@ -195,6 +232,38 @@ pub fn kubelet_resolver_reporting(
     cancel: CancellationToken,
     failures: Option<PluginFailureSink>,
 ) -> Result<KubeletResolver, PluginError> {
+    kubelet_resolver_with(args, cancel, failures, None)
+}
+
+/// [`kubelet_resolver`] with `tokens` for the providers in service-account token mode (one-shot
+/// commands reading the cluster).
+pub fn kubelet_resolver_with_tokens(
+    args: &NodeCredentialArgs,
+    tokens: Option<Arc<dyn ServiceAccountTokens>>,
+) -> Result<KubeletResolver, PluginError> {
+    kubelet_resolver_with(args, CancellationToken::new(), None, tokens)
+}
+
+/// Whether the configured providers (if any) include one in service-account token mode: then the
+/// cluster source also watches the ServiceAccount of each PullSet with its own
+/// `imagePullSecrets`, which the pod rule alone would not read.
+pub fn uses_service_account_tokens(args: &NodeCredentialArgs) -> Result<bool, PluginError> {
+    match &args.image_credential_provider_config {
+        Some(config) => Ok(load_config(config)?
+            .iter()
+            .any(|p| p.token_attributes.is_some())),
+        None => Ok(false),
+    }
+}
+
+/// The resolver of [`kubelet_resolver_reporting`], its providers in service-account token mode
+/// given their tokens by `tokens` (cluster mode; `None`: they run as standalone mode allows).
+pub fn kubelet_resolver_with(
+    args: &NodeCredentialArgs,
+    cancel: CancellationToken,
+    failures: Option<PluginFailureSink>,
+    tokens: Option<Arc<dyn ServiceAccountTokens>>,
+) -> Result<KubeletResolver, PluginError> {
     let NodeCredentialArgs {
         node_docker_config,
         image_credential_provider_config,
@@ -212,7 +281,8 @@ pub fn kubelet_resolver_reporting(
                 **credential_provider_timeout,
             )?
             .with_cancel(cancel)
-            .with_failures(failures);
+            .with_failures(failures)
+            .with_tokens(tokens);
             Some(Arc::new(providers) as Arc<dyn CredentialPlugins>)
         }
         None => None,
@@ -238,6 +308,38 @@ pub struct CredentialProviders {
     cancel: CancellationToken,
     /// Told of every plugin run that failed (not of cached failures, nor of cancellations).
     failures: Option<PluginFailureSink>,
+    /// ServiceAccount tokens for the providers in service-account token mode (cluster mode).
+    tokens: Option<Arc<dyn ServiceAccountTokens>>,
+    /// Keys the ServiceAccount part of cache keys (a token among it): drawn for this process.
+    cache_key: FingerprintKey,
+}
+
+/// What one provider is run with: the ServiceAccount token and annotations of service-account
+/// token mode, and the ServiceAccount part of its cache key (empty otherwise).
+#[derive(Default)]
+struct Run {
+    token: Option<SecretString>,
+    annotations: BTreeMap<String, String>,
+    account_key: String,
+    cache_type: Option<TokenCacheType>,
+}
+
+/// What the providers gave for one image: credentials in config order, the error of each
+/// provider that failed, and the notes of those in service-account token mode (not invoked, or
+/// invoked without a token).
+#[derive(Debug, Default)]
+pub struct Provided {
+    pub credentials: Vec<PluginCredential>,
+    pub errors: Vec<PluginError>,
+    pub notes: Vec<Finding>,
+}
+
+/// 32 bytes from the kernel's CSPRNG: the per-process key of the cache keys.
+fn draw_cache_key() -> std::io::Result<FingerprintKey> {
+    use std::io::Read as _;
+    let mut bytes = [0u8; 32];
+    std::fs::File::open("/dev/urandom")?.read_exact(&mut bytes)?;
+    Ok(FingerprintKey::from_bytes(bytes))
 }
 
 impl CredentialProviders {
@@ -269,6 +371,8 @@ impl CredentialProviders {
             running,
             cancel: CancellationToken::new(),
             failures: None,
+            tokens: None,
+            cache_key: draw_cache_key().map_err(PluginError::Random)?,
         })
     }
 
@@ -285,17 +389,46 @@ impl CredentialProviders {
         self
     }
 
+    /// The providers in service-account token mode get their tokens from `tokens` (cluster
+    /// mode); without, those that require a ServiceAccount are not invoked and say so.
+    pub fn with_tokens(mut self, tokens: Option<Arc<dyn ServiceAccountTokens>>) -> Self {
+        self.tokens = tokens;
+        self
+    }
+
+    /// Whether any provider runs in service-account token mode.
+    pub fn uses_service_account_tokens(&self) -> bool {
+        self.providers.iter().any(|p| p.token_attributes.is_some())
+    }
+
     /// Credentials of every provider that applies to `image` (`registry/repository`), in config
-    /// order, and the error of each provider that failed.
+    /// order, and the error of each provider that failed, for a pull without a ServiceAccount.
     pub async fn provide(&self, image: &str) -> (Vec<PluginCredential>, Vec<PluginError>) {
-        let mut credentials = Vec::new();
-        let mut errors = Vec::new();
+        let provided = self.provide_as(image, &PodServiceAccount::None).await;
+        (provided.credentials, provided.errors)
+    }
+
+    /// Credentials of every provider that applies to `image` for a pull as `service_account`.
+    pub async fn provide_as(&self, image: &str, service_account: &PodServiceAccount) -> Provided {
+        let mut provided = Provided::default();
         for provider in &self.providers {
             if !provider.match_images.iter().any(|m| urls_match(m, image)) {
                 continue;
             }
-            match self.provide_one(provider, image).await {
-                Ok(c) => credentials.extend(c),
+            let run = match self
+                .run_for(provider, image, service_account, &mut provided.notes)
+                .await
+            {
+                Ok(Some(run)) => run,
+                Ok(None) => continue,
+                Err(e) => {
+                    tracing::warn!(error = %e, "credential provider not run; pulling without its credentials");
+                    provided.errors.push(e);
+                    continue;
+                }
+            };
+            match self.provide_one(provider, image, &run).await {
+                Ok(c) => provided.credentials.extend(c),
                 Err(e) => {
                     if matches!(
                         e,
@@ -305,11 +438,81 @@ impl CredentialProviders {
                     } else {
                         tracing::warn!(error = %e, "credential provider failed; pulling without its credentials");
                     }
-                    errors.push(e);
+                    provided.errors.push(e);
                 }
             }
         }
-        (credentials, errors)
+        provided
+    }
+
+    /// What `provider` runs with for a pull as `service_account`: `None` when the kubelet would
+    /// not invoke it (the note pushed), an error when its token cannot be had.
+    async fn run_for(
+        &self,
+        provider: &ProviderConfig,
+        image: &str,
+        service_account: &PodServiceAccount,
+        notes: &mut Vec<Finding>,
+    ) -> Result<Option<Run>, PluginError> {
+        let Some(attributes) = &provider.token_attributes else {
+            return Ok(Some(Run::default()));
+        };
+        let tokens = self.tokens.as_ref();
+        match sa_token::plan(
+            &provider.name,
+            attributes,
+            service_account,
+            tokens.is_some(),
+        ) {
+            Plan::NotInvoked(note) => {
+                tracing::debug!(%note, %image, "credential provider not invoked");
+                notes.push(Finding {
+                    verdict: Verdict::NoCredentials,
+                    message: note,
+                });
+                Ok(None)
+            }
+            Plan::WithoutToken { note } => {
+                notes.extend(note.map(|message| Finding {
+                    verdict: Verdict::Ok,
+                    message,
+                }));
+                Ok(Some(Run::default()))
+            }
+            Plan::WithToken {
+                account,
+                uid,
+                annotations,
+            } => {
+                let Some(tokens) = tokens else {
+                    // `plan` gives a token only when there is a source of them.
+                    return Ok(None);
+                };
+                let token = tokens
+                    .token(&account, &uid, &attributes.audience)
+                    .await
+                    .map_err(|why| PluginError::Token {
+                        name: provider.name.clone(),
+                        image: image.to_string(),
+                        account: account.clone(),
+                        why,
+                    })?;
+                let account_key = sa_token::account_cache_key(
+                    &self.cache_key,
+                    attributes.cache_type,
+                    &account,
+                    &uid,
+                    &annotations,
+                    &token,
+                );
+                Ok(Some(Run {
+                    token: Some(token),
+                    annotations,
+                    account_key,
+                    cache_type: Some(attributes.cache_type),
+                }))
+            }
+        }
     }
 
     fn cache(&self) -> std::sync::MutexGuard<'_, Cache> {
@@ -323,8 +526,12 @@ impl CredentialProviders {
         &self,
         provider: &ProviderConfig,
         image: &str,
+        run: &Run,
     ) -> Option<Result<Vec<PluginCredential>, PluginError>> {
-        match self.cache().lookup(&provider.name, image, Instant::now()) {
+        match self
+            .cache()
+            .lookup_as(&provider.name, image, &run.account_key, Instant::now())
+        {
             Lookup::Hit(credentials) => Some(Ok(credentials)),
             Lookup::Failing { last, retry_in } => Some(Err(PluginError::Backoff {
                 name: provider.name.clone(),
@@ -347,8 +554,9 @@ impl CredentialProviders {
         &self,
         provider: &ProviderConfig,
         image: &str,
+        run: &Run,
     ) -> Result<Vec<PluginCredential>, PluginError> {
-        if let Some(done) = self.cached(provider, image) {
+        if let Some(done) = self.cached(provider, image, run) {
             return done;
         }
         if self.cancel.is_cancelled() {
@@ -362,14 +570,15 @@ impl CredentialProviders {
             None => None,
         };
         // The run before ours may have answered, or failed for every image.
-        if let Some(done) = self.cached(provider, image) {
+        if let Some(done) = self.cached(provider, image, run) {
             return done;
         }
-        match self.fetch(provider, image).await {
+        match self.fetch(provider, image, run).await {
             Ok((key, duration, credentials)) => {
-                self.cache().answered(
+                self.cache().answered_as(
                     &provider.name,
                     image,
+                    &run.account_key,
                     key,
                     duration,
                     credentials.clone(),
@@ -379,9 +588,10 @@ impl CredentialProviders {
             }
             Err(e @ PluginError::Cancelled { .. }) => Err(e),
             Err(e) => {
-                let delay = self.cache().failed(
+                let delay = self.cache().failed_as(
                     &provider.name,
                     image,
+                    &run.account_key,
                     e.scope(),
                     e.to_string(),
                     Instant::now(),
@@ -397,8 +607,9 @@ impl CredentialProviders {
         &self,
         provider: &ProviderConfig,
         image: &str,
+        run: &Run,
     ) -> Result<(String, Duration, Vec<PluginCredential>), PluginError> {
-        let response = self.exec(provider, image).await?;
+        let response = self.exec(provider, image, run).await?;
         let err_bad = || PluginError::BadResponse {
             name: provider.name.clone(),
             image: image.to_string(),
@@ -416,34 +627,54 @@ impl CredentialProviders {
                 key,
                 username: auth.username,
                 password: SecretString::from(auth.password),
+                tokens: run.token.iter().cloned().collect(),
             })
             .collect();
+        if let (Some(token), Some(cache_type)) = (&run.token, run.cache_type)
+            && sa_token::echoes_token(cache_type, token, credentials.iter().map(|c| &c.password))
+        {
+            return Err(PluginError::TokenEchoed {
+                name: provider.name.clone(),
+                image: image.to_string(),
+                cache_type,
+            });
+        }
         Ok((key, duration, credentials))
     }
 
-    async fn exec(&self, provider: &ProviderConfig, image: &str) -> Result<Response, PluginError> {
+    async fn exec(
+        &self,
+        provider: &ProviderConfig,
+        image: &str,
+        run: &Run,
+    ) -> Result<Response, PluginError> {
         let path = self.bin_dir.join(&provider.name);
-        let request = serde_json::json!({
+        let mut request = serde_json::json!({
             "kind": "CredentialProviderRequest",
             "apiVersion": provider.api_version,
             "image": image,
         });
+        // As the kubelet's v1 request: both fields omitted when empty.
+        if let Some(token) = &run.token {
+            request["serviceAccountToken"] = serde_json::Value::from(token.expose_secret());
+        }
+        if !run.annotations.is_empty() {
+            request["serviceAccountAnnotations"] = serde_json::json!(run.annotations);
+        }
+        // The request may hold a token: it goes to the plugin's stdin only, never to a log.
+        let stdin = format!("{request}\n").into_bytes();
+        drop(request);
         let mut command = tokio::process::Command::new(&path);
         command
             .args(&provider.args)
             .envs(provider.env.iter().map(|(k, v)| (k, v)));
-        let output = run_plugin(
-            command,
-            format!("{request}\n").into_bytes(),
-            self.timeout,
-            &self.cancel,
-        )
-        .await;
+        let output = run_plugin(command, stdin, self.timeout, &self.cancel).await;
         let (stderr, result) = match output {
             Ok(output) => (output.stderr.clone(), Ok(output)),
             Err(RunFailure { stderr, kind }) => (stderr, Err(kind)),
         };
-        // The configured env may hold a secret the plugin echoes; its answer's passwords too.
+        // The configured env may hold a secret the plugin echoes; its answer's passwords and
+        // the ServiceAccount token it was given too.
         let answered: Vec<String> = result
             .as_ref()
             .ok()
@@ -459,6 +690,7 @@ impl CredentialProviders {
             .map(|(_, v)| v.clone())
             .chain(answered)
             .map(SecretString::from)
+            .chain(run.token.iter().cloned())
             .collect();
         let excerpt = stderr_excerpt(&stderr, &secrets);
         let failed = !result.as_ref().is_ok_and(|o| o.status.success());
@@ -550,12 +782,17 @@ impl CredentialProviders {
 }
 
 impl CredentialPlugins for CredentialProviders {
-    fn credentials<'a>(&'a self, repository: &'a str) -> BoxFuture<'a, PluginAnswer> {
+    fn credentials<'a>(
+        &'a self,
+        repository: &'a str,
+        service_account: &'a PodServiceAccount,
+    ) -> BoxFuture<'a, PluginAnswer> {
         Box::pin(async move {
-            let (credentials, errors) = self.provide(repository).await;
+            let provided = self.provide_as(repository, service_account).await;
             PluginAnswer {
-                credentials,
-                failures: errors.iter().map(ToString::to_string).collect(),
+                credentials: provided.credentials,
+                failures: provided.errors.iter().map(ToString::to_string).collect(),
+                notes: provided.notes,
             }
         })
     }

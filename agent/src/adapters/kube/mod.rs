@@ -12,6 +12,7 @@ pub mod review;
 #[cfg(test)]
 pub mod scripted;
 pub mod source;
+pub mod token_request;
 
 /// The field manager of every write (`managedFields[].manager`): the Node's conditions and the
 /// taint removal are owned by `pullgate`, not by an empty manager.

@@ -116,6 +116,19 @@ pub fn watch_cluster(
     errors: Arc<ApiErrors>,
     cancel: CancellationToken,
 ) -> (watch::Receiver<Arc<Snapshot>>, tokio::task::JoinHandle<()>) {
+    watch_cluster_with(client, node_name, errors, cancel, false)
+}
+
+/// [`watch_cluster`]; with `every_service_account`, the ServiceAccount of each selecting PullSet
+/// is watched (by name) even when its own `imagePullSecrets` make the pod rule not read it: what
+/// a credential provider in service-account token mode needs (its UID and annotations).
+pub fn watch_cluster_with(
+    client: Client,
+    node_name: String,
+    errors: Arc<ApiErrors>,
+    cancel: CancellationToken,
+    every_service_account: bool,
+) -> (watch::Receiver<Arc<Snapshot>>, tokio::task::JoinHandle<()>) {
     let (tx, rx) = watch::channel(Arc::new(Snapshot::default()));
     let shared: Shared = Arc::new((Mutex::new(State::default()), Notify::new(), errors));
     let task = tokio::spawn(async move {
@@ -156,7 +169,11 @@ pub fn watch_cluster(
                     .lock()
                     .unwrap_or_else(std::sync::PoisonError::into_inner);
                 let mut loaded = build(&state);
-                let wanted = references(&loaded.inventory, loaded.node_labels.as_ref());
+                let wanted = references(
+                    &loaded.inventory,
+                    loaded.node_labels.as_ref(),
+                    every_service_account,
+                );
                 loaded.synced = state.pullsets_synced
                     && state.node_synced
                     && wanted.is_subset(&state.objects_synced);
@@ -217,10 +234,12 @@ pub fn watch_cluster(
 /// ServiceAccount a set falls back to, and the secrets the pod rule picks (the same rule credential
 /// resolution uses). A PullSet aimed at another node pool references nothing here, so this node
 /// neither watches nor holds its Secrets; until the Node is read (`node_labels` `None`) nothing is
-/// referenced.
+/// referenced. With `every_service_account`, each set's ServiceAccount is referenced whatever
+/// its own `imagePullSecrets` (for service-account token credential providers).
 fn references(
     inventory: &Inventory,
     node_labels: Option<&BTreeMap<String, String>>,
+    every_service_account: bool,
 ) -> BTreeSet<(char, ObjectKey)> {
     let mut out = BTreeSet::new();
     let Some(labels) = node_labels else {
@@ -237,7 +256,7 @@ fn references(
         .filter(|set| node.matches(&set.spec.node_selector))
     {
         let ns = &set.key.namespace;
-        if set.spec.image_pull_secrets.is_empty() {
+        if every_service_account || set.spec.image_pull_secrets.is_empty() {
             out.insert((
                 'a',
                 ObjectKey::new(ns.clone(), set.service_account().to_string()),
@@ -731,13 +750,26 @@ mod tests {
                 ],
             ),
         ] {
-            let wanted: Vec<_> = references(&inventory(), node.as_ref())
+            let wanted: Vec<_> = references(&inventory(), node.as_ref(), false)
                 .into_iter()
                 .collect();
             let mut expected = expected;
             expected.sort();
             assert_eq!(wanted, expected, "node labels {node:?}");
         }
+        // For service-account token providers: the ServiceAccount of a set with its own
+        // imagePullSecrets too, still only of the sets selecting this node.
+        let node = labels(&[("pool", "general")]);
+        let wanted: Vec<_> = references(&inventory(), Some(&node), true)
+            .into_iter()
+            .collect();
+        assert_eq!(
+            wanted,
+            [
+                key('a', "general", "default"),
+                key('s', "general", "general-cred")
+            ]
+        );
     }
 
     fn dynamic(name: &str, spec: serde_json::Value) -> DynamicObject {

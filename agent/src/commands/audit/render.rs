@@ -156,6 +156,7 @@ mod tests {
             ServiceAccountObject {
                 key: ObjectKey::new("team", "default"),
                 image_pull_secrets: vec!["regcred".into()],
+                ..Default::default()
             },
         );
         let options = Options {

@@ -101,6 +101,7 @@ mod tests {
             ServiceAccountObject {
                 key: sa,
                 image_pull_secrets: sa_secrets.iter().map(|s| s.to_string()).collect(),
+                ..Default::default()
             },
         );
         inv

@@ -19,7 +19,8 @@ use super::keyring::Keyring;
 use super::pull_secret::{KeyRead, read_pull_secret};
 use super::shown_key::{shown, shown_key, stripped_warning};
 use super::{
-    Candidate, CredentialPlugins, CredentialResolver, CredentialSource, Finding, Resolution,
+    Candidate, CredentialPlugins, CredentialResolver, CredentialSource, Finding, PodServiceAccount,
+    Resolution,
 };
 use crate::model::image_ref::ImageRef;
 use crate::model::inventory::{Inventory, ObjectKey, TYPE_DOCKERCFG, TYPE_DOCKERCONFIGJSON};
@@ -122,10 +123,12 @@ impl KubeletResolver {
         }
     }
 
-    /// The node's own keyrings: its Docker config file, and every applicable plugin's answer.
+    /// The node's own keyrings: its Docker config file, and every applicable plugin's answer
+    /// for a pull as `service_account`.
     async fn node_keyrings(
         &self,
         repository: &str,
+        service_account: &PodServiceAccount,
         findings: &mut Vec<Finding>,
     ) -> (Keyring<Filed>, Keyring<Filed>) {
         let mut node = Keyring::default();
@@ -145,7 +148,7 @@ impl KubeletResolver {
         }
         let mut plugins = Keyring::default();
         if let Some(providers) = &self.plugins {
-            let answer = providers.credentials(repository).await;
+            let answer = providers.credentials(repository, service_account).await;
             for c in answer.credentials {
                 let source = CredentialSource::Plugin {
                     provider: c.provider.clone(),
@@ -159,7 +162,8 @@ impl KubeletResolver {
                         username: c.username,
                         // The plugin's token: sent as the password, scrubbed as one.
                         password: c.password,
-                        tokens: Vec::new(),
+                        // The ServiceAccount token it was given: never sent, scrubbed.
+                        tokens: c.tokens,
                         expires_at,
                     },
                 );
@@ -170,6 +174,7 @@ impl KubeletResolver {
                     message,
                 });
             }
+            findings.extend(answer.notes);
         }
         (node, plugins)
     }
@@ -210,8 +215,9 @@ impl KubeletResolver {
         note_ignored_keys(&pod, "a pull secret", &mut resolution.findings);
 
         // 2. The node's Docker config file; 3. credential-provider plugins.
+        let service_account = pod_service_account(inventory, pullset);
         let (node, plugins) = self
-            .node_keyrings(&repository, &mut resolution.findings)
+            .node_keyrings(&repository, &service_account, &mut resolution.findings)
             .await;
         for keyring in [&pod, &node, &plugins] {
             note_stripped_keys(keyring, &mut resolution.findings);
@@ -322,8 +328,13 @@ pub async fn resolve_docker_config_files(
         }
     }
     note_ignored_keys(&given, "a Docker config file", &mut resolution.findings);
+    // No pod, hence no ServiceAccount: as a static pod.
     let (node_ring, plugin_ring) = node
-        .node_keyrings(&image.name(), &mut resolution.findings)
+        .node_keyrings(
+            &image.name(),
+            &PodServiceAccount::None,
+            &mut resolution.findings,
+        )
         .await;
     for keyring in [&given, &node_ring, &plugin_ring] {
         note_stripped_keys(keyring, &mut resolution.findings);
@@ -425,6 +436,24 @@ fn note_stripped_keys(keyring: &Keyring<Filed>, findings: &mut Vec<Finding>) {
 
 /// The ServiceAccount a pod without `serviceAccountName` runs as.
 const DEFAULT_SERVICE_ACCOUNT: &str = "default";
+
+/// The ServiceAccount a pull of `pullset` runs as, for the credential providers in
+/// service-account token mode: the PullSet's `serviceAccountName` (else `default`) in its
+/// namespace, whether or not its own `imagePullSecrets` make the pod rule read it.
+pub fn pod_service_account(inventory: &Inventory, pullset: &ValidPullSet) -> PodServiceAccount {
+    let key = ObjectKey::new(
+        pullset.key.namespace.clone(),
+        pullset.service_account().to_string(),
+    );
+    if let Some(sa) = inventory.service_accounts.get(&key) {
+        return PodServiceAccount::Found(sa.clone());
+    }
+    let why = match inventory.forbidden.get(&key) {
+        Some(why) => format!("cannot be read: {why}"),
+        None => "does not exist".to_string(),
+    };
+    PodServiceAccount::Unavailable { key, why }
+}
 
 /// The pod rule: the set's own secrets if any, else its ServiceAccount's. A missing `default`
 /// ServiceAccount, named or not, counts as an empty one (the API server creates it in every

@@ -12,12 +12,14 @@ pub mod expiry;
 pub mod keyring;
 mod kubelet;
 pub mod pull_secret;
+pub mod sa_token;
 pub mod shown_key;
 
 pub use kubelet::{
-    KubeletResolver, NodeDockerConfig, ParsedFile, parse_docker_config_file, pull_secret_names,
-    resolve_docker_config_files,
+    KubeletResolver, NodeDockerConfig, ParsedFile, parse_docker_config_file, pod_service_account,
+    pull_secret_names, resolve_docker_config_files,
 };
+pub use sa_token::PodServiceAccount;
 
 use crate::model::image_ref::ImageRef;
 use crate::model::inventory::{Inventory, ObjectKey};
@@ -179,6 +181,9 @@ pub struct PluginCredential {
     pub username: String,
     /// Redacted in `Debug`.
     pub password: SecretString,
+    /// The ServiceAccount token the plugin was given (service-account token mode), never sent
+    /// to a registry by pullgate: kept only to scrub it from messages.
+    pub tokens: Vec<SecretString>,
 }
 
 /// One answer of the node's credential-provider plugins for one repository.
@@ -189,13 +194,36 @@ pub struct PluginAnswer {
     /// One message per plugin that failed (the kubelet pulls without its credentials); it names
     /// the plugin and the image, never a credential.
     pub failures: Vec<String>,
+    /// What else the plugins' run says: a provider in service-account token mode not invoked
+    /// (`NoCredentials`, naming the ServiceAccount and the missing annotation or setting), or
+    /// invoked without the token the kubelet would send (`Ok`).
+    pub notes: Vec<Finding>,
 }
 
 /// The node's credential-provider plugins (the kubelet's `--image-credential-provider-config`), as
 /// the resolver needs them.
 pub trait CredentialPlugins: Send + Sync {
-    /// The credentials for `repository` (`registry/repository`).
-    fn credentials<'a>(&'a self, repository: &'a str) -> BoxFuture<'a, PluginAnswer>;
+    /// The credentials for `repository` (`registry/repository`) pulled as `service_account`
+    /// (the pod rule's ServiceAccount, for the providers in service-account token mode).
+    fn credentials<'a>(
+        &'a self,
+        repository: &'a str,
+        service_account: &'a PodServiceAccount,
+    ) -> BoxFuture<'a, PluginAnswer>;
+}
+
+/// ServiceAccount tokens from the API server's TokenRequest API (`serviceaccounts/token`), for
+/// the credential providers in service-account token mode; `adapters::kube::token_request`
+/// implements it. Only cluster mode has one.
+pub trait ServiceAccountTokens: Send + Sync {
+    /// A token of `account` (whose UID is `uid`; empty: not checked) for `audience`, or why
+    /// none could be had (naming the ServiceAccount, never a token).
+    fn token<'a>(
+        &'a self,
+        account: &'a ObjectKey,
+        uid: &'a str,
+        audience: &'a str,
+    ) -> BoxFuture<'a, Result<SecretString, String>>;
 }
 
 /// Resolves the credentials for one image of one PullSet.

@@ -101,6 +101,7 @@ impl Cluster {
             ServiceAccountObject {
                 key,
                 image_pull_secrets: secrets.iter().map(|s| s.to_string()).collect(),
+                ..Default::default()
             },
         );
         self

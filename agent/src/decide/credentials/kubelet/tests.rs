@@ -108,6 +108,7 @@ fn inventory() -> Inventory {
             ServiceAccountObject {
                 key: ObjectKey::new("ns", name),
                 image_pull_secrets: secrets.into_iter().map(String::from).collect(),
+                ..Default::default()
             },
         );
     }
@@ -487,11 +488,15 @@ fn expiry_is_read_from_the_credential() {
 struct FixedPlugins(Vec<PluginCredential>);
 
 impl CredentialPlugins for FixedPlugins {
-    fn credentials<'a>(&'a self, _: &'a str) -> BoxFuture<'a, super::super::PluginAnswer> {
+    fn credentials<'a>(
+        &'a self,
+        _: &'a str,
+        _: &'a super::super::PodServiceAccount,
+    ) -> BoxFuture<'a, super::super::PluginAnswer> {
         Box::pin(async move {
             super::super::PluginAnswer {
                 credentials: self.0.clone(),
-                failures: vec![],
+                ..Default::default()
             }
         })
     }
@@ -516,6 +521,7 @@ fn keys_with_userinfo_are_shown_without_it() {
         key: format!("{token}@reg.io:5000"),
         username: "AWS".into(),
         password: SecretString::from("plugin-Token-5e4d3c"),
+        tokens: vec![],
     }]));
     let resolver = KubeletResolver::new(Some(file), Some(plugins));
     let set = pullset("imagePullSecrets: [{name: userinfo}]", "reg.io:5000/a:1");
@@ -576,5 +582,102 @@ fn identity_and_registry_tokens_are_in_the_secret_set() {
     assert_eq!(
         crate::decide::secret_scrub::scrub(&message, c.secrets()),
         "echo [REDACTED] [REDACTED] [REDACTED] dTp[REDACTED]Q=="
+    );
+}
+
+/// Plugins that record the ServiceAccount each pull runs as, answer with a credential carrying
+/// the ServiceAccount token they were given, and a note.
+struct RecordingPlugins(std::sync::Mutex<Vec<super::super::PodServiceAccount>>);
+
+impl CredentialPlugins for RecordingPlugins {
+    fn credentials<'a>(
+        &'a self,
+        _: &'a str,
+        service_account: &'a super::super::PodServiceAccount,
+    ) -> BoxFuture<'a, super::super::PluginAnswer> {
+        self.0.lock().unwrap().push(service_account.clone());
+        Box::pin(async move {
+            super::super::PluginAnswer {
+                credentials: vec![PluginCredential {
+                    provider: "sa-provider".into(),
+                    key: "reg.io:5000".into(),
+                    username: "u".into(),
+                    password: SecretString::from("exchanged-Credential-1"),
+                    tokens: vec![SecretString::from("sa-Token-Given-1")],
+                }],
+                notes: vec![Finding {
+                    verdict: Verdict::NoCredentials,
+                    message: "credential provider other not invoked: ServiceAccount ns/builder has no annotation `a/b`".into(),
+                }],
+                ..Default::default()
+            }
+        })
+    }
+}
+
+/// The plugins get the pod rule's ServiceAccount (the PullSet's, else `default`) even when the
+/// PullSet's own `imagePullSecrets` make the pod rule not read its secrets; one the inventory does
+/// not hold is `Unavailable`, naming why. The token given to a plugin is in its candidate's secret
+/// set, and the plugins' notes are findings.
+#[test]
+fn plugins_get_the_pod_rules_service_account() {
+    use super::super::PodServiceAccount;
+    let plugins = Arc::new(RecordingPlugins(std::sync::Mutex::default()));
+    let resolver = KubeletResolver::new(None, Some(plugins.clone()));
+    let mut inventory = inventory();
+    inventory
+        .service_accounts
+        .get_mut(&ObjectKey::new("ns", "builder"))
+        .unwrap()
+        .annotations
+        .insert("example.io/id".into(), "123".into());
+    inventory
+        .forbidden
+        .insert(ObjectKey::new("ns", "locked"), "403 Forbidden".into());
+    let image = ImageRef::parse("reg.io:5000/a:1").unwrap();
+    for yaml in [
+        "serviceAccountName: builder",
+        "serviceAccountName: builder\nimagePullSecrets: [{name: good}]",
+        "",
+        "serviceAccountName: ghost",
+        "serviceAccountName: locked",
+    ] {
+        let set = pullset(yaml, "reg.io:5000/a:1");
+        let r = futures::executor::block_on(resolver.resolve(&inventory, &set, &image));
+        let plugin = r
+            .candidates
+            .iter()
+            .find(|c| c.source.origin() == "plugin sa-provider")
+            .unwrap();
+        assert_eq!(
+            crate::decide::secret_scrub::scrub("plugin said sa-Token-Given-1", plugin.secrets()),
+            "plugin said [REDACTED]"
+        );
+        assert!(
+            r.findings
+                .iter()
+                .any(|f| f.message.contains("has no annotation `a/b`")),
+            "{:?}",
+            r.findings
+        );
+    }
+    let seen = plugins.0.lock().unwrap().clone();
+    let describe: Vec<String> = seen
+        .iter()
+        .map(|sa| match sa {
+            PodServiceAccount::Found(sa) => format!("found {} {:?}", sa.key, sa.annotations),
+            PodServiceAccount::Unavailable { key, why } => format!("unavailable {key} {why}"),
+            PodServiceAccount::None => "none".into(),
+        })
+        .collect();
+    assert_eq!(
+        describe,
+        [
+            r#"found ns/builder {"example.io/id": "123"}"#,
+            r#"found ns/builder {"example.io/id": "123"}"#,
+            "found ns/default {}",
+            "unavailable ns/ghost does not exist",
+            "unavailable ns/locked cannot be read: 403 Forbidden",
+        ]
     );
 }
