@@ -225,3 +225,85 @@ fn a_service_account_token_plugin_pre_pulls_with_the_token_the_api_server_issued
     secrets.extend(&tokens);
     cluster.assert_no_leak(&[&run.stdout, &run.stderr], &secrets);
 }
+
+#[test]
+fn both_canaries_and_auth_resolve_get_the_service_account_token_credential() {
+    let cluster = Cluster::start(&[]);
+    let host = cluster.env.registry.host();
+    let app = cluster
+        .env
+        .push(&ImageSpec::new("payments/app", "v1"))
+        .unwrap();
+    let plugin = Plugin::new(&cluster.api.url(), &host);
+    cluster
+        .api
+        .apply(service_account("payments", json!({ANNOTATION: "payments"})));
+    cluster.api.apply(objects::pullset(
+        "team",
+        "payments",
+        &[&app.by_tag],
+        json!({"serviceAccountName": "payments",
+               "canary": {"depth": "manifest", "runtime": true}}),
+    ));
+    let agent = agent(&cluster, &plugin, &plugin.config())
+        .args(&["--rotation-jitter", "0s", "--recheck-interval", "1h"])
+        .spawn()
+        .unwrap();
+    // The start-up canaries, registry-direct and through the CRI: both with the plugin's answer,
+    // which it gives only for a token the API server issued.
+    for path in ["registry", "runtime"] {
+        agent
+            .wait_for(
+                &format!("the {path} canary Ok"),
+                Duration::from_secs(120),
+                1,
+                |l| {
+                    l["kind"] == "canary"
+                        && l["image"] == app.by_tag.as_str()
+                        && l["path"] == path
+                        && l["verdict"] == "Ok"
+                        && l["credential"] == format!("plugin {PROVIDER} key {host}").as_str()
+                },
+            )
+            .unwrap();
+    }
+    let (stdout, stderr) = agent.finish();
+
+    // auth resolve against the cluster, as a pod with that ServiceAccount: the plugin's
+    // candidate, got with a token of it.
+    let out = std::process::Command::new(pullgate_testenv::agent::pullgate_binary().unwrap())
+        .args(["auth", "resolve", &app.by_tag, "--json", "-n", "team"])
+        .args(["--service-account", "payments", "--kubeconfig"])
+        .arg(cluster.kubeconfig())
+        .arg("--image-credential-provider-config")
+        .arg(plugin.config())
+        .arg("--image-credential-provider-bin-dir")
+        .arg(plugin.bin_dir())
+        .output()
+        .unwrap();
+    let resolve_out = String::from_utf8_lossy(&out.stdout).to_string();
+    let resolve_err = String::from_utf8_lossy(&out.stderr).to_string();
+    let report: serde_json::Value = serde_json::from_str(&resolve_out)
+        .unwrap_or_else(|e| panic!("{e}: {resolve_out}\n{resolve_err}"));
+    let sources: Vec<&str> = report["candidates"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|c| c["source"].as_str())
+        .collect();
+    assert!(
+        sources.iter().any(|s| s.contains(PROVIDER)),
+        "{resolve_out}\n{resolve_err}"
+    );
+
+    let issued = cluster.api.issued_tokens();
+    let requests = plugin.requests();
+    assert!(requests.len() >= 2, "{requests:?}");
+    for r in &requests {
+        let token = r["serviceAccountToken"].as_str().unwrap();
+        assert!(issued.iter().any(|t| t.token == token));
+    }
+    let mut secrets = vec![PASSWORD];
+    secrets.extend(issued.iter().map(|t| t.token.as_str()));
+    cluster.assert_no_leak(&[&stdout, &stderr, &resolve_out, &resolve_err], &secrets);
+}
