@@ -227,7 +227,7 @@ fn a_service_account_token_plugin_pre_pulls_with_the_token_the_api_server_issued
 }
 
 #[test]
-fn both_canaries_and_auth_resolve_get_the_service_account_token_credential() {
+fn both_canaries_auth_resolve_and_diagnose_get_the_service_account_token_credential() {
     let cluster = Cluster::start(&[]);
     let host = cluster.env.registry.host();
     let app = cluster
@@ -296,14 +296,47 @@ fn both_canaries_and_auth_resolve_get_the_service_account_token_credential() {
         "{resolve_out}\n{resolve_err}"
     );
 
+    // diagnose against the cluster, the same pod: the ladder ends Ok with the plugin's answer.
+    let out = std::process::Command::new(pullgate_testenv::agent::pullgate_binary().unwrap())
+        .args(["diagnose", &app.by_tag, "--json", "-n", "team"])
+        .args(["--service-account", "payments", "--kubeconfig"])
+        .arg(cluster.kubeconfig())
+        .arg("--image-credential-provider-config")
+        .arg(plugin.config())
+        .arg("--image-credential-provider-bin-dir")
+        .arg(plugin.bin_dir())
+        .args(["--insecure-registry", &host])
+        .args(["--cri-endpoint", &cluster.env.containerd.endpoint()])
+        .output()
+        .unwrap();
+    let diagnose_out = String::from_utf8_lossy(&out.stdout).to_string();
+    let diagnose_err = String::from_utf8_lossy(&out.stderr).to_string();
+    let diagnosis: serde_json::Value = serde_json::from_str(&diagnose_out)
+        .unwrap_or_else(|e| panic!("{e}: {diagnose_out}\n{diagnose_err}"));
+    assert_eq!(
+        diagnosis["conclusion"]["verdict"], "Ok",
+        "{diagnose_out}\n{diagnose_err}"
+    );
+    assert!(diagnose_out.contains(PROVIDER), "{diagnose_out}");
+
     let issued = cluster.api.issued_tokens();
     let requests = plugin.requests();
-    assert!(requests.len() >= 2, "{requests:?}");
+    assert!(requests.len() >= 3, "{requests:?}");
     for r in &requests {
         let token = r["serviceAccountToken"].as_str().unwrap();
         assert!(issued.iter().any(|t| t.token == token));
     }
     let mut secrets = vec![PASSWORD];
     secrets.extend(issued.iter().map(|t| t.token.as_str()));
-    cluster.assert_no_leak(&[&stdout, &stderr, &resolve_out, &resolve_err], &secrets);
+    cluster.assert_no_leak(
+        &[
+            &stdout,
+            &stderr,
+            &resolve_out,
+            &resolve_err,
+            &diagnose_out,
+            &diagnose_err,
+        ],
+        &secrets,
+    );
 }

@@ -3,7 +3,7 @@
 //! selected source gives ([`crate::commands::one_shot::select`]).
 
 use crate::adapters::containerd_config::{HostsDir, RuntimeRegistry};
-use crate::adapters::credential_plugin::{PluginError, kubelet_resolver};
+use crate::adapters::credential_plugin::{PluginError, kubelet_resolver_with_tokens};
 use crate::adapters::cri::{CriClient, CriTimeouts};
 use crate::adapters::registry::{RegistryClient, RegistryError};
 use crate::cli::CheckArgs;
@@ -35,7 +35,6 @@ pub async fn check(args: CheckArgs) -> Result<bool, CheckError> {
         cri_endpoint,
         json,
     } = args;
-    let resolver = kubelet_resolver(&node_credentials)?;
     let cri =
         runtime.then(|| std::sync::Arc::new(CriClient::new(cri_endpoint, CriTimeouts::default())));
     let mut probe = RegistryClient::from_args(&registry)?;
@@ -62,6 +61,8 @@ pub async fn check(args: CheckArgs) -> Result<bool, CheckError> {
         mirrors,
     };
     let selected = select(&selection).await?;
+    // Cluster objects: the providers in service-account token mode get real tokens.
+    let resolver = kubelet_resolver_with_tokens(&node_credentials, selected.tokens())?;
     let (namespace, pullset) = (selected.namespace.clone(), selected.pullset.clone());
     let mut all_ok = true;
     for image in images {

@@ -8,7 +8,7 @@
 //! ([`crate::commands::one_shot::pullset_for`]) and the agent's own resolver.
 
 use crate::adapters::containerd_config::{HostsDir, RuntimeRegistry};
-use crate::adapters::credential_plugin::{PluginError, kubelet_resolver};
+use crate::adapters::credential_plugin::{PluginError, kubelet_resolver_with_tokens};
 use crate::adapters::cri::{CriClient, CriEndpoint, CriTimeouts};
 use crate::adapters::registry::RegistryClient;
 use crate::cli::DiagnoseArgs;
@@ -78,6 +78,8 @@ struct Subject {
     describe: String,
     /// `--pod`'s images (containers and image volumes); `None` without `--pod`.
     pod_images: Option<Vec<crate::model::pod_images::PodImageUse>>,
+    /// ServiceAccount tokens (TokenRequest) for service-account-token plugins, with the API server.
+    tokens: Option<std::sync::Arc<dyn crate::decide::credentials::ServiceAccountTokens>>,
 }
 
 pub async fn diagnose(args: DiagnoseArgs) -> Result<bool, DiagnoseError> {
@@ -87,8 +89,9 @@ pub async fn diagnose(args: DiagnoseArgs) -> Result<bool, DiagnoseError> {
         set,
         describe,
         pod_images,
+        tokens,
     } = load(&args, &image).await?;
-    let resolver = kubelet_resolver(&args.node_credentials)?;
+    let resolver = kubelet_resolver_with_tokens(&args.node_credentials, tokens)?;
     let resolution = resolver.resolve(&inventory, &set, &image).await;
 
     let mut steps = vec![Step {
@@ -186,6 +189,7 @@ async fn load(args: &DiagnoseArgs, image: &ImageRef) -> Result<Subject, Diagnose
             describe: as_service_account(&set),
             set,
             pod_images: None,
+            tokens: None,
         });
     }
     let crate::adapters::kube::kubeconfig::Connection { client, namespace } =
@@ -231,6 +235,9 @@ async fn load(args: &DiagnoseArgs, image: &ImageRef) -> Result<Subject, Diagnose
         set,
         describe,
         pod_images,
+        tokens: Some(crate::adapters::kube::token_request::TokenRequests::shared(
+            client.clone(),
+        )),
     })
 }
 
