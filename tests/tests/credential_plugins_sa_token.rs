@@ -122,6 +122,32 @@ fn agent(cluster: &Cluster, plugin: &Plugin, config: &Path) -> Agent {
     ])
 }
 
+/// A one-shot command (`args` first) reading the cluster as a pod with ServiceAccount
+/// `team/payments`, with the plugin configured; its stdout and stderr.
+fn one_shot(cluster: &Cluster, plugin: &Plugin, args: &[&str]) -> (String, String) {
+    let out = std::process::Command::new(pullgate_testenv::agent::pullgate_binary().unwrap())
+        .args(args)
+        .args([
+            "--json",
+            "-n",
+            "team",
+            "--service-account",
+            "payments",
+            "--kubeconfig",
+        ])
+        .arg(cluster.kubeconfig())
+        .arg("--image-credential-provider-config")
+        .arg(plugin.config())
+        .arg("--image-credential-provider-bin-dir")
+        .arg(plugin.bin_dir())
+        .output()
+        .unwrap();
+    (
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
 #[test]
 fn a_service_account_token_plugin_pre_pulls_with_the_token_the_api_server_issued() {
     let cluster = Cluster::start(&[]);
@@ -271,18 +297,7 @@ fn both_canaries_auth_resolve_and_diagnose_get_the_service_account_token_credent
 
     // auth resolve against the cluster, as a pod with that ServiceAccount: the plugin's
     // candidate, got with a token of it.
-    let out = std::process::Command::new(pullgate_testenv::agent::pullgate_binary().unwrap())
-        .args(["auth", "resolve", &app.by_tag, "--json", "-n", "team"])
-        .args(["--service-account", "payments", "--kubeconfig"])
-        .arg(cluster.kubeconfig())
-        .arg("--image-credential-provider-config")
-        .arg(plugin.config())
-        .arg("--image-credential-provider-bin-dir")
-        .arg(plugin.bin_dir())
-        .output()
-        .unwrap();
-    let resolve_out = String::from_utf8_lossy(&out.stdout).to_string();
-    let resolve_err = String::from_utf8_lossy(&out.stderr).to_string();
+    let (resolve_out, resolve_err) = one_shot(&cluster, &plugin, &["auth", "resolve", &app.by_tag]);
     let report: serde_json::Value = serde_json::from_str(&resolve_out)
         .unwrap_or_else(|e| panic!("{e}: {resolve_out}\n{resolve_err}"));
     let sources: Vec<&str> = report["candidates"]
@@ -297,20 +312,19 @@ fn both_canaries_auth_resolve_and_diagnose_get_the_service_account_token_credent
     );
 
     // diagnose against the cluster, the same pod: the ladder ends Ok with the plugin's answer.
-    let out = std::process::Command::new(pullgate_testenv::agent::pullgate_binary().unwrap())
-        .args(["diagnose", &app.by_tag, "--json", "-n", "team"])
-        .args(["--service-account", "payments", "--kubeconfig"])
-        .arg(cluster.kubeconfig())
-        .arg("--image-credential-provider-config")
-        .arg(plugin.config())
-        .arg("--image-credential-provider-bin-dir")
-        .arg(plugin.bin_dir())
-        .args(["--insecure-registry", &host])
-        .args(["--cri-endpoint", &cluster.env.containerd.endpoint()])
-        .output()
-        .unwrap();
-    let diagnose_out = String::from_utf8_lossy(&out.stdout).to_string();
-    let diagnose_err = String::from_utf8_lossy(&out.stderr).to_string();
+    let endpoint = cluster.env.containerd.endpoint();
+    let (diagnose_out, diagnose_err) = one_shot(
+        &cluster,
+        &plugin,
+        &[
+            "diagnose",
+            &app.by_tag,
+            "--insecure-registry",
+            &host,
+            "--cri-endpoint",
+            &endpoint,
+        ],
+    );
     let diagnosis: serde_json::Value = serde_json::from_str(&diagnose_out)
         .unwrap_or_else(|e| panic!("{e}: {diagnose_out}\n{diagnose_err}"));
     assert_eq!(
